@@ -1,0 +1,154 @@
+"""The episode store: one directory per episode, one `.npy` file per column, JSON metadata.
+
+Layout (format version 1)::
+
+    <root>/<robot_id>/<episode_id>/
+        meta.json            EpisodeMeta (robot, embodiment, task, instruction, model version, length,
+                             success, interventions, format_version)
+        timestamps.npy       float64 (T,)            wall-clock seconds of each step
+        proprio.npy          float32 (T, P)          proprioceptive state before the action
+        actions.npy          float32 (T, A)          action executed at each step
+        rewards.npy          float32 (T,)            step reward
+        intervention.npy     bool    (T,)            True where a human (supervisor) drove the step
+        frames/<camera>.npy  uint8   (T, H, W, 3)    RGB frames per camera
+
+Everything is plain NumPy `.npy` loaded with `allow_pickle=False`, so reading a store never
+executes code. Episodes are written to a temporary directory and renamed into place, so a reader
+never sees half an episode. Used by the recorder (from the Kafka stream), by `fleet demos collect`
+(scripted demonstrations) and by training (`iter_episodes`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_COLUMNS = {
+    "timestamps": np.float64,
+    "proprio": np.float32,
+    "actions": np.float32,
+    "rewards": np.float32,
+    "intervention": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class EpisodeMeta:
+    """What the DB and the dashboard know about an episode."""
+
+    robot_id: str
+    episode_id: str
+    embodiment: str
+    task: str
+    instruction: str
+    model_version: str | None  # registry version that acted; None for scripted demonstrations
+    length: int
+    success: bool
+    interventions: int  # number of steps a human drove
+    source: str = "fleet"  # "fleet" (online stream) or "demo" (scripted expert)
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass
+class Episode:
+    """A whole episode in memory: metadata plus its columns."""
+
+    meta: EpisodeMeta
+    timestamps: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    intervention: np.ndarray
+    frames: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.meta.length
+        for name in _COLUMNS:
+            column = getattr(self, name)
+            if len(column) != n:
+                raise ValueError(f"episode {self.meta.episode_id}: column {name} has {len(column)} steps, meta says {n}")
+        for camera, frames in self.frames.items():
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != n or frames.shape[-1] != 3:
+                raise ValueError(
+                    f"episode {self.meta.episode_id}: camera {camera!r} frames must be uint8 (T, H, W, 3) with T={n},"
+                    f" got {frames.dtype} {frames.shape}"
+                )
+
+
+class EpisodeStore:
+    """Directory-backed episode store (see module docstring for the layout)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path(self, robot_id: str, episode_id: str) -> Path:
+        for part in (robot_id, episode_id):
+            if not part or "/" in part or part.startswith(".") or "\\" in part:
+                raise ValueError(f"invalid id for the episode store: {part!r}")
+        return self.root / robot_id / episode_id
+
+    def exists(self, robot_id: str, episode_id: str) -> bool:
+        return (self.path(robot_id, episode_id) / "meta.json").is_file()
+
+    def write(self, episode: Episode) -> Path:
+        """Write an episode atomically; writing the same episode again replaces it (idempotent)."""
+        meta = episode.meta
+        final = self.path(meta.robot_id, meta.episode_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{meta.episode_id}-{uuid.uuid4().hex[:8]}"
+        (tmp / "frames").mkdir(parents=True)
+        try:
+            for name, dtype in _COLUMNS.items():
+                np.save(tmp / f"{name}.npy", np.asarray(getattr(episode, name), dtype=dtype), allow_pickle=False)
+            for camera, frames in episode.frames.items():
+                np.save(tmp / "frames" / f"{camera}.npy", frames, allow_pickle=False)
+            with open(tmp / "meta.json", "w") as f:
+                json.dump(asdict(meta), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def read_meta(self, robot_id: str, episode_id: str) -> EpisodeMeta:
+        with open(self.path(robot_id, episode_id) / "meta.json") as f:
+            raw = json.load(f)
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"episode {robot_id}/{episode_id}: unsupported format_version {raw.get('format_version')}")
+        return EpisodeMeta(**raw)
+
+    def read(self, robot_id: str, episode_id: str, *, frames: bool = True) -> Episode:
+        directory = self.path(robot_id, episode_id)
+        meta = self.read_meta(robot_id, episode_id)
+        columns = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in _COLUMNS}
+        cams: dict[str, np.ndarray] = {}
+        if frames:
+            for file in sorted((directory / "frames").glob("*.npy")):
+                cams[file.stem] = np.load(file, allow_pickle=False)
+        return Episode(meta=meta, frames=cams, **columns)
+
+    def list(self) -> list[tuple[str, str]]:
+        """(robot_id, episode_id) of every complete episode, sorted."""
+        if not self.root.exists():
+            return []
+        return sorted(
+            (meta.parent.parent.name, meta.parent.name)
+            for meta in self.root.glob("*/*/meta.json")
+            if not meta.parent.name.startswith(".")
+        )
+
+    def iter_episodes(self, *, frames: bool = True) -> Iterator[Episode]:
+        for robot_id, episode_id in self.list():
+            yield self.read(robot_id, episode_id, frames=frames)
