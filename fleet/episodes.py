@@ -74,7 +74,9 @@ class Episode:
         for name in _COLUMNS:
             column = getattr(self, name)
             if len(column) != n:
-                raise ValueError(f"episode {self.meta.episode_id}: column {name} has {len(column)} steps, meta says {n}")
+                raise ValueError(
+                    f"episode {self.meta.episode_id}: column {name} has {len(column)} steps, meta says {n}"
+                )
         for camera, frames in self.frames.items():
             if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != n or frames.shape[-1] != 3:
                 raise ValueError(

@@ -1,0 +1,193 @@
+"""The VLA model's configuration: one frozen dataclass, serialized into every checkpoint's `config.json`.
+
+The embodiment table is copied into the config (not looked up in `fleet.embodiments` at load
+time), so a checkpoint keeps its adapter shapes even after `EMBODIMENTS` changes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from fleet.embodiments import EMBODIMENTS
+
+ActionHead = Literal["flow", "discrete"]
+TimeDistribution = Literal["beta", "uniform"]
+
+
+@dataclass(frozen=True)
+class EmbodimentDims:
+    """The shape of one embodiment as the model's adapters were built for it."""
+
+    name: str  # embodiment id, as in `fleet.embodiments.EMBODIMENTS` and `obs["embodiment"]`
+    action_dim: int  # width of that embodiment's output adapter (one action step)
+    proprio_dim: int  # width of that embodiment's proprio input adapter
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("embodiment name must be non-empty")
+        if self.action_dim <= 0 or self.proprio_dim <= 0:
+            raise ValueError(f"embodiment {self.name!r}: action_dim and proprio_dim must be positive")
+
+
+def embodiments_from_registry() -> tuple[EmbodimentDims, ...]:
+    """Snapshot of `fleet.embodiments.EMBODIMENTS`, sorted by name (the order fixes embodiment ids)."""
+    return tuple(
+        EmbodimentDims(spec.name, action_dim=spec.action_dim, proprio_dim=spec.proprio_dim)
+        for spec in sorted(EMBODIMENTS.values(), key=lambda s: s.name)
+    )
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    """Architecture of the VLA: conv image encoder + MiniLM text + proprio/embodiment tokens -> trunk -> heads."""
+
+    # Embodiments the model has adapters for; the index in this tuple is the embodiment id.
+    embodiments: tuple[EmbodimentDims, ...] = field(default_factory=embodiments_from_registry)
+    # Camera names read from `obs["images"]`, each encoded by the shared image encoder.
+    cameras: tuple[str, ...] = ("front",)
+    # Square image side in pixels; must be divisible by 2 ** (len(conv_channels) + 1).
+    image_size: int = 64
+    # Channels of the stride-2 conv stages; a last stride-2 conv maps to d_model (image tokens).
+    conv_channels: tuple[int, ...] = (32, 64, 128)
+    # Size of the frozen sentence embedding of the instruction (all-MiniLM-L6-v2: 384).
+    text_dim: int = 384
+    # Which sentence encoder produced the instruction embeddings this model was trained on.
+    text_encoder: str = "all-MiniLM-L6-v2"
+    # Width of every token in the trunk and the action expert.
+    d_model: int = 128
+    # Attention heads in the trunk and the action expert.
+    num_heads: int = 4
+    # Transformer layers of the shared trunk.
+    trunk_layers: int = 4
+    # Transformer (self- + cross-attention) layers of the action expert / discrete decoder.
+    expert_layers: int = 2
+    # Hidden width of every feed-forward block, as a multiple of d_model.
+    ff_mult: int = 2
+    # Dropout in the transformers (0 keeps training deterministic given the seed).
+    dropout: float = 0.0
+    # Which action head: "flow" (pi0-style flow matching, default) or "discrete" (256-bin tokens).
+    action_head: ActionHead = "flow"
+    # Actions per predicted chunk (H).
+    chunk_size: int = 8
+    # Euler integration steps from noise to actions at inference (flow head).
+    flow_steps: int = 10
+    # Distribution of the flow time t during training: "beta" (pi0: Beta(1.5, 1), biased to noise) or "uniform".
+    flow_time_dist: TimeDistribution = "beta"
+    # Bins per action dimension over [-1, 1] (discrete head).
+    action_bins: int = 256
+    # Weight of the value loss in `loss/total`.
+    value_loss_weight: float = 0.5
+    # Stop value-loss gradients at the trunk, so return targets never perturb the action features.
+    value_detach_trunk: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.embodiments:
+            raise ValueError("VLAConfig.embodiments must name at least one embodiment")
+        names = [e.name for e in self.embodiments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"VLAConfig.embodiments has duplicate names: {names}")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"VLAConfig.cameras must be non-empty and unique, got {self.cameras}")
+        if not self.conv_channels or any(c <= 0 for c in self.conv_channels):
+            raise ValueError(f"VLAConfig.conv_channels must be positive, got {self.conv_channels}")
+        if self.image_size <= 0 or self.image_size % self.image_downsample:
+            raise ValueError(
+                f"VLAConfig.image_size={self.image_size} must be a positive multiple of {self.image_downsample}"
+                f" (2 ** (len(conv_channels) + 1))"
+            )
+        if self.d_model <= 0 or self.num_heads <= 0 or self.d_model % self.num_heads:
+            raise ValueError(f"VLAConfig.d_model={self.d_model} must be a positive multiple of num_heads")
+        for name in ("text_dim", "trunk_layers", "expert_layers", "ff_mult", "chunk_size", "flow_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"VLAConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.action_head not in ("flow", "discrete"):
+            raise ValueError(f"VLAConfig.action_head must be 'flow' or 'discrete', got {self.action_head!r}")
+        if self.flow_time_dist not in ("beta", "uniform"):
+            raise ValueError(f"VLAConfig.flow_time_dist must be 'beta' or 'uniform', got {self.flow_time_dist!r}")
+        if self.action_bins < 2:
+            raise ValueError(f"VLAConfig.action_bins must be >= 2, got {self.action_bins}")
+        if self.value_loss_weight < 0:
+            raise ValueError(f"VLAConfig.value_loss_weight must be >= 0, got {self.value_loss_weight}")
+
+    # --- derived shapes -------------------------------------------------------------------------------
+
+    @property
+    def image_downsample(self) -> int:
+        return 2 ** (len(self.conv_channels) + 1)
+
+    @property
+    def image_tokens_per_camera(self) -> int:
+        return (self.image_size // self.image_downsample) ** 2
+
+    @property
+    def max_action_dim(self) -> int:
+        return max(e.action_dim for e in self.embodiments)
+
+    @property
+    def max_proprio_dim(self) -> int:
+        return max(e.proprio_dim for e in self.embodiments)
+
+    @property
+    def embodiment_names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.embodiments)
+
+    def embodiment_index(self, name: str) -> int:
+        """Id of an embodiment in this model; a clear KeyError (with a hint) when the model has no adapter for it."""
+        for i, e in enumerate(self.embodiments):
+            if e.name == name:
+                return i
+        close = difflib.get_close_matches(name, self.embodiment_names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown embodiment {name!r}: this model has adapters for {list(self.embodiment_names)}.{hint}")
+
+    def embodiment(self, name: str) -> EmbodimentDims:
+        return self.embodiments[self.embodiment_index(name)]
+
+    # --- JSON ---------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["embodiments"] = [asdict(e) for e in self.embodiments]
+        out["cameras"] = list(self.cameras)
+        out["conv_channels"] = list(self.conv_channels)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VLAConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a newer config must not half-load)."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"VLA config must be a JSON object, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"VLA config has unknown keys {unknown}; known: {sorted(known)}")
+        values = dict(raw)
+        if "embodiments" in values:
+            values["embodiments"] = tuple(EmbodimentDims(**e) for e in values["embodiments"])
+        for key in ("cameras", "conv_channels"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> VLAConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def debug_model_config(**changes: Any) -> VLAConfig:
+    """A tiny model for tests and smoke runs (trains a step in milliseconds)."""
+    base = VLAConfig(
+        conv_channels=(8, 16, 32),
+        image_size=64,
+        d_model=32,
+        num_heads=2,
+        trunk_layers=1,
+        expert_layers=1,
+        chunk_size=4,
+        flow_steps=4,
+    )
+    return replace(base, **changes)

@@ -1,0 +1,180 @@
+"""Training samples from episodes: (images, instruction embedding, proprio, embodiment, action chunk, return-to-go).
+
+Sample `(episode, t)` holds the observation at step t and the chunk `actions[t : t + H]`. Near the
+episode end the chunk is padded by repeating the last action, and `action_mask` is False on the
+padded steps so the loss ignores them (LeRobot's `action_is_pad`). `returns` is the discounted
+return-to-go from step t (divided by `return_scale`), the value head's regression target.
+
+    dataset = ChunkDataset(list(store.iter_episodes()), model_config, embedder=default_embedder())
+    batch = dataset.sample_batch(np.random.default_rng(0), batch_size=64)   # dict of tensors, see fleet.policy.model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from fleet.episodes import Episode
+from fleet.policy.config import VLAConfig
+from fleet.policy.language import InstructionEmbedder
+
+
+def returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """float32 (T,): G_t = r_t + gamma * G_{t+1}, G_T = 0."""
+    out = np.zeros(len(rewards), dtype=np.float64)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = float(rewards[t]) + gamma * running
+        out[t] = running
+    return out.astype(np.float32)
+
+
+def chunk_indices(length: int, t: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step indices (N, H) of the chunks starting at `t` (clamped to the last step) and their validity mask."""
+    idx = t[:, None] + np.arange(horizon)[None, :]
+    valid = idx < length
+    return np.minimum(idx, length - 1), valid
+
+
+@dataclass
+class _EpisodeArrays:
+    images: np.ndarray  # uint8 (T, cameras, S, S, 3)
+    proprio: np.ndarray  # float32 (T, max_proprio_dim)
+    actions: np.ndarray  # float32 (T, max_action_dim)
+    returns: np.ndarray  # float32 (T,)
+    intervention: np.ndarray  # bool (T,)
+    embodiment_id: int
+    instruction: np.ndarray  # float32 (text_dim,)
+
+
+class ChunkDataset:
+    """Every step of a set of episodes as a training sample for a model built from `config`."""
+
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        config: VLAConfig,
+        *,
+        embedder: InstructionEmbedder,
+        gamma: float = 0.99,
+        return_scale: float = 1.0,
+    ) -> None:
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if return_scale <= 0:
+            raise ValueError(f"return_scale must be positive, got {return_scale}")
+        if embedder.name != config.text_encoder or embedder.dim != config.text_dim:
+            raise ValueError(
+                f"embedder {embedder.name!r} ({embedder.dim}-d) does not match the model's"
+                f" {config.text_encoder!r} ({config.text_dim}-d)"
+            )
+        self.config = config
+        self._episodes: list[_EpisodeArrays] = []
+        owners: list[np.ndarray] = []
+        for episode in episodes:
+            if episode.meta.length == 0:
+                continue
+            arrays = self._convert(episode, embedder, gamma, return_scale)
+            owners.append(np.full(episode.meta.length, len(self._episodes), dtype=np.int64))
+            self._episodes.append(arrays)
+        if not self._episodes:
+            raise ValueError("ChunkDataset needs at least one non-empty episode")
+        self._owner = np.concatenate(owners)
+        self._step = np.concatenate([np.arange(len(e.actions)) for e in self._episodes])
+
+    def _convert(self, episode: Episode, embedder: InstructionEmbedder, gamma: float, scale: float) -> _EpisodeArrays:
+        c = self.config
+        meta = episode.meta
+        where = f"episode {meta.robot_id}/{meta.episode_id}"
+        dims = c.embodiment(meta.embodiment)  # KeyError naming the model's embodiments
+        n = meta.length
+        if episode.proprio.shape != (n, dims.proprio_dim):
+            raise ValueError(
+                f"{where}: proprio is {episode.proprio.shape}, {meta.embodiment} needs ({n}, {dims.proprio_dim})"
+            )
+        if episode.actions.shape != (n, dims.action_dim):
+            raise ValueError(
+                f"{where}: actions are {episode.actions.shape}, {meta.embodiment} needs ({n}, {dims.action_dim})"
+            )
+        cams = []
+        for camera in c.cameras:
+            frames = episode.frames.get(camera)
+            if frames is None:
+                raise ValueError(f"{where}: no frames for camera {camera!r} (has {sorted(episode.frames)})")
+            if frames.shape[1:] != (c.image_size, c.image_size, 3):
+                raise ValueError(
+                    f"{where}: camera {camera!r} frames are {frames.shape[1:]}, model needs {c.image_size}px"
+                )
+            cams.append(frames)
+        proprio = np.zeros((n, c.max_proprio_dim), dtype=np.float32)
+        proprio[:, : dims.proprio_dim] = episode.proprio
+        actions = np.zeros((n, c.max_action_dim), dtype=np.float32)
+        actions[:, : dims.action_dim] = np.clip(episode.actions, -1.0, 1.0)
+        instruction = np.asarray(embedder.embed(meta.instruction), dtype=np.float32)
+        if instruction.shape != (c.text_dim,):
+            raise ValueError(f"embedder gives {instruction.shape}, the model needs ({c.text_dim},)")
+        return _EpisodeArrays(
+            images=np.ascontiguousarray(np.stack(cams, axis=1)),
+            proprio=proprio,
+            actions=actions,
+            returns=returns_to_go(episode.rewards, gamma) / np.float32(scale),
+            intervention=np.asarray(episode.intervention, dtype=bool),
+            embodiment_id=c.embodiment_index(meta.embodiment),
+            instruction=instruction,
+        )
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    def get_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """The samples at flat `indices` as a model batch (plus `intervention`, bool (B,), for the learner)."""
+        horizon = self.config.chunk_size
+        images, instr, proprio, ids, actions, masks, returns, interv = [], [], [], [], [], [], [], []
+        for i in np.asarray(indices, dtype=np.int64):
+            e = self._episodes[self._owner[i]]
+            t = int(self._step[i])
+            idx, valid = chunk_indices(len(e.actions), np.array([t]), horizon)
+            images.append(e.images[t])
+            instr.append(e.instruction)
+            proprio.append(e.proprio[t])
+            ids.append(e.embodiment_id)
+            actions.append(e.actions[idx[0]])
+            masks.append(valid[0])
+            returns.append(e.returns[t])
+            interv.append(e.intervention[t])
+        return {
+            "images": torch.from_numpy(np.stack(images)),
+            "instruction_embedding": torch.from_numpy(np.stack(instr)),
+            "proprio": torch.from_numpy(np.stack(proprio)),
+            "embodiment_id": torch.tensor(ids, dtype=torch.int64),
+            "actions": torch.from_numpy(np.stack(actions)),
+            "action_mask": torch.from_numpy(np.stack(masks)),
+            "returns": torch.tensor(returns, dtype=torch.float32),
+            "return_mask": torch.ones(len(ids), dtype=torch.bool),
+            "intervention": torch.tensor(interv, dtype=torch.bool),
+        }
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+        """`batch_size` samples drawn uniformly over all steps (with replacement)."""
+        return self.get_batch(rng.integers(0, len(self), size=batch_size))
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DrQ-style shift: edge-pad uint8 (B, C, S, S, 3) images by `pad` pixels, crop back at a random offset."""
+    if pad <= 0:
+        return images
+    b, cams, side = images.shape[0], images.shape[1], images.shape[2]
+    x = images.flatten(0, 1).permute(0, 3, 1, 2).float()  # (B*C, 3, S, S)
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).repeat_interleave(cams, dim=0)
+    crops = [x[i, :, dy : dy + side, dx : dx + side] for i, (dy, dx) in enumerate(offsets.tolist())]
+    out = torch.stack(crops).to(torch.uint8).permute(0, 2, 3, 1)
+    return out.unflatten(0, (b, cams)).contiguous()

@@ -1,0 +1,188 @@
+"""The VLA network: image/text/proprio/embodiment tokens -> transformer trunk -> action head + value head.
+
+Token sequence of the trunk (N = 4 + cameras * image tokens)::
+
+    [embodiment] [instruction] [proprio] [value] [image tokens of camera 0] [camera 1] ...
+
+A training/inference batch is a dict of tensors (the learner builds the same columns):
+
+    images                 uint8   (B, cameras, S, S, 3)
+    instruction_embedding  float32 (B, text_dim)         frozen MiniLM embedding
+    proprio                float32 (B, max_proprio_dim)  zero-padded past the embodiment's proprio_dim
+    embodiment_id          int64   (B,)                  index into VLAConfig.embodiments
+    actions                float32 (B, H, max_action_dim) zero-padded past the embodiment's action_dim  [loss]
+    action_mask            bool    (B, H)                False for chunk steps past the episode end      [loss]
+    returns                float32 (B,)                  return-to-go target of the value head          [optional]
+    return_mask            bool    (B,)                  which samples have a return target              [optional]
+
+`VLAModel.loss(batch, weights=w)` returns `loss/total`, `loss/action`, `loss/value` (and
+per-sample terms), so the learner can weight samples (AWR advantages, HG-DAgger corrections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from fleet.policy.config import VLAConfig
+from fleet.policy.encoders import ConvImageEncoder, encoder_stack, proprio_adapter
+from fleet.policy.heads import ValueHead, build_action_head
+
+Batch = Mapping[str, Tensor]
+_PREFIX_TOKENS = 4  # embodiment, instruction, proprio, value
+
+
+class VLAModel(nn.Module):
+    """The fleet VLA (about 1.3M parameters at the default config); see the module docstring for the batch format."""
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.image_encoder = ConvImageEncoder(config)
+        self.camera_embedding = nn.Parameter(torch.zeros(len(config.cameras), 1, d))
+        self.text_proj = nn.Sequential(nn.Linear(config.text_dim, d), nn.LayerNorm(d))
+        self.proprio_in = proprio_adapter(config.embodiments, d)
+        self.proprio_norm = nn.LayerNorm(d)
+        self.embodiment_embedding = nn.Embedding(len(config.embodiments), d)
+        self.value_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.prefix_pos = nn.Parameter(torch.zeros(1, _PREFIX_TOKENS, d))
+        for p in (self.camera_embedding, self.value_token, self.prefix_pos):
+            nn.init.normal_(p, std=0.02)
+        self.trunk = encoder_stack(config, config.trunk_layers)
+        self.action_head = build_action_head(config)
+        self.value_head = ValueHead(config)
+        dim_mask = torch.zeros(len(config.embodiments), config.max_action_dim, dtype=torch.bool)
+        for i, e in enumerate(config.embodiments):
+            dim_mask[i, : e.action_dim] = True
+        self.register_buffer("dim_mask", dim_mask, persistent=False)  # derived from the config, not saved
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- batch checks -----------------------------------------------------------------------------------
+
+    def check_batch(self, batch: Batch, *, with_actions: bool) -> None:
+        """Raise ValueError naming the column and the expected shape when a batch does not fit this model."""
+        c = self.config
+        side = c.image_size
+        expected: dict[str, tuple[tuple[int | None, ...], tuple[torch.dtype, ...]]] = {
+            "images": ((None, len(c.cameras), side, side, 3), (torch.uint8,)),
+            "instruction_embedding": ((None, c.text_dim), (torch.float32,)),
+            "proprio": ((None, c.max_proprio_dim), (torch.float32,)),
+            "embodiment_id": ((None,), (torch.int64, torch.int32)),
+        }
+        if with_actions:
+            expected["actions"] = ((None, c.chunk_size, c.max_action_dim), (torch.float32,))
+            expected["action_mask"] = ((None, c.chunk_size), (torch.bool,))
+        if "returns" in batch:
+            expected["returns"] = ((None,), (torch.float32,))
+        batch_size: int | None = None
+        for key, (shape, dtypes) in expected.items():
+            if key not in batch:
+                raise ValueError(f"batch is missing column {key!r} (expected shape {_fmt(shape)})")
+            value = batch[key]
+            if not isinstance(value, Tensor) or value.dtype not in dtypes or value.ndim != len(shape):
+                got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"batch[{key!r}] must be a {dtypes[0]} tensor of shape {_fmt(shape)}, got {got}")
+            if any(s is not None and s != v for s, v in zip(shape, value.shape, strict=True)):
+                raise ValueError(f"batch[{key!r}] must have shape {_fmt(shape)}, got {tuple(value.shape)}")
+            if batch_size is None:
+                batch_size = value.shape[0]
+            elif value.shape[0] != batch_size:
+                raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows, other columns have {batch_size}")
+        ids = batch["embodiment_id"]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(c.embodiments)):
+            raise ValueError(f"batch['embodiment_id'] must index {list(c.embodiment_names)}, got {ids.tolist()}")
+
+    # --- forward pieces --------------------------------------------------------------------------------
+
+    def encode(self, batch: Batch) -> Tensor:
+        """Trunk output tokens (B, N, d_model); token 3 is the value token."""
+        images = batch["images"]
+        b, cams = images.shape[:2]
+        image_tokens = self.image_encoder(images.flatten(0, 1)).unflatten(0, (b, cams))
+        image_tokens = (image_tokens + self.camera_embedding[None]).flatten(1, 2)
+        ids = batch["embodiment_id"].long()
+        prefix = torch.stack(
+            [
+                self.embodiment_embedding(ids),
+                self.text_proj(batch["instruction_embedding"]),
+                self.proprio_norm(self.proprio_in(batch["proprio"], ids)),
+                self.value_token.expand(b, -1, -1)[:, 0],
+            ],
+            dim=1,
+        )
+        return self.trunk(torch.cat([prefix + self.prefix_pos, image_tokens], dim=1))
+
+    def action_mask(self, batch: Batch) -> Tensor:
+        """(B, H, A_max) bool: valid chunk steps x the embodiment's action dims."""
+        dims = self.dim_mask[batch["embodiment_id"].long()]
+        return batch["action_mask"][:, :, None] & dims[:, None, :]
+
+    # --- training -------------------------------------------------------------------------------------
+
+    def loss(
+        self, batch: Batch, *, weights: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Losses for one batch; `weights` (B,) scale each sample's action loss (mean of w_i * l_i over the batch).
+
+        Returns `loss/total` (what to backpropagate), `loss/action`, `loss/value` (Huber to
+        `returns` over rows with `return_mask`, 0 without returns) and the detached per-sample
+        `per_sample/action` and `value` (predictions, for advantages). `generator` seeds the
+        flow-matching noise and time.
+        """
+        self.check_batch(batch, with_actions=True)
+        memory = self.encode(batch)
+        ids = batch["embodiment_id"].long()
+        per_sample = self.action_head.loss(memory, ids, batch["actions"], self.action_mask(batch), generator)
+        if weights is None:
+            action_loss = per_sample.mean()
+        else:
+            if weights.shape != per_sample.shape:
+                raise ValueError(f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}")
+            action_loss = (weights.to(per_sample.dtype) * per_sample).mean()
+
+        value_token = memory[:, 3]
+        if self.config.value_detach_trunk:
+            value_token = value_token.detach()
+        value = self.value_head(value_token)
+        value_loss = value.new_zeros(())
+        if "returns" in batch:
+            mask = batch.get("return_mask")
+            mask = torch.ones_like(value, dtype=torch.bool) if mask is None else mask.bool()
+            if bool(mask.any()):
+                value_loss = F.smooth_l1_loss(value[mask], batch["returns"][mask])
+        total = action_loss + self.config.value_loss_weight * value_loss
+        return {
+            "loss/total": total,
+            "loss/action": action_loss,
+            "loss/value": value_loss,
+            "per_sample/action": per_sample.detach(),
+            "value": value.detach(),
+        }
+
+    # --- inference ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(actions (B, H, A_max) clipped to [-1, 1], zero past each embodiment's action_dim; values (B,))."""
+        self.check_batch(batch, with_actions=False)
+        memory = self.encode(batch)
+        ids = batch["embodiment_id"].long()
+        actions = self.action_head.sample(memory, ids, generator).clamp(-1.0, 1.0)
+        actions = actions * self.dim_mask[ids][:, None, :]
+        return actions, self.value_head(memory[:, 3])
+
+    @torch.no_grad()
+    def predict_value(self, batch: Batch) -> Tensor:
+        """Value estimates (B,) without sampling actions."""
+        self.check_batch(batch, with_actions=False)
+        return self.value_head(self.encode(batch)[:, 3])
+
+
+def _fmt(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("B" if s is None else str(s) for s in shape) + ")"

@@ -1,0 +1,41 @@
+"""Find a simulated env by task and embodiment: `make_env("pick", "panda", seed=0)`.
+
+The embodiment decides the backend ("panda", "kuka" -> PyBullet; "sawyer" -> Meta-World when
+installed); backends are imported lazily so `import fleet.sim` stays light.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from fleet.embodiments import get_embodiment
+from fleet.sim.base import Env, TaskSpec
+from fleet.sim.tasks import TASKS
+
+# Embodiment -> backend that simulates it.
+BACKENDS: dict[str, str] = {"panda": "pybullet", "kuka": "pybullet"}
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> KeyError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return KeyError(f"unknown {kind} {name!r}; known: {known}.{hint}")
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look up a task by id, with a did-you-mean hint on typos."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise _unknown("task", name, sorted(TASKS)) from None
+
+
+def make_env(task: str, embodiment: str, *, seed: int | None = None, image_size: int = 64) -> Env:
+    """Build a simulated env for `task` on `embodiment`; `seed` fixes the sequence of episodes."""
+    spec = get_task(task)
+    if embodiment not in BACKENDS:
+        raise _unknown("simulated embodiment", embodiment, sorted(BACKENDS))
+    body = get_embodiment(embodiment)
+    from fleet.sim.pybullet_env import PyBulletConfig, PyBulletEnv
+
+    return PyBulletEnv(spec, body, config=PyBulletConfig(image_size=image_size), seed=seed)

@@ -1,0 +1,161 @@
+"""The transport boundary: topic names, the record shape and the small interfaces above Kafka.
+
+Code above the transport (recorder, learner, actors, dashboard) depends on `Transport` and
+`Consumer` only, so its unit tests run against a fake (tests/, never fleet/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+TRAJECTORIES = "fleet.trajectories"
+CORRECTIONS = "fleet.corrections"
+REWARDS = "fleet.rewards"
+HEARTBEATS = "fleet.heartbeats"
+MODELS = "fleet.models"
+REVIEWS = "fleet.reviews"
+COMMANDS = "fleet.commands"
+DEADLETTER = "fleet.deadletter"
+TOPICS: tuple[str, ...] = (TRAJECTORIES, CORRECTIONS, REWARDS, HEARTBEATS, MODELS, REVIEWS, COMMANDS, DEADLETTER)
+
+# Which topic each message kind (fleet.schemas `KIND`) travels on.
+TOPIC_FOR_KIND: dict[str, str] = {
+    "trajectory_segment": TRAJECTORIES,
+    "correction": CORRECTIONS,
+    "reward_signal": REWARDS,
+    "heartbeat": HEARTBEATS,
+    "model_event": MODELS,
+    "review": REVIEWS,
+    "command": COMMANDS,
+}
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class TransportError(RuntimeError):
+    """The transport cannot do its job (broker unreachable at start, topic creation refused, ...)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka record, as code above the transport sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int = -1  # broker/producer timestamp; -1 when unknown
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Outcome of one `send`, passed to its `on_delivery` callback (from a transport thread)."""
+
+    topic: str
+    key: str | None
+    partition: int | None  # None when not delivered
+    offset: int | None
+    error: str | None  # None on success; a reason when the message was dropped for good
+
+
+DeliveryCallback = Callable[[Delivery], None]
+
+
+class Consumer(Protocol):
+    """A consumer-group member: poll, process, then commit what was processed."""
+
+    def poll(self, *, timeout_s: float, max_records: int) -> list[Record]: ...
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Commit offsets past `records` (synchronously); call only after they are processed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Producer side plus a consumer factory; `send` never blocks (it hands off to a thread)."""
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | None,
+        headers: Headers = (),
+        on_delivery: DeliveryCallback | None = None,
+    ) -> bool:
+        """Queue a message; False when it had to be dropped (queue and spool full)."""
+        ...
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything sent so far is acknowledged; False on timeout (rest stays queued/spooled)."""
+        ...
+
+    def consumer(self, *, group_id: str, topics: Sequence[str]) -> Consumer: ...
+
+    def close(self, timeout_s: float = 10.0) -> None: ...
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How fleet talks to Kafka. Build with `TransportConfig.from_settings()` in services."""
+
+    bootstrap: str  # host:port[,host:port] of the brokers
+    client_id: str = "fleet"  # shows up in broker logs and metrics
+    partitions: int = 4  # partitions per topic when fleet creates them (keyed by robot id)
+    replication_factor: int = 1  # 1 for the single local broker; 3 in a production cluster
+    compression: str | None = "lz4"  # frames are already zstd'd; lz4 is cheap on the rest of the payload
+    linger_ms: int = 5  # batch window: trades ≤5 ms latency for far fewer requests
+    batch_size: int = 256 * 1024  # max bytes per partition batch
+    max_request_bytes: int = 8 * 1024 * 1024  # largest message accepted (topics are created to match)
+    queue_size: int = 10_000  # hand-off queue between `send()` and the producer thread
+    spool_dir: Path | None = None  # where messages wait while the broker is down; None = no spool (memory only)
+    spool_max_bytes: int = 1024**3  # spool bound; beyond it new messages are dropped (and counted)
+    spool_segment_bytes: int = 16 * 1024**2  # spool file size before rolling; replayed files are deleted whole
+    connect_timeout_s: float = 5.0  # bootstrap wait per connection attempt (from the producer thread)
+    max_block_s: float = 5.0  # longest a send may wait for metadata/buffer inside the producer thread
+    stall_s: float = 3.0  # in-flight messages without any ack this long => broker considered down => spool
+    probe_interval_s: float = 1.0  # how often a down broker is probed (TCP connect) for its return
+    delivery_timeout_s: float = 120.0  # kafka-python's own retry window for an in-flight message
+    max_poll_records: int = 500  # consumer batch size
+    session_timeout_s: float = 10.0  # consumer-group liveness; a dead recorder's partitions move after this
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap:
+            raise ValueError("TransportConfig.bootstrap is empty: run `fleet up` or set FLEET_KAFKA_BOOTSTRAP")
+        if self.partitions < 1 or self.replication_factor < 1:
+            raise ValueError("partitions and replication_factor must be >= 1")
+        if self.queue_size < 1 or self.spool_max_bytes < self.spool_segment_bytes:
+            raise ValueError("queue_size must be >= 1 and spool_max_bytes >= spool_segment_bytes")
+        if self.stall_s <= 0 or self.probe_interval_s <= 0:
+            raise ValueError("stall_s and probe_interval_s must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: object | None = None, *, spool_name: str | None = None, **overrides: object):
+        """Config from `fleet.settings.Settings`; `spool_name` enables a spool under `<home>/spool/<name>`."""
+        from fleet.settings import Settings, get_settings
+
+        s: Settings = settings if isinstance(settings, Settings) else get_settings()
+        base: dict[str, object] = {"bootstrap": s.bootstrap_servers, "partitions": s.kafka_partitions}
+        if spool_name is not None:
+            base["spool_dir"] = s.home / "spool" / spool_name
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+
+@dataclass
+class ProducerStats:
+    """Counters a service exports (and a robot puts in its heartbeat)."""
+
+    sent: int = 0  # handed to Kafka directly
+    acked: int = 0  # acknowledged by the broker (acks=all)
+    spooled: int = 0  # written to the disk spool
+    replayed: int = 0  # sent again from the spool
+    dropped: int = 0  # lost: queue full with no spool room, or a permanent send error
+    errors: dict[str, int] = field(default_factory=dict)  # error name -> count
