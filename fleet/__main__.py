@@ -1,0 +1,5 @@
+"""`python -m fleet` is the `fleet` command."""
+
+from fleet.cli import app
+
+app()
