@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from fleet.models_cli import app as models_app
 from fleet.stack.cli import register as register_stack
 
 app = typer.Typer(
@@ -21,3 +22,4 @@ app = typer.Typer(
 
 register_stack(app)
 # Area sub-commands register themselves here (each in its own module, imports kept lazy).
+app.add_typer(models_app, name="models")

@@ -1,0 +1,402 @@
+"""The model registry client: versioned VLA checkpoints in MLflow, aliases, pinning, rollbacks.
+
+One registered model per fleet (`Settings.model_name`). A version is an MLflow run's `checkpoint/`
+artifact (safetensors + JSON config, see `fleet.policy.checkpoint`) with lineage tags:
+
+    sha256            sha256 of the weights file (robots verify it before loading)
+    parent_version    the version training started from
+    data_offsets      JSON {topic: {partition: [first, last]}} of the Kafka data it saw
+    correction_ids    number of corrections it trained on
+    eval/<task>/<embodiment>  eval-gate success rates; eval/mean their mean
+    gate_passed       "true" / "false"
+
+Aliases `candidate` (newest published) and `production` (what robots run). The `production_pinned`
+tag of the registered model is the pin: while it is "true" nothing automatic moves production; a
+rollback sets it. Publishing order guarantees nothing half-registered is served: artifacts are
+uploaded first, the version is created with all its tags, and only then does an alias point at it.
+Every alias move and pin is mirrored into the DB (`model_versions`, `deployments`) and audited.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet.audit import record_audit
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+PRODUCTION = "production"
+PIN_TAG = "production_pinned"
+EXPERIMENT = "fleet-learner"
+
+
+class RegistryError(RuntimeError):
+    """The registry refused or could not be reached; the message says what to do."""
+
+
+class PinnedError(RegistryError):
+    """Production is pinned (after a rollback); automatic promotion is refused."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as robots, the learner and the dashboard see it."""
+
+    version: str
+    sha256: str
+    parent_version: str | None
+    run_id: str | None
+    source: str
+    created_at: float  # seconds since the epoch
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def eval_metrics(self) -> dict[str, float]:
+        return {k.removeprefix("eval/"): float(v) for k, v in self.tags.items() if k.startswith("eval/")}
+
+    @property
+    def gate_passed(self) -> bool | None:
+        value = self.tags.get("gate_passed")
+        return None if value is None else value == "true"
+
+    @property
+    def data_offsets(self) -> dict[str, Any]:
+        return json.loads(self.tags.get("data_offsets", "{}"))
+
+
+def _db(settings: Settings) -> sessionmaker[Session] | None:
+    from fleet.db import make_engine, session_factory
+
+    return session_factory(make_engine(settings.db_url))
+
+
+class Registry:
+    """MLflow-backed registry of this fleet's VLA versions."""
+
+    def __init__(self, settings: Settings, *, sessions: sessionmaker[Session] | None | bool = True) -> None:
+        import os
+
+        from mlflow import MlflowClient
+
+        # MLflow's client retries a dead server for minutes by default; robots and the learner poll and
+        # queue instead, so fail fast (an explicit MLFLOW_HTTP_REQUEST_* in the environment still wins).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        self.settings = settings
+        self.name = settings.model_name
+        self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        # sessions=True: the DB from settings; None/False: no DB mirror (robots don't need one).
+        self.sessions: sessionmaker[Session] | None = _db(settings) if sessions is True else (sessions or None)
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _info(self, mv: Any) -> VersionInfo:
+        return VersionInfo(
+            version=str(mv.version),
+            sha256=mv.tags.get("sha256", ""),
+            parent_version=mv.tags.get("parent_version") or None,
+            run_id=mv.run_id,
+            source=mv.source,
+            created_at=(mv.creation_timestamp or 0) / 1000.0,
+            aliases=tuple(getattr(mv, "aliases", []) or []),
+            tags=dict(mv.tags),
+        )
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every version, oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name='{self.name}'")
+        except MlflowException as err:
+            raise self._unreachable(err) from None
+        return sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+
+    def get_version(self, version: str) -> VersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self.client.get_model_version(self.name, str(version)))
+        except MlflowException as err:
+            if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+                raise RegistryError(f"model {self.name!r} has no version {version}") from None
+            raise self._unreachable(err) from None
+
+    def version_for_alias(self, alias: str) -> VersionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self.client.get_model_version_by_alias(self.name, alias))
+        except MlflowException as err:
+            if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "INVALID_PARAMETER_VALUE" in str(err.error_code):
+                return None
+            raise self._unreachable(err) from None
+
+    def aliases(self) -> dict[str, str]:
+        return {
+            alias: info.version
+            for alias in (CANDIDATE, PRODUCTION)
+            if (info := self.version_for_alias(alias)) is not None
+        }
+
+    def is_pinned(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.name)
+        except MlflowException as err:
+            if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+                return False
+            raise self._unreachable(err) from None
+        return model.tags.get(PIN_TAG) == "true"
+
+    def download(self, version: str, dest: Path | str) -> Path:
+        """Download a version's checkpoint directory into `dest`; the caller verifies it."""
+        import mlflow.artifacts
+
+        info = self.get_version(version)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=info.run_id, artifact_path="checkpoint", dst_path=str(dest), tracking_uri=self.settings.tracking_uri
+        )
+        return Path(local)
+
+    # ---- writing -------------------------------------------------------------------------------
+    def publish(
+        self,
+        checkpoint_dir: Path | str,
+        *,
+        sha256: str,
+        parent_version: str | None,
+        tags: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        set_candidate: bool = True,
+        actor: str = "learner",
+    ) -> VersionInfo:
+        """Upload a checkpoint, register it as a new version with lineage tags, point `candidate` at it."""
+        from mlflow.exceptions import MlflowException
+
+        all_tags = {"sha256": sha256, "parent_version": parent_version or "", **(tags or {})}
+        try:
+            self._ensure_model()
+            experiment = self.client.get_experiment_by_name(EXPERIMENT)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT)
+            run_tags = {"fleet.kind": "publish", "fleet.parent": parent_version or ""}
+            run = self.client.create_run(experiment_id, tags=run_tags)
+            run_id = run.info.run_id
+            for key, value in (metrics or {}).items():
+                self.client.log_metric(run_id, key, float(value))
+            self.client.log_artifacts(run_id, str(checkpoint_dir), artifact_path="checkpoint")
+            self.client.set_terminated(run_id)
+            mv = self.client.create_model_version(
+                self.name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags=all_tags
+            )
+            mv = self._wait_ready(mv)
+            if set_candidate:
+                self.client.set_registered_model_alias(self.name, CANDIDATE, mv.version)
+        except MlflowException as err:
+            raise self._unreachable(err) from None
+        info = self.get_version(str(mv.version))
+        self._mirror_version(info)
+        if set_candidate:
+            self._record_deployment(info.version, CANDIDATE, "candidate", actor=actor, role="service", reason=None)
+        log.info("published", extra={"version": info.version, "parent": parent_version, "sha256": sha256[:12]})
+        return info
+
+    def promote(self, version: str, *, actor: str, role: str, reason: str, automatic: bool = False) -> VersionInfo:
+        """Point `production` at `version`. Automatic promotions (the learner) are refused while pinned."""
+        if automatic and self.is_pinned():
+            raise PinnedError(f"production is pinned; not promoting version {version} automatically")
+        info = self.get_version(version)
+        self._set_alias(PRODUCTION, info.version)
+        self._mirror_version(info)
+        self._record_deployment(info.version, PRODUCTION, "promote", actor=actor, role=role, reason=reason)
+        return self.get_version(info.version)
+
+    def rollback(self, to_version: str | None = None, *, actor: str, role: str, reason: str) -> VersionInfo:
+        """Point `production` at an older version (default: the one before the current) and pin it."""
+        current = self.version_for_alias(PRODUCTION)
+        if to_version is None:
+            if current is None:
+                raise RegistryError("nothing to roll back: no production version")
+            to_version = self._previous_production(current.version)
+        info = self.get_version(to_version)
+        self._set_alias(PRODUCTION, info.version)
+        self._set_pin(True)
+        self._mirror_version(info)
+        self._record_deployment(
+            info.version, PRODUCTION, "rollback", actor=actor, role=role, reason=reason, pinned=True,
+            details={"from": current.version if current else None},
+        )  # fmt: skip
+        return self.get_version(info.version)
+
+    def pin(self, *, actor: str, role: str, reason: str) -> None:
+        current = self.version_for_alias(PRODUCTION)
+        if current is None:
+            raise RegistryError("nothing to pin: no production version")
+        self._set_pin(True)
+        self._record_deployment(current.version, PRODUCTION, "pin", actor=actor, role=role, reason=reason, pinned=True)
+
+    def unpin(self, *, actor: str, role: str, reason: str) -> None:
+        current = self.version_for_alias(PRODUCTION)
+        self._set_pin(False)
+        if current is not None:
+            self._record_deployment(current.version, PRODUCTION, "unpin", actor=actor, role=role, reason=reason)
+        else:
+            record_audit(self.sessions, actor=actor, role=role, action="unpin", target=self.name, reason=reason)
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _unreachable(self, err: Exception) -> RegistryError:
+        return RegistryError(
+            f"MLflow registry at {self.settings.tracking_uri} failed: {err}. "
+            "Run `fleet up` or set FLEET_MLFLOW_TRACKING_URI."
+        )
+
+    def _ensure_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as err:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code):
+                raise
+            try:
+                self.client.create_registered_model(self.name, tags={PIN_TAG: "false"})
+            except MlflowException as again:  # created concurrently
+                if "RESOURCE_ALREADY_EXISTS" not in str(again.error_code):
+                    raise
+
+    def _wait_ready(self, mv: Any, timeout_s: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while str(mv.status) != "READY":
+            if time.monotonic() > deadline:
+                raise RegistryError(f"version {mv.version} not READY after {timeout_s:.0f} s (status {mv.status})")
+            time.sleep(0.2)
+            mv = self.client.get_model_version(self.name, mv.version)
+        return mv
+
+    def _set_alias(self, alias: str, version: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_registered_model_alias(self.name, alias, version)
+        except MlflowException as err:
+            raise self._unreachable(err) from None
+
+    def _set_pin(self, pinned: bool) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._ensure_model()
+            self.client.set_registered_model_tag(self.name, PIN_TAG, "true" if pinned else "false")
+        except MlflowException as err:
+            raise self._unreachable(err) from None
+
+    def _previous_production(self, current: str) -> str:
+        """The production version before `current`, from the deployment history, else its parent."""
+        if self.sessions is not None:
+            from sqlalchemy import select
+
+            from fleet.db.models import Deployment
+
+            with self.sessions() as session:
+                history = session.scalars(
+                    select(Deployment.version)
+                    .where(Deployment.alias == PRODUCTION, Deployment.action.in_(("promote", "rollback")))
+                    .order_by(Deployment.id.desc())
+                ).all()
+            for version in history:
+                if version != current:
+                    return version
+        parent = self.get_version(current).parent_version
+        if not parent:
+            raise RegistryError(f"no earlier production version than {current} to roll back to; pass --to VERSION")
+        return parent
+
+    def _mirror_version(self, info: VersionInfo) -> None:
+        if self.sessions is None:
+            return
+        from fleet.db.models import ModelVersion
+
+        with self.sessions.begin() as session:
+            row = session.get(ModelVersion, info.version) or ModelVersion(version=info.version, sha256=info.sha256)
+            row.parent_version = info.parent_version
+            row.run_id = info.run_id
+            row.artifact_uri = info.source
+            row.sha256 = info.sha256
+            row.eval_metrics = info.eval_metrics
+            row.data_offsets = info.data_offsets
+            row.correction_count = int(info.tags.get("correction_ids", "0") or 0)
+            row.gate_passed = info.gate_passed
+            session.merge(row)
+
+    def _record_deployment(
+        self,
+        version: str,
+        alias: str,
+        action: str,
+        *,
+        actor: str,
+        role: str,
+        reason: str | None,
+        pinned: bool | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        if self.sessions is not None:
+            from fleet.db.models import Deployment
+
+            pinned = self.is_pinned() if pinned is None else pinned
+            with self.sessions.begin() as session:
+                session.add(
+                    Deployment(alias=alias, version=version, action=action, pinned=pinned, actor=actor, reason=reason)
+                )
+        if action != "candidate":
+            record_audit(
+                self.sessions, actor=actor, role=role, action=action, target=f"{self.name} v{version}",
+                reason=reason, details={"alias": alias, **(details or {})},
+            )  # fmt: skip
+
+
+def scratch_dir() -> Path:
+    """A private temporary directory for downloads (robots verify before loading)."""
+    return Path(tempfile.mkdtemp(prefix="fleet-ckpt-"))
+
+
+def announce(settings: Settings, info: VersionInfo, *, event: str, alias: str | None, actor: str, reason: str) -> bool:
+    """Publish a `ModelEvent` on `fleet.models` so robots react at once (they also poll the alias).
+
+    Returns False when the broker could not take it in time: robots still converge via alias polling.
+    """
+    from fleet.schemas import ModelEvent
+    from fleet.transport import KafkaTransport, TransportConfig, publish
+
+    message = ModelEvent(
+        event=event,  # type: ignore[arg-type]
+        model_name=settings.model_name,
+        version=info.version,
+        alias=alias,
+        artifact_uri=info.source,
+        sha256=info.sha256,
+        parent_version=info.parent_version,
+        actor=actor,
+        reason=reason,
+        created_at=time.time(),
+    )
+    transport = KafkaTransport(TransportConfig.from_settings(settings, client_id=f"fleet-{actor}"[:60]))
+    try:
+        publish(transport, message)
+        return transport.flush(timeout_s=10.0)
+    finally:
+        transport.close(timeout_s=5.0)
