@@ -5,7 +5,7 @@ Concepts, one module each: `config` (VLAConfig), `base` (Policy protocol, observ
 `checkpoint` (safetensors + JSON, verified, never unpickled), `policy` (VLAPolicy for the robot
 runtime), `data` / `train` (episodes -> samples -> training with resume).
 
-Importing this package does not import torch-heavy submodules' side effects nor load MiniLM.
+Importing the package imports torch but does not load MiniLM (that happens on the first new instruction).
 """
 
 from fleet.policy.base import Observation, Policy, check_observation

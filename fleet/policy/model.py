@@ -38,6 +38,8 @@ _PREFIX_TOKENS = 4  # embodiment, instruction, proprio, value
 class VLAModel(nn.Module):
     """The fleet VLA (about 1.3M parameters at the default config); see the module docstring for the batch format."""
 
+    dim_mask: Tensor  # (embodiments, max_action_dim) bool buffer: which action dims each embodiment has
+
     def __init__(self, config: VLAConfig) -> None:
         super().__init__()
         self.config = config
@@ -131,7 +133,8 @@ class VLAModel(nn.Module):
         """Losses for one batch; `weights` (B,) scale each sample's action loss (mean of w_i * l_i over the batch).
 
         Returns `loss/total` (what to backpropagate), `loss/action`, `loss/value` (Huber to
-        `returns` over rows with `return_mask`, 0 without returns) and the detached per-sample
+        `returns` over rows with `return_mask`, unweighted: the value must fit all data, including
+        what the policy should not imitate; 0 without returns) and the detached per-sample
         `per_sample/action` and `value` (predictions, for advantages). `generator` seeds the
         flow-matching noise and time.
         """

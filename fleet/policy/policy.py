@@ -2,7 +2,7 @@
 
 One `infer(obs)` validates the observation, looks the instruction embedding up in the embedder's
 cache (MiniLM runs once per new instruction, never per step), runs the model under
-`torch.no_grad()` and returns one chunk (H, action_dim) float32 in [-1, 1]. Sampling noise comes
+`torch.inference_mode()` and returns one chunk (H, action_dim) float32 in [-1, 1]. Sampling noise comes
 from a private generator seeded at construction and on `reset()`, so an episode's chunks are
 reproducible given the seed and the observations.
 
@@ -106,7 +106,7 @@ class VLAPolicy:
         """One action chunk float32 (H, action_dim) in [-1, 1]; `seed` replaces the noise stream for this call."""
         batch = self.make_batch(obs)
         generator = self._generator if seed is None else torch.Generator().manual_seed(seed)
-        with torch.no_grad():
+        with torch.inference_mode():  # cheaper than no_grad; nothing here is ever fed back to autograd
             actions, _ = self.model.predict(batch, generator=generator)
         action_dim = self.config.embodiments[int(batch["embodiment_id"][0])].action_dim
         return actions[0, :, :action_dim].numpy().astype(np.float32, copy=True)

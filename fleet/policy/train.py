@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from fleet.episodes import Episode, EpisodeStore
 from fleet.policy.checkpoint import (
@@ -160,7 +160,7 @@ def train_step(
     out["loss/total"].backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    stats = {k: float(v) for k, v in out.items() if k.startswith("loss/")}
+    stats = {k: v.item() for k, v in out.items() if k.startswith("loss/")}
     stats["loss/grad_norm"] = float(grad_norm)
     return stats
 
@@ -211,8 +211,13 @@ def train(
     run_dir: Path | str,
     embedder: InstructionEmbedder | None = None,
     resume: bool = True,
+    max_steps: int | None = None,
 ) -> TrainStats:
-    """Train (or continue training) a VLA on `episodes`, checkpointing into `run_dir`."""
+    """Train (or continue training) a VLA on `episodes`, checkpointing into `run_dir`.
+
+    `max_steps` stops this call early (with a checkpoint) after that many steps; the schedule is
+    still the one for `config.steps`, so a later call picks up exactly where this one stopped.
+    """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +248,8 @@ def train(
     window: list[dict[str, float]] = []
     checkpoint: Path | None = latest
     bar = tqdm(total=config.steps, initial=start, desc=f"train[{config.name}]", disable=not config.progress)
-    for step in range(start, config.steps):
+    stop = config.steps if max_steps is None else min(config.steps, start + max_steps)
+    for step in range(start, stop):
         rng, generator = _step_generators(config.seed, step)
         batch = dataset.sample_batch(rng, config.batch_size)
         batch["images"] = random_shift(batch["images"], config.shift_pad, generator)
@@ -251,18 +257,18 @@ def train(
             group["lr"] = lr_at(step, config)
         window.append(train_step(model, optimizer, batch, generator=generator, grad_clip=config.grad_clip))
         done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
+        if done % config.log_every == 0 or done == stop:
             means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             history.append({"step": float(done), **means})
             bar.set_postfix({k.split("/", 1)[-1]: f"{v:.4f}" for k, v in means.items() if k != "loss/grad_norm"})
             window = []
-        if done % config.save_every == 0 or done == config.steps:
+        if done % config.save_every == 0 or done == stop:
             checkpoint = save_training_checkpoint(run_dir, model, optimizer, done, config)
         bar.update(1)
     bar.close()
     return TrainStats(
-        step=max(start, config.steps),
-        steps_run=max(0, config.steps - start),
+        step=max(start, stop),
+        steps_run=max(0, stop - start),
         resumed_from=start,
         losses={k: v for k, v in (history[-1] if history else {}).items() if k != "step"},
         history=history,

@@ -1,0 +1,169 @@
+"""Hot reload: learn of new model versions, fetch and verify them off the control loop, swap between chunks.
+
+A background thread owns everything slow. It wakes on a `fleet.models` event (push) or every
+`poll_interval_s` (fallback), asks the registry which version the alias points at, downloads it,
+verifies it (sha256 against the registry tag, tensor shapes, finiteness: `fleet.policy.checkpoint`)
+and loads it into a *standby* slot. The control loop calls `take_ready()` at each chunk boundary:
+a non-blocking check that hands over the standby policy if one is waiting. A bad checkpoint is
+refused, reported (`refused`), never retried for the same sha256, and the robot keeps acting on its
+current version. Nothing here ever blocks the control loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class RegistryView(Protocol):
+    """What the reloader needs from `fleet.registry.Registry`."""
+
+    def version_for_alias(self, alias: str) -> Any: ...  # VersionInfo | None
+
+    def download(self, version: str, dest: Path | str) -> Path: ...
+
+
+# (checkpoint_dir, expected_sha256) -> a ready policy, raising on any verification failure.
+PolicyLoader = Callable[[Path, str], Any]
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """How a robot follows the registry."""
+
+    alias: str = "production"  # the alias this robot runs
+    poll_interval_s: float = 10.0  # fallback poll of the alias when no event arrives
+    download_root: Path | None = None  # where downloads go (a private temp dir when None)
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s <= 0:
+            raise ValueError("poll_interval_s must be positive")
+
+
+@dataclass
+class Swap:
+    """A verified policy waiting in the standby slot."""
+
+    version: str
+    sha256: str
+    policy: Any
+    ready_at: float  # time.monotonic() when it became ready (for reload-latency metrics)
+    load_s: float  # download + verify + load time
+
+
+@dataclass
+class ReloadStats:
+    """Counters for heartbeats and metrics."""
+
+    checks: int = 0
+    loaded: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # version -> reason
+    last_error: str | None = None
+
+
+class HotReloader:
+    """Follows one registry alias in a background thread; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ReloadConfig,
+        *,
+        registry: RegistryView,
+        loader: PolicyLoader,
+        current_version: str | None = None,
+        robot_id: str = "robot",
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.loader = loader
+        self.robot_id = robot_id
+        self.stats = ReloadStats()
+        self._current = current_version  # version the control loop runs (or will after the pending swap)
+        self._refused_sha: set[str] = set()
+        self._standby: Swap | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._root = config.download_root or Path(tempfile.mkdtemp(prefix=f"fleet-{robot_id}-models-"))
+
+    # ---- control-loop side (never blocks) --------------------------------------------------------
+    def take_ready(self) -> Swap | None:
+        """At a chunk boundary: the verified standby policy, if one is waiting (non-blocking)."""
+        if self._standby is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            swap, self._standby = self._standby, None
+            return swap
+        finally:
+            self._lock.release()
+
+    def notify(self) -> None:
+        """A `fleet.models` event arrived: check the alias now instead of at the next poll."""
+        self._wake.set()
+
+    # ---- background side ------------------------------------------------------------------------
+    def start(self) -> HotReloader:
+        self._thread = threading.Thread(target=self._run, name=f"reload-{self.robot_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.check_once()
+            self._wake.wait(self.config.poll_interval_s)
+            self._wake.clear()
+
+    def check_once(self) -> Swap | None:
+        """One look at the alias; loads into the standby slot when it moved. Safe to call from tests."""
+        self.stats.checks += 1
+        try:
+            info = self.registry.version_for_alias(self.config.alias)
+        except Exception as err:  # noqa: BLE001 - registry down: keep acting, try again later
+            self.stats.last_error = f"registry: {err}"
+            log.warning("alias check failed", extra={"robot": self.robot_id, "error": str(err)})
+            return None
+        if info is None or info.version == self._current or info.sha256 in self._refused_sha:
+            return None
+        started = time.monotonic()
+        target = self._root / f"v{info.version}-{info.sha256[:12]}"
+        try:
+            shutil.rmtree(target, ignore_errors=True)
+            local = self.registry.download(info.version, target)
+            policy = self.loader(Path(local), info.sha256)
+        except Exception as err:  # noqa: BLE001 - any failure means: refuse, report, keep the current one
+            reason = f"{err.__class__.__name__}: {err}"
+            self.stats.refused[info.version] = reason
+            self.stats.last_error = reason
+            if info.sha256:
+                self._refused_sha.add(info.sha256)
+            log.error(
+                "checkpoint refused",
+                extra={"robot": self.robot_id, "version": info.version, "reason": reason},
+            )
+            return None
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+        swap = Swap(info.version, info.sha256, policy, time.monotonic(), time.monotonic() - started)
+        with self._lock:
+            self._standby = swap
+            self._current = info.version
+        self.stats.loaded += 1
+        log.info("standby ready", extra={"robot": self.robot_id, "version": info.version, "load_s": swap.load_s})
+        return swap
