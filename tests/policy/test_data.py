@@ -1,0 +1,72 @@
+"""Episodes -> training samples: chunk padding at the episode end, return-to-go, validation, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fleet.policy.config import VLAConfig
+from fleet.policy.data import ChunkDataset, chunk_indices, random_shift, returns_to_go
+from fleet.policy.model import VLAModel
+from tests.policy.fakes import HashEmbedder, make_episode
+
+
+def test_returns_to_go() -> None:
+    np.testing.assert_allclose(returns_to_go(np.array([0, 0, 1], np.float32), 0.5), [0.25, 0.5, 1.0])
+    np.testing.assert_allclose(returns_to_go(np.array([-1, -1, -1], np.float32), 1.0), [-3, -2, -1])
+
+
+def test_chunk_indices_pad_with_the_last_step() -> None:
+    idx, valid = chunk_indices(5, np.array([0, 3]), 4)
+    assert idx.tolist() == [[0, 1, 2, 3], [3, 4, 4, 4]]
+    assert valid.tolist() == [[True] * 4, [True, True, False, False]]
+
+
+def test_samples_hold_the_chunk_mask_and_padding(tiny_config: VLAConfig) -> None:
+    panda, sawyer = make_episode("panda", length=6, seed=1), make_episode("sawyer", length=3, seed=2)
+    data = ChunkDataset([panda, sawyer], tiny_config, embedder=HashEmbedder(), gamma=1.0, return_scale=2.0)
+    assert len(data) == 9 and data.num_episodes == 2
+    batch = data.get_batch(np.array([4, 6]))  # panda step 4, sawyer step 0
+    h = tiny_config.chunk_size
+    assert batch["images"].shape == (2, 1, 64, 64, 3) and batch["images"].dtype == torch.uint8
+    assert batch["embodiment_id"].tolist() == [
+        tiny_config.embodiment_index("panda"),
+        tiny_config.embodiment_index("sawyer"),
+    ]
+    assert batch["action_mask"][0].tolist() == [True, True] + [False] * (h - 2)
+    np.testing.assert_array_equal(batch["actions"][0, :2, :4].numpy(), panda.actions[4:6])
+    np.testing.assert_array_equal(batch["actions"][0, 2:, :4].numpy(), np.repeat(panda.actions[5:6], h - 2, 0))
+    assert torch.all(batch["actions"][:, :, 4] == 0)  # panda and sawyer have 4 action dims
+    assert torch.all(batch["proprio"][1, 4:] == 0)  # sawyer has 4 proprio dims
+    assert batch["returns"].tolist() == [0.5, 0.5]  # reward 1 at the end, gamma 1, scale 2
+    model_batch = {k: v for k, v in batch.items() if k != "intervention"}
+    VLAModel(tiny_config).check_batch(model_batch, with_actions=True)
+
+
+def test_dataset_rejects_mismatched_episodes(tiny_config: VLAConfig) -> None:
+    embedder = HashEmbedder()
+    small = make_episode("panda", length=3, image_size=32)
+    with pytest.raises(ValueError, match="frames are"):
+        ChunkDataset([small], tiny_config, embedder=embedder)
+    narrow = tiny_config.with_(embodiments=tuple(e for e in tiny_config.embodiments if e.name != "kuka"))
+    with pytest.raises(KeyError, match="unknown embodiment 'kuka'"):
+        ChunkDataset([make_episode("kuka", length=3)], narrow, embedder=embedder)
+    with pytest.raises(ValueError, match="does not match the model"):
+        ChunkDataset([make_episode("panda", length=3)], tiny_config.with_(text_encoder="other"), embedder=embedder)
+
+
+def test_random_shift_keeps_shape_and_content_nearby() -> None:
+    images = torch.randint(0, 256, (3, 2, 16, 16, 3), dtype=torch.uint8)
+    assert random_shift(images, 0) is images
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+    again = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted, again)
+    assert not torch.equal(shifted, images)
+    # Cameras of one sample shift together, and a shift moves pixels: the inner crop is the original, displaced.
+    assert any(
+        torch.equal(shifted[0, :, 2:14, 2:14], images[0, :, 2 + dy : 14 + dy, 2 + dx : 14 + dx])
+        for dy in range(-2, 3)
+        for dx in range(-2, 3)
+    )
