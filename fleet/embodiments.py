@@ -34,14 +34,20 @@ EMBODIMENTS: dict[str, EmbodimentSpec] = {
             action_dim=4,
             proprio_dim=10,
             control_hz=10.0,
-            description="Franka Panda, parallel gripper: action = (dx, dy, dz, gripper)",
+            description=(
+                "Franka Panda, parallel gripper: action = (dx, dy, dz, gripper > 0 closes);"
+                " proprio = tool xyz, tool quaternion xyzw, 2 finger positions, gripper closed"
+            ),
         ),
         EmbodimentSpec(
             "kuka",
             action_dim=5,
             proprio_dim=8,
             control_hz=10.0,
-            description="KUKA iiwa with gripper: action = (dx, dy, dz, dyaw, gripper)",
+            description=(
+                "KUKA iiwa, suction tool: action = (dx, dy, dz, dyaw, suction > 0 on);"
+                " proprio = tool xyz, sin/cos tool yaw, suction on, sealed, tool contact"
+            ),
         ),
         EmbodimentSpec(
             "sawyer",

@@ -64,7 +64,7 @@ def _array(dtype: type, ndim: int | None = None) -> Any:
             raise ValueError(f"frames must be uint8, got {value.dtype}")
         try:
             arr = np.ascontiguousarray(value, dtype=dtype)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"not convertible to a {np.dtype(dtype).name} array: {e}") from None
         if ndim is not None and arr.ndim != ndim:
             raise ValueError(f"expected {ndim} dimensions, got shape {arr.shape}")
@@ -425,7 +425,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 def _to_wire(value: Any, frame_codec: FrameCodec) -> Any:
     if isinstance(value, np.ndarray):
-        return encode_array(value, codec=frame_codec if value.ndim == 4 and value.dtype == np.uint8 else None)
+        is_frames = value.ndim == 4 and value.dtype == np.uint8
+        return encode_array(value, codec=frame_codec if is_frames and frame_codec != "zstd" else None)
     if isinstance(value, BaseModel):
         return {name: _to_wire(getattr(value, name), frame_codec) for name in type(value).model_fields}
     if isinstance(value, dict):
@@ -472,5 +473,7 @@ def decode(data: bytes, expected: type[Message] | None = None) -> Message:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or kind}: {err['msg']}" for err in e.errors()[:5])
         raise SchemaError(f"invalid {kind}: {problems}") from None
-    except RecursionError:
-        raise SchemaError(f"invalid {kind}: nested too deeply") from None
+    except SchemaError:
+        raise
+    except Exception as e:  # a validator tripping over a hostile value must still read as a bad payload
+        raise SchemaError(f"invalid {kind}: {type(e).__name__}: {e}") from None

@@ -52,6 +52,7 @@ class TaskSpec:
     max_steps: int  # time limit in env steps (control ticks); the episode is truncated after it
     description: str  # one line for humans: what success means
     slots: tuple[str, ...] = ("color",)  # template slots every phrasing must use
+    embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiments (hence backends) that simulate this task
 
     def __post_init__(self) -> None:
         if len(self.phrasings) < 2:
@@ -96,14 +97,16 @@ class SimState:
     goal: dict[str, Any] = field(default_factory=dict)  # task-specific goal, e.g. {"direction": 1.0}
     success: bool = False  # the task's success check on this state
     action_scale: tuple[float, float] = (0.03, 0.25)  # metres / radians one unit of action moves the tool per step
+    backend_state: np.ndarray | None = None  # the backend's full state vector, for backend-specific experts
 
 
 @runtime_checkable
 class Env(Protocol):
     """A simulated robot the fleet can drive (Gymnasium-style)."""
 
-    task: TaskSpec
-    embodiment: EmbodimentSpec
+    task: TaskSpec  # what the episode asks for
+    embodiment: EmbodimentSpec  # action / proprio sizes
+    max_steps: int  # time limit of an episode, env steps
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Observation, dict]: ...
 

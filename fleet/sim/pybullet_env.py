@@ -2,12 +2,16 @@
 
 Speed: DIRECT mode (no GUI), the CPU tiny renderer, primitive objects and coarse robot meshes (see
 `fleet.sim.pybullet_robots`); one env step (IK + physics substeps + a 64x64 image) takes a few ms
-on one core. Determinism: the world is built once and snapshotted; every `reset` restores that
-snapshot before laying out the episode, so the same seed gives bit-identical observations.
+on one core. Determinism: every `reset` rebuilds the world from nothing before laying out the episode, so the
+same seed gives bit-identical observations whatever ran before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +21,7 @@ from pybullet_utils.bullet_client import BulletClient
 from fleet.embodiments import EmbodimentSpec
 from fleet.sim.base import EnvBase, SimState, TaskSpec
 from fleet.sim.pybullet_robots import ArmLimits, KukaSuctionArm, PandaArm, PyBulletArm
-from fleet.sim.pybullet_scene import SCENES
+from fleet.sim.pybullet_scene import SCENES, TabletopScene
 
 ARMS: dict[str, type[PyBulletArm]] = {"panda": PandaArm, "kuka": KukaSuctionArm}
 
@@ -27,9 +31,9 @@ class PyBulletConfig:
     """Knobs of the PyBullet backend; the defaults are what the benchmarks and experts are tuned for."""
 
     image_size: int = 64  # side of the square RGB image, pixels
-    camera_eye: tuple[float, float, float] = (0.95, 0.0, 0.66)  # front camera position, robot frame, metres
-    camera_target: tuple[float, float, float] = (0.52, 0.0, 0.08)  # point the front camera looks at
-    camera_fov: float = 46.0  # vertical field of view, degrees
+    camera_eye: tuple[float, float, float] = (1.0, 0.0, 0.5)  # front camera position, robot frame, metres
+    camera_target: tuple[float, float, float] = (0.54, 0.0, 0.09)  # point the front camera looks at
+    camera_fov: float = 42.0  # vertical field of view, degrees
     shadows: bool = False  # tiny-renderer shadows: nicer images, about half the frame rate
     physics_hz: int = 240  # physics rate; control_hz comes from the embodiment (substeps = ratio)
     solver_iterations: int = 50  # constraint solver iterations per physics step (grasp stability)
@@ -43,6 +47,25 @@ class PyBulletConfig:
             raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
         if self.physics_hz <= 0 or self.solver_iterations <= 0:
             raise ValueError("physics_hz and solver_iterations must be positive")
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence what the PyBullet C library prints on connect ("argv[0]=") without losing Python's stdout."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # stdout replaced (pytest capture, notebooks)
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 class PyBulletEnv(EnvBase):
@@ -67,26 +90,39 @@ class PyBulletEnv(EnvBase):
             self.max_steps = config.max_steps
         self.substeps = max(1, round(config.physics_hz / embodiment.control_hz))
 
-        self.client = BulletClient(connection_mode=pybullet.DIRECT)
+        with _quiet_stdout():
+            self.client = BulletClient(connection_mode=pybullet.DIRECT)
         c = self.client
-        c.setGravity(0, 0, -9.81)
-        c.setPhysicsEngineParameter(
-            fixedTimeStep=1.0 / config.physics_hz, numSolverIterations=config.solver_iterations, deterministicOverlappingPairs=1
-        )
-        self.scene = SCENES[task.name](c)
-        self.arm = ARMS[embodiment.name](c, config.limits)
-        self._snapshot = c.saveState()
+        self.scene, self.arm = self._build_world()
         size = config.image_size
         self._view = c.computeViewMatrix(config.camera_eye, config.camera_target, (0, 0, 1))
         self._proj = c.computeProjectionMatrixFOV(config.camera_fov, 1.0, 0.05, 4.0)
         self._size = size
         self._frame: np.ndarray | None = None  # the current image, rendered at most once per state
         self._closed = False
+        self._used = False  # the world has been stepped since it was built
+
+    def _build_world(self) -> tuple[TabletopScene, PyBulletArm]:
+        """Create the world from nothing (~20 ms).
+
+        Done on every reset: restoring a `saveState` snapshot is not enough for bit-identical replays,
+        because Bullet's broadphase and contact caches keep history that changes the solver's order.
+        """
+        c, config = self.client, self.config
+        c.resetSimulation()
+        c.setGravity(0, 0, -9.81)
+        c.setPhysicsEngineParameter(
+            fixedTimeStep=1.0 / config.physics_hz,
+            numSolverIterations=config.solver_iterations,
+            deterministicOverlappingPairs=1,
+        )
+        return SCENES[self.task.name](c), ARMS[self.embodiment.name](c, config.limits)
 
     # --- EnvBase hooks ---------------------------------------------------------------------------
     def _reset_scene(self, rng: np.random.Generator) -> str:
-        self.arm.release()  # a suction constraint is not part of the snapshot
-        self.client.restoreState(self._snapshot)
+        if self._used:
+            self.scene, self.arm = self._build_world()
+        self._used = True
         slots = self.scene.reset(rng)
         instruction = self.task.instruction(rng, **slots)
         jitter = rng.uniform(-self.config.home_jitter, self.config.home_jitter, 3)
@@ -115,7 +151,9 @@ class PyBulletEnv(EnvBase):
                 renderer=pybullet.ER_TINY_RENDERER,
                 flags=pybullet.ER_NO_SEGMENTATION_MASK,
             )
-            self._frame = np.ascontiguousarray(np.asarray(rgba, dtype=np.uint8).reshape(self._size, self._size, 4)[..., :3])
+            self._frame = np.ascontiguousarray(
+                np.asarray(rgba, dtype=np.uint8).reshape(self._size, self._size, 4)[..., :3]
+            )
         return {"front": self._frame.copy()}
 
     def _is_success(self) -> bool:
@@ -146,4 +184,3 @@ class PyBulletEnv(EnvBase):
 
     def __repr__(self) -> str:
         return f"PyBulletEnv(task={self.task.name!r}, embodiment={self.embodiment.name!r}, image_size={self._size})"
-

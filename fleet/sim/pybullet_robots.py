@@ -87,11 +87,49 @@ _SUCTION_TOOL = """
 """
 
 
+def decimate_obj(text: str, cell: float) -> str:
+    """A coarser OBJ mesh by vertex clustering: vertices in one `cell`-sized voxel merge into their mean.
+
+    Only used for what the camera sees (collision shapes stay exact); at 64x64 pixels the detail lost
+    is invisible and the CPU renderer gets several times faster.
+    """
+    vertices: list[list[float]] = []
+    faces: list[list[int]] = []
+    for line in text.splitlines():
+        if line.startswith("v "):
+            vertices.append([float(x) for x in line.split()[1:4]])
+        elif line.startswith("f "):
+            faces.append([int(token.split("/")[0]) for token in line.split()[1:]])
+    v = np.array(vertices)
+    _, cluster = np.unique(np.floor(v / cell).astype(np.int64), axis=0, return_inverse=True)
+    cluster = cluster.ravel()
+    merged = np.zeros((cluster.max() + 1, 3))
+    np.add.at(merged, cluster, v)
+    merged /= np.bincount(cluster)[:, None]
+    seen: set[tuple[int, ...]] = set()
+    lines = [f"v {x:.5f} {y:.5f} {z:.5f}" for x, y, z in merged]
+    for face in faces:
+        ids = [int(cluster[i - 1 if i > 0 else len(v) + i]) for i in face]
+        for k in range(1, len(ids) - 1):
+            tri = (ids[0], ids[k], ids[k + 1])
+            key = tuple(sorted(tri))
+            if len(set(tri)) == 3 and key not in seen:
+                seen.add(key)
+                lines.append(f"f {tri[0] + 1} {tri[1] + 1} {tri[2] + 1}")
+    return "\n".join(lines) + "\n"
+
+
 @functools.cache
-def kuka_urdf() -> Path:
-    """The iiwa URDF with absolute mesh paths and a suction tool on the flange."""
+def kuka_urdf(visual_cell: float = 0.02) -> Path:
+    """The iiwa URDF with a suction tool on the flange and decimated visual meshes (fast rendering)."""
     source = _DATA / "kuka_iiwa" / "model.urdf"
-    text = source.read_text().replace('filename="meshes/', f'filename="{source.parent / "meshes"}/')
+    meshes = _asset_dir() / "kuka_meshes"
+    meshes.mkdir(exist_ok=True)
+    text = source.read_text()
+    for obj in sorted((source.parent / "meshes").glob("link_*.obj")):
+        (meshes / obj.name).write_text(decimate_obj(obj.read_text(), visual_cell))
+        text = text.replace(f'filename="meshes/{obj.name}"', f'filename="{meshes / obj.name}"')
+    text = text.replace('filename="meshes/', f'filename="{source.parent / "meshes"}/')
     text = text.replace("</robot>", _SUCTION_TOOL + "</robot>")
     out = _asset_dir() / "kuka_suction.urdf"
     out.write_text(text)
@@ -144,7 +182,8 @@ class PyBulletArm(abc.ABC):
         return 0.0 if self.closed else 1.0
 
     def release(self) -> None:
-        """Let go of whatever the gripper holds, immediately (only suction can)."""
+        """Let go of whatever the gripper holds, immediately (fingers just get the open command)."""
+        self.closed = False
 
     @abc.abstractmethod
     def after_physics(self, movable: dict[str, int]) -> None:
@@ -235,7 +274,17 @@ class PandaArm(PyBulletArm):
     def _load(self) -> int:
         body = self.client.loadURDF(str(panda_urdf()), (0, 0, 0), useFixedBase=True)
         for finger in self.fingers:
-            self.client.changeDynamics(body, finger, lateralFriction=1.5, spinningFriction=0.01, frictionAnchor=True)
+            self.client.changeDynamics(body, finger, lateralFriction=1.5, spinningFriction=0.1, frictionAnchor=True)
+        for link in range(-1, 8):
+            self.client.changeVisualShape(body, link, rgbaColor=(0.93, 0.93, 0.93, 1.0))
+        for link in (8, *self.fingers):
+            self.client.changeVisualShape(body, link, rgbaColor=(0.22, 0.22, 0.24, 1.0))
+        # Couple the fingers (the URDF's <mimic> is ignored by PyBullet): without this, two independent
+        # force-limited fingers let a grasped cube slide sideways whenever the hand accelerates.
+        gear = self.client.createConstraint(
+            body, self.fingers[0], body, self.fingers[1], pybullet.JOINT_GEAR, (1, 0, 0), (0, 0, 0), (0, 0, 0)
+        )
+        self.client.changeConstraint(gear, gearRatio=-1, erp=0.1, maxForce=100)
         return body
 
     def _set_gripper(self, close: bool) -> None:
@@ -297,6 +346,7 @@ class KukaSuctionArm(PyBulletArm):
 
     def release(self) -> None:
         """Switch suction off: drop whatever is held."""
+        super().release()
         if self._constraint is not None:
             self.client.removeConstraint(self._constraint)
         self._constraint = None

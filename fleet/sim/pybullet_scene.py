@@ -18,7 +18,7 @@ from fleet.sim.base import ObjectState
 from fleet.sim.tasks import COLORS
 
 CUBE_HALF = 0.02  # half edge of every cube, metres (4 cm cubes fit the Panda's 8 cm opening)
-TABLE_RGBA = (0.62, 0.60, 0.56, 1.0)
+TABLE_RGBA = (0.45, 0.43, 0.40, 1.0)
 TRAY_RGBA = (0.78, 0.66, 0.47, 1.0)
 TRAY_INNER_HALF = 0.07  # half of the tray's inner width, metres
 TRAY_FLOOR = 0.006  # tray floor thickness, metres
@@ -42,7 +42,9 @@ def _tray(client: BulletClient) -> int:
         halves.append((wall / 2, outer, height / 2) if sx else (outer, wall / 2, height / 2))
         offsets.append((sx * (inner + wall / 2), sy * (inner + wall / 2), height / 2))
     n = len(halves)
-    collision = client.createCollisionShapeArray([client.GEOM_BOX] * n, halfExtents=halves, collisionFramePositions=offsets)
+    collision = client.createCollisionShapeArray(
+        [client.GEOM_BOX] * n, halfExtents=halves, collisionFramePositions=offsets
+    )
     visual = client.createVisualShapeArray(
         [client.GEOM_BOX] * n, halfExtents=halves, visualFramePositions=offsets, rgbaColors=[TRAY_RGBA] * n
     )
@@ -60,7 +62,7 @@ class TabletopScene(abc.ABC):
 
     def __init__(self, client: BulletClient) -> None:
         self.client = client
-        self.table = _box(client, (0.6, 0.6, 0.01), TABLE_RGBA, 0.0)
+        self.table = _box(client, (1.2, 1.2, 0.01), TABLE_RGBA, 0.0)
         client.resetBasePositionAndOrientation(self.table, (0.45, 0.0, -0.01), (0, 0, 0, 1))
         self.cubes = [_box(client, (CUBE_HALF,) * 3, (1, 1, 1, 1), 0.1) for _ in range(self.n_cubes)]
         for cube in self.cubes:

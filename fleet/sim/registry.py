@@ -1,7 +1,8 @@
 """Find a simulated env by task and embodiment: `make_env("pick", "panda", seed=0)`.
 
-The embodiment decides the backend ("panda", "kuka" -> PyBullet; "sawyer" -> Meta-World when
-installed); backends are imported lazily so `import fleet.sim` stays light.
+The embodiment decides the backend ("panda", "kuka" -> PyBullet; "sawyer" -> Meta-World, an optional
+install); backends are imported lazily so `import fleet.sim` stays light. Each task lists the
+embodiments it runs on (`TaskSpec.embodiments`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fleet.sim.base import Env, TaskSpec
 from fleet.sim.tasks import TASKS
 
 # Embodiment -> backend that simulates it.
-BACKENDS: dict[str, str] = {"panda": "pybullet", "kuka": "pybullet"}
+BACKENDS: dict[str, str] = {"panda": "pybullet", "kuka": "pybullet", "sawyer": "metaworld"}
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> KeyError:
@@ -35,7 +36,16 @@ def make_env(task: str, embodiment: str, *, seed: int | None = None, image_size:
     spec = get_task(task)
     if embodiment not in BACKENDS:
         raise _unknown("simulated embodiment", embodiment, sorted(BACKENDS))
+    if embodiment not in spec.embodiments:
+        other = sorted(name for name, t in TASKS.items() if embodiment in t.embodiments)
+        raise ValueError(
+            f"task {task!r} runs on {list(spec.embodiments)}, not {embodiment!r}; tasks for {embodiment!r}: {other}"
+        )
     body = get_embodiment(embodiment)
+    if BACKENDS[embodiment] == "metaworld":
+        from fleet.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
+
+        return MetaWorldEnv(spec, body, config=MetaWorldConfig(image_size=image_size), seed=seed)
     from fleet.sim.pybullet_env import PyBulletConfig, PyBulletEnv
 
     return PyBulletEnv(spec, body, config=PyBulletConfig(image_size=image_size), seed=seed)

@@ -14,6 +14,7 @@ import logging
 import os
 import struct
 import zlib
+from collections import deque
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,9 @@ class DiskSpool:
         self._active: Path | None = None  # segment open for appends; never one left by a previous run
         self._file = None
         if self._records:
-            log.info("spool %s holds %d messages (%d B) from a previous run", self.directory, self._records, self._bytes)
+            log.info(
+                "spool %s holds %d messages (%d B) from a previous run", self.directory, self._records, self._bytes
+            )
 
     @property
     def records(self) -> int:
@@ -129,3 +132,32 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class MemorySpool:
+    """Spool without a directory: same interface as DiskSpool, lost on exit (used when spool_dir=None)."""
+
+    def __init__(self, max_records: int) -> None:
+        self._chunks: deque[list[bytes]] = deque()
+        self.max_records = max_records
+        self.records = 0
+
+    def append_many(self, payloads: list[bytes]) -> int:
+        room = max(0, self.max_records - self.records)
+        if payloads[:room]:
+            self._chunks.append(payloads[:room])
+            self.records += len(payloads[:room])
+        return min(room, len(payloads))
+
+    def oldest(self) -> list[bytes] | None:
+        return self._chunks[0] if self._chunks else None
+
+    def read(self, token: list[bytes]) -> list[bytes]:
+        return token
+
+    def remove(self, token: list[bytes], records: int) -> None:
+        self._chunks.popleft()
+        self.records -= records
+
+    def close(self) -> None:
+        pass

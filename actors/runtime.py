@@ -1,0 +1,337 @@
+"""The robot runtime: the control loop that executes action chunks and streams what happened.
+
+Robot-agnostic: it drives anything with the `Env` shape (`reset`, `step`; the simulator is one, a
+real robot's driver another) through a `Policy` (`infer(obs) -> (H, A) chunk`, `reset()`).
+
+Per tick: take the next action of the current chunk (or the supervisor's, when a human drives),
+step the env, record the step. Inference of the next chunk runs in a worker thread and starts
+`prefetch_steps` before the current chunk ends, so no tick waits for the network or the model
+(a tick that overruns its deadline is counted as missed). At each chunk boundary — and only there —
+the runtime applies a pending hot-reload swap and pending operator commands. Everything leaves
+through a non-blocking transport: segments every `segment_steps`, a `Correction` per takeover, a
+`RewardSignal` per episode, a `Heartbeat` every `heartbeat_interval_s` from its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actors.reload import HotReloader
+from actors.supervisor import Supervisor
+from fleet.schemas import Command, Correction, Heartbeat, LoopStats, Message, RewardSignal, TrajectorySegment
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Message], Any]
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    """One robot's control loop."""
+
+    robot_id: str  # stable id: Kafka key, DB key, dashboard row
+    embodiment: str  # key of fleet.embodiments.EMBODIMENTS
+    task: str  # task id this robot works on (operators may reassign)
+    control_hz: float = 10.0  # tick rate
+    realtime: bool = False  # sleep to the tick deadline (real robots, demos); off = as fast as the sim runs
+    segment_steps: int = 10  # steps per TrajectorySegment (1 s at 10 Hz)
+    execute_steps: int | None = None  # actions executed per chunk before re-planning (None = the whole chunk)
+    prefetch_steps: int = 1  # start inferring the next chunk this many steps before the current one ends
+    heartbeat_interval_s: float = 1.0  # heartbeat period
+    seed: int = 0  # episode seeds are seed * 100_000 + episode index
+
+    def __post_init__(self) -> None:
+        if self.control_hz <= 0 or self.segment_steps <= 0 or self.prefetch_steps < 0:
+            raise ValueError("control_hz and segment_steps must be positive, prefetch_steps >= 0")
+
+
+def _new_window() -> dict[str, Any]:
+    return {"ticks": 0, "missed": 0, "ms": []}
+
+
+@dataclass
+class EpisodeResult:
+    episode_id: str
+    steps: int
+    success: bool
+    interventions: int
+    model_version: str | None
+
+
+@dataclass
+class _Segment:
+    """Steps buffered for the next TrajectorySegment."""
+
+    start: int = 0
+    timestamps: list[float] = field(default_factory=list)
+    frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    proprio: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    intervention: list[bool] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    version: str | None = None
+
+
+class RobotRuntime:
+    """Runs episodes on one robot; see the module docstring."""
+
+    def __init__(
+        self,
+        config: RobotConfig,
+        *,
+        env: Any,
+        policy: Any,
+        model_version: str | None,
+        publish: Publish,
+        reloader: HotReloader | None = None,
+        supervisor: Supervisor | None = None,
+        spooled: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.policy = policy
+        self.version = model_version
+        self.publish = publish
+        self.reloader = reloader
+        self.supervisor = supervisor
+        self.spooled = spooled
+        self.state = "starting"
+        self.task = config.task
+        self.instruction_override: str | None = None
+        self.episode_id: str | None = None
+        self.episodes = 0
+        self.swaps: list[tuple[str, float]] = []  # (version, time) of each applied swap
+        self._commands: list[Command] = []
+        self._commands_lock = threading.Lock()
+        self.pending_command: str | None = None
+        self.applied_command: str | None = None
+        self._window: dict[str, Any] = _new_window()
+        self._stop = threading.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{config.robot_id}")
+        self._hb_thread: threading.Thread | None = None
+
+    # ---- commands and heartbeats ------------------------------------------------------------------
+    def submit_command(self, command: Command) -> None:
+        """Queue an operator command (from the commands consumer); applied at the next chunk boundary."""
+        with self._commands_lock:
+            self._commands.append(command)
+            self.pending_command = command.command_id
+
+    def _apply_commands(self) -> None:
+        with self._commands_lock:
+            commands, self._commands = self._commands, []
+        for command in commands:
+            if command.action == "pause":
+                self.state = "paused"
+            elif command.action == "resume":
+                self.state = "running"
+            elif command.action == "stop":
+                self.state = "stopped"
+                self._stop.set()
+            elif command.action == "out_of_rotation":
+                self.state = "out_of_rotation"
+            elif command.action == "assign_task":
+                self.task = command.task_id or self.task
+                self.instruction_override = command.instruction
+            self.applied_command = command.command_id
+            log.info("command applied", extra={"robot": self.config.robot_id, "command": command.action})
+        with self._commands_lock:
+            if not self._commands:
+                self.pending_command = None
+
+    def heartbeat(self) -> Heartbeat:
+        w, self._window = self._window, _new_window()
+        ms = np.asarray(w["ms"][-10_000:] or [0.0])
+        return Heartbeat(
+            robot_id=self.config.robot_id,
+            embodiment=self.config.embodiment,
+            state=self.state,  # type: ignore[arg-type]
+            model_version=self.version,
+            task_id=self.task,
+            episode_id=self.episode_id,
+            sent_at=time.time(),
+            loop=LoopStats(
+                control_hz=self.config.control_hz,
+                ticks=int(w["ticks"]),
+                missed_ticks=int(w["missed"]),
+                tick_ms_p50=float(np.percentile(ms, 50)),
+                tick_ms_p99=float(np.percentile(ms, 99)),
+                tick_ms_max=float(ms.max()),
+            ),
+            pending_command_id=self.pending_command,
+            applied_command_id=self.applied_command,
+            spooled_messages=self.spooled(),
+        )
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_interval_s):
+            self.publish(self.heartbeat())
+        self.publish(self.heartbeat())
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def run(self, *, episodes: int | None = None, stop: threading.Event | None = None) -> list[EpisodeResult]:
+        """Run episodes until `episodes` are done, `stop` is set, or a stop command arrives."""
+        self.state = "running"
+        self._hb_thread = threading.Thread(target=self._heartbeats, name=f"hb-{self.config.robot_id}", daemon=True)
+        self._hb_thread.start()
+        results = []
+        try:
+            while not self._stop.is_set() and (episodes is None or len(results) < episodes):
+                if stop is not None and stop.is_set():
+                    break
+                self._apply_commands()
+                if self.state in ("paused", "out_of_rotation"):
+                    self._maybe_swap()
+                    time.sleep(0.05)
+                    continue
+                results.append(self.run_episode())
+        finally:
+            self.state = "stopped"
+            self._stop.set()
+            self._hb_thread.join(timeout=5)
+            self._executor.shutdown(wait=False)
+        return results
+
+    def _maybe_swap(self) -> None:
+        if self.reloader is None:
+            return
+        swap = self.reloader.take_ready()
+        if swap is not None:
+            self.policy, self.version = swap.policy, swap.version
+            self.swaps.append((swap.version, time.time()))
+            log.info("swapped", extra={"robot": self.config.robot_id, "version": swap.version})
+
+    def _infer(self, obs: dict[str, Any]) -> Future[np.ndarray]:
+        policy, version = self.policy, self.version
+        return self._executor.submit(lambda: (np.asarray(policy.infer(obs), dtype=np.float32), version))  # type: ignore[arg-type,return-value]
+
+    def run_episode(self) -> EpisodeResult:
+        cfg = self.config
+        seed = cfg.seed * 100_000 + self.episodes
+        self.episodes += 1
+        self.episode_id = f"{cfg.robot_id}-{uuid.uuid4().hex[:10]}"
+        obs, _ = self.env.reset(seed=seed)
+        obs = self._observe(obs)
+        self.policy.reset()
+        if self.supervisor is not None:
+            self.supervisor.reset()
+        segment, index, step = _Segment(), 0, 0
+        takeover: list[np.ndarray] = []
+        takeover_start = 0
+        interventions = 0
+        success = done = False
+        period = 1.0 / cfg.control_hz
+        self._maybe_swap()
+        chunk, chunk_version = self._infer(obs).result()
+        cursor, pending = 0, None
+        next_tick = time.monotonic()
+        while not done:
+            tick_start = time.monotonic()
+            horizon = min(len(chunk), cfg.execute_steps or len(chunk))
+            if pending is None and horizon - cursor <= cfg.prefetch_steps:
+                self._apply_commands()
+                self._maybe_swap()  # chunk boundary for inference: the next chunk comes from the new version
+                pending = self._infer(obs)
+            if cursor >= horizon:
+                chunk, chunk_version = (pending or self._infer(obs)).result()
+                pending, cursor = None, 0
+            action = chunk[cursor]
+            cursor += 1
+            human = self.supervisor.step(obs, action) if self.supervisor is not None else None
+            if human is not None:
+                if not takeover:
+                    takeover_start = step
+                takeover.append(human)
+                action = human
+                interventions += 1
+            elif takeover:
+                self._send_correction(takeover_start, takeover, chunk_version)
+                takeover = []
+            if segment.version != chunk_version and segment.actions:
+                self._send_segment(segment, index, done=False, success=False)
+                segment, index = _Segment(start=step), index + 1
+            segment.version = chunk_version
+            self._record(segment, obs, action, human is not None)
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+            segment.rewards.append(float(reward))
+            step += 1
+            done = bool(terminated or truncated)
+            success = bool(info.get("success", False))
+            obs = self._observe(next_obs)
+            if len(segment.actions) >= cfg.segment_steps or done:
+                self._send_segment(segment, index, done=done, success=success)
+                segment, index = _Segment(start=step), index + 1
+            self._tick(tick_start, period, next_tick)
+            next_tick += period
+            if self._stop.is_set():
+                break
+        if takeover:
+            self._send_correction(takeover_start, takeover, chunk_version)
+        if pending is not None:
+            pending.cancel()
+        self.publish(
+            RewardSignal(
+                reward_id=f"{self.episode_id}-outcome", robot_id=cfg.robot_id, episode_id=self.episode_id,
+                source="sim", labeller="success-check", created_at=time.time(), success=success,
+            )
+        )  # fmt: skip
+        return EpisodeResult(self.episode_id, step, success, interventions, self.version)
+
+    def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
+        if self.instruction_override:
+            obs = {**obs, "instruction": self.instruction_override}
+        return obs
+
+    def _tick(self, start: float, period: float, deadline: float) -> None:
+        now = time.monotonic()
+        elapsed_ms = (now - start) * 1000
+        w = self._window
+        w["ticks"] += 1
+        w["ms"].append(elapsed_ms)
+        if self.config.realtime:
+            if now > deadline + period:
+                w["missed"] += 1
+            else:
+                time.sleep(max(0.0, deadline + period - now))
+
+    def _record(self, segment: _Segment, obs: dict[str, Any], action: np.ndarray, human: bool) -> None:
+        segment.timestamps.append(time.time())
+        for camera, image in obs["images"].items():
+            segment.frames.setdefault(camera, []).append(image)
+        segment.proprio.append(np.asarray(obs["proprio"], dtype=np.float32))
+        segment.actions.append(np.asarray(action, dtype=np.float32))
+        segment.intervention.append(human)
+
+    def _send_segment(self, segment: _Segment, index: int, *, done: bool, success: bool) -> None:
+        cfg = self.config
+        self.publish(
+            TrajectorySegment(
+                robot_id=cfg.robot_id, embodiment=cfg.embodiment, task_id=self.task,
+                instruction=self.instruction_override or self.env.instruction, episode_id=self.episode_id,
+                segment_index=index, step_start=segment.start, model_version=segment.version,
+                created_at=time.time(), timestamps=np.asarray(segment.timestamps, dtype=np.float64),
+                frames={cam: np.stack(images) for cam, images in segment.frames.items()},
+                proprio=np.stack(segment.proprio), actions=np.stack(segment.actions),
+                intervention=np.asarray(segment.intervention, dtype=bool),
+                rewards=np.asarray(segment.rewards, dtype=np.float32), done=done, success=success,
+            )
+        )  # fmt: skip
+
+    def _send_correction(self, start: int, actions: list[np.ndarray], version: str | None) -> None:
+        cfg = self.config
+        self.publish(
+            Correction(
+                correction_id=f"{self.episode_id}-c{start}", robot_id=cfg.robot_id, embodiment=cfg.embodiment,
+                task_id=self.task, episode_id=self.episode_id, step_start=start, actions=np.stack(actions),
+                operator=getattr(self.supervisor, "name", "supervisor"), model_version=version, created_at=time.time(),
+            )
+        )  # fmt: skip

@@ -1,0 +1,212 @@
+"""Scripted experts: a task-solving controller per task x embodiment, from privileged state.
+
+The expert is the simulated human supervisor: it can take over from any mid-episode state, so it
+keeps no memory between calls and decides each action from the current `SimState` alone (where the
+tool is, what it holds, where the objects and the goal are). Usage::
+
+    env = make_env("place", "panda", seed=0)
+    expert = make_expert(env)
+    obs, info = env.reset()
+    action = expert(obs)  # or expert.act_on_state(env.privileged_state())
+
+Backend-agnostic: any env whose `privileged_state()` fills `SimState` can be driven by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fleet.sim.base import Env, Observation, SimState
+
+TRAVEL_Z = 0.12  # tool height for moving over other objects and tray walls, metres
+HOVER = 0.07  # how far above a cube the tool lines up before descending, metres
+PUSH_Z = 0.018  # tool height while pushing (below the cube's centre), metres
+ALIGN = 0.008  # xy error under which the tool counts as lined up, metres
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the expert wants for this step, before it becomes an action."""
+
+    position: np.ndarray  # tool target, world xyz, metres
+    close: bool  # gripper closed / suction on
+    speed: float = 1.0  # fraction of the maximum step size
+
+
+def _above(xy: np.ndarray, z: float) -> np.ndarray:
+    return np.array([xy[0], xy[1], z])
+
+
+def _grasp_height(state: SimState, centre_z: float, half: float) -> float:
+    """Tool height that grasps a cube: its centre for fingers, its top face (pressed in) for suction."""
+    if state.embodiment == "kuka":
+        return centre_z + half - 0.006
+    return max(centre_z, 0.015)
+
+
+def _pick(state: SimState, name: str) -> Plan:
+    """Go to the named cube and grasp it (fingers or suction), from wherever the tool is."""
+    obj = state.objects[name]
+    ee = state.ee_position
+    xy_err = float(np.linalg.norm(ee[:2] - obj.position[:2]))
+    grasp_z = _grasp_height(state, obj.position[2], obj.half_size)
+    if state.gripper_closed and state.held is None:
+        still_closing = state.embodiment == "panda" and state.gripper_opening > 0.3 and xy_err < 0.02
+        sealing = state.embodiment == "kuka" and xy_err < 0.02 and ee[2] < grasp_z + 0.03
+        if still_closing:
+            return Plan(ee.copy(), close=True)
+        if sealing:
+            return Plan(_above(obj.position, grasp_z - 0.01), close=True, speed=0.5)
+        return Plan(_above(ee, max(ee[2], obj.position[2] + HOVER)), close=False)  # missed: open and back off
+    if xy_err > ALIGN:
+        if ee[2] < obj.position[2] + HOVER - 0.02 and xy_err > 0.02:
+            return Plan(_above(ee, obj.position[2] + HOVER), close=False)  # rise before travelling
+        return Plan(_above(obj.position, max(min(ee[2], obj.position[2] + HOVER), grasp_z)), close=False)
+    if ee[2] > grasp_z + 0.008:
+        return Plan(_above(obj.position, grasp_z), close=False, speed=0.7)
+    return Plan(_above(obj.position, grasp_z), close=True)
+
+
+def _carry_to(state: SimState, name: str, goal_xy: np.ndarray, release_z: float, tolerance: float) -> Plan:
+    """Carry the held cube over `goal_xy` at travel height, lower it to `release_z` (cube centre), let go.
+
+    `tolerance` is how far (xy, metres) from `goal_xy` the cube may be when it is lowered.
+    """
+    obj = state.objects[name]
+    ee = state.ee_position
+    offset = ee - obj.position  # where the tool holds the cube, relative to its centre
+    xy_err = float(np.linalg.norm(obj.position[:2] - goal_xy))
+    tool_goal = _above(goal_xy + offset[:2], release_z + offset[2])
+    if xy_err > tolerance:
+        if ee[2] < TRAVEL_Z - 0.03 and xy_err > tolerance + 0.015:
+            return Plan(_above(ee, TRAVEL_Z), close=True)  # lift clear before travelling
+        return Plan(_above(tool_goal, max(ee[2], TRAVEL_Z) if xy_err > tolerance + 0.015 else ee[2]), close=True)
+    if obj.position[2] > release_z + 0.006:
+        return Plan(tool_goal, close=True, speed=0.6)
+    return Plan(ee.copy(), close=False)
+
+
+def _retreat(state: SimState) -> Plan:
+    ee = state.ee_position
+    return Plan(_above(ee, max(ee[2], TRAVEL_Z)), close=False)
+
+
+def pick_plan(state: SimState) -> Plan:
+    target = state.target
+    if state.held == target:
+        ee = state.ee_position
+        return Plan(_above(ee, 0.16), close=True)
+    return _pick(state, target)
+
+
+def place_plan(state: SimState) -> Plan:
+    target = state.objects[state.target]
+    tray = np.asarray(state.goal["tray"])
+    inner = float(state.goal["tray_inner_half"])
+    in_tray = bool(np.all(np.abs(target.position[:2] - tray[:2]) < inner - 0.005))
+    if state.held == state.target:
+        return _carry_to(state, state.target, tray[:2], tray[2] + target.half_size + 0.004, inner / 2)
+    if in_tray and target.position[2] < tray[2] + 3 * target.half_size:
+        return _retreat(state)  # dropped in the tray: let go and get out of the way
+    return _pick(state, state.target)
+
+
+def stack_plan(state: SimState) -> Plan:
+    target = state.objects[state.target]
+    base = state.objects[state.goal["base"]]
+    on_base = (
+        np.linalg.norm(target.position[:2] - base.position[:2]) < target.half_size
+        and target.position[2] > base.position[2] + 1.5 * base.half_size
+    )
+    if state.held == state.target:
+        return _carry_to(state, state.target, base.position[:2], base.position[2] + 2 * base.half_size + 0.004, 0.006)
+    if on_base:
+        return _retreat(state)
+    return _pick(state, state.target)
+
+
+def push_plan(state: SimState) -> Plan:
+    obj = state.objects[state.target]
+    ee = state.ee_position
+    d = float(state.goal["direction"])
+    close = state.embodiment == "panda"  # closed fingers make a stiff pusher; suction stays off
+    if state.held is not None:
+        return Plan(_above(ee, TRAVEL_Z), close=False)
+    behind = obj.position[1] - d * (obj.half_size + 0.035)
+    gap = d * (obj.position[1] - ee[1])  # distance of the tool behind the block's centre, along the push
+    lined_up = abs(ee[0] - obj.position[0]) < 0.015
+    if ee[2] < PUSH_Z + 0.02 and lined_up and 0.0 < gap < obj.half_size + 0.06:
+        return Plan(np.array([obj.position[0], ee[1] + d * 0.03, PUSH_Z]), close=close, speed=0.7)
+    start = np.array([obj.position[0], behind])
+    xy_err = float(np.linalg.norm(ee[:2] - start))
+    if xy_err > 0.012:
+        near_block = np.linalg.norm(ee[:2] - obj.position[:2]) < 0.08
+        if ee[2] < HOVER - 0.02 and near_block:
+            return Plan(_above(ee, HOVER), close=close)  # rise before crossing over the block
+        return Plan(_above(start, max(HOVER, min(ee[2], TRAVEL_Z))), close=close)
+    return Plan(_above(start, PUSH_Z), close=close)
+
+
+PLANNERS: dict[str, Callable[[SimState], Plan]] = {
+    "push": push_plan,
+    "pick": pick_plan,
+    "place": place_plan,
+    "stack": stack_plan,
+}
+
+
+def plan_to_action(state: SimState, plan: Plan, action_dim: int) -> np.ndarray:
+    """Turn a tool target into a normalized action: proportional steps, clipped to one unit."""
+    translation, rotation = state.action_scale
+    delta = (plan.position - state.ee_position) / translation
+    norm = float(np.max(np.abs(delta)))
+    if norm > plan.speed:
+        delta = delta * (plan.speed / norm)  # keep the direction, cap the speed
+    gripper = 1.0 if plan.close else -1.0
+    if action_dim == 5:
+        dyaw = float(np.clip(-state.ee_yaw / rotation, -1.0, 1.0))  # keep the tool square to the table
+        return np.array([*delta, dyaw, gripper], dtype=np.float32)
+    return np.array([*delta, gripper], dtype=np.float32)
+
+
+class ScriptedExpert:
+    """Drives `env` to success from its current state; callable like a policy.
+
+    The tabletop tasks use the planners above; a backend with its own scripted policies (Meta-World)
+    offers them as `env.expert_action(state)`.
+    """
+
+    def __init__(self, env: Env, *, noise_std: float = 0.0, seed: int | None = None) -> None:
+        backend_expert = getattr(env, "expert_action", None)
+        if env.task.name in PLANNERS:
+            plan = PLANNERS[env.task.name]
+            dim = env.embodiment.action_dim
+            self._act: Callable[[SimState], np.ndarray] = lambda state: plan_to_action(state, plan(state), dim)
+        elif backend_expert is not None:
+            self._act = backend_expert
+        else:
+            raise KeyError(f"no scripted expert for task {env.task.name!r}; experts exist for {sorted(PLANNERS)}")
+        self.env = env
+        self.noise_std = noise_std  # std of Gaussian noise on the translation (for diverse demos)
+        self._rng = np.random.default_rng(seed)
+
+    def act_on_state(self, state: SimState) -> np.ndarray:
+        """The expert's action for `state` (deterministic: no noise)."""
+        return self._act(state)
+
+    def __call__(self, obs: Observation | None = None) -> np.ndarray:
+        """The expert's action now; `obs` is accepted for policy compatibility, the env's state is used."""
+        action = self.act_on_state(self.env.privileged_state())
+        if self.noise_std > 0:
+            action[:3] += self._rng.normal(0.0, self.noise_std, 3).astype(np.float32)
+        return np.clip(action, -1.0, 1.0)
+
+    act = __call__
+
+
+def make_expert(env: Env, *, noise_std: float = 0.0, seed: int | None = None) -> ScriptedExpert:
+    """The scripted expert (simulated supervisor) for `env`'s task and embodiment."""
+    return ScriptedExpert(env, noise_std=noise_std, seed=seed)

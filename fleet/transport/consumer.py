@@ -1,0 +1,219 @@
+"""Consuming: a Kafka consumer-group member, and the decode → handle → dead-letter → commit loop.
+
+`MessageLoop` is what services build on. For each polled batch it decodes every record
+(`fleet.schemas.decode`); a payload that is not a valid message, or that the handler rejects
+with `SchemaError`, is sent to `fleet.deadletter` with the reason, the original bytes and headers
+naming its source topic/partition/offset. Redelivered copies (same `dedup_key`) are skipped. Offsets
+are committed only after every record of the batch is handled and every dead letter acknowledged;
+a handler failure of any other kind is retried with backoff and, if it persists, stops the loop
+with nothing committed, so the batch is redelivered to whoever takes over the partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from fleet.schemas import Message, SchemaError, decode
+from fleet.transport.base import DEADLETTER, Record, Transport, TransportConfig, TransportError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message, Record], None]
+
+
+class KafkaGroupConsumer:
+    """`Consumer` on kafka-python: manual commits, earliest offset for a new group."""
+
+    def __init__(self, config: TransportConfig, *, group_id: str, topics: Sequence[str]) -> None:
+        try:
+            self._consumer = KafkaConsumer(
+                *topics,
+                bootstrap_servers=config.bootstrap.split(","),
+                client_id=f"{config.client_id}-{group_id}",
+                group_id=group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=config.max_poll_records,
+                session_timeout_ms=int(config.session_timeout_s * 1000),
+                heartbeat_interval_ms=int(config.session_timeout_s * 1000 / 3),
+                fetch_max_bytes=max(52428800, config.max_request_bytes),
+                max_partition_fetch_bytes=config.max_request_bytes,
+                reconnect_backoff_max_ms=1000,
+                bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
+            )
+        except KafkaError as e:
+            raise TransportError(
+                f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up` or set FLEET_KAFKA_BOOTSTRAP"
+            ) from e
+
+    def poll(self, *, timeout_s: float, max_records: int) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out: list[Record] = []
+        for records in batches.values():
+            for r in records:
+                headers = tuple((k, bytes(v) if v is not None else b"") for k, v in (r.headers or ()))
+                out.append(Record(r.topic, r.partition, r.offset, r.key, r.value or b"", headers, r.timestamp))
+        return out
+
+    def commit(self, records: Sequence[Record]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        if offsets:
+            self._consumer.commit(offsets)
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+@dataclass
+class LoopStats:
+    """Counters of one MessageLoop."""
+
+    handled: int = 0  # records decoded and passed to the handler
+    duplicates: int = 0  # redelivered copies skipped
+    dead_lettered: int = 0  # records sent to fleet.deadletter
+    commits: int = 0  # successful offset commits
+    commit_failures: int = 0  # commits refused (broker down, rebalance); covered by the next commit
+
+
+class _Seen:
+    """Bounded set of recently handled dedup keys (the durable check is the handler's job)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._keys: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._capacity = capacity
+
+    def __contains__(self, key: tuple[str, ...]) -> bool:
+        return key in self._keys
+
+    def add(self, key: tuple[str, ...]) -> None:
+        self._keys[key] = None
+        if len(self._keys) > self._capacity:
+            self._keys.popitem(last=False)
+
+
+def dead_letter(transport: Transport, record: Record, reason: str, *, group_id: str) -> None:
+    """Send a record's original bytes to fleet.deadletter with why and where it came from."""
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    headers = [
+        ("fleet.reason", reason[:2000].encode()),
+        ("fleet.source.topic", record.topic.encode()),
+        ("fleet.source.partition", str(record.partition).encode()),
+        ("fleet.source.offset", str(record.offset).encode()),
+        ("fleet.consumer.group", group_id.encode()),
+        ("fleet.dead_at", f"{time.time():.3f}".encode()),
+        *((f"fleet.original.{k}", v) for k, v in record.headers),
+    ]
+    transport.send(DEADLETTER, record.value, key=key, headers=headers)
+
+
+class MessageLoop:
+    """Poll → decode → handle → dead-letter → commit, for one consumer group."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        handler: Handler,
+        before_commit: Callable[[], None] | None = None,
+        poll_timeout_s: float = 0.5,
+        max_records: int = 500,
+        handler_attempts: int = 5,
+        dedup_capacity: int = 200_000,
+    ) -> None:
+        self.transport = transport
+        self.group_id = group_id
+        self.handler = handler
+        self.before_commit = before_commit  # batch-level durable work (e.g. one DB transaction) before the commit
+        self.poll_timeout_s = poll_timeout_s
+        self.max_records = max_records
+        self.handler_attempts = handler_attempts
+        self.stats = LoopStats()
+        self._seen = _Seen(dedup_capacity)
+        self._consumer = transport.consumer(group_id=group_id, topics=topics)
+
+    def step(self) -> int:
+        """Process one polled batch; returns how many records it held."""
+        records = self._consumer.poll(timeout_s=self.poll_timeout_s, max_records=self.max_records)
+        if not records:
+            return 0
+        dead = 0
+        for record in records:
+            dead += self._process(record)
+        if dead and not self.transport.flush(timeout_s=60.0):
+            raise TransportError(f"{dead} dead letters not acknowledged; not committing (batch will be redelivered)")
+        if self.before_commit is not None:
+            self.before_commit()
+        try:
+            self._consumer.commit(records)
+            self.stats.commits += 1
+        except KafkaError as e:
+            # The batch is processed durably; an uncommitted batch is only redelivered (and deduplicated),
+            # and the next successful commit covers these offsets.
+            self.stats.commit_failures += 1
+            log.warning("offset commit for group %s failed (%s); the next commit covers it", self.group_id, e)
+        return len(records)
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        """Loop until `stop()` is true; commits happen inside `step`."""
+        while not stop():
+            self.step()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def _process(self, record: Record) -> int:
+        try:
+            message = decode(record.value)
+        except SchemaError as e:
+            return self._dead(record, str(e))
+        except Exception as e:  # a decoder bug must not wedge the partition: park the record with the reason
+            return self._dead(record, f"decoder error {type(e).__name__}: {e}")
+        if message.dedup_key in self._seen:
+            self.stats.duplicates += 1
+            return 0
+        for attempt in range(1, self.handler_attempts + 1):
+            try:
+                self.handler(message, record)
+                break
+            except SchemaError as e:
+                return self._dead(record, str(e))
+            except Exception as e:
+                if attempt == self.handler_attempts:
+                    raise
+                delay = min(0.2 * 2**attempt, 5.0)
+                log.warning(
+                    "handler failed on %s/%d@%d (attempt %d/%d, retry in %.1f s): %s",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    attempt,
+                    self.handler_attempts,
+                    delay,
+                    e,
+                )
+                time.sleep(delay)
+        self._seen.add(message.dedup_key)
+        self.stats.handled += 1
+        return 0
+
+    def _dead(self, record: Record, reason: str) -> int:
+        log.warning(
+            "dead-lettering %s/%d@%d (key=%r): %s", record.topic, record.partition, record.offset, record.key, reason
+        )
+        dead_letter(self.transport, record, reason, group_id=self.group_id)
+        self.stats.dead_lettered += 1
+        return 1

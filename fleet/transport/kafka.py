@@ -1,0 +1,114 @@
+"""The real `Transport`: kafka-python producer (with spool) and consumer groups, plus topic creation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from fleet.transport.base import (
+    DEADLETTER,
+    TOPICS,
+    TRAJECTORIES,
+    DeliveryCallback,
+    Headers,
+    ProducerStats,
+    TransportConfig,
+    TransportError,
+)
+from fleet.transport.consumer import KafkaGroupConsumer
+from fleet.transport.producer import SpoolingProducer
+
+log = logging.getLogger(__name__)
+
+
+def topic_specs(config: TransportConfig) -> dict[str, dict[str, object]]:
+    """What `ensure_topics` creates: every fleet topic, keyed by robot id, sized for large segments."""
+    big = {"max.message.bytes": str(config.max_request_bytes)}
+    specs: dict[str, dict[str, object]] = {}
+    for topic in TOPICS:
+        configs: dict[str, str] = dict(big) if topic in (TRAJECTORIES, DEADLETTER) else {}
+        specs[topic] = {
+            "num_partitions": config.partitions,
+            "replication_factor": config.replication_factor,
+            "configs": configs,
+        }
+    return specs
+
+
+def ensure_topics(config: TransportConfig, *, timeout_s: float = 30.0) -> list[str]:
+    """Create missing fleet topics (idempotent); returns the names it created."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=config.bootstrap.split(","),
+            client_id=f"{config.client_id}-admin",
+            bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
+        )
+    except KafkaError as e:
+        raise TransportError(
+            f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up` or set FLEET_KAFKA_BOOTSTRAP"
+        ) from e
+    try:
+        existing = set(admin.list_topics())
+        missing = {name: spec for name, spec in topic_specs(config).items() if name not in existing}
+        if not missing:
+            return []
+        # Another service may create them between list and create: that is fine.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics(missing, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
+        log.info("created Kafka topics %s (%d partitions)", sorted(missing), config.partitions)
+        return sorted(missing)
+    finally:
+        admin.close()
+
+
+class KafkaTransport:
+    """`Transport` over a real broker. The producer thread starts on the first `send`."""
+
+    def __init__(self, config: TransportConfig, *, create_topics: bool = True) -> None:
+        self.config = config
+        self.create_topics = create_topics  # producer creates missing topics when it connects
+        self._producer: SpoolingProducer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def producer(self) -> SpoolingProducer:
+        producer = self._producer
+        if producer is not None:  # hot path: no lock once started
+            return producer
+        with self._lock:
+            if self._producer is None:
+                hook = (lambda: ensure_topics(self.config)) if self.create_topics else None
+                self._producer = SpoolingProducer(self.config, on_connect=hook)
+            return self._producer
+
+    @property
+    def stats(self) -> ProducerStats:
+        return self.producer.stats
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | None,
+        headers: Headers = (),
+        on_delivery: DeliveryCallback | None = None,
+    ) -> bool:
+        return (self._producer or self.producer).send(topic, value, key=key, headers=headers, on_delivery=on_delivery)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        return self._producer is None or self._producer.flush(timeout_s)
+
+    def consumer(self, *, group_id: str, topics: Sequence[str]) -> KafkaGroupConsumer:
+        return KafkaGroupConsumer(self.config, group_id=group_id, topics=topics)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout_s)

@@ -1,0 +1,139 @@
+"""The control loop on the real simulator: segments, corrections, rewards, swaps and commands.
+
+Messages go to an in-memory list (the transport's own tests cover Kafka); the env is the real
+PyBullet sim, the supervisor the real scripted expert.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from actors.runtime import RobotConfig, RobotRuntime
+from actors.supervisor import ExpertSupervisor
+from fleet.schemas import Command, Correction, Heartbeat, RewardSignal, TrajectorySegment, decode, encode
+from fleet.sim.registry import make_env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class ZeroPolicy:
+    """Never moves: the supervisor must see it stall and take over."""
+
+    def __init__(self, action_dim: int, horizon: int = 8) -> None:
+        self.chunk = np.zeros((horizon, action_dim), dtype=np.float32)
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        return self.chunk
+
+    def reset(self) -> None:
+        pass
+
+
+@dataclass
+class ReadySwap:
+    version: str
+    sha256: str
+    policy: Any
+    ready_at: float = 0.0
+    load_s: float = 0.0
+
+
+class OneSwap:
+    """A reloader whose standby slot holds one new version after `after` checks."""
+
+    def __init__(self, swap: ReadySwap, after: int) -> None:
+        self.swap, self.after, self.calls = swap, after, 0
+
+    def take_ready(self) -> ReadySwap | None:
+        self.calls += 1
+        if self.calls == self.after:
+            return self.swap
+        return None
+
+
+def _runtime(messages: list, *, policy: Any, supervisor: bool = True, reloader: Any = None) -> RobotRuntime:
+    env = make_env("pick", "panda", seed=3)
+    config = RobotConfig(robot_id="r1", embodiment="panda", task="pick", segment_steps=10, heartbeat_interval_s=0.2)
+    return RobotRuntime(
+        config,
+        env=env,
+        policy=policy,
+        model_version="1",
+        publish=lambda m: messages.append(decode(encode(m))),  # through the wire format
+        reloader=reloader,
+        supervisor=ExpertSupervisor(env) if supervisor else None,
+    )
+
+
+def test_supervisor_takes_over_a_stalled_policy_and_every_step_is_streamed() -> None:
+    messages: list = []
+    results = _runtime(messages, policy=ZeroPolicy(4)).run(episodes=2)
+    segments = [m for m in messages if isinstance(m, TrajectorySegment)]
+    corrections = [m for m in messages if isinstance(m, Correction)]
+    rewards = [m for m in messages if isinstance(m, RewardSignal)]
+    assert len(rewards) == 2 and [r.success for r in rewards] == [r.success for r in results]
+    assert any(m for m in messages if isinstance(m, Heartbeat))
+    for result in results:
+        mine = [s for s in segments if s.episode_id == result.episode_id]
+        assert [s.segment_index for s in mine] == list(range(len(mine)))
+        assert [s.step_start for s in mine] == list(np.cumsum([0] + [len(s.actions) for s in mine[:-1]]))
+        assert sum(len(s.actions) for s in mine) == result.steps
+        assert [s.done for s in mine] == [False] * (len(mine) - 1) + [True]
+        mask = np.concatenate([s.intervention for s in mine])
+        assert mask.sum() == result.interventions > 0  # a policy that never moves gets corrected
+        # every intervention step is in exactly one Correction, with the human's actions
+        steps = np.concatenate([s.actions for s in mine])
+        covered = np.zeros_like(mask)
+        for c in (c for c in corrections if c.episode_id == result.episode_id):
+            span = slice(c.step_start, c.step_start + len(c.actions))
+            assert not covered[span].any()
+            covered[span] = True
+            np.testing.assert_array_equal(steps[span], c.actions)
+        np.testing.assert_array_equal(covered, mask)
+    # the supervisor (scripted expert) rescues the episode
+    assert all(r.success for r in results)
+
+
+def test_swap_happens_at_a_chunk_boundary_and_splits_segments() -> None:
+    messages: list = []
+    new_policy = ZeroPolicy(4)
+    runtime = _runtime(messages, policy=ZeroPolicy(4), reloader=OneSwap(ReadySwap("2", "ab", new_policy), after=3))
+    runtime.run(episodes=1)
+    segments = [m for m in messages if isinstance(m, TrajectorySegment)]
+    versions = [s.model_version for s in segments]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert versions == sorted(versions)  # one switch, never back
+    first_new = next(s for s in segments if s.model_version == "2")
+    assert first_new.step_start % 8 == 0  # chunks are 8 steps: the new version acts from a chunk boundary
+    assert runtime.policy is new_policy and runtime.version == "2"
+
+
+def test_pause_command_is_applied_and_acknowledged_in_the_heartbeat() -> None:
+    messages: list = []
+    runtime = _runtime(messages, policy=ZeroPolicy(4), supervisor=False)
+    command = Command(command_id="c1", robot_id="r1", action="pause", issued_by="alice", created_at=time.time())
+    runtime.submit_command(command)
+    assert runtime.heartbeat().pending_command_id == "c1"
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.run, kwargs={"stop": stop})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while runtime.state != "paused" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        beat = runtime.heartbeat()
+        assert beat.state == "paused" and beat.applied_command_id == "c1" and beat.pending_command_id is None
+        episodes_while_paused = runtime.episodes
+        time.sleep(0.5)
+        assert runtime.episodes == episodes_while_paused  # a paused robot does not act
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
