@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import typer
 
+from actors.cli import app as robots_app
+from dashboards.cli import register as register_dashboard
 from fleet.models_cli import app as models_app
 from fleet.stack.cli import register as register_stack
+from learner.cli import app as learner_app
 
 app = typer.Typer(
     name="fleet",
@@ -23,3 +26,6 @@ app = typer.Typer(
 register_stack(app)
 # Area sub-commands register themselves here (each in its own module, imports kept lazy).
 app.add_typer(models_app, name="models")
+app.add_typer(robots_app, name="robots")
+app.add_typer(learner_app, name="learner")
+register_dashboard(app)

@@ -400,3 +400,29 @@ def announce(settings: Settings, info: VersionInfo, *, event: str, alias: str | 
         return transport.flush(timeout_s=10.0)
     finally:
         transport.close(timeout_s=5.0)
+
+
+def publish_model(
+    registry: Registry,
+    model: Any,
+    *,
+    parent_version: str | None,
+    tags: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+    set_candidate: bool = True,
+    actor: str = "learner",
+) -> VersionInfo:
+    """Save a `VLAModel` as a verified checkpoint and publish it (see `Registry.publish`)."""
+    import shutil
+
+    from fleet.policy.checkpoint import save_checkpoint
+
+    directory = scratch_dir()
+    try:
+        sha = save_checkpoint(model, directory)
+        return registry.publish(
+            directory, sha256=sha, parent_version=parent_version, tags=tags, metrics=metrics,
+            set_candidate=set_candidate, actor=actor,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

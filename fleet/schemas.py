@@ -63,7 +63,7 @@ def _array(dtype: type, ndim: int | None = None) -> Any:
         if dtype is np.uint8 and isinstance(value, np.ndarray) and value.dtype != np.uint8:
             raise ValueError(f"frames must be uint8, got {value.dtype}")
         try:
-            arr = np.ascontiguousarray(value, dtype=dtype)
+            arr: np.ndarray = np.ascontiguousarray(value, dtype=dtype)
         except (TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"not convertible to a {np.dtype(dtype).name} array: {e}") from None
         if ndim is not None and arr.ndim != ndim:
@@ -267,6 +267,11 @@ class Correction(Message):
     note: str = ""
 
     @property
+    def step_end(self) -> int:
+        """Episode step index one past the last corrected step."""
+        return self.step_start + int(self.actions.shape[0])
+
+    @property
     def dedup_key(self) -> tuple[str, ...]:
         return ("correction", self.correction_id)
 
@@ -365,7 +370,7 @@ class ModelEvent(Message):
 
 
 class Review(Message):
-    """A reviewer's verdict on a correction; `relabel` replaces its actions."""
+    """A reviewer's verdict on a correction: approve, reject (leaves the replay) or relabel."""
 
     KIND: ClassVar[str] = "review"
     review_id: Id
@@ -373,8 +378,9 @@ class Review(Message):
     robot_id: Id
     reviewer: str
     decision: Literal["approve", "reject", "relabel"]
-    relabelled_actions: F32 | None = None  # (n, A), required for relabel only
-    note: str = ""
+    relabel_success: bool | None = None  # relabel: the outcome the reviewer assigns the episode
+    relabelled_actions: F32 | None = None  # relabel: (n, A) actions replacing the correction's
+    reason: str = ""
     created_at: float
 
     @property
@@ -383,8 +389,9 @@ class Review(Message):
 
     @model_validator(mode="after")
     def _relabel(self) -> Review:
-        if (self.decision == "relabel") != (self.relabelled_actions is not None):
-            raise ValueError("relabelled_actions is required for decision='relabel' and only then")
+        relabels = self.relabel_success is not None or self.relabelled_actions is not None
+        if (self.decision == "relabel") != relabels:
+            raise ValueError("relabel_success / relabelled_actions are required for decision='relabel' and only then")
         actions = self.relabelled_actions
         if actions is not None and (actions.ndim != 2 or not len(actions)):
             raise ValueError(f"relabelled_actions must be (n, A), got {actions.shape}")

@@ -8,7 +8,6 @@ must set them (`FLEET_SECRET_KEY`, `FLEET_DATABASE_URL` with its password, ...).
 from __future__ import annotations
 
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -89,39 +88,39 @@ class Settings(BaseSettings):
         return self
 
     # Derived values: what clients use.
-    @cached_property
+    @property
     def bootstrap_servers(self) -> str:
         return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
 
-    @cached_property
+    @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
 
-    @cached_property
+    @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'fleet.db'}"
 
-    @cached_property
+    @property
     def mlflow_store_uri(self) -> str:
         return self.mlflow_backend_store_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
 
-    @cached_property
+    @property
     def mlflow_artifacts(self) -> str:
         return self.mlflow_artifacts_destination or str(self.home / "mlflow" / "artifacts")
 
-    @cached_property
+    @property
     def episode_store(self) -> Path:
         return self.home / "episodes"
 
-    @cached_property
+    @property
     def run_dir(self) -> Path:
         return self.home / "run"
 
-    @cached_property
+    @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 
-    @cached_property
+    @property
     def dashboard_url(self) -> str:
         return f"http://{self.host}:{self.dashboard_port}"
 

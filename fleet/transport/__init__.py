@@ -34,10 +34,11 @@ from fleet.transport.base import (
     Transport,
     TransportConfig,
     TransportError,
+    kafka_producer_options,
 )
 from fleet.transport.consumer import KafkaGroupConsumer, LoopStats, MessageLoop, dead_letter
 from fleet.transport.kafka import KafkaTransport, ensure_topics, topic_specs
-from fleet.transport.producer import SpoolingProducer, kafka_producer_options
+from fleet.transport.producer import SpoolingProducer
 from fleet.transport.spool import DiskSpool
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 TRAJECTORIES = "fleet.trajectories"
 CORRECTIONS = "fleet.corrections"
@@ -115,7 +115,7 @@ class TransportConfig:
     batch_size: int = 256 * 1024  # max bytes per partition batch
     max_request_bytes: int = 8 * 1024 * 1024  # largest message accepted (topics are created to match)
     queue_size: int = 10_000  # hand-off queue between `send()` and the producer thread
-    spool_dir: Path | None = None  # where messages wait while the broker is down; None = no spool (memory only)
+    spool_dir: Path | None = None  # where messages wait while the broker is down; None = in memory (lost on exit)
     spool_max_bytes: int = 1024**3  # spool bound; beyond it new messages are dropped (and counted)
     spool_segment_bytes: int = 16 * 1024**2  # spool file size before rolling; replayed files are deleted whole
     connect_timeout_s: float = 5.0  # bootstrap wait per connection attempt (from the producer thread)
@@ -159,3 +159,23 @@ class ProducerStats:
     replayed: int = 0  # sent again from the spool
     dropped: int = 0  # lost: queue full with no spool room, or a permanent send error
     errors: dict[str, int] = field(default_factory=dict)  # error name -> count
+
+
+def kafka_producer_options(config: TransportConfig) -> dict[str, Any]:
+    """kafka-python settings shared by fleet's producer and the raw baseline in bench/ingest.py."""
+    return {
+        "bootstrap_servers": config.bootstrap.split(","),
+        "client_id": config.client_id,
+        # kafka-python 3.x defaults these, but a conflicting option silently disables idempotence: be explicit.
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": config.compression,
+        "linger_ms": config.linger_ms,
+        "batch_size": config.batch_size,
+        "max_request_size": config.max_request_bytes,
+        "max_block_ms": int(config.max_block_s * 1000),
+        "request_timeout_ms": 10_000,
+        "delivery_timeout_ms": int(config.delivery_timeout_s * 1000),
+        "reconnect_backoff_max_ms": 1000,  # reconnect within ~1 s of the broker's return (default backs off to 30 s)
+        "bootstrap_timeout_ms": int(config.connect_timeout_s * 1000),
+    }

@@ -82,9 +82,12 @@ class KafkaTransport:
             return producer
         with self._lock:
             if self._producer is None:
-                hook = (lambda: ensure_topics(self.config)) if self.create_topics else None
-                self._producer = SpoolingProducer(self.config, on_connect=hook)
+                self._producer = SpoolingProducer(self.config, on_connect=self._on_connect)
             return self._producer
+
+    def _on_connect(self) -> None:
+        if self.create_topics:
+            ensure_topics(self.config)
 
     @property
     def stats(self) -> ProducerStats:

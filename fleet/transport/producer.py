@@ -27,9 +27,17 @@ from typing import Any
 import msgpack
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.partitioner.default import murmur2
 
-from fleet.transport.base import Delivery, DeliveryCallback, Headers, ProducerStats, TransportConfig
-from fleet.transport.spool import DiskSpool, MemorySpool
+from fleet.transport.base import (
+    Delivery,
+    DeliveryCallback,
+    Headers,
+    ProducerStats,
+    TransportConfig,
+    kafka_producer_options,
+)
+from fleet.transport.spool import DiskSpool, MemorySpool, Spool
 
 log = logging.getLogger(__name__)
 _REPLAY_CHUNK = 500
@@ -46,26 +54,6 @@ class _Item:
     replay: bool = False  # being resent from the spool (its spool copy stays until the chunk is acked)
 
 
-def kafka_producer_options(config: TransportConfig) -> dict[str, Any]:
-    """kafka-python settings shared by fleet's producer and the raw baseline in bench/ingest.py."""
-    return {
-        "bootstrap_servers": config.bootstrap.split(","),
-        "client_id": config.client_id,
-        # kafka-python 3.x defaults these, but a conflicting option silently disables idempotence: be explicit.
-        "acks": "all",
-        "enable_idempotence": True,
-        "compression_type": config.compression,
-        "linger_ms": config.linger_ms,
-        "batch_size": config.batch_size,
-        "max_request_size": config.max_request_bytes,
-        "max_block_ms": int(config.max_block_s * 1000),
-        "request_timeout_ms": 10_000,
-        "delivery_timeout_ms": int(config.delivery_timeout_s * 1000),
-        "reconnect_backoff_max_ms": 1000,  # reconnect within ~1 s of the broker's return (default backs off to 30 s)
-        "bootstrap_timeout_ms": int(config.connect_timeout_s * 1000),
-    }
-
-
 class SpoolingProducer:
     """Kafka producer that never blocks its caller and survives broker outages via the spool."""
 
@@ -78,10 +66,10 @@ class SpoolingProducer:
         self._queue: deque[_Item] = deque()
         self._wakeup = threading.Event()
         self._idle = False  # the producer thread is (about to be) waiting on _wakeup
-        self._spool: DiskSpool | MemorySpool = (
+        self._spool: Spool = (
             DiskSpool(config.spool_dir, max_bytes=config.spool_max_bytes, segment_bytes=config.spool_segment_bytes)
             if config.spool_dir is not None
-            else MemorySpool(max_records=100 * config.queue_size)
+            else MemorySpool(max_bytes=config.spool_max_bytes)
         )
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)  # notified when nothing is outstanding any more
@@ -91,6 +79,8 @@ class SpoolingProducer:
         # (`is_done`), which costs far less per message than registering callbacks on each future.
         self._inflight: deque[tuple[_Item, Any]] = deque()
         self._callbacks: dict[int, DeliveryCallback] = {}  # seq of a spooled item -> its delivery callback
+        self._partition_counts: dict[str, int] = {}  # topic -> partitions, re-read every tick (topics can grow)
+        self._key_partitions: dict[tuple[str, bytes, int], int] = {}
         self._run_id = os.urandom(8)
         self._producer: KafkaProducer | None = None
         self._state = "down"
@@ -108,7 +98,7 @@ class SpoolingProducer:
 
     @property
     def state(self) -> str:
-        """ "up" (sending to Kafka) or "down" (spooling)."""
+        """Either "up" (sending to Kafka) or "down" (spooling)."""
         return self._state
 
     @property
@@ -125,9 +115,9 @@ class SpoolingProducer:
         headers: Headers = (),
         on_delivery: DeliveryCallback | None = None,
     ) -> bool:
-        if self._closing or self._dead:
-            raise RuntimeError("producer is closed" if self._closing else "producer thread died (see the log)")
         with self._lock:
+            if self._closing or self._dead:  # checked under the lock: close() drains the queue after setting it
+                raise RuntimeError("producer is closed" if self._closing else "producer thread died (see the log)")
             if len(self._queue) >= self.config.queue_size:
                 self.stats.dropped += 1
                 self.stats.errors["QueueFull"] = self.stats.errors.get("QueueFull", 0) + 1
@@ -158,7 +148,8 @@ class SpoolingProducer:
         """Flush for up to `timeout_s`; whatever is left (queued or in flight) goes to the spool."""
         if not self.flush(timeout_s):
             log.warning("producer closing with %d messages undelivered; they stay in the spool", self._outstanding)
-        self._closing = True
+        with self._lock:
+            self._closing = True
         self._stop.set()
         self._wakeup.set()
         self._thread.join(timeout=timeout_s + 10)
@@ -184,6 +175,7 @@ class SpoolingProducer:
             self._wakeup.clear()
         if self._inflight:
             self._reap()
+        self._partition_counts.clear()
         items: list[_Item] = []
         pop = self._queue.popleft
         while self._queue and len(items) < 1000:
@@ -263,12 +255,14 @@ class SpoolingProducer:
     def _send_one(self, item: _Item) -> bool:
         """Hand one message to kafka-python; False when the broker looks gone (caller spools it)."""
         assert self._producer is not None
+        key = item.key.encode() if item.key is not None else None
         try:
             future = self._producer.send(
                 item.topic,
                 value=item.value,
-                key=item.key.encode() if item.key is not None else None,
+                key=key,
                 headers=item.headers,
+                partition=self._partition_for(item.topic, key) if key is not None else None,
             )
         except KafkaTimeoutError as e:  # metadata or buffer wait exceeded max_block_s: the broker is likely gone
             log.warning("send to %s timed out (%s): broker considered down, spooling", item.topic, e)
@@ -286,6 +280,20 @@ class SpoolingProducer:
         else:
             self.stats.sent += 1
         return True
+
+    def _partition_for(self, topic: str, key: bytes) -> int:
+        """The default partitioner's choice (murmur2 of the key), cached: robot ids are few and kafka-python
+        would otherwise hash and sort partitions for every message."""
+        n = self._partition_counts.get(topic)
+        if n is None:
+            assert self._producer is not None
+            n = self._partition_counts[topic] = len(self._producer.partitions_for(topic))
+        cached = self._key_partitions.get((topic, key, n))
+        if cached is None:
+            if len(self._key_partitions) > 100_000:
+                self._key_partitions.clear()
+            cached = self._key_partitions[(topic, key, n)] = (murmur2(key) & 0x7FFFFFFF) % n
+        return cached
 
     def _reap(self) -> None:
         """Resolve completed sends, oldest first (a slow partition holds back only the bookkeeping)."""

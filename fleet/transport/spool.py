@@ -10,17 +10,36 @@ crc and is skipped with a warning. The spool is bounded (`max_bytes`); past that
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
 import zlib
 from collections import deque
 from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _PREFIX, _SUFFIX = "spool-", ".log"
+
+
+class Spool(Protocol):
+    """What the producer needs of a spool; `token` names one replayable unit (a segment)."""
+
+    @property
+    def records(self) -> int: ...
+
+    def append_many(self, payloads: list[bytes]) -> int: ...
+
+    def oldest(self) -> Any: ...
+
+    def read(self, token: Any) -> list[bytes]: ...
+
+    def remove(self, token: Any, records: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class DiskSpool:
@@ -31,11 +50,21 @@ class DiskSpool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
+        # One producer per spool: two appending to the same files would interleave and lose order.
+        self._lock_file = open(self.directory / ".lock", "a")  # noqa: SIM115 - held for the spool's lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise RuntimeError(
+                f"spool {self.directory} is in use by another producer: give each process its own spool"
+                " (TransportConfig.from_settings(spool_name=...))"
+            ) from None
         self._segments: list[Path] = sorted(self.directory.glob(f"{_PREFIX}*{_SUFFIX}"))
         self._records = sum(len(self.read(p)) for p in self._segments)  # recovered from a previous run
         self._bytes = sum(p.stat().st_size for p in self._segments)
         self._active: Path | None = None  # segment open for appends; never one left by a previous run
-        self._file = None
+        self._file: BinaryIO | None = None
         if self._records:
             log.info(
                 "spool %s holds %d messages (%d B) from a previous run", self.directory, self._records, self._bytes
@@ -107,6 +136,7 @@ class DiskSpool:
 
     def close(self) -> None:
         self._close_active()
+        self._lock_file.close()  # releases the flock
 
     def _roll(self) -> None:
         self._close_active()
@@ -135,19 +165,25 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class MemorySpool:
-    """Spool without a directory: same interface as DiskSpool, lost on exit (used when spool_dir=None)."""
+    """Spool without a directory (spool_dir=None): same interface as DiskSpool, bounded, lost on exit."""
 
-    def __init__(self, max_records: int) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self._chunks: deque[list[bytes]] = deque()
-        self.max_records = max_records
+        self.max_bytes = max_bytes
         self.records = 0
+        self.nbytes = 0
 
     def append_many(self, payloads: list[bytes]) -> int:
-        room = max(0, self.max_records - self.records)
-        if payloads[:room]:
-            self._chunks.append(payloads[:room])
-            self.records += len(payloads[:room])
-        return min(room, len(payloads))
+        taken: list[bytes] = []
+        for payload in payloads:
+            if self.nbytes + len(payload) > self.max_bytes:
+                break
+            taken.append(payload)
+            self.nbytes += len(payload)
+        if taken:
+            self._chunks.append(taken)
+            self.records += len(taken)
+        return len(taken)
 
     def oldest(self) -> list[bytes] | None:
         return self._chunks[0] if self._chunks else None
@@ -158,6 +194,7 @@ class MemorySpool:
     def remove(self, token: list[bytes], records: int) -> None:
         self._chunks.popleft()
         self.records -= records
+        self.nbytes -= sum(len(p) for p in token)
 
     def close(self) -> None:
         pass

@@ -18,9 +18,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 @pytest.fixture()
-def registry(stack: Settings) -> Registry:
-    # A fresh registered model per test keeps tests independent on the shared server.
-    settings = stack.model_copy(update={"model_name": f"vla-test-{uuid.uuid4().hex[:8]}"})
+def registry(stack: Settings, tmp_path: Path) -> Registry:
+    # A fresh registered model and DB per test keep tests independent on the shared server
+    # (one fleet = one registered model = one DB, as in production).
+    settings = stack.model_copy(
+        update={"model_name": f"vla-test-{uuid.uuid4().hex[:8]}", "database_url": f"sqlite:///{tmp_path}/fleet.db"}
+    )
     migrate_database(settings)
     return Registry(settings)
 

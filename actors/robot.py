@@ -1,0 +1,142 @@
+"""One robot, wired to the real services: Kafka transport, registry alias follower, command listener.
+
+`build_robot(settings, config)` returns a `RobotRuntime` ready to `run()`, with:
+  * a spooling Kafka transport (nothing the robot produces is lost while the broker is down),
+  * a `HotReloader` on the `production` alias, woken by `fleet.models` events,
+  * a listener that hands `fleet.commands` addressed to this robot to the runtime.
+A real robot uses the same function with its own `env` (driver) instead of the simulator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actors.reload import HotReloader, ReloadConfig
+from actors.runtime import RobotConfig, RobotRuntime
+from actors.supervisor import ExpertSupervisor, SupervisorConfig
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NoProductionModel(RuntimeError):
+    """The registry has no production version yet."""
+
+
+@dataclass
+class RobotHandle:
+    """A built robot and the background pieces to close with it."""
+
+    runtime: RobotRuntime
+    reloader: HotReloader
+    transport: Any
+    listener: threading.Thread | None
+    stop_listener: threading.Event
+
+    def close(self) -> None:
+        self.stop_listener.set()
+        if self.listener is not None:
+            self.listener.join(timeout=10)
+        self.reloader.stop()
+        self.transport.close(timeout_s=10)
+
+
+def policy_loader(checkpoint: Path, sha256: str) -> Any:
+    """Verified VLA policy from a downloaded checkpoint (raises CheckpointError when it is bad)."""
+    from fleet.policy import VLAPolicy
+
+    return VLAPolicy.from_checkpoint(checkpoint, expected_sha256=sha256, num_threads=1)
+
+
+def _listen(settings: Settings, runtime: RobotRuntime, reloader: HotReloader, stop: threading.Event) -> None:
+    """Consume fleet.models (wake the reloader) and this robot's fleet.commands until `stop`."""
+    from fleet.schemas import Command, SchemaError, decode
+    from fleet.transport import COMMANDS, MODELS, KafkaGroupConsumer, TransportConfig, TransportError
+
+    robot_id = runtime.config.robot_id
+    started = time.time()
+    consumer = None
+    while not stop.is_set():
+        try:
+            if consumer is None:
+                config = TransportConfig.from_settings(settings, client_id=f"robot-{robot_id}")
+                consumer = KafkaGroupConsumer(config, group_id=f"robot-{robot_id}", topics=[MODELS, COMMANDS])
+            records = consumer.poll(timeout_s=0.5, max_records=100)
+        except (TransportError, Exception) as err:  # noqa: BLE001 - broker down: the alias poll still works
+            log.warning("robot listener: %s", err, extra={"robot": robot_id})
+            consumer = None
+            stop.wait(2.0)
+            continue
+        for record in records:
+            if record.topic == MODELS:
+                reloader.notify()
+            elif record.key is not None and record.key.decode(errors="replace") == robot_id:
+                try:
+                    command = decode(record.value, Command)
+                except SchemaError as err:
+                    log.error("bad command ignored: %s", err, extra={"robot": robot_id})
+                    continue
+                if command.created_at >= started - 5.0:  # commands from before this robot started are stale
+                    runtime.submit_command(command)  # type: ignore[arg-type]
+        if records:
+            consumer.commit(records)
+    if consumer is not None:
+        consumer.close()
+
+
+def build_robot(
+    settings: Settings,
+    config: RobotConfig,
+    *,
+    env: Any | None = None,
+    supervise: bool = True,
+    supervisor_config: SupervisorConfig | None = None,
+    poll_interval_s: float = 10.0,
+    listen: bool = True,
+) -> RobotHandle:
+    """Build a robot on the real services; blocks only at start-up, to fetch the production model."""
+    from fleet.registry import Registry
+    from fleet.transport import KafkaTransport, TransportConfig, publish
+
+    if env is None:
+        from fleet.sim.registry import make_env
+
+        env = make_env(config.task, config.embodiment, seed=config.seed)
+    transport = KafkaTransport(TransportConfig.from_settings(settings, spool_name=config.robot_id))
+    registry = Registry(settings, sessions=None)
+    reloader = HotReloader(
+        ReloadConfig(poll_interval_s=poll_interval_s), registry=registry, loader=policy_loader, robot_id=config.robot_id
+    )
+    first = reloader.check_once()
+    if first is None:
+        transport.close(timeout_s=1)
+        reason = reloader.stats.last_error or "no version has the production alias"
+        raise NoProductionModel(
+            f"robot {config.robot_id}: no usable production model ({reason}). "
+            "Run `make demo` (registers version 1) or `fleet models promote VERSION`."
+        )
+    reloader.take_ready()
+    runtime = RobotRuntime(
+        config,
+        env=env,
+        policy=first.policy,
+        model_version=first.version,
+        publish=lambda message: publish(transport, message),
+        reloader=reloader,
+        supervisor=ExpertSupervisor(env, supervisor_config) if supervise else None,
+        spooled=lambda: transport.producer.spooled,
+    )
+    reloader.start()
+    stop = threading.Event()
+    listener = None
+    if listen:
+        listener = threading.Thread(
+            target=_listen, args=(settings, runtime, reloader, stop), name=f"listen-{config.robot_id}", daemon=True
+        )
+        listener.start()
+    return RobotHandle(runtime, reloader, transport, listener, stop)

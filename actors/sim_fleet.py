@@ -1,0 +1,165 @@
+"""The simulated fleet on Ray: one Ray actor per robot, each a full robot runtime on the real services.
+
+`run_fleet` starts (or joins, with `address`) a Ray cluster, places `n` robots round-robin over the
+task × embodiment grid, runs them until `episodes` each or `duration_s`, and returns per-robot
+summaries. On a multi-node Ray cluster the same call spreads robots over the nodes unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from actors.runtime import RobotConfig
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """A simulated fleet."""
+
+    n: int = 4  # robots
+    tasks: tuple[str, ...] = ("pick", "push", "place")  # assigned round-robin
+    embodiments: tuple[str, ...] = ("panda", "kuka")  # assigned round-robin (offset from tasks)
+    episodes: int | None = None  # episodes per robot (None: run for duration_s)
+    duration_s: float | None = 60.0  # wall-clock budget (None: run for `episodes`)
+    seed: int = 0  # robot i uses seed + i
+    realtime: bool = False  # tick at the control rate instead of as fast as the simulator goes
+    poll_interval_s: float = 10.0  # registry alias fallback poll
+    cpus_per_robot: float = 0.25  # Ray CPU reservation per robot (sim + small VLA on CPU)
+    address: str | None = None  # Ray cluster to join ("auto" or host:port); None = start a local one
+    robot_prefix: str = "sim"  # robot ids are <prefix>-<i>
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("a fleet needs at least one robot")
+        if self.episodes is None and self.duration_s is None:
+            raise ValueError("give episodes or duration_s")
+
+    def robots(self) -> list[RobotConfig]:
+        from fleet.sim.registry import TASKS
+
+        pairs = [(t, e) for t, e in itertools.product(self.tasks, self.embodiments) if e in TASKS[t].embodiments]
+        if not pairs:
+            raise ValueError(f"no task in {self.tasks} runs on any of {self.embodiments}")
+        # Interleave so small fleets still cover different tasks and embodiments.
+        pairs = sorted(pairs, key=lambda p: (self.tasks.index(p[0]) + self.embodiments.index(p[1])) % len(pairs))
+        return [
+            RobotConfig(
+                robot_id=f"{self.robot_prefix}-{i}",
+                task=pairs[i % len(pairs)][0],
+                embodiment=pairs[i % len(pairs)][1],
+                seed=self.seed + i,
+                realtime=self.realtime,
+            )
+            for i in range(self.n)
+        ]
+
+
+class RobotActor:
+    """A robot as a Ray actor (threaded: `run` in one thread, `status`/`stop` answered meanwhile)."""
+
+    def __init__(self, settings: dict[str, Any], config: dict[str, Any], poll_interval_s: float) -> None:
+        import torch
+
+        from actors.robot import build_robot
+
+        torch.set_num_threads(1)
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+        self.handle = build_robot(Settings(**settings), RobotConfig(**config), poll_interval_s=poll_interval_s)
+        self.stop_event = threading.Event()
+        self.results: list[Any] = []
+
+    def run(self, episodes: int | None, duration_s: float | None) -> dict[str, Any]:
+        if duration_s is not None:
+            threading.Timer(duration_s, self.stop_event.set).start()
+        self.results = self.handle.runtime.run(episodes=episodes, stop=self.stop_event)
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        runtime = self.handle.runtime
+        done = list(self.results)
+        return {
+            "robot_id": runtime.config.robot_id,
+            "task": runtime.task,
+            "embodiment": runtime.config.embodiment,
+            "version": runtime.version,
+            "state": runtime.state,
+            "episodes": runtime.episodes,
+            "successes": sum(r.success for r in done),
+            "interventions": sum(r.interventions for r in done),
+            "refused": dict(self.handle.reloader.stats.refused),
+            "swaps": list(runtime.swaps),
+        }
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    for attempt in range(3):  # a local node can fail to come up on a loaded 2-core machine; try again
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False, log_to_driver=True)
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises bare Exception for node start-up timeouts
+            log.warning("local Ray start failed (attempt %d): %s", attempt + 1, err)
+            ray.shutdown()
+            time.sleep(2.0)
+    raise RuntimeError("could not start a local Ray node; see /tmp/ray/session_latest/logs")
+
+
+def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
+    """Create one Ray actor per robot (each fetches the production model before returning)."""
+    import ray
+
+    init_ray(config.address)
+    actor_cls = ray.remote(num_cpus=config.cpus_per_robot, max_concurrency=4)(RobotActor)
+    settings_dict = settings.model_dump(mode="json", exclude={"secret_key"})  # robots need no secrets
+    actors = [
+        actor_cls.options(name=robot.robot_id, get_if_exists=False).remote(
+            settings_dict, asdict(robot), config.poll_interval_s
+        )
+        for robot in config.robots()
+    ]
+    ray.get([a.status.remote() for a in actors])  # surfaces start-up errors (e.g. no production model)
+    return actors
+
+
+def run_fleet(settings: Settings, config: FleetConfig, *, on_progress: Any = None) -> list[dict[str, Any]]:
+    """Run the fleet to completion; `on_progress(statuses)` is called about once a second."""
+    import ray
+
+    actors = start_fleet(settings, config)
+    runs = [a.run.remote(config.episodes, config.duration_s) for a in actors]
+    try:
+        pending = list(runs)
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            if on_progress is not None:
+                on_progress(ray.get([a.status.remote() for a in actors]))
+        return ray.get(runs)
+    finally:
+        for a in actors:
+            a.stop.remote()
+        ray.get([a.close.remote() for a in actors])
+        for a in actors:
+            ray.kill(a)
+        time.sleep(0.1)

@@ -1,0 +1,116 @@
+"""Build the dashboard app: `create_app(settings)` wires services, routers, pages and static assets.
+
+Run it with `fleet dashboard` (uvicorn); tests call `create_app(settings, transport=fake,
+registry=fake, connect=False)`. The API lives under `/api/v1` (OpenAPI at `/api/v1/openapi.json`,
+docs at `/api/docs`); `/healthz` answers without auth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from dashboards.auth import SessionCodec, resolve_secret_key
+from dashboards.config import DashboardConfig
+from dashboards.errors import install_handlers
+from dashboards.fleet_state import CommandTracker, FleetState
+from dashboards.review import EpisodeCache
+from dashboards.routes import API_ROUTERS, pages
+from dashboards.services import Services
+from dashboards.versions import RegistryClient, load_registry
+from fleet.db import make_engine, session_factory
+from fleet.episodes import EpisodeStore
+from fleet.settings import Settings, get_settings
+from fleet.transport import KafkaTransport, Transport, TransportConfig
+
+STATIC_DIR = Path(__file__).parent / "static"
+API_PREFIX = "/api/v1"
+
+
+def build_services(
+    settings: Settings,
+    *,
+    config: DashboardConfig,
+    transport: Transport | None,
+    registry: RegistryClient | None,
+    connect: bool,
+) -> Services:
+    engine = make_engine(settings.db_url)
+    transport_config = TransportConfig.from_settings(settings, client_id="dashboard") if connect else None
+    if transport is None and transport_config is not None:
+        transport = KafkaTransport(transport_config)
+    if registry is None and connect:
+        registry = load_registry(settings)
+    return Services(
+        settings=settings,
+        config=config,
+        engine=engine,
+        sessions=session_factory(engine),
+        codec=SessionCodec(resolve_secret_key(settings), max_age_s=config.session_max_age_s),
+        fleet=FleetState(offline_after_s=config.offline_after_s),
+        commands=CommandTracker(keep=config.commands_kept),
+        transport=transport,
+        registry=registry,
+        episodes=EpisodeStore(settings.episode_store),
+        transport_config=transport_config,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    config: DashboardConfig | None = None,
+    transport: Transport | None = None,
+    registry: RegistryClient | None = None,
+    connect: bool = True,
+) -> FastAPI:
+    """The dashboard app. `connect=False` starts no Kafka consumer and builds no real clients (tests)."""
+    settings = settings or get_settings()
+    services = build_services(
+        settings, config=config or DashboardConfig(), transport=transport, registry=registry, connect=connect
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        services.start(consume_heartbeats=connect)
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(
+        title="fleet dashboard",
+        version="1",
+        description="Operate the robot fleet, review corrections, manage model versions. "
+        "Authenticate with the session cookie (+ X-CSRF-Token on mutations) or `Authorization: Bearer <token>`.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.episode_cache = EpisodeCache(services.episodes)
+    install_handlers(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+    for router in API_ROUTERS:
+        api.include_router(router)
+    app.include_router(api)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        monitor = services.monitor
+        return {
+            "status": "ok",
+            "heartbeat_consumer": None if monitor is None else monitor.connected.is_set(),
+            "robots": len(services.fleet.robot_ids()),
+        }
+
+    return app

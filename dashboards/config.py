@@ -1,0 +1,26 @@
+"""Tunables of the dashboard process (deployment values such as ports and secrets live in `fleet.settings`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """How the dashboard watches the fleet and keeps its pages live."""
+
+    offline_after_s: float = 5.0  # a robot with no heartbeat for this long shows as offline
+    stats_window_s: float = 3600.0  # success rate / interventions are computed over episodes ended this recently
+    stats_cache_s: float = 2.0  # episode stats are recomputed at most this often (keeps the status endpoint cheap)
+    registry_cache_s: float = 5.0  # the production alias is asked from MLflow at most this often
+    sse_interval_s: float = 0.5  # how often the fleet page's event stream pushes a new snapshot
+    db_flush_interval_s: float = 1.0  # how often heartbeat state is written to the robots table
+    session_max_age_s: int = 12 * 3600  # login session lifetime
+    commands_kept: int = 2000  # most recent commands remembered for pending/applied display
+
+    def __post_init__(self) -> None:
+        for name in ("offline_after_s", "stats_window_s", "sse_interval_s", "db_flush_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DashboardConfig.{name} must be positive")
+        if self.session_max_age_s < 60:
+            raise ValueError("DashboardConfig.session_max_age_s must be at least 60 s")

@@ -1,0 +1,113 @@
+"""Keyword-only data-access functions over the fleet database (users, tokens, audit, robots).
+
+They raise `dashboards.errors` exceptions, never HTTP ones; callers commit.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dashboards.auth import Principal, check_role, hash_password, hash_token, new_token, verify_password
+from dashboards.errors import BadRequest, Conflict, NotFound
+from fleet.db import ApiToken, AuditEntry, Robot, User
+
+
+def create_user(session: Session, *, username: str, password: str, role: str) -> User:
+    username = username.strip()
+    if not username or len(username) > 64:
+        raise BadRequest("username must have 1-64 characters")
+    try:
+        check_role(role)
+        password_hash = hash_password(password)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise Conflict(f"user {username!r} already exists")
+    user = User(username=username, password_hash=password_hash, role=role, disabled=False)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def authenticate(session: Session, *, username: str, password: str) -> User | None:
+    user = session.scalar(select(User).where(User.username == username))
+    ok = verify_password(password, user.password_hash if user is not None else None)
+    if user is None or not ok or user.disabled:
+        return None
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def create_token(
+    session: Session, *, name: str, scopes: list[str], robot_id: str | None = None
+) -> tuple[ApiToken, str]:
+    """A new API token; the plaintext is returned once and never stored."""
+    if not scopes or any(not s or " " in s for s in scopes):
+        raise BadRequest("scopes must be a non-empty list of words, e.g. ['robot:produce', 'models:read']")
+    plaintext = new_token()
+    row = ApiToken(token_hash=hash_token(plaintext), name=name, robot_id=robot_id, scopes=" ".join(sorted(scopes)))
+    session.add(row)
+    session.flush()
+    return row, plaintext
+
+
+def revoke_token(session: Session, *, token_id: int) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound(f"no API token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+    return row
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def find_token(session: Session, *, plaintext: str) -> ApiToken | None:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
+    return row if row is not None and row.revoked_at is None else None
+
+
+def audit(
+    session: Session,
+    *,
+    principal: Principal,
+    action: str,
+    target: str,
+    reason: str | None,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Record who did what to what and why (every mutating route calls this before committing)."""
+    entry = AuditEntry(
+        actor=principal.name,
+        role=principal.role or "token",
+        action=action,
+        target=target[:128],
+        reason=reason,
+        details=details or {},
+    )
+    session.add(entry)
+    return entry
+
+
+def list_audit(
+    session: Session, *, limit: int = 200, action: str | None = None, actor: str | None = None
+) -> list[AuditEntry]:
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if action:
+        query = query.where(AuditEntry.action == action)
+    if actor:
+        query = query.where(AuditEntry.actor == actor)
+    return list(session.scalars(query))
+
+
+def list_robots(session: Session) -> list[Robot]:
+    return list(session.scalars(select(Robot).order_by(Robot.id)))

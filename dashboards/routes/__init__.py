@@ -1,0 +1,15 @@
+"""One router per resource; `API_ROUTERS` are mounted under `/api/v1`, `pages.router` at the root."""
+
+from __future__ import annotations
+
+from dashboards.routes import audit, auth, corrections, fleet, models, training, users
+
+API_ROUTERS = (
+    auth.router,
+    users.router,
+    fleet.router,
+    corrections.router,
+    models.router,
+    audit.router,
+    training.router,
+)

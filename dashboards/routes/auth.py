@@ -1,0 +1,50 @@
+"""Log in and out (session cookie + CSRF token) and ask who you are."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+
+from dashboards import crud
+from dashboards.api_models import LoginIn, SessionPublic
+from dashboards.auth import SESSION_COOKIE, Principal
+from dashboards.deps import CurrentUser, ServicesDep, SessionDep
+from dashboards.errors import Unauthorized
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+log = logging.getLogger(__name__)
+
+
+@router.post("/login", response_model=SessionPublic)
+def login(body: LoginIn, response: Response, session: SessionDep, services: ServicesDep) -> SessionPublic:
+    """Check the password and set the session cookie; the answer carries the CSRF token."""
+    user = crud.authenticate(session, username=body.username, password=body.password)
+    if user is None:
+        log.warning("failed login for %r", body.username)
+        raise Unauthorized("wrong user name or password")
+    cookie, csrf = services.codec.issue(user.id)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=services.config.session_max_age_s,
+        httponly=True,
+        samesite="lax",
+        secure=services.settings.env == "production",
+    )
+    principal = Principal(name=user.username, role=user.role, via="session")
+    crud.audit(session, principal=principal, action="auth.login", target=f"user:{user.username}", reason=None)
+    session.commit()
+    return SessionPublic(username=user.username, role=user.role, csrf_token=csrf)
+
+
+@router.post("/logout", status_code=204)
+def logout(user: CurrentUser) -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/me", response_model=SessionPublic)
+def me(user: CurrentUser) -> SessionPublic:
+    return SessionPublic(username=user.name, role=user.role or "robot", csrf_token=user.csrf)

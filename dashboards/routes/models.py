@@ -1,0 +1,141 @@
+"""Model versions from the registry: lineage, eval metrics, learning curve; promote / rollback / pin / unpin."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from dashboards import crud
+from dashboards.api_models import ModelActionIn
+from dashboards.charts import learning_curve_svg
+from dashboards.deps import OperatorUser, ServicesDep, SessionDep, ViewerUser
+from dashboards.services import Services
+from dashboards.versions import call_registry, version_key, version_view
+from fleet.schemas import ModelEvent
+
+router = APIRouter(prefix="/models", tags=["models"])
+log = logging.getLogger(__name__)
+CURVE_METRICS = 6  # most metrics drawn on the learning curve
+
+
+def model_overview(services: Services) -> dict[str, Any]:
+    versions = [version_view(v) for v in call_registry(services.registry, "list_versions")]
+    versions.sort(key=lambda v: version_key(v["version"]))
+    aliases = dict(call_registry(services.registry, "aliases"))
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    for v in versions:
+        v["aliases"] = sorted(by_version.get(v["version"], []))
+    return {
+        "model_name": services.settings.model_name,
+        "versions": list(reversed(versions)),  # newest first
+        "aliases": aliases,
+        "pinned": bool(call_registry(services.registry, "is_pinned")),
+    }
+
+
+def curve(overview: dict[str, Any]) -> str:
+    ordered = list(reversed(overview["versions"]))
+    names: list[str] = []
+    for v in ordered:
+        names.extend(k for k in v["eval_metrics"] if k not in names)
+    names = sorted(names, key=lambda k: ("success" not in k, k))[:CURVE_METRICS]
+    series = {k: [v["eval_metrics"].get(k) for v in ordered] for k in names}
+    return learning_curve_svg([v["version"] for v in ordered], series)
+
+
+@router.get("")
+def list_models(services: ServicesDep, user: ViewerUser) -> dict[str, Any]:
+    """Versions newest first with lineage and eval metrics, the aliases and whether production is pinned."""
+    return model_overview(services)
+
+
+@router.get("/curve.svg", response_class=Response)
+def learning_curve(services: ServicesDep, user: ViewerUser) -> Response:
+    return Response(curve(model_overview(services)), media_type="image/svg+xml")
+
+
+@router.get("/{version}")
+def get_model(version: str, services: ServicesDep, user: ViewerUser) -> dict[str, Any]:
+    return version_view(call_registry(services.registry, "get_version", version))
+
+
+def announce(services: Services, info: Any, *, event: str, actor: str, reason: str) -> None:
+    """Tell robots at once on `fleet.models` (they also poll the alias, so this is best effort)."""
+    sha256, source = getattr(info, "sha256", None), getattr(info, "source", None)
+    if services.transport is None or not sha256 or source is None:
+        return
+    try:
+        services.publish(
+            ModelEvent(
+                event=event,
+                model_name=services.settings.model_name,
+                version=str(info.version),
+                alias="production",
+                artifact_uri=str(source),
+                sha256=sha256,
+                parent_version=getattr(info, "parent_version", None),
+                actor=actor,
+                reason=reason,
+                created_at=time.time(),
+            )
+        )
+    except Exception as e:  # robots converge through alias polling anyway
+        log.warning("could not announce %s of v%s on fleet.models: %s", event, info.version, e)
+
+
+def _act(
+    services: Services,
+    session: SessionDep,
+    user: OperatorUser,
+    action: str,
+    target: str,
+    reason: str,
+    method: str,
+    *args: Any,
+) -> dict[str, Any]:
+    before = dict(call_registry(services.registry, "aliases"))
+    result = call_registry(services.registry, method, *args, actor=user.name, role=user.role or "", reason=reason)
+    services.invalidate_registry()
+    if method in ("promote", "rollback"):
+        announce(
+            services, result, event="promoted" if method == "promote" else "rolled_back", actor=user.name, reason=reason
+        )
+    after = dict(call_registry(services.registry, "aliases"))
+    crud.audit(
+        session,
+        principal=user,
+        action=f"models.{action}",
+        target=target,
+        reason=reason,
+        details={"aliases_before": before, "aliases_after": after},
+    )
+    session.commit()
+    return {"action": action, "aliases": after, "pinned": bool(call_registry(services.registry, "is_pinned"))}
+
+
+@router.post("/{version}/promote")
+def promote(version: str, body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
+    """Point `production` at this version (refused while production is pinned)."""
+    return _act(services, session, user, "promote", f"version:{version}", body.reason, "promote", version)
+
+
+@router.post("/{version}/rollback")
+def rollback(version: str, body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
+    """Roll production back to this version (and pin it, so the learner does not override it)."""
+    return _act(services, session, user, "rollback", f"version:{version}", body.reason, "rollback", version)
+
+
+@router.post("/pin")
+def pin(body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
+    return _act(services, session, user, "pin", "alias:production", body.reason, "pin")
+
+
+@router.post("/unpin")
+def unpin(body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
+    return _act(services, session, user, "unpin", "alias:production", body.reason, "unpin")

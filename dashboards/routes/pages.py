@@ -1,0 +1,136 @@
+"""Server-rendered pages (Jinja2): login, fleet, corrections, models, audit, training.
+
+Pages render what the caller may do: mutating buttons only appear for roles that may use them
+(the API checks again). Live parts and buttons use the JSON API through `static/app.js`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from dashboards import crud, review
+from dashboards.auth import SESSION_COOKIE, Principal
+from dashboards.deps import MaybeUser, ServicesDep, SessionDep
+from dashboards.errors import DashboardError
+from dashboards.routes.models import curve, model_overview
+from dashboards.routes.training import training_status
+
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
+router = APIRouter(include_in_schema=False)
+
+
+def _page(request: Request, user: Principal | None, name: str, **context: Any) -> Response:
+    if user is None:
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+    context.update(
+        user=user,
+        can_review=user.at_least("reviewer"),
+        can_operate=user.at_least("operator"),
+        is_admin=user.at_least("admin"),
+        page=name,
+    )
+    return templates.TemplateResponse(request, f"{name}.html", context)
+
+
+def _safe_next(target: str | None) -> str:
+    return target if target and target.startswith("/") and not target.startswith("//") else "/fleet"
+
+
+@router.get("/", response_class=HTMLResponse)
+def index() -> Response:
+    return RedirectResponse("/fleet", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str | None = None, error: str | None = None) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "error": error, "user": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login_form(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    """HTML form login (urlencoded body parsed here, so no multipart dependency)."""
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    target = _safe_next(form.get("next"))
+    user = crud.authenticate(session, username=form.get("username", ""), password=form.get("password", ""))
+    if user is None:
+        return RedirectResponse(f"/login?next={target}&error=1", status_code=303)
+    cookie, _ = services.codec.issue(user.id)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=services.config.session_max_age_s,
+        httponly=True,
+        samesite="lax",
+        secure=services.settings.env == "production",
+    )
+    principal = Principal(name=user.username, role=user.role, via="session")
+    crud.audit(session, principal=principal, action="auth.login", target=f"user:{user.username}", reason=None)
+    session.commit()
+    return response
+
+
+@router.get("/fleet", response_class=HTMLResponse)
+def fleet_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
+    status = services.fleet_status() if user else {}
+    return _page(request, user, "fleet", status=status, status_json=json.dumps(status, default=str))
+
+
+@router.get("/corrections", response_class=HTMLResponse)
+def corrections_page(
+    request: Request,
+    session: SessionDep,
+    user: MaybeUser,
+    status: str = "pending",
+    robot_id: str | None = None,
+    task: str | None = None,
+    version: str | None = None,
+    selected: str | None = None,
+) -> Response:
+    from dashboards.routes.corrections import list_corrections
+
+    if user is None:
+        return _page(request, user, "corrections")
+    rows = list_corrections(session, user, status=status, robot_id=robot_id, task=task, version=version, limit=200)
+    current = next((r for r in rows if r.id == selected), rows[0] if rows else None)
+    detail = review.detail(session, request.app.state.episode_cache, current) if current is not None else None
+    filters = {"status": status, "robot_id": robot_id or "", "task": task or "", "version": version or ""}
+    return _page(request, user, "corrections", rows=rows, current=current, detail=detail, filters=filters)
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
+    overview: dict[str, Any] | None = None
+    error = None
+    chart = ""
+    if user is not None:
+        try:
+            overview = model_overview(services)
+            chart = curve(overview)
+        except DashboardError as e:
+            error = e.detail
+    return _page(request, user, "models", overview=overview, chart=chart, error=error)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, session: SessionDep, user: MaybeUser, action: str | None = None) -> Response:
+    entries = crud.list_audit(session, limit=300, action=action or None) if user else []
+    return _page(request, user, "audit", entries=entries, action=action or "")
+
+
+@router.get("/training", response_class=HTMLResponse)
+def training_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
+    data, error = None, None
+    if user is not None:
+        try:
+            data = training_status(services)
+        except DashboardError as e:
+            error = e.detail
+    return _page(request, user, "training", data=data, error=error)

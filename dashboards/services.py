@@ -1,0 +1,224 @@
+"""Everything a request handler needs, built once per app: DB, transport, live fleet state, registry.
+
+`Services` owns the long-lived pieces (engine, Kafka producer, heartbeat monitor) and starts and
+stops them with the app. It also computes the fleet status document the API and the event stream
+serve, with short caches so 64 robots at 2 Hz and a page full of viewers stay cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, case, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dashboards.auth import SessionCodec
+from dashboards.config import DashboardConfig
+from dashboards.errors import Unavailable
+from dashboards.fleet_state import CommandStatus, CommandTracker, FleetState
+from dashboards.monitor import HeartbeatMonitor
+from dashboards.versions import RegistryClient
+from fleet.db import Episode, Robot
+from fleet.episodes import EpisodeStore
+from fleet.schemas import Command, Message
+from fleet.settings import Settings
+from fleet.transport import Delivery, Transport, TransportConfig, publish
+
+log = logging.getLogger(__name__)
+
+
+class _TTLCache:
+    """One value recomputed at most every `ttl_s` (thread-safe, single flight)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._value: Any = None
+        self._at = float("-inf")
+        self._lock = threading.Lock()
+
+    def get(self, compute: Any) -> Any:
+        with self._lock:
+            if time.monotonic() - self._at > self.ttl_s:
+                self._value = compute()
+                self._at = time.monotonic()
+            return self._value
+
+    def get_nowait(self, compute: Any) -> Any:
+        """Like `get`, but once a value exists a stale one is refreshed in the background, never in the caller
+        (a slow or dead MLflow must not stall the fleet page)."""
+        if self._at == float("-inf"):
+            return self.get(compute)
+        if time.monotonic() - self._at > self.ttl_s and self._lock.acquire(blocking=False):
+            self._at = time.monotonic()  # one refresh in flight; readers keep the old value meanwhile
+
+            def refresh() -> None:
+                try:
+                    self._value = compute()
+                finally:
+                    self._lock.release()
+
+            threading.Thread(target=refresh, daemon=True, name="dashboard-cache-refresh").start()
+        return self._value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._at = float("-inf")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    config: DashboardConfig
+    engine: Engine
+    sessions: sessionmaker[Session]
+    codec: SessionCodec
+    fleet: FleetState
+    commands: CommandTracker
+    transport: Transport | None  # None: publishing answers 503 (no broker configured)
+    registry: RegistryClient | None  # None: model routes answer 503
+    episodes: EpisodeStore
+    transport_config: TransportConfig | None = None
+    monitor: HeartbeatMonitor | None = None
+    _stats: _TTLCache = field(init=False)
+    _production: _TTLCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._stats = _TTLCache(self.config.stats_cache_s)
+        self._production = _TTLCache(self.config.registry_cache_s)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, consume_heartbeats: bool) -> None:
+        with self.sessions() as session:  # robots known from before show up (offline) at once
+            for robot in session.scalars(select(Robot)):
+                self.fleet.seed(
+                    robot_id=robot.id,
+                    embodiment=robot.embodiment,
+                    model_version=robot.current_version,
+                    task_id=robot.task,
+                )
+        if consume_heartbeats and self.transport_config is not None:
+            self.monitor = HeartbeatMonitor(
+                self.transport_config,
+                fleet=self.fleet,
+                commands=self.commands,
+                sessions=self.sessions,
+                flush_interval_s=self.config.db_flush_interval_s,
+            )
+            self.monitor.start()
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.transport is not None:
+            self.transport.close(timeout_s=5.0)
+        self.engine.dispose()
+
+    # --- publishing --------------------------------------------------------------------------
+
+    def publish(self, message: Message, *, on_delivery: Any = None) -> None:
+        if self.transport is None:
+            raise Unavailable("no Kafka transport configured: run `fleet up` or set FLEET_KAFKA_BOOTSTRAP")
+        if not publish(self.transport, message, on_delivery=on_delivery):
+            raise Unavailable("the Kafka producer queue is full; try again in a moment")
+
+    def send_command(
+        self, *, robot_id: str, action: str, issued_by: str, reason: str, task_id: str | None, instruction: str | None
+    ) -> CommandStatus:
+        now = time.time()
+        command = Command(
+            command_id=f"cmd-{uuid.uuid4().hex[:16]}",
+            robot_id=robot_id,
+            action=action,  # type: ignore[arg-type]
+            task_id=task_id,
+            instruction=instruction,
+            issued_by=issued_by,
+            reason=reason,
+            created_at=now,
+        )
+        status = CommandStatus(command.command_id, robot_id, action, issued_by, now, task_id, instruction)
+        self.commands.add(status)
+
+        def delivered(d: Delivery) -> None:
+            self.commands.delivered(command.command_id, d.error)
+
+        self.publish(command, on_delivery=delivered)
+        return status
+
+    # --- fleet status ------------------------------------------------------------------------
+
+    def episode_stats(self) -> dict[str, dict[str, Any]]:
+        return self._stats.get(self._compute_episode_stats)  # type: ignore[no-any-return]
+
+    def _compute_episode_stats(self) -> dict[str, dict[str, Any]]:
+        since = datetime.now(UTC) - timedelta(seconds=self.config.stats_window_s)
+        query = (
+            select(
+                Episode.robot_id,
+                func.count(),
+                func.sum(case((Episode.success.is_(True), 1), else_=0)),
+                func.count(Episode.success),
+                func.sum(Episode.interventions),
+                func.sum(case((Episode.interventions > 0, 1), else_=0)),
+            )
+            .where(Episode.ended_at.is_not(None), Episode.ended_at >= since, Episode.source == "fleet")
+            .group_by(Episode.robot_id)
+        )
+        out: dict[str, dict[str, Any]] = {}
+        with self.sessions() as session:
+            for robot_id, n, successes, labelled, steps, with_int in session.execute(query):
+                out[robot_id] = {
+                    "episodes": int(n),
+                    "success_rate": (int(successes or 0) / int(labelled)) if labelled else None,
+                    "intervention_steps_per_episode": int(steps or 0) / int(n),
+                    "intervened_episode_rate": int(with_int or 0) / int(n),
+                }
+        return out
+
+    def production_version(self) -> str | None:
+        def ask() -> str | None:
+            if self.registry is None:
+                return None
+            try:
+                return self.registry.aliases().get("production")
+            except Exception as e:  # MLflow down: the fleet page must still render
+                log.warning("registry alias lookup failed: %s", e)
+                return None
+
+        return self._production.get_nowait(ask)  # type: ignore[no-any-return]
+
+    def invalidate_registry(self) -> None:
+        self._production.clear()
+
+    def fleet_status(self) -> dict[str, Any]:
+        robots = self.fleet.snapshot()
+        stats = self.episode_stats()
+        counts: dict[str, int] = {}
+        versions: dict[str, int] = {}
+        for robot in robots:
+            robot["stats"] = stats.get(robot["robot_id"])
+            robot["commands"] = [asdict(c) for c in self.commands.list(robot_id=robot["robot_id"], limit=3)]
+            counts[robot["state"]] = counts.get(robot["state"], 0) + 1
+            if robot["state"] != "offline":
+                key = robot["model_version"] or "none"
+                versions[key] = versions.get(key, 0) + 1
+        production = self.production_version()
+        online = sum(versions.values())
+        return {
+            "generated_at": time.time(),
+            "offline_after_s": self.config.offline_after_s,
+            "window_s": self.config.stats_window_s,
+            "robots": robots,
+            "counts": counts,
+            "rollout": {
+                "production": production,
+                "versions": dict(sorted(versions.items())),
+                "converged": online > 0 and production is not None and versions.get(production, 0) == online,
+            },
+        }

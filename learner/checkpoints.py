@@ -1,0 +1,86 @@
+"""The learner's own checkpoints: model weights + the stream position they correspond to.
+
+    <run_dir>/checkpoints/update_00000012/
+        model/config.json, model/model.safetensors   the VLA checkpoint (fleet.policy.checkpoint; what is published)
+        pending.msgpack                  messages consumed but not yet in replay (wire bytes, never pickle)
+        learner_state.json               written last: a directory without it is ignored
+
+`learner_state.json` holds the consumed offsets (`next` offset per topic/partition, where a restart
+resumes), this version's data window (`first..last` offsets per topic/partition since the
+previous checkpoint), the corrections count, the parent version and, once published, the
+registry version. Offsets are committed to Kafka only after this file exists, so a restart always
+resumes from the checkpoint, never past it: no data is lost and none is trained twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import msgpack
+
+from fleet.policy.checkpoint import save_checkpoint
+from fleet.policy.model import VLAModel
+from fleet.schemas import Message, decode, encode
+
+STATE_FILE = "learner_state.json"
+PENDING_FILE = "pending.msgpack"
+MODEL_DIR = "model"
+Offsets = dict[str, dict[str, int]]  # topic -> partition (str, JSON keys) -> offset
+Window = dict[str, dict[str, list[int]]]  # topic -> partition -> [first, last]
+
+
+@dataclass
+class LearnerState:
+    """Where a learner checkpoint stands in the stream and the registry."""
+
+    updates: int  # gradient updates done so far (over the learner's whole life)
+    offsets: Offsets  # next offset to consume per topic/partition
+    window: Window  # offsets consumed since the previous checkpoint: this version's data
+    correction_ids: int  # corrections consumed in the window
+    episodes: int  # fleet episodes that entered replay in the window
+    parent_version: str | None  # registry version these weights descend from
+    published_version: str | None = None  # registry version of this checkpoint, once published
+    gate: dict[str, str] = field(default_factory=dict)  # eval tags, once evaluated
+    created_at: float = 0.0  # wall clock of the checkpoint
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save(
+    root: Path, model: VLAModel, state: LearnerState, pending: list[Message], *, keep: int = 3
+) -> tuple[Path, str]:
+    """Write a complete checkpoint directory; returns it and the weights' sha256. Keeps the newest `keep`."""
+    directory = root / f"update_{state.updates:08d}"
+    sha = save_checkpoint(model, directory / MODEL_DIR, metadata={"updates": state.updates})
+    _atomic_write(directory / PENDING_FILE, msgpack.packb([encode(m) for m in pending], use_bin_type=True))
+    write_state(directory, state)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory, sha
+
+
+def write_state(directory: Path, state: LearnerState) -> None:
+    _atomic_write(directory / STATE_FILE, (json.dumps(asdict(state), indent=1) + "\n").encode())
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("update_*") if (p / STATE_FILE).is_file())
+
+
+def load_state(directory: Path) -> tuple[LearnerState, list[Message]]:
+    raw = json.loads((directory / STATE_FILE).read_text())
+    state = LearnerState(**raw)
+    pending_path = directory / PENDING_FILE
+    items = msgpack.unpackb(pending_path.read_bytes(), raw=False) if pending_path.is_file() else []
+    return state, [decode(bytes(item)) for item in items]

@@ -1,0 +1,79 @@
+"""The learner's configuration (one frozen dataclass) and its named presets (`default`, `debug`)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet.policy.config import VLAConfig, debug_model_config
+from learner.gate import GateConfig
+from learner.replay import ReplayConfig
+from learner.rllib import RLlibConfig
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """One learner service."""
+
+    name: str  # preset name; also the run directory under <FLEET_HOME>/learner/
+    model: VLAConfig = field(default_factory=VLAConfig)  # architecture when starting from scratch
+    rllib: RLlibConfig = field(default_factory=RLlibConfig)  # optimizer, AWR weighting, number of learners
+    replay: ReplayConfig = field(default_factory=ReplayConfig)  # buffer sizes, mixing ratios, returns
+    gate: GateConfig = field(default_factory=GateConfig)  # held-out episodes that decide promotion
+    init: str = "production"  # "production" (registry alias, else scratch), "scratch", or a checkpoint dir
+    run_dir: Path | None = None  # checkpoints live in <run_dir>/checkpoints; None = <FLEET_HOME>/learner/<name>
+    demos: Path | None = None  # episode store with demonstrations; None = the stack's episode store
+    load_demos: bool = True  # put stored demonstrations (source "demo") into the demo buffer at start
+    max_demo_episodes: int | None = None  # cap on demonstrations loaded (None = all)
+    batch_size: int = 64  # samples per update
+    min_replay: int = 256  # replay steps needed before updates start
+    updates_per_poll: int = 1  # updates after each poll of the stream
+    checkpoint_every_updates: int = 500  # K: checkpoint + gate + publish after this many updates ...
+    checkpoint_every_s: float = 600.0  # T: ... or after this many seconds, whichever comes first
+    require_new_data: bool = True  # publish only when the stream brought new records since the last version
+    promote: bool = True  # promote versions that beat production (never while pinned)
+    group_id: str = "learner"  # Kafka consumer group
+    poll_timeout_s: float = 0.5  # longest a poll waits for records
+    max_poll_records: int = 200  # records per poll
+    log_every: int = 10  # updates between MLflow metric logs
+    torch_threads: int = 1  # torch CPU threads (this machine has 2 cores shared with the broker and robots)
+    seed: int = 0  # replay sampling and fresh-model seed
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.min_replay < 1 or self.updates_per_poll < 0:
+            raise ValueError("LearnerConfig: batch_size and min_replay must be >= 1, updates_per_poll >= 0")
+        if self.checkpoint_every_updates < 1 or self.checkpoint_every_s <= 0:
+            raise ValueError("LearnerConfig: checkpoint_every_updates must be >= 1 and checkpoint_every_s > 0")
+        if self.max_poll_records < 1 or self.poll_timeout_s < 0 or self.log_every < 1 or self.torch_threads < 1:
+            raise ValueError("LearnerConfig: max_poll_records, log_every, torch_threads >= 1; poll_timeout_s >= 0")
+
+
+PRESETS: dict[str, LearnerConfig] = {
+    "default": LearnerConfig(name="default"),
+    # A tiny model, a few-update cadence and a one-episode gate: smoke tests and `make demo` on 2 cores.
+    "debug": LearnerConfig(
+        name="debug",
+        model=debug_model_config(),
+        replay=ReplayConfig(capacity=5_000, horizon=60),
+        gate=GateConfig(tasks=("pick",), embodiments=("panda",), episodes=1, max_steps=8),
+        init="scratch",
+        load_demos=False,
+        batch_size=8,
+        min_replay=8,
+        checkpoint_every_updates=3,
+        checkpoint_every_s=30.0,
+        poll_timeout_s=0.2,
+        log_every=1,
+    ),
+}
+
+
+def get_preset(name: str) -> LearnerConfig:
+    """A named preset, with a did-you-mean hint on typos."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown learner preset {name!r}; known: {sorted(PRESETS)}.{hint}") from None

@@ -1,0 +1,388 @@
+"""Replay for online post-training: demonstrations, autonomous fleet steps and intervention steps, mixed in set ratios.
+
+Three FIFO buffers of step samples (each bounded to `capacity` steps):
+
+    demo          steps of stored demonstrations (EpisodeStore, source "demo")
+    online        every fleet step, autonomous and intervention alike
+    intervention  the steps a human drove (also in `online`: HIL-SERL puts interventions in both buffers)
+
+A batch draws `online_fraction` of its rows from `online` and the rest from `demo` ∪ `intervention`
+(RLPD / HIL-SERL: 50/50); `intervention_fraction` optionally fixes the intervention share of that
+offline half. An empty source gives its share to the others. A sample is (episode, step t): the
+observation at t and the action chunk t..t+H (padded, masked past the end), with provenance
+(robot, episode, step) and the correction id of the takeover that produced it.
+
+Returns, RECAP-style (π*0.6): the value target at step t of an episode of length T is
+``-(T - t) / horizon`` (steps to success, normalized, clipped to -1) when the episode succeeded and
+``failure_return`` (default -2, below any success) when it failed; dense step rewards are kept but
+not used. Per-sample weights (`sample_weights`): demonstrations and intervention steps weigh 1
+(HG-DAgger: imitate the human); autonomous steps weigh ``exp((G - V(s)) / beta)`` clipped to
+`max_weight` (AWR), with V from the model's value head at update time, so failures teach the
+value head without being imitated.
+
+Reviews (`apply_review`): reject removes a correction's steps from every buffer; relabel replaces
+their actions and/or the episode's success (and so the returns).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fleet.episodes import Episode
+from fleet.policy.config import VLAConfig
+from fleet.policy.data import chunk_indices
+from fleet.policy.language import InstructionEmbedder
+
+log = logging.getLogger(__name__)
+
+DEMO, INTERVENTION, AUTONOMOUS = 0, 1, 2  # `kind` column: how a sample is weighted
+SOURCES = ("demo", "online", "intervention")
+EpisodeKey = tuple[str, str]  # (robot_id, episode_id)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Replay sizes, mixing ratios and return shaping."""
+
+    capacity: int = 50_000  # steps per source buffer; the oldest steps leave first (FIFO per source)
+    online_fraction: float = 0.5  # share of each batch from the online buffer (RLPD / HIL-SERL: 0.5)
+    intervention_fraction: float | None = None  # share of the offline part from interventions; None = uniform
+    horizon: int = 200  # steps that normalize -(steps to success) into [-1, 0]
+    failure_return: float = -2.0  # value target of every step of a failed episode (below any success)
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or self.horizon < 1:
+            raise ValueError("ReplayConfig: capacity and horizon must be >= 1")
+        if not 0.0 <= self.online_fraction <= 1.0:
+            raise ValueError(f"ReplayConfig.online_fraction must be in [0, 1], got {self.online_fraction}")
+        if self.intervention_fraction is not None and not 0.0 <= self.intervention_fraction <= 1.0:
+            raise ValueError("ReplayConfig.intervention_fraction must be in [0, 1] or None")
+        if self.failure_return > -1.0:
+            raise ValueError("ReplayConfig.failure_return must be <= -1 (below every successful return)")
+
+
+def recap_returns(length: int, success: bool, *, horizon: int, failure_return: float) -> np.ndarray:
+    """float32 (length,) value targets: -(steps to success)/horizon clipped to -1, or `failure_return`."""
+    if not success:
+        return np.full(length, failure_return, dtype=np.float32)
+    steps_left = length - np.arange(length, dtype=np.float32)
+    return np.maximum(-steps_left / np.float32(horizon), -1.0).astype(np.float32)
+
+
+def sample_weights(
+    kinds: torch.Tensor, returns: torch.Tensor, values: torch.Tensor, *, beta: float, max_weight: float
+) -> torch.Tensor:
+    """(B,) weights: 1 for demo / intervention rows, clip(exp((G - V) / beta), max_weight) for autonomous rows."""
+    advantage = (returns - values.detach()).clamp(max=beta * float(np.log(max_weight)))
+    awr = torch.exp(advantage / beta).clamp(max=max_weight)
+    return torch.where(kinds == AUTONOMOUS, awr, torch.ones_like(awr))
+
+
+@dataclass
+class StoredEpisode:
+    """One episode's arrays, padded to the model's widths; samples point into it."""
+
+    robot_id: str
+    episode_id: str
+    source: str  # "demo" or "fleet"
+    instruction: str
+    embodiment_id: int
+    images: np.ndarray  # uint8 (T, cameras, S, S, 3)
+    proprio: np.ndarray  # float32 (T, max_proprio_dim)
+    actions: np.ndarray  # float32 (T, max_action_dim), clipped to [-1, 1]
+    action_dim: int  # the embodiment's real action width
+    intervention: np.ndarray  # bool (T,)
+    rewards: np.ndarray  # float32 (T,) dense step rewards (kept, not used by RECAP returns)
+    success: bool
+    returns: np.ndarray  # float32 (T,) RECAP value targets
+    correction_ids: list[str | None] = field(default_factory=list)  # per step: the takeover it came from
+
+    @property
+    def key(self) -> EpisodeKey:
+        return (self.robot_id, self.episode_id)
+
+    @property
+    def length(self) -> int:
+        return int(len(self.actions))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Where one replay row comes from (provenance)."""
+
+    robot_id: str
+    episode_id: str
+    step: int
+    kind: int  # DEMO, INTERVENTION or AUTONOMOUS
+    correction_id: str | None
+
+
+class ReplayBuffer:
+    """Demo / online / intervention step buffers over shared episode arrays (see the module docstring)."""
+
+    def __init__(self, config: ReplayConfig, model_config: VLAConfig, *, embedder: InstructionEmbedder) -> None:
+        if embedder.name != model_config.text_encoder or embedder.dim != model_config.text_dim:
+            raise ValueError(f"embedder {embedder.name!r} does not match the model's {model_config.text_encoder!r}")
+        self.config = config
+        self.model_config = model_config
+        self.embedder = embedder
+        self._episodes: dict[EpisodeKey, StoredEpisode] = {}
+        self._refs: Counter[EpisodeKey] = Counter()
+        self._buffers: dict[str, deque[tuple[EpisodeKey, int]]] = {s: deque() for s in SOURCES}
+        self._text: dict[str, np.ndarray] = {}
+
+    # --- adding ----------------------------------------------------------------------------------
+
+    def add_episode(
+        self, episode: Episode, *, corrections: Iterable[tuple[str, int, int]] = ()
+    ) -> StoredEpisode | None:
+        """Add every step of a finished episode; `corrections` are (correction_id, step_start, n) takeovers.
+
+        Demonstrations (`meta.source == "demo"`) go to `demo`; fleet steps to `online`, and intervention
+        steps also to `intervention`. Returns None (and logs why) for an episode the model cannot train on.
+        """
+        try:
+            stored = self._convert(episode)
+        except (KeyError, ValueError) as e:
+            log.warning("replay: skipping episode %s/%s: %s", episode.meta.robot_id, episode.meta.episode_id, e)
+            return None
+        for cid, start, n in corrections:
+            stop = min(start + n, stored.length)
+            stored.intervention[start:stop] = True
+            stored.correction_ids[start:stop] = [cid] * max(0, stop - start)
+        if stored.key in self._episodes:  # a re-sent episode replaces the old copy (idempotent on the key)
+            self._drop_where(lambda key, _t: key == stored.key)
+        self._episodes[stored.key] = stored
+        for t in range(stored.length):
+            if stored.source == "demo":
+                self._push("demo", stored.key, t)
+            else:
+                self._push("online", stored.key, t)
+                if stored.intervention[t]:
+                    self._push("intervention", stored.key, t)
+        return stored
+
+    def _convert(self, episode: Episode) -> StoredEpisode:
+        c, meta = self.model_config, episode.meta
+        dims = c.embodiment(meta.embodiment)
+        n = meta.length
+        if n < 1:
+            raise ValueError("episode is empty")
+        if episode.proprio.shape != (n, dims.proprio_dim) or episode.actions.shape != (n, dims.action_dim):
+            raise ValueError(f"proprio/actions {episode.proprio.shape}/{episode.actions.shape} do not fit {dims}")
+        cams = []
+        for camera in c.cameras:
+            frames = episode.frames.get(camera)
+            if frames is None or frames.shape != (n, c.image_size, c.image_size, 3):
+                got = None if frames is None else frames.shape
+                raise ValueError(f"camera {camera!r} frames are {got}, the model needs ({n}, {c.image_size}px, 3)")
+            cams.append(frames)
+        proprio = np.zeros((n, c.max_proprio_dim), dtype=np.float32)
+        proprio[:, : dims.proprio_dim] = episode.proprio
+        actions = np.zeros((n, c.max_action_dim), dtype=np.float32)
+        actions[:, : dims.action_dim] = np.clip(episode.actions, -1.0, 1.0)
+        success = bool(meta.success)
+        return StoredEpisode(
+            robot_id=meta.robot_id,
+            episode_id=meta.episode_id,
+            source="demo" if meta.source == "demo" else "fleet",
+            instruction=meta.instruction,
+            embodiment_id=c.embodiment_index(meta.embodiment),
+            images=np.ascontiguousarray(np.stack(cams, axis=1)),
+            proprio=proprio,
+            actions=actions,
+            action_dim=dims.action_dim,
+            intervention=np.asarray(episode.intervention, dtype=bool).copy(),
+            rewards=np.asarray(episode.rewards, dtype=np.float32),
+            success=success,
+            returns=self._returns(n, success),
+            correction_ids=[None] * n,
+        )
+
+    def _returns(self, length: int, success: bool) -> np.ndarray:
+        return recap_returns(length, success, horizon=self.config.horizon, failure_return=self.config.failure_return)
+
+    def _push(self, source: str, key: EpisodeKey, t: int) -> None:
+        buffer = self._buffers[source]
+        buffer.append((key, t))
+        self._refs[key] += 1
+        while len(buffer) > self.config.capacity:
+            self._release(buffer.popleft()[0])
+
+    def _release(self, key: EpisodeKey) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] <= 0:
+            del self._refs[key]
+            self._episodes.pop(key, None)
+
+    def _drop_where(self, predicate: Callable[[EpisodeKey, int], bool]) -> int:
+        dropped = 0
+        for source, buffer in self._buffers.items():
+            kept: deque[tuple[EpisodeKey, int]] = deque()
+            for key, t in buffer:
+                if predicate(key, t):
+                    self._release(key)
+                    dropped += 1
+                else:
+                    kept.append((key, t))
+            self._buffers[source] = kept
+        return dropped
+
+    # --- labels and reviews ----------------------------------------------------------------------
+
+    def episode(self, robot_id: str, episode_id: str) -> StoredEpisode | None:
+        return self._episodes.get((robot_id, episode_id))
+
+    def set_success(self, robot_id: str, episode_id: str, success: bool) -> bool:
+        """Relabel an episode's outcome (late RewardSignal); False when it is not in replay."""
+        stored = self._episodes.get((robot_id, episode_id))
+        if stored is None:
+            return False
+        stored.success = success
+        stored.returns = self._returns(stored.length, success)
+        return True
+
+    def tag_correction(self, correction_id: str, robot_id: str, episode_id: str, step_start: int, n: int) -> bool:
+        """Mark steps of an episode already in replay as a takeover (a Correction that arrived after its steps)."""
+        stored = self._episodes.get((robot_id, episode_id))
+        if stored is None:
+            return False
+        stop = min(step_start + n, stored.length)
+        for t in range(step_start, stop):
+            stored.correction_ids[t] = correction_id
+            if not stored.intervention[t]:
+                stored.intervention[t] = True
+                self._push("intervention", stored.key, t)
+        return True
+
+    def correction_steps(self, correction_id: str) -> list[Sample]:
+        """The replay samples of one correction (one per step, from the online buffer)."""
+        return [s for s in self.samples("online") if s.correction_id == correction_id]
+
+    def apply_review(
+        self,
+        correction_id: str,
+        decision: str,
+        *,
+        relabel_success: bool | None = None,
+        relabelled_actions: np.ndarray | None = None,
+    ) -> int:
+        """Apply a reviewer's verdict; returns how many steps it touched.
+
+        "reject" removes the correction's steps from every buffer; "relabel" replaces their actions
+        (`relabelled_actions`, (n, A) from the correction's first step) and/or sets the episode's
+        success (`relabel_success`, which recomputes its returns); "approve" changes nothing.
+        """
+        if decision == "approve":
+            return 0
+        if decision == "reject":
+            return self._drop_where(lambda key, t: self._episodes[key].correction_ids[t] == correction_id)
+        if decision != "relabel":
+            raise ValueError(f"unknown review decision {decision!r} (approve, reject, relabel)")
+        touched = 0
+        for stored in list(self._episodes.values()):
+            steps = [t for t, cid in enumerate(stored.correction_ids) if cid == correction_id]
+            if not steps:
+                continue
+            if relabelled_actions is not None:
+                actions = np.asarray(relabelled_actions, dtype=np.float32)
+                width = min(actions.shape[1], stored.action_dim)
+                for i, t in enumerate(steps[: len(actions)]):
+                    stored.actions[t, :] = 0.0
+                    stored.actions[t, :width] = np.clip(actions[i, :width], -1.0, 1.0)
+            if relabel_success is not None:
+                stored.success = relabel_success
+                stored.returns = self._returns(stored.length, relabel_success)
+            touched += len(steps)
+        return touched
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buffers.values())
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(b) for s, b in self._buffers.items()}
+
+    def samples(self, source: str) -> list[Sample]:
+        """Provenance of every sample in one buffer, oldest first."""
+        kind = {"demo": DEMO}.get(source)
+        out = []
+        for key, t in self._buffers[source]:
+            e = self._episodes[key]
+            k = kind if kind is not None else (INTERVENTION if e.intervention[t] else AUTONOMOUS)
+            out.append(Sample(e.robot_id, e.episode_id, t, k, e.correction_ids[t]))
+        return out
+
+    def counts_for(self, batch_size: int, rng: np.random.Generator) -> dict[str, int]:
+        """How many rows of a batch each buffer gives (empty buffers hand their share to the others)."""
+        sizes = self.sizes()
+        if not any(sizes.values()):
+            raise ValueError("replay is empty: no demonstrations loaded and no fleet data consumed yet")
+        offline = sizes["demo"] + sizes["intervention"]
+        n_online = round(batch_size * self.config.online_fraction) if offline else batch_size
+        if not sizes["online"]:
+            n_online = 0
+        n_offline = batch_size - n_online
+        frac = self.config.intervention_fraction
+        if frac is None:  # uniform over demo ∪ intervention, as one offline buffer
+            n_interv = int(rng.binomial(n_offline, sizes["intervention"] / offline)) if offline else 0
+        elif not sizes["intervention"]:
+            n_interv = 0
+        elif not sizes["demo"]:
+            n_interv = n_offline
+        else:
+            n_interv = round(n_offline * frac)
+        return {"online": n_online, "intervention": n_interv, "demo": n_offline - n_interv}
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A training batch of numpy columns (the VLAModel batch format plus `kind`, see the module docstring)."""
+        rows: list[tuple[EpisodeKey, int, int]] = []
+        for source, n in self.counts_for(batch_size, rng).items():
+            buffer = self._buffers[source]
+            for i in rng.integers(0, len(buffer), size=n) if n else ():
+                key, t = buffer[int(i)]
+                e = self._episodes[key]
+                kind = DEMO if source == "demo" else INTERVENTION if e.intervention[t] else AUTONOMOUS
+                rows.append((key, t, kind))
+        return self._collate(rows)
+
+    def _embedding(self, text: str) -> np.ndarray:
+        vec = self._text.get(text)
+        if vec is None:
+            vec = np.asarray(self.embedder.embed(text), dtype=np.float32)
+            self._text[text] = vec
+        return vec
+
+    def _collate(self, rows: list[tuple[EpisodeKey, int, int]]) -> dict[str, np.ndarray]:
+        horizon = self.model_config.chunk_size
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "text", "proprio", "actions", "mask")}
+        ids, returns, kinds = [], [], []
+        for key, t, kind in rows:
+            e = self._episodes[key]
+            idx, valid = chunk_indices(e.length, np.array([t]), horizon)
+            cols["images"].append(e.images[t])
+            cols["text"].append(self._embedding(e.instruction))
+            cols["proprio"].append(e.proprio[t])
+            cols["actions"].append(e.actions[idx[0]])
+            cols["mask"].append(valid[0])
+            ids.append(e.embodiment_id)
+            returns.append(e.returns[t])
+            kinds.append(kind)
+        return {
+            "images": np.stack(cols["images"]),
+            "instruction_embedding": np.stack(cols["text"]),
+            "proprio": np.stack(cols["proprio"]),
+            "embodiment_id": np.asarray(ids, dtype=np.int64),
+            "actions": np.stack(cols["actions"]),
+            "action_mask": np.stack(cols["mask"]),
+            "returns": np.asarray(returns, dtype=np.float32),
+            "return_mask": np.ones(len(rows), dtype=bool),
+            "kind": np.asarray(kinds, dtype=np.int64),
+        }

@@ -1,0 +1,244 @@
+"""The learner's update engine: the VLA as an RLlib (new API stack) `TorchRLModule`, its loss in a `TorchLearner`.
+
+RLlib runs the update, so the same code trains on this CPU machine (`num_learners=0`, in-process,
+no `ray.init`) and data-parallel on GPUs / Ray nodes (`num_learners=N`, `num_gpus_per_learner=1`).
+There are no EnvRunners: the fleet is the data source, batches come from `learner.replay`.
+
+    engine = VLALearner(RLlibConfig(), model_config=debug_model_config())
+    stats = engine.update(batch)                  # batch: dict of numpy columns from ReplayBuffer.sample
+    weights = engine.get_state_dict()             # VLAModel state dict (torch) -> safetensors checkpoint
+    engine.set_state_dict(weights)                # rollback / restore: set_weights, never set_state (NOTES)
+
+The loss (`VLATorchLearner.compute_loss_for_module`): the value head is evaluated without gradient
+to get advantages, `learner.replay.sample_weights` turns them into per-sample weights (demos and
+interventions 1, autonomous steps AWR `exp(A / beta)` clipped), then `VLAModel.loss(batch, weights=w)`
+(weighted flow-matching / BC + value regression on the RECAP returns).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+from fleet.policy.config import VLAConfig
+from fleet.policy.model import VLAModel
+from learner.replay import AUTONOMOUS, sample_weights
+
+MODULE_ID = DEFAULT_MODULE_ID  # the single RLModule of the learner's MultiRLModule ("default_policy")
+_PREFIX = "vla."  # state-dict prefix of the VLAModel inside the RLModule
+_MODEL_COLUMNS = ("images", "instruction_embedding", "proprio", "embodiment_id", "actions", "action_mask")
+
+
+@dataclass(frozen=True)
+class RLlibConfig:
+    """How RLlib updates the VLA."""
+
+    lr: float = 3e-4  # AdamW learning rate (constant: the stream never ends, so no decay schedule)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    grad_clip: float = 1.0  # max global gradient norm (RLlib clips before the step)
+    awr_beta: float = 0.5  # AWR temperature on advantages (returns are normalized to about [-1, 0])
+    awr_max_weight: float = 20.0  # clip of exp(A / beta), so one lucky step cannot dominate a batch
+    num_learners: int = 0  # 0 = one in-process learner (CPU); N > 0 = N remote data-parallel learners (needs Ray)
+    num_gpus_per_learner: float = 0.0  # GPUs per learner when num_learners > 0
+    skip_nan_gradient_checks: bool = False  # True saves ~10% per update but applies NaN gradients (NOTES)
+    seed: int = 0  # seeds torch before the module is built (same initial weights per seed)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("RLlibConfig: lr and grad_clip must be positive, weight_decay >= 0")
+        if self.awr_beta <= 0 or self.awr_max_weight < 1:
+            raise ValueError("RLlibConfig: awr_beta must be positive and awr_max_weight >= 1")
+        if self.num_learners < 0 or self.num_gpus_per_learner < 0:
+            raise ValueError("RLlibConfig: num_learners and num_gpus_per_learner must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainingStats:
+    """What one update did; `to_log_dict` gives the MLflow metric names."""
+
+    loss_total: float  # backpropagated loss
+    loss_action: float  # weighted flow-matching / BC loss
+    loss_value: float  # value-head Huber loss on the RECAP returns
+    mean_weight: float  # mean per-sample weight of the batch
+    mean_advantage: float  # mean advantage of the batch's autonomous steps (0 when none)
+    autonomous_fraction: float  # share of the batch that is autonomous (AWR-weighted) steps
+    batch_size: int  # samples in the batch
+    update_ms: float  # wall time of the update
+
+    def to_log_dict(self) -> dict[str, float]:
+        return {
+            "losses/total": self.loss_total,
+            "losses/action": self.loss_action,
+            "losses/value": self.loss_value,
+            "charts/mean_weight": self.mean_weight,
+            "charts/mean_advantage": self.mean_advantage,
+            "charts/autonomous_fraction": self.autonomous_fraction,
+            "charts/batch_size": float(self.batch_size),
+            "charts/update_ms": self.update_ms,
+        }
+
+
+class VLARLModule(TorchRLModule):
+    """The fleet VLA as an RLlib module; `model_config["vla"]` is a `VLAConfig.to_dict()`."""
+
+    def setup(self) -> None:
+        self.vla = VLAModel(VLAConfig.from_dict(self.model_config["vla"]))
+
+    def _model_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: batch[k] for k in _MODEL_COLUMNS + ("returns", "return_mask") if k in batch}
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        actions, values = self.vla.predict(self._model_batch(batch))
+        return {Columns.ACTIONS: actions, Columns.VF_PREDS: values}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # Values for the advantages, without gradient: the value head is trained by the loss itself.
+        with torch.no_grad():
+            values = self.vla.predict_value(self._model_batch(batch))
+        return {Columns.VF_PREDS: values}
+
+
+class VLATorchLearner(TorchLearner):
+    """Weighted VLA loss: HG-DAgger on interventions, AWR on autonomous steps, value regression on returns."""
+
+    def configure_optimizers_for_module(self, module_id: str, config: AlgorithmConfig | None = None) -> None:
+        assert isinstance(config, VLAAlgorithmConfig)
+        module = self._module[module_id]
+        params = self.get_parameters(module)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.vla_weight_decay)
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
+
+    def compute_loss_for_module(
+        self, *, module_id: str, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
+    ) -> torch.Tensor:
+        assert isinstance(config, VLAAlgorithmConfig)
+        module = self._module[module_id].unwrapped()
+        values = fwd_out[Columns.VF_PREDS]
+        kinds = batch["kind"].long()
+        returns = batch["returns"].float()
+        weights = sample_weights(kinds, returns, values, beta=config.awr_beta, max_weight=config.awr_max_weight)
+        model_batch = {k: batch[k] for k in _MODEL_COLUMNS}
+        model_batch["embodiment_id"] = model_batch["embodiment_id"].long()
+        model_batch["action_mask"] = model_batch["action_mask"].bool()
+        model_batch["returns"] = returns
+        model_batch["return_mask"] = batch["return_mask"].bool()
+        out = module.vla.loss(model_batch, weights=weights)
+        autonomous = kinds == AUTONOMOUS
+        advantage = (returns - values)[autonomous]
+        for key, value in (
+            ("loss_total", out["loss/total"]),
+            ("loss_action", out["loss/action"]),
+            ("loss_value", out["loss/value"]),
+            ("mean_weight", weights.mean()),
+            ("mean_advantage", advantage.mean() if bool(autonomous.any()) else values.new_zeros(())),
+            ("autonomous_fraction", autonomous.float().mean()),
+        ):
+            self.metrics.log_value((module_id, key), value.detach().item(), window=1)
+        return out["loss/total"]
+
+
+class VLAAlgorithmConfig(AlgorithmConfig):
+    """An AlgorithmConfig that only builds learners (no env runners): the fleet streams the data."""
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class)
+        self.vla_weight_decay = 1e-4  # AdamW weight decay (RLlibConfig.weight_decay)
+        self.awr_beta = 0.5  # RLlibConfig.awr_beta
+        self.awr_max_weight = 20.0  # RLlibConfig.awr_max_weight
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=VLARLModule)
+
+    def get_default_learner_class(self) -> type[TorchLearner]:
+        return VLATorchLearner
+
+
+def build_algorithm_config(config: RLlibConfig, model_config: VLAConfig) -> VLAAlgorithmConfig:
+    """The RLlib config for `model_config` (spaces are placeholders: RLlib requires them, the VLA ignores them)."""
+    algo = VLAAlgorithmConfig()
+    algo.vla_weight_decay = config.weight_decay
+    algo.awr_beta = config.awr_beta
+    algo.awr_max_weight = config.awr_max_weight
+    box = gym.spaces.Box(-1.0, 1.0, (model_config.max_action_dim,), np.float32)
+    algo.environment(observation_space=box, action_space=box)
+    algo.framework("torch", torch_skip_nan_gradients=config.skip_nan_gradient_checks)
+    algo.training(lr=config.lr, grad_clip=config.grad_clip, grad_clip_by="global_norm")
+    algo.rl_module(
+        rl_module_spec=RLModuleSpec(
+            module_class=VLARLModule,
+            observation_space=box,
+            action_space=box,
+            model_config={"vla": model_config.to_dict()},
+        )
+    )
+    algo.learners(
+        num_learners=config.num_learners,
+        num_gpus_per_learner=config.num_gpus_per_learner,
+        learner_class=VLATorchLearner,
+    )
+    algo.debugging(seed=config.seed)
+    return algo
+
+
+class VLALearner:
+    """An RLlib `LearnerGroup` over the VLA with the tiny interface the service needs."""
+
+    def __init__(self, config: RLlibConfig, *, model_config: VLAConfig) -> None:
+        self.config = config
+        self.model_config = model_config
+        torch.manual_seed(config.seed)
+        self.group = build_algorithm_config(config, model_config).build_learner_group()
+
+    def update(self, batch: dict[str, np.ndarray]) -> TrainingStats:
+        """One gradient step on a replay batch (numpy columns, see `ReplayBuffer.sample`)."""
+        n = int(len(batch["kind"]))
+        start = time.perf_counter()
+        results = self.group.update(batch=MultiAgentBatch({MODULE_ID: SampleBatch(dict(batch))}, env_steps=n))
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        stats = results[0][MODULE_ID] if isinstance(results, list) else results[MODULE_ID]
+
+        def value(key: str) -> float:
+            item = stats[key]
+            return float(item.peek() if hasattr(item, "peek") else item)
+
+        return TrainingStats(
+            loss_total=value("loss_total"),
+            loss_action=value("loss_action"),
+            loss_value=value("loss_value"),
+            mean_weight=value("mean_weight"),
+            mean_advantage=value("mean_advantage"),
+            autonomous_fraction=value("autonomous_fraction"),
+            batch_size=n,
+            update_ms=elapsed_ms,
+        )
+
+    def get_state_dict(self) -> dict[str, torch.Tensor]:
+        """The VLAModel's weights (CPU tensors, keys as `VLAModel.state_dict()`), via `get_weights()`."""
+        weights = self.group.get_weights([MODULE_ID])[MODULE_ID]
+        return {k.removeprefix(_PREFIX): torch.as_tensor(np.asarray(v)).clone() for k, v in weights.items()}
+
+    def set_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load VLAModel weights into every learner (`set_weights`; `set_state` can leave weights stale)."""
+        weights = {_PREFIX + k: v.detach().cpu().numpy() for k, v in state.items()}
+        self.group.set_weights({MODULE_ID: weights})
+
+    def to_model(self) -> VLAModel:
+        """A standalone VLAModel (eval mode) with the learner's current weights."""
+        model = VLAModel(self.model_config)
+        model.load_state_dict(self.get_state_dict(), strict=True)
+        return model.eval()
+
+    def shutdown(self) -> None:
+        self.group.shutdown()

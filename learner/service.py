@@ -1,0 +1,314 @@
+"""The central learner: fleet stream → replay → RLlib updates → checkpoint → eval gate → registry version.
+
+Run with `fleet learner run --preset debug` (see `learner.cli`), or `main(get_preset("default"))`.
+
+One loop, top to bottom (`LearnerService.step`): poll the `learner` consumer group on
+trajectories, corrections, rewards and reviews; hand each message to `Ingest` (episodes into
+replay); do `updates_per_poll` RLlib updates once replay holds `min_replay` steps; every
+`checkpoint_every_updates` updates or `checkpoint_every_s` seconds (with new data) write a
+checkpoint with the consumed offsets, commit those offsets to Kafka, run the eval gate, publish a
+version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_passed; alias
+`candidate`), promote it to `production` if it beats production's eval/mean (never while pinned),
+and announce both on `fleet.models`. A restart loads the newest checkpoint, skips every record
+below its offsets, re-handles what was still waiting, and publishes the checkpoint first if the
+crash came before that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fleet.episodes import EpisodeStore
+from fleet.policy.checkpoint import load_checkpoint
+from fleet.policy.language import InstructionEmbedder, default_embedder
+from fleet.policy.model import VLAModel
+from fleet.registry import PRODUCTION, PinnedError, Registry, VersionInfo, announce
+from fleet.schemas import SchemaError, decode
+from fleet.settings import Settings, get_settings
+from fleet.transport import (
+    CORRECTIONS,
+    REVIEWS,
+    REWARDS,
+    TRAJECTORIES,
+    KafkaTransport,
+    Record,
+    Transport,
+    TransportConfig,
+    dead_letter,
+    ensure_topics,
+)
+from learner import checkpoints
+from learner.checkpoints import MODEL_DIR, LearnerState
+from learner.config import LearnerConfig
+from learner.gate import EvalGate, beats
+from learner.ingest import Ingest
+from learner.replay import ReplayBuffer
+from learner.rllib import TrainingStats, VLALearner
+
+log = logging.getLogger(__name__)
+TOPICS = (TRAJECTORIES, CORRECTIONS, REWARDS, REVIEWS)
+
+
+class LearnerService:
+    """State and loop of one learner process (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: LearnerConfig,
+        *,
+        settings: Settings,
+        embedder: InstructionEmbedder | None = None,
+        transport: Transport | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.embedder = embedder if embedder is not None else default_embedder()
+        if transport is None:
+            transport_config = TransportConfig.from_settings(settings, client_id="fleet-learner")
+            ensure_topics(transport_config)
+            transport = KafkaTransport(transport_config, create_topics=False)
+        self.transport = transport
+        self.registry = registry or Registry(settings)
+        self.root = (config.run_dir or settings.home / "learner" / config.name) / "checkpoints"
+        self.rng = np.random.default_rng(config.seed)
+        self.gate = EvalGate(config.gate)
+        self.last_stats: TrainingStats | None = None
+        self.published: list[VersionInfo] = []
+
+        model, self.state, pending, unpublished = self._restore()
+        self.engine = VLALearner(config.rllib, model_config=model.config)
+        self.engine.set_state_dict(model.state_dict())
+        self.replay = ReplayBuffer(config.replay, model.config, embedder=self.embedder)
+        self.ingest = Ingest(self.replay)
+        self._load_demos()
+        for message in pending:
+            self.ingest.handle(message)
+        self.window: dict[str, dict[str, list[int]]] = {}
+        self._since_ckpt = 0
+        self._ckpt_time = time.monotonic()
+        self._run_id = self._start_run()
+        if unpublished is not None:  # crashed between checkpoint and publish: finish that first
+            self._publish(unpublished, model)
+        # No commit here (the group is not joined yet): records below the checkpoint's offsets are skipped
+        # in `_consume`, and the next checkpoint commits.
+        self.consumer = self.transport.consumer(group_id=config.group_id, topics=TOPICS)
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    def _restore(self) -> tuple[VLAModel, LearnerState, list, Path | None]:  # type: ignore[type-arg]
+        existing = checkpoints.list_checkpoints(self.root)
+        if existing:
+            latest = existing[-1]
+            state, pending = checkpoints.load_state(latest)
+            model = load_checkpoint(latest / MODEL_DIR)
+            if state.published_version is not None:  # the next version descends from this one
+                state.parent_version = state.published_version
+            log.info("learner: resuming from %s (update %d, offsets %s)", latest, state.updates, state.offsets)
+            return model, state, pending, (latest if state.published_version is None else None)
+        parent: str | None = None
+        model: VLAModel | None = None
+        if self.config.init == "production":
+            info = self.registry.version_for_alias(PRODUCTION)
+            if info is not None:
+                local = self.registry.download(info.version, Path(tempfile.mkdtemp(prefix="fleet-learner-")))
+                model, parent = load_checkpoint(local, expected_sha256=info.sha256), info.version
+                log.info("learner: starting from production version %s", info.version)
+        elif self.config.init != "scratch":
+            model = load_checkpoint(self.config.init)
+        if model is None:
+            torch.manual_seed(self.config.seed)
+            model = VLAModel(self.config.model)
+            log.info("learner: starting from a fresh %s model", self.config.name)
+        return model, LearnerState(0, {}, {}, 0, 0, parent_version=parent), [], None
+
+    def _load_demos(self) -> None:
+        root = self.config.demos if self.config.demos is not None else self.settings.episode_store
+        if not self.config.load_demos or not Path(root).is_dir():
+            return
+        count = 0
+        for episode in EpisodeStore(root).iter_episodes():
+            if episode.meta.source == "demo" and self.replay.add_episode(episode) is not None:
+                count += 1
+                if self.config.max_demo_episodes is not None and count >= self.config.max_demo_episodes:
+                    break
+        log.info("learner: %d demonstration episodes loaded from %s", count, root)
+
+    def _start_run(self) -> str | None:
+        try:
+            client = self.registry.client
+            experiment = client.get_experiment_by_name("fleet-learner")
+            exp_id = experiment.experiment_id if experiment else client.create_experiment("fleet-learner")
+            return client.create_run(
+                exp_id, tags={"fleet.kind": "learner", "fleet.preset": self.config.name}
+            ).info.run_id
+        except Exception as e:  # metrics are best-effort; training must not stop for them
+            log.warning("learner: no MLflow run for training metrics (%s)", e)
+            return None
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        while not stop():
+            self.step()
+
+    def step(self) -> None:
+        """One poll, its updates, and a checkpoint + publish when one is due."""
+        records = self.consumer.poll(timeout_s=self.config.poll_timeout_s, max_records=self.config.max_poll_records)
+        for record in records:
+            self._consume(record)
+        if len(self.replay) >= self.config.min_replay:
+            for _ in range(self.config.updates_per_poll):
+                self.last_stats = self.engine.update(self.replay.sample(self.config.batch_size, self.rng))
+                self.state.updates += 1
+                self._since_ckpt += 1
+                if self.state.updates % self.config.log_every == 0:
+                    self._log_metrics(self.last_stats.to_log_dict())
+        if self._checkpoint_due():
+            self.checkpoint_and_publish()
+
+    def _consume(self, record: Record) -> None:
+        partition = str(record.partition)
+        resume_at = self.state.offsets.get(record.topic, {}).get(partition)
+        if resume_at is not None and record.offset < resume_at:
+            return  # already in a checkpoint: never trained twice
+        try:
+            self.ingest.handle(decode(record.value))
+        except SchemaError as e:
+            log.warning("learner: dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, e)
+            dead_letter(self.transport, record, str(e), group_id=self.config.group_id)
+        self.state.offsets.setdefault(record.topic, {})[partition] = record.offset + 1
+        span = self.window.setdefault(record.topic, {}).setdefault(partition, [record.offset, record.offset])
+        span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
+
+    def _checkpoint_due(self) -> bool:
+        if self._since_ckpt == 0 or (self.config.require_new_data and not self.window):
+            return False
+        elapsed = time.monotonic() - self._ckpt_time
+        return self._since_ckpt >= self.config.checkpoint_every_updates or elapsed >= self.config.checkpoint_every_s
+
+    def checkpoint_and_publish(self) -> VersionInfo | None:
+        """Checkpoint (weights + offsets + waiting messages), commit the offsets, then gate and publish."""
+        model = self.engine.to_model()
+        self.state = dataclasses.replace(
+            self.state,
+            window=self.window,
+            correction_ids=len(self.ingest.corrections_seen),
+            episodes=self.ingest.episodes_added,
+            published_version=None,
+            gate={},
+            created_at=time.time(),
+        )
+        directory, _ = checkpoints.save(self.root, model, self.state, self.ingest.pending_messages())
+        self.window, self._since_ckpt, self._ckpt_time = {}, 0, time.monotonic()
+        self.ingest.reset_window()
+        self.ingest.episodes_added = 0
+        self._commit()
+        return self._publish(directory, model)
+
+    def _commit(self) -> None:
+        """Commit the checkpoint's offsets (Kafka then agrees with the checkpoint; the checkpoint wins on restart)."""
+        if not self.transport.flush(timeout_s=30.0):
+            log.warning("learner: dead letters not yet acknowledged; committing anyway (they are spooled)")
+        marks = [
+            Record(topic, int(partition), offset - 1, None, b"")
+            for topic, parts in self.state.offsets.items()
+            for partition, offset in parts.items()
+        ]
+        try:
+            self.consumer.commit(marks)
+        except Exception as e:  # the checkpoint holds the truth; a failed commit only means more skipping later
+            log.warning("learner: offset commit failed (%s); the checkpoint's offsets still apply on restart", e)
+
+    def _publish(self, directory: Path, model: VLAModel) -> VersionInfo:
+        state, _ = checkpoints.load_state(directory)
+        result = self.gate.evaluate(model, embedder=self.embedder)
+        production = self.registry.version_for_alias(PRODUCTION)
+        production_mean = production.eval_metrics.get("mean") if production is not None else None
+        passed = beats(result.mean, production_mean, min_success=self.config.gate.min_success)
+        tags = {
+            "data_offsets": json.dumps(state.window, sort_keys=True),
+            "correction_ids": str(state.correction_ids),
+            "episodes": str(state.episodes),
+            "updates": str(state.updates),
+            "learner_preset": self.config.name,
+            "gate_passed": "true" if passed else "false",
+            **result.tags(),
+        }
+        metrics = {k: float(v) for k, v in result.tags().items()}
+        if self.last_stats is not None:
+            metrics.update(self.last_stats.to_log_dict())
+        sha = checkpoints_sha(directory)
+        info = self.registry.publish(
+            directory / MODEL_DIR, sha256=sha, parent_version=state.parent_version, tags=tags, metrics=metrics
+        )
+        state.published_version, state.gate = info.version, result.tags()
+        checkpoints.write_state(directory, state)
+        self.state.parent_version = info.version
+        self.published.append(info)
+        reason = f"eval/mean {result.mean:.3f} (production {production_mean})"
+        log.info("learner: published version %s (%s, gate %s)", info.version, reason, "passed" if passed else "failed")
+        announce(self.settings, info, event="registered", alias="candidate", actor="learner", reason=reason)
+        if passed and self.config.promote:
+            try:
+                self.registry.promote(info.version, actor="learner", role="service", reason=reason, automatic=True)
+                announce(self.settings, info, event="promoted", alias=PRODUCTION, actor="learner", reason=reason)
+            except PinnedError as e:
+                log.warning("learner: %s; version %s stays candidate", e, info.version)
+        return info
+
+    def _log_metrics(self, values: dict[str, float]) -> None:
+        if self._run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        step = self.state.updates
+        extra = {f"charts/replay_{k}": float(v) for k, v in self.replay.sizes().items()}
+        metrics = [Metric(k, float(v), now, step) for k, v in {**values, **extra}.items()]
+        try:
+            self.registry.client.log_batch(self._run_id, metrics=metrics)
+        except Exception as e:
+            log.warning("learner: metrics not logged (%s)", e)
+
+    def close(self) -> None:
+        self.consumer.close()
+        if self._run_id is not None:
+            try:
+                self.registry.client.set_terminated(self._run_id)
+            except Exception as e:
+                log.warning("learner: could not close the MLflow run (%s)", e)
+        self.engine.shutdown()
+        self.transport.close()
+
+
+def checkpoints_sha(directory: Path) -> str:
+    from fleet.policy.checkpoint import checkpoint_sha256
+
+    return checkpoint_sha256(directory / MODEL_DIR)
+
+
+def main(config: LearnerConfig, *, stop: Callable[[], bool] | None = None) -> None:
+    """Run the learner until `stop()` (or SIGINT / SIGTERM)."""
+    import signal
+    import threading
+
+    torch.set_num_threads(config.torch_threads)
+    stopping = threading.Event()
+    if stop is None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.set())
+    service = LearnerService(config, settings=get_settings())
+    try:
+        service.run(lambda: stopping.is_set() or (stop is not None and stop()))
+    finally:
+        service.close()

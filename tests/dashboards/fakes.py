@@ -1,0 +1,69 @@
+"""A fake model registry for the dashboard's model routes (the real one is fleet.registry on MLflow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FakeRegistry:
+    """Versions as dicts, aliases as a dict; refuses promote while pinned like the real one should."""
+
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    alias_map: dict[str, str] = field(default_factory=dict)
+    pinned: bool = False
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @classmethod
+    def with_versions(cls, n: int = 3) -> FakeRegistry:
+        versions = [
+            {
+                "version": str(i),
+                "parent_version": str(i - 1) if i > 1 else None,
+                "eval_metrics": {"eval/success_rate": 0.2 * i, "eval/pick/panda/success": 0.1 * i},
+                "correction_count": 5 * i,
+                "data_offsets": {"fleet.trajectories": {"0": [0, 100 * i]}},
+                "gate_passed": True,
+                "sha256": f"{i:064x}",
+                "created_at": 1_700_000_000_000 + i * 60_000,
+            }
+            for i in range(1, n + 1)
+        ]
+        return cls(versions=versions, alias_map={"production": str(n), "candidate": str(n)})
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        return list(self.versions)
+
+    def get_version(self, version: str) -> dict[str, Any]:
+        for v in self.versions:
+            if v["version"] == version:
+                return v
+        raise KeyError(f"no version {version}")
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self.alias_map)
+
+    def promote(self, version: str, *, actor: str, role: str, reason: str) -> None:
+        self.calls.append(("promote", {"version": version, "actor": actor, "role": role, "reason": reason}))
+        self.get_version(version)
+        if self.pinned:
+            raise ValueError("production is pinned; unpin first")
+        self.alias_map["production"] = version
+
+    def rollback(self, to_version: str | None = None, *, actor: str, role: str, reason: str) -> None:
+        self.calls.append(("rollback", {"version": to_version, "actor": actor, "role": role, "reason": reason}))
+        self.get_version(to_version or "1")
+        self.alias_map["production"] = to_version or "1"
+        self.pinned = True
+
+    def pin(self, *, actor: str, role: str, reason: str) -> None:
+        self.calls.append(("pin", {"actor": actor, "role": role, "reason": reason}))
+        self.pinned = True
+
+    def unpin(self, *, actor: str, role: str, reason: str) -> None:
+        self.calls.append(("unpin", {"actor": actor, "role": role, "reason": reason}))
+        self.pinned = False
+
+    def is_pinned(self) -> bool:
+        return self.pinned

@@ -1,0 +1,171 @@
+"""Browser tests: Playwright driving Debian's headless Chromium against the dashboard on a real broker.
+
+Needs /usr/bin/chromium (scripts/chromium.sh installs it) and the `stack` fixture (Kafka, MLflow).
+Screenshots of every page go to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from dashboards.app import create_app
+from fleet.db import Correction
+from fleet.settings import Settings
+from fleet.transport import TransportConfig
+from tests.dashboards.conftest import PASSWORD, Dash, local_settings, make_dash
+from tests.dashboards.factories import add_correction, add_episode, store_episode
+from tests.dashboards.fakes import FakeRegistry
+from tests.dashboards.live import FakeRobot, LiveServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: run scripts/chromium.sh (Debian packages chromium, chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def live(
+    stack: Settings, tmp_path_factory: pytest.TempPathFactory, template_db: Path, password_hash: str
+) -> Iterator[tuple[Dash, LiveServer, FakeRobot]]:
+    home = tmp_path_factory.mktemp("browser")
+    shutil.copy(template_db, home / "fleet.db")
+    settings = local_settings(home, f"sqlite:///{home / 'fleet.db'}")
+    seed = make_dash(settings, password_hash)  # users and tokens in the DB
+    seed.services.stop()
+    store_episode(seed.services.episodes)
+    with seed.services.sessions() as s:
+        add_episode(s, success=False, interventions=9)
+        add_correction(s, correction_id="c-browser")
+        s.commit()
+    registry = FakeRegistry.with_versions(3)
+    app = create_app(settings, registry=registry, connect=True)  # real Kafka transport + heartbeat consumer
+    dash = Dash(app, seed.client, settings, seed.transport, registry, seed.tokens)
+    robot_config = TransportConfig.from_settings(settings, client_id="fake-robot")
+    with LiveServer(app) as server, FakeRobot(robot_config, "robot-1") as robot:
+        yield dash, server, robot
+
+
+def login(browser: Any, server: LiveServer, role: str) -> Any:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{server.url}/login?next=/fleet")
+    page.fill("input[name=username]", role)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/fleet")
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_login_page(browser: Any, live: tuple[Dash, LiveServer, FakeRobot]) -> None:
+    _, server, _ = live
+    page = browser.new_page(viewport={"width": 1000, "height": 600})
+    page.goto(f"{server.url}/fleet")
+    assert "/login" in page.url
+    shot(page, "login")
+    page.close()
+
+
+@pytest.mark.parametrize("role", ["viewer", "reviewer", "operator", "admin"])
+def test_each_role_logs_in_and_sees_the_live_fleet(
+    browser: Any, live: tuple[Dash, LiveServer, FakeRobot], role: str
+) -> None:
+    _, server, _ = live
+    page = login(browser, server, role)
+    page.wait_for_selector('tr[data-robot="robot-1"]', timeout=15_000)  # arrived through Kafka + SSE
+    assert page.locator(".who .role").inner_text() == role
+    page.close()
+
+
+def test_viewer_sees_no_mutating_buttons_and_gets_403(browser: Any, live: tuple[Dash, LiveServer, FakeRobot]) -> None:
+    _, server, _ = live
+    page = login(browser, server, "viewer")
+    page.wait_for_selector('tr[data-robot="robot-1"]', timeout=15_000)
+    shot(page, "fleet-viewer")
+    for path in ("/fleet", "/corrections", "/models"):
+        page.goto(server.url + path)
+        assert (
+            page.locator(
+                "button[data-cmd], button[data-fleet-action], button[data-review], button[data-model-action]"
+            ).count()
+            == 0
+        ), path
+    status = page.evaluate("""async () => {
+        const csrf = document.querySelector('meta[name="csrf-token"]').content;
+        const r = await fetch('/api/v1/robots/robot-1/commands', {method: 'POST', credentials: 'same-origin',
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf},
+            body: JSON.stringify({action: 'stop'})});
+        return r.status; }""")
+    assert status == 403
+    page.close()
+
+
+def test_operator_pauses_a_robot_and_sees_it_paused_within_2s(
+    browser: Any, live: tuple[Dash, LiveServer, FakeRobot]
+) -> None:
+    _, server, robot = live
+    page = login(browser, server, "operator")
+    row = page.locator('tr[data-robot="robot-1"]')
+    row.locator("td .state-acting").wait_for(timeout=15_000)
+    shot(page, "fleet")
+    started = time.monotonic()
+    row.locator('button[data-cmd="pause"]').click()
+    page.wait_for_selector('tr[data-robot="robot-1"][data-state="paused"]', timeout=2_000)
+    elapsed = time.monotonic() - started
+    page.wait_for_selector('tr[data-robot="robot-1"] .cmd-applied', timeout=2_000)
+    assert robot.state == "paused" and robot.received[-1].issued_by == "operator" and elapsed < 2.0
+    shot(page, "fleet-paused")
+    row.locator('button[data-cmd="resume"]').click()
+    page.wait_for_selector('tr[data-robot="robot-1"][data-state="acting"]', timeout=2_000)
+    page.goto(f"{server.url}/models")
+    shot(page, "models")
+    page.goto(f"{server.url}/audit")
+    assert page.locator("#audit").inner_text().count("command.pause") >= 1
+    shot(page, "audit")
+    page.goto(f"{server.url}/training")
+    page.wait_for_selector("h2")
+    shot(page, "training")
+    page.close()
+
+
+def test_reviewer_rejects_a_correction(browser: Any, live: tuple[Dash, LiveServer, FakeRobot]) -> None:
+    dash, server, _ = live
+    page = login(browser, server, "reviewer")
+    page.goto(f"{server.url}/corrections")
+    page.wait_for_selector("#correction[data-id=c-browser] .filmstrip img")
+    shot(page, "corrections")
+    page.keyboard.press("r")  # the reject shortcut
+    page.wait_for_selector("#correction-status.status-rejected", timeout=5_000)
+    with dash.services.sessions() as s:
+        assert s.scalar(select(Correction).where(Correction.id == "c-browser")).status == "rejected"
+    page.close()

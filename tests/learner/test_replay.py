@@ -1,0 +1,134 @@
+"""Replay: mixing ratios, interventions in both buffers, RECAP returns, AWR weights, reviews, FIFO bounds."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fleet.policy.config import debug_model_config
+from fleet.schemas import Review, RewardSignal
+from learner.ingest import Ingest
+from learner.replay import AUTONOMOUS, DEMO, INTERVENTION, ReplayBuffer, ReplayConfig, recap_returns, sample_weights
+from tests.learner.fakes import correction, segments
+from tests.policy.fakes import FAKE_ENCODER, HashEmbedder, make_episode
+
+MODEL = debug_model_config(text_encoder=FAKE_ENCODER)
+
+
+def _replay(**changes: object) -> tuple[ReplayBuffer, Ingest]:
+    replay = ReplayBuffer(ReplayConfig(**changes), MODEL, embedder=HashEmbedder())  # type: ignore[arg-type]
+    return replay, Ingest(replay)
+
+
+def _feed(ingest: Ingest, messages: list) -> None:  # type: ignore[type-arg]
+    for m in messages:
+        ingest.handle(m)
+
+
+def test_batches_mix_online_and_offline_half_and_half() -> None:
+    replay, ingest = _replay()
+    replay.add_episode(make_episode(length=20, seed=0))
+    _feed(ingest, segments("r1", "e1", lengths=(10, 10), intervention=(4, 8)))
+    assert replay.sizes() == {"demo": 20, "online": 20, "intervention": 4}
+    kinds = np.concatenate([replay.sample(64, np.random.default_rng(i))["kind"] for i in range(20)])
+    assert np.mean(kinds == DEMO) == pytest.approx(0.5 * 20 / 24, abs=0.06)  # offline half: uniform demo ∪ interv.
+    assert np.mean(kinds == AUTONOMOUS) == pytest.approx(0.5 * 16 / 20, abs=0.06)  # online half: 4/20 are interv.
+    counts = replay.counts_for(64, np.random.default_rng(0))
+    assert counts["online"] == 32 and counts["demo"] + counts["intervention"] == 32
+
+
+def test_fixed_intervention_share_and_empty_sources() -> None:
+    replay, ingest = _replay(intervention_fraction=0.5, online_fraction=0.25)
+    _feed(ingest, segments("r1", "e1", intervention=(0, 3)))
+    assert replay.counts_for(16, np.random.default_rng(0)) == {"online": 4, "intervention": 12, "demo": 0}
+    replay.add_episode(make_episode(length=8, seed=1))
+    assert replay.counts_for(16, np.random.default_rng(0)) == {"online": 4, "intervention": 6, "demo": 6}
+    only_demos, _ = _replay()
+    only_demos.add_episode(make_episode(length=8))
+    assert only_demos.counts_for(8, np.random.default_rng(0)) == {"online": 0, "intervention": 0, "demo": 8}
+
+
+def test_segments_assemble_in_any_order_with_provenance_and_returns() -> None:
+    replay, ingest = _replay(horizon=10)
+    first, second = segments("r1", "e1", lengths=(4, 6), success=True)
+    ingest.handle(second)
+    assert len(replay) == 0 and ingest.pending_episodes == 1
+    ingest.handle(first)
+    stored = replay.episode("r1", "e1")
+    assert stored is not None and stored.length == 10 and stored.success
+    np.testing.assert_allclose(stored.returns, recap_returns(10, True, horizon=10, failure_return=-2.0))
+    assert stored.returns[-1] == pytest.approx(-0.1) and stored.returns[0] == pytest.approx(-1.0)
+    assert [(s.robot_id, s.episode_id, s.step) for s in replay.samples("online")][:2] == [
+        ("r1", "e1", 0),
+        ("r1", "e1", 1),
+    ]
+    _feed(ingest, segments("r1", "e2", success=False))
+    assert np.all(replay.episode("r1", "e2").returns == -2.0)  # type: ignore[union-attr]
+
+
+def test_late_reward_signal_relabels_success() -> None:
+    replay, ingest = _replay()
+    _feed(ingest, segments("r1", "e1", success=False))
+    signal = RewardSignal(
+        reward_id="w1", robot_id="r1", episode_id="e1", source="human", labeller="ann", created_at=time.time(),
+        success=True,
+    )  # fmt: skip
+    ingest.handle(signal)
+    stored = replay.episode("r1", "e1")
+    assert stored is not None and stored.success and stored.returns.max() > -1.0
+
+
+def test_corrections_tag_steps_and_reviews_reject_or_relabel() -> None:
+    replay, ingest = _replay()
+    ingest.handle(correction("r1", "e1", "c1", 2, 3))  # before its segments
+    _feed(ingest, segments("r1", "e1", lengths=(5, 5), intervention=(2, 5)))
+    ingest.handle(correction("r1", "e1", "c2", 7, 2))  # after them: steps 7, 8 become interventions
+    assert [s.step for s in replay.correction_steps("c1")] == [2, 3, 4]
+    assert replay.sizes()["intervention"] == 5
+    relabel = Review(
+        review_id="v1", correction_id="c2", robot_id="r1", reviewer="bob", decision="relabel",
+        relabelled_actions=np.full((2, 4), -0.25, dtype=np.float32), created_at=time.time(),
+    )  # fmt: skip
+    ingest.handle(relabel)
+    stored = replay.episode("r1", "e1")
+    assert stored is not None and np.allclose(stored.actions[7:9, :4], -0.25)
+    assert replay.apply_review("c2", "relabel", relabel_success=False) == 2 and not stored.success
+    reject = Review(
+        review_id="v2", correction_id="c1", robot_id="r1", reviewer="bob", decision="reject", created_at=time.time()
+    )
+    ingest.handle(reject)
+    assert replay.correction_steps("c1") == []
+    assert replay.sizes() == {"demo": 0, "online": 7, "intervention": 2}
+    assert all(s.correction_id != "c1" for src in ("online", "intervention") for s in replay.samples(src))
+
+
+def test_review_before_correction_waits_for_it() -> None:
+    replay, ingest = _replay()
+    ingest.handle(
+        Review(review_id="v", correction_id="c9", robot_id="r1", reviewer="b", decision="reject", created_at=0)
+    )
+    ingest.handle(correction("r1", "e1", "c9", 0, 2))
+    _feed(ingest, segments("r1", "e1", intervention=(0, 2)))
+    assert replay.correction_steps("c9") == [] and replay.sizes()["online"] == 8
+
+
+def test_capacity_is_fifo_per_source() -> None:
+    replay, ingest = _replay(capacity=10)
+    for i in range(3):
+        _feed(ingest, segments("r1", f"e{i}", lengths=(5,), seed=i))
+    assert replay.sizes()["online"] == 10
+    assert replay.episode("r1", "e0") is None  # fully evicted episodes are freed
+    assert {s.episode_id for s in replay.samples("online")} == {"e1", "e2"}
+
+
+def test_awr_weights() -> None:
+    kinds = torch.tensor([DEMO, INTERVENTION, AUTONOMOUS, AUTONOMOUS, AUTONOMOUS])
+    returns = torch.tensor([-2.0, -2.0, -0.1, -2.0, 5.0])
+    values = torch.tensor([0.0, 0.0, -0.6, -1.0, -1.0])
+    w = sample_weights(kinds, returns, values, beta=0.5, max_weight=20.0)
+    assert w[:2].tolist() == [1.0, 1.0]  # imitate humans and demos whatever the outcome
+    assert w[2] == pytest.approx(np.exp(1.0)) and w[3] == pytest.approx(np.exp(-2.0))  # failures barely count
+    assert w[4] == pytest.approx(20.0)  # clipped
