@@ -6,7 +6,7 @@ venv:
 
 # Installs (cached venv), starts the local stack, and runs the demo.
 demo: venv
-	@bash scripts/demo.sh
+	@bash scripts/demo.sh $(ARGS)
 
 # Runs the whole test suite against real services (Kafka, MLflow, SQLite + PostgreSQL).
 test: venv

@@ -65,6 +65,7 @@ class EpisodeResult:
     success: bool
     interventions: int
     model_version: str | None
+    finished_at: float = 0.0  # wall clock when the episode ended
 
 
 @dataclass
@@ -110,6 +111,7 @@ class RobotRuntime:
         self.episode_id: str | None = None
         self.episodes = 0
         self.swaps: list[tuple[str, float]] = []  # (version, time) of each applied swap
+        self.results: list[EpisodeResult] = []  # every finished episode of this runtime (bounded below)
         self._commands: list[Command] = []
         self._commands_lock = threading.Lock()
         self.pending_command: str | None = None
@@ -193,7 +195,9 @@ class RobotRuntime:
                     self._maybe_swap()
                     time.sleep(0.05)
                     continue
-                results.append(self.run_episode())
+                result = self.run_episode()
+                results.append(result)
+                self.results = (self.results + [result])[-1000:]
         finally:
             self.state = "stopped"
             self._stop.set()
@@ -284,7 +288,7 @@ class RobotRuntime:
                 source="sim", labeller="success-check", created_at=time.time(), success=success,
             )
         )  # fmt: skip
-        return EpisodeResult(self.episode_id, step, success, interventions, self.version)
+        return EpisodeResult(self.episode_id, step, success, interventions, chunk_version, time.time())
 
     def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
         if self.instruction_override:

@@ -85,7 +85,7 @@ class RobotActor:
 
     def status(self) -> dict[str, Any]:
         runtime = self.handle.runtime
-        done = list(self.results)
+        done = list(self.results) or list(runtime.results)
         return {
             "robot_id": runtime.config.robot_id,
             "task": runtime.task,
@@ -97,6 +97,8 @@ class RobotActor:
             "interventions": sum(r.interventions for r in done),
             "refused": dict(self.handle.reloader.stats.refused),
             "swaps": list(runtime.swaps),
+            # (version, success, intervention steps, steps, finished at) of the latest episodes
+            "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in done[-200:]],
         }
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ import typer
 from actors.cli import app as robots_app
 from dashboards.cli import register as register_dashboard
 from fleet.models_cli import app as models_app
+from fleet.recorder_cli import register as register_recorder
 from fleet.stack.cli import register as register_stack
 from learner.cli import app as learner_app
 
@@ -29,3 +30,31 @@ app.add_typer(models_app, name="models")
 app.add_typer(robots_app, name="robots")
 app.add_typer(learner_app, name="learner")
 register_dashboard(app)
+register_recorder(app)
+
+
+@app.command("demo")
+def demo(
+    robots: int = typer.Option(4, help="Simulated robots."),
+    minutes: float = typer.Option(15.0, help="Fleet time to run."),
+    tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
+    embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments."),
+    bc_steps: int = typer.Option(1500, help="Behaviour-cloning steps for version 1 (when no production model)."),
+    dashboard: bool = typer.Option(True, help="Start the dashboard too."),
+) -> None:
+    """The whole loop: stack, version 1, learner, dashboard, a simulated fleet; ends with a learning curve."""
+    import logging
+
+    from fleet.demo import DemoConfig, main
+    from fleet.stack.errors import StackError
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
+    config = DemoConfig(robots=robots, minutes=minutes, tasks=split(tasks), embodiments=split(embodiments),
+                        bc_steps=bc_steps, dashboard=dashboard)  # fmt: skip
+    try:
+        main(config)
+    except StackError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None

@@ -23,7 +23,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,15 @@ class Registry:
             found = self.client.search_model_versions(f"name='{self.name}'")
         except MlflowException as err:
             raise self._unreachable(err) from None
-        return sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+        # search results carry no aliases in MLflow 3; fill them from the alias lookups
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self.aliases().items():
+            by_version.setdefault(version, []).append(alias)
+        infos = (self._info(mv) for mv in found)
+        return sorted(
+            (replace(info, aliases=tuple(by_version.get(info.version, ()))) for info in infos),
+            key=lambda v: int(v.version),
+        )
 
     def get_version(self, version: str) -> VersionInfo:
         from mlflow.exceptions import MlflowException

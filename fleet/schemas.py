@@ -380,7 +380,7 @@ class Review(Message):
     decision: Literal["approve", "reject", "relabel"]
     relabel_success: bool | None = None  # relabel: the outcome the reviewer assigns the episode
     relabelled_actions: F32 | None = None  # relabel: (n, A) actions replacing the correction's
-    reason: str = ""
+    note: str = ""  # the reviewer's reason
     created_at: float
 
     @property

@@ -40,6 +40,7 @@ def run(
     from learner.service import main
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client logs every connection at INFO
     try:
         config = get_preset(preset)
     except KeyError as e:

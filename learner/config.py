@@ -51,6 +51,16 @@ class LearnerConfig:
 
 PRESETS: dict[str, LearnerConfig] = {
     "default": LearnerConfig(name="default"),
+    # `make demo` on 2 cores: the default model (continues version 1), a version every ~100 updates or
+    # 2 minutes, and a small gate on the demo's tasks so versions reach the fleet within minutes.
+    "demo": LearnerConfig(
+        name="demo",
+        gate=GateConfig(tasks=("pick", "push"), embodiments=("panda", "kuka"), episodes=5),
+        batch_size=32,
+        min_replay=256,
+        checkpoint_every_updates=100,
+        checkpoint_every_s=120.0,
+    ),
     # A tiny model, a few-update cadence and a one-episode gate: smoke tests and `make demo` on 2 cores.
     "debug": LearnerConfig(
         name="debug",

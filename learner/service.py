@@ -233,7 +233,7 @@ class LearnerService:
         state, _ = checkpoints.load_state(directory)
         result = self.gate.evaluate(model, embedder=self.embedder)
         production = self.registry.version_for_alias(PRODUCTION)
-        production_mean = production.eval_metrics.get("mean") if production is not None else None
+        production_mean = self._production_mean(production)
         passed = beats(result.mean, production_mean, min_success=self.config.gate.min_success)
         tags = {
             "data_offsets": json.dumps(state.window, sort_keys=True),
@@ -241,6 +241,7 @@ class LearnerService:
             "episodes": str(state.episodes),
             "updates": str(state.updates),
             "learner_preset": self.config.name,
+            "gate_config": self._gate_signature(),
             "gate_passed": "true" if passed else "false",
             **result.tags(),
         }
@@ -265,6 +266,36 @@ class LearnerService:
             except PinnedError as e:
                 log.warning("learner: %s; version %s stays candidate", e, info.version)
         return info
+
+    def _gate_signature(self) -> str:
+        gate = self.config.gate
+        return json.dumps(
+            {"tasks": gate.tasks, "embodiments": gate.embodiments, "episodes": gate.episodes,
+             "seed_offset": gate.seed_offset, "max_steps": gate.max_steps}, sort_keys=True,
+        )  # fmt: skip
+
+    def _production_mean(self, production: VersionInfo | None) -> float | None:
+        """Production's success on *this* gate: its tag when it was gated the same way, else evaluated now.
+
+        A production version without comparable eval tags (version 1 from behaviour cloning, or a gate
+        that changed) is run through the same held-out episodes, so a candidate must beat it fairly.
+        """
+        if production is None:
+            return None
+        if production.tags.get("gate_config") == self._gate_signature() and "mean" in production.eval_metrics:
+            return production.eval_metrics["mean"]
+        cache = self.__dict__.setdefault("_production_eval_cache", {})
+        if production.version not in cache:
+            import tempfile
+
+            from fleet.policy.checkpoint import load_checkpoint
+
+            with tempfile.TemporaryDirectory(prefix="fleet-gate-") as tmp:
+                local = self.registry.download(production.version, tmp)
+                model = load_checkpoint(local, expected_sha256=production.sha256)
+            cache[production.version] = self.gate.evaluate(model, embedder=self.embedder).mean
+            log.info("learner: production v%s scores %.3f on the gate", production.version, cache[production.version])
+        return cache[production.version]
 
     def _log_metrics(self, values: dict[str, float]) -> None:
         if self._run_id is None:

@@ -121,8 +121,16 @@ def up(settings: Settings, *, timeout_s: float = 90.0, progress: bool = False, l
     return status(settings)
 
 
+# Fleet services started in the background by `fleet demo` (pid files in the run dir); stopped first.
+APP_SERVICES = ("robots", "learner", "recorder", "dashboard")
+
+
 def down(settings: Settings, *, log=print) -> None:  # noqa: ANN001
     """Stop every local service (and its children); harmless when nothing runs."""
+    for name in APP_SERVICES:
+        proc = ManagedProcess(name, [], settings.run_dir, settings.log_dir / f"{name}.log")
+        if proc.pid_path.exists() and proc.stop():
+            log(f"{name}: stopped")
     for service in reversed(services(settings)):
         if service.process().stop():
             log(f"{service.name}: stopped")

@@ -1,0 +1,242 @@
+"""`make demo` / `fleet demo`: the whole loop on one machine, visibly learning.
+
+1. `fleet up` (Kafka, MLflow, DB).
+2. Version 1, if the registry has no production model: scripted demonstrations of each task ×
+   embodiment, behaviour-cloned into the VLA, published and promoted.
+3. The learner (`fleet learner run --preset demo`) and the dashboard (`fleet dashboard`) as
+   background services (stopped by `fleet down`), an admin user with a fresh random password.
+4. A simulated fleet on Ray that acts, gets corrected by the scripted supervisor, streams to
+   Kafka and hot-reloads every version the learner promotes; a live table shows success rate and
+   interventions per version, versions published and which robot runs which version.
+5. `demo/learning_curve.png`: success and interventions per episode over fleet time, per version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What `make demo` runs."""
+
+    robots: int = 4  # simulated robots (Ray actors)
+    tasks: tuple[str, ...] = ("pick", "push")  # tasks the fleet works on (and version 1 is trained on)
+    embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiments of the fleet
+    demos_per_pair: int = 25  # scripted demonstrations per task × embodiment for version 1
+    bc_steps: int = 1500  # behaviour-cloning steps for version 1
+    bc_batch_size: int = 32  # behaviour-cloning batch size
+    minutes: float = 15.0  # fleet time
+    learner_preset: str = "demo"  # learner preset (see learner/config.py)
+    dashboard: bool = True  # start the dashboard too
+    out: Path = field(default_factory=lambda: Path("demo"))  # where the learning curve goes
+
+    def __post_init__(self) -> None:
+        if self.robots < 1 or self.minutes <= 0 or self.bc_steps < 1:
+            raise ValueError("DemoConfig: robots, minutes and bc_steps must be positive")
+
+
+def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
+    """The production version, creating version 1 (demos → behaviour cloning → registry) if none."""
+    from fleet.registry import Registry, publish_model
+
+    registry = Registry(settings)
+    current = registry.version_for_alias("production")
+    if current is not None:
+        log.info("production model exists: v%s", current.version)
+        return current.version
+
+    from fleet.episodes import EpisodeStore
+    from fleet.policy.checkpoint import load_checkpoint
+    from fleet.policy.train import get_preset, latest_checkpoint, train
+    from fleet.sim.rollout import collect_demos
+
+    store = EpisodeStore(settings.home / "demos")
+    for task in config.tasks:
+        for embodiment in config.embodiments:
+            have = sum(1 for _, e in store.list() if e.startswith(f"{task}-{embodiment}-"))
+            if have < config.demos_per_pair:
+                print(f"collecting {config.demos_per_pair} scripted demos: {task} × {embodiment}")
+                collect_demos(store, task=task, embodiment=embodiment, episodes=config.demos_per_pair, seed=0)
+    run_dir = settings.home / "train" / "v1-bc"
+    preset = get_preset(
+        "default", steps=config.bc_steps, batch_size=config.bc_batch_size, save_every=max(config.bc_steps // 3, 1),
+        warmup_steps=min(200, config.bc_steps // 10),
+    )  # fmt: skip
+    print(f"behaviour cloning version 1 on {len(store.list())} demos ({config.bc_steps} steps)")
+    train(preset, episodes=store, run_dir=run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None
+    model = load_checkpoint(checkpoint)
+    info = publish_model(
+        registry, model, parent_version=None, actor="demo",
+        tags={"origin": "behaviour cloning on scripted demos", "demos": str(len(store.list()))},
+    )  # fmt: skip
+    registry.promote(info.version, actor="demo", role="admin", reason="version 1 from demonstrations")
+    return info.version
+
+
+def start_service(settings: Settings, name: str, argv: list[str]) -> int:
+    """A background fleet service that `fleet down` stops (pid file in the run dir)."""
+    from fleet.stack.process import ManagedProcess
+
+    proc = ManagedProcess(
+        name, [sys.executable, "-m", "fleet", *argv], settings.run_dir, settings.log_dir / f"{name}.log"
+    )
+    return proc.start()
+
+
+def _admin_password(settings: Settings) -> str | None:
+    """Create the `admin` dashboard user with a random password, once; returns it (None if it existed)."""
+    password = secrets.token_urlsafe(12)
+    result = subprocess.run(
+        [sys.executable, "-m", "fleet", "users", "add", "--username", "admin", "--role", "admin", "--password-stdin"],
+        input=password, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return password if result.returncode == 0 else None
+
+
+def summarize(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-version success rate and interventions per episode, and the rollout state."""
+    # "autonomous" = solved without any supervisor step: what the policy can do on its own
+    per_version: dict[str, list[tuple[bool, int]]] = defaultdict(list)
+    for status in statuses:
+        for version, success, interventions, _steps, _t in status.get("recent", []):
+            per_version[str(version)].append((bool(success), int(interventions)))
+    rollout: dict[str, int] = defaultdict(int)
+    for status in statuses:
+        rollout[str(status["version"])] += 1
+    return {
+        "versions": {
+            v: {
+                "episodes": len(rows),
+                "success": sum(s for s, _ in rows) / len(rows),
+                "autonomous_success": sum(s and i == 0 for s, i in rows) / len(rows),
+                "interventions_per_episode": sum(i for _, i in rows) / len(rows),
+            }
+            for v, rows in sorted(per_version.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
+        },
+        "rollout": dict(rollout),
+        "episodes": sum(s["episodes"] for s in statuses),
+    }
+
+
+def _table(summary: dict[str, Any], elapsed_s: float, minutes: float) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"fleet demo — {elapsed_s / 60:.1f} / {minutes:.0f} min, {summary['episodes']} episodes")
+    columns = ("version", "episodes", "success", "autonomous success", "interventions / episode", "robots on it")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for version, row in summary["versions"].items():
+        table.add_row(
+            f"v{version}", str(row["episodes"]), f"{row['success']:.0%}", f"{row['autonomous_success']:.0%}",
+            f"{row['interventions_per_episode']:.1f}",
+            str(summary["rollout"].get(version, 0)),
+        )  # fmt: skip
+    return table
+
+
+def _trailing_mean(values: Any, window: int) -> Any:
+    import numpy as np
+
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, idx - window)
+    return (sums[idx] - sums[lo]) / (idx - lo)
+
+
+def plot_learning_curve(events: list[tuple[float, str, bool, int]], path: Path, *, window: int = 20) -> Path:
+    """Rolling success rate and interventions per episode over fleet time, coloured by version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    events = sorted(events)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    if events:
+        t0 = events[0][0]
+        minutes = np.array([(t - t0) / 60 for t, *_ in events])
+        success = np.array([s for _, _, s, _ in events], dtype=float)
+        interventions = np.array([i for *_, i in events], dtype=float)
+        autonomous = success * (interventions == 0)
+        ax1.plot(minutes, _trailing_mean(success, window), color="tab:blue", label="success (with help)")
+        ax1.plot(minutes, _trailing_mean(autonomous, window), color="tab:green", label="autonomous success")
+        ax1.legend(loc="lower right", fontsize=8)
+        ax2.plot(minutes, _trailing_mean(interventions, window), color="tab:red")
+        for version in sorted({v for _, v, _, _ in events}, key=lambda v: int(v) if v.isdigit() else 0):
+            first = next(m for m, (_, v, _, _) in zip(minutes, events, strict=True) if v == version)
+            for ax in (ax1, ax2):
+                ax.axvline(first, color="grey", lw=0.6, ls=":")
+            ax1.text(first, 1.02, f"v{version}", fontsize=8, transform=ax1.get_xaxis_transform())
+    ax1.set_ylabel(f"success (rolling {window})")
+    ax1.set_ylim(0, 1.05)
+    ax2.set_ylabel("intervention steps / episode")
+    ax2.set_xlabel("fleet time (min)")
+    fig.suptitle("fleet: online post-training from corrections and rewards")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(config: DemoConfig) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.live import Live
+
+    from actors.sim_fleet import FleetConfig, run_fleet
+    from fleet.stack import launcher
+
+    console = Console()
+    settings = Settings()
+    for row in launcher.up(settings, progress=True, log=lambda m: console.print(f"[dim]{m}[/dim]")):
+        console.print(row.line())
+    version = ensure_version_one(settings, config)
+    console.print(f"production model: v{version}")
+
+    start_service(settings, "recorder", ["record"])
+    start_service(settings, "learner", ["learner", "run", "--preset", config.learner_preset,
+                                        "--demos", str(settings.home / "demos")])  # fmt: skip
+    if config.dashboard:
+        password = _admin_password(settings)
+        start_service(settings, "dashboard", ["dashboard"])
+        console.print(f"dashboard: {settings.dashboard_url}  (user admin" + (f", password {password})" if password
+                      else ", password as set before)"))  # fmt: skip
+
+    events: dict[tuple[str, float], tuple[float, str, bool, int]] = {}
+    started = time.monotonic()
+    fleet_config = FleetConfig(
+        n=config.robots, tasks=config.tasks, embodiments=config.embodiments, duration_s=config.minutes * 60,
+        poll_interval_s=10.0,
+    )  # fmt: skip
+    with Live(console=console, refresh_per_second=2) as live:
+
+        def progress(statuses: list[dict[str, Any]]) -> None:
+            for status in statuses:
+                for v, success, interventions, _steps, finished in status.get("recent", []):
+                    events[(status["robot_id"], finished)] = (finished, str(v), bool(success), int(interventions))
+            live.update(_table(summarize(statuses), time.monotonic() - started, config.minutes))
+
+        results = run_fleet(settings, fleet_config, on_progress=progress)
+    summary = summarize(results)
+    curve = plot_learning_curve(list(events.values()), config.out / "learning_curve.png")
+    (config.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    console.print(_table(summary, config.minutes * 60, config.minutes))
+    console.print(f"learning curve: {curve}; the stack, learner and dashboard keep running: `fleet down` stops them")
+    return summary

@@ -1,0 +1,204 @@
+"""Recipe stage 3's yardstick: success rate per task x embodiment of a policy in simulation.
+
+    rates = evaluate("runs/pick/checkpoints/step_00000300", ["pick"], ["panda", "kuka"], episodes=20, seed=100_000)
+    print(format_table(rates))
+
+Episode k of every cell resets its env with seed `seed + k` and the policy's noise with `policy.reset()`,
+so a checkpoint's rates are a deterministic function of (checkpoint, seed, episodes). Actions are
+executed as the robot runtime (`actors/runtime.py`) does: the policy predicts a chunk of H actions,
+the first `execute_steps` of them (default all) are executed, and the next chunk is inferred
+`prefetch_steps` before the current one runs out, from the observation of that step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fleet.episodes import Episode
+    from fleet.policy.base import Policy
+    from fleet.policy.language import InstructionEmbedder
+    from fleet.sim.base import Env
+
+Rates = dict[str, dict[str, float]]  # task -> embodiment -> success rate in [0, 1]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One `fleet eval` run."""
+
+    checkpoint: Path | None = None  # checkpoint directory to evaluate (or give `version`)
+    version: str | None = None  # registry version to download and evaluate (sha256-verified)
+    tasks: tuple[str, ...] = ("pick", "push", "place")  # task ids
+    embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiment ids
+    episodes: int = 20  # episodes per task x embodiment
+    seed: int = 100_000  # env seed of episode 0 (kept away from the demo seeds 0, 1, ...)
+    execute_steps: int | None = None  # actions executed per chunk before re-planning (None = whole chunk)
+    prefetch_steps: int = 1  # infer the next chunk this many steps before the current one ends (runtime default)
+    out: Path | None = None  # write {"success": rates, ...} here as JSON
+    gif_dir: Path | None = None  # save the first episode of every cell as <task>-<embodiment>.gif here
+    image_size: int = 64  # camera side in pixels (must match the policy)
+    progress: bool = True  # show a tqdm progress bar
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.version is None):
+            raise ValueError("give exactly one of --checkpoint DIR or --version V")
+        if self.episodes <= 0 or not self.tasks or not self.embodiments:
+            raise ValueError("EvalConfig: episodes must be positive, tasks and embodiments non-empty")
+        if self.execute_steps is not None and self.execute_steps <= 0:
+            raise ValueError(f"EvalConfig.execute_steps must be positive, got {self.execute_steps}")
+        if self.prefetch_steps < 0:
+            raise ValueError(f"EvalConfig.prefetch_steps must be >= 0, got {self.prefetch_steps}")
+
+
+class ChunkedController:
+    """Turns a chunking `Policy` into a per-step controller with the runtime's chunk/re-plan schedule."""
+
+    def __init__(self, policy: Policy, *, execute_steps: int | None = None, prefetch_steps: int = 1) -> None:
+        self.policy = policy
+        self.execute_steps = execute_steps
+        self.prefetch_steps = prefetch_steps
+        self.inferences = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self._chunk: np.ndarray | None = None
+        self._pending: np.ndarray | None = None
+        self._cursor = 0
+
+    def _infer(self, obs: Any) -> np.ndarray:
+        self.inferences += 1
+        return np.asarray(self.policy.infer(obs), dtype=np.float32)
+
+    def __call__(self, obs: Any) -> np.ndarray:
+        if self._chunk is None:
+            self._chunk, self._cursor = self._infer(obs), 0
+        horizon = min(len(self._chunk), self.execute_steps or len(self._chunk))
+        if self._pending is None and horizon - self._cursor <= self.prefetch_steps:
+            self._pending = self._infer(obs)  # the runtime starts this in a worker thread, from this observation
+        if self._cursor >= horizon:
+            self._chunk = self._pending if self._pending is not None else self._infer(obs)
+            self._pending, self._cursor = None, 0
+        action = self._chunk[self._cursor]
+        self._cursor += 1
+        return action
+
+
+def policy_rollout(
+    env: Env, policy: Policy, *, seed: int, execute_steps: int | None = None, prefetch_steps: int = 1
+) -> Episode:
+    """One episode of `policy` in `env` (reset with `seed`) under the runtime's chunk schedule."""
+    from fleet.sim.rollout import rollout
+
+    controller = ChunkedController(policy, execute_steps=execute_steps, prefetch_steps=prefetch_steps)
+    return rollout(env, controller, seed=seed, robot_id="eval", episode_id=f"eval-seed{seed}", source="eval")
+
+
+def load_policy(
+    checkpoint: Path | str | None = None, *, version: str | None = None, embedder: InstructionEmbedder | None = None
+) -> Any:
+    """A `VLAPolicy` from a checkpoint directory, or from a registry version (downloaded, sha256-checked)."""
+    from fleet.policy.policy import VLAPolicy
+
+    if version is None:
+        if checkpoint is None:
+            raise ValueError("give a checkpoint directory or a registry version")
+        return VLAPolicy.from_checkpoint(checkpoint, embedder=embedder)
+    import tempfile
+
+    from fleet.registry import Registry
+    from fleet.settings import Settings
+
+    registry = Registry(Settings())
+    info = registry.get_version(version)
+    local = registry.download(info.version, Path(tempfile.mkdtemp(prefix="fleet-eval-")))
+    return VLAPolicy.from_checkpoint(local, expected_sha256=info.tags.get("sha256") or None, embedder=embedder)
+
+
+def evaluate(
+    policy_or_checkpoint: Policy | Path | str,
+    tasks: Sequence[str],
+    embodiments: Sequence[str],
+    episodes: int,
+    seed: int = 100_000,
+    *,
+    execute_steps: int | None = None,
+    prefetch_steps: int = 1,
+    gif_dir: Path | str | None = None,
+    image_size: int = 64,
+    embedder: InstructionEmbedder | None = None,
+    on_episode: Callable[[Episode], None] | None = None,
+) -> Rates:
+    """Success rate of the policy on `episodes` seeded episodes per task x embodiment."""
+    from fleet.sim.registry import make_env
+    from fleet.sim.rollout import save_gif
+
+    policy = policy_or_checkpoint
+    if isinstance(policy, (str, Path)):
+        policy = load_policy(policy, embedder=embedder)
+    rates: Rates = {}
+    for task in tasks:
+        rates[task] = {}
+        for embodiment in embodiments:
+            env = make_env(task, embodiment, seed=seed, image_size=image_size)
+            try:
+                wins = 0
+                for k in range(episodes):
+                    episode = policy_rollout(
+                        env, policy, seed=seed + k, execute_steps=execute_steps, prefetch_steps=prefetch_steps
+                    )
+                    wins += int(episode.meta.success)
+                    if k == 0 and gif_dir is not None:
+                        save_gif(episode, Path(gif_dir) / f"{task}-{embodiment}.gif", scale=1)
+                    if on_episode is not None:
+                        on_episode(episode)
+            finally:
+                env.close()
+            rates[task][embodiment] = wins / episodes
+    return rates
+
+
+def format_table(rates: Rates) -> str:
+    """Success rates as a fixed-width table, one row per task, one column per embodiment, plus means."""
+    embodiments = sorted({e for row in rates.values() for e in row})
+    lines = [f"{'task':<10}" + "".join(f"{e:>9}" for e in embodiments) + f"{'mean':>9}"]
+    for task, row in rates.items():
+        cells = "".join(f"{row[e]:>9.2f}" if e in row else f"{'-':>9}" for e in embodiments)
+        lines.append(f"{task:<10}{cells}{float(np.mean(list(row.values()))):>9.2f}")
+    return "\n".join(lines)
+
+
+def mean_rate(rates: Rates) -> float:
+    return float(np.mean([r for row in rates.values() for r in row.values()]))
+
+
+def main(config: EvalConfig, *, embedder: InstructionEmbedder | None = None) -> Rates:
+    """Evaluate with a progress bar, print the table, write the JSON (if `config.out`); return the rates."""
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    policy = load_policy(config.checkpoint, version=config.version, embedder=embedder)
+    total = len(config.tasks) * len(config.embodiments) * config.episodes
+    with tqdm(total=total, desc="eval", unit="ep", disable=not config.progress) as bar:
+
+        def tick(episode: Episode) -> None:
+            bar.set_postfix_str(f"{episode.meta.task}/{episode.meta.embodiment}")
+            bar.update(1)
+
+        rates = evaluate(
+            policy, config.tasks, config.embodiments, config.episodes, config.seed,
+            execute_steps=config.execute_steps, prefetch_steps=config.prefetch_steps, gif_dir=config.gif_dir,
+            image_size=config.image_size, on_episode=tick,
+        )  # fmt: skip
+    print(format_table(rates))
+    if config.out is not None:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+        config.out.write_text(json.dumps({"success": rates, "mean": mean_rate(rates), "config": settings}, indent=1))
+    return rates

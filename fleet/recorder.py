@@ -1,0 +1,316 @@
+"""The recorder (`fleet record`, consumer group `recorder`): Kafka trajectory stream → episode store + DB.
+
+For every `TrajectorySegment` on `fleet.trajectories` the recorder validates it (schema, embodiment
+shapes, consistency with the episode's earlier segments) and appends its original bytes to its
+episode's staging log (`fleet.recorder_staging`). Per polled batch: the touched logs are fsync'd
+(group commit), the segments are indexed in the DB, finished episodes are written, and only then are
+the offsets committed. When an episode's last segment (`done`) and every segment before it are
+staged, the episode is assembled in segment order, written atomically to the `EpisodeStore`,
+completed in the DB, flushed to disk, and its staging log removed.
+
+Idempotent on (robot, episode, segment): a redelivered segment finds itself staged (or its episode
+finished) and changes nothing. A restart resumes from the committed offsets and
+`recover()` finishes any episode whose segments were all staged before the crash, so a restart
+neither loses nor duplicates an episode. Segments that fail validation, and episodes whose
+segments do not line up (gaps in `step_start`), go to `fleet.deadletter` with the reason.
+
+Scaling out: replicas in one consumer group split the partitions (keyed by robot id, so an episode
+stays with one member), but an episode in progress lives in the staging directory of whoever
+received its first segments: replicas must share `staging_dir` and `store_dir` (one volume), or a
+rebalance mid-episode leaves that episode incomplete until the partition comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fleet.episodes import Episode, EpisodeMeta, EpisodeStore
+from fleet.recorder_db import EpisodeIndex, SegmentRow
+from fleet.recorder_staging import SegmentStaging
+from fleet.schemas import Message, SchemaError, TrajectorySegment, decode
+from fleet.transport import TRAJECTORIES, MessageLoop, Record, Transport, dead_letter
+
+log = logging.getLogger(__name__)
+GROUP_ID = "recorder"
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    """What the recorder reads and where it writes."""
+
+    store_dir: Path  # episode store root (Settings.episode_store)
+    staging_dir: Path  # one append-only log per episode in progress (fleet.recorder_staging)
+    group_id: str = GROUP_ID  # consumer group; one group = each segment recorded once across replicas
+    poll_timeout_s: float = 0.5  # how long one poll waits for records
+    max_records: int = 500  # records per poll (one commit per poll)
+    commit_attempts: int = 5  # tries for a batch's DB/store writes before the recorder gives up (and restarts)
+
+    def __post_init__(self) -> None:
+        if Path(self.staging_dir).resolve() == Path(self.store_dir).resolve():
+            raise ValueError("staging_dir must differ from store_dir (the store lists every directory in it)")
+
+    @classmethod
+    def from_settings(cls, settings: object | None = None, **overrides: object) -> RecorderConfig:
+        from fleet.settings import Settings, get_settings
+
+        s: Settings = settings if isinstance(settings, Settings) else get_settings()
+        base: dict[str, object] = {"store_dir": s.episode_store, "staging_dir": s.home / "recorder" / "staging"}
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Pending:
+    """An episode in progress: what its first segment fixed, and which segments are staged."""
+
+    header: tuple[object, ...]  # (embodiment, task, instruction, cameras with frame shapes)
+    segments: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # index -> (step_start, T, done)
+
+    def last_index(self) -> int | None:
+        return next((i for i, (_, _, done) in self.segments.items() if done), None)
+
+    def complete(self) -> bool:
+        last = self.last_index()
+        return last is not None and all(i in self.segments for i in range(last + 1))
+
+
+def _header(seg: TrajectorySegment) -> tuple[object, ...]:
+    cameras = tuple(sorted((name, frames.shape[1:]) for name, frames in seg.frames.items()))
+    return (seg.embodiment, seg.task_id, seg.instruction, cameras)
+
+
+def _row(seg: TrajectorySegment, staged: dict) -> SegmentRow:
+    return SegmentRow(
+        robot_id=seg.robot_id,
+        episode_id=seg.episode_id,
+        embodiment=seg.embodiment,
+        task=seg.task_id,
+        instruction=seg.instruction,
+        segment_index=seg.segment_index,
+        num_steps=seg.length,
+        interventions=int(seg.intervention.sum()),
+        model_version=seg.model_version,
+        kafka_partition=staged.get("partition"),
+        kafka_offset=staged.get("offset"),
+        received_at=float(staged.get("received_at", time.time())),
+    )
+
+
+class Recorder:
+    """Consumes `fleet.trajectories` and records episodes (one instance per consumer-group member)."""
+
+    def __init__(
+        self,
+        config: RecorderConfig,
+        *,
+        transport: Transport,
+        index: EpisodeIndex | None,
+        on_segment: Callable[[TrajectorySegment], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.store = EpisodeStore(config.store_dir)
+        self.staging = SegmentStaging(config.staging_dir)
+        self.index = index  # None = store only (no DB)
+        self.on_segment = on_segment  # called once a segment is durably staged (bench latency, metrics)
+        self.episodes_recorded = 0
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._rows: list[SegmentRow] = []  # segment rows of the current batch, indexed before commit
+        self._touched: set[tuple[str, str]] = set()
+        self._staged: list[TrajectorySegment] = []  # staged in this batch, durable after the batch's sync
+        self.loop = MessageLoop(
+            transport,
+            group_id=config.group_id,
+            topics=(TRAJECTORIES,),
+            handler=self._handle,
+            before_commit=self._before_commit,
+            poll_timeout_s=config.poll_timeout_s,
+            max_records=config.max_records,
+        )
+
+    def recover(self) -> int:
+        """Finish episodes fully staged before a crash; index the rest. Returns episodes finished."""
+        finished = [key for key in self.staging.episodes() if (p := self._load(key)) is not None and p.complete()]
+        self._cleanup([key for key in finished if self._finalize(key)])
+        return len(finished)
+
+    def step(self) -> int:
+        return self.loop.step()
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        self.recover()
+        while not stop():
+            self.step()
+
+    def close(self) -> None:
+        self.loop.close()
+        self.staging.close()
+
+    # --- per record ---------------------------------------------------------------------------
+
+    def _handle(self, message: Message, record: Record) -> None:
+        if not isinstance(message, TrajectorySegment):
+            raise SchemaError(f"{message.KIND} message on {record.topic}; only trajectory segments belong there")
+        seg = message
+        key = (seg.robot_id, seg.episode_id)
+        if key not in self._pending and self._finished(seg):
+            return
+        pending = self._pending.get(key) or self._load(key) or _Pending(_header(seg))
+        self._pending[key] = pending
+        if _header(seg) != pending.header:
+            raise SchemaError(
+                f"segment {seg.segment_index} of {seg.robot_id}/{seg.episode_id} differs from the episode's earlier"
+                f" segments in embodiment, task, instruction or cameras ({_header(seg)} vs {pending.header})"
+            )
+        last = pending.last_index()
+        if seg.segment_index not in pending.segments:
+            if last is not None and seg.segment_index > last:
+                raise SchemaError(f"segment {seg.segment_index} comes after the episode's last segment {last}")
+            if seg.done and max(pending.segments, default=-1) > seg.segment_index:
+                raise SchemaError(f"segment {seg.segment_index} says done but later segments exist")
+            now = time.time()
+            self.staging.append(
+                record,
+                segment_index=seg.segment_index,
+                robot_id=seg.robot_id,
+                episode_id=seg.episode_id,
+                received_at=now,
+            )
+            pending.segments[seg.segment_index] = (seg.step_start, seg.length, seg.done)
+            self._staged.append(seg)
+        staged = {"partition": record.partition, "offset": record.offset, "received_at": time.time()}
+        self._rows.append(_row(seg, staged))
+        self._touched.add(key)
+
+    def _finished(self, seg: TrajectorySegment) -> bool:
+        """True for a redelivered segment of an episode already in the store (nothing to do)."""
+        if not self.store.exists(seg.robot_id, seg.episode_id):
+            return False
+        if self.staging.exists(seg.robot_id, seg.episode_id):
+            return False  # stored but not yet cleaned up: finish it again (idempotent)
+        if seg.step_start + seg.length > self.store.read_meta(seg.robot_id, seg.episode_id).length:
+            raise SchemaError(f"segment {seg.segment_index} arrived after {seg.robot_id}/{seg.episode_id} was recorded")
+        log.debug("duplicate segment %d of recorded episode %s/%s", seg.segment_index, seg.robot_id, seg.episode_id)
+        return True
+
+    def _load(self, key: tuple[str, str]) -> _Pending | None:
+        staged = self.staging.load(*key)
+        if not staged:
+            return None
+        pending: _Pending | None = None
+        for index, entry in sorted(staged.items()):
+            seg = decode(entry["value"], TrajectorySegment)
+            assert isinstance(seg, TrajectorySegment)
+            pending = pending or _Pending(_header(seg))
+            pending.segments[index] = (seg.step_start, seg.length, seg.done)
+        self._pending[key] = pending  # type: ignore[assignment]
+        return pending
+
+    # --- per batch ----------------------------------------------------------------------------
+
+    def _before_commit(self) -> None:
+        for attempt in range(1, self.config.commit_attempts + 1):
+            try:
+                self._write_batch()
+                break
+            except Exception as e:
+                if attempt == self.config.commit_attempts:
+                    log.error("recorder cannot write its batch (%s); stopping with nothing committed", e)
+                    raise
+                delay = min(0.5 * 2**attempt, 10.0)
+                log.warning("batch write failed (attempt %d, retry in %.1f s): %s", attempt, delay, e)
+                time.sleep(delay)
+        self._rows.clear()
+        self._touched.clear()
+
+    def _write_batch(self) -> None:
+        self.staging.sync()  # the batch's segments are durable from here on
+        if self.on_segment is not None:
+            for seg in self._staged:
+                self.on_segment(seg)
+        self._staged.clear()
+        complete = {key for key in self._touched if key in self._pending and self._pending[key].complete()}
+        rows = [r for r in self._rows if (r.robot_id, r.episode_id) not in complete]
+        if rows and self.index is not None:
+            self.index.segments_received(rows)
+        self._cleanup([key for key in sorted(complete) if self._finalize(key)])
+
+    def _cleanup(self, finished: list[tuple[str, str]]) -> None:
+        """Drop the staging logs of episodes now in the store, once the store's files are on disk."""
+        if not finished:
+            return
+        os.sync()  # one flush for every episode of the batch; EpisodeStore.write does not fsync its arrays
+        for key in finished:
+            self.staging.remove(*key)
+            self._pending.pop(key, None)
+
+    def _finalize(self, key: tuple[str, str]) -> bool:
+        """Write a complete episode to the store and the DB; False when it was rejected instead."""
+        robot_id, episode_id = key
+        staged = self.staging.load(robot_id, episode_id)
+        segs = [decode(staged[i]["value"], TrajectorySegment) for i in sorted(staged)]
+        segments: list[TrajectorySegment] = [s for s in segs if isinstance(s, TrajectorySegment)]
+        step = 0
+        for seg in segments:
+            if seg.step_start != step:
+                self._reject(
+                    key, staged, f"segment {seg.segment_index} starts at step {seg.step_start}, expected {step}"
+                )
+                return False
+            step += seg.length
+        cat = np.concatenate
+        first, last = segments[0], segments[-1]
+        steps_by_version: Counter[str | None] = Counter()
+        for seg in segments:
+            steps_by_version[seg.model_version] += seg.length
+        version = max(steps_by_version, key=lambda v: (steps_by_version[v], v is not None))
+        intervention = cat([s.intervention for s in segments])
+        meta = EpisodeMeta(
+            robot_id=robot_id,
+            episode_id=episode_id,
+            embodiment=first.embodiment,
+            task=first.task_id,
+            instruction=first.instruction,
+            model_version=version,  # the version that acted in most steps (segments keep each their own)
+            length=step,
+            success=bool(last.success),
+            interventions=int(intervention.sum()),
+        )
+        episode = Episode(
+            meta=meta,
+            timestamps=cat([s.timestamps for s in segments]),
+            proprio=cat([s.proprio for s in segments]),
+            actions=cat([s.actions for s in segments]),
+            rewards=cat([s.rewards for s in segments]),
+            intervention=intervention,
+            frames={cam: cat([s.frames[cam] for s in segments]) for cam in first.frames},
+        )
+        path = self.store.write(episode)
+        if self.index is not None:
+            rows = [_row(seg, staged[seg.segment_index]) for seg in segments]
+            self.index.episode_finished(meta, rows, store_path=str(path))
+        self.episodes_recorded += 1
+        log.info(
+            "recorded episode robot=%s episode=%s version=%s steps=%d segments=%d success=%s interventions=%d",
+            robot_id, episode_id, version, step, len(segments), meta.success, meta.interventions,
+        )  # fmt: skip
+        return True
+
+    def _reject(self, key: tuple[str, str], staged: dict[int, dict], reason: str) -> None:
+        robot_id, episode_id = key
+        log.error("rejecting episode robot=%s episode=%s: %s", robot_id, episode_id, reason)
+        for entry in staged.values():
+            record = Record(entry["topic"], entry["partition"], entry["offset"], robot_id.encode(), entry["value"])
+            dead_letter(self.transport, record, f"episode rejected: {reason}", group_id=self.config.group_id)
+        if not self.transport.flush(timeout_s=60.0):
+            raise RuntimeError(f"dead letters for rejected episode {robot_id}/{episode_id} not acknowledged")
+        self.staging.remove(robot_id, episode_id)
+        self._pending.pop(key, None)

@@ -1,0 +1,179 @@
+"""Recorder above a fake transport, with the real DB: order, idempotency, restarts, rejects."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet.db import Episode as EpisodeRow
+from fleet.db import Segment as SegmentRowModel
+from fleet.db import make_engine, session_factory
+from fleet.db.migrate import upgrade
+from fleet.episodes import EpisodeMeta
+from fleet.recorder import Recorder, RecorderConfig
+from fleet.recorder_db import SegmentRow, SqlEpisodeIndex
+from fleet.schemas import Command, encode
+from fleet.transport import DEADLETTER, TRAJECTORIES, publish
+from tests.data.factories import make_segment
+from tests.data.fakes import FakeBroker, FakeTransport
+
+
+@pytest.fixture()
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def _config(tmp_path: Path) -> RecorderConfig:
+    return RecorderConfig(store_dir=tmp_path / "store", staging_dir=tmp_path / "staging")
+
+
+def _drain(recorder: Recorder) -> None:
+    while recorder.step():
+        pass
+
+
+def _assert_in_order(recorder: Recorder, robot: str, episode: str, steps: int) -> None:
+    ep = recorder.store.read(robot, episode)
+    assert ep.meta.length == steps
+    np.testing.assert_array_equal(ep.proprio[:, 0], np.arange(steps))
+    np.testing.assert_array_equal(ep.frames["front"][:, 0, 0, 0], np.arange(steps) % 256)
+
+
+def test_shuffled_and_duplicated_segments_make_whole_ordered_episodes(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    transport = FakeTransport()
+    segs = [
+        make_segment(f"robot-{r}", f"ep-{e}", i, steps=5, segments_per_episode=4, size=8)
+        for r in range(2)
+        for e in range(3)
+        for i in range(4)
+    ]
+    order = segs + random.Random(0).sample(segs, 6)  # redeliveries
+    random.Random(1).shuffle(order)
+    for seg in order:
+        publish(transport, seg)
+    recorder = Recorder(_config(tmp_path), transport=transport, index=SqlEpisodeIndex(sessions))
+    _drain(recorder)
+    assert recorder.store.list() == sorted((f"robot-{r}", f"ep-{e}") for r in range(2) for e in range(3))
+    for robot, episode in recorder.store.list():
+        _assert_in_order(recorder, robot, episode, 20)
+    meta = recorder.store.read_meta("robot-0", "ep-0")
+    assert (meta.model_version, meta.success, meta.interventions) == ("1", True, 3)  # steps 0, 7, 14
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SegmentRowModel)) == 24
+        rows = s.scalars(select(EpisodeRow)).all()
+        assert len(rows) == 6 and all(r.ended_at is not None and r.length == 20 and r.success for r in rows)
+    assert not list((tmp_path / "staging").glob("*/*"))
+    assert not transport.broker.records(DEADLETTER)
+
+
+def test_restart_mid_episode_neither_loses_nor_duplicates(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+    broker = FakeBroker()
+    segs = [make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=6, size=8) for i in range(6)]
+    transport = FakeTransport(broker)
+    for seg in segs[:3]:
+        publish(transport, seg)
+    first = Recorder(_config(tmp_path), transport=transport, index=SqlEpisodeIndex(sessions))
+    _drain(first)
+    first.close()  # recorder process goes away mid-episode
+    for seg in [segs[1], *segs[3:], segs[5]]:  # the producer resends one; the last arrives twice
+        publish(transport, seg)
+    second = Recorder(_config(tmp_path), transport=FakeTransport(broker), index=SqlEpisodeIndex(sessions))
+    second.recover()
+    _drain(second)
+    assert second.store.list() == [("robot-0", "ep-0")]
+    _assert_in_order(second, "robot-0", "ep-0", 30)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SegmentRowModel)) == 6
+        assert s.scalar(select(func.count()).select_from(EpisodeRow)) == 1
+
+
+class FlakyIndex:
+    """An EpisodeIndex whose first `fail` episode_finished calls raise (a DB outage mid-batch)."""
+
+    def __init__(self, inner: SqlEpisodeIndex, fail: int) -> None:
+        self.inner, self.fail = inner, fail
+
+    def segments_received(self, rows: Sequence[SegmentRow]) -> None:
+        self.inner.segments_received(rows)
+
+    def episode_finished(self, meta: EpisodeMeta, rows: Sequence[SegmentRow], *, store_path: str) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("database went away")
+        self.inner.episode_finished(meta, rows, store_path=store_path)
+
+
+def test_crash_between_store_write_and_db_is_finished_on_restart(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    broker = FakeBroker()
+    transport = FakeTransport(broker)
+    for i in range(3):
+        publish(transport, make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8))
+    config = RecorderConfig(store_dir=tmp_path / "store", staging_dir=tmp_path / "staging", commit_attempts=1)
+    crashing = Recorder(config, transport=transport, index=FlakyIndex(SqlEpisodeIndex(sessions), fail=1))
+    with pytest.raises(ConnectionError):
+        crashing.step()
+    assert broker.committed == {}  # nothing committed: the batch will be redelivered
+    assert crashing.store.exists("robot-0", "ep-0")  # store written, DB not: staging still holds it
+    restarted = Recorder(config, transport=FakeTransport(broker), index=SqlEpisodeIndex(sessions))
+    assert restarted.recover() == 1
+    _drain(restarted)  # the redelivered batch changes nothing
+    assert restarted.store.list() == [("robot-0", "ep-0")]
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SegmentRowModel)) == 3
+        [row] = s.scalars(select(EpisodeRow)).all()
+        assert row.ended_at is not None and row.length == 15
+    assert not list((tmp_path / "staging").glob("*/*"))
+
+
+def test_inconsistent_or_late_segments_are_dead_lettered(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    segs = [make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8) for i in range(3)]
+    other_task = segs[1].model_copy(update={"task_id": "push", "segment_index": 7})
+    after_end = make_segment("robot-0", "ep-0", 5, steps=5, segments_per_episode=9, size=8)
+    for seg in (segs[0], other_task, *segs[1:], after_end):
+        publish(transport, seg)
+    recorder = Recorder(_config(tmp_path), transport=transport, index=None)
+    _drain(recorder)
+    assert recorder.store.list() == [("robot-0", "ep-0")]
+    reasons = [dict(r.headers)["fleet.reason"].decode() for r in transport.broker.records(DEADLETTER)]
+    assert len(reasons) == 2
+    assert any("segment 7 of robot-0/ep-0 differs from the episode's earlier segments" in r for r in reasons)
+    assert any("segment 5 comes after the episode's last segment 2" in r for r in reasons)
+
+
+def test_episode_with_a_step_gap_is_rejected_whole(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    segs = [make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8) for i in range(3)]
+    segs[2] = segs[2].model_copy(update={"step_start": 11})
+    for seg in segs:
+        publish(transport, seg)
+    recorder = Recorder(_config(tmp_path), transport=transport, index=None)
+    _drain(recorder)
+    assert recorder.store.list() == []
+    dead = transport.broker.records(DEADLETTER)
+    assert len(dead) == 3
+    assert all(b"starts at step 11, expected 10" in dict(r.headers)["fleet.reason"] for r in dead)
+    assert not list((tmp_path / "staging").glob("*/*"))
+
+
+def test_other_message_kinds_on_the_trajectory_topic_are_dead_lettered(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    command = Command(command_id="c-1", robot_id="robot-0", action="pause", issued_by="ops", created_at=0.0)
+    transport.send(TRAJECTORIES, encode(command), key=command.robot_id)
+    recorder = Recorder(_config(tmp_path), transport=transport, index=None)
+    _drain(recorder)
+    [dead] = transport.broker.records(DEADLETTER)
+    assert b"only trajectory segments belong there" in dict(dead.headers)["fleet.reason"]
