@@ -111,6 +111,8 @@ class RobotRuntime:
         self.episode_id: str | None = None
         self.episodes = 0
         self.swaps: list[tuple[str, float]] = []  # (version, time) of each applied swap
+        self.ticks_total = 0  # control ticks run since start
+        self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         self.results: list[EpisodeResult] = []  # every finished episode of this runtime (bounded below)
         self._commands: list[Command] = []
         self._commands_lock = threading.Lock()
@@ -274,8 +276,7 @@ class RobotRuntime:
             if len(segment.actions) >= cfg.segment_steps or done:
                 self._send_segment(segment, index, done=done, success=success)
                 segment, index = _Segment(start=step), index + 1
-            self._tick(tick_start, period, next_tick)
-            next_tick += period
+            next_tick = self._tick(tick_start, period, next_tick)
             if self._stop.is_set():
                 break
         if takeover:
@@ -295,17 +296,23 @@ class RobotRuntime:
             obs = {**obs, "instruction": self.instruction_override}
         return obs
 
-    def _tick(self, start: float, period: float, deadline: float) -> None:
+    def _tick(self, start: float, period: float, deadline: float) -> float:
+        """Account for one tick (and in real time, sleep to its end); returns the next tick's start."""
         now = time.monotonic()
         elapsed_ms = (now - start) * 1000
         w = self._window
         w["ticks"] += 1
+        self.ticks_total += 1
         w["ms"].append(elapsed_ms)
-        if self.config.realtime:
-            if now > deadline + period:
-                w["missed"] += 1
-            else:
-                time.sleep(max(0.0, deadline + period - now))
+        end = deadline + period
+        if not self.config.realtime:
+            return now
+        if now > end:
+            w["missed"] += 1
+            self.missed_total += 1
+            return now  # resynchronise: one overrun is one missed tick, not a cascade
+        time.sleep(end - now)
+        return end
 
     def _record(self, segment: _Segment, obs: dict[str, Any], action: np.ndarray, human: bool) -> None:
         segment.timestamps.append(time.time())

@@ -97,6 +97,8 @@ class RobotActor:
             "interventions": sum(r.interventions for r in done),
             "refused": dict(self.handle.reloader.stats.refused),
             "swaps": list(runtime.swaps),
+            "ticks": runtime.ticks_total,
+            "missed_ticks": runtime.missed_total,
             # (version, success, intervention steps, steps, finished at) of the latest episodes
             "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in done[-200:]],
         }
@@ -114,12 +116,15 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
+    # Actor output (progress bars, warnings) is forwarded to this process unless FLEET_RAY_LOG_TO_DRIVER=0
+    # (the test suite turns it off so pytest's summary stays the last thing printed).
+    to_driver = os.environ.get("FLEET_RAY_LOG_TO_DRIVER", "1") != "0"
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=to_driver)
         return
     for attempt in range(3):  # a local node can fail to come up on a loaded 2-core machine; try again
         try:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False, log_to_driver=True)
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 2, include_dashboard=False, log_to_driver=to_driver)
             return
         except Exception as err:  # noqa: BLE001 - Ray raises bare Exception for node start-up timeouts
             log.warning("local Ray start failed (attempt %d): %s", attempt + 1, err)

@@ -61,6 +61,22 @@ PRESETS: dict[str, LearnerConfig] = {
         checkpoint_every_updates=100,
         checkpoint_every_s=120.0,
     ),
+    # bench/latency.py: the tiny model and a version every ~15 s so data->live latency is measured many
+    # times; promotion is left to the bench (it promotes every candidate, as an approving operator would).
+    "latency": LearnerConfig(
+        name="latency",
+        model=debug_model_config(),
+        replay=ReplayConfig(capacity=20_000, horizon=60),
+        gate=GateConfig(tasks=("pick",), embodiments=("panda",), episodes=1, max_steps=8),
+        init="scratch",
+        load_demos=False,
+        batch_size=16,
+        min_replay=32,
+        checkpoint_every_updates=10_000,
+        checkpoint_every_s=15.0,
+        poll_timeout_s=0.2,
+        promote=False,
+    ),
     # A tiny model, a few-update cadence and a one-episode gate: smoke tests and `make demo` on 2 cores.
     "debug": LearnerConfig(
         name="debug",

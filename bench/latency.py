@@ -1,0 +1,215 @@
+"""Latency of the loop: data → live model, and fleet convergence after promote and rollback.
+
+Starts its own stack (temporary FLEET_HOME, free ports), registers a random-weight VLA as version 1,
+and runs a real-time simulated fleet (10 Hz ticks) on Ray. Then:
+
+* **convergence**: `rounds` times, publish a new version and promote it (+ `fleet.models` event),
+  then roll back to the previous one; the time from the promote/rollback call to the last robot's
+  swap (robots record the wall-clock time of each swap) gives `promote_converge_*` and
+  `rollback_converge_*`.
+* **data → live**: the learner (`fleet learner run --preset latency`: tiny model, a version every
+  ~15 s) trains on the fleet's stream; the bench promotes every candidate as soon as it appears
+  (an approving operator). For every correction a version was trained on, latency = the time the
+  last robot swapped to that version − the correction's Kafka timestamp.
+* **missed ticks** over the whole run (real-time control loop, swaps included).
+
+Writes bench/results/latency.json. Command that produced the committed result:
+
+    .venv/bin/python bench/latency.py --robots 4 --rounds 10 --learner-minutes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(home: Path) -> dict[str, str]:
+    from fleet.stack.process import free_port
+
+    return {
+        "FLEET_HOME": str(home),
+        "FLEET_KAFKA_PORT": str(free_port()),
+        "FLEET_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "FLEET_MLFLOW_PORT": str(free_port()),
+        "FLEET_DASHBOARD_PORT": str(free_port()),
+    }
+
+
+def _random_model(seed: int):  # noqa: ANN202
+    import torch
+
+    from fleet.policy.config import debug_model_config
+    from fleet.policy.model import VLAModel
+
+    torch.manual_seed(seed)
+    return VLAModel(debug_model_config())
+
+
+def _swap_time(statuses: list[dict], version: str) -> float | None:
+    """Wall-clock time the last robot swapped to `version` (None if some robot has not)."""
+    times = []
+    for status in statuses:
+        at = [t for v, t in status["swaps"] if v == version]
+        if not at:
+            return None
+        times.append(max(at))
+    return max(times)
+
+
+def _wait_swapped(actors: list, version: str, timeout_s: float) -> float | None:
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        at = _swap_time(ray.get([a.status.remote() for a in actors]), version)
+        if at is not None:
+            return at
+        time.sleep(0.05)
+    return None
+
+
+def _correction_timestamps(bootstrap: str) -> dict[tuple[int, int], float]:
+    """(partition, offset) -> Kafka timestamp (s) of every record on fleet.corrections."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
+    parts = [TopicPartition("fleet.corrections", p) for p in consumer.partitions_for_topic("fleet.corrections") or []]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    out = {(r.partition, r.offset): r.timestamp / 1000.0 for r in consumer}
+    consumer.close()
+    return out
+
+
+def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--robots", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=10, help="promote + rollback rounds")
+    parser.add_argument("--learner-minutes", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+    home = Path(tempfile.mkdtemp(prefix="fleet-latency-"))
+    os.environ.update(_env(home))
+    import ray
+
+    from actors.sim_fleet import FleetConfig, start_fleet
+    from fleet.registry import Registry, announce, publish_model
+    from fleet.settings import Settings
+    from fleet.stack import launcher
+
+    settings = Settings()
+    launcher.up(settings, log=lambda _m: None)
+    learner = None
+    try:
+        registry = Registry(settings)
+        v1 = publish_model(registry, _random_model(0), parent_version=None, actor="bench")
+        registry.promote(v1.version, actor="bench", role="admin", reason="bench start")
+        fleet = FleetConfig(
+            n=args.robots, tasks=("pick", "push"), embodiments=("panda", "kuka"), duration_s=3600, realtime=True
+        )
+        actors = start_fleet(settings, fleet)
+        runs = [a.run.remote(None, 3600) for a in actors]
+
+        promote_s, rollback_s = [], []
+        previous = v1
+        for i in range(args.rounds):
+            new = publish_model(registry, _random_model(i + 1), parent_version=previous.version, actor="bench")
+            t0 = time.time()
+            registry.promote(new.version, actor="bench", role="admin", reason="bench promote")
+            announce(settings, new, event="promoted", alias="production", actor="bench", reason="bench")
+            at = _wait_swapped(actors, new.version, 60)
+            promote_s.append((at - t0) if at else float("nan"))
+            t0 = time.time()
+            back = registry.rollback(previous.version, actor="bench", role="admin", reason="bench rollback")
+            announce(settings, back, event="rolled_back", alias="production", actor="bench", reason="bench")
+            at = _wait_swapped(actors, previous.version, 60)
+            rollback_s.append((at - t0) if at else float("nan"))
+            registry.unpin(actor="bench", role="admin", reason="bench")
+            print(f"round {i + 1}: promote {promote_s[-1]:.2f} s, rollback {rollback_s[-1]:.2f} s", flush=True)
+
+        learner = subprocess.Popen(
+            [sys.executable, "-m", "fleet", "learner", "run", "--preset", "latency", "--log-level", "WARNING"],
+            stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )  # fmt: skip
+        live: dict[str, float] = {}
+        seen: set[str] = set()
+        deadline = time.monotonic() + args.learner_minutes * 60
+        while time.monotonic() < deadline:
+            candidate = registry.version_for_alias("candidate")
+            if candidate is not None and candidate.version not in seen and candidate.tags.get("learner_preset"):
+                seen.add(candidate.version)
+                registry.promote(candidate.version, actor="bench", role="admin", reason="approve candidate")
+                announce(settings, candidate, event="promoted", alias="production", actor="bench", reason="approve")
+                at = _wait_swapped(actors, candidate.version, 60)
+                if at is not None:
+                    live[candidate.version] = at
+                    print(f"learner v{candidate.version} live on every robot", flush=True)
+            time.sleep(0.5)
+
+        stamps = _correction_timestamps(settings.bootstrap_servers)
+        data_to_live = []
+        for version, at in live.items():
+            window = registry.get_version(version).data_offsets.get("fleet.corrections", {})
+            for partition, (first, last) in window.items():
+                for offset in range(int(first), int(last) + 1):
+                    ts = stamps.get((int(partition), offset))
+                    if ts is not None:
+                        data_to_live.append(at - ts)
+
+        statuses = ray.get([a.status.remote() for a in actors])
+        for a in actors:
+            a.stop.remote()
+        ray.get(runs, timeout=120)
+        ray.get([a.close.remote() for a in actors], timeout=120)
+        missed = sum(s["missed_ticks"] for s in statuses)
+        ticks = sum(s["ticks"] for s in statuses)
+    finally:
+        if learner is not None:
+            learner.terminate()
+            learner.wait(timeout=60)
+        ray.shutdown()
+        launcher.down(settings, log=lambda _m: None)
+
+    def pct(values: list[float], q: float) -> float | None:
+        finite = [v for v in values if np.isfinite(v)]
+        return round(float(np.percentile(finite, q)), 3) if finite else None
+
+    result = {
+        "data_to_live_p50_s": pct(data_to_live, 50),
+        "data_to_live_p99_s": pct(data_to_live, 99),
+        "promote_converge_p50_s": pct(promote_s, 50),
+        "promote_converge_p99_s": pct(promote_s, 99),
+        "rollback_converge_p50_s": pct(rollback_s, 50),
+        "rollback_converge_p99_s": pct(rollback_s, 99),
+        "missed_ticks": missed,
+        "ticks": ticks,
+        "robots": args.robots,
+        "rounds": args.rounds,
+        "learner_versions_live": len(live),
+        "corrections_measured": len(data_to_live),
+        "promote_converge_s": [round(v, 3) for v in promote_s],
+        "rollback_converge_s": [round(v, 3) for v in rollback_s],
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
