@@ -111,6 +111,7 @@ class RobotRuntime:
         self.episode_id: str | None = None
         self.episodes = 0
         self.swaps: list[tuple[str, float]] = []  # (version, time) of each applied swap
+        self.intervening = False  # the supervisor drove the latest step
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         self.results: list[EpisodeResult] = []  # every finished episode of this runtime (bounded below)
@@ -174,6 +175,7 @@ class RobotRuntime:
             pending_command_id=self.pending_command,
             applied_command_id=self.applied_command,
             spooled_messages=self.spooled(),
+            intervening=self.intervening,
         )
 
     def _heartbeats(self) -> None:
@@ -253,6 +255,7 @@ class RobotRuntime:
             action = chunk[cursor]
             cursor += 1
             human = self.supervisor.step(obs, action) if self.supervisor is not None else None
+            self.intervening = human is not None
             if human is not None:
                 if not takeover:
                     takeover_start = step

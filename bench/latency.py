@@ -57,23 +57,23 @@ def _random_model(seed: int):  # noqa: ANN202
     return VLAModel(debug_model_config())
 
 
-def _swap_time(statuses: list[dict], version: str) -> float | None:
-    """Wall-clock time the last robot swapped to `version` (None if some robot has not)."""
+def _swap_time(statuses: list[dict], version: str, after: float) -> float | None:
+    """Wall-clock time the last robot swapped to `version` after `after` (None if some robot has not)."""
     times = []
     for status in statuses:
-        at = [t for v, t in status["swaps"] if v == version]
+        at = [t for v, t in status["swaps"] if v == version and t >= after]
         if not at:
             return None
         times.append(max(at))
     return max(times)
 
 
-def _wait_swapped(actors: list, version: str, timeout_s: float) -> float | None:
+def _wait_swapped(actors: list, version: str, timeout_s: float, after: float) -> float | None:
     import ray
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        at = _swap_time(ray.get([a.status.remote() for a in actors]), version)
+        at = _swap_time(ray.get([a.status.remote() for a in actors]), version, after)
         if at is not None:
             return at
         time.sleep(0.05)
@@ -132,12 +132,12 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
             t0 = time.time()
             registry.promote(new.version, actor="bench", role="admin", reason="bench promote")
             announce(settings, new, event="promoted", alias="production", actor="bench", reason="bench")
-            at = _wait_swapped(actors, new.version, 60)
+            at = _wait_swapped(actors, new.version, 60, t0)
             promote_s.append((at - t0) if at else float("nan"))
             t0 = time.time()
             back = registry.rollback(previous.version, actor="bench", role="admin", reason="bench rollback")
             announce(settings, back, event="rolled_back", alias="production", actor="bench", reason="bench")
-            at = _wait_swapped(actors, previous.version, 60)
+            at = _wait_swapped(actors, previous.version, 60, t0)
             rollback_s.append((at - t0) if at else float("nan"))
             registry.unpin(actor="bench", role="admin", reason="bench")
             print(f"round {i + 1}: promote {promote_s[-1]:.2f} s, rollback {rollback_s[-1]:.2f} s", flush=True)
@@ -153,9 +153,10 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
             candidate = registry.version_for_alias("candidate")
             if candidate is not None and candidate.version not in seen and candidate.tags.get("learner_preset"):
                 seen.add(candidate.version)
+                t0 = time.time()
                 registry.promote(candidate.version, actor="bench", role="admin", reason="approve candidate")
                 announce(settings, candidate, event="promoted", alias="production", actor="bench", reason="approve")
-                at = _wait_swapped(actors, candidate.version, 60)
+                at = _wait_swapped(actors, candidate.version, 60, t0)
                 if at is not None:
                     live[candidate.version] = at
                     print(f"learner v{candidate.version} live on every robot", flush=True)

@@ -338,6 +338,7 @@ class Heartbeat(Message):
     pending_command_id: str | None = None  # received, not yet applied (applied at a chunk boundary)
     applied_command_id: str | None = None  # last command applied
     spooled_messages: int = Field(default=0, ge=0)  # messages waiting in the robot's disk spool
+    intervening: bool = False  # a human (supervisor) drives the robot right now
     error: str | None = None
 
     @property
