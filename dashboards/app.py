@@ -77,7 +77,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        services.start(consume_heartbeats=connect)
+        services.start(consume=connect)
         try:
             yield
         finally:
@@ -106,10 +106,11 @@ def create_app(
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
-        monitor = services.monitor
+        monitor, corrections = services.monitor, services.corrections_monitor
         return {
             "status": "ok",
             "heartbeat_consumer": None if monitor is None else monitor.connected.is_set(),
+            "corrections_consumer": None if corrections is None else corrections.connected.is_set(),
             "robots": len(services.fleet.robot_ids()),
         }
 

@@ -17,6 +17,7 @@ class DashboardConfig:
     db_flush_interval_s: float = 1.0  # how often heartbeat state is written to the robots table
     session_max_age_s: int = 12 * 3600  # login session lifetime
     commands_kept: int = 2000  # most recent commands remembered for pending/applied display
+    corrections_group: str = "dashboard-corrections"  # Kafka consumer group that fills the review queue
 
     def __post_init__(self) -> None:
         for name in ("offline_after_s", "stats_window_s", "sse_interval_s", "db_flush_interval_s"):
@@ -24,3 +25,5 @@ class DashboardConfig:
                 raise ValueError(f"DashboardConfig.{name} must be positive")
         if self.session_max_age_s < 60:
             raise ValueError("DashboardConfig.session_max_age_s must be at least 60 s")
+        if not self.corrections_group:
+            raise ValueError("DashboardConfig.corrections_group must name a Kafka consumer group")

@@ -45,7 +45,7 @@ class RobotStatus:
     ticks_total: int = 0
     tick_ms_p99: float = 0.0
     control_hz: float = 0.0
-    intervening: bool = False  # a human drives right now (if the heartbeat says so)
+    intervening: bool = False  # a human (supervisor) drives right now, as the heartbeat says
     pending_command_id: str | None = None
     applied_command_id: str | None = None
     spooled_messages: int = 0
@@ -95,7 +95,7 @@ class FleetState:
                 ticks_total=(old.ticks_total if old else 0) + hb.loop.ticks,
                 tick_ms_p99=hb.loop.tick_ms_p99,
                 control_hz=hb.loop.control_hz,
-                intervening=bool(getattr(hb, "intervening", False)),  # newer heartbeats may carry it
+                intervening=hb.intervening,
                 pending_command_id=hb.pending_command_id,
                 applied_command_id=hb.applied_command_id,
                 spooled_messages=hb.spooled_messages,

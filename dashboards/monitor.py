@@ -1,9 +1,17 @@
-"""Background consumer of `fleet.heartbeats`: keeps `FleetState` live and the robots table current.
+"""Background Kafka consumers of the dashboard: live heartbeats and the corrections review queue.
 
-Every dashboard process sees every heartbeat, so it reads all partitions without a consumer group
-(no offsets committed) starting at the end: heartbeats are only worth their latest value, and the
-robots table carries the last known state across restarts. Decoding errors are counted and
-skipped (the recorder owns dead-lettering). Dirty robots are written to the DB once per interval.
+`HeartbeatMonitor` keeps `FleetState` live and the robots table current. Every dashboard process
+sees every heartbeat, so it reads all partitions without a consumer group (no offsets committed)
+starting at the end: heartbeats are only worth their latest value, and the robots table carries the
+last known state across restarts. Dirty robots are written to the DB once per interval.
+
+`CorrectionsMonitor` turns `fleet.corrections` into rows of the `corrections` table (the review
+queue). It is a consumer group (`DashboardConfig.corrections_group`, from the earliest offset on
+first start) that commits only after the rows are written, and the write is idempotent on the
+correction id, so redeliveries, restarts and several dashboard processes never duplicate a row.
+
+Both count and skip undecodable messages (the recorder owns dead-lettering) and retry an unusable
+broker with bounded backoff.
 """
 
 from __future__ import annotations
@@ -12,15 +20,18 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dashboards.fleet_state import CommandTracker, FleetState, RobotStatus
+from fleet.db import Correction as CorrectionRow
 from fleet.db import Robot
-from fleet.schemas import Heartbeat, SchemaError, decode
-from fleet.transport import HEARTBEATS, TransportConfig, ensure_topics
+from fleet.schemas import Correction, Heartbeat, Message, SchemaError, decode
+from fleet.transport import CORRECTIONS, HEARTBEATS, TransportConfig, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +52,111 @@ def write_robots(session: Session, robots: list[RobotStatus]) -> None:
     session.commit()
 
 
-class HeartbeatMonitor:
+def write_corrections(session: Session, corrections: list[Correction]) -> int:
+    """Insert review-queue rows for corrections not seen before (one transaction); returns how many were new.
+
+    A correction already in the table keeps its row untouched (its review status above all). Its robot
+    gets a row first if no heartbeat announced it yet (the table references robots).
+    """
+    new = 0
+    for c in {c.correction_id: c for c in corrections}.values():
+        if session.get(CorrectionRow, c.correction_id) is not None:
+            continue
+        if session.get(Robot, c.robot_id) is None:
+            session.add(Robot(id=c.robot_id, embodiment=c.embodiment, task=c.task_id, state="offline"))
+            session.flush()  # no ORM relationship orders the two inserts
+        session.add(
+            CorrectionRow(
+                id=c.correction_id,
+                robot_id=c.robot_id,
+                episode_id=c.episode_id,
+                task=c.task_id,
+                model_version=c.model_version,
+                operator=c.operator[:64],
+                start_step=c.step_start,
+                end_step=c.step_end - 1,  # the table's end step is inclusive, the message's is one past
+                status="pending",
+                created_at=datetime.fromtimestamp(c.created_at, UTC),
+            )
+        )
+        new += 1
+    session.commit()
+    return new
+
+
+class _ConsumerThread:
+    """A daemon thread polling one KafkaConsumer, reconnecting with bounded backoff."""
+
+    name = "consumer"
+
+    def __init__(self, config: TransportConfig) -> None:
+        self.config = config
+        self.decode_errors = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dashboard-{self.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _consumer(self) -> KafkaConsumer:
+        raise NotImplementedError
+
+    def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
+        raise NotImplementedError
+
+    def _tick(self) -> None:
+        """Called after every poll (periodic work such as DB flushes)."""
+
+    def _run(self) -> None:
+        consumer: KafkaConsumer | None = None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = self._consumer()
+                    self.connected.set()
+                    backoff = 0.5
+                batches = consumer.poll(timeout_ms=200, max_records=1000)
+                if batches:
+                    self._handle(consumer, batches)
+            except (KafkaError, OSError) as e:
+                log.warning(
+                    "%s consumer: Kafka at %s not usable (%s); retry in %.1f s",
+                    self.name,
+                    self.config.bootstrap,
+                    e,
+                    backoff,
+                )
+                if consumer is not None:
+                    consumer.close()
+                    consumer = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._tick()
+        if consumer is not None:
+            consumer.close()
+        self._tick()
+
+    def _decode(self, value: bytes, kind: type[Message]) -> Message | None:
+        try:
+            return decode(value, kind)
+        except SchemaError as e:
+            self.decode_errors += 1
+            if self.decode_errors in (1, 100) or self.decode_errors % 10_000 == 0:
+                log.warning("skipping an undecodable %s message (%d so far): %s", self.name, self.decode_errors, e)
+            return None
+
+
+class HeartbeatMonitor(_ConsumerThread):
     """Thread: poll heartbeats → FleetState + CommandTracker; flush robots to the DB periodically."""
+
+    name = "heartbeats"
 
     def __init__(
         self,
@@ -53,22 +167,12 @@ class HeartbeatMonitor:
         sessions: sessionmaker[Session],
         flush_interval_s: float,
     ) -> None:
-        self.config = config
+        super().__init__(config)
         self.fleet = fleet
         self.commands = commands
         self.sessions = sessions
         self.flush_interval_s = flush_interval_s
-        self.decode_errors = 0
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dashboard-heartbeats", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
+        self._next_flush = time.monotonic() + flush_interval_s
 
     def _consumer(self) -> KafkaConsumer:
         ensure_topics(self.config)
@@ -87,53 +191,18 @@ class HeartbeatMonitor:
             consumer.position(tp)
         return consumer
 
-    def _run(self) -> None:
-        consumer: KafkaConsumer | None = None
-        backoff = 0.5
-        next_flush = time.monotonic() + self.flush_interval_s
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._consumer()
-                    self.connected.set()
-                    backoff = 0.5
-                batches = consumer.poll(timeout_ms=200, max_records=1000)
-            except (KafkaError, OSError) as e:
-                log.warning(
-                    "heartbeat consumer: Kafka at %s not usable (%s); retry in %.1f s",
-                    self.config.bootstrap,
-                    e,
-                    backoff,
-                )
-                if consumer is not None:
-                    consumer.close()
-                    consumer = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            for records in batches.values():
-                for record in records:
-                    self._handle(record.value or b"")
-            if time.monotonic() >= next_flush:
-                next_flush = time.monotonic() + self.flush_interval_s
-                self._flush()
-        if consumer is not None:
-            consumer.close()
-        self._flush()
+    def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
+        for records in batches.values():
+            for record in records:
+                hb = self._decode(record.value or b"", Heartbeat)
+                if isinstance(hb, Heartbeat):
+                    self.fleet.apply(hb)
+                    self.commands.observe(hb)
 
-    def _handle(self, value: bytes) -> None:
-        try:
-            hb = decode(value, Heartbeat)
-        except SchemaError as e:
-            self.decode_errors += 1
-            if self.decode_errors in (1, 100) or self.decode_errors % 10_000 == 0:
-                log.warning("skipping an undecodable heartbeat (%d so far): %s", self.decode_errors, e)
+    def _tick(self) -> None:
+        if time.monotonic() < self._next_flush and not self._stop.is_set():
             return
-        assert isinstance(hb, Heartbeat)
-        self.fleet.apply(hb)
-        self.commands.observe(hb)
-
-    def _flush(self) -> None:
+        self._next_flush = time.monotonic() + self.flush_interval_s
         dirty = self.fleet.take_dirty()
         if not dirty:
             return
@@ -142,3 +211,58 @@ class HeartbeatMonitor:
                 write_robots(session, dirty)
         except Exception as e:  # the live view must survive a DB hiccup; the next flush retries
             log.warning("could not write %d robots to the database: %s", len(dirty), e)
+
+
+class CorrectionsMonitor(_ConsumerThread):
+    """Thread: poll `fleet.corrections` (consumer group) → rows of the review queue, then commit."""
+
+    name = "corrections"
+
+    def __init__(
+        self, config: TransportConfig, *, sessions: sessionmaker[Session], group_id: str, retry_s: float = 2.0
+    ) -> None:
+        super().__init__(config)
+        self.sessions = sessions
+        self.group_id = group_id
+        self.retry_s = retry_s  # wait before re-reading a batch the DB refused
+        self.written = 0  # new rows since start
+
+    def _consumer(self) -> KafkaConsumer:
+        ensure_topics(self.config)
+        return KafkaConsumer(
+            CORRECTIONS,
+            bootstrap_servers=self.config.bootstrap.split(","),
+            client_id=f"{self.config.client_id}-corrections",
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # a new dashboard fills its queue with every correction still on the topic
+            reconnect_backoff_max_ms=1000,
+        )
+
+    def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
+        corrections: list[Correction] = []
+        for records in batches.values():
+            for record in records:
+                c = self._decode(record.value or b"", Correction)
+                if isinstance(c, Correction):
+                    corrections.append(c)
+        try:
+            self.written += self._write(corrections)
+        except Exception as e:  # the DB is down or refused: read the batch again later, commit nothing
+            log.warning("could not write %d corrections to the database (%s); retry in %.1f s", len(corrections), e,
+                        self.retry_s)  # fmt: skip
+            for tp, records in batches.items():
+                consumer.seek(tp, records[0].offset)
+            self._stop.wait(self.retry_s)
+            return
+        consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batches.items()})
+
+    def _write(self, corrections: list[Correction]) -> int:
+        for attempt in range(2):
+            try:
+                with self.sessions() as session:
+                    return write_corrections(session, corrections)
+            except IntegrityError:  # another dashboard inserted one of them meanwhile; the retry skips it
+                if attempt:
+                    raise
+        return 0

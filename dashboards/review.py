@@ -1,9 +1,9 @@
 """Correction review: what a reviewer sees (frames, actions, instruction) and what a verdict does.
 
-A verdict updates the `corrections` row, adds a `reviews` row and publishes on Kafka so the learner
-changes what it trains on: approve/reject → a `Review` on `fleet.reviews` (a rejected correction
-leaves the replay); relabel success → a `Review` (approve, with the new label in its note) plus a
-human `RewardSignal` for the episode on `fleet.rewards`, which is how episode outcomes travel.
+A verdict updates the `corrections` row, adds a `reviews` row and publishes a `Review` on
+`fleet.reviews` so the learner changes what it trains on: approve keeps the correction, reject
+removes its steps from the replay, relabel (`relabel_success`) sets the episode's outcome in the
+replay (and so its returns) while the correction keeps training.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from fleet.db import Correction, Episode, Review
 from fleet.episodes import Episode as StoredEpisode
 from fleet.episodes import EpisodeStore
 from fleet.schemas import Review as ReviewMessage
-from fleet.schemas import RewardSignal
 
 CONTEXT_STEPS = 8  # frames shown before the takeover starts
 FILMSTRIP_FRAMES = 12
@@ -138,39 +137,23 @@ def apply_review(
     decision: str,
     success: bool | None,
     reason: str,
-) -> tuple[Review, list[Any]]:
-    """Change the DB rows and build the messages to publish (the caller publishes, audits, commits)."""
+) -> tuple[Review, ReviewMessage]:
+    """Change the DB rows and build the `Review` to publish (the caller publishes, audits, commits)."""
     if decision == "relabel" and success is None:
         raise BadRequest("relabel needs `success` (the episode's corrected outcome)")
     if decision != "relabel" and success is not None:
         raise BadRequest("`success` is only for decision='relabel'")
-    now = time.time()
-    review_id = f"rev-{uuid.uuid4().hex[:16]}"
-    wire_decision = "reject" if decision == "reject" else "approve"
-    note = reason if decision != "relabel" else f"relabel success={success}; {reason}".rstrip("; ")
-    messages: list[Any] = [
-        ReviewMessage(
-            review_id=review_id,
-            correction_id=correction.id,
-            robot_id=correction.robot_id,
-            reviewer=principal.name,
-            decision=wire_decision,
-            note=note,
-            created_at=now,
-        )
-    ]
+    message = ReviewMessage(
+        review_id=f"rev-{uuid.uuid4().hex[:16]}",
+        correction_id=correction.id,
+        robot_id=correction.robot_id,
+        reviewer=principal.name,
+        decision=decision,  # type: ignore[arg-type]
+        relabel_success=success,
+        note=reason,
+        created_at=time.time(),
+    )
     if decision == "relabel":
-        messages.append(
-            RewardSignal(
-                reward_id=f"{review_id}-label",
-                robot_id=correction.robot_id,
-                episode_id=correction.episode_id,
-                source="human",
-                labeller=principal.name,
-                created_at=now,
-                success=success,
-            )
-        )
         correction.relabel_success = success
     correction.status = "rejected" if decision == "reject" else "approved"
     review = Review(
@@ -181,4 +164,4 @@ def apply_review(
         reason=reason or None,
     )
     session.add(review)
-    return review, messages
+    return review, message

@@ -1,6 +1,6 @@
 """Everything a request handler needs, built once per app: DB, transport, live fleet state, registry.
 
-`Services` owns the long-lived pieces (engine, Kafka producer, heartbeat monitor) and starts and
+`Services` owns the long-lived pieces (engine, Kafka producer, heartbeat and corrections consumers) and starts and
 stops them with the app. It also computes the fleet status document the API and the event stream
 serve, with short caches so 64 robots at 2 Hz and a page full of viewers stay cheap.
 """
@@ -22,7 +22,7 @@ from dashboards.auth import SessionCodec
 from dashboards.config import DashboardConfig
 from dashboards.errors import Unavailable
 from dashboards.fleet_state import CommandStatus, CommandTracker, FleetState
-from dashboards.monitor import HeartbeatMonitor
+from dashboards.monitor import CorrectionsMonitor, HeartbeatMonitor
 from dashboards.versions import RegistryClient
 from fleet.db import Episode, Robot
 from fleet.episodes import EpisodeStore
@@ -85,6 +85,7 @@ class Services:
     episodes: EpisodeStore
     transport_config: TransportConfig | None = None
     monitor: HeartbeatMonitor | None = None
+    corrections_monitor: CorrectionsMonitor | None = None
     _stats: _TTLCache = field(init=False)
     _production: _TTLCache = field(init=False)
 
@@ -94,7 +95,8 @@ class Services:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, *, consume_heartbeats: bool) -> None:
+    def start(self, *, consume: bool) -> None:
+        """Seed the live view from the DB; with `consume`, start the heartbeat and corrections consumers."""
         with self.sessions() as session:  # robots known from before show up (offline) at once
             for robot in session.scalars(select(Robot)):
                 self.fleet.seed(
@@ -103,7 +105,7 @@ class Services:
                     model_version=robot.current_version,
                     task_id=robot.task,
                 )
-        if consume_heartbeats and self.transport_config is not None:
+        if consume and self.transport_config is not None:
             self.monitor = HeartbeatMonitor(
                 self.transport_config,
                 fleet=self.fleet,
@@ -112,10 +114,15 @@ class Services:
                 flush_interval_s=self.config.db_flush_interval_s,
             )
             self.monitor.start()
+            self.corrections_monitor = CorrectionsMonitor(
+                self.transport_config, sessions=self.sessions, group_id=self.config.corrections_group
+            )
+            self.corrections_monitor.start()
 
     def stop(self) -> None:
-        if self.monitor is not None:
-            self.monitor.stop()
+        for monitor in (self.monitor, self.corrections_monitor):
+            if monitor is not None:
+                monitor.stop()
         if self.transport is not None:
             self.transport.close(timeout_s=5.0)
         self.engine.dispose()

@@ -137,7 +137,12 @@ class Ingest:
     def _apply(self, review: Review) -> bool:
         if not self.replay.correction_steps(review.correction_id):
             return False
-        self.replay.apply_review(review.correction_id, review.decision, relabelled_actions=review.relabelled_actions)
+        self.replay.apply_review(
+            review.correction_id,
+            review.decision,
+            relabel_success=review.relabel_success,
+            relabelled_actions=review.relabelled_actions,
+        )
         return True
 
 

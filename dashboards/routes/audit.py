@@ -17,5 +17,5 @@ router = APIRouter(tags=["audit"])
 def list_audit(
     session: SessionDep, user: ViewerUser, action: str | None = None, actor: str | None = None, limit: int = 200
 ) -> Any:
-    """Newest first, optionally filtered by action (e.g. `models.rollback`) or actor."""
+    """Newest first, optionally filtered by action (e.g. `rollback`, `review.reject`) or actor."""
     return crud.list_audit(session, limit=min(max(limit, 1), 2000), action=action, actor=actor)

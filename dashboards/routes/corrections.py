@@ -72,14 +72,13 @@ def actions_plot(correction_id: str, request: Request, session: SessionDep, user
 def review_correction(
     correction_id: str, body: ReviewIn, services: ServicesDep, session: SessionDep, user: ReviewerUser
 ) -> dict[str, Any]:
-    """approve / reject / relabel success: updates the queue and tells the learner (fleet.reviews, fleet.rewards)."""
+    """approve / reject / relabel success: updates the queue and tells the learner (a `Review` on fleet.reviews)."""
     row = review.get_correction(session, correction_id)
     previous = row.status
-    _, messages = review.apply_review(
+    _, message = review.apply_review(
         session, row, principal=user, decision=body.decision, success=body.success, reason=body.reason
     )
-    for message in messages:
-        services.publish(message)
+    services.publish(message)
     crud.audit(
         session,
         principal=user,

@@ -9,10 +9,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from dashboards import crud
 from dashboards.api_models import ModelActionIn
 from dashboards.charts import learning_curve_svg
-from dashboards.deps import OperatorUser, ServicesDep, SessionDep, ViewerUser
+from dashboards.deps import OperatorUser, ServicesDep, ViewerUser
 from dashboards.services import Services
 from dashboards.versions import call_registry, version_key, version_view
 from fleet.schemas import ModelEvent
@@ -89,53 +88,36 @@ def announce(services: Services, info: Any, *, event: str, actor: str, reason: s
         log.warning("could not announce %s of v%s on fleet.models: %s", event, info.version, e)
 
 
-def _act(
-    services: Services,
-    session: SessionDep,
-    user: OperatorUser,
-    action: str,
-    target: str,
-    reason: str,
-    method: str,
-    *args: Any,
-) -> dict[str, Any]:
-    before = dict(call_registry(services.registry, "aliases"))
-    result = call_registry(services.registry, method, *args, actor=user.name, role=user.role or "", reason=reason)
+def _act(services: Services, user: OperatorUser, action: str, reason: str, *args: Any) -> dict[str, Any]:
+    """Run one registry action as this user; the registry writes the audit entry (one per action, whichever
+    path caused it: dashboard, CLI or learner) with the user's name, role and reason."""
+    result = call_registry(services.registry, action, *args, actor=user.name, role=user.role or "token", reason=reason)
     services.invalidate_registry()
-    if method in ("promote", "rollback"):
+    if action in ("promote", "rollback"):
         announce(
-            services, result, event="promoted" if method == "promote" else "rolled_back", actor=user.name, reason=reason
+            services, result, event="promoted" if action == "promote" else "rolled_back", actor=user.name, reason=reason
         )
     after = dict(call_registry(services.registry, "aliases"))
-    crud.audit(
-        session,
-        principal=user,
-        action=f"models.{action}",
-        target=target,
-        reason=reason,
-        details={"aliases_before": before, "aliases_after": after},
-    )
-    session.commit()
     return {"action": action, "aliases": after, "pinned": bool(call_registry(services.registry, "is_pinned"))}
 
 
 @router.post("/{version}/promote")
-def promote(version: str, body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
+def promote(version: str, body: ModelActionIn, services: ServicesDep, user: OperatorUser) -> Any:
     """Point `production` at this version (refused while production is pinned)."""
-    return _act(services, session, user, "promote", f"version:{version}", body.reason, "promote", version)
+    return _act(services, user, "promote", body.reason, version)
 
 
 @router.post("/{version}/rollback")
-def rollback(version: str, body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
+def rollback(version: str, body: ModelActionIn, services: ServicesDep, user: OperatorUser) -> Any:
     """Roll production back to this version (and pin it, so the learner does not override it)."""
-    return _act(services, session, user, "rollback", f"version:{version}", body.reason, "rollback", version)
+    return _act(services, user, "rollback", body.reason, version)
 
 
 @router.post("/pin")
-def pin(body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
-    return _act(services, session, user, "pin", "alias:production", body.reason, "pin")
+def pin(body: ModelActionIn, services: ServicesDep, user: OperatorUser) -> Any:
+    return _act(services, user, "pin", body.reason)
 
 
 @router.post("/unpin")
-def unpin(body: ModelActionIn, services: ServicesDep, session: SessionDep, user: OperatorUser) -> Any:
-    return _act(services, session, user, "unpin", "alias:production", body.reason, "unpin")
+def unpin(body: ModelActionIn, services: ServicesDep, user: OperatorUser) -> Any:
+    return _act(services, user, "unpin", body.reason)

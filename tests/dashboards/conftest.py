@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -20,9 +21,8 @@ from fleet.db import User
 from fleet.db.migrate import upgrade
 from fleet.settings import Settings
 from tests.dashboards.fakes import FakeRegistry
+from tests.dashboards.live import CHROMIUM, CHROMIUM_ARGS, PASSWORD
 from tests.data.fakes import FakeTransport
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +90,16 @@ def dash(tmp_path: Path, template_db: Path, password_hash: str) -> Iterator[Dash
     d = make_dash(local_settings(tmp_path, f"sqlite:///{db}"), password_hash)
     yield d
     d.services.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: run scripts/chromium.sh (Debian packages chromium, chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

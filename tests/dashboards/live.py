@@ -1,4 +1,4 @@
-"""Helpers for tests against the real broker: the dashboard served by uvicorn, and a fake robot.
+"""Helpers for tests against the real broker: the dashboard served by uvicorn, a fake robot, Chromium.
 
 The fake robot is what the online-loop runtime does for commands, reduced to the protocol: it
 consumes `fleet.commands` for its id and acknowledges each command in its next heartbeat.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -16,6 +18,35 @@ from kafka import KafkaConsumer, TopicPartition
 from fleet.schemas import Command, Heartbeat, LoopStats, decode
 from fleet.stack.process import free_port
 from fleet.transport import COMMANDS, KafkaTransport, TransportConfig, ensure_topics, publish
+
+PASSWORD = "correct horse battery"  # every test user's (tests/dashboards/conftest.py creates them)
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def login(browser: Any, server: LiveServer, role: str) -> Any:
+    """A new page logged in as the user named after `role`, on the fleet page."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{server.url}/login?next=/fleet")
+    page.fill("input[name=username]", role)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/fleet")
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 class LiveServer:

@@ -1,7 +1,8 @@
 """Browser tests: Playwright driving Debian's headless Chromium against the dashboard on a real broker.
 
-Needs /usr/bin/chromium (scripts/chromium.sh installs it) and the `stack` fixture (Kafka, MLflow).
-Screenshots of every page go to docs/screenshots/.
+Needs /usr/bin/chromium (scripts/chromium.sh installs it; the `browser` fixture is in conftest.py) and
+the `stack` fixture (Kafka, MLflow). Screenshots of every page go to docs/screenshots/. The tests that
+close the loop with the learner and the simulated fleet are in test_browser_loop.py.
 """
 
 from __future__ import annotations
@@ -19,35 +20,12 @@ from dashboards.app import create_app
 from fleet.db import Correction
 from fleet.settings import Settings
 from fleet.transport import TransportConfig
-from tests.dashboards.conftest import PASSWORD, Dash, local_settings, make_dash
+from tests.dashboards.conftest import Dash, local_settings, make_dash
 from tests.dashboards.factories import add_correction, add_episode, store_episode
 from tests.dashboards.fakes import FakeRegistry
-from tests.dashboards.live import FakeRobot, LiveServer
+from tests.dashboards.live import FakeRobot, LiveServer, login, shot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: run scripts/chromium.sh (Debian packages chromium, chromium-driver)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +48,6 @@ def live(
     robot_config = TransportConfig.from_settings(settings, client_id="fake-robot")
     with LiveServer(app) as server, FakeRobot(robot_config, "robot-1") as robot:
         yield dash, server, robot
-
-
-def login(browser: Any, server: LiveServer, role: str) -> Any:
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(f"{server.url}/login?next=/fleet")
-    page.fill("input[name=username]", role)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{server.url}/fleet")
-    return page
-
-
-def shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def test_login_page(browser: Any, live: tuple[Dash, LiveServer, FakeRobot]) -> None:
@@ -161,7 +124,7 @@ def test_operator_pauses_a_robot_and_sees_it_paused_within_2s(
 def test_reviewer_rejects_a_correction(browser: Any, live: tuple[Dash, LiveServer, FakeRobot]) -> None:
     dash, server, _ = live
     page = login(browser, server, "reviewer")
-    page.goto(f"{server.url}/corrections")
+    page.goto(f"{server.url}/corrections?selected=c-browser")  # the queue may also hold corrections from Kafka
     page.wait_for_selector("#correction[data-id=c-browser] .filmstrip img")
     shot(page, "corrections")
     page.keyboard.press("r")  # the reject shortcut

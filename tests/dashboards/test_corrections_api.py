@@ -6,8 +6,9 @@ import pytest
 from sqlalchemy import select
 
 from fleet.db import AuditEntry, Correction, Review
+from fleet.policy.config import debug_model_config
 from fleet.schemas import Review as ReviewMessage
-from fleet.schemas import RewardSignal, decode
+from fleet.schemas import decode
 from fleet.transport import REVIEWS, REWARDS
 from tests.dashboards.conftest import Dash
 from tests.dashboards.factories import add_correction, add_episode, store_episode
@@ -78,16 +79,42 @@ def test_reject_publishes_a_review_and_leaves_the_queue(queue: Dash) -> None:
         )
 
 
-def test_relabel_success_sends_a_human_reward_signal(queue: Dash) -> None:
+def test_relabel_success_publishes_a_relabel_review(queue: Dash) -> None:
     h = queue.auth("reviewer")
     assert (
         queue.client.post("/api/v1/corrections/c-old/review", json={"decision": "relabel"}, headers=h).status_code
         == 400
     )
-    r = queue.client.post("/api/v1/corrections/c-old/review", json={"decision": "relabel", "success": True}, headers=h)
+    verdict = {"decision": "relabel", "success": True, "reason": "it worked"}
+    r = queue.client.post("/api/v1/corrections/c-old/review", json=verdict, headers=h)
     assert r.status_code == 200 and r.json()["relabel_success"] is True and r.json()["status"] == "approved"
-    [record] = queue.transport.broker.records(REWARDS)
-    signal = decode(record.value, RewardSignal)
-    assert (signal.episode_id, signal.success, signal.source) == ("ep-1", True, "human")
+    [record] = queue.transport.broker.records(REVIEWS)
+    msg = decode(record.value, ReviewMessage)
+    assert (msg.correction_id, msg.decision, msg.relabel_success, msg.note) == ("c-old", "relabel", True, "it worked")
+    assert queue.transport.broker.records(REWARDS) == []  # the Review carries the label; no second message
     with queue.services.sessions() as s:
         assert s.get(Correction, "c-old").relabel_success is True
+        assert s.scalar(select(Review)).decision == "relabel"
+
+
+def test_the_learner_applies_the_dashboards_relabel_and_reject(queue: Dash) -> None:
+    """The wire contract: the Reviews this route publishes change the learner's replay as promised."""
+    from learner.ingest import Ingest
+    from learner.replay import ReplayBuffer, ReplayConfig
+    from tests.learner.fakes import correction, segments
+    from tests.policy.fakes import FAKE_ENCODER, HashEmbedder
+
+    replay = ReplayBuffer(ReplayConfig(), debug_model_config(text_encoder=FAKE_ENCODER), embedder=HashEmbedder())
+    ingest = Ingest(replay)
+    for message in segments("robot-1", "ep-1", lengths=(10, 20), success=False):
+        ingest.handle(message)
+    ingest.handle(correction("robot-1", "ep-1", "c-old", 12, 9))
+    ingest.handle(correction("robot-1", "ep-1", "c-new", 25, 2))
+    h = queue.auth("reviewer")
+    for cid, verdict in (("c-old", {"decision": "relabel", "success": True}), ("c-new", {"decision": "reject"})):
+        assert queue.client.post(f"/api/v1/corrections/{cid}/review", json=verdict, headers=h).status_code == 200
+    for record in queue.transport.broker.records(REVIEWS):
+        ingest.handle(decode(record.value, ReviewMessage))
+    stored = replay.episode("robot-1", "ep-1")
+    assert stored is not None and stored.success and stored.returns.max() > -1.0  # relabelled: a success now
+    assert len(replay.correction_steps("c-old")) == 9 and replay.correction_steps("c-new") == []

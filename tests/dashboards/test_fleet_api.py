@@ -48,6 +48,16 @@ def test_robot_goes_offline_after_the_timeout() -> None:
     assert fleet.snapshot()[0]["state"] == "offline"
 
 
+def test_a_running_robot_a_human_drives_shows_intervened() -> None:
+    fleet = FleetState(offline_after_s=5.0)
+    fleet.apply(heartbeat("r", intervening=True))
+    fleet.apply(heartbeat("p", state="paused", intervening=True))  # a paused robot is paused, whoever holds it
+    states = {r["robot_id"]: (r["state"], r["intervening"]) for r in fleet.snapshot()}
+    assert states == {"r": ("intervened", True), "p": ("paused", True)}
+    fleet.apply(heartbeat("r"))  # the field defaults to False: the supervisor let go
+    assert fleet.get("r").state(fleet.clock(), 5.0) == "acting"  # type: ignore[union-attr]
+
+
 def test_command_is_published_keyed_by_robot_and_applied_on_ack(dash: Dash) -> None:
     dash.services.fleet.apply(heartbeat("robot-7"))
     r = dash.client.post(
