@@ -114,6 +114,7 @@ class RobotRuntime:
         self.intervening = False  # the supervisor drove the latest step
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
+        self.missed_at: list[float] = []  # wall-clock times of the latest missed ticks
         self.results: list[EpisodeResult] = []  # every finished episode of this runtime (bounded below)
         self._commands: list[Command] = []
         self._commands_lock = threading.Lock()
@@ -313,6 +314,7 @@ class RobotRuntime:
         if now > end:
             w["missed"] += 1
             self.missed_total += 1
+            self.missed_at = (self.missed_at + [time.time()])[-1000:]
             return now  # resynchronise: one overrun is one missed tick, not a cascade
         time.sleep(end - now)
         return end

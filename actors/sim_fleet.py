@@ -99,6 +99,7 @@ class RobotActor:
             "swaps": list(runtime.swaps),
             "ticks": runtime.ticks_total,
             "missed_ticks": runtime.missed_total,
+            "missed_at": list(runtime.missed_at),
             # (version, success, intervention steps, steps, finished at) of the latest episodes
             "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in done[-200:]],
         }
