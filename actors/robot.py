@@ -103,10 +103,16 @@ def build_robot(
     from fleet.registry import Registry
     from fleet.transport import KafkaTransport, TransportConfig, publish
 
+    env_factory = None
     if env is None:
         from fleet.sim.registry import make_env
 
         env = make_env(config.task, config.embodiment, seed=config.seed)
+
+        def env_factory(task: str) -> tuple[Any, Any]:
+            new_env = make_env(task, config.embodiment, seed=config.seed)
+            return new_env, (ExpertSupervisor(new_env, supervisor_config) if supervise else None)
+
     transport = KafkaTransport(TransportConfig.from_settings(settings, spool_name=config.robot_id))
     registry = Registry(settings, sessions=None)
     reloader = HotReloader(
@@ -130,6 +136,7 @@ def build_robot(
         reloader=reloader,
         supervisor=ExpertSupervisor(env, supervisor_config) if supervise else None,
         spooled=lambda: transport.producer.spooled,
+        env_factory=env_factory,
     )
     reloader.start()
     stop = threading.Event()

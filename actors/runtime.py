@@ -96,8 +96,13 @@ class RobotRuntime:
         reloader: HotReloader | None = None,
         supervisor: Supervisor | None = None,
         spooled: Callable[[], int] = lambda: 0,
+        env_factory: Callable[[str], tuple[Any, Supervisor | None]] | None = None,
     ) -> None:
         self.config = config
+        # Builds (env, supervisor) for another task when an operator reassigns the robot (None: fixed task).
+        self.env_factory = env_factory
+        self._env_task = config.task
+        self.error: str | None = None
         self.env = env
         self.policy = policy
         self.version = model_version
@@ -146,8 +151,13 @@ class RobotRuntime:
             elif command.action == "out_of_rotation":
                 self.state = "out_of_rotation"
             elif command.action == "assign_task":
-                self.task = command.task_id or self.task
-                self.instruction_override = command.instruction
+                task = command.task_id or self.task
+                if task != self._env_task and self.env_factory is None:
+                    self.error = f"cannot switch to task {task!r}: this robot has no env factory"
+                    log.error("assign_task refused", extra={"robot": self.config.robot_id, "task": task})
+                else:
+                    self.task = task  # the env follows at the next episode start
+                    self.instruction_override = command.instruction
             self.applied_command = command.command_id
             log.info("command applied", extra={"robot": self.config.robot_id, "command": command.action})
         with self._commands_lock:
@@ -177,6 +187,7 @@ class RobotRuntime:
             applied_command_id=self.applied_command,
             spooled_messages=self.spooled(),
             intervening=self.intervening,
+            error=self.error,
         )
 
     def _heartbeats(self) -> None:
@@ -228,6 +239,8 @@ class RobotRuntime:
         seed = cfg.seed * 100_000 + self.episodes
         self.episodes += 1
         self.episode_id = f"{cfg.robot_id}-{uuid.uuid4().hex[:10]}"
+        if self.task != self._env_task and self.env_factory is not None:
+            self._switch_env(self.task)
         obs, _ = self.env.reset(seed=seed)
         obs = self._observe(obs)
         self.policy.reset()
@@ -294,6 +307,20 @@ class RobotRuntime:
             )
         )  # fmt: skip
         return EpisodeResult(self.episode_id, step, success, interventions, chunk_version, time.time())
+
+    def _switch_env(self, task: str) -> None:
+        assert self.env_factory is not None
+        try:
+            env, supervisor = self.env_factory(task)
+        except (KeyError, ValueError) as err:  # unknown task, or not one this embodiment can do
+            self.error = f"cannot switch to task {task!r}: {err}"
+            log.error("task switch refused", extra={"robot": self.config.robot_id, "task": task, "error": str(err)})
+            self.task, self.instruction_override = self._env_task, None
+            return
+        old, self.env, self.supervisor, self._env_task = self.env, env, supervisor, task
+        self.error = None
+        if hasattr(old, "close"):
+            old.close()
 
     def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
         if self.instruction_override:

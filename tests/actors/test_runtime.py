@@ -137,3 +137,33 @@ def test_pause_command_is_applied_and_acknowledged_in_the_heartbeat() -> None:
         stop.set()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_assign_task_switches_the_env_at_the_next_episode_and_refuses_unknown_tasks() -> None:
+    messages: list = []
+    runtime = _runtime(messages, policy=ZeroPolicy(4))
+    built: list[str] = []
+
+    def factory(task: str) -> tuple[Any, Any]:
+        env = make_env(task, "panda", seed=1)
+        built.append(task)
+        return env, ExpertSupervisor(env)
+
+    runtime.env_factory = factory
+    now = time.time()
+    runtime.submit_command(
+        Command(command_id="a1", robot_id="r1", action="assign_task", task_id="push", issued_by="op", created_at=now)
+    )
+    runtime.run(episodes=1)
+    segments = [m for m in messages if isinstance(m, TrajectorySegment)]
+    assert built == ["push"] and {s.task_id for s in segments} == {"push"}
+    assert "block" in segments[0].instruction  # a push phrasing (pick phrasings speak of cubes)
+
+    refusing = _runtime([], policy=ZeroPolicy(4))
+    refusing.env_factory = factory
+    refusing.submit_command(
+        Command(command_id="a2", robot_id="r1", action="assign_task", task_id="nope", issued_by="op", created_at=now)
+    )
+    refusing.run(episodes=1)
+    assert refusing.task == "pick" and "nope" in (refusing.error or "")  # unknown task: keeps its own
+    assert refusing.heartbeat().error == refusing.error
