@@ -12,6 +12,7 @@ import typer
 from actors.cli import app as robots_app
 from dashboards.cli import register as register_dashboard
 from fleet.models_cli import app as models_app
+from fleet.recipe.cli import register as register_recipe
 from fleet.recorder_cli import register as register_recorder
 from fleet.stack.cli import register as register_stack
 from learner.cli import app as learner_app
@@ -31,6 +32,7 @@ app.add_typer(robots_app, name="robots")
 app.add_typer(learner_app, name="learner")
 register_dashboard(app)
 register_recorder(app)
+register_recipe(app)
 
 
 @app.command("demo")

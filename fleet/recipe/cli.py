@@ -7,7 +7,7 @@ and `eval_command` one by one).
     fleet demos collect --tasks pick,push,place --embodiments panda,kuka --episodes 50
     fleet train pretrain --preset default
     fleet train posttrain --task pick --demos 50 --init .fleet/run/pretrain/checkpoints/step_00001200
-    fleet eval --checkpoint .fleet/run/posttrain-pick/checkpoints/step_00000300 --tasks pick --gif docs/rollouts
+    fleet eval --checkpoint .fleet/run/posttrain-pick/checkpoints/step_00000250 --tasks pick --gif docs/rollouts
 """
 
 from __future__ import annotations

@@ -118,8 +118,9 @@ def load_policy(
 
     registry = Registry(Settings())
     info = registry.get_version(version)
-    local = registry.download(info.version, Path(tempfile.mkdtemp(prefix="fleet-eval-")))
-    return VLAPolicy.from_checkpoint(local, expected_sha256=info.tags.get("sha256") or None, embedder=embedder)
+    with tempfile.TemporaryDirectory(prefix="fleet-eval-") as scratch:  # weights are in memory once loaded
+        local = registry.download(info.version, Path(scratch))
+        return VLAPolicy.from_checkpoint(local, expected_sha256=info.tags.get("sha256") or None, embedder=embedder)
 
 
 def evaluate(

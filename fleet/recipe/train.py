@@ -39,12 +39,12 @@ EXPERIMENT = "fleet-recipe"
 STAGE_OVERRIDES: dict[Stage, dict[str, dict[str, Any]]] = {
     "pretrain": {
         "debug": {},
-        "default": {"steps": 1_500, "batch_size": 32, "warmup_steps": 50, "save_every": 250, "log_every": 25},
+        "default": {"steps": 1_200, "batch_size": 32, "warmup_steps": 50, "save_every": 200, "log_every": 25},
     },
     "posttrain": {
         "debug": {},
         "default": {
-            "steps": 300, "batch_size": 32, "lr": 1.5e-4, "warmup_steps": 20, "save_every": 100, "log_every": 25,
+            "steps": 250, "batch_size": 32, "lr": 1.5e-4, "warmup_steps": 20, "save_every": 125, "log_every": 25,
         },
     },
 }  # fmt: skip
