@@ -22,6 +22,7 @@ from dashboards.fleet_state import CommandTracker, FleetState
 from dashboards.review import EpisodeCache
 from dashboards.routes import API_ROUTERS, pages
 from dashboards.services import Services
+from dashboards.training_metrics import LearnerMetrics
 from dashboards.versions import RegistryClient, load_registry
 from fleet.db import make_engine, session_factory
 from fleet.episodes import EpisodeStore
@@ -58,6 +59,7 @@ def build_services(
         registry=registry,
         episodes=EpisodeStore(settings.episode_store),
         transport_config=transport_config,
+        learner_metrics=LearnerMetrics(settings.tracking_uri) if connect else None,
     )
 
 

@@ -111,3 +111,55 @@ def learning_curve_svg(
         parts.append(f'<text x="{width - pad_r + 24}" y="{ly + 5}" font-size="10">{escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def series_svg(
+    series: dict[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    x_label: str = "update",
+    width: int = 560,
+    height: int = 180,
+) -> str:
+    """(x, y) series (one line each) on a shared numeric x axis: loss and throughput curves over updates."""
+    pad_l, pad_r, pad_t, pad_b = 48, 180, 16, 28
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" role="img" '
+        f'data-title="{escape(title)}">'
+    ]
+    parts.append(f"<title>{escape(title)}</title>")
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        parts.append(f'<text x="{pad_l}" y="{height / 2}">{escape(title)}: no data yet</text></svg>')
+        return "".join(parts)
+    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    y_lo, y_hi = min(min(p[1] for p in points), 0.0), max(p[1] for p in points)
+    x_hi = x_hi if x_hi > x_lo else x_lo + 1.0
+    y_hi = y_hi if y_hi > y_lo else y_lo + 1.0
+
+    def x(v: float) -> float:
+        return pad_l + (width - pad_l - pad_r) * ((v - x_lo) / (x_hi - x_lo))
+
+    def y(v: float) -> float:
+        return height - pad_b - (height - pad_t - pad_b) * ((v - y_lo) / (y_hi - y_lo))
+
+    for frac in (0.0, 0.5, 1.0):
+        v = y_lo + frac * (y_hi - y_lo)
+        parts.append(f'<line x1="{pad_l}" y1="{y(v):.1f}" x2="{width - pad_r}" y2="{y(v):.1f}" stroke="#e5e7eb"/>')
+        parts.append(f'<text x="{pad_l - 4}" y="{y(v) + 3:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
+    parts.append(f'<text x="{pad_l}" y="{height - 8}" font-size="10">{x_label} {x_lo:.0f}</text>')
+    parts.append(
+        f'<text x="{width - pad_r}" y="{height - 8}" font-size="10" text-anchor="end">{x_label} {x_hi:.0f}</text>'
+    )
+    for k, (name, pts) in enumerate(series.items()):
+        color = PALETTE[k % len(PALETTE)]
+        if len(pts) > 1:
+            parts.append(_polyline([x(p[0]) for p in pts], [y(p[1]) for p in pts], color))
+        elif pts:
+            parts.append(f'<circle cx="{x(pts[0][0]):.1f}" cy="{y(pts[0][1]):.1f}" r="2.5" fill="{color}"/>')
+        ly = pad_t + 14 * k
+        last = f" ({pts[-1][1]:.3g})" if pts else ""
+        parts.append(f'<rect x="{width - pad_r + 10}" y="{ly}" width="10" height="3" fill="{color}"/>')
+        parts.append(f'<text x="{width - pad_r + 24}" y="{ly + 5}" font-size="10">{escape(name)}{last}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

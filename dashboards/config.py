@@ -13,6 +13,7 @@ class DashboardConfig:
     stats_window_s: float = 3600.0  # success rate / interventions are computed over episodes ended this recently
     stats_cache_s: float = 2.0  # episode stats are recomputed at most this often (keeps the status endpoint cheap)
     registry_cache_s: float = 5.0  # the production alias is asked from MLflow at most this often
+    training_cache_s: float = 5.0  # the learner's curves are read from MLflow at most this often
     sse_interval_s: float = 0.5  # how often the fleet page's event stream pushes a new snapshot
     db_flush_interval_s: float = 1.0  # how often heartbeat state is written to the robots table
     session_max_age_s: int = 12 * 3600  # login session lifetime

@@ -23,6 +23,7 @@ from dashboards.config import DashboardConfig
 from dashboards.errors import Unavailable
 from dashboards.fleet_state import CommandStatus, CommandTracker, FleetState
 from dashboards.monitor import CorrectionsMonitor, HeartbeatMonitor
+from dashboards.training_metrics import LearnerMetrics, learner_section
 from dashboards.versions import RegistryClient
 from fleet.db import Episode, Robot
 from fleet.episodes import EpisodeStore
@@ -86,12 +87,15 @@ class Services:
     transport_config: TransportConfig | None = None
     monitor: HeartbeatMonitor | None = None
     corrections_monitor: CorrectionsMonitor | None = None
+    learner_metrics: LearnerMetrics | None = None  # None: the Training page says MLflow is not configured
     _stats: _TTLCache = field(init=False)
     _production: _TTLCache = field(init=False)
+    _learner: _TTLCache = field(init=False)
 
     def __post_init__(self) -> None:
         self._stats = _TTLCache(self.config.stats_cache_s)
         self._production = _TTLCache(self.config.registry_cache_s)
+        self._learner = _TTLCache(self.config.training_cache_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -187,6 +191,10 @@ class Services:
                     "intervened_episode_rate": int(with_int or 0) / int(n),
                 }
         return out
+
+    def learner_progress(self) -> dict[str, Any]:
+        """The learner's runs, throughput and loss curves from MLflow (errors included, cached briefly)."""
+        return self._learner.get(lambda: learner_section(self.learner_metrics))  # type: ignore[no-any-return]
 
     def production_version(self) -> str | None:
         def ask() -> str | None:

@@ -58,6 +58,37 @@ log = logging.getLogger(__name__)
 TOPICS = (TRAJECTORIES, CORRECTIONS, REWARDS, REVIEWS)
 
 
+class Throughput:
+    """Updates and samples per second of wall clock between metric logs (the dashboard's throughput curves).
+
+    The clock starts at the first update, so start-up and waiting for `min_replay` don't count; after
+    that, polls, checkpoints and the eval gate do, because together they limit how fast the policy improves.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._since: float | None = None
+        self._updates = 0
+        self._samples = 0
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = self.clock()
+
+    def count(self, samples: int) -> None:
+        self.start()
+        self._updates += 1
+        self._samples += samples
+
+    def rates(self) -> dict[str, float]:
+        """`charts/updates_per_s` and `charts/samples_per_s` since the last call (or the first update)."""
+        now = self.clock()
+        elapsed = max(now - (self._since if self._since is not None else now), 1e-9)
+        out = {"charts/updates_per_s": self._updates / elapsed, "charts/samples_per_s": self._samples / elapsed}
+        self._since, self._updates, self._samples = now, 0, 0
+        return out
+
+
 class LearnerService:
     """State and loop of one learner process (see the module docstring)."""
 
@@ -96,6 +127,7 @@ class LearnerService:
         self.window: dict[str, dict[str, list[int]]] = {}
         self._since_ckpt = 0
         self._ckpt_time = time.monotonic()
+        self.throughput = Throughput()
         self._run_id = self._start_run()
         if unpublished is not None:  # crashed between checkpoint and publish: finish that first
             self._publish(unpublished, model)
@@ -168,11 +200,13 @@ class LearnerService:
             self._consume(record)
         if len(self.replay) >= self.config.min_replay:
             for _ in range(self.config.updates_per_poll):
+                self.throughput.start()
                 self.last_stats = self.engine.update(self.replay.sample(self.config.batch_size, self.rng))
+                self.throughput.count(self.last_stats.batch_size)
                 self.state.updates += 1
                 self._since_ckpt += 1
                 if self.state.updates % self.config.log_every == 0:
-                    self._log_metrics(self.last_stats.to_log_dict())
+                    self._log_metrics({**self.last_stats.to_log_dict(), **self.throughput.rates()})
         if self._checkpoint_due():
             self.checkpoint_and_publish()
 

@@ -20,7 +20,7 @@ from dashboards.auth import SESSION_COOKIE, Principal
 from dashboards.deps import MaybeUser, ServicesDep, SessionDep
 from dashboards.errors import DashboardError
 from dashboards.routes.models import curve, model_overview
-from dashboards.routes.training import training_status
+from dashboards.routes.training import learner_charts, training_status
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -127,10 +127,6 @@ def audit_page(request: Request, session: SessionDep, user: MaybeUser, action: s
 
 @router.get("/training", response_class=HTMLResponse)
 def training_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
-    data, error = None, None
-    if user is not None:
-        try:
-            data = training_status(services)
-        except DashboardError as e:
-            error = e.detail
-    return _page(request, user, "training", data=data, error=error)
+    data = training_status(services) if user is not None else None
+    charts = learner_charts(data["learner"]) if data is not None else []
+    return _page(request, user, "training", data=data, charts=charts)

@@ -1,4 +1,5 @@
-"""Test data for the dashboard: heartbeats, robots with episodes and corrections (DB + episode store)."""
+"""Test data for the dashboard: heartbeats, robots with episodes and corrections (DB + episode store), learner runs
+(MLflow)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from fleet.db import Correction, Episode, Robot
 from fleet.episodes import Episode as StoredEpisode
 from fleet.episodes import EpisodeMeta, EpisodeStore
+from fleet.registry import EXPERIMENT
 from fleet.schemas import Heartbeat, LoopStats
 
 
@@ -132,3 +134,40 @@ def add_correction(
     session.add(row)
     session.flush()
     return row
+
+
+def add_learner_run(
+    tracking_uri: str,
+    *,
+    losses: list[float],
+    rates: list[float],
+    batch_size: int = 32,
+    every: int = 10,
+    with_publish_run: bool = True,
+) -> str:
+    """A learner run in `fleet-learner` logged like `learner.service` does (one point per `every` updates, 1 s apart);
+    with `with_publish_run`, then a newer registry publish run in the same experiment, which readers must skip."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    run_id: str = client.create_run(exp_id, tags={"fleet.kind": "learner", "fleet.preset": "debug"}).info.run_id
+    t0 = int(time.time() * 1000) - 1000 * len(losses)
+    metrics = []
+    for i, (loss, rate) in enumerate(zip(losses, rates, strict=True)):
+        step, ts = every * (i + 1), t0 + 1000 * i
+        metrics += [
+            Metric("losses/action", loss, ts, step),
+            Metric("losses/total", loss + 0.1, ts, step),
+            Metric("charts/updates_per_s", rate, ts, step),
+            Metric("charts/samples_per_s", rate * batch_size, ts, step),
+            Metric("charts/batch_size", float(batch_size), ts, step),
+        ]
+    client.log_batch(run_id, metrics=metrics)
+    if with_publish_run:
+        publish = client.create_run(exp_id, tags={"fleet.kind": "publish", "fleet.parent": ""}).info.run_id
+        client.log_metric(publish, "losses/action", 99.0)
+        client.set_terminated(publish)
+    return run_id

@@ -21,7 +21,7 @@ from fleet.db import Correction
 from fleet.settings import Settings
 from fleet.transport import TransportConfig
 from tests.dashboards.conftest import Dash, local_settings, make_dash
-from tests.dashboards.factories import add_correction, add_episode, store_episode
+from tests.dashboards.factories import add_correction, add_episode, add_learner_run, store_episode
 from tests.dashboards.fakes import FakeRegistry
 from tests.dashboards.live import FakeRobot, LiveServer, login, shot
 
@@ -96,7 +96,7 @@ def test_viewer_sees_no_mutating_buttons_and_gets_403(browser: Any, live: tuple[
 def test_operator_pauses_a_robot_and_sees_it_paused_within_2s(
     browser: Any, live: tuple[Dash, LiveServer, FakeRobot]
 ) -> None:
-    _, server, robot = live
+    dash, server, robot = live
     page = login(browser, server, "operator")
     row = page.locator('tr[data-robot="robot-1"]')
     row.locator("td .state-acting").wait_for(timeout=15_000)
@@ -115,8 +115,10 @@ def test_operator_pauses_a_robot_and_sees_it_paused_within_2s(
     page.goto(f"{server.url}/audit")
     assert page.locator("#audit").inner_text().count("command.pause") >= 1
     shot(page, "audit")
+    losses, rates = [0.9, 0.62, 0.45, 0.41, 0.33, 0.3], [11.0, 14.0, 13.0, 15.0, 14.0, 16.0]
+    add_learner_run(dash.settings.tracking_uri, losses=losses, rates=rates)
     page.goto(f"{server.url}/training")
-    page.wait_for_selector("h2")
+    page.wait_for_selector('#learner-charts svg[data-title="losses/action"] polyline')
     shot(page, "training")
     page.close()
 

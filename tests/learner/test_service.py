@@ -76,6 +76,9 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         first.close()  # killed: whatever it consumed after v1 is not in any checkpoint
 
     registry = Registry(settings)
+    logged = registry.client.get_run(first._run_id).data.metrics  # what the dashboard's Training page reads
+    assert logged["charts/updates_per_s"] > 0 and logged["charts/samples_per_s"] >= logged["charts/updates_per_s"]
+    assert "losses/action" in logged
     v1 = registry.get_version(v1.version)
     tags = v1.tags
     assert tags["gate_passed"] == "true" and "eval/pick/panda" in tags and "eval/mean" in tags
