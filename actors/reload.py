@@ -81,11 +81,15 @@ class HotReloader:
         loader: PolicyLoader,
         current_version: str | None = None,
         robot_id: str = "robot",
+        warmup: Callable[[Any], None] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.loader = loader
         self.robot_id = robot_id
+        # Runs one inference with a freshly loaded policy here, off the control loop, so its first
+        # (slow: allocations, lazy init) call never lands on a control tick after the swap.
+        self.warmup = warmup
         self.stats = ReloadStats()
         self._current = current_version  # version the control loop runs (or will after the pending swap)
         self._refused_sha: set[str] = set()
@@ -147,6 +151,8 @@ class HotReloader:
             shutil.rmtree(target, ignore_errors=True)
             local = self.registry.download(info.version, target)
             policy = self.loader(Path(local), info.sha256)
+            if self.warmup is not None:
+                self.warmup(policy)
         except Exception as err:  # noqa: BLE001 - any failure means: refuse, report, keep the current one
             reason = f"{err.__class__.__name__}: {err}"
             self.stats.refused[info.version] = reason

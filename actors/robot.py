@@ -138,6 +138,7 @@ def build_robot(
         spooled=lambda: transport.producer.spooled,
         env_factory=env_factory,
     )
+    reloader.warmup = runtime.warm_up
     reloader.start()
     stop = threading.Event()
     listener = None

@@ -117,6 +117,7 @@ class RobotRuntime:
         self.episodes = 0
         self.swaps: list[tuple[str, float]] = []  # (version, time) of each applied swap
         self.intervening = False  # the supervisor drove the latest step
+        self.last_obs: dict[str, Any] | None = None  # latest observation (warms up a standby policy)
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         self.missed_at: list[float] = []  # wall-clock times of the latest missed ticks
@@ -325,7 +326,13 @@ class RobotRuntime:
     def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
         if self.instruction_override:
             obs = {**obs, "instruction": self.instruction_override}
+        self.last_obs = obs
         return obs
+
+    def warm_up(self, policy: Any) -> None:
+        """One throw-away inference on the latest observation (called by the reloader's thread)."""
+        if self.last_obs is not None:
+            policy.infer(self.last_obs)
 
     def _tick(self, start: float, period: float, deadline: float) -> float:
         """Account for one tick (and in real time, sleep to its end); returns the next tick's start."""

@@ -159,3 +159,23 @@ def test_event_wakes_the_background_thread_before_the_poll(model: VLAModel, tmp_
         reloader.stop()
     assert not any(t.name.startswith("reload-") and t.is_alive() for t in threading.enumerate())
 
+
+
+def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
+    registry.production = "1"
+    warmed: list[VLAModel] = []
+    reloader = HotReloader(
+        ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader, warmup=warmed.append
+    )
+    swap = reloader.check_once()
+    assert swap is not None and warmed == [swap.policy]
+
+    def broken(_policy: VLAModel) -> None:
+        raise RuntimeError("inference failed")
+
+    registry.versions["2"] = (tmp_path / "v2", _save(VLAModel(model.config), tmp_path / "v2"))
+    registry.production = "2"
+    reloader.warmup = broken
+    assert reloader.check_once() is None and "inference failed" in reloader.stats.refused["2"]
