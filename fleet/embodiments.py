@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleet.naming import lookup
+
 
 @dataclass(frozen=True)
 class EmbodimentSpec:
@@ -62,11 +64,4 @@ EMBODIMENTS: dict[str, EmbodimentSpec] = {
 
 def get_embodiment(name: str) -> EmbodimentSpec:
     """Look up an embodiment by name, with a did-you-mean hint on typos."""
-    try:
-        return EMBODIMENTS[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, EMBODIMENTS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown embodiment {name!r}; known: {sorted(EMBODIMENTS)}.{hint}") from None
+    return lookup(EMBODIMENTS, name, "embodiment")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.naming import lookup
 from fleet.policy.config import VLAConfig, debug_model_config
 from learner.gate import GateConfig
 from learner.replay import ReplayConfig
@@ -97,9 +97,4 @@ PRESETS: dict[str, LearnerConfig] = {
 
 def get_preset(name: str) -> LearnerConfig:
     """A named preset, with a did-you-mean hint on typos."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown learner preset {name!r}; known: {sorted(PRESETS)}.{hint}") from None
+    return lookup(PRESETS, name, "learner preset")

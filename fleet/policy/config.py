@@ -6,11 +6,11 @@ time), so a checkpoint keeps its adapter shapes even after `EMBODIMENTS` changes
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from fleet.embodiments import EMBODIMENTS
+from fleet.naming import unknown
 
 ActionHead = Literal["flow", "discrete"]
 TimeDistribution = Literal["beta", "uniform"]
@@ -140,9 +140,7 @@ class VLAConfig:
         for i, e in enumerate(self.embodiments):
             if e.name == name:
                 return i
-        close = difflib.get_close_matches(name, self.embodiment_names, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown embodiment {name!r}: this model has adapters for {list(self.embodiment_names)}.{hint}")
+        raise unknown("embodiment", name, self.embodiment_names, detail="this model has adapters for")
 
     def embodiment(self, name: str) -> EmbodimentDims:
         return self.embodiments[self.embodiment_index(name)]

@@ -15,7 +15,6 @@ The online learner reuses `train_step` and the losses; this loop is the plain-to
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import shutil
@@ -30,6 +29,7 @@ import torch
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from fleet.episodes import Episode, EpisodeStore
+from fleet.naming import lookup
 from fleet.policy.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -102,11 +102,7 @@ PRESETS: dict[str, TrainConfig] = {
 
 def get_preset(name: str, **overrides: Any) -> TrainConfig:
     """A named preset with some fields replaced; KeyError with a did-you-mean hint on unknown names."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown training preset {name!r}; known: {sorted(PRESETS)}.{hint}")
-    return replace(PRESETS[name], **overrides)
+    return replace(lookup(PRESETS, name, "training preset"), **overrides)
 
 
 @dataclass

@@ -7,9 +7,8 @@ embodiments it runs on (`TaskSpec.embodiments`).
 
 from __future__ import annotations
 
-import difflib
-
 from fleet.embodiments import get_embodiment
+from fleet.naming import unknown
 from fleet.sim.base import Env, TaskSpec
 from fleet.sim.tasks import TASKS
 
@@ -17,10 +16,7 @@ from fleet.sim.tasks import TASKS
 BACKENDS: dict[str, str] = {"panda": "pybullet", "kuka": "pybullet", "sawyer": "metaworld"}
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> KeyError:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return KeyError(f"unknown {kind} {name!r}; known: {known}.{hint}")
+_unknown = unknown
 
 
 def get_task(name: str) -> TaskSpec:
