@@ -165,9 +165,14 @@ def test_operator_rolls_back_and_every_robot_reports_the_older_version(
         with LiveServer(app) as server:
             _until("robots on v2", lambda: versions() == {v2.version}, 60)
             page = login(browser, server, "operator")
-            rollout = page.locator("#rollout")
-            rollout.locator(".badge.ok").wait_for(timeout=30_000)  # converged, from heartbeats over SSE
-            assert f"production v{v2.version} · running v{v2.version}: 2" in rollout.inner_text()
+            # converged on v2 with both robots heard from (heartbeats over SSE; one may arrive later)
+            page.wait_for_function(
+                "v => { const r = document.querySelector('#rollout');"
+                " return r && r.querySelector('.badge.ok') && r.textContent.includes(`running v${v}: 2`); }",
+                arg=v2.version,
+                timeout=30_000,
+            )
+            assert f"production v{v2.version} · running v{v2.version}: 2" in page.locator("#rollout").inner_text()
 
             page.goto(f"{server.url}/models")
             page.once("dialog", lambda dialog: dialog.accept("v2 drops cubes"))  # the reason prompt
