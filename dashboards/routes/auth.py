@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
 from dashboards import crud
 from dashboards.api_models import LoginIn, SessionPublic
 from dashboards.auth import SESSION_COOKIE, Principal
 from dashboards.deps import CurrentUser, ServicesDep, SessionDep
 from dashboards.errors import Unauthorized
+from dashboards.services import Services
+from fleet.db.models import User
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 log = logging.getLogger(__name__)
@@ -23,6 +26,15 @@ def login(body: LoginIn, response: Response, session: SessionDep, services: Serv
     if user is None:
         log.warning("failed login for %r", body.username)
         raise Unauthorized("wrong user name or password")
+    csrf = open_session(response, session=session, services=services, user=user)
+    return SessionPublic(username=user.username, role=user.role, csrf_token=csrf)
+
+
+def open_session(response: Response, *, session: Session, services: Services, user: User) -> str:
+    """Set the signed session cookie on `response`, audit the login; returns the CSRF token.
+
+    Shared by the JSON login and the HTML form login, so both issue the same cookie.
+    """
     cookie, csrf = services.codec.issue(user.id)
     response.set_cookie(
         SESSION_COOKIE,
@@ -35,7 +47,7 @@ def login(body: LoginIn, response: Response, session: SessionDep, services: Serv
     principal = Principal(name=user.username, role=user.role, via="session")
     crud.audit(session, principal=principal, action="auth.login", target=f"user:{user.username}", reason=None)
     session.commit()
-    return SessionPublic(username=user.username, role=user.role, csrf_token=csrf)
+    return csrf
 
 
 @router.post("/logout", status_code=204)

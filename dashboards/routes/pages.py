@@ -16,9 +16,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from dashboards import crud, review
-from dashboards.auth import SESSION_COOKIE, Principal
+from dashboards.auth import Principal
 from dashboards.deps import MaybeUser, ServicesDep, SessionDep
 from dashboards.errors import DashboardError
+from dashboards.routes.auth import open_session
 from dashboards.routes.models import curve, model_overview
 from dashboards.routes.training import learner_charts, training_status
 
@@ -61,19 +62,8 @@ async def login_form(request: Request, services: ServicesDep, session: SessionDe
     user = crud.authenticate(session, username=form.get("username", ""), password=form.get("password", ""))
     if user is None:
         return RedirectResponse(f"/login?next={target}&error=1", status_code=303)
-    cookie, _ = services.codec.issue(user.id)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=services.config.session_max_age_s,
-        httponly=True,
-        samesite="lax",
-        secure=services.settings.env == "production",
-    )
-    principal = Principal(name=user.username, role=user.role, via="session")
-    crud.audit(session, principal=principal, action="auth.login", target=f"user:{user.username}", reason=None)
-    session.commit()
+    open_session(response, session=session, services=services, user=user)
     return response
 
 
