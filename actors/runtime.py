@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -121,7 +122,9 @@ class RobotRuntime:
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         self.missed_at: list[float] = []  # wall-clock times of the latest missed ticks
-        self.results: list[EpisodeResult] = []  # every finished episode of this runtime (bounded below)
+        self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
+        self.successes_total = 0  # successful episodes since start
+        self.interventions_total = 0  # supervisor-driven steps since start
         self._commands: list[Command] = []
         self._commands_lock = threading.Lock()
         self.pending_command: str | None = None
@@ -214,7 +217,9 @@ class RobotRuntime:
                     continue
                 result = self.run_episode()
                 results.append(result)
-                self.results = (self.results + [result])[-1000:]
+                self.recent.append(result)
+                self.successes_total += result.success
+                self.interventions_total += result.interventions
         finally:
             self.state = "stopped"
             self._stop.set()

@@ -75,17 +75,16 @@ class RobotActor:
         logging.getLogger("kafka").setLevel(logging.WARNING)
         self.handle = build_robot(Settings(**settings), RobotConfig(**config), poll_interval_s=poll_interval_s)
         self.stop_event = threading.Event()
-        self.results: list[Any] = []
 
     def run(self, episodes: int | None, duration_s: float | None) -> dict[str, Any]:
         if duration_s is not None:
             threading.Timer(duration_s, self.stop_event.set).start()
-        self.results = self.handle.runtime.run(episodes=episodes, stop=self.stop_event)
+        self.handle.runtime.run(episodes=episodes, stop=self.stop_event)
         return self.status()
 
     def status(self) -> dict[str, Any]:
         runtime = self.handle.runtime
-        done = list(self.results) or list(runtime.results)
+        recent = list(runtime.recent)[-200:]
         return {
             "robot_id": runtime.config.robot_id,
             "task": runtime.task,
@@ -93,15 +92,15 @@ class RobotActor:
             "version": runtime.version,
             "state": runtime.state,
             "episodes": runtime.episodes,
-            "successes": sum(r.success for r in done),
-            "interventions": sum(r.interventions for r in done),
+            "successes": runtime.successes_total,
+            "interventions": runtime.interventions_total,
             "refused": dict(self.handle.reloader.stats.refused),
             "swaps": list(runtime.swaps),
             "ticks": runtime.ticks_total,
             "missed_ticks": runtime.missed_total,
             "missed_at": list(runtime.missed_at),
             # (version, success, intervention steps, steps, finished at) of the latest episodes
-            "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in done[-200:]],
+            "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in recent],
         }
 
     def stop(self) -> None:
