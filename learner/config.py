@@ -61,6 +61,16 @@ PRESETS: dict[str, LearnerConfig] = {
         checkpoint_every_updates=100,
         checkpoint_every_s=120.0,
     ),
+    # bench/online.py: the default model continuing production, a version every ~150 updates or 90 s,
+    # gated on 2 held-out episodes of each of the bench's 6 task × embodiment pairs.
+    "online": LearnerConfig(
+        name="online",
+        gate=GateConfig(tasks=("pick", "push", "place"), embodiments=("panda", "kuka"), episodes=2),
+        batch_size=32,
+        min_replay=256,
+        checkpoint_every_updates=150,
+        checkpoint_every_s=90.0,
+    ),
     # bench/latency.py: the tiny model and a version every ~15 s so data->live latency is measured many
     # times; promotion is left to the bench (it promotes every candidate, as an approving operator would).
     "latency": LearnerConfig(

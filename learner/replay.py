@@ -20,6 +20,9 @@ not used. Per-sample weights (`sample_weights`): demonstrations and intervention
 `max_weight` (AWR), with V from the model's value head at update time, so failures teach the
 value head without being imitated.
 
+With `autonomous=False` (the "corrections only" arm of bench/online.py) autonomous fleet steps are
+kept for their episode's context but never sampled: only demonstrations and intervention steps train.
+
 Reviews (`apply_review`): reject removes a correction's steps from every buffer; relabel replaces
 their actions and/or the episode's success (and so the returns).
 """
@@ -55,6 +58,7 @@ class ReplayConfig:
     intervention_fraction: float | None = None  # share of the offline part from interventions; None = uniform
     horizon: int = 200  # steps that normalize -(steps to success) into [-1, 0]
     failure_return: float = -2.0  # value target of every step of a failed episode (below any success)
+    autonomous: bool = True  # train on autonomous fleet steps (AWR); False = corrections only (HG-DAgger)
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.horizon < 1:
@@ -163,7 +167,8 @@ class ReplayBuffer:
             if stored.source == "demo":
                 self._push("demo", stored.key, t)
             else:
-                self._push("online", stored.key, t)
+                if self.config.autonomous or stored.intervention[t]:
+                    self._push("online", stored.key, t)
                 if stored.intervention[t]:
                     self._push("intervention", stored.key, t)
         return stored
@@ -259,6 +264,8 @@ class ReplayBuffer:
             if not stored.intervention[t]:
                 stored.intervention[t] = True
                 self._push("intervention", stored.key, t)
+                if not self.config.autonomous:  # it was left out of `online` as an autonomous step
+                    self._push("online", stored.key, t)
         return True
 
     def correction_steps(self, correction_id: str) -> list[Sample]:

@@ -51,6 +51,15 @@ class VLAConfig:
     image_size: int = 64
     # Channels of the stride-2 conv stages; a last stride-2 conv maps to d_model (image tokens).
     conv_channels: tuple[int, ...] = (32, 64, 128)
+    # Append each pixel's (x, y) as two input channels of the image encoder (CoordConv).
+    coord_channels: bool = True
+    # FiLM-modulate every conv stage of the image encoder by the instruction embedding (RT-1).
+    film: bool = True
+    # Spatial-softmax keypoints of the last conv stage, given to the trunk as one extra token (0 = none).
+    keypoints: int = 16
+    # Give the trunk the image's grid tokens too; False = only the keypoint token (robomimic-style: image
+    # positions only, so the policy cannot memorize scenes by their look).
+    grid_tokens: bool = True
     # Size of the frozen sentence embedding of the instruction (all-MiniLM-L6-v2: 384).
     text_dim: int = 384
     # Which sentence encoder produced the instruction embeddings this model was trained on.
@@ -108,6 +117,10 @@ class VLAConfig:
             raise ValueError(f"VLAConfig.action_head must be 'flow' or 'discrete', got {self.action_head!r}")
         if self.flow_time_dist not in ("beta", "uniform"):
             raise ValueError(f"VLAConfig.flow_time_dist must be 'beta' or 'uniform', got {self.flow_time_dist!r}")
+        if self.keypoints < 0:
+            raise ValueError(f"VLAConfig.keypoints must be >= 0, got {self.keypoints}")
+        if not self.grid_tokens and not self.keypoints:
+            raise ValueError("VLAConfig: without grid_tokens the image reaches the trunk only through keypoints > 0")
         if self.action_bins < 2:
             raise ValueError(f"VLAConfig.action_bins must be >= 2, got {self.action_bins}")
         if self.value_loss_weight < 0:
@@ -121,6 +134,7 @@ class VLAConfig:
 
     @property
     def image_tokens_per_camera(self) -> int:
+        """Grid tokens of one camera (the keypoint token, if any, comes on top)."""
         return (self.image_size // self.image_downsample) ** 2
 
     @property
@@ -163,7 +177,7 @@ class VLAConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"VLA config has unknown keys {unknown}; known: {sorted(known)}")
-        values = dict(raw)
+        values = {**_BEFORE_IMAGE_OPTIONS, **raw}  # configs saved before these options existed had none of them
         if "embodiments" in values:
             values["embodiments"] = tuple(EmbodimentDims(**e) for e in values["embodiments"])
         for key in ("cameras", "conv_channels"):
@@ -174,6 +188,11 @@ class VLAConfig:
     def with_(self, **changes: Any) -> VLAConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+
+# Image-encoder options added after the first checkpoints were written: a config.json without them
+# describes a plain conv encoder, so it loads as one.
+_BEFORE_IMAGE_OPTIONS: dict[str, Any] = {"coord_channels": False, "film": False, "keypoints": 0, "grid_tokens": True}
 
 
 def debug_model_config(**changes: Any) -> VLAConfig:

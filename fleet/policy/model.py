@@ -1,6 +1,6 @@
 """The VLA network: image/text/proprio/embodiment tokens -> transformer trunk -> action head + value head.
 
-Token sequence of the trunk (N = 4 + cameras * image tokens)::
+Token sequence of the trunk (N = 4 + cameras * (grid tokens + keypoint token))::
 
     [embodiment] [instruction] [proprio] [value] [image tokens of camera 0] [camera 1] ...
 
@@ -106,13 +106,15 @@ class VLAModel(nn.Module):
         """Trunk output tokens (B, N, d_model); token 3 is the value token."""
         images = batch["images"]
         b, cams = images.shape[:2]
-        image_tokens = self.image_encoder(images.flatten(0, 1)).unflatten(0, (b, cams))
+        text = batch["instruction_embedding"]
+        image_tokens = self.image_encoder(images.flatten(0, 1), text.repeat_interleave(cams, dim=0))
+        image_tokens = image_tokens.unflatten(0, (b, cams))
         image_tokens = (image_tokens + self.camera_embedding[None]).flatten(1, 2)
         ids = batch["embodiment_id"].long()
         prefix = torch.stack(
             [
                 self.embodiment_embedding(ids),
-                self.text_proj(batch["instruction_embedding"]),
+                self.text_proj(text),
                 self.proprio_norm(self.proprio_in(batch["proprio"], ids)),
                 self.value_token.expand(b, -1, -1)[:, 0],
             ],

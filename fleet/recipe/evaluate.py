@@ -7,7 +7,8 @@ Episode k of every cell resets its env with seed `seed + k` and the policy's noi
 so a checkpoint's rates are a deterministic function of (checkpoint, seed, episodes). Actions are
 executed as the robot runtime (`actors/runtime.py`) does: the policy predicts a chunk of H actions,
 the first `execute_steps` of them (default all) are executed, and the next chunk is inferred
-`prefetch_steps` before the current one runs out, from the observation of that step.
+`prefetch_steps` before the current one runs out, from the observation of that step; its first
+`prefetch_steps` actions belong to steps already executed by then and are skipped (as the runtime does).
 """
 
 from __future__ import annotations
@@ -71,23 +72,35 @@ class ChunkedController:
         self.policy.reset()
         self._chunk: np.ndarray | None = None
         self._pending: np.ndarray | None = None
-        self._cursor = 0
+        self._cursor = self._end = 0  # next action of `_chunk` and the index it stops at
+        self._step = 0  # env steps of this episode so far
+        self._pending_step = 0  # the step whose observation `_pending` was inferred from
 
     def _infer(self, obs: Any) -> np.ndarray:
         self.inferences += 1
         return np.asarray(self.policy.infer(obs), dtype=np.float32)
 
+    def _start(self, chunk: np.ndarray, skip: int) -> None:
+        """Run `chunk` from action `skip`: a chunk inferred k steps ago has k actions that are already past."""
+        self._chunk = chunk
+        self._cursor = min(skip, len(chunk) - 1)
+        self._end = min(len(chunk), self._cursor + (self.execute_steps or len(chunk)))
+
     def __call__(self, obs: Any) -> np.ndarray:
         if self._chunk is None:
-            self._chunk, self._cursor = self._infer(obs), 0
-        horizon = min(len(self._chunk), self.execute_steps or len(self._chunk))
-        if self._pending is None and horizon - self._cursor <= self.prefetch_steps:
+            self._start(self._infer(obs), 0)
+        if self._pending is None and self._end - self._cursor <= self.prefetch_steps:
             self._pending = self._infer(obs)  # the runtime starts this in a worker thread, from this observation
-        if self._cursor >= horizon:
-            self._chunk = self._pending if self._pending is not None else self._infer(obs)
-            self._pending, self._cursor = None, 0
+            self._pending_step = self._step
+        if self._cursor >= self._end:
+            if self._pending is None:
+                self._pending, self._pending_step = self._infer(obs), self._step
+            self._start(self._pending, self._step - self._pending_step)
+            self._pending = None
+        assert self._chunk is not None
         action = self._chunk[self._cursor]
         self._cursor += 1
+        self._step += 1
         return action
 
 

@@ -40,6 +40,17 @@ def test_batches_mix_online_and_offline_half_and_half() -> None:
     assert counts["online"] == 32 and counts["demo"] + counts["intervention"] == 32
 
 
+def test_corrections_only_replay_never_samples_autonomous_steps() -> None:
+    replay, ingest = _replay(autonomous=False)
+    replay.add_episode(make_episode(length=20, seed=0))
+    _feed(ingest, segments("r1", "e1", lengths=(10, 10), intervention=(4, 8)))
+    assert replay.sizes() == {"demo": 20, "online": 4, "intervention": 4}
+    kinds = np.concatenate([replay.sample(64, np.random.default_rng(i))["kind"] for i in range(10)])
+    assert AUTONOMOUS not in set(kinds.tolist()) and INTERVENTION in set(kinds.tolist())
+    _feed(ingest, [correction("r1", "e1", "c9", 12, 2)])  # a late correction joins both buffers
+    assert replay.sizes() == {"demo": 20, "online": 6, "intervention": 6}
+
+
 def test_fixed_intervention_share_and_empty_sources() -> None:
     replay, ingest = _replay(intervention_fraction=0.5, online_fraction=0.25)
     _feed(ingest, segments("r1", "e1", intervention=(0, 3)))

@@ -32,8 +32,9 @@ def test_controller_executes_chunks_like_the_runtime() -> None:
     policy = CountingPolicy(horizon=4)
     controller = ChunkedController(policy, execute_steps=2, prefetch_steps=1)
     actions = [tuple(controller({"step": t})) for t in range(6)]
-    # first two actions of each chunk, then re-plan; the next chunk is inferred one step early
-    assert actions == [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    # two actions of each chunk, then re-plan; the next chunk is inferred one step early, so its action 0
+    # (meant for the step it was inferred at) is already past and it runs from action 1
+    assert actions == [(1, 0), (1, 1), (2, 1), (2, 2), (3, 1), (3, 2)]
     assert policy.calls == 4  # chunk 4 was prefetched during the last step; a reset drops it, as the runtime does
     controller.reset()
     assert policy.resets == 2 and tuple(controller({})) == (5, 0)

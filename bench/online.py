@@ -1,0 +1,253 @@
+"""Online learning on the real loop: four arms over fleet time, and the full arm at 1, 2, 4 and 8 robots.
+
+Every arm runs the same way, on its own fresh local stack (temporary FLEET_HOME, free ports: Kafka,
+MLflow, SQLite), from the same version 1 (behaviour cloning on scripted demonstrations, trained once
+and cached under ~/.cache/fleet/bench-online/), with a real-time simulated fleet on Ray (10 Hz ticks,
+robots round-robin over the tasks × embodiments) and, except for `frozen`, `fleet learner run
+--preset online` as a subprocess that gates and promotes its own versions:
+
+    frozen            version 1 for the whole run; the supervisor takes over as usual (no learner)
+    rewards_only      no supervisor, so no corrections: the learner has autonomous steps + success
+                      rewards (AWR on the value head's advantages) and the demonstrations
+    corrections_only  supervisor on; the learner trains on intervention steps + demonstrations only
+                      (`--no-autonomous`, HG-DAgger): rewards never weigh what is imitated
+    full              supervisor on; corrections and rewards (the default learner)
+
+Success is *autonomous* success: an episode that met the task's success check with no takeover
+(a rescued episode is the human's success, not the policy's). Curves are the trailing mean over the
+last `--window` finished episodes of the fleet, against fleet time (wall-clock minutes since the
+robots started). Per arm: `initial_success` (first window), `final_success` (last window),
+`minutes_to_90` (first time the trailing mean reached 0.9; null if never). `intervention_drop` is
+the full arm's interventions per episode in its first window ÷ in its last window. `scaling` is the
+full arm's `minutes_to_90` with 1, 2, 4 and 8 robots.
+
+Writes bench/results/online.json and bench/results/online.png. Command that produced the committed
+result (see `config` in the JSON; the issue's target run is `--minutes 20`, about 3 hours here):
+
+    .venv/bin/python bench/online.py --minutes 4 --scaling-minutes 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("frozen", "rewards_only", "corrections_only", "full")
+Event = tuple[float, str, bool, int]  # (minutes since the fleet started, version, success, interventions)
+
+
+def _stack_env(home: Path) -> dict[str, str]:
+    from fleet.stack.process import free_port
+
+    return {
+        "FLEET_HOME": str(home),
+        "FLEET_KAFKA_PORT": str(free_port()),
+        "FLEET_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "FLEET_MLFLOW_PORT": str(free_port()),
+        "FLEET_DASHBOARD_PORT": str(free_port()),
+        "FLEET_METRICS_PORT_LEARNER": "0",
+        "FLEET_METRICS_PORT_ROBOTS": "0",
+        "FLEET_METRICS_PORT_RECORDER": "0",
+    }
+
+
+def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...], demos: int, steps: int) -> Path:
+    """The behaviour-cloned version 1 every arm starts from (demos + training cached; a re-run reuses them)."""
+    from fleet.episodes import EpisodeStore
+    from fleet.policy.train import get_preset, latest_checkpoint, train
+    from fleet.recipe.demos import collect_demos_grid
+
+    store = EpisodeStore(cache / "demos")
+    collect_demos_grid(store, tasks, embodiments, episodes=demos, seed=0)  # same seeds: replaces, never duplicates
+    preset = get_preset("default", steps=steps, batch_size=32, save_every=max(steps // 4, 1), warmup_steps=200)
+    train(preset, episodes=store, run_dir=cache / "v1")  # resumes; nothing to do when already trained
+    checkpoint = latest_checkpoint(cache / "v1")
+    assert checkpoint is not None
+    return checkpoint
+
+
+def run_arm(arm: str, *, robots: int, minutes: float, v1: Path, demos: Path, args: argparse.Namespace) -> list[Event]:
+    """One arm on a fresh stack; the fleet's finished episodes in order of finishing."""
+    import ray
+
+    from actors.sim_fleet import FleetConfig, run_fleet
+    from fleet.policy.checkpoint import load_checkpoint
+    from fleet.registry import Registry, publish_model
+    from fleet.settings import Settings
+    from fleet.stack import launcher
+
+    home = Path(tempfile.mkdtemp(prefix=f"fleet-online-{arm}-"))
+    os.environ.update(_stack_env(home))
+    settings = Settings()
+    launcher.up(settings, log=lambda _m: None)
+    learner = None
+    events: dict[tuple[str, float], tuple[float, str, bool, int]] = {}
+    try:
+        registry = Registry(settings)
+        info = publish_model(registry, load_checkpoint(v1), parent_version=None, actor="bench")
+        registry.promote(info.version, actor="bench", role="admin", reason="bench: version 1")
+        if arm != "frozen":
+            argv = [sys.executable, "-m", "fleet", "learner", "run", "--preset", "online", "--demos", str(demos)]
+            argv += ["--log-level", "WARNING"] + (["--no-autonomous"] if arm == "corrections_only" else [])
+            learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        fleet = FleetConfig(
+            n=robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), duration_s=minutes * 60,
+            realtime=True, supervise=arm != "rewards_only", seed=args.seed,
+        )  # fmt: skip
+        started = time.time()
+
+        def progress(statuses: list[dict[str, Any]]) -> None:
+            for s in statuses:
+                for version, success, interventions, _steps, finished in s.get("recent", []):
+                    events[(s["robot_id"], finished)] = (
+                        (finished - started) / 60,
+                        str(version),
+                        bool(success),
+                        int(interventions),
+                    )
+
+        progress(run_fleet(settings, fleet, on_progress=progress))
+        versions = [v.version for v in registry.list_versions()]
+        print(f"  {arm}: {len(events)} episodes, versions {versions}", flush=True)
+    finally:
+        if learner is not None:
+            learner.terminate()
+            learner.wait(timeout=120)
+        ray.shutdown()
+        launcher.down(settings, log=lambda _m: None)
+    return sorted(events.values())
+
+
+def summarize(events: list[Event], window: int) -> dict[str, Any]:
+    """initial/final autonomous success, minutes_to_90 and the curves, from one arm's episodes."""
+    if not events:
+        return {"episodes": 0, "initial_success": None, "final_success": None, "minutes_to_90": None}
+    minutes = np.array([e[0] for e in events])
+    autonomous = np.array([e[2] and e[3] == 0 for e in events], dtype=float)
+    interventions = np.array([e[3] for e in events], dtype=float)
+    w = max(1, min(window, len(events) // 2 or 1))
+    trailing = np.array([autonomous[max(0, i + 1 - w) : i + 1].mean() for i in range(len(events))])
+    reached = [m for m, s, i in zip(minutes, trailing, range(len(events)), strict=True) if i + 1 >= w and s >= 0.9]
+    return {
+        "episodes": len(events),
+        "initial_success": round(float(autonomous[:w].mean()), 3),
+        "final_success": round(float(autonomous[-w:].mean()), 3),
+        "minutes_to_90": round(float(reached[0]), 2) if reached else None,
+        "interventions_per_episode_first": round(float(interventions[:w].mean()), 3),
+        "interventions_per_episode_last": round(float(interventions[-w:].mean()), 3),
+        "versions_seen": sorted({e[1] for e in events}, key=lambda v: int(v) if v.isdigit() else 0),
+        "curve": {"minutes": minutes.round(3).tolist(), "success": trailing.round(3).tolist(),
+                  "interventions": interventions.tolist()},
+    }  # fmt: skip
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for arm, summary in result["arms"].items():
+        curve = summary.get("curve")
+        if curve:
+            ax.plot(curve["minutes"], curve["success"], label=arm)
+            w = max(1, result["config"]["window"])
+            per_ep = np.convolve(curve["interventions"], np.ones(w) / w, mode="valid") if curve["interventions"] else []
+            bx.plot(curve["minutes"][len(curve["minutes"]) - len(per_ep) :], per_ep, label=arm)
+    ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="fleet time (min)", ylabel="autonomous success (trailing mean)", ylim=(-0.02, 1.02))
+    bx.set(xlabel="fleet time (min)", ylabel="interventions per episode (trailing mean)")
+    ax.legend(fontsize=8)
+    bx.legend(fontsize=8)
+    sizes = sorted(result["scaling_detail"], key=int)
+    finals = [result["scaling_detail"][n]["final_success"] or 0.0 for n in sizes]
+    cx.bar([str(n) for n in sizes], finals)
+    cx.set(xlabel="robots (full arm)", ylabel="final autonomous success", ylim=(0, 1))
+    for i, n in enumerate(sizes):
+        m = result["scaling"][n]
+        cx.text(i, finals[i] + 0.02, "never 90%" if m is None else f"90% at {m} min", ha="center", fontsize=8)
+    fig.suptitle(f"fleet online learning ({result['config']['robots']} robots, {result['config']['minutes']} min/arm)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--robots", type=int, default=4)
+    parser.add_argument("--minutes", type=float, default=20.0, help="fleet time per arm")
+    parser.add_argument("--scaling", default="1,2,4,8", help="fleet sizes for the full arm's scaling run")
+    parser.add_argument("--scaling-minutes", type=float, default=None, help="fleet time per scaling run (= --minutes)")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--tasks", nargs="+", default=["pick", "push", "place"])
+    parser.add_argument("--embodiments", nargs="+", default=["panda", "kuka"])
+    parser.add_argument("--demos", type=int, default=50, help="scripted demos per task × embodiment for version 1")
+    parser.add_argument("--bc-steps", type=int, default=3000)
+    parser.add_argument("--window", type=int, default=20, help="episodes in the trailing success mean")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online.json")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` / kill: still stop each arm's stack
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+    started = time.monotonic()
+    tasks, embodiments = tuple(args.tasks), tuple(args.embodiments)
+    print(f"version 1: {args.demos} demos per pair, {args.bc_steps} BC steps (cached in {args.cache})", flush=True)
+    v1 = version_one(args.cache, tasks, embodiments, args.demos, args.bc_steps)
+    arms: dict[str, Any] = {}
+    for arm in args.arms.split(","):
+        print(f"arm {arm}: {args.robots} robots, {args.minutes} min", flush=True)
+        arms[arm] = summarize(
+            run_arm(arm, robots=args.robots, minutes=args.minutes, v1=v1, demos=args.cache / "demos", args=args),
+            args.window,
+        )
+    scaling_minutes = args.scaling_minutes or args.minutes
+    scaling_detail: dict[str, Any] = {}
+    for n in [int(x) for x in args.scaling.split(",") if x]:
+        if n == args.robots and scaling_minutes == args.minutes and "full" in arms:
+            scaling_detail[str(n)] = arms["full"]
+            continue
+        print(f"scaling: full arm, {n} robots, {scaling_minutes} min", flush=True)
+        events = run_arm("full", robots=n, minutes=scaling_minutes, v1=v1, demos=args.cache / "demos", args=args)
+        scaling_detail[str(n)] = summarize(events, args.window)
+    full = arms.get("full", {})
+    first, last = full.get("interventions_per_episode_first"), full.get("interventions_per_episode_last")
+    result = {
+        "benchmark": "online",
+        "command": " ".join(["bench/online.py", *sys.argv[1:]]),
+        "config": {"robots": args.robots, "minutes": args.minutes, "scaling_minutes": scaling_minutes,
+                   "tasks": tasks, "embodiments": embodiments, "demos_per_pair": args.demos,
+                   "bc_steps": args.bc_steps, "window": args.window, "success": "autonomous (no takeover)"},
+        "arms": arms,
+        "intervention_drop": round(first / last, 2) if first and last else None,
+        "scaling": {n: s["minutes_to_90"] for n, s in scaling_detail.items()},
+        "scaling_detail": {n: {k: v for k, v in s.items() if k != "curve"} for n, s in scaling_detail.items()},
+        "seconds": round(time.monotonic() - started, 1),
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    brief = {
+        arm: {k: s.get(k) for k in ("initial_success", "final_success", "minutes_to_90")} for arm, s in arms.items()
+    }
+    print(json.dumps({"arms": brief, "intervention_drop": result["intervention_drop"], "scaling": result["scaling"]}))
+
+
+if __name__ == "__main__":
+    main()
