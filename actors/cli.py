@@ -27,10 +27,11 @@ def run(
     """Run N simulated robots that act with the production model, stream to Kafka and hot-reload."""
     from actors.robot import NoProductionModel
     from actors.sim_fleet import FleetConfig, run_fleet
+    from fleet.observability import configure_logging, serve_metrics
     from fleet.settings import get_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    settings = get_settings()
+    configure_logging("robots", logging.INFO, json=settings.log_format == "json")
     if episodes is None and duration is None:
         duration = 10**9
     config = FleetConfig(
@@ -43,8 +44,9 @@ def run(
         versions = sorted({str(s["version"]) for s in statuses})
         typer.echo(f"\r{done} episodes, versions running: {', '.join(versions)}", nl=False)
 
+    metrics = serve_metrics(settings.metrics_port_robots, settings.metrics_bind_host, service="robots")
     try:
-        results = run_fleet(get_settings(), config, on_progress=progress)
+        results = run_fleet(settings, config, on_progress=progress)
     except (NoProductionModel, ValueError, KeyError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
@@ -52,6 +54,9 @@ def run(
         cause = getattr(err, "cause", None) or err
         typer.secho(f"error: {cause}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     typer.echo("")
     for r in results:
         typer.echo(

@@ -67,6 +67,7 @@ class ReloadStats:
     checks: int = 0
     loaded: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # version -> reason
+    load_seconds: list[float] = field(default_factory=list)  # Swap.load_s of every load (fleet_robot_reload_seconds)
     last_error: str | None = None
 
 
@@ -171,5 +172,6 @@ class HotReloader:
             self._standby = swap
             self._current = info.version
         self.stats.loaded += 1
+        self.stats.load_seconds.append(swap.load_s)
         log.info("standby ready", extra={"robot": self.robot_id, "version": info.version, "load_s": swap.load_s})
         return swap

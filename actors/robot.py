@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ class RobotHandle:
     transport: Any
     listener: threading.Thread | None
     stop_listener: threading.Event
+    unwatch: Callable[[], None] = field(default=lambda: None)  # stops exporting the runtime's metrics
 
     def close(self) -> None:
+        self.unwatch()
         self.stop_listener.set()
         if self.listener is not None:
             self.listener.join(timeout=10)
@@ -100,6 +103,7 @@ def build_robot(
     listen: bool = True,
 ) -> RobotHandle:
     """Build a robot on the real services; blocks only at start-up, to fetch the production model."""
+    from fleet.observability import watch_robots
     from fleet.registry import Registry
     from fleet.transport import KafkaTransport, TransportConfig, publish
 
@@ -147,4 +151,6 @@ def build_robot(
             target=_listen, args=(settings, runtime, reloader, stop), name=f"listen-{config.robot_id}", daemon=True
         )
         listener.start()
-    return RobotHandle(runtime, reloader, transport, listener, stop)
+    # This process's /metrics (if it serves one) carries the robot's counters; a Ray fleet exports via its driver.
+    unwatch = watch_robots(lambda: [runtime.metrics()])
+    return RobotHandle(runtime, reloader, transport, listener, stop, unwatch)

@@ -6,7 +6,8 @@ real robot's driver another) through a `Policy` (`infer(obs) -> (H, A) chunk`, `
 Per tick: take the next action of the current chunk (or the supervisor's, when a human drives),
 step the env, record the step. Inference of the next chunk runs in a worker thread and starts
 `prefetch_steps` before the current chunk ends, so no tick waits for the network or the model
-(a tick that overruns its deadline is counted as missed). At each chunk boundary — and only there —
+(a tick that overruns its deadline is counted as missed); the new chunk's first actions, meant for
+the steps executed while it was inferred, are skipped. At each chunk boundary — and only there —
 the runtime applies a pending hot-reload swap and pending operator commands. Everything leaves
 through a non-blocking transport: segments every `segment_steps`, a `Correction` per takeover, a
 `RewardSignal` per episode, a `Heartbeat` every `heartbeat_interval_s` from its own thread.
@@ -122,6 +123,7 @@ class RobotRuntime:
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         self.missed_at: list[float] = []  # wall-clock times of the latest missed ticks
+        self.segments_total = 0  # trajectory segments published since start
         self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
         self.successes_total = 0  # successful episodes since start
         self.interventions_total = 0  # supervisor-driven steps since start
@@ -163,10 +165,28 @@ class RobotRuntime:
                     self.task = task  # the env follows at the next episode start
                     self.instruction_override = command.instruction
             self.applied_command = command.command_id
-            log.info("command applied", extra={"robot": self.config.robot_id, "command": command.action})
+            log.info(
+                "command applied",
+                extra={"robot": self.config.robot_id, "episode": self.episode_id, "command": command.action},
+            )
         with self._commands_lock:
             if not self._commands:
                 self.pending_command = None
+
+    def metrics(self) -> dict[str, Any]:
+        """The runtime's own counters, as `fleet.observability.watch_robots` exports them (and the actor status)."""
+        stats = getattr(self.reloader, "stats", None)
+        return {
+            "robot_id": self.config.robot_id,
+            "version": self.version,
+            "episodes": self.episodes,
+            "ticks": self.ticks_total,
+            "missed_ticks": self.missed_total,
+            "segments": self.segments_total,
+            "spooled": self.spooled(),
+            "reload_seconds": list(getattr(stats, "load_seconds", ())),
+            "reloads_refused": len(getattr(stats, "refused", ())),
+        }
 
     def heartbeat(self) -> Heartbeat:
         w, self._window = self._window, _new_window()
@@ -234,7 +254,9 @@ class RobotRuntime:
         if swap is not None:
             self.policy, self.version = swap.policy, swap.version
             self.swaps.append((swap.version, time.time()))
-            log.info("swapped", extra={"robot": self.config.robot_id, "version": swap.version})
+            log.info(
+                "swapped", extra={"robot": self.config.robot_id, "episode": self.episode_id, "version": swap.version}
+            )
 
     def _infer(self, obs: dict[str, Any]) -> Future[np.ndarray]:
         policy, version = self.policy, self.version
@@ -260,18 +282,22 @@ class RobotRuntime:
         period = 1.0 / cfg.control_hz
         self._maybe_swap()
         chunk, chunk_version = self._infer(obs).result()
-        cursor, pending = 0, None
+        cursor, pending, pending_step = 0, None, 0
+        end = min(len(chunk), cfg.execute_steps or len(chunk))  # the current chunk runs actions [cursor, end)
         next_tick = time.monotonic()
         while not done:
             tick_start = time.monotonic()
-            horizon = min(len(chunk), cfg.execute_steps or len(chunk))
-            if pending is None and horizon - cursor <= cfg.prefetch_steps:
+            if pending is None and end - cursor <= cfg.prefetch_steps:
                 self._apply_commands()
                 self._maybe_swap()  # chunk boundary for inference: the next chunk comes from the new version
-                pending = self._infer(obs)
-            if cursor >= horizon:
-                chunk, chunk_version = (pending or self._infer(obs)).result()
-                pending, cursor = None, 0
+                pending, pending_step = self._infer(obs), step
+            if cursor >= end:
+                if pending is None:
+                    pending, pending_step = self._infer(obs), step
+                chunk, chunk_version = pending.result()
+                # The chunk's action 0 was for the step it was inferred at; skip the steps already gone.
+                pending, cursor = None, min(step - pending_step, len(chunk) - 1)
+                end = min(len(chunk), cursor + (cfg.execute_steps or len(chunk)))
             action = chunk[cursor]
             cursor += 1
             human = self.supervisor.step(obs, action) if self.supervisor is not None else None
@@ -311,6 +337,11 @@ class RobotRuntime:
                 reward_id=f"{self.episode_id}-outcome", robot_id=cfg.robot_id, episode_id=self.episode_id,
                 source="sim", labeller="success-check", created_at=time.time(), success=success,
             )
+        )  # fmt: skip
+        log.info(
+            "episode finished",
+            extra={"robot": cfg.robot_id, "episode": self.episode_id, "version": chunk_version, "steps": step,
+                   "success": success, "interventions": interventions},
         )  # fmt: skip
         return EpisodeResult(self.episode_id, step, success, interventions, chunk_version, time.time())
 
@@ -380,6 +411,7 @@ class RobotRuntime:
                 rewards=np.asarray(segment.rewards, dtype=np.float32), done=done, success=success,
             )
         )  # fmt: skip
+        self.segments_total += 1
 
     def _send_correction(self, start: int, actions: list[np.ndarray], version: str | None) -> None:
         cfg = self.config

@@ -36,6 +36,7 @@ class FleetConfig:
     cpus_per_robot: float = 0.25  # Ray CPU reservation per robot (sim + small VLA on CPU)
     address: str | None = None  # Ray cluster to join ("auto" or host:port); None = start a local one
     robot_prefix: str = "sim"  # robot ids are <prefix>-<i>
+    supervise: bool = True  # a simulated human (the scripted expert) takes over when a robot goes wrong
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -66,14 +67,26 @@ class FleetConfig:
 class RobotActor:
     """A robot as a Ray actor (threaded: `run` in one thread, `status`/`stop` answered meanwhile)."""
 
-    def __init__(self, settings: dict[str, Any], config: dict[str, Any], poll_interval_s: float) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        config: dict[str, Any],
+        poll_interval_s: float,
+        log_level: int = logging.WARNING,
+        supervise: bool = True,
+    ) -> None:
         import torch
 
         from actors.robot import build_robot
+        from fleet.observability import configure_logging
 
         torch.set_num_threads(1)
-        logging.getLogger("kafka").setLevel(logging.WARNING)
-        self.handle = build_robot(Settings(**settings), RobotConfig(**config), poll_interval_s=poll_interval_s)
+        robot_settings = Settings(**settings)
+        # The actor's own process logs like the driver that started it (same level, FLEET_LOG_FORMAT).
+        configure_logging("robots", log_level, json=robot_settings.log_format == "json")
+        self.handle = build_robot(
+            robot_settings, RobotConfig(**config), poll_interval_s=poll_interval_s, supervise=supervise
+        )
         self.stop_event = threading.Event()
 
     def run(self, episodes: int | None, duration_s: float | None) -> dict[str, Any]:
@@ -86,6 +99,8 @@ class RobotActor:
         runtime = self.handle.runtime
         recent = list(runtime.recent)[-200:]
         return {
+            **runtime.metrics(),  # counters the driver exports on /metrics (fleet.observability.watch_robots)
+            "spool_bytes": self.handle.transport.producer.spooled_bytes,
             "robot_id": runtime.config.robot_id,
             "task": runtime.task,
             "embodiment": runtime.config.embodiment,
@@ -139,10 +154,14 @@ def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
 
     init_ray(config.address)
     actor_cls = ray.remote(num_cpus=config.cpus_per_robot, max_concurrency=4)(RobotActor)
-    settings_dict = settings.model_dump(mode="json", exclude={"secret_key"})  # robots need no secrets
+    settings_dict = settings.model_dump(mode="json", exclude={"secret_key", "metrics_token"})  # robots need no secrets
     actors = [
         actor_cls.options(name=robot.robot_id, get_if_exists=False).remote(
-            settings_dict, asdict(robot), config.poll_interval_s
+            settings_dict,
+            asdict(robot),
+            config.poll_interval_s,
+            logging.getLogger().getEffectiveLevel(),
+            config.supervise,
         )
         for robot in config.robots()
     ]
@@ -154,16 +173,22 @@ def run_fleet(settings: Settings, config: FleetConfig, *, on_progress: Any = Non
     """Run the fleet to completion; `on_progress(statuses)` is called about once a second."""
     import ray
 
+    from fleet.observability import watch_robots
+
     actors = start_fleet(settings, config)
     runs = [a.run.remote(config.episodes, config.duration_s) for a in actors]
+    statuses: list[dict[str, Any]] = []
+    unwatch = watch_robots(lambda: statuses)  # this process's /metrics carries every actor's counters
     try:
         pending = list(runs)
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            statuses = ray.get([a.status.remote() for a in actors])
             if on_progress is not None:
-                on_progress(ray.get([a.status.remote() for a in actors]))
+                on_progress(statuses)
         return ray.get(runs)
     finally:
+        unwatch()
         for a in actors:
             a.stop.remote()
         ray.get([a.close.remote() for a in actors])

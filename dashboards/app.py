@@ -2,7 +2,8 @@
 
 Run it with `fleet dashboard` (uvicorn); tests call `create_app(settings, transport=fake,
 registry=fake, connect=False)`. The API lives under `/api/v1` (OpenAPI at `/api/v1/openapi.json`,
-docs at `/api/docs`); `/healthz` answers without auth.
+docs at `/api/docs`); `/healthz` answers without auth, `/metrics` (Prometheus) without a session: open,
+or with `Authorization: Bearer $FLEET_METRICS_TOKEN` when that is set (see fleet.observability).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
+from dashboards.api_models import error_responses
 from dashboards.auth import SessionCodec, resolve_secret_key
 from dashboards.config import DashboardConfig
 from dashboards.errors import install_handlers
@@ -24,6 +26,7 @@ from dashboards.routes import API_ROUTERS, pages
 from dashboards.services import Services
 from dashboards.training_metrics import LearnerMetrics
 from dashboards.versions import RegistryClient, load_registry
+from fleet import observability
 from fleet.db import make_engine, session_factory
 from fleet.episodes import EpisodeStore
 from fleet.settings import Settings, get_settings
@@ -31,6 +34,7 @@ from fleet.transport import KafkaTransport, Transport, TransportConfig
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/api/v1"
+COMMON_ERRORS = (400, 401, 403, 404, 409, 503)  # documented on every API operation (all `{"detail": ...}`)
 
 
 def build_services(
@@ -99,7 +103,7 @@ def create_app(
     app.state.episode_cache = EpisodeCache(services.episodes)
     install_handlers(app)
 
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(*COMMON_ERRORS))
     for router in API_ROUTERS:
         api.include_router(router)
     app.include_router(api)
@@ -115,5 +119,20 @@ def create_app(
             "corrections_consumer": None if corrections is None else corrections.connected.is_set(),
             "robots": len(services.fleet.robot_ids()),
         }
+
+    fleet_view = observability.FleetViewCollector(services.fleet.snapshot, lambda: services.fleet.heartbeats)
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+
+    @app.get(
+        "/metrics", tags=["health"], response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, 401: {"description": "FLEET_METRICS_TOKEN set; bad token"}},
+    )  # fmt: skip
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics of this dashboard process and its view of the fleet."""
+        if metrics_token is not None and not observability.token_matches(
+            request.headers.get("authorization"), metrics_token
+        ):
+            return Response("metrics need the scrape token\n", 401, headers={"WWW-Authenticate": "Bearer"})
+        return Response(observability.render_metrics(fleet_view), media_type=observability.CONTENT_TYPE)
 
     return app

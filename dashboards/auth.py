@@ -7,7 +7,8 @@
   embed and send back in the `X-CSRF-Token` header on every mutating request.
 - API clients (the CLI, scripts, robots) send `Authorization: Bearer <token>`. Only the token's
   sha256 is stored. A token acts with the role named by its `role:<name>` scope; robot tokens
-  carry `robot:*` / `models:read` scopes and no role, so every dashboard mutation refuses them.
+  carry `robot:produce` / `models:read` scopes, a `robot_id` and no role: they may send their own robot's
+  data and read models, and every other route refuses them (`deps.ModelReader`, `deps.RobotProducer`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ ROLES: tuple[str, ...] = ("viewer", "reviewer", "operator", "admin")
 SESSION_COOKIE = "fleet_session"
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_PREFIX = "fleet_"
+ROBOT_PRODUCE = "robot:produce"  # send this token's robot's data (and only its robot's)
+MODELS_READ = "models:read"  # read model versions and aliases
 
 _hasher = PasswordHash.recommended()  # argon2id with the library's current parameters
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))  # verified against for unknown users: same timing

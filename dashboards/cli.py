@@ -29,14 +29,17 @@ def dashboard(
 
     from dashboards.app import create_app
     from fleet.db.migrate import upgrade
+    from fleet.observability import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = get_settings()
+    configure_logging("dashboard", logging.INFO, json=settings.log_format == "json")
     if migrate:
         upgrade(settings.db_url)
     app = create_app(settings)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.dashboard_port, log_level="info")
+    # log_config=None: uvicorn's own loggers go through the handler above (JSON in production), not its own.
+    uvicorn.run(
+        app, host=host or settings.host, port=port or settings.dashboard_port, log_level="info", log_config=None
+    )
 
 
 def add_user(

@@ -5,6 +5,7 @@ They raise `dashboards.errors` exceptions, never HTTP ones; callers commit.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session
 from dashboards.auth import Principal, check_role, hash_password, hash_token, new_token, verify_password
 from dashboards.errors import BadRequest, Conflict, NotFound
 from fleet.db import ApiToken, AuditEntry, Robot, User
+
+ROBOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")  # fleet.schemas Id, within the robots table's 64
 
 
 def create_user(session: Session, *, username: str, password: str, role: str) -> User:
@@ -51,6 +54,10 @@ def create_token(
     """A new API token; the plaintext is returned once and never stored."""
     if not scopes or any(not s or " " in s for s in scopes):
         raise BadRequest("scopes must be a non-empty list of words, e.g. ['robot:produce', 'models:read']")
+    if any(s.startswith("robot:") for s in scopes) and not robot_id:
+        raise BadRequest("robot scopes need robot_id: the one robot this token speaks for")
+    if robot_id is not None and not ROBOT_ID.fullmatch(robot_id):
+        raise BadRequest(f"robot_id {robot_id!r} is not a robot id (letters, digits, _.:@-; at most 64 characters)")
     plaintext = new_token()
     row = ApiToken(token_hash=hash_token(plaintext), name=name, robot_id=robot_id, scopes=" ".join(sorted(scopes)))
     session.add(row)

@@ -3,7 +3,8 @@
 `CurrentUser` authenticates (bearer token, else session cookie; cookie requests that mutate must
 carry the session's CSRF token) and raises 401 when nobody is logged in. `require_role(r)` builds
 a dependency that also raises 403 below role `r`; `ViewerUser`, `ReviewerUser`, `OperatorUser`,
-`AdminUser` are the aliases routes use.
+`AdminUser` are the aliases routes use. Robot tokens hold no role: `ModelReader` also lets in tokens with
+the `models:read` scope, and `RobotProducer` admits only a `robot:produce` token bound to the route's `robot_id`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from dashboards import crud
-from dashboards.auth import CSRF_HEADER, SESSION_COOKIE, Principal, check_role, csrf_matches, token_role
+from dashboards.auth import (
+    CSRF_HEADER,
+    MODELS_READ,
+    ROBOT_PRODUCE,
+    SESSION_COOKIE,
+    Principal,
+    check_role,
+    csrf_matches,
+    token_role,
+)
 from dashboards.errors import Forbidden, Unauthorized
 from dashboards.services import Services
 from fleet.db import User
@@ -96,7 +106,36 @@ def require_role(minimum: str) -> Any:
     return Depends(dependency)
 
 
+def require_role_or_scope(minimum: str, scope: str) -> Any:
+    """Like `require_role`, but a token carrying `scope` (e.g. a robot's `models:read`) is let in too."""
+    check_role(minimum)
+
+    def dependency(principal: CurrentUser) -> Principal:
+        if principal.at_least(minimum) or (principal.via == "token" and scope in principal.scopes):
+            return principal
+        who = principal.role or "a robot token without it"
+        raise Forbidden(f"this needs the {minimum} role or a token with the {scope!r} scope (you are {who})")
+
+    dependency.__name__ = f"require_{minimum}_or_{scope.replace(':', '_')}"
+    return Depends(dependency)
+
+
+def robot_producer(robot_id: str, principal: CurrentUser) -> Principal:
+    """The caller of a route that takes one robot's data (path parameter `robot_id`): only a robot token
+    (scope `robot:produce`) bound to that very robot. Human sessions and role tokens are refused too: robot
+    data comes from robots."""
+    if principal.via != "token" or ROBOT_PRODUCE not in principal.scopes:
+        raise Forbidden(f"only a robot token (scope {ROBOT_PRODUCE!r}) may send robot data")
+    if principal.robot_id is None:
+        raise Forbidden(f"this token has the {ROBOT_PRODUCE!r} scope but no robot: ask an admin for a robot token")
+    if principal.robot_id != robot_id:
+        raise Forbidden(f"this token speaks for robot {principal.robot_id!r} only, not {robot_id!r}")
+    return principal
+
+
 ViewerUser = Annotated[Principal, require_role("viewer")]
 ReviewerUser = Annotated[Principal, require_role("reviewer")]
 OperatorUser = Annotated[Principal, require_role("operator")]
 AdminUser = Annotated[Principal, require_role("admin")]
+ModelReader = Annotated[Principal, require_role_or_scope("viewer", MODELS_READ)]  # viewers and robot tokens
+RobotProducer = Annotated[Principal, Depends(robot_producer)]

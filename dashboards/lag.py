@@ -9,7 +9,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from dashboards.errors import Unavailable
-from fleet.transport import TransportConfig
+from fleet.transport import TransportConfig, kafka_security_options
 
 GROUPS = ("recorder", "learner")
 
@@ -19,8 +19,11 @@ def consumer_lag(config: TransportConfig, *, groups: tuple[str, ...] = GROUPS) -
     servers = config.bootstrap.split(",")
     timeout_ms = int(config.connect_timeout_s * 1000)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=servers, client_id="dashboard-lag", bootstrap_timeout_ms=timeout_ms)
-        consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, client_id="dashboard-lag")
+        security = kafka_security_options(config)
+        admin = KafkaAdminClient(
+            bootstrap_servers=servers, client_id="dashboard-lag", bootstrap_timeout_ms=timeout_ms, **security
+        )
+        consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, client_id="dashboard-lag", **security)
     except KafkaError as e:
         raise Unavailable(f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up`") from None
     try:

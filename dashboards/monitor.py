@@ -30,25 +30,60 @@ from sqlalchemy.orm import Session, sessionmaker
 from dashboards.fleet_state import CommandTracker, FleetState, RobotStatus
 from fleet.db import Correction as CorrectionRow
 from fleet.db import Robot
-from fleet.schemas import Correction, Heartbeat, Message, SchemaError, decode
-from fleet.transport import CORRECTIONS, HEARTBEATS, TransportConfig, ensure_topics
+from fleet.schemas import Correction, Heartbeat, Message, decode
+from fleet.transport import CORRECTIONS, HEARTBEATS, TransportConfig, ensure_topics, kafka_security_options
 
 log = logging.getLogger(__name__)
 
 
+_KEY_CHARS = 64  # robots.id and corrections.id / episode_id / task (String(64))
+_VERSION_CHARS = 32  # model_version columns (String(32))
+_DB_INT_MAX = 2**31 - 1  # corrections.start_step / end_step (INTEGER)
+
+
+def _text(value: str | None, limit: int) -> str | None:
+    """Free text from a message as a column takes it: no NUL (PostgreSQL refuses it), at most `limit` characters."""
+    return None if value is None else value.replace("\x00", "")[:limit]
+
+
+def _when(value: float | None) -> datetime:
+    """A message's wall-clock time; now when it is no usable time (NaN, infinite, beyond the calendar)."""
+    try:
+        return datetime.fromtimestamp(value if value is not None else time.time(), UTC)
+    except (ValueError, OverflowError, OSError):
+        return datetime.now(UTC)
+
+
+def _unfit(c: Correction) -> str | None:
+    """Why a correction cannot be a review-queue row as it is, or None. Such a message is schema-valid, so it
+    is skipped with a warning here: writing it would fail the whole batch on PostgreSQL, over and over."""
+    for name, value in (("correction_id", c.correction_id), ("robot_id", c.robot_id), ("episode_id", c.episode_id)):
+        if len(value) > _KEY_CHARS:
+            return f"{name} has {len(value)} characters (the review queue keeps ids of up to {_KEY_CHARS})"
+    if c.step_end - 1 > _DB_INT_MAX:
+        return f"steps {c.step_start}..{c.step_end - 1} are beyond the review queue's range (max {_DB_INT_MAX})"
+    return None
+
+
 def write_robots(session: Session, robots: list[RobotStatus]) -> None:
-    """Upsert the robots table from heartbeat state (one transaction)."""
+    """Upsert the robots table from heartbeat state (one transaction).
+
+    Values are cut to what the columns hold; a robot id longer than the table's key stays in the live view only."""
     for r in robots:
+        if len(r.robot_id) > _KEY_CHARS:
+            log.warning("robot id %.80r… is too long for the robots table; shown live, not stored", r.robot_id)
+            continue
         row = session.get(Robot, r.robot_id)
+        embodiment = _text(r.embodiment, 32) or "unknown"
         if row is None:
-            row = Robot(id=r.robot_id, embodiment=r.embodiment)
+            row = Robot(id=r.robot_id, embodiment=embodiment)
             session.add(row)
-        row.embodiment = r.embodiment
-        row.task = r.task_id
+        row.embodiment = embodiment
+        row.task = _text(r.task_id, _KEY_CHARS)
         row.state = r.heartbeat_state[:16]
-        row.current_version = r.model_version
+        row.current_version = _text(r.model_version, _VERSION_CHARS)
         row.in_rotation = r.heartbeat_state != "out_of_rotation"
-        row.last_seen_at = datetime.fromtimestamp(r.last_seen or time.time(), UTC)
+        row.last_seen_at = _when(r.last_seen)
     session.commit()
 
 
@@ -56,27 +91,33 @@ def write_corrections(session: Session, corrections: list[Correction]) -> int:
     """Insert review-queue rows for corrections not seen before (one transaction); returns how many were new.
 
     A correction already in the table keeps its row untouched (its review status above all). Its robot
-    gets a row first if no heartbeat announced it yet (the table references robots).
+    gets a row first if no heartbeat announced it yet (the table references robots). A correction that cannot
+    be stored (see `_unfit`) is skipped with a warning instead of failing the batch forever.
     """
     new = 0
     for c in {c.correction_id: c for c in corrections}.values():
+        problem = _unfit(c)
+        if problem is not None:
+            log.warning("correction %.80r not queued for review: %s", c.correction_id, problem)
+            continue
         if session.get(CorrectionRow, c.correction_id) is not None:
             continue
+        task = _text(c.task_id, _KEY_CHARS) or ""
         if session.get(Robot, c.robot_id) is None:
-            session.add(Robot(id=c.robot_id, embodiment=c.embodiment, task=c.task_id, state="offline"))
+            session.add(Robot(id=c.robot_id, embodiment=c.embodiment[:32], task=task, state="offline"))
             session.flush()  # no ORM relationship orders the two inserts
         session.add(
             CorrectionRow(
                 id=c.correction_id,
                 robot_id=c.robot_id,
                 episode_id=c.episode_id,
-                task=c.task_id,
-                model_version=c.model_version,
-                operator=c.operator[:64],
+                task=task,
+                model_version=_text(c.model_version, _VERSION_CHARS),
+                operator=_text(c.operator, 64) or "",
                 start_step=c.step_start,
                 end_step=c.step_end - 1,  # the table's end step is inclusive, the message's is one past
                 status="pending",
-                created_at=datetime.fromtimestamp(c.created_at, UTC),
+                created_at=_when(c.created_at),
             )
         )
         new += 1
@@ -146,7 +187,7 @@ class _ConsumerThread:
     def _decode(self, value: bytes, kind: type[Message]) -> Message | None:
         try:
             return decode(value, kind)
-        except SchemaError as e:
+        except Exception as e:  # SchemaError, or a decoder bug on a hostile payload: skip it, never die on it
             self.decode_errors += 1
             if self.decode_errors in (1, 100) or self.decode_errors % 10_000 == 0:
                 log.warning("skipping an undecodable %s message (%d so far): %s", self.name, self.decode_errors, e)
@@ -182,6 +223,7 @@ class HeartbeatMonitor(_ConsumerThread):
             group_id=None,
             enable_auto_commit=False,
             reconnect_backoff_max_ms=1000,
+            **kafka_security_options(self.config),
         )
         partitions = consumer.partitions_for_topic(HEARTBEATS) or set()
         tps = [TopicPartition(HEARTBEATS, p) for p in sorted(partitions)]
@@ -237,6 +279,7 @@ class CorrectionsMonitor(_ConsumerThread):
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # a new dashboard fills its queue with every correction still on the topic
             reconnect_backoff_max_ms=1000,
+            **kafka_security_options(self.config),
         )
 
     def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:

@@ -23,6 +23,7 @@ from dashboards.config import DashboardConfig
 from dashboards.errors import Unavailable
 from dashboards.fleet_state import CommandStatus, CommandTracker, FleetState
 from dashboards.monitor import CorrectionsMonitor, HeartbeatMonitor
+from dashboards.throttle import LoginThrottle
 from dashboards.training_metrics import LearnerMetrics, learner_section
 from dashboards.versions import RegistryClient
 from fleet.db import Episode, Robot
@@ -91,11 +92,17 @@ class Services:
     _stats: _TTLCache = field(init=False)
     _production: _TTLCache = field(init=False)
     _learner: _TTLCache = field(init=False)
+    login_throttle: LoginThrottle = field(init=False)  # failed-login limits from settings (dashboards.throttle)
 
     def __post_init__(self) -> None:
         self._stats = _TTLCache(self.config.stats_cache_s)
         self._production = _TTLCache(self.config.registry_cache_s)
         self._learner = _TTLCache(self.config.training_cache_s)
+        self.login_throttle = LoginThrottle(
+            max_per_user=self.settings.login_max_failures,
+            max_per_client=self.settings.login_max_failures_per_client,
+            window_s=self.settings.login_window_s,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 

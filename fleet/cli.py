@@ -48,15 +48,22 @@ def demo(
     import logging
 
     from fleet.demo import DemoConfig, main
+    from fleet.observability import configure_logging, serve_metrics
+    from fleet.settings import get_settings
     from fleet.stack.errors import StackError
 
-    logging.basicConfig(level=logging.WARNING)
+    settings = get_settings()
+    configure_logging("demo", logging.WARNING, json=settings.log_format == "json")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
     config = DemoConfig(robots=robots, minutes=minutes, tasks=split(tasks), embodiments=split(embodiments),
                         bc_steps=bc_steps, dashboard=dashboard)  # fmt: skip
+    metrics = serve_metrics(settings.metrics_port_robots, settings.metrics_bind_host, service="robots")  # the fleet
     try:
         main(config)
     except StackError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
+    finally:
+        if metrics is not None:
+            metrics.close()

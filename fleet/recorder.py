@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fleet import observability
 from fleet.episodes import Episode, EpisodeMeta, EpisodeStore
 from fleet.recorder_db import EpisodeIndex, SegmentRow
 from fleet.recorder_staging import SegmentStaging
@@ -159,6 +160,7 @@ class Recorder:
     def _handle(self, message: Message, record: Record) -> None:
         if not isinstance(message, TrajectorySegment):
             raise SchemaError(f"{message.KIND} message on {record.topic}; only trajectory segments belong there")
+        observability.RECORDER_SEGMENTS_CONSUMED.labels(self.config.group_id).inc()
         seg = message
         key = (seg.robot_id, seg.episode_id)
         if key not in self._pending and self._finished(seg):
@@ -236,6 +238,7 @@ class Recorder:
         if self.on_segment is not None:
             for seg in self._staged:
                 self.on_segment(seg)
+        observability.RECORDER_SEGMENTS_RECORDED.labels(self.config.group_id).inc(len(self._staged))
         self._staged.clear()
         complete = {key for key in self._touched if key in self._pending and self._pending[key].complete()}
         rows = [r for r in self._rows if (r.robot_id, r.episode_id) not in complete]
@@ -298,18 +301,26 @@ class Recorder:
             rows = [_row(seg, staged[seg.segment_index]) for seg in segments]
             self.index.episode_finished(meta, rows, store_path=str(path))
         self.episodes_recorded += 1
+        observability.RECORDER_EPISODES.labels(self.config.group_id).inc()
         log.info(
             "recorded episode robot=%s episode=%s version=%s steps=%d segments=%d success=%s interventions=%d",
             robot_id, episode_id, version, step, len(segments), meta.success, meta.interventions,
+            extra={"robot": robot_id, "episode": episode_id, "version": version, "steps": step},
         )  # fmt: skip
         return True
 
     def _reject(self, key: tuple[str, str], staged: dict[int, dict], reason: str) -> None:
         robot_id, episode_id = key
-        log.error("rejecting episode robot=%s episode=%s: %s", robot_id, episode_id, reason)
+        log.error(
+            "rejecting episode robot=%s episode=%s: %s", robot_id, episode_id, reason,
+            extra={"robot": robot_id, "episode": episode_id},
+        )  # fmt: skip
         for entry in staged.values():
             record = Record(entry["topic"], entry["partition"], entry["offset"], robot_id.encode(), entry["value"])
-            dead_letter(self.transport, record, f"episode rejected: {reason}", group_id=self.config.group_id)
+            dead_letter(
+                self.transport, record, f"episode rejected: {reason}", group_id=self.config.group_id,
+                category="episode_rejected",
+            )  # fmt: skip
         if not self.transport.flush(timeout_s=60.0):
             raise RuntimeError(f"dead letters for rejected episode {robot_id}/{episode_id} not acknowledged")
         self.staging.remove(robot_id, episode_id)

@@ -49,12 +49,12 @@ def record(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Consume fleet.trajectories and record every finished episode in the episode store and the DB."""
+    from fleet.observability import configure_logging, serve_metrics
     from fleet.settings import get_settings
     from fleet.transport import TransportError
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = get_settings()
+    configure_logging("recorder", logging.DEBUG if verbose else logging.INFO, json=settings.log_format == "json")
     overrides: dict[str, object] = {"group_id": group}
     if store is not None:
         overrides["store_dir"] = store
@@ -62,11 +62,15 @@ def record(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    metrics = serve_metrics(settings.metrics_port_recorder, settings.metrics_bind_host, service="recorder")
     try:
         episodes = main(config, database_url=None if no_db else settings.db_url, stop=stop)
     except TransportError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     typer.echo(f"recorder stopped after recording {episodes} episodes into {config.store_dir}")
 
 

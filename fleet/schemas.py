@@ -157,7 +157,8 @@ def _decode_png(data: Any, shape: list[int]) -> np.ndarray:
 class Message(BaseModel):
     """Base of every wire message: `kind` names the model, `schema_version` its wire layout."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True)
+    # No NaN/inf in any float field (timestamps, rewards): a non-finite time would poison ordering and lag.
+    model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True, allow_inf_nan=False)
     KIND: ClassVar[str]
     SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1})
 
@@ -314,7 +315,7 @@ class RewardSignal(Message):
 class LoopStats(BaseModel):
     """Control-loop timing since the previous heartbeat."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
     control_hz: float = Field(gt=0)  # target tick rate
     ticks: int = Field(ge=0)  # ticks run in the window
     missed_ticks: int = Field(ge=0)  # ticks that overran their deadline
@@ -471,7 +472,7 @@ def decode(data: bytes, expected: type[Message] | None = None) -> Message:
         raise SchemaError(f"unknown message kind {kind!r}; this reader knows {sorted(MESSAGE_TYPES)}")
     if expected is not None and cls is not expected:
         raise SchemaError(f"expected a {expected.KIND} message, got {kind!r}")
-    if version not in cls.SUPPORTED_VERSIONS:
+    if not isinstance(version, int) or isinstance(version, bool) or version not in cls.SUPPORTED_VERSIONS:
         raise SchemaError(
             f"{kind} schema_version {version!r} is not supported (this reader: {sorted(cls.SUPPORTED_VERSIONS)});"
             " upgrade fleet on this consumer"

@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     kafka_partitions: int = 4
     # Maven repository the pinned Kafka jars are fetched from (HTTPS, checked against pinned sha256).
     maven_repo: str = "https://repo1.maven.org/maven2"
+    # Disk cap of each producer's spool (robots, services) while the broker is unreachable: past it new
+    # messages are refused with a "spool full" delivery error (and counted) instead of filling the disk.
+    spool_max_bytes: int = Field(default=1024**3, ge=1024**2)
+    # How clients authenticate to the brokers. PLAINTEXT for the local broker; production (docker-compose)
+    # uses SASL_PLAINTEXT or SASL_SSL with SCRAM, one user per service (docs/security.md).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # SASL mechanism when the protocol is SASL_*; SCRAM keeps the password off the wire.
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = None
+    # This service's SASL user and password (no default: set both when the protocol is SASL_*).
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    # CA bundle that signed the brokers' certificates (SSL / SASL_SSL); None = the system's trust store.
+    kafka_ssl_cafile: Path | None = None
 
     # --- MLflow ---
     mlflow_port: int = 5000
@@ -61,10 +74,30 @@ class Settings(BaseSettings):
     # SQLAlchemy URL; SQLite file under `home` by default, PostgreSQL in production.
     database_url: str | None = None
 
+    # --- Observability (fleet.observability, docs/observability.md) ---
+    # Log lines: "text" for people at a terminal, "json" (one object per line) for log shippers.
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus `/metrics` port of each service without a web server of its own; 0 = no endpoint.
+    # The dashboard serves `/metrics` on its own port.
+    metrics_port_recorder: int = Field(default=9101, ge=0, le=65535)
+    metrics_port_learner: int = Field(default=9102, ge=0, le=65535)
+    metrics_port_robots: int = Field(default=9103, ge=0, le=65535)
+    # Interface the metrics endpoints bind; None = `host` locally, all interfaces in production (containers
+    # publish no metrics port, so only the compose network, where Prometheus runs, reaches them).
+    metrics_host: str | None = None
+    # Bearer token Prometheus must send to the dashboard's `/metrics`; None = open (its labels hold no secrets).
+    metrics_token: SecretStr | None = None
+
     # --- Dashboard ---
     dashboard_port: int = 8000
     # Signs session cookies and CSRF tokens. No default in production.
     secret_key: SecretStr | None = None
+    # Failed logins allowed per user name within `login_window_s` before logins for it answer 429 + Retry-After.
+    login_max_failures: int = Field(default=5, ge=1)
+    # Failed logins allowed per client address in the window (higher: one office may share an address).
+    login_max_failures_per_client: int = Field(default=20, ge=1)
+    # Sliding window of the login limits, in seconds.
+    login_window_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -85,6 +118,21 @@ class Settings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"production settings need {', '.join(missing)} (no defaults in production)")
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [
+                var
+                for var, value in (
+                    ("FLEET_KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                    ("FLEET_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                    ("FLEET_KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"FLEET_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs {', '.join(missing)}"
+                    " (this service's SCRAM user: see docs/security.md)"
+                )
         return self
 
     # Derived values: what clients use.
@@ -123,6 +171,10 @@ class Settings(BaseSettings):
     @property
     def dashboard_url(self) -> str:
         return f"http://{self.host}:{self.dashboard_port}"
+
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or ("0.0.0.0" if self.env == "production" else self.host)
 
 
 def get_settings() -> Settings:

@@ -2,14 +2,17 @@
 
     <run_dir>/checkpoints/update_00000012/
         model/config.json, model/model.safetensors   the VLA checkpoint (fleet.policy.checkpoint; what is published)
+        optimizer/optimizer.safetensors, optimizer/optimizer.json   AdamW state (moments, step), so a restart
+                                         continues the optimizer instead of starting it cold (never published)
         pending.msgpack                  messages consumed but not yet in replay (wire bytes, never pickle)
         learner_state.json               written last: a directory without it is ignored
 
 `learner_state.json` holds the consumed offsets (`next` offset per topic/partition, where a restart
 resumes), this version's data window (`first..last` offsets per topic/partition since the
 previous checkpoint), the corrections count, the parent version and, once published, the
-registry version. Offsets are committed to Kafka only after this file exists, so a restart always
-resumes from the checkpoint, never past it: no data is lost and none is trained twice.
+registry version (and, before that, the eval-gate tags, so a publication retried after a registry
+outage does not evaluate again). Offsets are committed to Kafka only after this file exists, so a
+restart always resumes from the checkpoint, never past it: no data is lost and none is trained twice.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
-from fleet.policy.checkpoint import save_checkpoint
+from fleet.policy.checkpoint import OPTIMIZER_FILE, load_optimizer, save_checkpoint, save_optimizer
 from fleet.policy.model import VLAModel
 from fleet.schemas import Message, decode, encode
 
 STATE_FILE = "learner_state.json"
 PENDING_FILE = "pending.msgpack"
 MODEL_DIR = "model"
+OPTIMIZER_DIR = "optimizer"
 Offsets = dict[str, dict[str, int]]  # topic -> partition (str, JSON keys) -> offset
 Window = dict[str, dict[str, list[int]]]  # topic -> partition -> [first, last]
 
@@ -44,7 +49,7 @@ class LearnerState:
     episodes: int  # fleet episodes that entered replay in the window
     parent_version: str | None  # registry version these weights descend from
     published_version: str | None = None  # registry version of this checkpoint, once published
-    gate: dict[str, str] = field(default_factory=dict)  # eval tags, once evaluated
+    gate: dict[str, str] = field(default_factory=dict)  # eval tags, once evaluated (before publishing)
     created_at: float = 0.0  # wall clock of the checkpoint
 
 
@@ -55,16 +60,45 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save(
-    root: Path, model: VLAModel, state: LearnerState, pending: list[Message], *, keep: int = 3
+    root: Path,
+    model: VLAModel,
+    state: LearnerState,
+    pending: list[Message],
+    *,
+    learners: Any = None,
+    module_id: str = "",
+    keep: int = 3,
 ) -> tuple[Path, str]:
-    """Write a complete checkpoint directory; returns it and the weights' sha256. Keeps the newest `keep`."""
+    """Write a complete checkpoint directory; returns it and the weights' sha256. Keeps the newest `keep`.
+
+    `learners` (an RLlib `LearnerGroup`) adds the optimizer state of `module_id`, written before the
+    state file marks the checkpoint complete, so a complete checkpoint always has its optimizer.
+    """
     directory = root / f"update_{state.updates:08d}"
     sha = save_checkpoint(model, directory / MODEL_DIR, metadata={"updates": state.updates})
+    if learners is not None:
+        target = directory / OPTIMIZER_DIR
+        # Data-parallel learners hold identical state and each writes it: remote learners need the run
+        # directory on storage they share with this process (as RLlib's own checkpoints do).
+        for result in learners.foreach_learner(
+            lambda learner: save_optimizer(learner.get_optimizer(module_id), target)
+        ):
+            if not result.ok:
+                raise RuntimeError(f"saving the optimizer state to {target} failed: {result.get()}")
     _atomic_write(directory / PENDING_FILE, msgpack.packb([encode(m) for m in pending], use_bin_type=True))
     write_state(directory, state)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return directory, sha
+
+
+def load_optimizers(learners: Any, directory: Path, *, module_id: str) -> bool:
+    """Load a checkpoint's optimizer state into every learner of the group; False when it has none."""
+    source = directory / OPTIMIZER_DIR
+    if not (source / OPTIMIZER_FILE).is_file():
+        return False
+    learners.foreach_learner(lambda learner: load_optimizer(learner.get_optimizer(module_id), source))
+    return True
 
 
 def write_state(directory: Path, state: LearnerState) -> None:

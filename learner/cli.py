@@ -7,7 +7,6 @@ fleet learner run --preset default --init production
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -33,14 +32,19 @@ def run(
         Path | None, typer.Option(help="Where checkpoints go (default <FLEET_HOME>/learner/<preset>).")
     ] = None,
     demos: Annotated[Path | None, typer.Option(help="Episode store with demonstrations to mix in.")] = None,
+    autonomous: Annotated[
+        bool, typer.Option(help="Train on autonomous fleet steps too (AWR); --no-autonomous: corrections only.")
+    ] = True,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
     """Consume the fleet stream and publish gated model versions until Ctrl-C / SIGTERM."""
+    from fleet.observability import configure_logging, serve_metrics
+    from fleet.settings import get_settings
     from learner.config import get_preset
     from learner.service import main
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client logs every connection at INFO
+    settings = get_settings()
+    configure_logging("learner", log_level, json=settings.log_format == "json")
     try:
         config = get_preset(preset)
     except KeyError as e:
@@ -52,4 +56,11 @@ def run(
         changes["run_dir"] = run_dir
     if demos is not None:
         changes["demos"], changes["load_demos"] = demos, True
-    main(dataclasses.replace(config, **changes))
+    if not autonomous:
+        changes["replay"] = dataclasses.replace(config.replay, autonomous=False)
+    metrics = serve_metrics(settings.metrics_port_learner, settings.metrics_bind_host, service="learner")
+    try:
+        main(dataclasses.replace(config, **changes))
+    finally:
+        if metrics is not None:
+            metrics.close()

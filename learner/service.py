@@ -9,9 +9,14 @@ replay); do `updates_per_poll` RLlib updates once replay holds `min_replay` step
 checkpoint with the consumed offsets, commit those offsets to Kafka, run the eval gate, publish a
 version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_passed; alias
 `candidate`), promote it to `production` if it beats production's eval/mean (never while pinned),
-and announce both on `fleet.models`. A restart loads the newest checkpoint, skips every record
-below its offsets, re-handles what was still waiting, and publishes the checkpoint first if the
-crash came before that.
+and announce both on `fleet.models`. A restart loads the newest checkpoint (weights, AdamW state,
+offsets), skips every record below its offsets, re-handles what was still waiting, and publishes
+the checkpoint first if the crash came before that.
+
+Publishing never stops training: when the registry is unreachable the checkpoint waits (one at a
+time: no new checkpoint is taken until it is published, so its data window stays exact) and is
+retried with backoff (2 s doubling to 15 s, each failure logged). A retry first looks for a version
+an interrupted attempt already registered (same sha256) and adopts it instead of registering twice.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fleet import observability
 from fleet.episodes import EpisodeStore
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
-from fleet.registry import PRODUCTION, PinnedError, Registry, VersionInfo, announce
+from fleet.registry import CANDIDATE, PRODUCTION, PinnedError, Registry, VersionInfo, announce
 from fleet.schemas import SchemaError, decode
 from fleet.settings import Settings, get_settings
 from fleet.transport import (
@@ -52,10 +58,11 @@ from learner.config import LearnerConfig
 from learner.gate import EvalGate, beats
 from learner.ingest import Ingest
 from learner.replay import ReplayBuffer
-from learner.rllib import TrainingStats, VLALearner
+from learner.rllib import MODULE_ID, TrainingStats, VLALearner
 
 log = logging.getLogger(__name__)
 TOPICS = (TRAJECTORIES, CORRECTIONS, REWARDS, REVIEWS)
+RETRY_BASE_S, RETRY_MAX_S = 2.0, 15.0  # backoff of publication retries (and of metric logging) while MLflow is down
 
 
 class Throughput:
@@ -116,9 +123,11 @@ class LearnerService:
         self.last_stats: TrainingStats | None = None
         self.published: list[VersionInfo] = []
 
-        model, self.state, pending, unpublished = self._restore()
+        model, self.state, pending, resumed = self._restore()
         self.engine = VLALearner(config.rllib, model_config=model.config)
         self.engine.set_state_dict(model.state_dict())
+        if resumed is not None and not checkpoints.load_optimizers(self.engine.group, resumed, module_id=MODULE_ID):
+            log.warning("learner: %s has no optimizer state (an older checkpoint); AdamW starts fresh", resumed)
         self.replay = ReplayBuffer(config.replay, model.config, embedder=self.embedder)
         self.ingest = Ingest(self.replay)
         self._load_demos()
@@ -128,9 +137,14 @@ class LearnerService:
         self._since_ckpt = 0
         self._ckpt_time = time.monotonic()
         self.throughput = Throughput()
+        self._metrics_at = 0.0  # monotonic time before which metrics are not sent (after a failure)
         self._run_id = self._start_run()
-        if unpublished is not None:  # crashed between checkpoint and publish: finish that first
-            self._publish(unpublished, model)
+        # Checkpoint waiting to be published, and the retry schedule while the registry is unreachable.
+        self._unpublished: Path | None = None
+        self._publish_failures, self._publish_at = 0, 0.0
+        if resumed is not None and self.state.published_version is None:  # crashed before publishing: do it first
+            self._unpublished = resumed
+            self._try_publish()
         # No commit here (the group is not joined yet): records below the checkpoint's offsets are skipped
         # in `_consume`, and the next checkpoint commits.
         self.consumer = self.transport.consumer(group_id=config.group_id, topics=TOPICS)
@@ -138,6 +152,7 @@ class LearnerService:
     # --- start-up --------------------------------------------------------------------------------
 
     def _restore(self) -> tuple[VLAModel, LearnerState, list, Path | None]:  # type: ignore[type-arg]
+        """Model, state and waiting messages to start from, and the checkpoint they came from (None: fresh)."""
         existing = checkpoints.list_checkpoints(self.root)
         if existing:
             latest = existing[-1]
@@ -146,7 +161,7 @@ class LearnerService:
             if state.published_version is not None:  # the next version descends from this one
                 state.parent_version = state.published_version
             log.info("learner: resuming from %s (update %d, offsets %s)", latest, state.updates, state.offsets)
-            return model, state, pending, (latest if state.published_version is None else None)
+            return model, state, pending, latest
         parent: str | None = None
         model: VLAModel | None = None
         if self.config.init == "production":
@@ -154,7 +169,7 @@ class LearnerService:
             if info is not None:
                 local = self.registry.download(info.version, Path(tempfile.mkdtemp(prefix="fleet-learner-")))
                 model, parent = load_checkpoint(local, expected_sha256=info.sha256), info.version
-                log.info("learner: starting from production version %s", info.version)
+                log.info("learner: starting from production version %s", info.version, extra={"version": info.version})
         elif self.config.init != "scratch":
             model = load_checkpoint(self.config.init)
         if model is None:
@@ -204,10 +219,15 @@ class LearnerService:
                 self.last_stats = self.engine.update(self.replay.sample(self.config.batch_size, self.rng))
                 self.throughput.count(self.last_stats.batch_size)
                 self.state.updates += 1
+                observability.LEARNER_UPDATES.inc()
                 self._since_ckpt += 1
                 if self.state.updates % self.config.log_every == 0:
-                    self._log_metrics({**self.last_stats.to_log_dict(), **self.throughput.rates()})
-        if self._checkpoint_due():
+                    rates = self.throughput.rates()
+                    observability.LEARNER_UPDATE_RATE.set(rates["charts/updates_per_s"])
+                    self._log_metrics({**self.last_stats.to_log_dict(), **rates})
+        if self._unpublished is not None:
+            self._try_publish()
+        elif self._checkpoint_due():
             self.checkpoint_and_publish()
 
     def _consume(self, record: Record) -> None:
@@ -217,9 +237,14 @@ class LearnerService:
             return  # already in a checkpoint: never trained twice
         try:
             self.ingest.handle(decode(record.value))
+            observability.LEARNER_INGESTED.labels(record.topic).inc()
         except SchemaError as e:
             log.warning("learner: dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, e)
             dead_letter(self.transport, record, str(e), group_id=self.config.group_id)
+        except Exception as e:  # noqa: BLE001 - a valid message ingest cannot take must not stop the learner
+            reason = f"learner could not ingest it: {type(e).__name__}: {e}"
+            log.exception("learner: dead-lettering %s/%d@%d", record.topic, record.partition, record.offset)
+            dead_letter(self.transport, record, reason, group_id=self.config.group_id, category="episode_rejected")
         self.state.offsets.setdefault(record.topic, {})[partition] = record.offset + 1
         span = self.window.setdefault(record.topic, {}).setdefault(partition, [record.offset, record.offset])
         span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
@@ -231,7 +256,10 @@ class LearnerService:
         return self._since_ckpt >= self.config.checkpoint_every_updates or elapsed >= self.config.checkpoint_every_s
 
     def checkpoint_and_publish(self) -> VersionInfo | None:
-        """Checkpoint (weights + offsets + waiting messages), commit the offsets, then gate and publish."""
+        """Checkpoint (weights + optimizer + offsets + waiting messages), commit the offsets, then gate and
+        publish; None when the registry is unreachable (the publication is retried from `step`)."""
+        if self._unpublished is not None:  # the waiting checkpoint goes first: its data window must be published
+            return self._try_publish()
         model = self.engine.to_model()
         self.state = dataclasses.replace(
             self.state,
@@ -242,12 +270,42 @@ class LearnerService:
             gate={},
             created_at=time.time(),
         )
-        directory, _ = checkpoints.save(self.root, model, self.state, self.ingest.pending_messages())
+        directory, _ = checkpoints.save(
+            self.root,
+            model,
+            self.state,
+            self.ingest.pending_messages(),
+            learners=self.engine.group,
+            module_id=MODULE_ID,
+        )
         self.window, self._since_ckpt, self._ckpt_time = {}, 0, time.monotonic()
         self.ingest.reset_window()
         self.ingest.episodes_added = 0
         self._commit()
-        return self._publish(directory, model)
+        self._unpublished, self._publish_failures, self._publish_at = directory, 0, 0.0
+        return self._try_publish()
+
+    def _try_publish(self) -> VersionInfo | None:
+        """Publish the waiting checkpoint when its retry is due; on failure log and schedule the next try."""
+        directory = self._unpublished
+        if directory is None or time.monotonic() < self._publish_at:
+            return None
+        try:
+            info = self._publish(directory)
+        except Exception as e:  # registry/artifact store down or refusing: training goes on, publication waits
+            self._publish_failures += 1
+            delay = min(RETRY_BASE_S * 2 ** (self._publish_failures - 1), RETRY_MAX_S)
+            self._publish_at = time.monotonic() + delay
+            log.warning(
+                "learner: publishing %s failed (attempt %d: %s: %s); retrying in %.0f s, training continues",
+                directory.name, self._publish_failures, type(e).__name__, e, delay,
+            )  # fmt: skip
+            return None
+        if self._publish_failures:
+            log.info("learner: %s published as version %s after %d failed attempts", directory.name,
+                     info.version, self._publish_failures)  # fmt: skip
+        self._unpublished, self._publish_failures = None, 0
+        return info
 
     def _commit(self) -> None:
         """Commit the checkpoint's offsets (Kafka then agrees with the checkpoint; the checkpoint wins on restart)."""
@@ -263,12 +321,16 @@ class LearnerService:
         except Exception as e:  # the checkpoint holds the truth; a failed commit only means more skipping later
             log.warning("learner: offset commit failed (%s); the checkpoint's offsets still apply on restart", e)
 
-    def _publish(self, directory: Path, model: VLAModel) -> VersionInfo:
+    def _publish(self, directory: Path) -> VersionInfo:
         state, _ = checkpoints.load_state(directory)
-        result = self.gate.evaluate(model, embedder=self.embedder)
+        if not state.gate:  # evaluated once per checkpoint, kept across retries and restarts
+            model = load_checkpoint(directory / MODEL_DIR)
+            state.gate = self.gate.evaluate(model, embedder=self.embedder).tags()
+            checkpoints.write_state(directory, state)
+        mean = float(state.gate["eval/mean"])
         production = self.registry.version_for_alias(PRODUCTION)
         production_mean = self._production_mean(production)
-        passed = beats(result.mean, production_mean, min_success=self.config.gate.min_success)
+        passed = beats(mean, production_mean, min_success=self.config.gate.min_success)
         tags = {
             "data_offsets": json.dumps(state.window, sort_keys=True),
             "correction_ids": str(state.correction_ids),
@@ -277,21 +339,33 @@ class LearnerService:
             "learner_preset": self.config.name,
             "gate_config": self._gate_signature(),
             "gate_passed": "true" if passed else "false",
-            **result.tags(),
+            **state.gate,
         }
-        metrics = {k: float(v) for k, v in result.tags().items()}
+        metrics = {k: float(v) for k, v in state.gate.items()}
         if self.last_stats is not None:
             metrics.update(self.last_stats.to_log_dict())
         sha = checkpoints_sha(directory)
-        info = self.registry.publish(
-            directory / MODEL_DIR, sha256=sha, parent_version=state.parent_version, tags=tags, metrics=metrics
-        )
-        state.published_version, state.gate = info.version, result.tags()
+        info = self._registered(sha)
+        if info is None:
+            info = self.registry.publish(
+                directory / MODEL_DIR, sha256=sha, parent_version=state.parent_version, tags=tags, metrics=metrics
+            )
+        else:  # an interrupted attempt registered it (artifacts and tags complete) but did not finish
+            log.warning("learner: %s is already version %s; adopting it, not registering again", directory.name,
+                        info.version)  # fmt: skip
+            self.registry.client.set_registered_model_alias(self.registry.name, CANDIDATE, info.version)
+        state.published_version = info.version
         checkpoints.write_state(directory, state)
         self.state.parent_version = info.version
         self.published.append(info)
-        reason = f"eval/mean {result.mean:.3f} (production {production_mean})"
-        log.info("learner: published version %s (%s, gate %s)", info.version, reason, "passed" if passed else "failed")
+        reason = f"eval/mean {mean:.3f} (production {production_mean})"
+        observability.LEARNER_VERSIONS.labels("passed" if passed else "failed").inc()
+        if (number := observability.version_number(info.version)) is not None:
+            observability.LEARNER_VERSION.set(number)
+        log.info(
+            "learner: published version %s (%s, gate %s)", info.version, reason, "passed" if passed else "failed",
+            extra={"version": info.version, "parent_version": state.parent_version, "gate_passed": passed},
+        )  # fmt: skip
         announce(self.settings, info, event="registered", alias="candidate", actor="learner", reason=reason)
         if passed and self.config.promote:
             try:
@@ -300,6 +374,10 @@ class LearnerService:
             except PinnedError as e:
                 log.warning("learner: %s; version %s stays candidate", e, info.version)
         return info
+
+    def _registered(self, sha256: str) -> VersionInfo | None:
+        """The version already registered for these weights, if an earlier attempt got that far."""
+        return next((v for v in self.registry.list_versions() if v.sha256 == sha256), None)
 
     def _gate_signature(self) -> str:
         gate = self.config.gate
@@ -320,10 +398,6 @@ class LearnerService:
             return production.eval_metrics["mean"]
         cache = self.__dict__.setdefault("_production_eval_cache", {})
         if production.version not in cache:
-            import tempfile
-
-            from fleet.policy.checkpoint import load_checkpoint
-
             with tempfile.TemporaryDirectory(prefix="fleet-gate-") as tmp:
                 local = self.registry.download(production.version, tmp)
                 model = load_checkpoint(local, expected_sha256=production.sha256)
@@ -332,7 +406,7 @@ class LearnerService:
         return cache[production.version]
 
     def _log_metrics(self, values: dict[str, float]) -> None:
-        if self._run_id is None:
+        if self._run_id is None or time.monotonic() < self._metrics_at:
             return
         from mlflow.entities import Metric
 
@@ -342,8 +416,9 @@ class LearnerService:
         metrics = [Metric(k, float(v), now, step) for k, v in {**values, **extra}.items()]
         try:
             self.registry.client.log_batch(self._run_id, metrics=metrics)
-        except Exception as e:
-            log.warning("learner: metrics not logged (%s)", e)
+        except Exception as e:  # MLflow down: skip metrics for a while rather than stall every update on it
+            self._metrics_at = time.monotonic() + RETRY_MAX_S
+            log.warning("learner: metrics not logged (%s); next try in %.0f s", e, RETRY_MAX_S)
 
     def close(self) -> None:
         self.consumer.close()

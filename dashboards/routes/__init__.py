@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dashboards.routes import audit, auth, corrections, fleet, models, training, users
+from dashboards.routes import audit, auth, corrections, fleet, ingest, models, training, users
 
 API_ROUTERS = (
     auth.router,
     users.router,
     fleet.router,
+    ingest.router,
     corrections.router,
     models.router,
     audit.router,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from dashboards import crud
-from dashboards.api_models import LoginIn, SessionPublic
+from dashboards.api_models import LoginIn, SessionPublic, error_responses
 from dashboards.auth import SESSION_COOKIE, Principal
 from dashboards.deps import CurrentUser, ServicesDep, SessionDep
-from dashboards.errors import Unauthorized
+from dashboards.errors import TooManyRequests, Unauthorized
 from dashboards.services import Services
 from fleet.db.models import User
 
@@ -19,15 +19,40 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 log = logging.getLogger(__name__)
 
 
-@router.post("/login", response_model=SessionPublic)
-def login(body: LoginIn, response: Response, session: SessionDep, services: ServicesDep) -> SessionPublic:
-    """Check the password and set the session cookie; the answer carries the CSRF token."""
-    user = crud.authenticate(session, username=body.username, password=body.password)
+@router.post("/login", response_model=SessionPublic, responses=error_responses(429))
+def login(
+    body: LoginIn, request: Request, response: Response, session: SessionDep, services: ServicesDep
+) -> SessionPublic:
+    """Check the password and set the session cookie; the answer carries the CSRF token.
+
+    After too many failed logins for one user name or from one client (settings `login_*`) it answers 429
+    with Retry-After until the window has passed."""
+    client = request.client.host if request.client else None
+    user = authenticate(session, services=services, username=body.username, password=body.password, client=client)
     if user is None:
-        log.warning("failed login for %r", body.username)
         raise Unauthorized("wrong user name or password")
     csrf = open_session(response, session=session, services=services, user=user)
     return SessionPublic(username=user.username, role=user.role, csrf_token=csrf)
+
+
+def authenticate(
+    session: Session, *, services: Services, username: str, password: str, client: str | None
+) -> User | None:
+    """The user if the password is right; None if not; TooManyRequests while this user name or client is locked.
+
+    Shared by the JSON login and the HTML form login, so both count toward the same limits."""
+    throttle = services.login_throttle
+    wait = throttle.retry_after(username, client)
+    if wait is not None:
+        log.warning("login for %r from %s refused: too many failures (retry in %d s)", username, client, wait)
+        raise TooManyRequests(f"too many failed logins: try again in {wait} s", retry_after_s=wait)
+    user = crud.authenticate(session, username=username, password=password)
+    if user is None:
+        log.warning("failed login for %r from %s", username, client)
+        throttle.failed(username, client)
+        return None
+    throttle.succeeded(username)
+    return user
 
 
 def open_session(response: Response, *, session: Session, services: Services, user: User) -> str:

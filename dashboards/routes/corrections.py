@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
 from dashboards import crud, review
-from dashboards.api_models import CorrectionPublic, ReviewIn
+from dashboards.api_models import DB_INT_MAX, CorrectionPublic, ReviewIn
 from dashboards.charts import actions_svg
 from dashboards.deps import ReviewerUser, ServicesDep, SessionDep, ViewerUser
 from fleet.db import Correction
@@ -30,7 +30,7 @@ def list_corrections(
     task: str | None = None,
     version: str | None = None,
     limit: int = 100,
-    offset: int = 0,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> Any:
     """Newest first; `status=all` lists every status."""
     query = select(Correction).order_by(Correction.created_at.desc(), Correction.id.desc())
@@ -42,7 +42,7 @@ def list_corrections(
         query = query.where(Correction.task == task)
     if version:
         query = query.where(Correction.model_version == version)
-    return list(session.scalars(query.limit(min(max(limit, 1), 500)).offset(max(offset, 0))))
+    return list(session.scalars(query.limit(min(max(limit, 1), 500)).offset(offset)))
 
 
 @router.get("/{correction_id}")

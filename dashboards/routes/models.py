@@ -1,4 +1,6 @@
-"""Model versions from the registry: lineage, eval metrics, learning curve; promote / rollback / pin / unpin."""
+"""Model versions from the registry: lineage, eval metrics, learning curve; promote / rollback / pin / unpin.
+
+Reads are open to viewers and to tokens with the `models:read` scope (robots); actions need the operator role."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from fastapi.responses import Response
 
 from dashboards.api_models import ModelActionIn
 from dashboards.charts import learning_curve_svg
-from dashboards.deps import OperatorUser, ServicesDep, ViewerUser
+from dashboards.deps import ModelReader, OperatorUser, ServicesDep
 from dashboards.services import Services
 from dashboards.versions import call_registry, version_key, version_view
 from fleet.schemas import ModelEvent
@@ -49,18 +51,18 @@ def curve(overview: dict[str, Any]) -> str:
 
 
 @router.get("")
-def list_models(services: ServicesDep, user: ViewerUser) -> dict[str, Any]:
+def list_models(services: ServicesDep, user: ModelReader) -> dict[str, Any]:
     """Versions newest first with lineage and eval metrics, the aliases and whether production is pinned."""
     return model_overview(services)
 
 
 @router.get("/curve.svg", response_class=Response)
-def learning_curve(services: ServicesDep, user: ViewerUser) -> Response:
+def learning_curve(services: ServicesDep, user: ModelReader) -> Response:
     return Response(curve(model_overview(services)), media_type="image/svg+xml")
 
 
 @router.get("/{version}")
-def get_model(version: str, services: ServicesDep, user: ViewerUser) -> dict[str, Any]:
+def get_model(version: str, services: ServicesDep, user: ModelReader) -> dict[str, Any]:
     return version_view(call_registry(services.registry, "get_version", version))
 
 

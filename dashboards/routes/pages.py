@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -18,8 +18,8 @@ from fastapi.templating import Jinja2Templates
 from dashboards import crud, review
 from dashboards.auth import Principal
 from dashboards.deps import MaybeUser, ServicesDep, SessionDep
-from dashboards.errors import DashboardError
-from dashboards.routes.auth import open_session
+from dashboards.errors import DashboardError, TooManyRequests
+from dashboards.routes.auth import authenticate, open_session
 from dashboards.routes.models import curve, model_overview
 from dashboards.routes.training import learner_charts, training_status
 
@@ -59,9 +59,21 @@ async def login_form(request: Request, services: ServicesDep, session: SessionDe
     """HTML form login (urlencoded body parsed here, so no multipart dependency)."""
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
     target = _safe_next(form.get("next"))
-    user = crud.authenticate(session, username=form.get("username", ""), password=form.get("password", ""))
+    client = request.client.host if request.client else None
+    try:
+        user = authenticate(
+            session,
+            services=services,
+            username=form.get("username", ""),
+            password=form.get("password", ""),
+            client=client,
+        )
+    except TooManyRequests as e:
+        context = {"next": target, "error": "throttled", "retry_after_s": e.retry_after_s, "user": None}
+        headers = {"Retry-After": str(e.retry_after_s)}
+        return templates.TemplateResponse(request, "login.html", context, status_code=429, headers=headers)
     if user is None:
-        return RedirectResponse(f"/login?next={target}&error=1", status_code=303)
+        return RedirectResponse(f"/login?next={quote(target)}&error=1", status_code=303)
     response = RedirectResponse(target, status_code=303)
     open_session(response, session=session, services=services, user=user)
     return response

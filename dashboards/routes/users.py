@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from dashboards import crud
-from dashboards.api_models import RevokeIn, TokenCreate, TokenCreated, TokenPublic, UserCreate, UserPublic, UserUpdate
+from dashboards.api_models import (
+    DB_INT_MAX,
+    RevokeIn,
+    TokenCreate,
+    TokenCreated,
+    TokenPublic,
+    UserCreate,
+    UserPublic,
+    UserUpdate,
+)
 from dashboards.deps import AdminUser, SessionDep
 from dashboards.errors import BadRequest, NotFound
 from fleet.db import ApiToken, User
@@ -80,7 +91,9 @@ def create_token(body: TokenCreate, session: SessionDep, admin: AdminUser) -> To
 
 
 @router.post("/tokens/{token_id}/revoke", response_model=TokenPublic)
-def revoke_token(token_id: int, body: RevokeIn, session: SessionDep, admin: AdminUser) -> TokenPublic:
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=DB_INT_MAX)], body: RevokeIn, session: SessionDep, admin: AdminUser
+) -> TokenPublic:
     row = crud.revoke_token(session, token_id=token_id)
     crud.audit(session, principal=admin, action="token.revoke", target=f"token:{row.id}", reason=body.reason or None)
     session.commit()

@@ -49,6 +49,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the pid, its identity."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -79,8 +88,14 @@ class ManagedProcess:
             pid = int(record["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if _alive(pid) and _cmdline(pid)[:3] == record.get("argv", [])[:3]:
-            return pid
+        if _alive(pid):
+            # Same pid and start time: our process, even in the instant between fork and exec when its
+            # cmdline is still the parent's (seen under load). Older pid files without a start time: cmdline.
+            started = record.get("started")
+            if started is not None and started == _start_ticks(pid):
+                return pid
+            if started is None and _cmdline(pid)[:3] == record.get("argv", [])[:3]:
+                return pid
         self.pid_path.unlink(missing_ok=True)
         return None
 
@@ -103,7 +118,8 @@ class ManagedProcess:
                 )
             except OSError as err:
                 raise StackError(f"could not start {self.name} ({self.argv[0]}): {err}") from None
-        self.pid_path.write_text(json.dumps({"pid": proc.pid, "argv": self.argv}))
+        record = {"pid": proc.pid, "argv": self.argv, "started": _start_ticks(proc.pid)}
+        self.pid_path.write_text(json.dumps(record))
         return proc.pid
 
     def exited_early(self) -> bool:

@@ -35,6 +35,7 @@ from fleet.transport.base import (
     TransportConfig,
     TransportError,
     kafka_producer_options,
+    kafka_security_options,
 )
 from fleet.transport.consumer import KafkaGroupConsumer, LoopStats, MessageLoop, dead_letter
 from fleet.transport.kafka import KafkaTransport, ensure_topics, topic_specs
@@ -75,6 +76,7 @@ __all__ = [
     "dead_letter",
     "ensure_topics",
     "kafka_producer_options",
+    "kafka_security_options",
     "publish",
     "topic_specs",
 ]

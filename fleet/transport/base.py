@@ -125,6 +125,11 @@ class TransportConfig:
     delivery_timeout_s: float = 120.0  # kafka-python's own retry window for an in-flight message
     max_poll_records: int = 500  # consumer batch size
     session_timeout_s: float = 10.0  # consumer-group liveness; a dead recorder's partitions move after this
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (FLEET_KAFKA_SECURITY_PROTOCOL)
+    sasl_mechanism: str | None = None  # SCRAM-SHA-512 / SCRAM-SHA-256 / PLAIN when the protocol is SASL_*
+    sasl_username: str | None = None  # this service's SASL user
+    sasl_password: str | None = field(default=None, repr=False)  # never printed with the config
+    ssl_cafile: str | None = None  # CA bundle for SSL / SASL_SSL; None = system trust store
 
     def __post_init__(self) -> None:
         if not self.bootstrap:
@@ -135,6 +140,13 @@ class TransportConfig:
             raise ValueError("queue_size must be >= 1 and spool_max_bytes >= spool_segment_bytes")
         if self.stall_s <= 0 or self.probe_interval_s <= 0:
             raise ValueError("stall_s and probe_interval_s must be positive")
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and sasl_password:"
+                " set FLEET_KAFKA_SASL_MECHANISM / _USERNAME / _PASSWORD"
+            )
 
     @classmethod
     def from_settings(cls, settings: object | None = None, *, spool_name: str | None = None, **overrides: object):
@@ -142,9 +154,19 @@ class TransportConfig:
         from fleet.settings import Settings, get_settings
 
         s: Settings = settings if isinstance(settings, Settings) else get_settings()
-        base: dict[str, object] = {"bootstrap": s.bootstrap_servers, "partitions": s.kafka_partitions}
+        base: dict[str, object] = {
+            "bootstrap": s.bootstrap_servers,
+            "partitions": s.kafka_partitions,
+            "security_protocol": s.kafka_security_protocol,
+            "sasl_mechanism": s.kafka_sasl_mechanism,
+            "sasl_username": s.kafka_sasl_username,
+            "sasl_password": s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None,
+            "ssl_cafile": str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None,
+        }
         if spool_name is not None:
             base["spool_dir"] = s.home / "spool" / spool_name
+            base["spool_max_bytes"] = s.spool_max_bytes
+            base["spool_segment_bytes"] = min(cls.spool_segment_bytes, s.spool_max_bytes)
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -161,11 +183,26 @@ class ProducerStats:
     errors: dict[str, int] = field(default_factory=dict)  # error name -> count
 
 
+def kafka_security_options(config: TransportConfig) -> dict[str, Any]:
+    """kafka-python connection security settings; every producer, consumer and admin client fleet builds uses them."""
+    options: dict[str, Any] = {"security_protocol": config.security_protocol}
+    if config.security_protocol.startswith("SASL_"):
+        options.update(
+            sasl_mechanism=config.sasl_mechanism,
+            sasl_plain_username=config.sasl_username,
+            sasl_plain_password=config.sasl_password,
+        )
+    if config.security_protocol in ("SSL", "SASL_SSL") and config.ssl_cafile:
+        options["ssl_cafile"] = config.ssl_cafile
+    return options
+
+
 def kafka_producer_options(config: TransportConfig) -> dict[str, Any]:
     """kafka-python settings shared by fleet's producer and the raw baseline in bench/ingest.py."""
     return {
         "bootstrap_servers": config.bootstrap.split(","),
         "client_id": config.client_id,
+        **kafka_security_options(config),
         # kafka-python 3.x defaults these, but a conflicting option silently disables idempotence: be explicit.
         "acks": "all",
         "enable_idempotence": True,

@@ -21,8 +21,16 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from fleet import observability
 from fleet.schemas import Message, SchemaError, decode
-from fleet.transport.base import DEADLETTER, Record, Transport, TransportConfig, TransportError
+from fleet.transport.base import (
+    DEADLETTER,
+    Record,
+    Transport,
+    TransportConfig,
+    TransportError,
+    kafka_security_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +56,15 @@ class KafkaGroupConsumer:
                 max_partition_fetch_bytes=config.max_request_bytes,
                 reconnect_backoff_max_ms=1000,
                 bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
+                **kafka_security_options(config),
             )
         except KafkaError as e:
             raise TransportError(
                 f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up` or set FLEET_KAFKA_BOOTSTRAP"
             ) from e
+        self.group_id = group_id
+        self.lag: dict[tuple[str, int], int] = {}  # (topic, partition) -> records behind, as of the last poll
+        observability.track_consumer(self)
 
     def poll(self, *, timeout_s: float, max_records: int) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -61,7 +73,27 @@ class KafkaGroupConsumer:
             for r in records:
                 headers = tuple((k, bytes(v) if v is not None else b"") for k, v in (r.headers or ()))
                 out.append(Record(r.topic, r.partition, r.offset, r.key, r.value or b"", headers, r.timestamp))
+        self._measure_lag(out)
         return out
+
+    def _measure_lag(self, polled: list[Record]) -> None:
+        """Per assigned partition: records from the log end back to the first one not yet handled (the batch
+        just polled counts as not handled). Local state only: the highwater mark comes with every fetch."""
+        first: dict[tuple[str, int], int] = {}
+        for r in polled:
+            first.setdefault((r.topic, r.partition), r.offset)
+        lag: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self._consumer.assignment():
+                end = self._consumer.highwater(tp)
+                position = first.get((tp.topic, tp.partition))
+                if end is not None and position is None:
+                    position = self._consumer.position(tp, timeout_ms=100)
+                if end is not None and position is not None:
+                    lag[(tp.topic, tp.partition)] = max(end - position, 0)
+        except KafkaError:  # mid-rebalance: keep the last measurement
+            return
+        self.lag = lag
 
     def commit(self, records: Sequence[Record]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -103,8 +135,11 @@ class _Seen:
             self._keys.popitem(last=False)
 
 
-def dead_letter(transport: Transport, record: Record, reason: str, *, group_id: str) -> None:
-    """Send a record's original bytes to fleet.deadletter with why and where it came from."""
+def dead_letter(transport: Transport, record: Record, reason: str, *, group_id: str, category: str = "invalid") -> None:
+    """Send a record's original bytes to fleet.deadletter with why and where it came from.
+
+    `category` is the reason's metrics label (undecodable, decoder_error, invalid, episode_rejected).
+    """
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     headers = [
         ("fleet.reason", reason[:2000].encode()),
@@ -116,6 +151,7 @@ def dead_letter(transport: Transport, record: Record, reason: str, *, group_id: 
         *((f"fleet.original.{k}", v) for k, v in record.headers),
     ]
     transport.send(DEADLETTER, record.value, key=key, headers=headers)
+    observability.DEAD_LETTERS.labels(group_id, category).inc()
 
 
 class MessageLoop:
@@ -179,9 +215,9 @@ class MessageLoop:
         try:
             message = decode(record.value)
         except SchemaError as e:
-            return self._dead(record, str(e))
+            return self._dead(record, str(e), "undecodable")
         except Exception as e:  # a decoder bug must not wedge the partition: park the record with the reason
-            return self._dead(record, f"decoder error {type(e).__name__}: {e}")
+            return self._dead(record, f"decoder error {type(e).__name__}: {e}", "decoder_error")
         if message.dedup_key in self._seen:
             self.stats.duplicates += 1
             return 0
@@ -210,10 +246,12 @@ class MessageLoop:
         self.stats.handled += 1
         return 0
 
-    def _dead(self, record: Record, reason: str) -> int:
+    def _dead(self, record: Record, reason: str, category: str = "invalid") -> int:
         log.warning(
-            "dead-lettering %s/%d@%d (key=%r): %s", record.topic, record.partition, record.offset, record.key, reason
-        )
-        dead_letter(self.transport, record, reason, group_id=self.group_id)
+            "dead-lettering %s/%d@%d (key=%r): %s", record.topic, record.partition, record.offset, record.key, reason,
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                   "group": self.group_id, "reason": category},
+        )  # fmt: skip
+        dead_letter(self.transport, record, reason, group_id=self.group_id, category=category)
         self.stats.dead_lettered += 1
         return 1

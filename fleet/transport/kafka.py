@@ -19,6 +19,7 @@ from fleet.transport.base import (
     ProducerStats,
     TransportConfig,
     TransportError,
+    kafka_security_options,
 )
 from fleet.transport.consumer import KafkaGroupConsumer
 from fleet.transport.producer import SpoolingProducer
@@ -47,6 +48,7 @@ def ensure_topics(config: TransportConfig, *, timeout_s: float = 30.0) -> list[s
             bootstrap_servers=config.bootstrap.split(","),
             client_id=f"{config.client_id}-admin",
             bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
+            **kafka_security_options(config),
         )
     except KafkaError as e:
         raise TransportError(

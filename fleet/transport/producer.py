@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import murmur2
 
+from fleet import observability
 from fleet.transport.base import (
     Delivery,
     DeliveryCallback,
@@ -93,6 +94,7 @@ class SpoolingProducer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-producer", daemon=True)
         self._thread.start()
+        observability.track_producer(self)  # stats and spool size are read at each scrape
 
     # --- caller side (any thread, never blocks) -------------------------------------------------
 
@@ -105,6 +107,11 @@ class SpoolingProducer:
     def spooled(self) -> int:
         """Messages waiting in the spool (a robot reports this in its heartbeat)."""
         return self._spool.records
+
+    @property
+    def spooled_bytes(self) -> int:
+        """Bytes waiting in the spool."""
+        return self._spool.nbytes
 
     def send(
         self,

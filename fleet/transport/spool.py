@@ -5,11 +5,16 @@ Layout: ``<dir>/spool-<seq:012d>.log`` segment files, appended in order, each re
 the producer thread spooled survives a crash or power loss. Replay reads the oldest closed segment
 and deletes it only once every record in it is acknowledged: a crash mid-replay resends that
 segment (consumers are idempotent), never loses it. A torn tail (crash during an append) fails its
-crc and is skipped with a warning. The spool is bounded (`max_bytes`); past that, appends are refused.
+crc and is skipped with a warning. The spool is bounded (`max_bytes`, `FLEET_SPOOL_MAX_BYTES`); past
+that, appends are refused. A failed write (disk full) is cut back to the last whole record and a
+failed fsync to the last fsync; the segment is then closed, the rest of the batch refused with an
+error, and the spool stays readable (nothing is ever appended after a partial record).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -30,6 +35,9 @@ class Spool(Protocol):
 
     @property
     def records(self) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
 
     def append_many(self, payloads: list[bytes]) -> int: ...
 
@@ -64,7 +72,10 @@ class DiskSpool:
         self._records = sum(len(self.read(p)) for p in self._segments)  # recovered from a previous run
         self._bytes = sum(p.stat().st_size for p in self._segments)
         self._active: Path | None = None  # segment open for appends; never one left by a previous run
-        self._file: BinaryIO | None = None
+        self._file: BinaryIO | None = None  # unbuffered: a failed write is seen at once, not at a later flush
+        self._pos = 0  # bytes in the active segment
+        self._synced_pos = 0  # ... of which fsync'd
+        self._unsynced = 0  # records appended to the active segment since its last fsync
         if self._records:
             log.info(
                 "spool %s holds %d messages (%d B) from a previous run", self.directory, self._records, self._bytes
@@ -82,24 +93,73 @@ class DiskSpool:
         return self._records
 
     def append_many(self, payloads: list[bytes]) -> int:
-        """Append records in order and fsync once; returns how many fit (the rest are refused)."""
+        """Append records in order and fsync once; returns how many are durably spooled (the rest are refused:
+        over `max_bytes`, or the disk refused a write or fsync)."""
         written = 0
-        for payload in payloads:
-            size = _HEADER.size + len(payload)
-            if self._bytes + size > self.max_bytes:
-                break
-            if self._file is None or self._file.tell() + size > self.segment_bytes:
-                self._roll()
-            assert self._file is not None
-            self._file.write(_HEADER.pack(len(payload), zlib.crc32(payload)))
-            self._file.write(payload)
-            self._bytes += size
-            self._records += 1
-            written += 1
-        if written and self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        error: OSError | None = None
+        try:
+            for payload in payloads:
+                size = _HEADER.size + len(payload)
+                if self._bytes + size > self.max_bytes:
+                    break
+                if self._file is None or self._pos + size > self.segment_bytes:
+                    self._roll()
+                assert self._file is not None
+                try:
+                    self._write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+                except OSError as e:  # e.g. disk full: cut the partial record; the whole ones before it stay
+                    error = e
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._file.fileno(), self._pos)
+                    break
+                self._pos += size
+                self._bytes += size
+                self._records += 1
+                self._unsynced += 1
+                written += 1
+            self._sync()
+        except OSError as e:  # an fsync (or roll) failed: what was not synced may be lost, whatever a retry says
+            error = e
+            written -= self._drop_unsynced()
+        if error is not None:
+            self._abandon_active()  # never append after a failure: the next record starts a new segment
+            log.error(
+                "spool %s cannot write (%s): %d of %d messages spooled, the rest refused; the spool stays readable",
+                self.directory, error, written, len(payloads),
+            )  # fmt: skip
         return written
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        view = memoryview(data)
+        while view:  # an unbuffered write may be short (the disk filling up); the next one then raises
+            n = self._file.write(view)
+            if not n:
+                raise OSError(errno.ENOSPC, "short write")
+            view = view[n:]
+
+    def _sync(self) -> None:
+        if self._file is not None and self._unsynced:
+            os.fsync(self._file.fileno())
+            self._synced_pos, self._unsynced = self._pos, 0
+
+    def _drop_unsynced(self) -> int:
+        """Cut the active segment back to its last fsync; returns how many records that removed."""
+        lost = self._unsynced
+        if self._file is not None and lost:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file.fileno(), self._synced_pos)
+        self._records -= lost
+        self._bytes -= self._pos - self._synced_pos
+        self._pos, self._unsynced = self._synced_pos, 0
+        return lost
+
+    def _abandon_active(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file, self._active = None, None
+        self._pos = self._synced_pos = self._unsynced = 0
 
     def oldest(self) -> Path | None:
         """Oldest segment ready for replay (closes the active one if it is the only one left)."""
@@ -142,15 +202,15 @@ class DiskSpool:
         self._close_active()
         last = int(self._segments[-1].name[len(_PREFIX) : -len(_SUFFIX)]) if self._segments else 0
         path = self.directory / f"{_PREFIX}{last + 1:012d}{_SUFFIX}"
-        self._file = open(path, "ab")  # noqa: SIM115 - kept open across appends, closed in _close_active
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open across appends, closed in _close_active
         self._active = path
+        self._pos = self._synced_pos = 0
         self._segments.append(path)
         _fsync_dir(self.directory)
 
     def _close_active(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._sync()
             self._file.close()
         self._file = None
         self._active = None

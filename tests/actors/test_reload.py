@@ -160,7 +160,6 @@ def test_event_wakes_the_background_thread_before_the_poll(model: VLAModel, tmp_
     assert not any(t.name.startswith("reload-") and t.is_alive() for t in threading.enumerate())
 
 
-
 def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_path: Path) -> None:
     registry = FakeRegistry()
     registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))

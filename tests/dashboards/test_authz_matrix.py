@@ -18,7 +18,8 @@ from tests.dashboards.factories import add_correction, heartbeat
 
 pytestmark = pytest.mark.timeout(60)
 
-# (method, path, json body, least role). Bodies are valid so the only possible refusal is auth.
+# (method, path, json body, least role). Bodies are valid so the only possible refusal is auth. "robot": only the
+# robot token bound to that robot; "viewer+robot": viewers and up, and robot tokens (they read models).
 ROUTES: list[tuple[str, str, dict | None, str]] = [
     ("POST", "/api/v1/users", {"username": "new", "password": "long enough pw", "role": "viewer"}, "admin"),
     ("PATCH", "/api/v1/users/{username}", {"role": "viewer", "reason": "matrix"}, "admin"),
@@ -41,15 +42,16 @@ ROUTES: list[tuple[str, str, dict | None, str]] = [
     ("GET", "/api/v1/corrections/{correction_id}", None, "viewer"),
     ("GET", "/api/v1/corrections/{correction_id}/frames/{step}.png", None, "viewer"),
     ("GET", "/api/v1/corrections/{correction_id}/actions.svg", None, "viewer"),
-    ("GET", "/api/v1/models", None, "viewer"),
-    ("GET", "/api/v1/models/curve.svg", None, "viewer"),
-    ("GET", "/api/v1/models/{version}", None, "viewer"),
+    ("GET", "/api/v1/models", None, "viewer+robot"),
+    ("GET", "/api/v1/models/curve.svg", None, "viewer+robot"),
+    ("GET", "/api/v1/models/{version}", None, "viewer+robot"),
+    ("POST", "/api/v1/robots/{robot_id}/messages", None, "robot"),  # only robot-1's own token; no body: 415
     ("GET", "/api/v1/audit", None, "viewer"),
     ("GET", "/api/v1/training", None, "viewer"),
     ("GET", "/api/v1/auth/me", None, "any"),
     ("POST", "/api/v1/auth/logout", None, "any"),
 ]
-PUBLIC = {("POST", "/api/v1/auth/login"), ("GET", "/healthz")}
+PUBLIC = {("POST", "/api/v1/auth/login"), ("GET", "/healthz"), ("GET", "/metrics")}  # /metrics: scrape token, if set
 PARAMS = {"username": "viewer", "robot_id": "robot-1", "correction_id": "c-1", "version": "2", "step": "3"}
 CALLERS = [None, *ROLES, "robot"]
 
@@ -59,6 +61,12 @@ def expected(least: str, caller: str | None) -> str:
         return "401"
     if least == "any":
         return "allowed"
+    if least == "robot":
+        return "allowed" if caller == "robot" else "403"
+    if least == "viewer+robot":
+        least = "viewer"
+        if caller == "robot":
+            return "allowed"
     if caller == "robot" or ROLES.index(caller) < ROLES.index(least):
         return "403"
     return "allowed"

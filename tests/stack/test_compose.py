@@ -47,3 +47,107 @@ def test_production_settings_refuse_missing_secrets(monkeypatch) -> None:  # noq
     monkeypatch.setenv("FLEET_ENV", "production")
     with pytest.raises(pydantic.ValidationError, match="FLEET_SECRET_KEY"):
         Settings()
+
+
+FLEET_SERVICES = {"recorder": "recorder", "learner": "learner", "actors": "robots", "dashboard": "dashboard"}
+ACL_OPERATIONS = {"READ", "WRITE", "DESCRIBE"}
+
+
+def _acls() -> list[tuple[str, str, str, str]]:
+    text = _compose()["services"]["kafka-setup"]["environment"]["FLEET_KAFKA_ACLS"]
+    return [tuple(line.split()) for line in text.strip().splitlines()]  # type: ignore[misc]
+
+
+def _granted(user: str, operation: str, kind: str, name: str) -> bool:
+    """Whether the ACL table lets `user` do `operation` on `kind` `name` (prefix grants end in `*`).
+    As in Kafka, READ and WRITE imply DESCRIBE."""
+    for u, ops, k, n in _acls():
+        matches = name.startswith(n[:-1]) if n.endswith("*") else name == n
+        allowed = set(ops.split(","))
+        if "READ" in allowed or "WRITE" in allowed:
+            allowed.add("DESCRIBE")
+        if u == user and k == kind and matches and operation in allowed:
+            return True
+    return False
+
+
+def test_kafka_brokers_require_sasl_and_acls() -> None:
+    env = _compose()["services"]["kafka"]["environment"]
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}  # no PLAINTEXT listener, the controller's included
+    assert all(listener.split("://")[0] in protocols for listener in env["KAFKA_LISTENERS"].split(","))
+    assert "SCRAM-SHA-512" in env["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    assert str(env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"]).lower() == "false"
+    assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]).lower() == "false"
+
+
+def test_every_fleet_service_has_its_own_scram_user_from_env() -> None:
+    services = _compose()["services"]
+    users = set()
+    for name, user in FLEET_SERVICES.items():
+        env = services[name]["environment"]
+        assert env["FLEET_KAFKA_SECURITY_PROTOCOL"] in ("SASL_PLAINTEXT", "SASL_SSL"), name
+        assert env["FLEET_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["FLEET_KAFKA_SASL_USERNAME"] == user, name
+        assert (
+            env["FLEET_KAFKA_SASL_PASSWORD"] == f"${{KAFKA_{user.upper()}_PASSWORD:?set KAFKA_{user.upper()}_PASSWORD}}"
+        )
+        assert services[name]["depends_on"]["kafka-setup"] == {"condition": "service_completed_successfully"}, name
+        users.add(user)
+    setup = services["kafka-setup"]["environment"]
+    assert {f"{u.upper()}_PASSWORD" for u in users} <= set(setup)
+    assert len(users) == len(FLEET_SERVICES)
+
+
+def test_acls_grant_least_privilege() -> None:
+    acls = _acls()
+    users = set(FLEET_SERVICES.values())
+    for user, ops, kind, name in acls:
+        assert user in users and kind in ("topic", "group") and set(ops.split(",")) <= ACL_OPERATIONS, (user, name)
+        assert name != "*" and (kind == "group" or name.startswith("fleet.")), name  # no wildcard grants
+        if name.endswith("*"):
+            assert ops == "DESCRIBE" or (kind == "group" and name == "robot-*"), (user, ops, name)
+    # Robots produce their data and read models and commands; nothing else.
+    for topic in ("fleet.trajectories", "fleet.corrections", "fleet.rewards", "fleet.heartbeats"):
+        assert _granted("robots", "WRITE", "topic", topic) and not _granted("robots", "READ", "topic", topic)
+    for topic in ("fleet.models", "fleet.commands"):
+        assert _granted("robots", "READ", "topic", topic) and not _granted("robots", "WRITE", "topic", topic)
+    assert not _granted("robots", "WRITE", "topic", "fleet.reviews")
+    # Only the dashboard commands robots and reviews corrections; models come from the learner and the dashboard.
+    writers = {u for u in users if _granted(u, "WRITE", "topic", "fleet.commands")}
+    assert writers == {"dashboard"}
+    assert {u for u in users if _granted(u, "WRITE", "topic", "fleet.reviews")} == {"dashboard"}
+    assert {u for u in users if _granted(u, "WRITE", "topic", "fleet.models")} == {"learner", "dashboard"}
+    # Consumers read what they consume, in their own group.
+    assert _granted("recorder", "READ", "topic", "fleet.trajectories") and _granted(
+        "recorder", "READ", "group", "recorder"
+    )
+    for topic in ("fleet.trajectories", "fleet.corrections", "fleet.rewards", "fleet.reviews"):
+        assert _granted("learner", "READ", "topic", topic)
+    assert _granted("learner", "READ", "group", "learner") and not _granted("recorder", "READ", "group", "learner")
+    assert {u for u in users if _granted(u, "WRITE", "topic", "fleet.deadletter")} == {"recorder", "learner"}
+
+
+def _strings(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in [str(key), *_strings(value)]]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return [str(node)]
+
+
+def test_no_secret_literal_anywhere() -> None:
+    """Every password and secret in the file is a `${VAR:?…}` reference (or `$$VAR`, read inside the container)."""
+    compose = _compose()
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET", key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}: {key}"
+    found = 0
+    for text in _strings(compose):
+        for match in re.finditer(r"(?i)password\s*=\s*\\?\"?([^\"\\\s;]+)", text):
+            found += 1
+            assert match.group(1).startswith(("${", "$$")), match.group(0)
+    assert found >= 3  # the broker's JAAS settings and its health check

@@ -1,0 +1,76 @@
+"""Robot data over HTTPS: a robot without direct Kafka access posts its messages here (robot tokens only).
+
+The body is one fleet wire message (`fleet.schemas.encode`, `Content-Type: application/msgpack`): a trajectory
+segment, correction, reward signal or heartbeat. The token must be a `robot:produce` token bound to the URL's
+robot, and the message must be about that robot too; the dashboard then publishes it on the message's topic,
+keyed by robot id, exactly as a robot on the Kafka network would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from dashboards.api_models import error_responses
+from dashboards.deps import RobotProducer, ServicesDep
+from dashboards.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
+from fleet.schemas import Correction, Heartbeat, RewardSignal, SchemaError, TrajectorySegment, decode
+from fleet.transport import TOPIC_FOR_KIND
+
+router = APIRouter(tags=["robots"])
+ROBOT_KINDS = {cls.KIND: cls for cls in (TrajectorySegment, Correction, RewardSignal, Heartbeat)}
+MAX_BODY_BYTES = 8 * 1024 * 1024  # TransportConfig.max_request_bytes: the largest message the topics take
+MEDIA_TYPES = ("application/msgpack", "application/x-msgpack", "application/octet-stream")
+
+
+class MessageAccepted(BaseModel):
+    kind: str
+    topic: str
+    robot_id: str
+
+
+async def _body(request: Request) -> bytes:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in MEDIA_TYPES:
+        raise UnsupportedMediaType(f"send the message as application/msgpack (fleet.schemas.encode), not {media!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"message of {declared} B exceeds {MAX_BODY_BYTES} B")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"message exceeds {MAX_BODY_BYTES} B")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/robots/{robot_id}/messages",
+    response_model=MessageAccepted,
+    status_code=202,
+    responses=error_responses(413, 415),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def post_message(robot_id: str, request: Request, services: ServicesDep, robot: RobotProducer) -> Any:
+    """Publish one of this robot's messages (segment, correction, reward, heartbeat) on its Kafka topic."""
+    body = await _body(request)
+    try:
+        message = await asyncio.to_thread(decode, body)  # zstd/PNG decoding must not stall the event loop
+    except SchemaError as e:
+        raise BadRequest(f"not a valid fleet message: {e}") from None
+    if message.KIND not in ROBOT_KINDS:
+        raise Forbidden(f"robots may send {', '.join(sorted(ROBOT_KINDS))} messages, not {message.KIND!r}")
+    about = getattr(message, "robot_id", None)
+    if about != robot_id:
+        raise Forbidden(f"this message is about robot {about!r}; this token and URL speak for {robot_id!r} only")
+    services.publish(message)
+    return MessageAccepted(kind=message.KIND, topic=TOPIC_FOR_KIND[message.KIND], robot_id=robot_id)

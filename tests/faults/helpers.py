@@ -1,0 +1,162 @@
+"""Fault injection on the real local stack: kill and restart services, run fleet services as child processes.
+
+Every process a fault test starts runs in its own session and is ended by its pid (process group),
+so a test leaves nothing behind even when it fails half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from fleet.settings import Settings
+from fleet.stack import launcher
+from fleet.stack.kafka import KafkaService
+from fleet.stack.mlflow_server import MlflowService
+from fleet.stack.process import ManagedProcess
+from fleet.transport import TransportConfig, ensure_topics
+from tests.data.test_integration import wait_for
+
+__all__ = [
+    "ChildService",
+    "group_stable",
+    "kill_service",
+    "restart_stack",
+    "start_group_at_end",
+    "topic_ends",
+    "wait_for",
+]
+
+
+def kill_service(service: KafkaService | MlflowService) -> float:
+    """SIGKILL a stack service's whole process group (no clean shutdown at all); returns time.monotonic()."""
+    proc: ManagedProcess = service.process()
+    pid = proc.pid()
+    assert pid is not None, f"{service.name} is not running"
+    os.killpg(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # started by this test session: reap it
+    wait_for(lambda: not service.healthy(timeout_s=1.0), 30, f"{service.name} to be gone")
+    proc.pid_path.unlink(missing_ok=True)
+    return killed
+
+
+def restart_stack(settings: Settings) -> float:
+    """Start whatever stack service is down (`prepare()` + `start()`, as `fleet up` does) and wait until all are
+    healthy; returns the time.
+
+    Waits on health only: `launcher.up` also polls the pid file, and `ManagedProcess.pid()` can misread a child
+    still inside exec (empty /proc/<pid>/cmdline) on a loaded machine, drop its pid file and report a healthy
+    start as a crash.
+    """
+    services = launcher.services(settings)
+    for service in services:
+        if not service.healthy(timeout_s=2.0):
+            service.prepare().start()
+    wait_for(lambda: all(s.healthy(timeout_s=2.0) for s in services), 120, f"the stack (logs in {settings.log_dir})")
+    return time.monotonic()
+
+
+def topic_ends(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """End offset of every partition of `topics`."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t))]
+        return {(tp.topic, tp.partition): offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def start_group_at_end(bootstrap: str, group_id: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """Commit the current end of `topics` for `group_id` (earlier tests' data is not ours); returns those offsets."""
+    ensure_topics(TransportConfig(bootstrap=bootstrap))
+    ends = topic_ends(bootstrap, topics)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    try:
+        consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in ends.items()})
+    finally:
+        consumer.close(autocommit=False)
+    return ends
+
+
+def group_stable(bootstrap: str, group_id: str) -> bool:
+    """True once `group_id` has members with partitions assigned (a consumer service is up and consuming)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        group = admin.describe_groups([group_id])[group_id]
+        return group.get("group_state") == "Stable" and bool(group.get("members"))
+    finally:
+        admin.close()
+
+
+class ChildService:
+    """A fleet service (`python -m ...`) as a child process in its own session, logging to a file."""
+
+    def __init__(self, args: Sequence[str], *, env: dict[str, str], log_path: Path) -> None:
+        self.argv = [sys.executable, "-m", *args]
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> ChildService:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def supervise(self, stop: threading.Event, *, delay_s: float = 1.0) -> threading.Thread:
+        """Restart the service whenever it exits, until `stop` (compose's `restart: unless-stopped`);
+        `self.restarts` counts the restarts."""
+
+        def loop() -> None:
+            while not stop.wait(0.2):
+                if not self.alive() and not stop.wait(delay_s):
+                    self.restarts += 1
+                    self.start()
+
+        thread = threading.Thread(target=loop, name="supervisor", daemon=True)
+        thread.start()
+        return thread
+
+    def kill(self) -> None:
+        """SIGKILL, no clean-up: mid-batch, mid-update, whatever it was doing."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after `timeout_s`); returns the exit code."""
+        self._signal(signal.SIGTERM, timeout_s)
+        if self.alive():
+            self._signal(signal.SIGKILL, 10.0)
+        return self.proc.returncode if self.proc is not None else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _signal(self, sig: int, wait_s: float) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=wait_s)

@@ -1,0 +1,118 @@
+"""A robot runtime on the real simulator: its exported metrics are exactly its own counters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.reload import ReloadStats
+from actors.runtime import RobotConfig, RobotRuntime
+from fleet import observability
+from fleet.schemas import TrajectorySegment, decode, encode
+from fleet.sim.registry import make_env
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class ZeroPolicy:
+    def __init__(self, action_dim: int, horizon: int = 8) -> None:
+        self.chunk = np.zeros((horizon, action_dim), dtype=np.float32)
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        return self.chunk
+
+    def reset(self) -> None:
+        pass
+
+
+@dataclass
+class Swap:
+    version: str
+    sha256: str
+    policy: Any
+    ready_at: float = 0.0
+    load_s: float = 0.0
+
+
+@dataclass
+class OneReload:
+    """A reloader that hands over version 2 at its third check and has loaded twice (0.3 s and 4 s)."""
+
+    policy: Any
+    calls: int = 0
+    stats: ReloadStats = field(default_factory=lambda: ReloadStats(loaded=2, load_seconds=[0.3, 4.0]))
+
+    def take_ready(self) -> Swap | None:
+        self.calls += 1
+        return Swap("2", "ab", self.policy) if self.calls == 3 else None
+
+
+class EveryThirdStepSlow:
+    """The real sim, but every third step takes 30 ms: those ticks overrun a 20 ms period, the others don't."""
+
+    def __init__(self, env: Any) -> None:
+        self.env, self.steps = env, 0
+
+    def step(self, action: np.ndarray) -> Any:
+        self.steps += 1
+        if self.steps % 3 == 0:
+            time.sleep(0.03)
+        return self.env.step(action)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+
+def _samples(robot: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(observability.render_metrics().decode()):
+        for s in family.samples:
+            if s.labels.get("robot") == robot:
+                key = s.name if "le" not in s.labels else f"{s.name}{{le={s.labels['le']}}}"
+                out[key] = s.value
+    return out
+
+
+def test_exported_counters_are_the_runtimes_own() -> None:
+    messages: list = []
+    env = EveryThirdStepSlow(make_env("pick", "panda", seed=3))
+    config = RobotConfig(
+        robot_id="obs-r1", embodiment="panda", task="pick", control_hz=50.0, realtime=True, segment_steps=10,
+        heartbeat_interval_s=0.1,
+    )  # fmt: skip
+    runtime = RobotRuntime(
+        config, env=env, policy=ZeroPolicy(4), model_version="1", publish=lambda m: messages.append(decode(encode(m))),
+        reloader=OneReload(ZeroPolicy(4)), spooled=lambda: 7,
+    )  # fmt: skip
+    unwatch = observability.watch_robots(lambda: [runtime.metrics()])
+    try:
+        assert _samples("obs-r1")["fleet_robot_ticks_total"] == 0
+        runtime.run(episodes=2)
+        got = _samples("obs-r1")
+    finally:
+        unwatch()
+    segments = [m for m in messages if isinstance(m, TrajectorySegment)]
+
+    # exactly the runtime's counters ...
+    assert got["fleet_robot_ticks_total"] == runtime.ticks_total
+    assert got["fleet_robot_missed_ticks_total"] == runtime.missed_total
+    assert got["fleet_robot_segments_produced_total"] == runtime.segments_total
+    assert got["fleet_robot_episodes_total"] == runtime.episodes == 2
+    assert got["fleet_robot_model_version"] == float(runtime.version) == 2.0
+    assert got["fleet_robot_spool_pending_records"] == 7
+    # ... and those counters agree with what the robot actually sent
+    assert 0 < runtime.missed_total < runtime.ticks_total  # distinct, so a mix-up of the two would show
+    assert runtime.segments_total == len(segments) > 0
+    assert runtime.ticks_total == sum(len(s.actions) for s in segments)
+    # reload histogram from the reloader's load times
+    assert got["fleet_robot_reload_seconds_count"] == 2
+    assert got["fleet_robot_reload_seconds_sum"] == pytest.approx(4.3)
+    assert got["fleet_robot_reload_seconds_bucket{le=0.5}"] == 1
+    assert got["fleet_robot_reload_seconds_bucket{le=5.0}"] == 2
+    # once unwatched, the robot is gone from the scrape
+    assert _samples("obs-r1") == {}
