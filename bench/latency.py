@@ -36,18 +36,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(home: Path) -> dict[str, str]:
-    from fleet.stack.process import free_port
-
-    return {
-        "FLEET_HOME": str(home),
-        "FLEET_KAFKA_PORT": str(free_port()),
-        "FLEET_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FLEET_MLFLOW_PORT": str(free_port()),
-        "FLEET_DASHBOARD_PORT": str(free_port()),
-    }
-
-
 def _random_model(seed: int):  # noqa: ANN202
     import torch
 
@@ -110,8 +98,10 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
+    from fleet.stack.process import isolated_env
+
     home = Path(tempfile.mkdtemp(prefix="fleet-latency-"))
-    os.environ.update(_env(home))
+    os.environ.update(isolated_env(home))
     import ray
 
     from actors.sim_fleet import FleetConfig, start_fleet

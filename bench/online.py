@@ -49,18 +49,10 @@ Event = tuple[float, str, bool, int]  # (minutes since the fleet started, versio
 
 
 def _stack_env(home: Path) -> dict[str, str]:
-    from fleet.stack.process import free_port
+    from fleet.stack.process import isolated_env
 
-    return {
-        "FLEET_HOME": str(home),
-        "FLEET_KAFKA_PORT": str(free_port()),
-        "FLEET_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FLEET_MLFLOW_PORT": str(free_port()),
-        "FLEET_DASHBOARD_PORT": str(free_port()),
-        "FLEET_METRICS_PORT_LEARNER": "0",
-        "FLEET_METRICS_PORT_ROBOTS": "0",
-        "FLEET_METRICS_PORT_RECORDER": "0",
-    }
+    metrics_off = ("FLEET_METRICS_PORT_LEARNER", "FLEET_METRICS_PORT_ROBOTS", "FLEET_METRICS_PORT_RECORDER")
+    return {**isolated_env(home), **dict.fromkeys(metrics_off, "0")}
 
 
 def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...], demos: int, steps: int) -> Path:

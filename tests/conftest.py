@@ -19,7 +19,7 @@ import pytest
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.kafka import KafkaService
-from fleet.stack.process import free_port
+from fleet.stack.process import isolated_env
 
 logging.getLogger("kafka").setLevel(logging.ERROR)
 
@@ -31,14 +31,7 @@ def _postgres_required() -> bool:
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """FLEET_* variables of the test stack, exported for the session (child processes inherit them)."""
-    env = {
-        "FLEET_HOME": str(tmp_path_factory.mktemp("fleet-home")),
-        "FLEET_KAFKA_PORT": str(free_port()),
-        "FLEET_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FLEET_MLFLOW_PORT": str(free_port()),
-        "FLEET_DASHBOARD_PORT": str(free_port()),
-        "FLEET_KAFKA_HEAP": "384m",
-    }
+    env = {**isolated_env(tmp_path_factory.mktemp("fleet-home")), "FLEET_KAFKA_HEAP": "384m"}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     yield env

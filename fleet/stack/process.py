@@ -34,6 +34,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def isolated_env(home: Path | str) -> dict[str, str]:
+    """FLEET_* variables for a throw-away stack under `home` on free ports (tests, benches): export them first."""
+    return {
+        "FLEET_HOME": str(home),
+        "FLEET_KAFKA_PORT": str(free_port()),
+        "FLEET_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "FLEET_MLFLOW_PORT": str(free_port()),
+        "FLEET_DASHBOARD_PORT": str(free_port()),
+    }
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

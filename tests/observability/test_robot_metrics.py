@@ -15,28 +15,9 @@ from actors.runtime import RobotConfig, RobotRuntime
 from fleet import observability
 from fleet.schemas import TrajectorySegment, decode, encode
 from fleet.sim.registry import make_env
+from tests.actors.test_runtime import ReadySwap, ZeroPolicy
 
 pytestmark = pytest.mark.timeout(180)
-
-
-class ZeroPolicy:
-    def __init__(self, action_dim: int, horizon: int = 8) -> None:
-        self.chunk = np.zeros((horizon, action_dim), dtype=np.float32)
-
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        return self.chunk
-
-    def reset(self) -> None:
-        pass
-
-
-@dataclass
-class Swap:
-    version: str
-    sha256: str
-    policy: Any
-    ready_at: float = 0.0
-    load_s: float = 0.0
 
 
 @dataclass
@@ -47,9 +28,9 @@ class OneReload:
     calls: int = 0
     stats: ReloadStats = field(default_factory=lambda: ReloadStats(loaded=2, load_seconds=[0.3, 4.0]))
 
-    def take_ready(self) -> Swap | None:
+    def take_ready(self) -> ReadySwap | None:
         self.calls += 1
-        return Swap("2", "ab", self.policy) if self.calls == 3 else None
+        return ReadySwap("2", "ab", self.policy) if self.calls == 3 else None
 
 
 class EveryThirdStepSlow:
