@@ -211,8 +211,18 @@ class RobotRuntime:
             applied_command_id=self.applied_command,
             spooled_messages=self.spooled(),
             intervening=self.intervening,
-            error=self.error,
+            error=self.error or self._refused_model(),
         )
+
+    def _refused_model(self) -> str | None:
+        """The newest version the reloader refused, while the robot has not moved past it (shown in the dashboard)."""
+        refused = getattr(getattr(self.reloader, "stats", None), "refused", None)
+        if not refused:
+            return None
+        version, reason = next(reversed(refused.items()))
+        if _version_number(version) <= _version_number(self.version):
+            return None
+        return f"refused model v{version}: {reason}; still acting on v{self.version}"[:500]
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.config.heartbeat_interval_s):
@@ -422,3 +432,11 @@ class RobotRuntime:
                 operator=getattr(self.supervisor, "name", "supervisor"), model_version=version, created_at=time.time(),
             )
         )  # fmt: skip
+
+
+def _version_number(version: str | None) -> int:
+    """Registry versions are increasing integers; anything else sorts first."""
+    try:
+        return int(version or "")
+    except ValueError:
+        return -1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,17 @@ def test_swap_happens_at_a_chunk_boundary_and_splits_segments() -> None:
     # was inferred), so chunk boundaries are at 8, 15, 22, ...: the new version acts from one of them.
     assert first_new.step_start >= 8 and (first_new.step_start - 8) % 7 == 0
     assert runtime.policy is new_policy and runtime.version == "2"
+
+
+def test_a_refused_checkpoint_shows_in_the_heartbeat_until_a_newer_version_is_live() -> None:
+    from actors.reload import ReloadStats
+
+    reloader = SimpleNamespace(stats=ReloadStats(refused={"3": "weights hold NaN"}), take_ready=lambda: None)
+    runtime = _runtime([], policy=ZeroPolicy(4), reloader=reloader)
+    beat = runtime.heartbeat()
+    assert beat.error is not None and "refused model v3: weights hold NaN" in beat.error and "v1" in beat.error
+    runtime.version = "4"  # a later good version went live: the refusal is history
+    assert runtime.heartbeat().error is None
 
 
 def test_pause_command_is_applied_and_acknowledged_in_the_heartbeat() -> None:
