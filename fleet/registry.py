@@ -193,9 +193,18 @@ class Registry:
         set_candidate: bool = True,
         actor: str = "learner",
     ) -> VersionInfo:
-        """Upload a checkpoint, register it as a new version with lineage tags, point `candidate` at it."""
+        """Upload a checkpoint, register it as a new version with lineage tags, point `candidate` at it.
+
+        Idempotent by sha256: when a version already holds these weights (an earlier attempt registered
+        it, then lost the registry before the alias), that version is completed instead of registering
+        the weights twice.
+        """
         from mlflow.exceptions import MlflowException
 
+        existing = self.find_sha256(sha256)
+        if existing is not None:
+            log.warning("registry: version %s already holds sha256 %s; completing it", existing.version, sha256[:12])
+            return self._complete(existing, set_candidate=set_candidate, actor=actor, parent_version=parent_version)
         all_tags = {"sha256": sha256, "parent_version": parent_version or "", **(tags or {})}
         try:
             self._ensure_model()
@@ -212,15 +221,27 @@ class Registry:
                 self.name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags=all_tags
             )
             mv = self._wait_ready(mv)
-            if set_candidate:
-                self.client.set_registered_model_alias(self.name, CANDIDATE, mv.version)
         except MlflowException as err:
             raise self._unreachable(err) from None
-        info = self.get_version(str(mv.version))
+        return self._complete(
+            self.get_version(str(mv.version)), set_candidate=set_candidate, actor=actor, parent_version=parent_version
+        )
+
+    def find_sha256(self, sha256: str) -> VersionInfo | None:
+        """The version whose weights have this sha256, if any."""
+        return next((v for v in self.list_versions() if v.sha256 == sha256), None)
+
+    def _complete(
+        self, info: VersionInfo, *, set_candidate: bool, actor: str, parent_version: str | None
+    ) -> VersionInfo:
+        """The steps after registration: `candidate` alias, the fleet DB's mirror row and deployment record."""
+        if set_candidate:
+            self._set_alias(CANDIDATE, info.version)
+            info = self.get_version(info.version)
         self._mirror_version(info)
         if set_candidate:
             self._record_deployment(info.version, CANDIDATE, "candidate", actor=actor, role="service", reason=None)
-        log.info("published", extra={"version": info.version, "parent": parent_version, "sha256": sha256[:12]})
+        log.info("published", extra={"version": info.version, "parent": parent_version, "sha256": info.sha256[:12]})
         return info
 
     def promote(self, version: str, *, actor: str, role: str, reason: str, automatic: bool = False) -> VersionInfo:

@@ -15,8 +15,8 @@ the checkpoint first if the crash came before that.
 
 Publishing never stops training: when the registry is unreachable the checkpoint waits (one at a
 time: no new checkpoint is taken until it is published, so its data window stays exact) and is
-retried with backoff (2 s doubling to 15 s, each failure logged). A retry first looks for a version
-an interrupted attempt already registered (same sha256) and adopts it instead of registering twice.
+retried with backoff (2 s doubling to 15 s, each failure logged). `Registry.publish` is idempotent by
+sha256: a version an interrupted attempt already registered is completed, never registered twice.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from fleet.episodes import EpisodeStore
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
-from fleet.registry import CANDIDATE, PRODUCTION, PinnedError, Registry, VersionInfo, announce
+from fleet.registry import PRODUCTION, PinnedError, Registry, VersionInfo, announce
 from fleet.schemas import SchemaError, decode
 from fleet.settings import Settings, get_settings
 from fleet.transport import (
@@ -345,15 +345,10 @@ class LearnerService:
         if self.last_stats is not None:
             metrics.update(self.last_stats.to_log_dict())
         sha = checkpoints_sha(directory)
-        info = self._registered(sha)
-        if info is None:
-            info = self.registry.publish(
-                directory / MODEL_DIR, sha256=sha, parent_version=state.parent_version, tags=tags, metrics=metrics
-            )
-        else:  # an interrupted attempt registered it (artifacts and tags complete) but did not finish
-            log.warning("learner: %s is already version %s; adopting it, not registering again", directory.name,
-                        info.version)  # fmt: skip
-            self.registry.client.set_registered_model_alias(self.registry.name, CANDIDATE, info.version)
+        # Idempotent by sha256: an interrupted attempt that registered these weights is completed, not repeated.
+        info = self.registry.publish(
+            directory / MODEL_DIR, sha256=sha, parent_version=state.parent_version, tags=tags, metrics=metrics
+        )
         state.published_version = info.version
         checkpoints.write_state(directory, state)
         self.state.parent_version = info.version
@@ -374,10 +369,6 @@ class LearnerService:
             except PinnedError as e:
                 log.warning("learner: %s; version %s stays candidate", e, info.version)
         return info
-
-    def _registered(self, sha256: str) -> VersionInfo | None:
-        """The version already registered for these weights, if an earlier attempt got that far."""
-        return next((v for v in self.registry.list_versions() if v.sha256 == sha256), None)
 
     def _gate_signature(self) -> str:
         gate = self.config.gate
