@@ -27,6 +27,7 @@ def consumer_lag(config: TransportConfig, *, groups: tuple[str, ...] = GROUPS) -
     except KafkaError as e:
         raise Unavailable(f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up`") from None
     try:
+        consumer.topics()  # load topic metadata first: end_offsets on a fresh client can miss it (KeyError)
         rows: list[dict[str, Any]] = []
         for group in groups:
             committed = admin.list_group_offsets(group).get(group, {})
@@ -46,8 +47,8 @@ def consumer_lag(config: TransportConfig, *, groups: tuple[str, ...] = GROUPS) -
                 row["partitions"] += 1
             rows.extend(per_topic[t] for t in sorted(per_topic))
         return rows
-    except KafkaError as e:
-        raise Unavailable(f"could not read consumer offsets from {config.bootstrap}: {e}") from None
+    except (KafkaError, KeyError) as e:
+        raise Unavailable(f"could not read consumer offsets from {config.bootstrap}: {e!r}") from None
     finally:
         consumer.close()
         admin.close()
