@@ -22,9 +22,11 @@ the full arm's interventions per episode in its first window ÷ in its last wind
 full arm's `minutes_to_90` with 1, 2, 4 and 8 robots.
 
 Writes bench/results/online.json and bench/results/online.png. Command that produced the committed
-result (see `config` in the JSON; the issue's target run is `--minutes 20`, about 3 hours here):
+result, a first look with small budgets (the issue's target run is `--minutes 20` with the default
+scaling 1,2,4,8 and a well-trained version 1, about 3 hours here):
 
-    .venv/bin/python bench/online.py --minutes 4 --scaling-minutes 3
+    .venv/bin/python bench/online.py --minutes 2.5 --scaling 1 --scaling-minutes 2 --bc-steps 600 --demos 20 \
+        --cache /tmp/online-first
 """
 
 from __future__ import annotations
