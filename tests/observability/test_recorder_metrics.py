@@ -14,29 +14,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.stack.process import free_port
-from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig, ensure_topics, publish
+from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig, publish
 from tests.data.factories import make_segment
+from tests.data.test_integration import start_group_at_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 EPISODES, PER_EPISODE = 3, 8
 N = EPISODES * PER_EPISODE
-
-
-def _start_group_at_end(bootstrap: str, group_id: str) -> None:
-    """Commit the topic's current end for a new group: earlier tests' segments are not this test's."""
-    ensure_topics(TransportConfig(bootstrap=bootstrap))
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(TRAJECTORIES, p) for p in sorted(consumer.partitions_for_topic(TRAJECTORIES))]
-        ends = consumer.end_offsets(partitions)
-        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
-    finally:
-        consumer.close(autocommit=False)
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -51,7 +38,7 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_recorder_metrics_count_every_recorded_segment(kafka_bootstrap: str, tmp_path: Path) -> None:
     group, robot = f"obs-{uuid.uuid4().hex[:8]}", f"obs-robot-{uuid.uuid4().hex[:6]}"
-    _start_group_at_end(kafka_bootstrap, group)
+    start_group_at_end(kafka_bootstrap, group)
     transport = KafkaTransport(TransportConfig(bootstrap=kafka_bootstrap, client_id=robot))
     for n in range(N):
         episode, index = divmod(n, PER_EPISODE)
@@ -109,7 +96,7 @@ def test_consumer_lag_counts_the_backlog_down_to_zero(kafka_bootstrap: str) -> N
     from fleet.transport import KafkaGroupConsumer
 
     group, robot = f"obs-lag-{uuid.uuid4().hex[:8]}", f"obs-lag-{uuid.uuid4().hex[:6]}"
-    _start_group_at_end(kafka_bootstrap, group)
+    start_group_at_end(kafka_bootstrap, group)
     transport = KafkaTransport(TransportConfig(bootstrap=kafka_bootstrap, client_id=robot))
     for index in range(10):  # one robot id = one partition
         publish(transport, make_segment(robot, "ep-0", index, segments_per_episode=10, size=8))
