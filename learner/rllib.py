@@ -71,6 +71,7 @@ class TrainingStats:
     loss_total: float  # backpropagated loss
     loss_action: float  # weighted flow-matching / BC loss
     loss_value: float  # value-head Huber loss on the RECAP returns
+    loss_aux: float  # weighted L1 of the VLA's auxiliary chunk regression (0 when the model has none)
     mean_weight: float  # mean per-sample weight of the batch
     mean_advantage: float  # mean advantage of the batch's autonomous steps (0 when none)
     autonomous_fraction: float  # share of the batch that is autonomous (AWR-weighted) steps
@@ -82,6 +83,7 @@ class TrainingStats:
             "losses/total": self.loss_total,
             "losses/action": self.loss_action,
             "losses/value": self.loss_value,
+            "losses/aux": self.loss_aux,
             "charts/mean_weight": self.mean_weight,
             "charts/mean_advantage": self.mean_advantage,
             "charts/autonomous_fraction": self.autonomous_fraction,
@@ -141,6 +143,7 @@ class VLATorchLearner(TorchLearner):
             ("loss_total", out["loss/total"]),
             ("loss_action", out["loss/action"]),
             ("loss_value", out["loss/value"]),
+            ("loss_aux", out["loss/aux"]),
             ("mean_weight", weights.mean()),
             ("mean_advantage", advantage.mean() if bool(autonomous.any()) else values.new_zeros(())),
             ("autonomous_fraction", autonomous.float().mean()),
@@ -217,6 +220,7 @@ class VLALearner:
             loss_total=value("loss_total"),
             loss_action=value("loss_action"),
             loss_value=value("loss_value"),
+            loss_aux=value("loss_aux"),
             mean_weight=value("mean_weight"),
             mean_advantage=value("mean_advantage"),
             autonomous_fraction=value("autonomous_fraction"),

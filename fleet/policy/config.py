@@ -86,6 +86,11 @@ class VLAConfig:
     flow_time_dist: TimeDistribution = "beta"
     # Bins per action dimension over [-1, 1] (discrete head).
     action_bins: int = 256
+    # Weight of an auxiliary L1 loss that regresses the action chunk straight from the image encoder's keypoint
+    # token(s) and the proprio token (0 = off; needs keypoints). The flow loss reaches the encoder only
+    # through the trunk and the expert, noisily; this direct path teaches it where the named object is
+    # within the ~1k steps this machine affords (see bench/policy.py). Inference does not use the aux head.
+    aux_action_weight: float = 1.0
     # Weight of the value loss in `loss/total`.
     value_loss_weight: float = 0.5
     # Stop value-loss gradients at the trunk, so return targets never perturb the action features.
@@ -123,6 +128,10 @@ class VLAConfig:
             raise ValueError("VLAConfig: without grid_tokens the image reaches the trunk only through keypoints > 0")
         if self.action_bins < 2:
             raise ValueError(f"VLAConfig.action_bins must be >= 2, got {self.action_bins}")
+        if self.aux_action_weight < 0:
+            raise ValueError(f"VLAConfig.aux_action_weight must be >= 0, got {self.aux_action_weight}")
+        if self.aux_action_weight and not self.keypoints:
+            raise ValueError("VLAConfig.aux_action_weight needs keypoints > 0 (the aux head reads the keypoint token)")
         if self.value_loss_weight < 0:
             raise ValueError(f"VLAConfig.value_loss_weight must be >= 0, got {self.value_loss_weight}")
 
@@ -192,7 +201,9 @@ class VLAConfig:
 
 # Image-encoder options added after the first checkpoints were written: a config.json without them
 # describes a plain conv encoder, so it loads as one.
-_BEFORE_IMAGE_OPTIONS: dict[str, Any] = {"coord_channels": False, "film": False, "keypoints": 0, "grid_tokens": True}
+_BEFORE_IMAGE_OPTIONS: dict[str, Any] = {
+    "coord_channels": False, "film": False, "keypoints": 0, "grid_tokens": True, "aux_action_weight": 0.0,
+}  # fmt: skip
 
 
 def debug_model_config(**changes: Any) -> VLAConfig:

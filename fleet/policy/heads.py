@@ -34,7 +34,7 @@ from fleet.policy.config import VLAConfig
 from fleet.policy.encoders import action_in_adapter, action_out_adapter, decoder_stack, sinusoidal_embedding
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """(B, ...) values and mask -> (B,) mean over the masked entries of each sample (0 where none)."""
     m = mask.to(values.dtype)
     dims = tuple(range(1, values.ndim))
@@ -76,7 +76,7 @@ class FlowMatchingHead(nn.Module):
         x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
         target = noise - actions
         v = self.velocity(x_t, t, memory, embodiment_ids)
-        return _masked_mean((v - target).square(), mask)
+        return masked_mean((v - target).square(), mask)
 
     def sample(self, memory: Tensor, embodiment_ids: Tensor, generator: torch.Generator | None) -> Tensor:
         shape = (memory.shape[0], self.config.chunk_size, self.config.max_action_dim)
@@ -119,7 +119,7 @@ class DiscreteActionHead(nn.Module):
     ) -> Tensor:
         logits = self.logits(memory, embodiment_ids)
         ce = F.cross_entropy(logits.flatten(0, 2), self.to_bins(actions).flatten(), reduction="none")
-        return _masked_mean(ce.view(actions.shape), mask)
+        return masked_mean(ce.view(actions.shape), mask)
 
     def sample(self, memory: Tensor, embodiment_ids: Tensor, generator: torch.Generator | None) -> Tensor:
         return self.from_bins(self.logits(memory, embodiment_ids).argmax(dim=-1))

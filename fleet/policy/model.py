@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from fleet.policy.config import VLAConfig
 from fleet.policy.encoders import ConvImageEncoder, encoder_stack, proprio_adapter
-from fleet.policy.heads import ValueHead, build_action_head
+from fleet.policy.heads import ValueHead, masked_mean, build_action_head
 
 Batch = Mapping[str, Tensor]
 _PREFIX_TOKENS = 4  # embodiment, instruction, proprio, value
@@ -57,6 +57,13 @@ class VLAModel(nn.Module):
         self.trunk = encoder_stack(config, config.trunk_layers)
         self.action_head = build_action_head(config)
         self.value_head = ValueHead(config)
+        self.aux_head: nn.Sequential | None = None
+        if config.aux_action_weight > 0:  # keypoint token(s) + proprio token -> action chunk (training only)
+            self.aux_head = nn.Sequential(
+                nn.Linear(d * (len(config.cameras) + 1), 2 * d),
+                nn.GELU(),
+                nn.Linear(2 * d, config.chunk_size * config.max_action_dim),
+            )
         dim_mask = torch.zeros(len(config.embodiments), config.max_action_dim, dtype=torch.bool)
         for i, e in enumerate(config.embodiments):
             dim_mask[i, : e.action_dim] = True
@@ -104,12 +111,19 @@ class VLAModel(nn.Module):
 
     def encode(self, batch: Batch) -> Tensor:
         """Trunk output tokens (B, N, d_model); token 3 is the value token."""
+        return self._trunk(*self.tokens(batch))
+
+    def _trunk(self, prefix: Tensor, image_tokens: Tensor) -> Tensor:
+        return self.trunk(torch.cat([prefix + self.prefix_pos, image_tokens.flatten(1, 2)], dim=1))
+
+    def tokens(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The trunk's inputs: prefix tokens (B, 4, d) and image tokens (B, cameras, tokens per camera, d)."""
         images = batch["images"]
         b, cams = images.shape[:2]
         text = batch["instruction_embedding"]
         image_tokens = self.image_encoder(images.flatten(0, 1), text.repeat_interleave(cams, dim=0))
         image_tokens = image_tokens.unflatten(0, (b, cams))
-        image_tokens = (image_tokens + self.camera_embedding[None]).flatten(1, 2)
+        image_tokens = image_tokens + self.camera_embedding[None]
         ids = batch["embodiment_id"].long()
         prefix = torch.stack(
             [
@@ -120,7 +134,7 @@ class VLAModel(nn.Module):
             ],
             dim=1,
         )
-        return self.trunk(torch.cat([prefix + self.prefix_pos, image_tokens], dim=1))
+        return prefix, image_tokens
 
     def action_mask(self, batch: Batch) -> Tensor:
         """(B, H, A_max) bool: valid chunk steps x the embodiment's action dims."""
@@ -136,20 +150,25 @@ class VLAModel(nn.Module):
 
         Returns `loss/total` (what to backpropagate), `loss/action`, `loss/value` (Huber to
         `returns` over rows with `return_mask`, unweighted: the value must fit all data, including
-        what the policy should not imitate; 0 without returns) and the detached per-sample
+        what the policy should not imitate; 0 without returns), `loss/aux` (the weighted L1 of the
+        aux head, 0 without one) and the detached per-sample
         `per_sample/action` and `value` (predictions, for advantages). `generator` seeds the
         flow-matching noise and time.
         """
         self.check_batch(batch, with_actions=True)
-        memory = self.encode(batch)
+        prefix, image_tokens = self.tokens(batch)
+        memory = self._trunk(prefix, image_tokens)
         ids = batch["embodiment_id"].long()
-        per_sample = self.action_head.loss(memory, ids, batch["actions"], self.action_mask(batch), generator)
-        if weights is None:
-            action_loss = per_sample.mean()
-        else:
-            if weights.shape != per_sample.shape:
-                raise ValueError(f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}")
-            action_loss = (weights.to(per_sample.dtype) * per_sample).mean()
+        mask = self.action_mask(batch)
+        per_sample = self.action_head.loss(memory, ids, batch["actions"], mask, generator)
+        if weights is not None and weights.shape != per_sample.shape:
+            raise ValueError(f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}")
+        action_loss = _weighted_mean(per_sample, weights)
+        aux_loss = per_sample.new_zeros(())
+        if self.aux_head is not None:
+            features = torch.cat([image_tokens[:, :, -1].flatten(1), prefix[:, 2]], dim=-1)  # keypoints, proprio
+            aux = self.aux_head(features).view_as(batch["actions"])
+            aux_loss = _weighted_mean(masked_mean((aux - batch["actions"]).abs(), mask), weights)
 
         value_token = memory[:, 3]
         if self.config.value_detach_trunk:
@@ -157,15 +176,17 @@ class VLAModel(nn.Module):
         value = self.value_head(value_token)
         value_loss = value.new_zeros(())
         if "returns" in batch:
-            mask = batch.get("return_mask")
-            mask = torch.ones_like(value, dtype=torch.bool) if mask is None else mask.bool()
-            if bool(mask.any()):
-                value_loss = F.smooth_l1_loss(value[mask], batch["returns"][mask])
-        total = action_loss + self.config.value_loss_weight * value_loss
+            rows = batch.get("return_mask")
+            rows = torch.ones_like(value, dtype=torch.bool) if rows is None else rows.bool()
+            if bool(rows.any()):
+                value_loss = F.smooth_l1_loss(value[rows], batch["returns"][rows])
+        c = self.config
+        total = action_loss + c.value_loss_weight * value_loss + c.aux_action_weight * aux_loss
         return {
             "loss/total": total,
             "loss/action": action_loss,
             "loss/value": value_loss,
+            "loss/aux": aux_loss,
             "per_sample/action": per_sample.detach(),
             "value": value.detach(),
         }
@@ -187,6 +208,11 @@ class VLAModel(nn.Module):
         """Value estimates (B,) without sampling actions."""
         self.check_batch(batch, with_actions=False)
         return self.value_head(self.encode(batch)[:, 3])
+
+
+def _weighted_mean(per_sample: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of w_i * l_i over the batch (plain mean without weights)."""
+    return per_sample.mean() if weights is None else (weights.to(per_sample.dtype) * per_sample).mean()
 
 
 def _fmt(shape: tuple[int | None, ...]) -> str:

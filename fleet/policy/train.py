@@ -53,7 +53,7 @@ class TrainConfig:
     model: VLAConfig = field(default_factory=VLAConfig)  # architecture to build (or to check a resumed run against)
     steps: int = 5_000  # total optimizer steps of the run (a resumed run continues up to this)
     batch_size: int = 64  # samples per step
-    lr: float = 3e-4  # peak AdamW learning rate
+    lr: float = 1e-3  # peak AdamW learning rate
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup_steps: int = 200  # linear warm-up, then cosine decay to 10% of lr
     grad_clip: float = 1.0  # max global gradient norm
@@ -62,7 +62,7 @@ class TrainConfig:
     seed: int = 0  # seeds model init, batch sampling, flow noise and augmentation
     gamma: float = 0.99  # discount of the value head's return-to-go targets
     return_scale: float = 1.0  # return-to-go is divided by this (keep value targets near [-1, 1])
-    shift_pad: int = 4  # random-shift augmentation in pixels (0 = off)
+    shift_pad: int = 0  # random-shift augmentation in pixels (0 = off: with a fixed camera, shifts move the target)
     log_every: int = 50  # steps between progress-bar updates of the mean losses
     progress: bool = True  # show a tqdm progress bar
     init_checkpoint: str | None = None  # start a fresh run from these weights (post-training a pre-trained model)

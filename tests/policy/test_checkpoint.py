@@ -185,6 +185,23 @@ def test_bad_config_is_refused(saved: tuple[Path, VLAModel, str], edit: object) 
         verify_checkpoint(directory)
 
 
+def test_checkpoint_from_before_the_image_options_loads_as_the_plain_model(tmp_path: Path, tiny_config: VLAConfig) -> None:
+    # Version 1 of a running fleet may predate CoordConv/FiLM/keypoints/aux: its config.json has none of them.
+    old_config = tiny_config.with_(coord_channels=False, film=False, keypoints=0, aux_action_weight=0.0)
+    torch.manual_seed(0)
+    old = VLAModel(old_config).eval()
+    save_checkpoint(old, tmp_path / "old")
+    raw = json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
+    for key in ("coord_channels", "film", "keypoints", "grid_tokens", "aux_action_weight"):
+        del raw["model"][key]
+    (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(raw))
+    loaded = load_checkpoint(tmp_path / "old")
+    assert loaded.config == old_config and loaded.aux_head is None
+    batch = _batch(old_config)
+    seed = lambda: torch.Generator().manual_seed(3)  # noqa: E731 - same noise for both calls
+    assert torch.equal(old.predict(batch, generator=seed())[0], loaded.predict(batch, generator=seed())[0])
+
+
 def test_missing_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a fleet checkpoint"):
         load_checkpoint(tmp_path)

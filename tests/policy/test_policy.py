@@ -103,15 +103,17 @@ def test_loss_api_with_per_sample_weights(tiny_config: VLAConfig) -> None:
     batch = _mixed_batch(tiny_config)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731 - same noise for each call
     out = model.loss(batch, generator=g())
-    assert {"loss/total", "loss/action", "loss/value", "per_sample/action", "value"} <= set(out)
+    assert {"loss/total", "loss/action", "loss/value", "loss/aux", "per_sample/action", "value"} <= set(out)
     assert out["per_sample/action"].shape == (6,) and out["value"].shape == (6,)
     assert out["loss/value"].item() > 0
     zero = model.loss(batch, weights=torch.zeros(6), generator=g())
-    assert zero["loss/action"].item() == 0.0
+    assert zero["loss/action"].item() == 0.0 and zero["loss/aux"].item() == 0.0  # weights scale the aux loss too
     double = model.loss(batch, weights=torch.full((6,), 2.0), generator=g())
     assert torch.allclose(double["loss/action"], 2 * out["loss/action"])
     out["loss/total"].backward()
     assert all(p.grad is not None for p in model.action_head.parameters())
+    assert model.aux_head is not None and all(p.grad is not None for p in model.aux_head.parameters())
+    assert model.image_encoder.keypoint_logits.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="weights must have shape"):
         model.loss(batch, weights=torch.ones(3))
 
