@@ -1,6 +1,6 @@
 """Acceptance bench of the VLA recipe: latency, size, sim speed, and success after post-training on 50 demos.
 
-Run from the repository root (about 25 minutes on the 2-core machine; the machine is shared, so nice it):
+Run from the repository root (about 45 minutes on the 2-core machine; the machine is shared, so nice it):
 
     nice -n 10 .venv/bin/python bench/policy.py
 
@@ -9,7 +9,7 @@ What it does, in order (the recipe's `default` presets, `fleet.recipe.train.STAG
 
 1. `inference_ms_p50/p99`: one action chunk per `VLAPolicy.infer` of the default flow model, one CPU thread;
    `params`: its parameter count. `sim_steps_per_s`: PyBullet env steps with 64x64 rendering, one core.
-2. Scripted demos: 30 per task x embodiment for pre-training (seeds 0..), 25 per task x embodiment for
+2. Scripted demos: 300 per task x embodiment for pre-training (seeds 0..), 25 per task x embodiment for
    post-training (seeds 50_000..), so post-training sees 50 demos of its task; `expert_success` is the
    expert's success on every episode it ran.
 3. Per head (flow, discrete): pre-train on all demos, post-train one copy per task on its 50 demos, and
@@ -48,7 +48,7 @@ GIFS = ROOT / "docs" / "rollouts"
 TASKS = ("pick", "push", "place")
 EMBODIMENTS = ("panda", "kuka")
 HEADS = ("flow", "discrete")
-PRETRAIN_DEMOS = 30  # per task x embodiment
+PRETRAIN_DEMOS = 300  # per task x embodiment
 POSTTRAIN_DEMOS = 50  # per task, spread over the embodiments
 EVAL_EPISODES = 20  # per task x embodiment
 EVAL_SEED = 100_000

@@ -4,10 +4,10 @@ Thin wrappers: parse options, set torch threads and logging, call `main(config)`
 or `evaluate`. Register them on the root app with `register(app)` (or add `demos_app`, `train_app`
 and `eval_command` one by one).
 
-    fleet demos collect --tasks pick,push,place --embodiments panda,kuka --episodes 50
+    fleet demos collect --tasks pick,push,place --embodiments panda,kuka --episodes 300
     fleet train pretrain --preset default
-    fleet train posttrain --task pick --demos 50 --init .fleet/run/pretrain/checkpoints/step_00001200
-    fleet eval --checkpoint .fleet/run/posttrain-pick/checkpoints/step_00000250 --tasks pick --gif docs/rollouts
+    fleet train posttrain --task pick --demos 50 --init .fleet/run/pretrain/checkpoints/step_00010000
+    fleet eval --checkpoint .fleet/run/posttrain-pick/checkpoints/step_00000200 --tasks pick --gif docs/rollouts
 """
 
 from __future__ import annotations
