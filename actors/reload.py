@@ -6,15 +6,12 @@ verifies it (sha256 against the registry tag, tensor shapes, finiteness: `fleet.
 and loads it into a *standby* slot. The control loop calls `take_ready()` at each chunk boundary:
 a non-blocking check that hands over the standby policy if one is waiting. A bad checkpoint is
 refused, reported (`refused`), never retried for the same sha256, and the robot keeps acting on its
-current version. Nothing here ever blocks the control loop, and the thread runs at a lower OS
-priority (`background_nice`) so its CPU work (download, sha256, load, warm-up) yields to the
-control loop and the inference worker on a busy machine.
+current version. Nothing here ever blocks the control loop.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -46,13 +43,10 @@ class ReloadConfig:
     alias: str = "production"  # the alias this robot runs
     poll_interval_s: float = 10.0  # fallback poll of the alias when no event arrives
     download_root: Path | None = None  # where downloads go (a private temp dir when None)
-    background_nice: int = 10  # niceness added to the reload thread only (Linux: per thread; 0 = unchanged)
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
-        if not 0 <= self.background_nice <= 19:
-            raise ValueError("background_nice must be in [0, 19]")
 
 
 @dataclass
@@ -136,7 +130,6 @@ class HotReloader:
         shutil.rmtree(self._root, ignore_errors=True)
 
     def _run(self) -> None:
-        lower_thread_priority(self.config.background_nice)
         while not self._stop.is_set():
             self.check_once()
             self._wake.wait(self.config.poll_interval_s)
@@ -182,19 +175,3 @@ class HotReloader:
         self.stats.load_seconds.append(swap.load_s)
         log.info("standby ready", extra={"robot": self.robot_id, "version": info.version, "load_s": swap.load_s})
         return swap
-
-
-def lower_thread_priority(increment: int) -> int | None:
-    """Raise the calling thread's niceness by `increment` (Linux schedules threads separately); the new value.
-
-    None where that is not possible (no per-thread priorities, or not allowed): the thread then
-    simply runs at the process's priority.
-    """
-    if increment <= 0 or not hasattr(os, "setpriority"):
-        return None
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
-        return os.getpriority(os.PRIO_PROCESS, tid)
-    except OSError:
-        return None

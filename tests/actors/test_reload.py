@@ -7,7 +7,6 @@ real VLA checkpoints through the real MLflow server.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import threading
 import time
@@ -179,27 +178,3 @@ def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_p
     registry.production = "2"
     reloader.warmup = broken
     assert reloader.check_once() is None and "inference failed" in reloader.stats.refused["2"]
-
-
-def test_reload_thread_runs_at_a_lower_priority_than_the_control_loop(model: VLAModel, tmp_path: Path) -> None:
-    # Download, sha256, load and warm-up must yield the CPU to the control loop (Linux: per-thread nice).
-    registry = FakeRegistry()
-    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
-    registry.production = "1"
-    seen: dict[str, int] = {}
-
-    def warmup(_policy: VLAModel) -> None:
-        seen["reload"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    config = ReloadConfig(poll_interval_s=3600, download_root=tmp_path / "dl", background_nice=5)
-    reloader = HotReloader(config, registry=registry, loader=_loader, warmup=warmup).start()
-    try:
-        deadline = time.monotonic() + 20
-        while reloader.take_ready() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        reloader.stop()
-    loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert seen["reload"] == min(19, loop + 5)  # the caller's (control loop's) thread is unchanged
-    with pytest.raises(ValueError, match="background_nice"):
-        ReloadConfig(background_nice=20)
