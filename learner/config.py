@@ -62,10 +62,10 @@ PRESETS: dict[str, LearnerConfig] = {
         checkpoint_every_s=120.0,
     ),
     # bench/online.py: the default model continuing production, a version every ~150 updates or 90 s,
-    # gated on 2 held-out episodes of each of the bench's 6 task × embodiment pairs.
+    # gated on 4 held-out episodes (the same seeds for every version) of each of the 6 task × embodiment pairs.
     "online": LearnerConfig(
         name="online",
-        gate=GateConfig(tasks=("pick", "push", "place"), embodiments=("panda", "kuka"), episodes=2),
+        gate=GateConfig(tasks=("pick", "push", "place"), embodiments=("panda", "kuka"), episodes=4),
         batch_size=32,
         min_replay=256,
         checkpoint_every_updates=150,
