@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from fleet.policy.config import VLAConfig
 from fleet.policy.encoders import ConvImageEncoder, encoder_stack, proprio_adapter
-from fleet.policy.heads import ValueHead, masked_mean, build_action_head
+from fleet.policy.heads import ValueHead, build_action_head, masked_mean
 
 Batch = Mapping[str, Tensor]
 _PREFIX_TOKENS = 4  # embodiment, instruction, proprio, value

@@ -185,7 +185,9 @@ def test_bad_config_is_refused(saved: tuple[Path, VLAModel, str], edit: object) 
         verify_checkpoint(directory)
 
 
-def test_checkpoint_from_before_the_image_options_loads_as_the_plain_model(tmp_path: Path, tiny_config: VLAConfig) -> None:
+def test_checkpoint_from_before_the_image_options_loads_as_the_plain_model(
+    tmp_path: Path, tiny_config: VLAConfig
+) -> None:
     # Version 1 of a running fleet may predate CoordConv/FiLM/keypoints/aux: its config.json has none of them.
     old_config = tiny_config.with_(coord_channels=False, film=False, keypoints=0, aux_action_weight=0.0)
     torch.manual_seed(0)
