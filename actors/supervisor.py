@@ -1,9 +1,16 @@
 """The supervisor hook: where a human (in sim, the scripted expert) takes over from the policy.
 
-HG-DAgger style: the supervisor watches every step. When the policy drifts off course (its action
-disagrees with what the supervisor would do for `patience` steps in a row) or stalls (the end
-effector barely moves for `stall_steps`), it takes over for `takeover_steps` steps, then hands
-control back. Those steps are marked in the intervention mask and sent as `Correction`s.
+HG-DAgger style: the supervisor watches every step and steps in only when the robot is really going
+wrong, as a human watching it would: when the task stops progressing. For the tabletop tasks progress
+is `fleet.sim.experts.REMAINING` (metres of tool and object travel still to go); when it has not
+fallen below its best by `progress` metres for `stall_steps` steps (the robot is stuck, lost, or busy
+with the wrong object), the supervisor drives for `takeover_steps` steps, then hands control back and
+gives the policy a fresh window. Those steps are marked in the intervention mask and sent as
+`Correction`s. A policy that is getting on with the task, however differently from the expert, is left
+alone: its episode stays autonomous and its success is its own.
+
+Tasks without a progress measure (backends with their own experts) fall back to disagreement with the
+expert: off course for `patience` steps in a row, or no end-effector motion for `stall_steps`.
 """
 
 from __future__ import annotations
@@ -27,11 +34,16 @@ class Supervisor(Protocol):
 class SupervisorConfig:
     """When the simulated human steps in."""
 
-    disagreement: float = 0.6  # L2 distance between policy and expert translation commands counted as "off course"
-    patience: int = 3  # consecutive off-course steps before taking over
-    stall_steps: int = 12  # steps with (almost) no end-effector motion before taking over
-    stall_motion: float = 0.05  # summed |translation command| over the stall window below which it is a stall
+    stall_steps: int = 10  # steps without progress (or, fallback, without motion) before taking over
+    progress: float = 0.005  # metres the remaining distance must fall below its best to count as progress
     takeover_steps: int = 10  # steps the human drives once it has taken over
+    disagreement: float = 0.6  # fallback: L2 distance between policy and expert translation counted as off course
+    patience: int = 3  # fallback: consecutive off-course steps before taking over
+    stall_motion: float = 0.05  # fallback: summed |translation command| over the stall window counted as a stall
+
+    def __post_init__(self) -> None:
+        if min(self.stall_steps, self.takeover_steps, self.patience) <= 0 or self.progress < 0:
+            raise ValueError("SupervisorConfig: stall_steps, takeover_steps, patience > 0 and progress >= 0")
 
 
 class ExpertSupervisor:
@@ -40,29 +52,55 @@ class ExpertSupervisor:
     name = "supervisor:scripted-expert"
 
     def __init__(self, env: Any, config: SupervisorConfig | None = None) -> None:
-        from fleet.sim.experts import make_expert
+        from fleet.sim.experts import REMAINING, make_expert
 
         self.config = config or SupervisorConfig()
+        self.env = env
         self.expert = make_expert(env)
+        self._remaining = REMAINING.get(env.task.name)
         self.reset()
 
     def reset(self) -> None:
+        self._start: Any = None  # the episode's first state (where the push started, ...)
+        self._best = float("inf")  # least remaining distance since the policy last got control
+        self._idle = 0  # steps since the remaining distance last fell by `progress`
         self._off = 0
         self._left = 0
         self._motion: deque[float] = deque(maxlen=self.config.stall_steps)
 
     def step(self, obs: Any, policy_action: np.ndarray) -> np.ndarray | None:
-        expert = np.asarray(self.expert(obs), dtype=np.float32)
         if self._left > 0:
             self._left -= 1
-            return expert
+            return self._expert(obs)
+        failing = self._stuck() if self._remaining is not None else self._off_course(obs, policy_action)
+        if not failing:
+            return None
+        self._best, self._idle, self._off = float("inf"), 0, 0
+        self._motion.clear()
+        self._left = self.config.takeover_steps - 1
+        return self._expert(obs)
+
+    def _expert(self, obs: Any) -> np.ndarray:
+        return np.asarray(self.expert(obs), dtype=np.float32)
+
+    def _stuck(self) -> bool:
+        """The task has not progressed for `stall_steps` steps."""
+        assert self._remaining is not None
+        state = self.env.privileged_state()
+        if self._start is None:
+            self._start = state
+        remaining = self._remaining(state, self._start)
+        if remaining < self._best - self.config.progress:
+            self._best, self._idle = remaining, 0
+        else:
+            self._idle += 1
+        return self._idle >= self.config.stall_steps
+
+    def _off_course(self, obs: Any, policy_action: np.ndarray) -> bool:
+        """Fallback: the policy disagrees with the expert for `patience` steps, or barely moves."""
         cfg = self.config
+        expert = self._expert(obs)
         self._off = self._off + 1 if float(np.linalg.norm(policy_action[:3] - expert[:3])) > cfg.disagreement else 0
         self._motion.append(float(np.abs(policy_action[:3]).sum()))
         stalled = len(self._motion) == cfg.stall_steps and sum(self._motion) < cfg.stall_motion
-        if self._off >= cfg.patience or stalled:
-            self._off = 0
-            self._motion.clear()
-            self._left = cfg.takeover_steps - 1
-            return expert
-        return None
+        return self._off >= cfg.patience or stalled

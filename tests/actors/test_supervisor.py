@@ -1,0 +1,101 @@
+"""The simulated supervisor steps in when the task stops progressing, and leaves a working policy alone.
+
+Real PyBullet sim and the real scripted expert; the "policies" are the expert itself (never wrong),
+a policy that does nothing, and one that works on the wrong cube.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.supervisor import ExpertSupervisor, SupervisorConfig
+from fleet.sim.experts import REMAINING, make_expert
+from fleet.sim.registry import make_env
+
+pytestmark = pytest.mark.timeout(120)
+PAIRS = [(task, body) for task in ("pick", "push", "place") for body in ("panda", "kuka")]
+
+
+def _run(env, supervisor: ExpertSupervisor, policy, seed: int) -> tuple[list[int], bool]:
+    """One episode of `policy` under `supervisor`: the steps it drove, and whether the task succeeded."""
+    obs, _ = env.reset(seed=seed)
+    supervisor.reset()
+    driven, done, info, t = [], False, {}, 0
+    while not done:
+        action = np.asarray(policy(obs), dtype=np.float32)
+        human = supervisor.step(obs, action)
+        if human is not None:
+            driven.append(t)
+            action = human
+        obs, _, terminated, truncated, info = env.step(action)
+        done, t = terminated or truncated, t + 1
+    return driven, bool(info["success"])
+
+
+@pytest.mark.parametrize(("task", "embodiment"), PAIRS)
+def test_a_policy_that_gets_on_with_the_task_is_never_taken_over(task: str, embodiment: str) -> None:
+    env = make_env(task, embodiment)
+    try:
+        supervisor, expert = ExpertSupervisor(env), make_expert(env, noise_std=0.1, seed=0)
+        for seed in (0, 1):
+            driven, success = _run(env, supervisor, expert, seed)
+            assert success and driven == [], f"{task}/{embodiment} seed {seed}: took over at steps {driven}"
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task", ["pick", "push", "place"])
+def test_a_stuck_policy_is_taken_over_and_rescued(task: str) -> None:
+    env = make_env(task, "panda")
+    config = SupervisorConfig(stall_steps=10, takeover_steps=10)
+    try:
+        supervisor = ExpertSupervisor(env, config)
+        still = np.zeros(env.embodiment.action_dim, dtype=np.float32)
+        driven, _ = _run(env, supervisor, lambda obs: still, seed=3)
+        assert driven[:10] == list(range(10, 20))  # the first stall window passes, then the human drives
+    finally:
+        env.close()
+
+
+def test_working_on_the_wrong_cube_is_taken_over() -> None:
+    """A policy that picks up the other cube makes no progress on the named one: the human steps in."""
+    env = make_env("pick", "kuka")
+    try:
+        supervisor = ExpertSupervisor(env)
+        wrong = make_expert(env)
+        obs, _ = env.reset(seed=5)
+        other = next(name for name in env.privileged_state().objects if name != env.privileged_state().target)
+        env_state = env.privileged_state
+
+        def wrong_policy(obs):  # the expert's plan, aimed at the other cube
+            from dataclasses import replace
+
+            return wrong.act_on_state(replace(env_state(), target=other))
+
+        driven, success = _run(env, supervisor, wrong_policy, seed=5)
+        assert driven and driven[0] <= 40 and success  # stepped in, and the rescue reached the named cube
+    finally:
+        env.close()
+
+
+def test_remaining_distance_falls_along_an_expert_episode() -> None:
+    for task in ("pick", "push", "place", "stack"):
+        env = make_env(task, "panda")
+        try:
+            expert = make_expert(env)
+            obs, _ = env.reset(seed=0)
+            start = env.privileged_state()
+            first, done, info = REMAINING[task](start, start), False, {}
+            while not done:
+                obs, _, terminated, truncated, info = env.step(expert(obs))
+                done = terminated or truncated
+            last = REMAINING[task](env.privileged_state(), start)
+            assert info["success"] and first > 0.05 and last < 0.02, (task, first, last)
+        finally:
+            env.close()
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="stall_steps"):
+        SupervisorConfig(stall_steps=0)
