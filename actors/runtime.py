@@ -123,6 +123,8 @@ class RobotRuntime:
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         self.missed_at: list[float] = []  # wall-clock times of the latest missed ticks
+        self.missed_waiting: list[float] = []  # for each of those, ms the tick waited for its next chunk
+        self._waited_ms = 0.0  # ms the current tick waited for an inference to finish
         self.segments_total = 0  # trajectory segments published since start
         self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
         self.successes_total = 0  # successful episodes since start
@@ -304,7 +306,9 @@ class RobotRuntime:
             if cursor >= end:
                 if pending is None:
                     pending, pending_step = self._infer(obs), step
+                waiting = time.monotonic()
                 chunk, chunk_version = pending.result()
+                self._waited_ms = (time.monotonic() - waiting) * 1000
                 # The chunk's action 0 was for the step it was inferred at; skip the steps already gone.
                 pending, cursor = None, min(step - pending_step, len(chunk) - 1)
                 end = min(len(chunk), cursor + (cfg.execute_steps or len(chunk)))
@@ -384,6 +388,7 @@ class RobotRuntime:
         """Account for one tick (and in real time, sleep to its end); returns the next tick's start."""
         now = time.monotonic()
         elapsed_ms = (now - start) * 1000
+        waited_ms, self._waited_ms = self._waited_ms, 0.0
         w = self._window
         w["ticks"] += 1
         self.ticks_total += 1
@@ -395,6 +400,7 @@ class RobotRuntime:
             w["missed"] += 1
             self.missed_total += 1
             self.missed_at = (self.missed_at + [time.time()])[-1000:]
+            self.missed_waiting = (self.missed_waiting + [round(waited_ms, 1)])[-1000:]
             return now  # resynchronise: one overrun is one missed tick, not a cascade
         time.sleep(end - now)
         return end

@@ -80,8 +80,13 @@ def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...
     return run_stage(stage).checkpoint  # resumes; nothing to do when already trained
 
 
-def run_arm(arm: str, *, robots: int, minutes: float, v1: Path, demos: Path, args: argparse.Namespace) -> list[Event]:
-    """One arm on a fresh stack; the fleet's finished episodes in order of finishing."""
+def run_arm(
+    arm: str, *, robots: int, minutes: float, v1: Path, demos: Path, args: argparse.Namespace
+) -> tuple[list[Event], list[dict[str, Any]]]:
+    """One arm on a fresh stack: the fleet's finished episodes in order of finishing, and the versions published.
+
+    The learner's log is kept as <cache>/logs/<arm>-<robots>.log (the rest of the arm's stack is removed).
+    """
     import ray
 
     from actors.sim_fleet import FleetConfig, run_fleet
@@ -121,20 +126,27 @@ def run_arm(arm: str, *, robots: int, minutes: float, v1: Path, demos: Path, arg
                     )
 
         progress(run_fleet(settings, fleet, on_progress=progress))
-        versions = [v.version for v in registry.list_versions()]
-        print(f"  {arm}: {len(events)} episodes, versions {versions}", flush=True)
+        versions = [
+            {"version": v.version, "minutes": round((v.created_at - started) / 60, 2),
+             "gate_mean": v.eval_metrics.get("mean"), "gate_passed": v.gate_passed, "aliases": list(v.aliases)}
+            for v in sorted(registry.list_versions(), key=lambda v: int(v.version))
+        ]  # fmt: skip
+        print(f"  {arm}: {len(events)} episodes, versions {[(v['version'], v['gate_mean']) for v in versions]}")
     finally:
         if learner is not None:
             learner.terminate()
             learner.wait(timeout=120)
+            (args.cache / "logs").mkdir(parents=True, exist_ok=True)
+            shutil.copy(home / "learner.log", args.cache / "logs" / f"{arm}-{robots}.log")
         ray.shutdown()
         launcher.down(settings, log=lambda _m: None)
         shutil.rmtree(home, ignore_errors=True)  # the arm's Kafka log, MLflow store, spool (~100 MB)
-    return sorted(events.values())
+    return sorted(events.values()), versions
 
 
-def summarize(events: list[Event], window: int) -> dict[str, Any]:
-    """initial/final autonomous success, minutes_to_90 and the curves, from one arm's episodes."""
+def summarize(run: tuple[list[Event], list[dict[str, Any]]], window: int) -> dict[str, Any]:
+    """initial/final autonomous success, minutes_to_90 and the curves, from one arm's episodes and versions."""
+    events, versions = run
     if not events:
         return {"episodes": 0, "initial_success": None, "final_success": None, "minutes_to_90": None}
     minutes = np.array([e[0] for e in events])
@@ -151,6 +163,7 @@ def summarize(events: list[Event], window: int) -> dict[str, Any]:
         "interventions_per_episode_first": round(float(interventions[:w].mean()), 3),
         "interventions_per_episode_last": round(float(interventions[-w:].mean()), 3),
         "versions_seen": sorted({e[1] for e in events}, key=lambda v: int(v) if v.isdigit() else 0),
+        "versions": versions,
         "curve": {"minutes": minutes.round(3).tolist(), "success": trailing.round(3).tolist(),
                   "interventions": interventions.tolist()},
     }  # fmt: skip
@@ -227,8 +240,8 @@ def main() -> None:
             scaling_detail[str(n)] = arms["full"]
             continue
         print(f"scaling: full arm, {n} robots, {scaling_minutes} min", flush=True)
-        events = run_arm("full", robots=n, minutes=scaling_minutes, v1=v1, demos=args.cache / "demos", args=args)
-        scaling_detail[str(n)] = summarize(events, args.window)
+        run = run_arm("full", robots=n, minutes=scaling_minutes, v1=v1, demos=args.cache / "demos", args=args)
+        scaling_detail[str(n)] = summarize(run, args.window)
     full = arms.get("full", {})
     first, last = full.get("interventions_per_episode_first"), full.get("interventions_per_episode_last")
     result = {
