@@ -37,12 +37,16 @@ class GateConfig:
     seed_offset: int = 1_000_000  # first held-out seed (robots and demos use small seeds)
     max_steps: int | None = None  # cut episodes short of the task's limit (debug presets); None = task limit
     min_success: float = 0.0  # eval/mean a version needs before it may be promoted at all
+    # How much a candidate's eval/mean must exceed production's to be promoted. The gate is a small sample
+    # (a 60-episode mean has a standard error of ~0.06), so "any gain" promotes lucky draws: a noisy gate
+    # with no margin put a worse version in production in bench/online.py (fleet success 0.65 -> 0.4).
+    min_improvement: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.tasks or not self.embodiments or self.episodes < 1:
             raise ValueError("GateConfig needs at least one task, one embodiment and one episode")
-        if not 0.0 <= self.min_success <= 1.0:
-            raise ValueError("GateConfig.min_success must be in [0, 1]")
+        if not 0.0 <= self.min_success <= 1.0 or not 0.0 <= self.min_improvement < 1.0:
+            raise ValueError("GateConfig.min_success must be in [0, 1] and min_improvement in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,14 @@ class GateResult:
         return out
 
 
-def beats(candidate_mean: float, production_mean: float | None, *, min_success: float) -> bool:
-    """Promotion rule: at least `min_success`, and strictly better than production (any, if there is none)."""
+def beats(
+    candidate_mean: float, production_mean: float | None, *, min_success: float, min_improvement: float = 0.0
+) -> bool:
+    """Promotion rule: at least `min_success`, and better than production by more than `min_improvement`
+    (strictly better when it is 0; any candidate, if there is no production version)."""
     if candidate_mean < min_success:
         return False
-    return production_mean is None or candidate_mean > production_mean
+    return production_mean is None or candidate_mean > production_mean + min_improvement
 
 
 class EvalGate:

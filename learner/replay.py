@@ -378,7 +378,8 @@ class ReplayBuffer:
             cols["text"].append(self._embedding(e.instruction))
             cols["proprio"].append(e.proprio[t])
             cols["actions"].append(e.actions[idx[0]])
-            cols["mask"].append(valid[0])
+            # An intervention row learns the human's actions only: chunk steps after the human let go are masked.
+            cols["mask"].append(valid[0] & e.intervention[idx[0]] if kind == INTERVENTION else valid[0])
             ids.append(e.embodiment_id)
             returns.append(e.returns[t])
             kinds.append(kind)

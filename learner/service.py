@@ -330,7 +330,8 @@ class LearnerService:
         mean = float(state.gate["eval/mean"])
         production = self.registry.version_for_alias(PRODUCTION)
         production_mean = self._production_mean(production)
-        passed = beats(mean, production_mean, min_success=self.config.gate.min_success)
+        gate = self.config.gate
+        passed = beats(mean, production_mean, min_success=gate.min_success, min_improvement=gate.min_improvement)
         tags = {
             "data_offsets": json.dumps(state.window, sort_keys=True),
             "correction_ids": str(state.correction_ids),

@@ -126,6 +126,24 @@ def test_review_before_correction_waits_for_it() -> None:
     assert replay.correction_steps("c9") == [] and replay.sizes()["online"] == 8
 
 
+def test_an_intervention_row_learns_only_the_human_steps_of_its_chunk() -> None:
+    """HG-DAgger labels: after the human lets go (step 6) the policy's own actions are not targets of the row."""
+    replay, ingest = _replay(online_fraction=0.0, intervention_fraction=1.0)
+    _feed(ingest, segments("r1", "e1", lengths=(10,), intervention=(4, 6)))
+    batch = replay.sample(16, np.random.default_rng(0))
+    assert set(batch["kind"].tolist()) == {INTERVENTION}
+    horizon = MODEL.chunk_size  # 4: a row at step 4 covers 4..7, at step 5 covers 5..8
+    masks = {tuple(m) for m in batch["action_mask"].tolist()}
+    assert masks == {(True, True, False, False), (True, False, False, False)}, (horizon, masks)
+    # Autonomous rows keep their whole in-episode chunk, human steps included: each mask is a run of Trues
+    # from the row's step to the episode end (a row at step 2 covering 2..5 is not cut at the takeover).
+    replay2, ingest2 = _replay(online_fraction=1.0)
+    _feed(ingest2, segments("r1", "e2", lengths=(10,), intervention=(4, 6)))
+    batch = replay2.sample(64, np.random.default_rng(1))
+    rows = batch["action_mask"][batch["kind"] == AUTONOMOUS]
+    assert len(rows) and all(list(m) == sorted(m, reverse=True) and m[0] for m in rows.tolist())
+
+
 def test_capacity_is_fifo_per_source() -> None:
     replay, ingest = _replay(capacity=10)
     for i in range(3):
