@@ -51,11 +51,13 @@ class LearnerConfig:
 
 PRESETS: dict[str, LearnerConfig] = {
     "default": LearnerConfig(name="default"),
-    # `make demo` on 2 cores: the default model (continues version 1), a version every ~100 updates or
-    # 2 minutes, and a small gate on the demo's tasks so versions reach the fleet within minutes.
+    # `make demo` on 2 cores: the default model (continues version 1) at the post-training learning rate, a
+    # version every ~100 updates or 2 minutes, and a small gate on the demo's tasks so versions reach the
+    # fleet within minutes (promoted 5 points above production, as in `online`).
     "demo": LearnerConfig(
         name="demo",
-        gate=GateConfig(tasks=("pick", "push"), embodiments=("panda", "kuka"), episodes=5),
+        rllib=RLlibConfig(lr=1e-4),
+        gate=GateConfig(tasks=("pick", "push"), embodiments=("panda", "kuka"), episodes=5, min_improvement=0.05),
         batch_size=32,
         min_replay=256,
         checkpoint_every_updates=100,
