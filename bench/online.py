@@ -219,6 +219,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online.json")
+    parser.add_argument(
+        "--arms-from", type=Path, default=None,
+        help="take the arms from this earlier result (same robots, minutes, window) and run only the scaling",
+    )  # fmt: skip
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` / kill: still stop each arm's stack
     logging.basicConfig(level=logging.WARNING)
@@ -229,7 +233,14 @@ def main() -> None:
     print(f"version 1: {args.demos} demos per pair, {args.bc_steps} BC steps (cached in {args.cache})", flush=True)
     v1 = version_one(args.cache, tasks, embodiments, args.demos, args.bc_steps)
     arms: dict[str, Any] = {}
-    for arm in args.arms.split(","):
+    arms_command = None
+    if args.arms_from is not None:  # a session-sized split of one long run: arms first, scaling later
+        earlier = json.loads(args.arms_from.read_text())
+        same = {k: earlier["config"][k] for k in ("robots", "minutes", "window")}
+        if same != {"robots": args.robots, "minutes": args.minutes, "window": args.window}:
+            parser.error(f"--arms-from {args.arms_from} was run with {same}; give the same --robots/--minutes/--window")
+        arms, arms_command = earlier["arms"], earlier.get("arms_command") or earlier["command"]
+    for arm in [a for a in args.arms.split(",") if a and args.arms_from is None]:
         print(f"arm {arm}: {args.robots} robots, {args.minutes} min", flush=True)
         arms[arm] = summarize(
             run_arm(arm, robots=args.robots, minutes=args.minutes, v1=v1, demos=args.cache / "demos", args=args),
@@ -249,6 +260,7 @@ def main() -> None:
     result = {
         "benchmark": "online",
         "command": " ".join(["bench/online.py", *sys.argv[1:]]),
+        "arms_command": arms_command,  # the run the arms came from, with --arms-from (else this one)
         "config": {"robots": args.robots, "minutes": args.minutes, "scaling_minutes": scaling_minutes,
                    "tasks": tasks, "embodiments": embodiments, "demos_per_pair": args.demos,
                    "bc_steps": args.bc_steps, "window": args.window, "success": "autonomous (no takeover)"},
