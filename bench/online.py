@@ -25,9 +25,10 @@ Version 1 is the recipe's pre-training stage (`fleet.recipe.train`, 300 demos pe
 about 60% mean success; cached, so every arm and every re-run starts from the same weights).
 
 Writes bench/results/online.json and bench/results/online.png. Command that produced the committed
-result (6 minutes per arm to fit a session; the issue's target run is `--minutes 20`, about 3 hours here):
+result (10 minutes per arm, no scaling run, to fit a session; the issue's target run is `--minutes 20`,
+about 3 hours here, or `--minutes 20 --scaling ""` then `--minutes 20 --arms-from <that json>`):
 
-    .venv/bin/python bench/online.py --minutes 6 --scaling 1,2,4,8 --cache /tmp/online-v2
+    .venv/bin/python bench/online.py --minutes 10 --scaling "" --cache /tmp/online-v2
 """
 
 from __future__ import annotations
