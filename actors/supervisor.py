@@ -52,18 +52,18 @@ class ExpertSupervisor:
     name = "supervisor:scripted-expert"
 
     def __init__(self, env: Any, config: SupervisorConfig | None = None) -> None:
-        from fleet.sim.experts import REMAINING, make_expert
+        from fleet.sim.experts import ProgressWatch, make_expert
 
         self.config = config or SupervisorConfig()
         self.env = env
         self.expert = make_expert(env)
-        self._remaining = REMAINING.get(env.task.name)
+        cfg = self.config
+        self._watch = ProgressWatch.for_task(env.task.name, stall_steps=cfg.stall_steps, progress=cfg.progress)
         self.reset()
 
     def reset(self) -> None:
-        self._start: Any = None  # the episode's first state (where the push started, ...)
-        self._best = float("inf")  # least remaining distance since the policy last got control
-        self._idle = 0  # steps since the remaining distance last fell by `progress`
+        if self._watch is not None:
+            self._watch.reset()
         self._off = 0
         self._left = 0
         self._motion: deque[float] = deque(maxlen=self.config.stall_steps)
@@ -72,29 +72,21 @@ class ExpertSupervisor:
         if self._left > 0:
             self._left -= 1
             return self._expert(obs)
-        failing = self._stuck() if self._remaining is not None else self._off_course(obs, policy_action)
+        if self._watch is not None:
+            failing = self._watch.update(self.env.privileged_state())
+        else:
+            failing = self._off_course(obs, policy_action)
         if not failing:
             return None
-        self._best, self._idle, self._off = float("inf"), 0, 0
+        if self._watch is not None:
+            self._watch.restart()  # the policy gets a fresh window when the human hands back
+        self._off = 0
         self._motion.clear()
         self._left = self.config.takeover_steps - 1
         return self._expert(obs)
 
     def _expert(self, obs: Any) -> np.ndarray:
         return np.asarray(self.expert(obs), dtype=np.float32)
-
-    def _stuck(self) -> bool:
-        """The task has not progressed for `stall_steps` steps."""
-        assert self._remaining is not None
-        state = self.env.privileged_state()
-        if self._start is None:
-            self._start = state
-        remaining = self._remaining(state, self._start)
-        if remaining < self._best - self.config.progress:
-            self._best, self._idle = remaining, 0
-        else:
-            self._idle += 1
-        return self._idle >= self.config.stall_steps
 
     def _off_course(self, obs: Any, policy_action: np.ndarray) -> bool:
         """Fallback: the policy disagrees with the expert for `patience` steps, or barely moves."""

@@ -2,7 +2,8 @@
 
 Seeds start at `seed_offset` (far from the seeds robots and demo collection use), so the gate
 measures held-out starts and gives the same scenes to every version: versions are compared on
-equal terms. Chunks are executed open-loop, as on the robots.
+equal terms. Episodes are judged as the fleet judges them: chunks on the robots' schedule, and an
+episode the supervisor would have taken over (no progress for ~1 s) counts as a failure.
 
     result = EvalGate(GateConfig(tasks=("pick",), embodiments=("panda",))).evaluate(model, embedder=emb)
     result.tags()   # {"eval/pick/panda": "0.4", "eval/mean": "0.4"}
@@ -13,9 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from fleet.policy.base import Policy
 from fleet.policy.language import InstructionEmbedder
 from fleet.policy.model import VLAModel
 from fleet.policy.policy import VLAPolicy
@@ -41,6 +44,8 @@ class GateConfig:
     # (a 60-episode mean has a standard error of ~0.06), so "any gain" promotes lucky draws: a noisy gate
     # with no margin put a worse version in production in bench/online.py (fleet success 0.65 -> 0.4).
     min_improvement: float = 0.0
+    # An episode that stops progressing (the supervisor would take over on the fleet) fails, as on the fleet.
+    stop_when_stuck: bool = True
 
     def __post_init__(self) -> None:
         if not self.tasks or not self.embodiments or self.episodes < 1:
@@ -93,8 +98,6 @@ class EvalGate:
         return out
 
     def evaluate(self, model: VLAModel, *, embedder: InstructionEmbedder) -> GateResult:
-        from fleet.sim import make_env, rollout
-
         start = time.monotonic()
         policy = VLAPolicy(model, embedder=embedder, seed=0)
         rates: dict[tuple[str, str], float] = {}
@@ -102,34 +105,45 @@ class EvalGate:
             if embodiment not in model.config.embodiment_names:
                 log.warning("gate: model has no adapter for %s; skipping %s/%s", embodiment, task, embodiment)
                 continue
-            env = make_env(task, embodiment, seed=self.config.seed_offset, image_size=model.config.image_size)
-            try:
-                wins = 0
-                for i in range(self.config.episodes):
-                    policy.reset()
-                    episode = rollout(
-                        env,
-                        _ChunkExecutor(policy),
-                        seed=self.config.seed_offset + i,
-                        robot_id="eval-gate",
-                        source="eval",
-                        max_steps=self.config.max_steps,
-                    )
-                    wins += int(episode.meta.success)
-                rates[(task, embodiment)] = wins / self.config.episodes
-            finally:
-                env.close()
+            rates[(task, embodiment)] = self.success_rate(policy, task, embodiment, image_size=model.config.image_size)
         return GateResult(success=rates, seconds=time.monotonic() - start)
 
+    def success_rate(
+        self, policy: Policy, task: str, embodiment: str, *, image_size: int = 64, env: Any = None
+    ) -> float:
+        """Autonomous success of `policy` on this gate's episodes of one task × embodiment.
 
-class _ChunkExecutor:
-    """obs -> one action: infers a chunk, then plays it open-loop before inferring again."""
+        Judged as the fleet judges it (bench/online.py, the dashboard): chunks run on the robots' schedule
+        (`ChunkedController`: the next chunk inferred one step early), and an episode that stops making
+        progress for as long as the supervisor tolerates (`ProgressWatch`) is a failure, ended there:
+        on the fleet a human would have taken over. A slow recovery the time limit still allows is not a
+        success the fleet would ever see. `env` (else made here) is the task's env, reset per episode.
+        """
+        from fleet.recipe.evaluate import ChunkedController
+        from fleet.sim import make_env
+        from fleet.sim.experts import ProgressWatch
 
-    def __init__(self, policy: VLAPolicy) -> None:
-        self.policy = policy
-        self._queue: list[np.ndarray] = []
-
-    def __call__(self, obs: dict) -> np.ndarray:  # type: ignore[type-arg]
-        if not self._queue:
-            self._queue = list(self.policy.infer(obs))
-        return self._queue.pop(0)
+        own_env = env is None
+        if env is None:
+            env = make_env(task, embodiment, seed=self.config.seed_offset, image_size=image_size)
+        watch = ProgressWatch.for_task(task) if self.config.stop_when_stuck else None
+        try:
+            wins = 0
+            for i in range(self.config.episodes):
+                controller = ChunkedController(policy)  # resets the policy
+                obs, info = env.reset(seed=self.config.seed_offset + i)
+                if watch is not None:
+                    watch.reset()
+                limit = self.config.max_steps or env.max_steps
+                for _ in range(limit):
+                    if watch is not None and watch.update(env.privileged_state()):
+                        info = {"success": False}
+                        break
+                    obs, _, terminated, truncated, info = env.step(np.asarray(controller(obs), dtype=np.float32))
+                    if terminated or truncated:
+                        break
+                wins += int(bool(info.get("success", False)))
+            return wins / self.config.episodes
+        finally:
+            if own_env:
+                env.close()

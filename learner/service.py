@@ -375,7 +375,8 @@ class LearnerService:
         gate = self.config.gate
         return json.dumps(
             {"tasks": gate.tasks, "embodiments": gate.embodiments, "episodes": gate.episodes,
-             "seed_offset": gate.seed_offset, "max_steps": gate.max_steps}, sort_keys=True,
+             "seed_offset": gate.seed_offset, "max_steps": gate.max_steps, "stop_when_stuck": gate.stop_when_stuck,
+             "schedule": "runtime"}, sort_keys=True,
         )  # fmt: skip
 
     def _production_mean(self, production: VersionInfo | None) -> float | None:

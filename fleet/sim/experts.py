@@ -202,6 +202,47 @@ REMAINING: dict[str, Callable[[SimState, SimState], float]] = {
 }
 
 
+class ProgressWatch:
+    """Says when a task has stopped progressing: `REMAINING` has not fallen below its best by `progress`
+    metres for `stall_steps` steps. What the simulated supervisor takes over on, and what the learner's
+    eval gate counts as a failure, so both judge an episode the way the fleet's success metric does.
+
+        watch = ProgressWatch("pick")  # or ProgressWatch.for_task(task): None for tasks without a measure
+        stuck = watch.update(env.privileged_state())
+    """
+
+    def __init__(self, task: str, *, stall_steps: int = 10, progress: float = 0.005) -> None:
+        self.remaining = REMAINING[task]
+        self.stall_steps, self.progress = stall_steps, progress
+        self.reset()
+
+    @classmethod
+    def for_task(cls, task: str, *, stall_steps: int = 10, progress: float = 0.005) -> ProgressWatch | None:
+        """A watch for `task`, or None when the task has no progress measure (backends' own tasks)."""
+        return cls(task, stall_steps=stall_steps, progress=progress) if task in REMAINING else None
+
+    def reset(self) -> None:
+        """A new episode: the next state seen is its start."""
+        self._start: SimState | None = None
+        self.restart()
+
+    def restart(self) -> None:
+        """A fresh window (after a takeover): progress is counted from the next state on."""
+        self._best = float("inf")
+        self._idle = 0
+
+    def update(self, state: SimState) -> bool:
+        """Record one step's state; True once the task has not progressed for `stall_steps` steps."""
+        if self._start is None:
+            self._start = state
+        remaining = self.remaining(state, self._start)
+        if remaining < self._best - self.progress:
+            self._best, self._idle = remaining, 0
+        else:
+            self._idle += 1
+        return self._idle >= self.stall_steps
+
+
 PLANNERS: dict[str, Callable[[SimState], Plan]] = {
     "push": push_plan,
     "pick": pick_plan,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from learner.config import get_preset
-from learner.gate import GateConfig, beats
+from learner.gate import EvalGate, GateConfig, beats
 
 
 def test_without_a_margin_any_strict_gain_promotes() -> None:
@@ -31,3 +32,40 @@ def test_config_rejects_a_margin_outside_0_1() -> None:
         GateConfig(min_improvement=1.0)
     with pytest.raises(ValueError, match="min_improvement"):
         GateConfig(min_improvement=-0.1)
+
+
+class _Hesitant:
+    """Stands still for `wait` steps, then follows the scripted expert: a chunk of one action per inference."""
+
+    def __init__(self, env, wait: int) -> None:  # noqa: ANN001
+        from fleet.sim.experts import make_expert
+
+        self.expert, self.wait, self.calls = make_expert(env), wait, 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def infer(self, obs):  # noqa: ANN001, ANN201
+        self.calls += 1
+        action = self.expert(obs) if self.calls > self.wait else np.zeros(5, dtype=np.float32)
+        return np.asarray(action, dtype=np.float32)[None]
+
+
+@pytest.mark.timeout(120)
+def test_the_gate_fails_an_episode_the_supervisor_would_have_taken_over() -> None:
+    """A policy that stalls 2 s before solving the task succeeds within the time limit, but on the fleet
+    the supervisor steps in after 1 s: the gate counts it as the fleet does (and stops the episode there)."""
+    from fleet.sim.registry import make_env
+
+    env = make_env("pick", "kuka", seed=1_000_000)
+    try:
+        lenient = EvalGate(GateConfig(tasks=("pick",), embodiments=("kuka",), episodes=2, stop_when_stuck=False))
+        fleet_like = EvalGate(GateConfig(tasks=("pick",), embodiments=("kuka",), episodes=2))
+        assert lenient.success_rate(_Hesitant(env, wait=0), "pick", "kuka", env=env) == 1.0
+        assert fleet_like.success_rate(_Hesitant(env, wait=0), "pick", "kuka", env=env) == 1.0
+        assert lenient.success_rate(_Hesitant(env, wait=20), "pick", "kuka", env=env) == 1.0
+        hesitant = _Hesitant(env, wait=20)
+        assert fleet_like.success_rate(hesitant, "pick", "kuka", env=env) == 0.0
+        assert hesitant.calls <= 12  # ended when it stalled, not at the 60-step limit
+    finally:
+        env.close()
