@@ -254,7 +254,12 @@ class KafkaService:
 
 
 def _cluster_id() -> str:
-    # KRaft cluster ids are 16 random bytes, base64url without padding (what `random-uuid` prints).
+    # KRaft cluster ids are 16 random bytes, base64url without padding (what `random-uuid` prints). Like
+    # Kafka's own Uuid.randomUuid, never one that starts with "-": `StorageTool format -t -9tI...` reads
+    # it as an option and fails (1 start in 64; it broke a CI run's SASL broker).
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

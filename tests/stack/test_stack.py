@@ -124,3 +124,13 @@ def test_down_leaves_no_process_and_status_fails(stack: Settings) -> None:
     finally:
         launcher.up(stack, timeout_s=120, log=lambda _m: None)  # later tests need the stack
     assert all(row.up for row in launcher.status(stack))
+
+
+def test_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`StorageTool format -t -abc...` reads a dash-led id as an option: such ids are drawn again."""
+    from fleet.stack import kafka
+
+    dash_led = uuid.UUID(bytes=bytes([0xF8]) + bytes(15))  # base64url "-AAA..."
+    draws = iter([dash_led, uuid.UUID(int=1)])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    assert kafka._cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
