@@ -55,6 +55,9 @@ class KafkaGroupConsumer:
                 fetch_max_bytes=max(52428800, config.max_request_bytes),
                 max_partition_fetch_bytes=config.max_request_bytes,
                 reconnect_backoff_max_ms=1000,
+                # A topic created after the consumer subscribed (a robot that starts before anything made
+                # fleet.models) is seen within 10 s, not kafka-python's default 5 minutes.
+                metadata_max_age_ms=10_000,
                 bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
                 **kafka_security_options(config),
             )
