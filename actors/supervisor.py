@@ -34,6 +34,8 @@ class Supervisor(Protocol):
 class SupervisorConfig:
     """When the simulated human steps in."""
 
+    # The two defaults are fleet.sim.experts.STALL_STEPS / PROGRESS, which the learner's gate uses too (a test
+    # keeps them equal); not imported, so the robot runtime does not load the simulator package.
     stall_steps: int = 10  # steps without progress (or, fallback, without motion) before taking over
     progress: float = 0.005  # metres the remaining distance must fall below its best to count as progress
     takeover_steps: int = 10  # steps the human drives once it has taken over

@@ -241,12 +241,13 @@ def main() -> None:
         if same != {"robots": args.robots, "minutes": args.minutes, "window": args.window}:
             parser.error(f"--arms-from {args.arms_from} was run with {same}; give the same --robots/--minutes/--window")
         arms, arms_command = earlier["arms"], earlier.get("arms_command") or earlier["command"]
-    for arm in [a for a in args.arms.split(",") if a and args.arms_from is None]:
-        print(f"arm {arm}: {args.robots} robots, {args.minutes} min", flush=True)
-        arms[arm] = summarize(
-            run_arm(arm, robots=args.robots, minutes=args.minutes, v1=v1, demos=args.cache / "demos", args=args),
-            args.window,
-        )
+    else:
+        for arm in [a for a in args.arms.split(",") if a]:
+            print(f"arm {arm}: {args.robots} robots, {args.minutes} min", flush=True)
+            arms[arm] = summarize(
+                run_arm(arm, robots=args.robots, minutes=args.minutes, v1=v1, demos=args.cache / "demos", args=args),
+                args.window,
+            )
     scaling_minutes = args.scaling_minutes or args.minutes
     scaling_detail: dict[str, Any] = {}
     for n in [int(x) for x in args.scaling.split(",") if x]:

@@ -127,6 +127,7 @@ class EvalGate:
         if env is None:
             env = make_env(task, embodiment, seed=self.config.seed_offset, image_size=image_size)
         watch = ProgressWatch.for_task(task) if self.config.stop_when_stuck else None
+        limit = self.config.max_steps or env.max_steps
         try:
             wins = 0
             for i in range(self.config.episodes):
@@ -134,7 +135,6 @@ class EvalGate:
                 obs, info = env.reset(seed=self.config.seed_offset + i)
                 if watch is not None:
                     watch.reset()
-                limit = self.config.max_steps or env.max_steps
                 for _ in range(limit):
                     if watch is not None and watch.update(env.privileged_state()):
                         info = {"success": False}

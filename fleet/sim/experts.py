@@ -202,6 +202,10 @@ REMAINING: dict[str, Callable[[SimState, SimState], float]] = {
 }
 
 
+STALL_STEPS = 10  # steps (1 s at 10 Hz) without progress before the task counts as stuck
+PROGRESS = 0.005  # metres REMAINING must fall below its best to count as progress
+
+
 class ProgressWatch:
     """Says when a task has stopped progressing: `REMAINING` has not fallen below its best by `progress`
     metres for `stall_steps` steps. What the simulated supervisor takes over on, and what the learner's
@@ -211,13 +215,13 @@ class ProgressWatch:
         stuck = watch.update(env.privileged_state())
     """
 
-    def __init__(self, task: str, *, stall_steps: int = 10, progress: float = 0.005) -> None:
+    def __init__(self, task: str, *, stall_steps: int = STALL_STEPS, progress: float = PROGRESS) -> None:
         self.remaining = REMAINING[task]
         self.stall_steps, self.progress = stall_steps, progress
         self.reset()
 
     @classmethod
-    def for_task(cls, task: str, *, stall_steps: int = 10, progress: float = 0.005) -> ProgressWatch | None:
+    def for_task(cls, task: str, *, stall_steps: int = STALL_STEPS, progress: float = PROGRESS) -> ProgressWatch | None:
         """A watch for `task`, or None when the task has no progress measure (backends' own tasks)."""
         return cls(task, stall_steps=stall_steps, progress=progress) if task in REMAINING else None
 

@@ -96,6 +96,13 @@ def test_remaining_distance_falls_along_an_expert_episode() -> None:
             env.close()
 
 
+def test_supervisor_and_gate_share_one_notion_of_stuck() -> None:
+    from fleet.sim.experts import PROGRESS, STALL_STEPS
+
+    config = SupervisorConfig()
+    assert (config.stall_steps, config.progress) == (STALL_STEPS, PROGRESS)
+
+
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="stall_steps"):
         SupervisorConfig(stall_steps=0)
