@@ -46,8 +46,11 @@ class RobotConfig:
     control_hz: float = 10.0  # tick rate
     realtime: bool = False  # sleep to the tick deadline (real robots, demos); off = as fast as the sim runs
     segment_steps: int = 10  # steps per TrajectorySegment (1 s at 10 Hz)
-    execute_steps: int | None = None  # actions executed per chunk before re-planning (None = the whole chunk)
-    prefetch_steps: int = 1  # start inferring the next chunk this many steps before the current one ends
+    # The chunk schedule (fleet.recipe.evaluate.EXECUTE_STEPS / PREFETCH_STEPS, where it is measured; literals
+    # here so the robot does not import the recipe; a test keeps them equal): re-plan every 2 actions, the
+    # next chunk inferred 2 steps ahead.
+    execute_steps: int | None = 2  # actions executed per chunk before re-planning (None = the whole chunk)
+    prefetch_steps: int = 2  # start inferring the next chunk this many steps before the current one ends
     heartbeat_interval_s: float = 1.0  # heartbeat period
     seed: int = 0  # episode seeds are seed * 100_000 + episode index
 
@@ -299,10 +302,6 @@ class RobotRuntime:
         next_tick = time.monotonic()
         while not done:
             tick_start = time.monotonic()
-            if pending is None and end - cursor <= cfg.prefetch_steps:
-                self._apply_commands()
-                self._maybe_swap()  # chunk boundary for inference: the next chunk comes from the new version
-                pending, pending_step = self._infer(obs), step
             if cursor >= end:
                 if pending is None:
                     pending, pending_step = self._infer(obs), step
@@ -312,6 +311,10 @@ class RobotRuntime:
                 # The chunk's action 0 was for the step it was inferred at; skip the steps already gone.
                 pending, cursor = None, min(step - pending_step, len(chunk) - 1)
                 end = min(len(chunk), cursor + (cfg.execute_steps or len(chunk)))
+            if pending is None and end - cursor <= cfg.prefetch_steps:  # also right after a switch: a full lead
+                self._apply_commands()
+                self._maybe_swap()  # chunk boundary for inference: the next chunk comes from the new version
+                pending, pending_step = self._infer(obs), step
             action = chunk[cursor]
             cursor += 1
             human = self.supervisor.step(obs, action) if self.supervisor is not None else None

@@ -162,7 +162,7 @@ def main() -> int:
             out["train"][head][f"posttrain-{task}"] = _summary(post)
             gif_dir = work / f"gifs-{head}"
             rates = evaluate(post.checkpoint, [task], EMBODIMENTS, EVAL_EPISODES, EVAL_SEED,
-                             execute_steps=EXECUTE_STEPS, gif_dir=gif_dir)  # fmt: skip
+                             execute_steps=EXECUTE_STEPS, prefetch_steps=1, gif_dir=gif_dir)  # fmt: skip
             out["success"][head][task] = rates[task]
             for body in EMBODIMENTS:
                 shutil.copy(gif_dir / f"{task}-{body}.gif", GIFS / f"{head}-{task}-{body}.gif")

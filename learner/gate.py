@@ -114,8 +114,8 @@ class EvalGate:
         """Autonomous success of `policy` on this gate's episodes of one task × embodiment.
 
         Judged as the fleet judges it (bench/online.py, the dashboard): chunks run on the robots' schedule
-        (`ChunkedController`: the next chunk inferred one step early), and an episode that stops making
-        progress for as long as the supervisor tolerates (`ProgressWatch`) is a failure, ended there:
+        (`ChunkedController`: re-planning every 2 steps, each chunk inferred 2 steps ahead), and an episode
+        that stops making progress for as long as the supervisor tolerates (`ProgressWatch`) is a failure, ended there:
         on the fleet a human would have taken over. A slow recovery the time limit still allows is not a
         success the fleet would ever see. `env` (else made here) is the task's env, reset per episode.
         """

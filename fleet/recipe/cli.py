@@ -18,6 +18,8 @@ from pathlib import Path
 
 import typer
 
+from fleet.recipe.evaluate import EXECUTE_STEPS
+
 demos_app = typer.Typer(help="Scripted demonstrations: collect them into an episode store.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the VLA: pre-train on all demos, post-train on one task.", no_args_is_help=True)
 
@@ -173,7 +175,9 @@ def eval_command(
     embodiments: str = EmbodimentsOption,
     episodes: int = typer.Option(20, "--episodes", help="Episodes per task x embodiment."),
     seed: int = typer.Option(100_000, "--seed", help="Env seed of the first episode."),
-    execute_steps: int | None = typer.Option(None, "--execute-steps", help="Actions run per chunk [default: all]."),
+    execute_steps: int = typer.Option(
+        EXECUTE_STEPS, "--execute-steps", help="Actions run per chunk before re-planning (the robots' schedule)."
+    ),
     out: Path | None = EvalOutOption,
     gif: Path | None = GifOption,
     threads: int = ThreadsOption,

@@ -110,9 +110,11 @@ def test_swap_happens_at_a_chunk_boundary_and_splits_segments() -> None:
     assert versions[0] == "1" and versions[-1] == "2"
     assert versions == sorted(versions)  # one switch, never back
     first_new = next(s for s in segments if s.model_version == "2")
-    # Chunks are 8 steps; each prefetched chunk skips its first action (meant for the step during which it
-    # was inferred), so chunk boundaries are at 8, 15, 22, ...: the new version acts from one of them.
-    assert first_new.step_start >= 8 and (first_new.step_start - 8) % 7 == 0
+    # The robot re-plans every 2 steps and infers each chunk 2 steps ahead (skipping its 2 actions meant for
+    # the steps already gone): chunks start at steps 2, 4, 6, ... The reloader is asked at the episode start,
+    # then each time a chunk is inferred (steps 0, 2, ...): the third ask, at step 2, swaps, so the chunk
+    # inferred there by version 2 acts from step 4 on.
+    assert first_new.step_start == 4
     assert runtime.policy is new_policy and runtime.version == "2"
 
 
@@ -181,3 +183,13 @@ def test_assign_task_switches_the_env_at_the_next_episode_and_refuses_unknown_ta
     refusing.run(episodes=1)
     assert refusing.task == "pick" and "nope" in (refusing.error or "")  # unknown task: keeps its own
     assert refusing.heartbeat().error == refusing.error
+
+
+def test_robots_run_the_chunk_schedule_the_gate_and_eval_measure() -> None:
+    """The robots' re-planning schedule is the one `fleet eval` and the learner's gate judge a policy by."""
+    from fleet.recipe.evaluate import EXECUTE_STEPS, PREFETCH_STEPS, ChunkedController
+
+    config = RobotConfig(robot_id="r1", embodiment="panda", task="pick")
+    assert (config.execute_steps, config.prefetch_steps) == (EXECUTE_STEPS, PREFETCH_STEPS)
+    controller = ChunkedController(ZeroPolicy(4))
+    assert (controller.execute_steps, controller.prefetch_steps) == (EXECUTE_STEPS, PREFETCH_STEPS)

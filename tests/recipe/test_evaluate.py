@@ -39,7 +39,14 @@ def test_controller_executes_chunks_like_the_runtime() -> None:
     controller.reset()
     assert policy.resets == 2 and tuple(controller({})) == (5, 0)
 
-    whole = ChunkedController(CountingPolicy(horizon=3), prefetch_steps=0)
+    # The robots' schedule: every chunk is inferred 2 steps ahead, right as the one before starts, so it
+    # runs its actions 2 and 3 (0 and 1 were for the 2 steps its inference overlapped).
+    ahead = CountingPolicy(horizon=4)
+    runtime = ChunkedController(ahead, execute_steps=2, prefetch_steps=2)
+    assert [tuple(runtime({})) for _ in range(6)] == [(1, 0), (1, 1), (2, 2), (2, 3), (3, 2), (3, 3)]
+    assert ahead.calls == 4
+
+    whole = ChunkedController(CountingPolicy(horizon=3), execute_steps=None, prefetch_steps=0)
     assert [tuple(whole({})) for _ in range(4)] == [(1, 0), (1, 1), (1, 2), (2, 0)]
 
 
