@@ -4,6 +4,8 @@
         model/config.json, model/model.safetensors   the VLA checkpoint (fleet.policy.checkpoint; what is published)
         optimizer/optimizer.safetensors, optimizer/optimizer.json   AdamW state (moments, step), so a restart
                                          continues the optimizer instead of starting it cold (never published)
+        training/                        the raw trained weights, when `model/` holds their moving average
+                                         (`RLlibConfig.ema_decay`): a restart trains on from these
         pending.msgpack                  messages consumed but not yet in replay (wire bytes, never pickle)
         learner_state.json               written last: a directory without it is ignored
 
@@ -26,7 +28,7 @@ from typing import Any
 
 import msgpack
 
-from fleet.policy.checkpoint import OPTIMIZER_FILE, load_optimizer, save_checkpoint, save_optimizer
+from fleet.policy.checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint, save_optimizer
 from fleet.policy.model import VLAModel
 from fleet.schemas import Message, decode, encode
 
@@ -34,6 +36,7 @@ STATE_FILE = "learner_state.json"
 PENDING_FILE = "pending.msgpack"
 MODEL_DIR = "model"
 OPTIMIZER_DIR = "optimizer"
+TRAINING_DIR = "training"
 Offsets = dict[str, dict[str, int]]  # topic -> partition (str, JSON keys) -> offset
 Window = dict[str, dict[str, list[int]]]  # topic -> partition -> [first, last]
 
@@ -67,15 +70,20 @@ def save(
     *,
     learners: Any = None,
     module_id: str = "",
+    training: VLAModel | None = None,
     keep: int = 3,
 ) -> tuple[Path, str]:
     """Write a complete checkpoint directory; returns it and the weights' sha256. Keeps the newest `keep`.
+
+    `model` is what gets published; `training`, when given, the raw weights training continues from.
 
     `learners` (an RLlib `LearnerGroup`) adds the optimizer state of `module_id`, written before the
     state file marks the checkpoint complete, so a complete checkpoint always has its optimizer.
     """
     directory = root / f"update_{state.updates:08d}"
     sha = save_checkpoint(model, directory / MODEL_DIR, metadata={"updates": state.updates})
+    if training is not None:
+        save_checkpoint(training, directory / TRAINING_DIR, metadata={"updates": state.updates})
     if learners is not None:
         target = directory / OPTIMIZER_DIR
         # Data-parallel learners hold identical state and each writes it: remote learners need the run
@@ -99,6 +107,12 @@ def load_optimizers(learners: Any, directory: Path, *, module_id: str) -> bool:
         return False
     learners.foreach_learner(lambda learner: load_optimizer(learner.get_optimizer(module_id), source))
     return True
+
+
+def training_weights(directory: Path) -> VLAModel | None:
+    """The raw trained weights of a checkpoint whose `model/` is their moving average; None when it has none."""
+    source = directory / TRAINING_DIR
+    return load_checkpoint(source) if source.is_dir() else None
 
 
 def write_state(directory: Path, state: LearnerState) -> None:

@@ -125,7 +125,9 @@ class LearnerService:
 
         model, self.state, pending, resumed = self._restore()
         self.engine = VLALearner(config.rllib, model_config=model.config)
-        self.engine.set_state_dict(model.state_dict())
+        training = checkpoints.training_weights(resumed) if resumed is not None else None
+        # Training goes on from the raw weights; the moving average (if any) from the published ones.
+        self.engine.set_state_dict((training or model).state_dict(), ema=model.state_dict())
         if resumed is not None and not checkpoints.load_optimizers(self.engine.group, resumed, module_id=MODULE_ID):
             log.warning("learner: %s has no optimizer state (an older checkpoint); AdamW starts fresh", resumed)
         self.replay = ReplayBuffer(config.replay, model.config, embedder=self.embedder)
@@ -260,7 +262,7 @@ class LearnerService:
         publish; None when the registry is unreachable (the publication is retried from `step`)."""
         if self._unpublished is not None:  # the waiting checkpoint goes first: its data window must be published
             return self._try_publish()
-        model = self.engine.to_model()
+        model = self.engine.to_model(ema=True)  # the moving average when `ema_decay` > 0, else the raw weights
         self.state = dataclasses.replace(
             self.state,
             window=self.window,
@@ -277,6 +279,7 @@ class LearnerService:
             self.ingest.pending_messages(),
             learners=self.engine.group,
             module_id=MODULE_ID,
+            training=self.engine.to_model() if self.config.rllib.ema_decay > 0 else None,
         )
         self.window, self._since_ckpt, self._ckpt_time = {}, 0, time.monotonic()
         self.ingest.reset_window()

@@ -68,3 +68,37 @@ def test_weights_round_trip_through_safetensors(engine: VLALearner, tmp_path: Pa
     engine.set_state_dict(restored)
     after = engine.get_state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_the_moving_average_follows_every_step_and_restarts_where_it_is_set() -> None:
+    learner = VLALearner(RLlibConfig(lr=1e-3, ema_decay=0.75), model_config=MODEL)
+    try:
+        start = learner.get_state_dict()
+        learner.set_state_dict(start)
+        batch = _batch()
+        expected = {k: v.clone() for k, v in start.items()}
+        for _ in range(3):
+            learner.update(batch)
+            now = learner.get_state_dict()
+            expected = {k: 0.75 * expected[k] + 0.25 * now[k] for k in now}
+        average = learner.get_ema_state_dict()
+        assert set(average) == set(start)
+        for k in start:
+            torch.testing.assert_close(average[k], expected[k], rtol=1e-5, atol=1e-6)
+        assert any(not torch.allclose(average[k], now[k]) for k in now)  # it lags the raw weights
+        published = learner.to_model(ema=True).state_dict()
+        assert all(torch.equal(published[k], average[k]) for k in average)
+        # A resumed learner trains from its raw weights and averages on from the published ones.
+        learner.set_state_dict(now, ema=start)
+        assert all(torch.equal(learner.get_ema_state_dict()[k], start[k]) for k in start)
+        assert all(torch.equal(learner.get_state_dict()[k], now[k]) for k in now)
+    finally:
+        learner.shutdown()
+
+
+def test_without_a_moving_average_the_published_weights_are_the_trained_ones(engine: VLALearner) -> None:
+    engine.update(_batch())
+    raw, published = engine.get_state_dict(), engine.to_model(ema=True).state_dict()
+    assert all(torch.equal(published[k], raw[k]) for k in raw)
+    with pytest.raises(ValueError, match="ema_decay"):
+        RLlibConfig(ema_decay=1.0)

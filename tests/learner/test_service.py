@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from fleet.policy.checkpoint import checkpoint_sha256, load_checkpoint
 from fleet.policy.config import debug_model_config
 from fleet.registry import PRODUCTION, Registry, VersionInfo
 from fleet.settings import Settings
 from fleet.stack.launcher import migrate_database
 from fleet.transport import KafkaTransport, TransportConfig, publish
+from learner import checkpoints
 from learner.config import get_preset
 from learner.service import LearnerService
 from tests.learner.fakes import correction, segments
@@ -65,6 +67,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         model=debug_model_config(text_encoder=FAKE_ENCODER),
         run_dir=tmp_path / "run",
         group_id=f"learner-{suffix}",  # a fresh group: reads the topics from the start
+        rllib=dataclasses.replace(get_preset("debug").rllib, ema_decay=0.9),  # publishes the weights' average
     )
     robots = [f"robot-{suffix}-{i}" for i in range(4)]
     _produce(settings, robots, "a")
@@ -89,6 +92,15 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
     second = LearnerService(config, settings=settings, embedder=HashEmbedder())
     try:
         assert second.state.updates == int(tags["updates"])  # resumed from v1's checkpoint
+        # ... training on from its raw weights, averaging on from the published ones (what v1 is)
+        resumed = checkpoints.list_checkpoints(config.run_dir / "checkpoints")[-1]
+        raw = checkpoints.training_weights(resumed)
+        assert raw is not None and checkpoint_sha256(resumed / checkpoints.MODEL_DIR) == v1.sha256
+        published = load_checkpoint(resumed / checkpoints.MODEL_DIR).state_dict()
+        engine_raw, engine_average = second.engine.get_state_dict(), second.engine.get_ema_state_dict()
+        assert all(torch.equal(engine_raw[k], v) for k, v in raw.state_dict().items())
+        assert all(torch.equal(engine_average[k], v) for k, v in published.items())
+        assert any(not torch.equal(engine_raw[k], published[k]) for k in published)
         v2 = _run_until_published(second, 120)
     finally:
         second.close()
