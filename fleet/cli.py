@@ -41,7 +41,9 @@ def demo(
     minutes: float = typer.Option(15.0, help="Fleet time to run."),
     tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
     embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments."),
-    bc_steps: int = typer.Option(1500, help="Behaviour-cloning steps for version 1 (when no production model)."),
+    bc_steps: int | None = typer.Option(
+        None, help="Behaviour-cloning steps for version 1, when there is no production model [default: DemoConfig]."
+    ),
     dashboard: bool = typer.Option(True, help="Start the dashboard too."),
 ) -> None:
     """The whole loop: stack, version 1, learner, dashboard, a simulated fleet; ends with a learning curve."""
@@ -56,8 +58,9 @@ def demo(
     configure_logging("demo", logging.WARNING, json=settings.log_format == "json")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
+    steps = {} if bc_steps is None else {"bc_steps": bc_steps}
     config = DemoConfig(robots=robots, minutes=minutes, tasks=split(tasks), embodiments=split(embodiments),
-                        bc_steps=bc_steps, dashboard=dashboard)  # fmt: skip
+                        dashboard=dashboard, **steps)  # fmt: skip
     metrics = serve_metrics(settings.metrics_port_robots, settings.metrics_bind_host, service="robots")  # the fleet
     try:
         main(config)
