@@ -11,6 +11,7 @@ episode the supervisor would have taken over (no progress for ~1 s) counts as a 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from fleet.policy.base import Policy
 from fleet.policy.language import InstructionEmbedder
 from fleet.policy.model import VLAModel
 from fleet.policy.policy import VLAPolicy
+from fleet.recipe.evaluate import EXECUTE_STEPS, PREFETCH_STEPS, ChunkedController
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,16 @@ class EvalGate:
             out += [(task, emb) for emb in self.config.embodiments if not supported or emb in supported]
         return out
 
+    def signature(self) -> str:
+        """What makes two versions' scores comparable: the episodes and how they are run and judged (a version
+        tagged with another signature is evaluated again rather than compared by its old score)."""
+        c = self.config
+        return json.dumps(
+            {"tasks": c.tasks, "embodiments": c.embodiments, "episodes": c.episodes, "seed_offset": c.seed_offset,
+             "max_steps": c.max_steps, "stop_when_stuck": c.stop_when_stuck,
+             "schedule": {"execute_steps": EXECUTE_STEPS, "prefetch_steps": PREFETCH_STEPS}}, sort_keys=True,
+        )  # fmt: skip
+
     def evaluate(self, model: VLAModel, *, embedder: InstructionEmbedder) -> GateResult:
         start = time.monotonic()
         policy = VLAPolicy(model, embedder=embedder, seed=0)
@@ -115,11 +127,10 @@ class EvalGate:
 
         Judged as the fleet judges it (bench/online.py, the dashboard): chunks run on the robots' schedule
         (`ChunkedController`: re-planning every 2 steps, each chunk inferred 2 steps ahead), and an episode
-        that stops making progress for as long as the supervisor tolerates (`ProgressWatch`) is a failure, ended there:
-        on the fleet a human would have taken over. A slow recovery the time limit still allows is not a
+        that stops making progress for as long as the supervisor tolerates (`ProgressWatch`) is a failure,
+        ended there: on the fleet a human would have taken over. A slow recovery the time limit still allows is not a
         success the fleet would ever see. `env` (else made here) is the task's env, reset per episode.
         """
-        from fleet.recipe.evaluate import ChunkedController
         from fleet.sim import make_env
         from fleet.sim.experts import ProgressWatch
 
@@ -131,7 +142,7 @@ class EvalGate:
         try:
             wins = 0
             for i in range(self.config.episodes):
-                controller = ChunkedController(policy)  # resets the policy
+                controller = ChunkedController(policy, execute_steps=EXECUTE_STEPS, prefetch_steps=PREFETCH_STEPS)
                 obs, info = env.reset(seed=self.config.seed_offset + i)
                 if watch is not None:
                     watch.reset()

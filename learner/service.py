@@ -341,7 +341,7 @@ class LearnerService:
             "episodes": str(state.episodes),
             "updates": str(state.updates),
             "learner_preset": self.config.name,
-            "gate_config": self._gate_signature(),
+            "gate_config": self.gate.signature(),
             "gate_passed": "true" if passed else "false",
             **state.gate,
         }
@@ -374,14 +374,6 @@ class LearnerService:
                 log.warning("learner: %s; version %s stays candidate", e, info.version)
         return info
 
-    def _gate_signature(self) -> str:
-        gate = self.config.gate
-        return json.dumps(
-            {"tasks": gate.tasks, "embodiments": gate.embodiments, "episodes": gate.episodes,
-             "seed_offset": gate.seed_offset, "max_steps": gate.max_steps, "stop_when_stuck": gate.stop_when_stuck,
-             "schedule": "runtime"}, sort_keys=True,
-        )  # fmt: skip
-
     def _production_mean(self, production: VersionInfo | None) -> float | None:
         """Production's success on *this* gate: its tag when it was gated the same way, else evaluated now.
 
@@ -390,7 +382,7 @@ class LearnerService:
         """
         if production is None:
             return None
-        if production.tags.get("gate_config") == self._gate_signature() and "mean" in production.eval_metrics:
+        if production.tags.get("gate_config") == self.gate.signature() and "mean" in production.eval_metrics:
             return production.eval_metrics["mean"]
         cache = self.__dict__.setdefault("_production_eval_cache", {})
         if production.version not in cache:

@@ -69,3 +69,17 @@ def test_the_gate_fails_an_episode_the_supervisor_would_have_taken_over() -> Non
         assert hesitant.calls <= 12  # ended when it stalled, not at the 60-step limit
     finally:
         env.close()
+
+
+def test_scores_are_comparable_only_under_the_same_episodes_schedule_and_judging() -> None:
+    import json
+
+    from fleet.recipe.evaluate import EXECUTE_STEPS, PREFETCH_STEPS
+
+    gate = EvalGate(GateConfig())
+    signature = json.loads(gate.signature())
+    # A version gated before the robots' chunk schedule changed is re-evaluated, not compared by its old score.
+    assert signature["schedule"] == {"execute_steps": EXECUTE_STEPS, "prefetch_steps": PREFETCH_STEPS}
+    assert gate.signature() == EvalGate(GateConfig()).signature()
+    assert gate.signature() != EvalGate(GateConfig(stop_when_stuck=False)).signature()
+    assert gate.signature() != EvalGate(GateConfig(episodes=11)).signature()
