@@ -66,6 +66,7 @@ class TrainConfig:
     log_every: int = 50  # steps between progress-bar updates of the mean losses
     progress: bool = True  # show a tqdm progress bar
     init_checkpoint: str | None = None  # start a fresh run from these weights (post-training a pre-trained model)
+    device: str = "cpu"  # where the model trains: "cpu", "cuda", "cuda:N", or "auto" (a GPU when there is one)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "save_every", "keep_checkpoints", "log_every"):
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError("TrainConfig: warmup_steps and shift_pad must be >= 0")
         if not 0.0 <= self.gamma <= 1.0 or self.return_scale <= 0:
             raise ValueError("TrainConfig: gamma must be in [0, 1] and return_scale positive")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -165,6 +168,16 @@ def _step_generators(seed: int, step: int) -> tuple[np.random.Generator, torch.G
     return np.random.default_rng([seed, step]), torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device of `TrainConfig.device` ("auto": the first GPU when torch sees one, else the CPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"training device {name!r} asked for, but torch sees no GPU (use 'cpu' or 'auto')")
+    return device
+
+
 def latest_checkpoint(run_dir: Path | str) -> Path | None:
     """The newest complete training checkpoint in a run directory (one with train_state.json), or None."""
     done = sorted((Path(run_dir) / "checkpoints").glob(f"step_*/{TRAIN_STATE_FILE}"))
@@ -187,7 +200,9 @@ def save_training_checkpoint(
     return directory
 
 
-def load_training_checkpoint(directory: Path, config: TrainConfig) -> tuple[VLAModel, torch.optim.Optimizer, int]:
+def load_training_checkpoint(
+    directory: Path, config: TrainConfig, device: torch.device | None = None
+) -> tuple[VLAModel, torch.optim.Optimizer, int]:
     """Model, optimizer and step of a training checkpoint; CheckpointError if it is not for `config.model`."""
     state = json.loads((directory / TRAIN_STATE_FILE).read_text())
     model = load_checkpoint(directory, expected_sha256=state["weights_sha256"])
@@ -195,6 +210,7 @@ def load_training_checkpoint(directory: Path, config: TrainConfig) -> tuple[VLAM
         raise CheckpointError(
             f"{directory} was trained with a different model config; use a new --run-dir or the same preset"
         )
+    model.to(device or "cpu")  # before the optimizer: its state is loaded onto the parameters' device
     optimizer = make_optimizer(model, config)
     load_optimizer(optimizer, directory)
     return model, optimizer, int(state["step"])
@@ -223,9 +239,10 @@ def train(
         episode_list, config.model, embedder=embedder, gamma=config.gamma, return_scale=config.return_scale
     )
 
+    device = resolve_device(config.device)
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is not None:
-        model, optimizer, start = load_training_checkpoint(latest, config)
+        model, optimizer, start = load_training_checkpoint(latest, config, device)
     else:
         if config.init_checkpoint:
             model = load_checkpoint(config.init_checkpoint)
@@ -237,6 +254,7 @@ def train(
             with torch.random.fork_rng():  # seeded init without touching the caller's global RNG
                 torch.manual_seed(config.seed)
                 model = VLAModel(config.model)
+        model.to(device)
         optimizer = make_optimizer(model, config)
         start = 0
 
@@ -249,6 +267,9 @@ def train(
         rng, generator = _step_generators(config.seed, step)
         batch = dataset.sample_batch(rng, config.batch_size)
         batch["images"] = random_shift(batch["images"], config.shift_pad, generator)
+        if device.type != "cpu":  # flow noise is drawn on the model's device, from a generator living there
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            generator = torch.Generator(device).manual_seed(generator.initial_seed())
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         window.append(train_step(model, optimizer, batch, generator=generator, grad_clip=config.grad_clip))
@@ -281,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the preset's total steps")
     parser.add_argument("--head", choices=["flow", "discrete"], default=None, help="override the action head")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the preset's, cpu)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = get_preset(args.preset)
@@ -288,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, steps=args.steps)
     if args.head is not None:
         config = replace(config, model=config.model.with_(action_head=args.head))
+    if args.device is not None:
+        config = replace(config, device=args.device)
     stats = train(config, episodes=EpisodeStore(args.episodes), run_dir=args.run_dir)
     print(json.dumps({"checkpoint": str(stats.checkpoint), **stats.to_log_dict()}, indent=1))
     return 0

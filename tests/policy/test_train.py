@@ -140,3 +140,19 @@ def test_command_line_entry_point(tmp_path: Path, store: EpisodeStore, capsys: p
     assert out["charts/step"] == 2.0 and Path(out["checkpoint"]).name == "step_00000002"
     assert main([*args, "--steps", "3", "--head", "flow"]) == 0
     assert json.loads(capsys.readouterr().out)["charts/step"] == 3.0
+
+
+def test_training_device_is_checked_and_auto_falls_back_to_the_cpu(
+    tmp_path: Path, store: EpisodeStore, debug: TrainConfig
+) -> None:
+    with pytest.raises(ValueError, match="device"):
+        replace(debug, device="tpu")
+    if not torch.cuda.is_available():  # this machine: asking for a GPU is refused, "auto" trains on the CPU
+        with pytest.raises(RuntimeError, match="sees no GPU"):
+            train(replace(debug, device="cuda"), episodes=store, run_dir=tmp_path / "cuda", embedder=HashEmbedder())
+    on_cpu = train(debug, episodes=store, run_dir=tmp_path / "cpu", embedder=HashEmbedder())
+    auto = train(replace(debug, device="auto"), episodes=store, run_dir=tmp_path / "auto", embedder=HashEmbedder())
+    assert auto.checkpoint is not None and on_cpu.checkpoint is not None
+    if not torch.cuda.is_available():
+        assert auto.losses == on_cpu.losses  # same seed, same device: the same run
+    assert load_checkpoint(auto.checkpoint).state_dict().keys() == _weights(on_cpu.checkpoint).keys()
