@@ -126,8 +126,9 @@ class RobotRuntime:
         self.last_obs: dict[str, Any] | None = None  # latest observation (warms up a standby policy)
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
-        self.missed_at: list[float] = []  # wall-clock times of the latest missed ticks
-        self.missed_waiting: list[float] = []  # for each of those, ms the tick waited for its next chunk
+        # The latest missed ticks: {"at": wall-clock time, "late_ms": how late the tick started, "work_ms": its
+        # own run time, "waited_ms": of that, waiting for its next chunk, "gc_ms": garbage-collector pauses in it}
+        self.missed_log: deque[dict[str, float]] = deque(maxlen=1000)
         self._waited_ms = 0.0  # ms the current tick waited for an inference to finish
         self.segments_total = 0  # trajectory segments published since start
         self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
@@ -301,6 +302,7 @@ class RobotRuntime:
         chunk, chunk_version = self._infer(obs).result()
         if cfg.realtime and not self._heap_frozen:  # after the first inference: the language model is loaded by then
             freeze_heap()
+            GC_PAUSES.install()
             self._heap_frozen = True
         cursor, pending, pending_step = 0, None, 0
         end = min(len(chunk), cfg.execute_steps or len(chunk))  # the current chunk runs actions [cursor, end)
@@ -407,8 +409,10 @@ class RobotRuntime:
         if now > end:
             w["missed"] += 1
             self.missed_total += 1
-            self.missed_at = (self.missed_at + [time.time()])[-1000:]
-            self.missed_waiting = (self.missed_waiting + [round(waited_ms, 1)])[-1000:]
+            self.missed_log.append(
+                {"at": time.time(), "late_ms": round((start - deadline) * 1000, 1), "work_ms": round(elapsed_ms, 1),
+                 "waited_ms": round(waited_ms, 1), "gc_ms": round(GC_PAUSES.within(deadline, now) * 1000, 1)}
+            )  # fmt: skip
             return now  # resynchronise: one overrun is one missed tick, not a cascade
         time.sleep(end - now)
         return end
@@ -446,6 +450,32 @@ class RobotRuntime:
                 operator=getattr(self.supervisor, "name", "supervisor"), model_version=version, created_at=time.time(),
             )
         )  # fmt: skip
+
+
+class CollectorPauses:
+    """This process's garbage-collector pauses (via `gc.callbacks`), so a missed tick can say what it lost to them."""
+
+    def __init__(self, min_s: float = 0.002) -> None:
+        self.min_s = min_s
+        self.pauses: deque[tuple[float, float, int]] = deque(maxlen=512)  # (monotonic start, end, generation)
+        self._started = 0.0
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.monotonic()
+        elif time.monotonic() - self._started >= self.min_s:
+            self.pauses.append((self._started, time.monotonic(), int(info.get("generation", -1))))
+
+    def within(self, start: float, end: float) -> float:
+        """Seconds of [start, end] (monotonic) the collector held the process."""
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b, _ in list(self.pauses))
+
+
+GC_PAUSES = CollectorPauses()  # one per process: gc.callbacks are process-wide
 
 
 def freeze_heap() -> None:

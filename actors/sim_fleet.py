@@ -113,8 +113,7 @@ class RobotActor:
             "swaps": list(runtime.swaps),
             "ticks": runtime.ticks_total,
             "missed_ticks": runtime.missed_total,
-            "missed_at": list(runtime.missed_at),
-            "missed_waiting_ms": list(runtime.missed_waiting),
+            "missed_log": list(runtime.missed_log),
             # (version, success, intervention steps, steps, finished at) of the latest episodes
             "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in recent],
         }

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.runtime import RobotConfig, RobotRuntime
+from actors.runtime import CollectorPauses, RobotConfig, RobotRuntime
 from actors.supervisor import ExpertSupervisor
 from fleet.schemas import Command, Correction, Heartbeat, RewardSignal, TrajectorySegment, decode, encode
 from fleet.sim.registry import make_env
@@ -225,3 +225,20 @@ def test_a_real_time_robot_hides_its_start_up_heap_from_full_collections(realtim
             assert max(policy.frozen_at_infer) == 0  # as fast as the sim runs: no deadlines, nothing to protect
     finally:
         gc.unfreeze()
+
+
+def test_collector_pauses_are_attributed_to_the_interval_they_fall_in() -> None:
+    pauses = CollectorPauses(min_s=0.0)
+    pauses.install()
+    pauses.install()  # once per process, however many robots ask
+    try:
+        assert gc.callbacks.count(pauses._callback) == 1
+        before = time.monotonic()
+        garbage = [[i] for i in range(300_000)]  # something for a full pass to walk
+        gc.collect()
+        after = time.monotonic()
+        del garbage
+        assert 0 < pauses.within(before, after) <= after - before
+        assert pauses.within(before - 10, before - 5) == 0
+    finally:
+        gc.callbacks.remove(pauses._callback)

@@ -88,6 +88,8 @@ def test_exported_counters_are_the_runtimes_own() -> None:
     assert got["fleet_robot_spool_pending_records"] == 7
     # ... and those counters agree with what the robot actually sent
     assert 0 < runtime.missed_total < runtime.ticks_total  # distinct, so a mix-up of the two would show
+    assert len(runtime.missed_log) == runtime.missed_total  # each missed tick says why: it overran its 20 ms
+    assert all(m["late_ms"] + m["work_ms"] > 1000 / config.control_hz for m in runtime.missed_log)
     assert runtime.segments_total == len(segments) > 0
     assert runtime.ticks_total == sum(len(s.actions) for s in segments)
     # reload histogram from the reloader's load times
