@@ -83,6 +83,7 @@ class HotReloader:
         current_version: str | None = None,
         robot_id: str = "robot",
         warmup: Callable[[Any], None] | None = None,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -91,6 +92,9 @@ class HotReloader:
         # Runs one inference with a freshly loaded policy here, off the control loop, so its first
         # (slow: allocations, lazy init) call never lands on a control tick after the swap.
         self.warmup = warmup
+        # Called before each slow step (lookup, download, load, warm-up) to wait for the control loop's slack
+        # between ticks (RobotRuntime.wait_for_slack); None = no pacing.
+        self.pace = pace
         self.stats = ReloadStats()
         self._current = current_version  # version the control loop runs (or will after the pending swap)
         self._refused_sha: set[str] = set()
@@ -129,6 +133,10 @@ class HotReloader:
             self._thread.join(timeout_s)
         shutil.rmtree(self._root, ignore_errors=True)
 
+    def _pace(self) -> None:
+        if self.pace is not None:
+            self.pace()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.check_once()
@@ -138,6 +146,7 @@ class HotReloader:
     def check_once(self) -> Swap | None:
         """One look at the alias; loads into the standby slot when it moved. Safe to call from tests."""
         self.stats.checks += 1
+        self._pace()
         try:
             info = self.registry.version_for_alias(self.config.alias)
         except Exception as err:  # noqa: BLE001 - registry down: keep acting, try again later
@@ -150,9 +159,12 @@ class HotReloader:
         target = self._root / f"v{info.version}-{info.sha256[:12]}"
         try:
             shutil.rmtree(target, ignore_errors=True)
+            self._pace()
             local = self.registry.download(info.version, target)
+            self._pace()
             policy = self.loader(Path(local), info.sha256)
             if self.warmup is not None:
+                self._pace()
                 self.warmup(policy)
         except Exception as err:  # noqa: BLE001 - any failure means: refuse, report, keep the current one
             reason = f"{err.__class__.__name__}: {err}"

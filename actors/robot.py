@@ -143,6 +143,7 @@ def build_robot(
         env_factory=env_factory,
     )
     reloader.warmup = runtime.warm_up
+    reloader.pace = runtime.wait_for_slack
     reloader.start()
     stop = threading.Event()
     listener = None

@@ -143,6 +143,9 @@ class RobotRuntime:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{config.robot_id}")
         self._hb_thread: threading.Thread | None = None
         self._heap_frozen = False  # freeze_heap() done (real time: once, before the first control tick)
+        # Real time: monotonic end of the sleep the control loop is in (0 outside one), for `wait_for_slack`.
+        self._slack = threading.Condition()
+        self._slack_until = 0.0
 
     # ---- commands and heartbeats ------------------------------------------------------------------
     def submit_command(self, command: Command) -> None:
@@ -389,6 +392,20 @@ class RobotRuntime:
         self.last_obs = obs
         return obs
 
+    def wait_for_slack(self, need_s: float = 0.05, timeout_s: float = 1.0) -> None:
+        """Block the calling (background) thread until the control loop sleeps with `need_s` left before its next tick.
+
+        The reloader calls this before each of its steps (registry lookup, download, verify and load, warm-up), so
+        their Python work runs while the loop sleeps between ticks instead of competing with a tick for the
+        interpreter lock and the CPU: the missed ticks left around swaps (bench/latency.py) were ticks whose own
+        work stretched from ~10 ms to ~100 ms while the robot loaded a version. Returns at once when the loop keeps
+        no real-time deadlines, and after `timeout_s` in any case (between episodes the loop does not sleep).
+        """
+        if not self.config.realtime or self.state != "running":
+            return
+        with self._slack:
+            self._slack.wait_for(lambda: self._slack_until - time.monotonic() >= need_s, timeout=timeout_s)
+
     def warm_up(self, policy: Any) -> None:
         """One throw-away inference on the latest observation (called by the reloader's thread)."""
         if self.last_obs is not None:
@@ -414,7 +431,11 @@ class RobotRuntime:
                  "waited_ms": round(waited_ms, 1), "gc_ms": round(GC_PAUSES.within(deadline, now) * 1000, 1)}
             )  # fmt: skip
             return now  # resynchronise: one overrun is one missed tick, not a cascade
+        with self._slack:
+            self._slack_until = end
+            self._slack.notify_all()
         time.sleep(end - now)
+        self._slack_until = 0.0
         return end
 
     def _record(self, segment: _Segment, obs: dict[str, Any], action: np.ndarray, human: bool) -> None:

@@ -7,6 +7,7 @@ so integration tests exercise exactly what users run. PostgreSQL tests use FLEET
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import uuid
@@ -22,6 +23,13 @@ from fleet.stack.kafka import KafkaService
 from fleet.stack.process import isolated_env
 
 logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_heap() -> Iterator[None]:
+    """Real-time robots run in-process freeze the heap (actors.runtime.freeze_heap); give it back after each test."""
+    yield
+    gc.unfreeze()
 
 
 def _postgres_required() -> bool:

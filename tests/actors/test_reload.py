@@ -178,3 +178,19 @@ def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_p
     registry.production = "2"
     reloader.warmup = broken
     assert reloader.check_once() is None and "inference failed" in reloader.stats.refused["2"]
+
+
+def test_every_slow_step_waits_for_the_control_loops_slack(model: VLAModel, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
+    registry.production = "1"
+    steps: list[str] = []
+    reloader = HotReloader(
+        ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader,
+        warmup=lambda _policy: steps.append("warm-up"), pace=lambda: steps.append("pace"),
+    )  # fmt: skip
+    assert reloader.check_once() is not None
+    assert steps == ["pace", "pace", "pace", "pace", "warm-up"]  # lookup, download, load, warm-up
+    steps.clear()
+    assert reloader.check_once() is None  # already current: only the lookup
+    assert steps == ["pace"]

@@ -7,6 +7,7 @@ PyBullet sim, the supervisor the real scripted expert.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -242,3 +243,29 @@ def test_collector_pauses_are_attributed_to_the_interval_they_fall_in() -> None:
         assert pauses.within(before - 10, before - 5) == 0
     finally:
         gc.callbacks.remove(pauses._callback)
+
+
+def test_background_work_waits_for_the_sleep_between_ticks() -> None:
+    env = make_env("pick", "panda", seed=3)
+    config = RobotConfig(robot_id="r1", embodiment="panda", task="pick", control_hz=10.0, realtime=True)
+    runtime = RobotRuntime(config, env=env, policy=ZeroPolicy(4), model_version="1", publish=lambda m: None)
+    stop = threading.Event()
+    loop = threading.Thread(target=runtime.run, kwargs={"stop": stop})
+    try:
+        loop.start()
+        deadline = time.monotonic() + 30
+        while runtime.ticks_total < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        left = []
+        for i in range(10):
+            time.sleep(0.013 * i)  # arrive at different phases of the tick
+            runtime.wait_for_slack(need_s=0.06)
+            left.append(runtime._slack_until - time.monotonic())  # time before the loop's next tick
+        # Inside a sleep with (nearly) the asked-for slack left; arriving at random, half would have < 45 ms.
+        assert sum(t > 0.045 for t in left) >= 9, left
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+    started = time.monotonic()
+    runtime.wait_for_slack(timeout_s=5.0)  # stopped: nothing to wait for
+    assert time.monotonic() - started < 1.0
