@@ -160,10 +160,15 @@ def test_event_wakes_the_background_thread_before_the_poll(model: VLAModel, tmp_
     assert not any(t.name.startswith("reload-") and t.is_alive() for t in threading.enumerate())
 
 
-def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_path: Path) -> None:
+def _production_v1(model: VLAModel, tmp_path: Path) -> FakeRegistry:
     registry = FakeRegistry()
     registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
     registry.production = "1"
+    return registry
+
+
+def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_path: Path) -> None:
+    registry = _production_v1(model, tmp_path)
     warmed: list[VLAModel] = []
     reloader = HotReloader(
         ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader, warmup=warmed.append
@@ -181,9 +186,7 @@ def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_p
 
 
 def test_every_slow_step_waits_for_the_control_loops_slack(model: VLAModel, tmp_path: Path) -> None:
-    registry = FakeRegistry()
-    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
-    registry.production = "1"
+    registry = _production_v1(model, tmp_path)
     steps: list[str] = []
     reloader = HotReloader(
         ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader,
