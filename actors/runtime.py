@@ -486,10 +486,11 @@ class CollectorPauses:
             gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.monotonic()
         if phase == "start":
-            self._started = time.monotonic()
-        elif time.monotonic() - self._started >= self.min_s:
-            self.pauses.append((self._started, time.monotonic(), int(info.get("generation", -1))))
+            self._started = now
+        elif now - self._started >= self.min_s:
+            self.pauses.append((self._started, now, int(info.get("generation", -1))))
 
     def within(self, start: float, end: float) -> float:
         """Seconds of [start, end] (monotonic) the collector held the process."""

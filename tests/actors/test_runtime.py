@@ -59,9 +59,14 @@ class OneSwap:
         return None
 
 
-def _runtime(messages: list, *, policy: Any, supervisor: bool = True, reloader: Any = None) -> RobotRuntime:
+def _runtime(
+    messages: list, *, policy: Any, supervisor: bool = True, reloader: Any = None, **config: Any
+) -> RobotRuntime:
+    """A robot on the real sim; `config` overrides RobotConfig fields (e.g. realtime, control_hz)."""
     env = make_env("pick", "panda", seed=3)
-    config = RobotConfig(robot_id="r1", embodiment="panda", task="pick", segment_steps=10, heartbeat_interval_s=0.2)
+    config = RobotConfig(
+        robot_id="r1", embodiment="panda", task="pick", segment_steps=10, heartbeat_interval_s=0.2, **config
+    )
     return RobotRuntime(
         config,
         env=env,
@@ -212,20 +217,14 @@ class FreezeProbe(ZeroPolicy):
 @pytest.mark.parametrize("realtime", [True, False])
 def test_a_real_time_robot_hides_its_start_up_heap_from_full_collections(realtime: bool) -> None:
     # Full collections walking torch/sim/language-model objects stalled the loop 0.3-0.66 s around swaps.
-    gc.unfreeze()
-    env = make_env("pick", "panda", seed=3)
+    # (tests/conftest.py unfreezes the heap after every test.)
     policy = FreezeProbe(4)
-    config = RobotConfig(robot_id="r1", embodiment="panda", task="pick", control_hz=50.0, realtime=realtime)
-    runtime = RobotRuntime(config, env=env, policy=policy, model_version="1", publish=lambda m: None)
-    try:
-        runtime.run(episodes=1)
-        assert policy.frozen_at_infer[0] == 0  # the first inference (which loads the language model) comes first
-        if realtime:
-            assert min(policy.frozen_at_infer[1:]) > 0  # frozen before the first control tick
-        else:
-            assert max(policy.frozen_at_infer) == 0  # as fast as the sim runs: no deadlines, nothing to protect
-    finally:
-        gc.unfreeze()
+    _runtime([], policy=policy, supervisor=False, control_hz=50.0, realtime=realtime).run(episodes=1)
+    assert policy.frozen_at_infer[0] == 0  # the first inference (which loads the language model) comes first
+    if realtime:
+        assert min(policy.frozen_at_infer[1:]) > 0  # frozen before the first control tick
+    else:
+        assert max(policy.frozen_at_infer) == 0  # as fast as the sim runs: no deadlines, nothing to protect
 
 
 def test_collector_pauses_are_attributed_to_the_interval_they_fall_in() -> None:
@@ -246,9 +245,7 @@ def test_collector_pauses_are_attributed_to_the_interval_they_fall_in() -> None:
 
 
 def test_background_work_waits_for_the_sleep_between_ticks() -> None:
-    env = make_env("pick", "panda", seed=3)
-    config = RobotConfig(robot_id="r1", embodiment="panda", task="pick", control_hz=10.0, realtime=True)
-    runtime = RobotRuntime(config, env=env, policy=ZeroPolicy(4), model_version="1", publish=lambda m: None)
+    runtime = _runtime([], policy=ZeroPolicy(4), supervisor=False, control_hz=10.0, realtime=True)
     stop = threading.Event()
     loop = threading.Thread(target=runtime.run, kwargs={"stop": stop})
     try:
