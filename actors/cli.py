@@ -16,8 +16,8 @@ def _split(value: str) -> tuple[str, ...]:
 @app.command("run")
 def run(
     n: int = typer.Option(4, "--n", help="Number of simulated robots (one Ray actor each)."),
-    tasks: str = typer.Option("pick,push,place", help="Comma-separated task ids, assigned round-robin."),
-    embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments, assigned round-robin."),
+    tasks: str = typer.Option("pick,push,place", help="Comma-separated task ids, spread over the robots."),
+    embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments, spread over the robots."),
     episodes: int | None = typer.Option(None, help="Episodes per robot (default: run for --duration)."),
     duration: float | None = typer.Option(None, help="Seconds to run (default: forever when --episodes unset)."),
     realtime: bool = typer.Option(False, help="Tick at the control rate instead of as fast as the sim runs."),

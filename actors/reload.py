@@ -43,10 +43,15 @@ class ReloadConfig:
     alias: str = "production"  # the alias this robot runs
     poll_interval_s: float = 10.0  # fallback poll of the alias when no event arrives
     download_root: Path | None = None  # where downloads go (a private temp dir when None)
+    # After a `fleet.models` event, wait this long before looking: a fleet gives its robots different delays
+    # (FleetConfig.reload_stagger_s) so they do not all download, load and warm up the same version at once.
+    event_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
+        if self.event_delay_s < 0:
+            raise ValueError("event_delay_s must be >= 0")
 
 
 @dataclass
@@ -140,8 +145,10 @@ class HotReloader:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.check_once()
-            self._wake.wait(self.config.poll_interval_s)
+            notified = self._wake.wait(self.config.poll_interval_s)
             self._wake.clear()
+            if notified and self.config.event_delay_s:
+                self._stop.wait(self.config.event_delay_s)
 
     def check_once(self) -> Swap | None:
         """One look at the alias; loads into the standby slot when it moved. Safe to call from tests."""

@@ -120,7 +120,10 @@ def build_robot(
     transport = KafkaTransport(TransportConfig.from_settings(settings, spool_name=config.robot_id))
     registry = Registry(settings, sessions=None)
     reloader = HotReloader(
-        ReloadConfig(poll_interval_s=poll_interval_s), registry=registry, loader=policy_loader, robot_id=config.robot_id
+        ReloadConfig(poll_interval_s=poll_interval_s, event_delay_s=config.reload_delay_s),
+        registry=registry,
+        loader=policy_loader,
+        robot_id=config.robot_id,
     )
     first = reloader.check_once()
     if first is None:

@@ -54,10 +54,13 @@ class RobotConfig:
     prefetch_steps: int = 2  # start inferring the next chunk this many steps before the current one ends
     heartbeat_interval_s: float = 1.0  # heartbeat period
     seed: int = 0  # episode seeds are seed * 100_000 + episode index
+    reload_delay_s: float = 0.0  # wait after a new-version event before fetching it (ReloadConfig.event_delay_s)
 
     def __post_init__(self) -> None:
         if self.control_hz <= 0 or self.segment_steps <= 0 or self.prefetch_steps < 0:
             raise ValueError("control_hz and segment_steps must be positive, prefetch_steps >= 0")
+        if self.reload_delay_s < 0:
+            raise ValueError("reload_delay_s must be >= 0")
 
 
 def _new_window() -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """The simulated fleet on Ray: one Ray actor per robot, each a full robot runtime on the real services.
 
-`run_fleet` starts (or joins, with `address`) a Ray cluster, places `n` robots round-robin over the
-task × embodiment grid, runs them until `episodes` each or `duration_s`, and returns per-robot
-summaries. On a multi-node Ray cluster the same call spreads robots over the nodes unchanged.
+`run_fleet` starts (or joins, with `address`) a Ray cluster, places `n` robots over the task ×
+embodiment grid (a small fleet covers as many tasks and embodiments as it can), runs them until
+`episodes` each or `duration_s`, and returns per-robot summaries. On a multi-node Ray cluster the
+same call spreads robots over the nodes unchanged.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -26,8 +28,8 @@ class FleetConfig:
     """A simulated fleet."""
 
     n: int = 4  # robots
-    tasks: tuple[str, ...] = ("pick", "push", "place")  # assigned round-robin
-    embodiments: tuple[str, ...] = ("panda", "kuka")  # assigned round-robin (offset from tasks)
+    tasks: tuple[str, ...] = ("pick", "push", "place")  # spread over the robots (_interleave)
+    embodiments: tuple[str, ...] = ("panda", "kuka")  # spread over the robots (_interleave)
     episodes: int | None = None  # episodes per robot (None: run for duration_s)
     duration_s: float | None = 60.0  # wall-clock budget (None: run for `episodes`)
     seed: int = 0  # robot i uses seed + i
@@ -37,12 +39,18 @@ class FleetConfig:
     address: str | None = None  # Ray cluster to join ("auto" or host:port); None = start a local one
     robot_prefix: str = "sim"  # robot ids are <prefix>-<i>
     supervise: bool = True  # a simulated human (the scripted expert) takes over when a robot goes wrong
+    # Robot i of n fetches a new version i/n of this many seconds after its event, so the fleet's downloads,
+    # loads and warm-ups (and the MLflow server's work) are spread out instead of all landing on the same
+    # moment's CPU; what it costs is at most this much extra time to converge.
+    reload_stagger_s: float = 0.4
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError("a fleet needs at least one robot")
         if self.episodes is None and self.duration_s is None:
             raise ValueError("give episodes or duration_s")
+        if self.reload_stagger_s < 0:
+            raise ValueError("reload_stagger_s must be >= 0")
 
     def robots(self) -> list[RobotConfig]:
         from fleet.sim.registry import TASKS
@@ -50,8 +58,7 @@ class FleetConfig:
         pairs = [(t, e) for t, e in itertools.product(self.tasks, self.embodiments) if e in TASKS[t].embodiments]
         if not pairs:
             raise ValueError(f"no task in {self.tasks} runs on any of {self.embodiments}")
-        # Interleave so small fleets still cover different tasks and embodiments.
-        pairs = sorted(pairs, key=lambda p: (self.tasks.index(p[0]) + self.embodiments.index(p[1])) % len(pairs))
+        pairs = _interleave(pairs)
         return [
             RobotConfig(
                 robot_id=f"{self.robot_prefix}-{i}",
@@ -59,9 +66,26 @@ class FleetConfig:
                 embodiment=pairs[i % len(pairs)][1],
                 seed=self.seed + i,
                 realtime=self.realtime,
+                reload_delay_s=round(self.reload_stagger_s * i / self.n, 3),
             )
             for i in range(self.n)
         ]
+
+
+def _interleave(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Order (task, embodiment) pairs so every prefix covers as many tasks and embodiments as it can.
+
+    Each next pair is the one whose task and embodiment are used least so far (ties: the given order), so
+    4 robots over 3 tasks x 2 embodiments run all 3 tasks on both embodiments.
+    """
+    used: collections.Counter[str] = collections.Counter()
+    left, ordered = list(pairs), []
+    while left:
+        pair = min(left, key=lambda p: (used["t:" + p[0]] + used["e:" + p[1]], used["t:" + p[0]]))
+        left.remove(pair)
+        ordered.append(pair)
+        used.update(("t:" + pair[0], "e:" + pair[1]))
+    return ordered
 
 
 class RobotActor:

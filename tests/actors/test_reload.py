@@ -160,6 +160,43 @@ def test_event_wakes_the_background_thread_before_the_poll(model: VLAModel, tmp_
     assert not any(t.name.startswith("reload-") and t.is_alive() for t in threading.enumerate())
 
 
+def test_event_delay_spreads_a_fleets_lookups_and_stop_cuts_it_short(model: VLAModel, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
+    looked_at: list[float] = []
+    lookup = registry.version_for_alias
+    registry.version_for_alias = lambda alias: looked_at.append(time.monotonic()) or lookup(alias)  # type: ignore[method-assign]
+    config = ReloadConfig(poll_interval_s=3600, download_root=tmp_path / "dl", event_delay_s=0.5)
+    reloader = HotReloader(config, registry=registry, loader=_loader).start()
+    try:
+        while not looked_at:  # the start-up look
+            time.sleep(0.01)
+        registry.production = "1"
+        notified = time.monotonic()
+        reloader.notify()
+        swap = None
+        while swap is None and time.monotonic() < notified + 20:
+            swap = reloader.take_ready()
+            time.sleep(0.01)
+        assert swap is not None and swap.version == "1"
+        assert len(looked_at) == 2 and looked_at[1] - notified >= 0.5
+    finally:
+        reloader.stop()
+    with pytest.raises(ValueError, match="event_delay_s"):
+        ReloadConfig(event_delay_s=-1)
+
+    waiting = HotReloader(
+        ReloadConfig(poll_interval_s=3600, download_root=tmp_path / "dl2", event_delay_s=3600),
+        registry=registry,
+        loader=_loader,
+        robot_id="waiting",
+    ).start()
+    waiting.notify()
+    time.sleep(0.2)
+    waiting.stop(timeout_s=5)
+    assert not waiting._thread.is_alive()  # stopped inside its hour-long delay
+
+
 def _production_v1(model: VLAModel, tmp_path: Path) -> FakeRegistry:
     registry = FakeRegistry()
     registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))

@@ -1,0 +1,26 @@
+"""FleetConfig: how a simulated fleet places its robots (the Ray side runs in test_fleet_loop)."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.sim_fleet import FleetConfig
+
+
+def test_robots_fetch_a_new_version_at_spread_out_moments() -> None:
+    delays = [robot.reload_delay_s for robot in FleetConfig(n=4, reload_stagger_s=0.4).robots()]
+    assert delays == [0.0, 0.1, 0.2, 0.3]
+    eight = [robot.reload_delay_s for robot in FleetConfig(n=8).robots()]
+    assert len(set(eight)) == 8 and max(eight) < FleetConfig().reload_stagger_s
+    assert {robot.reload_delay_s for robot in FleetConfig(n=3, reload_stagger_s=0).robots()} == {0.0}
+    with pytest.raises(ValueError, match="reload_stagger_s"):
+        FleetConfig(reload_stagger_s=-0.1)
+
+
+@pytest.mark.parametrize(("n", "tasks", "embodiments"), [(2, 2, 2), (3, 3, 2), (4, 3, 2), (6, 3, 2)])
+def test_small_fleets_cover_as_many_tasks_and_embodiments_as_they_can(n: int, tasks: int, embodiments: int) -> None:
+    robots = FleetConfig(n=n, tasks=("pick", "push", "place"), embodiments=("panda", "kuka")).robots()
+    assert len({r.task for r in robots}) == tasks and len({r.embodiment for r in robots}) == embodiments
+    assert [r.robot_id for r in robots] == [f"sim-{i}" for i in range(n)] and [r.seed for r in robots] == list(range(n))
+    if n == 6:  # a full grid runs every pair once
+        assert len({(r.task, r.embodiment) for r in robots}) == 6
