@@ -91,10 +91,16 @@ def _correction_timestamps(bootstrap: str) -> dict[tuple[int, int], float]:
 
 
 def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
+    from actors.sim_fleet import FleetConfig, start_fleet
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--robots", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=10, help="promote + rollback rounds")
     parser.add_argument("--learner-minutes", type=float, default=5.0)
+    parser.add_argument(
+        "--reload-stagger", type=float, default=FleetConfig.reload_stagger_s,
+        help="seconds over which the robots' reloads after an event are spread (0 = all at once)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -106,7 +112,6 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
     os.environ.update(isolated_env(home))
     import ray
 
-    from actors.sim_fleet import FleetConfig, start_fleet
     from fleet.registry import Registry, announce, publish_model
     from fleet.settings import Settings
     from fleet.stack import launcher
@@ -119,7 +124,12 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
         v1 = publish_model(registry, _random_model(0), parent_version=None, actor="bench")
         registry.promote(v1.version, actor="bench", role="admin", reason="bench start")
         fleet = FleetConfig(
-            n=args.robots, tasks=("pick", "push"), embodiments=("panda", "kuka"), duration_s=3600, realtime=True
+            n=args.robots,
+            tasks=("pick", "push"),
+            embodiments=("panda", "kuka"),
+            duration_s=3600,
+            realtime=True,
+            reload_stagger_s=args.reload_stagger,
         )
         actors = start_fleet(settings, fleet)
         runs = [a.run.remote(None, 3600) for a in actors]
@@ -225,6 +235,7 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
         "warmup_promote_converge_s": round(warm_s, 3),
         "robots": args.robots,
         "rounds": args.rounds,
+        "reload_stagger_s": args.reload_stagger,
         "learner_versions_live": len(live),
         "corrections_measured": len(data_to_live),
         "promote_converge_s": [round(v, 3) for v in promote_s],
