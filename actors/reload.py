@@ -16,7 +16,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,6 +103,10 @@ class HotReloader:
         # between ticks (RobotRuntime.wait_for_slack); None = no pacing.
         self.pace = pace
         self.stats = ReloadStats()
+        # The latest slow steps as (monotonic start, end, name), so a missed control tick can say which ones ran
+        # beside it (`busy_within`); the step in progress is in `_running`.
+        self.steps: deque[tuple[float, float, str]] = deque(maxlen=64)
+        self._running: tuple[float, str] | None = None
         self._current = current_version  # version the control loop runs (or will after the pending swap)
         self._refused_sha: set[str] = set()
         self._standby: Swap | None = None
@@ -138,9 +144,29 @@ class HotReloader:
             self._thread.join(timeout_s)
         shutil.rmtree(self._root, ignore_errors=True)
 
-    def _pace(self) -> None:
+    @contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        """One slow step: waits for the control loop's slack (`pace`), then runs and is timed into `steps`."""
         if self.pace is not None:
             self.pace()
+        started = time.monotonic()
+        self._running = (started, name)
+        try:
+            yield
+        finally:
+            self._running = None
+            self.steps.append((started, time.monotonic(), name))
+
+    def busy_within(self, start: float, end: float) -> dict[str, float]:
+        """Seconds of [start, end] (monotonic) each slow step ran, by step name (steps that did not overlap: absent)."""
+        running = self._running
+        spans = list(self.steps) + ([(running[0], end, running[1])] if running is not None else [])
+        out: dict[str, float] = {}
+        for a, b, name in spans:
+            overlap = min(b, end) - max(a, start)
+            if overlap > 0:
+                out[name] = out.get(name, 0.0) + overlap
+        return out
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -153,9 +179,9 @@ class HotReloader:
     def check_once(self) -> Swap | None:
         """One look at the alias; loads into the standby slot when it moved. Safe to call from tests."""
         self.stats.checks += 1
-        self._pace()
         try:
-            info = self.registry.version_for_alias(self.config.alias)
+            with self._step("lookup"):
+                info = self.registry.version_for_alias(self.config.alias)
         except Exception as err:  # noqa: BLE001 - registry down: keep acting, try again later
             self.stats.last_error = f"registry: {err}"
             log.warning("alias check failed", extra={"robot": self.robot_id, "error": str(err)})
@@ -166,13 +192,13 @@ class HotReloader:
         target = self._root / f"v{info.version}-{info.sha256[:12]}"
         try:
             shutil.rmtree(target, ignore_errors=True)
-            self._pace()
-            local = self.registry.download(info.version, target)
-            self._pace()
-            policy = self.loader(Path(local), info.sha256)
+            with self._step("download"):
+                local = self.registry.download(info.version, target)
+            with self._step("load"):
+                policy = self.loader(Path(local), info.sha256)
             if self.warmup is not None:
-                self._pace()
-                self.warmup(policy)
+                with self._step("warm-up"):
+                    self.warmup(policy)
         except Exception as err:  # noqa: BLE001 - any failure means: refuse, report, keep the current one
             reason = f"{err.__class__.__name__}: {err}"
             self.stats.refused[info.version] = reason

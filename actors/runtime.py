@@ -130,8 +130,9 @@ class RobotRuntime:
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         # The latest missed ticks: {"at": wall-clock time, "late_ms": how late the tick started, "work_ms": its
-        # own run time, "waited_ms": of that, waiting for its next chunk, "gc_ms": garbage-collector pauses in it}
-        self.missed_log: deque[dict[str, float]] = deque(maxlen=1000)
+        # own run time, "waited_ms": of that, waiting for its next chunk, "gc_ms": garbage-collector pauses in it,
+        # "reload_ms": {reloader step: ms it ran beside the tick}}
+        self.missed_log: deque[dict[str, Any]] = deque(maxlen=1000)
         self._waited_ms = 0.0  # ms the current tick waited for an inference to finish
         self.segments_total = 0  # trajectory segments published since start
         self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
@@ -431,7 +432,8 @@ class RobotRuntime:
             self.missed_total += 1
             self.missed_log.append(
                 {"at": time.time(), "late_ms": round((start - deadline) * 1000, 1), "work_ms": round(elapsed_ms, 1),
-                 "waited_ms": round(waited_ms, 1), "gc_ms": round(GC_PAUSES.within(deadline, now) * 1000, 1)}
+                 "waited_ms": round(waited_ms, 1), "gc_ms": round(GC_PAUSES.within(deadline, now) * 1000, 1),
+                 "reload_ms": self._reload_busy(deadline, now)}
             )  # fmt: skip
             return now  # resynchronise: one overrun is one missed tick, not a cascade
         with self._slack:
@@ -440,6 +442,11 @@ class RobotRuntime:
         time.sleep(end - now)
         self._slack_until = 0.0
         return end
+
+    def _reload_busy(self, start: float, end: float) -> dict[str, float]:
+        """Milliseconds of [start, end] each of the reloader's slow steps ran (HotReloader.busy_within), by step."""
+        busy = getattr(self.reloader, "busy_within", None)
+        return {name: round(s * 1000, 1) for name, s in busy(start, end).items()} if busy is not None else {}
 
     def _record(self, segment: _Segment, obs: dict[str, Any], action: np.ndarray, human: bool) -> None:
         segment.timestamps.append(time.time())

@@ -229,8 +229,13 @@ def test_every_slow_step_waits_for_the_control_loops_slack(model: VLAModel, tmp_
         ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader,
         warmup=lambda _policy: steps.append("warm-up"), pace=lambda: steps.append("pace"),
     )  # fmt: skip
+    before = time.monotonic()
     assert reloader.check_once() is not None
     assert steps == ["pace", "pace", "pace", "pace", "warm-up"]  # lookup, download, load, warm-up
+    assert [name for _, _, name in reloader.steps] == ["lookup", "download", "load", "warm-up"]  # each one timed
+    busy = reloader.busy_within(before, time.monotonic())
+    assert list(busy) == ["lookup", "download", "load", "warm-up"] and all(s > 0 for s in busy.values())
+    assert reloader.busy_within(before - 10, before) == {}
     steps.clear()
     assert reloader.check_once() is None  # already current: only the lookup
     assert steps == ["pace"]

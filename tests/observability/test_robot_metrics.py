@@ -22,7 +22,8 @@ pytestmark = pytest.mark.timeout(180)
 
 @dataclass
 class OneReload:
-    """A reloader that hands over version 2 at its third check and has loaded twice (0.3 s and 4 s)."""
+    """A reloader that hands over version 2 at its third check, has loaded twice (0.3 s and 4 s) and is always
+    loading (every missed tick ran beside its "load" step)."""
 
     policy: Any
     calls: int = 0
@@ -31,6 +32,9 @@ class OneReload:
     def take_ready(self) -> ReadySwap | None:
         self.calls += 1
         return ReadySwap("2", "ab", self.policy) if self.calls == 3 else None
+
+    def busy_within(self, start: float, end: float) -> dict[str, float]:
+        return {"load": end - start}
 
 
 class EveryThirdStepSlow:
@@ -90,6 +94,7 @@ def test_exported_counters_are_the_runtimes_own() -> None:
     assert 0 < runtime.missed_total < runtime.ticks_total  # distinct, so a mix-up of the two would show
     assert len(runtime.missed_log) == runtime.missed_total  # each missed tick says why: it overran its 20 ms
     assert all(m["late_ms"] + m["work_ms"] > 1000 / config.control_hz for m in runtime.missed_log)
+    assert all(m["reload_ms"]["load"] >= m["work_ms"] for m in runtime.missed_log)  # and the reload beside it
     assert runtime.segments_total == len(segments) > 0
     assert runtime.ticks_total == sum(len(s.actions) for s in segments)
     # reload histogram from the reloader's load times
