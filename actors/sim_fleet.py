@@ -142,6 +142,15 @@ class RobotActor:
             "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in recent],
         }
 
+    def swapped(self, version: str, after: float) -> float | None:
+        """Wall-clock time of this robot's latest swap to `version` at or after `after` (None: not yet).
+
+        A cheap question for a driver waiting on a rollout: `status()` builds the whole report, and polling it
+        many times a second is work in the robot's own process while it swaps.
+        """
+        times = [t for v, t in list(self.handle.runtime.swaps) if v == version and t >= after]
+        return max(times) if times else None
+
     def stop(self) -> None:
         self.stop_event.set()
 

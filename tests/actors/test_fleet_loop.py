@@ -59,10 +59,14 @@ def test_publish_refuse_and_rollback_reach_every_robot(stack: Settings) -> None:
         _wait(actors, lambda ss: all(s["version"] == v1.version and s["episodes"] >= 1 for s in ss), 120)
 
         v2 = publish_model(registry, _model(2), parent_version=v1.version)
+        promoted_at = time.time()
         registry.promote(v2.version, actor="test", role="admin", reason="better")
         announce(settings, v2, event="promoted", alias="production", actor="test", reason="better")
         took, _ = _wait(actors, lambda ss: all(s["version"] == v2.version for s in ss), 25)  # << the 30 s poll
         assert took < 25
+        swapped = ray.get([a.swapped.remote(v2.version, promoted_at) for a in actors])  # each robot's own timestamp
+        assert all(promoted_at <= t <= time.time() for t in swapped)
+        assert ray.get(actors[0].swapped.remote(v2.version, time.time() + 1)) is None
 
         bad = publish_model(registry, _model(3, nan=True), parent_version=v2.version)
         registry.promote(bad.version, actor="test", role="admin", reason="mistake")
