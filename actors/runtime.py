@@ -131,9 +131,12 @@ class RobotRuntime:
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         # The latest missed ticks: {"at": wall-clock time, "late_ms": how late the tick started, "work_ms": its
         # own run time, "waited_ms": of that, waiting for its next chunk, "gc_ms": garbage-collector pauses in it,
-        # "reload_ms": {reloader step: ms it ran beside the tick}}
+        # "reload_ms": {reloader step: ms it ran beside the tick}, "cpu_ms": CPU time the control thread got in it,
+        # "process_cpu_ms": CPU time of the whole process in it: work_ms >> cpu_ms means the thread was waiting, on
+        # the interpreter lock when the process's other threads used the CPU meanwhile, else on the machine's cores}
         self.missed_log: deque[dict[str, Any]] = deque(maxlen=1000)
         self._waited_ms = 0.0  # ms the current tick waited for an inference to finish
+        self._tick_cpu = (0.0, 0.0)  # (thread, process) CPU seconds when the current tick started
         self.segments_total = 0  # trajectory segments published since start
         self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
         self.successes_total = 0  # successful episodes since start
@@ -316,6 +319,7 @@ class RobotRuntime:
         next_tick = time.monotonic()
         while not done:
             tick_start = time.monotonic()
+            self._tick_cpu = (time.thread_time(), time.process_time())
             if cursor >= end:
                 if pending is None:
                     pending, pending_step = self._infer(obs), step
@@ -433,7 +437,9 @@ class RobotRuntime:
             self.missed_log.append(
                 {"at": time.time(), "late_ms": round((start - deadline) * 1000, 1), "work_ms": round(elapsed_ms, 1),
                  "waited_ms": round(waited_ms, 1), "gc_ms": round(GC_PAUSES.within(deadline, now) * 1000, 1),
-                 "reload_ms": self._reload_busy(deadline, now)}
+                 "reload_ms": self._reload_busy(deadline, now),
+                 "cpu_ms": round((time.thread_time() - self._tick_cpu[0]) * 1000, 1),
+                 "process_cpu_ms": round((time.process_time() - self._tick_cpu[1]) * 1000, 1)}
             )  # fmt: skip
             return now  # resynchronise: one overrun is one missed tick, not a cascade
         with self._slack:

@@ -223,7 +223,7 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
         "rollback_converge_p50_s": pct(rollback_s, 50),
         "rollback_converge_p99_s": pct(rollback_s, 99),
         "missed_ticks": missed_in_swaps,  # during swaps (the target: 0)
-        "missed_ticks_detail": in_swaps,  # per missed tick in a swap: late_ms, work_ms, waited_ms, gc_ms, reload_ms
+        "missed_ticks_detail": in_swaps,  # per missed tick in a swap: why (RobotRuntime.missed_log)
         "swaps": swaps,
         "missed_ticks_total": missed,  # whole run, on a 2-core machine shared with the learner and the stack
         "ticks": ticks,
