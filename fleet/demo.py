@@ -92,9 +92,8 @@ def start_service(settings: Settings, name: str, argv: list[str]) -> int:
     from fleet.stack.process import ManagedProcess
 
     proc = ManagedProcess(
-        name, [sys.executable, "-m", "fleet", *argv], settings.run_dir, settings.log_dir / f"{name}.log",
-        nice=settings.service_nice,
-    )  # fmt: skip
+        name, [sys.executable, "-m", "fleet", *argv], settings.run_dir, settings.log_dir / f"{name}.log"
+    )
     return proc.start()
 
 

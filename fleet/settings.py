@@ -33,11 +33,6 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     # Interface every local service binds to; loopback only by default.
     host: str = "127.0.0.1"
-    # Scheduling niceness of the local stack's background services (Kafka, MLflow, and the learner, recorder
-    # and dashboard `make demo` starts) when they share a machine with real-time robots: each service runs in
-    # its own session, which Linux schedules as one group as heavy as all of the robots together, so at a
-    # promotion MLflow's downloads took the robots' CPU for ~100 ms at a time (missed control ticks). 0 = equal.
-    service_nice: int = Field(default=10, ge=0, le=19)
 
     # --- Kafka ---
     kafka_port: int = 9092

@@ -206,9 +206,7 @@ class KafkaService:
             "kafka.Kafka",
             str(self.dir / "server.properties"),
         ]
-        return ManagedProcess(
-            self.name, argv, self.settings.run_dir, self.settings.log_dir / "kafka.log", nice=self.settings.service_nice
-        )
+        return ManagedProcess(self.name, argv, self.settings.run_dir, self.settings.log_dir / "kafka.log")
 
     def prepare(self, *, progress: bool = False) -> ManagedProcess:
         """Fetch jars, write configs, format storage on first start; return the process to start."""

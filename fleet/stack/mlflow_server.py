@@ -50,9 +50,7 @@ class MlflowService:
             "1",
         ]
         env = {"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-        return ManagedProcess(
-            self.name, argv, s.run_dir, s.log_dir / "mlflow.log", env=env, cwd=s.home, nice=s.service_nice
-        )
+        return ManagedProcess(self.name, argv, s.run_dir, s.log_dir / "mlflow.log", env=env, cwd=s.home)
 
     def prepare(self) -> ManagedProcess:
         store = self.settings.mlflow_store_uri

@@ -77,26 +77,6 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def lower_session_priority(pid: int, nice: int) -> bool:
-    """Give the scheduling group of `pid`'s session (Linux autogroup) niceness `nice`; False where there is none.
-
-    With autogroups on (the default of desktop and many VM kernels), the scheduler shares the CPU between
-    sessions first and between threads second: a service started in its own session competes as one group
-    with every robot of the caller's session together, whatever the nice value of its own threads. Raising a
-    group's niceness needs no privilege; the kernel takes one such write per 0.1 s from unprivileged users.
-    """
-    path = Path(f"/proc/{pid}/autogroup")
-    for attempt in range(3):
-        try:
-            path.write_text(f"{nice}\n")
-            return True
-        except BlockingIOError:  # EAGAIN: another group's nice was set in the last 0.1 s
-            time.sleep(0.11 * (attempt + 1))
-        except OSError:  # not Linux, autogroups off, or the process already gone
-            return False
-    return False
-
-
 @dataclass
 class ManagedProcess:
     """One detached service process with a pid file and a log file."""
@@ -107,7 +87,6 @@ class ManagedProcess:
     log_path: Path  # stdout and stderr of the process
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables
     cwd: Path | None = None  # working directory
-    nice: int = 0  # scheduling niceness of the process and of its session's group (Settings.service_nice)
 
     @property
     def pid_path(self) -> Path:
@@ -140,7 +119,7 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log:
             try:
                 proc = subprocess.Popen(
-                    ["nice", "-n", str(self.nice), *self.argv] if self.nice else self.argv,
+                    self.argv,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -150,8 +129,6 @@ class ManagedProcess:
                 )
             except OSError as err:
                 raise StackError(f"could not start {self.name} ({self.argv[0]}): {err}") from None
-        if self.nice:
-            lower_session_priority(proc.pid, self.nice)
         record = {"pid": proc.pid, "argv": self.argv, "started": _start_ticks(proc.pid)}
         self.pid_path.write_text(json.dumps(record))
         return proc.pid

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.errors import StackError
-from fleet.stack.process import ManagedProcess, _cmdline, _group_alive, lower_session_priority
+from fleet.stack.process import _group_alive
 
 pytestmark = pytest.mark.integration
 
@@ -102,39 +101,6 @@ def test_up_is_idempotent_and_status_reports_each_service(stack: Settings) -> No
     result = _fleet("status")
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(result.stdout.strip().splitlines()) == 3
-
-
-def _nice(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5): nice
-
-
-def test_services_run_below_the_robots(stack: Settings) -> None:
-    assert stack.service_nice > 0
-    for service in launcher.services(stack):
-        pid = service.process().pid()
-        assert pid is not None and _nice(pid) == stack.service_nice, service.name
-        group = Path(f"/proc/{pid}/autogroup")
-        if Path("/proc/self/autogroup").exists():  # kernels with autogroups: the service's whole session too
-            assert group.read_text().split()[-1] == str(stack.service_nice), service.name
-
-
-def test_a_managed_process_runs_at_its_niceness_in_its_own_session(tmp_path: Path) -> None:
-    proc = ManagedProcess("sleeper", ["sleep", "60"], tmp_path / "run", tmp_path / "sleeper.log", nice=7)
-    pid = proc.start()
-    try:
-        assert proc.pid() == pid  # the pid file's identity check still knows it (started through nice(1))
-        deadline = time.monotonic() + 10
-        while _nice(pid) != 7 and time.monotonic() < deadline:  # nice(1) sets it just after its own exec
-            time.sleep(0.05)
-        assert _nice(pid) == 7 and _cmdline(pid) == ["sleep", "60"]
-        assert os.getsid(pid) == pid != os.getsid(0)
-        if Path("/proc/self/autogroup").exists():
-            assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == "7"
-            assert Path("/proc/self/autogroup").read_text().split()[-1] == "0"  # the caller's group untouched
-    finally:
-        assert proc.stop(timeout_s=5)
-    assert not lower_session_priority(pid, 5)  # gone: nothing to lower, no error
 
 
 def test_port_in_use_gives_a_clear_error(stack: Settings, tmp_path) -> None:  # noqa: ANN001
