@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import threading
 import time
 import uuid
@@ -131,12 +132,12 @@ class RobotRuntime:
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         # The latest missed ticks: {"at": wall-clock time, "late_ms": how late the tick started, "work_ms": its
         # own run time, "waited_ms": of that, waiting for its next chunk, "gc_ms": garbage-collector pauses in it,
-        # "reload_ms": {reloader step: ms it ran beside the tick}, "cpu_ms": CPU time the control thread got in it,
-        # "process_cpu_ms": CPU time of the whole process in it: work_ms >> cpu_ms means the thread was waiting, on
-        # the interpreter lock when the process's other threads used the CPU meanwhile, else on the machine's cores}
+        # "reload_ms": {reloader step: ms it ran beside the tick}, and the control thread's own counters over the
+        # tick (_usage_delta: CPU time of the thread and of the process, times the thread blocked and was
+        # preempted, major page faults): work_ms >> cpu_ms means the thread waited rather than worked}
         self.missed_log: deque[dict[str, Any]] = deque(maxlen=1000)
         self._waited_ms = 0.0  # ms the current tick waited for an inference to finish
-        self._tick_cpu = (0.0, 0.0)  # (thread, process) CPU seconds when the current tick started
+        self._tick_usage = _thread_usage()  # the control thread's counters when the current tick started
         self.segments_total = 0  # trajectory segments published since start
         self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
         self.successes_total = 0  # successful episodes since start
@@ -319,7 +320,7 @@ class RobotRuntime:
         next_tick = time.monotonic()
         while not done:
             tick_start = time.monotonic()
-            self._tick_cpu = (time.thread_time(), time.process_time())
+            self._tick_usage = _thread_usage()
             if cursor >= end:
                 if pending is None:
                     pending, pending_step = self._infer(obs), step
@@ -438,8 +439,7 @@ class RobotRuntime:
                 {"at": time.time(), "late_ms": round((start - deadline) * 1000, 1), "work_ms": round(elapsed_ms, 1),
                  "waited_ms": round(waited_ms, 1), "gc_ms": round(GC_PAUSES.within(deadline, now) * 1000, 1),
                  "reload_ms": self._reload_busy(deadline, now),
-                 "cpu_ms": round((time.thread_time() - self._tick_cpu[0]) * 1000, 1),
-                 "process_cpu_ms": round((time.process_time() - self._tick_cpu[1]) * 1000, 1)}
+                 **_usage_delta(self._tick_usage, _thread_usage())}
             )  # fmt: skip
             return now  # resynchronise: one overrun is one missed tick, not a cascade
         with self._slack:
@@ -487,6 +487,32 @@ class RobotRuntime:
                 operator=getattr(self.supervisor, "name", "supervisor"), model_version=version, created_at=time.time(),
             )
         )  # fmt: skip
+
+
+RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # Linux; elsewhere the whole process
+
+
+def _thread_usage() -> tuple[float, float, int, int, int]:
+    """The calling thread's (CPU s, process CPU s, voluntary and involuntary context switches, major faults)."""
+    usage = resource.getrusage(RUSAGE_THREAD)
+    return (usage.ru_utime + usage.ru_stime, time.process_time(), usage.ru_nvcsw, usage.ru_nivcsw, usage.ru_majflt)
+
+
+def _usage_delta(
+    before: tuple[float, float, int, int, int], after: tuple[float, float, int, int, int]
+) -> dict[str, float]:
+    """What a missed tick's thread did between two `_thread_usage` readings.
+
+    `blocked`: times it went to sleep on something (a lock, I/O, its chunk: see waited_ms); `preempted`: times the
+    scheduler took the core away from it; `major_faults`: pages it had to wait for from disk.
+    """
+    return {
+        "cpu_ms": round((after[0] - before[0]) * 1000, 1),
+        "process_cpu_ms": round((after[1] - before[1]) * 1000, 1),
+        "blocked": after[2] - before[2],
+        "preempted": after[3] - before[3],
+        "major_faults": after[4] - before[4],
+    }
 
 
 class CollectorPauses:
