@@ -3,8 +3,9 @@
 Every arm runs the same way, on its own fresh local stack (temporary FLEET_HOME, free ports: Kafka,
 MLflow, SQLite), from the same version 1 (behaviour cloning on scripted demonstrations, trained once
 and cached under ~/.cache/fleet/bench-online/), with a real-time simulated fleet on Ray (10 Hz ticks,
-robots round-robin over the tasks × embodiments) and, except for `frozen`, `fleet learner run
---preset online` as a subprocess that gates and promotes its own versions:
+robots spread over the tasks × embodiments: 4 robots run all 3 tasks on both embodiments) and,
+except for `frozen`, `fleet learner run --preset online` as a subprocess that gates and promotes its
+own versions:
 
     frozen            version 1 for the whole run; the supervisor takes over as usual (no learner)
     rewards_only      no supervisor, so no corrections: the learner has autonomous steps + success
@@ -29,6 +30,10 @@ result (10 minutes per arm, no scaling run, to fit a session; the issue's target
 about 3 hours here, or `--minutes 20 --scaling ""` then `--minutes 20 --arms-from <that json>`):
 
     .venv/bin/python bench/online.py --minutes 10 --scaling "" --cache /tmp/online-v2
+
+That result predates the fix of the fleet's placement (`actors.sim_fleet._interleave`): its 4 robots ran
+pick and push only (pick/panda, pick/kuka, push/panda, push/kuka), never place, though `config.tasks`
+lists it; the gate it promoted by did cover all 6 pairs. Re-run before reading it as 3 tasks.
 """
 
 from __future__ import annotations
