@@ -62,9 +62,16 @@ def _save(model: VLAModel, directory: Path) -> str:
     return save_checkpoint(model, directory)
 
 
-def test_new_version_lands_in_standby_and_swaps_once(model: VLAModel, tmp_path: Path) -> None:
+def _registry_with_v1(model: VLAModel, tmp_path: Path, *, production: bool) -> FakeRegistry:
+    """A registry holding `model` as version 1, with the production alias on it or on nothing yet."""
     registry = FakeRegistry()
     registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
+    registry.production = "1" if production else None
+    return registry
+
+
+def test_new_version_lands_in_standby_and_swaps_once(model: VLAModel, tmp_path: Path) -> None:
+    registry = _registry_with_v1(model, tmp_path, production=False)
     reloader = HotReloader(ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader)
     assert reloader.check_once() is None and reloader.take_ready() is None  # no production yet
     registry.production = "1"
@@ -129,9 +136,7 @@ def _corrupt(model: VLAModel, directory: Path, corruption: str) -> str:
 
 
 def test_registry_down_keeps_acting_and_recovers(model: VLAModel, tmp_path: Path) -> None:
-    registry = FakeRegistry()
-    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
-    registry.production = "1"
+    registry = _registry_with_v1(model, tmp_path, production=True)
     registry.down = True
     reloader = HotReloader(ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader)
     assert reloader.check_once() is None
@@ -141,8 +146,7 @@ def test_registry_down_keeps_acting_and_recovers(model: VLAModel, tmp_path: Path
 
 
 def test_event_wakes_the_background_thread_before_the_poll(model: VLAModel, tmp_path: Path) -> None:
-    registry = FakeRegistry()
-    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
+    registry = _registry_with_v1(model, tmp_path, production=False)
     config = ReloadConfig(poll_interval_s=3600, download_root=tmp_path / "dl")
     reloader = HotReloader(config, registry=registry, loader=_loader).start()
     try:
@@ -161,8 +165,7 @@ def test_event_wakes_the_background_thread_before_the_poll(model: VLAModel, tmp_
 
 
 def test_event_delay_spreads_a_fleets_lookups_and_stop_cuts_it_short(model: VLAModel, tmp_path: Path) -> None:
-    registry = FakeRegistry()
-    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
+    registry = _registry_with_v1(model, tmp_path, production=False)
     looked_at: list[float] = []
     lookup = registry.version_for_alias
     registry.version_for_alias = lambda alias: looked_at.append(time.monotonic()) or lookup(alias)  # type: ignore[method-assign]
@@ -197,15 +200,8 @@ def test_event_delay_spreads_a_fleets_lookups_and_stop_cuts_it_short(model: VLAM
     assert not waiting._thread.is_alive()  # stopped inside its hour-long delay
 
 
-def _production_v1(model: VLAModel, tmp_path: Path) -> FakeRegistry:
-    registry = FakeRegistry()
-    registry.versions["1"] = (tmp_path / "v1", _save(model, tmp_path / "v1"))
-    registry.production = "1"
-    return registry
-
-
 def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_path: Path) -> None:
-    registry = _production_v1(model, tmp_path)
+    registry = _registry_with_v1(model, tmp_path, production=True)
     warmed: list[VLAModel] = []
     reloader = HotReloader(
         ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader, warmup=warmed.append
@@ -223,7 +219,7 @@ def test_standby_policy_is_warmed_up_before_it_is_offered(model: VLAModel, tmp_p
 
 
 def test_every_slow_step_waits_for_the_control_loops_slack(model: VLAModel, tmp_path: Path) -> None:
-    registry = _production_v1(model, tmp_path)
+    registry = _registry_with_v1(model, tmp_path, production=True)
     steps: list[str] = []
     reloader = HotReloader(
         ReloadConfig(download_root=tmp_path / "dl"), registry=registry, loader=_loader,
