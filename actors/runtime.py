@@ -320,7 +320,8 @@ class RobotRuntime:
         next_tick = time.monotonic()
         while not done:
             tick_start = time.monotonic()
-            self._tick_usage = _thread_usage()
+            if cfg.realtime:  # only a real-time tick can miss its deadline and report these counters
+                self._tick_usage = _thread_usage()
             if cursor >= end:
                 if pending is None:
                     pending, pending_step = self._infer(obs), step
