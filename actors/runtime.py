@@ -76,6 +76,7 @@ class EpisodeResult:
     interventions: int
     model_version: str | None
     finished_at: float = 0.0  # wall clock when the episode ended
+    started_at: float = 0.0  # wall clock when it began (after the env reset)
 
 
 @dataclass
@@ -299,6 +300,7 @@ class RobotRuntime:
         if self.task != self._env_task and self.env_factory is not None:
             self._switch_env(self.task)
         obs, _ = self.env.reset(seed=seed)
+        started_at = time.time()
         obs = self._observe(obs)
         self.policy.reset()
         if self.supervisor is not None:
@@ -380,7 +382,7 @@ class RobotRuntime:
             extra={"robot": cfg.robot_id, "episode": self.episode_id, "version": chunk_version, "steps": step,
                    "success": success, "interventions": interventions},
         )  # fmt: skip
-        return EpisodeResult(self.episode_id, step, success, interventions, chunk_version, time.time())
+        return EpisodeResult(self.episode_id, step, success, interventions, chunk_version, time.time(), started_at)
 
     def _switch_env(self, task: str) -> None:
         assert self.env_factory is not None

@@ -138,8 +138,10 @@ class RobotActor:
             "ticks": runtime.ticks_total,
             "missed_ticks": runtime.missed_total,
             "missed_log": list(runtime.missed_log),
-            # (version, success, intervention steps, steps, finished at) of the latest episodes
-            "recent": [(r.model_version, r.success, r.interventions, r.steps, r.finished_at) for r in recent],
+            # (version, success, intervention steps, steps, finished at, started at) of the latest episodes
+            "recent": [
+                (r.model_version, r.success, r.interventions, r.steps, r.finished_at, r.started_at) for r in recent
+            ],
         }
 
     def swapped(self, version: str, after: float) -> float | None:

@@ -112,7 +112,7 @@ def summarize(statuses: list[dict[str, Any]]) -> dict[str, Any]:
     # "autonomous" = solved without any supervisor step: what the policy can do on its own
     per_version: dict[str, list[tuple[bool, int]]] = defaultdict(list)
     for status in statuses:
-        for version, success, interventions, _steps, _t in status.get("recent", []):
+        for version, success, interventions, *_ in status.get("recent", []):
             per_version[str(version)].append((bool(success), int(interventions)))
     rollout: dict[str, int] = defaultdict(int)
     for status in statuses:
@@ -227,7 +227,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
 
         def progress(statuses: list[dict[str, Any]]) -> None:
             for status in statuses:
-                for v, success, interventions, _steps, finished in status.get("recent", []):
+                for v, success, interventions, _steps, finished, *_ in status.get("recent", []):
                     events[(status["robot_id"], finished)] = (finished, str(v), bool(success), int(interventions))
             live.update(_table(summarize(statuses), time.monotonic() - started, config.minutes))
 

@@ -86,6 +86,8 @@ def test_supervisor_takes_over_a_stalled_policy_and_every_step_is_streamed() -> 
     rewards = [m for m in messages if isinstance(m, RewardSignal)]
     assert len(rewards) == 2 and [r.success for r in rewards] == [r.success for r in results]
     assert any(m for m in messages if isinstance(m, Heartbeat))
+    # each episode's span on the wall clock (bench/online.py orders episodes by their start)
+    assert 0 < results[0].started_at <= results[0].finished_at <= results[1].started_at <= results[1].finished_at
     for result in results:
         mine = [s for s in segments if s.episode_id == result.episode_id]
         assert [s.segment_index for s in mine] == list(range(len(mine)))
