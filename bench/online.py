@@ -32,9 +32,9 @@ about 3 hours here, or `--minutes 20 --scaling ""` then `--minutes 20 --arms-fro
 
     .venv/bin/python bench/online.py --minutes 10 --scaling "" --cache /tmp/online-v2
 
-That result predates the fix of the fleet's placement (`actors.sim_fleet._interleave`): its 4 robots ran
-pick and push only (pick/panda, pick/kuka, push/panda, push/kuka), never place, though `config.tasks`
-lists it; the gate it promoted by did cover all 6 pairs. Re-run before reading it as 3 tasks.
+That run (session 8) has the fixed placement (4 robots: pick, push and place on both embodiments) and
+orders episodes by their start. Every arm's success per minute stays flat at ~0.65-0.75: no arm learns yet
+(the versions' gate scores drift down from 0.72 to 0.5-0.65 under fine-tuning; see bench/learning_probe.py).
 """
 
 from __future__ import annotations
