@@ -118,6 +118,16 @@ def test_loss_api_with_per_sample_weights(tiny_config: VLAConfig) -> None:
         model.loss(batch, weights=torch.ones(3))
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_detached_value_loss_trains_the_value_head_only(tiny_config: VLAConfig, detach: bool) -> None:
+    # The learner's `detach_value`: return targets must not move the features the actions are read from.
+    model = VLAModel(tiny_config.with_(value_detach_trunk=detach))
+    model.loss(_mixed_batch(tiny_config))["loss/value"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.value_head.parameters())
+    trunk = sum(float(p.grad.abs().sum()) for p in model.trunk.parameters() if p.grad is not None)
+    assert (trunk == 0.0) if detach else (trunk > 0.0)
+
+
 def test_padded_entries_do_not_affect_the_loss(tiny_config: VLAConfig) -> None:
     model = VLAModel(tiny_config)
     batch = _mixed_batch(tiny_config)
