@@ -34,7 +34,7 @@ about 3 hours here, or `--minutes 20 --scaling ""` then `--minutes 20 --arms-fro
 
 That run (session 8) has the fixed placement (4 robots: pick, push and place on both embodiments) and
 orders episodes by their start. Every arm's success per minute stays flat at ~0.65-0.75: no arm learns yet
-(the versions' gate scores drift down from 0.72 to 0.5-0.65 under fine-tuning; see bench/learning_probe.py).
+(the gated versions score 0.72 at first, then 0.48-0.73 as fine-tuning goes on; see bench/learning_probe.py).
 """
 
 from __future__ import annotations
