@@ -502,8 +502,7 @@ def _thread_usage() -> tuple[float, float, int, int, int]:
     over a 20 ms tick could exceed the process's exact time or the tick's wall time by a tick (CI saw it).
     """
     usage = resource.getrusage(RUSAGE_THREAD)
-    thread = time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID)
-    return (thread, time.process_time(), usage.ru_nvcsw, usage.ru_nivcsw, usage.ru_majflt)
+    return (time.thread_time(), time.process_time(), usage.ru_nvcsw, usage.ru_nivcsw, usage.ru_majflt)
 
 
 def _usage_delta(

@@ -53,18 +53,21 @@ class Supervised:
     """`rollout()`'s policy / supervisor / takeover rule for a chunked policy under the simulated human.
 
     The takeover rule runs the controller once per step (as the robot runtime does, the chunk keeps running
-    under a takeover) and asks the supervisor; `labels` keeps the expert's action for every step (`--label all`).
+    under a takeover) and asks the supervisor; with `label_all`, `labels` keeps the expert's action for every
+    step (`--label all`).
     """
 
-    def __init__(self, controller: Any, supervisor: Any) -> None:
-        self.controller, self.supervisor = controller, supervisor
+    def __init__(self, controller: Any, supervisor: Any, *, label_all: bool = False) -> None:
+        self.controller, self.supervisor, self.label_all = controller, supervisor, label_all
         self.labels: list[np.ndarray] = []
         self._policy = self._human = None
 
     def takeover(self, _env: Any, obs: Any, _t: int) -> bool:
         self._policy = np.asarray(self.controller(obs), dtype=np.float32)
         self._human = self.supervisor.step(obs, self._policy)
-        self.labels.append(np.asarray(self.supervisor.expert(obs), dtype=np.float32))
+        if self.label_all:
+            human = self._human if self._human is not None else self.supervisor.expert(obs)
+            self.labels.append(np.asarray(human, dtype=np.float32))
         return self._human is not None
 
     def policy(self, _obs: Any) -> np.ndarray:
@@ -88,7 +91,7 @@ def collect(model: Any, pairs: list[tuple[str, str]], envs: dict, episodes: int,
             env = envs[(task, embodiment)]
             policy = VLAPolicy(model, embedder=default_embedder(), seed=seed + i)
             controller = ChunkedController(policy, execute_steps=EXECUTE_STEPS, prefetch_steps=PREFETCH_STEPS)
-            run = Supervised(controller, ExpertSupervisor(env))
+            run = Supervised(controller, ExpertSupervisor(env), label_all=label_all)
             episode = rollout(
                 env, run.policy, seed=seed + i, robot_id="probe", supervisor=run.human, takeover=run.takeover
             )
