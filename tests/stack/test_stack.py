@@ -134,3 +134,30 @@ def test_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) ->
     draws = iter([dash_led, uuid.UUID(int=1)])
     monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
     assert kafka._cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
+
+
+def _process_group(pgid: int) -> list[str]:
+    """Command lines of the processes in one process group (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115, PTH123
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()  # noqa: SIM115, PTH123
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:  # fields after the command: state, ppid, pgrp
+            out.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_local_mlflow_server_runs_no_job_workers(stack: Settings) -> None:
+    # MLflow 3 starts a job runner and 7 polling huey workers unless told not to: CPU the robots need.
+    mlflow = next(s for s in launcher.services(stack) if s.name == "mlflow")
+    pid = mlflow.process().pid()
+    assert pid
+    group = _process_group(pid)
+    assert any("mlflow" in cmd and "server" in cmd for cmd in group), group  # the server is in its own group
+    assert not [cmd for cmd in group if "huey" in cmd or "_job_runner" in cmd], group
