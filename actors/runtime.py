@@ -56,12 +56,19 @@ class RobotConfig:
     heartbeat_interval_s: float = 1.0  # heartbeat period
     seed: int = 0  # episode seeds are seed * 100_000 + episode index
     reload_delay_s: float = 0.0  # wait after a new-version event before fetching it (ReloadConfig.event_delay_s)
+    # Niceness of the process that hosts a real-time robot (actors.priority; the sim fleet's Ray actors): below 0
+    # its ticks go ahead of the learner, the broker and other work on a shared machine. Needs CAP_SYS_NICE or an
+    # RLIMIT_NICE allowance, else the robot warns and keeps its priority. Not applied when `realtime` is off: a
+    # robot running as fast as the sim goes is batch work itself.
+    niceness: int = -5
 
     def __post_init__(self) -> None:
         if self.control_hz <= 0 or self.segment_steps <= 0 or self.prefetch_steps < 0:
             raise ValueError("control_hz and segment_steps must be positive, prefetch_steps >= 0")
         if self.reload_delay_s < 0:
             raise ValueError("reload_delay_s must be >= 0")
+        if not -20 <= self.niceness <= 19:
+            raise ValueError(f"niceness must be in [-20, 19], got {self.niceness}")
 
 
 def _new_window() -> dict[str, Any]:

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from actors.priority import set_niceness
 from actors.runtime import RobotConfig
 from fleet.settings import Settings
 
@@ -106,11 +107,15 @@ class RobotActor:
 
         torch.set_num_threads(1)
         robot_settings = Settings(**settings)
+        robot = RobotConfig(**config)
         # The actor's own process logs like the driver that started it (same level, FLEET_LOG_FORMAT).
         configure_logging("robots", log_level, json=robot_settings.log_format == "json")
-        self.handle = build_robot(
-            robot_settings, RobotConfig(**config), poll_interval_s=poll_interval_s, supervise=supervise
-        )
+        self.niceness = os.getpriority(os.PRIO_PROCESS, 0)
+        if robot.realtime:  # before the robot starts its threads (they inherit it); see RobotConfig.niceness
+            self.niceness, refused = set_niceness(robot.niceness)
+            if refused:
+                log.warning("robot %s keeps niceness %d: %s", robot.robot_id, self.niceness, refused)
+        self.handle = build_robot(robot_settings, robot, poll_interval_s=poll_interval_s, supervise=supervise)
         self.stop_event = threading.Event()
 
     def run(self, episodes: int | None, duration_s: float | None) -> dict[str, Any]:
@@ -126,6 +131,7 @@ class RobotActor:
             **runtime.metrics(),  # counters the driver exports on /metrics (fleet.observability.watch_robots)
             "spool_bytes": self.handle.transport.producer.spooled_bytes,
             "robot_id": runtime.config.robot_id,
+            "niceness": self.niceness,  # the process's CPU priority (RobotConfig.niceness when it was allowed)
             "task": runtime.task,
             "embodiment": runtime.config.embodiment,
             "version": runtime.version,

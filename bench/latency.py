@@ -230,6 +230,7 @@ def main() -> None:  # noqa: PLR0915 - one bench, top to bottom
         "ticks": ticks,
         "warmup_promote_converge_s": round(warm_s, 3),
         "robots": args.robots,
+        "robot_niceness": sorted({s["niceness"] for s in statuses}),  # the robots' process priority (RobotConfig)
         "rounds": args.rounds,
         "reload_stagger_s": args.reload_stagger,
         "learner_versions_live": len(live),
