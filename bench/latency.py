@@ -19,6 +19,10 @@ and runs a real-time simulated fleet (10 Hz ticks) on Ray. Then:
 Writes bench/results/latency.json. Command that produced the committed result:
 
     .venv/bin/python bench/latency.py --robots 4 --rounds 10 --learner-minutes 5
+
+That run (session 9) has the robots at niceness -5 (`RobotConfig.niceness`; Ray starts actors at 15) and the
+MLflow server without its job runner: 0 missed ticks in 12,799 (0 in 160 swaps); an identical run before the
+MLflow change also had 0 in 12,823. Earlier runs at Ray's niceness 15: 0-3 missed in swaps, ~5 per run.
 """
 
 from __future__ import annotations
