@@ -54,7 +54,7 @@ class MlflowService:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
             # MLflow 3's server job runner (GenAI jobs fleet never submits) polls from 7 huey worker processes:
-            # ~60% of a core and ~1.4 GB idle on this 2-core machine, taken from the robots and the learner.
+            # ~60% of a core and ~1.4 GB (measured beside bench/latency.py on 2 cores), taken from robots and learner.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         return ManagedProcess(self.name, argv, s.run_dir, s.log_dir / "mlflow.log", env=env, cwd=s.home)
