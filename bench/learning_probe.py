@@ -24,12 +24,23 @@ Writes bench/results/learning_probe.json and .png (or `--out`). Commands that pr
     .venv/bin/python bench/learning_probe.py --rounds 4 --episodes 5 --updates 500 --detach-value \
         --cache /tmp/online-v2 --out /tmp/dag/probe-detach.json
 
+and (session 9) the DAgger run, copied to bench/results/learning_probe_dagger.json and .png:
+
+    .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 20 --updates 500 --label all \
+        --cache /tmp/online-v2 --out /tmp/s9/probe-dagger.json
+
 What they say: 2,000 updates (twice what the online learner makes in 10 minutes of fleet time) on 120
 supervised episodes leave the gate where version 1 started (0.733 -> 0.683-0.767; detached value 0.75-0.80,
 within the gate's noise of ~0.06), so the learner's throughput beside the robots is not what holds the fleet
 back. Also measured with an earlier copy of this loop (session 8 note): 5,500 updates on 330 episodes, flat
-(0.68-0.78); `--label all` (expert labels on every step) *lowers* the gate to 0.42-0.58; and pre-training
-version 1 on the learner's RECAP returns instead of the discounted return-to-go gives a weaker version 1
+(0.68-0.78); `--label all` (expert labels on every step) *lowers* the gate to 0.42-0.58 (the committed DAgger
+run, 120 labelled episodes per round so not an over-fit of a small buffer: 0.733 -> 0.483, 0.433, 0.367, worst
+on kuka and push; the policy's own success while collecting 0.61 -> 0.21 -> 0.18). Read step by step, the
+expert's labels on the policy's states switch at its hard thresholds (close only within 8 mm; "rise and
+realign" one step, "stay" the next as the gripper or suction toggles) across differences a policy that misses
+the cube by 2-5 cm cannot see; imitating them plausibly makes it hesitate, which the gate counts as failure
+(a reading of the episodes, not a proven mechanism). Pre-training version 1 on the learner's RECAP returns
+instead of the discounted return-to-go gives a weaker version 1
 (0.506 vs 0.644 on 30 held-out episodes per pair) that does not learn either.
 """
 
