@@ -14,12 +14,14 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pe
 
 # Each case runs in a child process: the test process keeps its own priority (it could not raise it back).
 CHILD = """
-import json, os, sys, threading
+import json, os, resource, sys, threading
 from actors.priority import set_niceness
 
 target, drop_privilege = int(sys.argv[1]), sys.argv[2] == "drop"
-if drop_privilege and os.geteuid() == 0:
-    os.setuid(65534)  # nobody: no CAP_SYS_NICE, so a priority above normal is refused
+if drop_privilege:  # no CAP_SYS_NICE and no RLIMIT_NICE allowance: a priority above normal is refused
+    resource.setrlimit(resource.RLIMIT_NICE, (0, resource.getrlimit(resource.RLIMIT_NICE)[1]))
+    if os.geteuid() == 0:
+        os.setuid(65534)  # nobody
 started, finish, ids = threading.Event(), threading.Event(), {}
 
 def worker():
