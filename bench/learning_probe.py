@@ -36,12 +36,18 @@ back. Also measured with an earlier copy of this loop (session 8 note): 5,500 up
 (0.68-0.78); `--label all` (expert labels on every step) *lowers* the gate to 0.42-0.58 (the committed DAgger
 run, 120 labelled episodes per round so not an over-fit of a small buffer: 0.733 -> 0.483, 0.433, 0.367, worst
 on kuka and push; the policy's own success while collecting 0.61 -> 0.21 -> 0.18). Read step by step, the
-expert's labels on the policy's states switch at its hard thresholds (close only within 8 mm; "rise and
-realign" one step, "stay" the next as the gripper or suction toggles) across differences a policy that misses
-the cube by 2-5 cm cannot see; imitating them plausibly makes it hesitate, which the gate counts as failure
-(a reading of the episodes, not a proven mechanism). Pre-training version 1 on the learner's RECAP returns
-instead of the discounted return-to-go gives a weaker version 1
-(0.506 vs 0.644 on 30 held-out episodes per pair) that does not learn either.
+expert's labels on the policy's states switch at its hard thresholds (close only within 8 mm, where version 1
+closes 1.1-1.7 cm off the cube even when it succeeds), but that is not the main cause: the same run with the
+expert patched (scratch copies) to align within 2 cm (`fleet.sim.experts.ALIGN`) collapses about the same
+(0.467 after 1,500 updates), also with a 4 cm close / seal window (0.417), and push, which has no grasp, drops
+first (0.6 -> 0.2 in 500 updates). What does stop it: the same run with each labelled row's loss on its own
+step's action only (the chunk's later steps masked; a scratch patch of `ReplayBuffer._collate`) stays level,
+0.733 -> 0.60 -> 0.65 -> 0.717, the policy's own success 0.61 -> 0.48 -> 0.60. So the harm is in the chunk
+targets: labels[t+1..t+7] are the expert's reactions to where the *policy* went, not a plan the expert would
+follow, and the robots execute chunk steps 2-3 (`EXECUTE_STEPS` / `PREFETCH_STEPS`). Takeover corrections do
+not have this problem (the expert drove those steps, so their chunks are its own trajectory). Pre-training version
+1 on the learner's RECAP returns instead of the discounted return-to-go gives a weaker version 1 (0.506 vs
+0.644 on 30 held-out episodes per pair) that does not learn either.
 """
 
 from __future__ import annotations
