@@ -126,10 +126,9 @@ def collect(model: Any, pairs: list[tuple[str, str]], envs: dict, episodes: int,
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["rounds"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -144,10 +143,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     c = result["config"]
     ax.set_title(f"learning probe: lr {c['lr']}, label {c['label']}, autonomous {c['autonomous']}", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

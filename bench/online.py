@@ -189,10 +189,9 @@ def summarize(run: tuple[list[Event], list[dict[str, Any]]], window: int) -> dic
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4.2))
     for arm, summary in result["arms"].items():
@@ -215,10 +214,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         m = result["scaling"][n]
         cx.text(i, finals[i] + 0.02, "never 90%" if m is None else f"90% at {m} min", ha="center", fontsize=8)
     fig.suptitle(f"fleet online learning ({result['config']['robots']} robots, {result['config']['minutes']} min/arm)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

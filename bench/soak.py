@@ -542,10 +542,9 @@ def summarize(data: dict[str, Any], args: argparse.Namespace, home: Path, second
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rss, lag = result["series"]["rss"], result["series"]["lag"]
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -577,10 +576,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"fleet soak: {result['config']['robots']} robots, {result['config']['minutes']} min; "
         f"produced {result['segments_produced']}, recorded {result['segments_recorded']}, lost {result['lost']}"
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
