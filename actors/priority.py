@@ -24,14 +24,19 @@ def _threads() -> list[int]:
         return [0]
 
 
+def check_niceness(niceness: int) -> None:
+    """ValueError unless `niceness` is one the kernel has (-20 highest priority .. 19 lowest)."""
+    if not -20 <= niceness <= 19:
+        raise ValueError(f"niceness must be in [-20, 19], got {niceness}")
+
+
 def set_niceness(niceness: int) -> tuple[int, str | None]:
     """Give every thread of this process `niceness` (-20..19; new threads inherit it from their creator).
 
     Linux keeps a niceness per thread, so each running thread is set. Returns the calling thread's niceness
     afterwards and, when the system refused a higher priority, why (the process then keeps its own).
     """
-    if not -20 <= niceness <= 19:
-        raise ValueError(f"niceness must be in [-20, 19], got {niceness}")
+    check_niceness(niceness)
     refused = None
     for tid in _threads():
         try:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.priority import check_niceness
 from actors.reload import HotReloader
 from actors.supervisor import Supervisor
 from fleet.schemas import Command, Correction, Heartbeat, LoopStats, Message, RewardSignal, TrajectorySegment
@@ -67,8 +68,7 @@ class RobotConfig:
             raise ValueError("control_hz and segment_steps must be positive, prefetch_steps >= 0")
         if self.reload_delay_s < 0:
             raise ValueError("reload_delay_s must be >= 0")
-        if not -20 <= self.niceness <= 19:
-            raise ValueError(f"niceness must be in [-20, 19], got {self.niceness}")
+        check_niceness(self.niceness)
 
 
 def _new_window() -> dict[str, Any]:
