@@ -24,6 +24,7 @@ from fleet.sim.pybullet_robots import ArmLimits, KukaSuctionArm, PandaArm, PyBul
 from fleet.sim.pybullet_scene import SCENES, TabletopScene
 
 ARMS: dict[str, type[PyBulletArm]] = {"panda": PandaArm, "kuka": KukaSuctionArm}
+CAMERAS = ("front", "wrist")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class PyBulletConfig:
     camera_eye: tuple[float, float, float] = (1.0, 0.0, 0.5)  # front camera position, robot frame, metres
     camera_target: tuple[float, float, float] = (0.54, 0.0, 0.09)  # point the front camera looks at
     camera_fov: float = 42.0  # vertical field of view, degrees
+    # Cameras rendered each step: "front" (fixed, facing the robot) and/or "wrist" (on the hand, looking down
+    # past the fingertips and turning with the tool's yaw, as on real VLA arms: the named cube under the tool).
+    cameras: tuple[str, ...] = ("front",)
+    wrist_height: float = 0.06  # wrist camera above the tool centre point, metres
+    wrist_fov: float = 80.0  # wrist camera's field of view, degrees
     shadows: bool = False  # tiny-renderer shadows: nicer images, about half the frame rate
     physics_hz: int = 240  # physics rate; control_hz comes from the embodiment (substeps = ratio)
     solver_iterations: int = 50  # constraint solver iterations per physics step (grasp stability)
@@ -45,6 +51,13 @@ class PyBulletConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
+        unknown = sorted(set(self.cameras) - set(CAMERAS))
+        if not self.cameras or unknown or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras must be distinct names from {list(CAMERAS)}, got {list(self.cameras)}")
+        if self.wrist_height <= 0 or not 0 < self.wrist_fov < 180:
+            raise ValueError(
+                f"wrist_height must be positive and wrist_fov in (0, 180), got {self.wrist_height}, {self.wrist_fov}"
+            )
         if self.physics_hz <= 0 or self.solver_iterations <= 0:
             raise ValueError("physics_hz and solver_iterations must be positive")
 
@@ -84,6 +97,7 @@ class PyBulletEnv(EnvBase):
             raise ValueError(f"the PyBullet backend simulates {sorted(ARMS)}, not {embodiment.name!r}")
         if task.name not in SCENES:
             raise ValueError(f"the PyBullet backend has no scene for task {task.name!r}; it has {sorted(SCENES)}")
+        self.cameras = config.cameras  # before EnvBase builds the observation space from it
         super().__init__(task, embodiment, image_size=config.image_size, seed=seed)
         self.config = config
         if config.max_steps is not None:
@@ -97,8 +111,9 @@ class PyBulletEnv(EnvBase):
         size = config.image_size
         self._view = c.computeViewMatrix(config.camera_eye, config.camera_target, (0, 0, 1))
         self._proj = c.computeProjectionMatrixFOV(config.camera_fov, 1.0, 0.05, 4.0)
+        self._wrist_proj = c.computeProjectionMatrixFOV(config.wrist_fov, 1.0, 0.01, 2.0)
         self._size = size
-        self._frame: np.ndarray | None = None  # the current image, rendered at most once per state
+        self._frames: dict[str, np.ndarray] | None = None  # the current images, rendered at most once per state
         self._closed = False
         self._used = False  # the world has been stepped since it was built
 
@@ -127,7 +142,7 @@ class PyBulletEnv(EnvBase):
         instruction = self.task.instruction(rng, **slots)
         jitter = rng.uniform(-self.config.home_jitter, self.config.home_jitter, 3)
         self.arm.reset(np.array(self.config.home) + jitter)
-        self._frame = None
+        self._frames = None
         return instruction
 
     def _apply_action(self, action: np.ndarray) -> None:
@@ -135,26 +150,37 @@ class PyBulletEnv(EnvBase):
         for _ in range(self.substeps):
             self.client.stepSimulation()
         self.arm.after_physics(self.scene.movable)
-        self._frame = None
+        self._frames = None
 
     def _observe_proprio(self) -> np.ndarray:
         return self.arm.proprio()
 
     def _render(self) -> dict[str, np.ndarray]:
-        if self._frame is None:
-            _, _, rgba, _, _ = self.client.getCameraImage(
-                self._size,
-                self._size,
-                self._view,
-                self._proj,
-                shadow=int(self.config.shadows),
-                renderer=pybullet.ER_TINY_RENDERER,
-                flags=pybullet.ER_NO_SEGMENTATION_MASK,
-            )
-            self._frame = np.ascontiguousarray(
-                np.asarray(rgba, dtype=np.uint8).reshape(self._size, self._size, 4)[..., :3]
-            )
-        return {"front": self._frame.copy()}
+        if self._frames is None:
+            self._frames = {
+                name: self._camera_image(*(self._wrist_view() if name == "wrist" else (self._view, self._proj)))
+                for name in self.cameras
+            }
+        return {name: frame.copy() for name, frame in self._frames.items()}
+
+    def _wrist_view(self) -> tuple[list[float], list[float]]:
+        """The wrist camera's view: above the tool centre, looking straight down, image "up" along the tool's yaw."""
+        ee, yaw = self.arm.ee_position(), self.arm.ee_yaw()
+        eye = ee + (0.0, 0.0, self.config.wrist_height)
+        up = (float(np.cos(yaw)), float(np.sin(yaw)), 0.0)
+        return self.client.computeViewMatrix(eye.tolist(), (ee - (0.0, 0.0, 0.1)).tolist(), up), self._wrist_proj
+
+    def _camera_image(self, view: list[float], projection: list[float]) -> np.ndarray:
+        _, _, rgba, _, _ = self.client.getCameraImage(
+            self._size,
+            self._size,
+            view,
+            projection,
+            shadow=int(self.config.shadows),
+            renderer=pybullet.ER_TINY_RENDERER,
+            flags=pybullet.ER_NO_SEGMENTATION_MASK,
+        )
+        return np.ascontiguousarray(np.asarray(rgba, dtype=np.uint8).reshape(self._size, self._size, 4)[..., :3])
 
     def _is_success(self) -> bool:
         return self.scene.success(self.arm.held(self.scene.movable))

@@ -7,6 +7,9 @@ embodiments it runs on (`TaskSpec.embodiments`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from fleet.embodiments import get_embodiment
 from fleet.naming import unknown
 from fleet.sim.base import Env, TaskSpec
@@ -27,8 +30,14 @@ def get_task(name: str) -> TaskSpec:
         raise _unknown("task", name, sorted(TASKS)) from None
 
 
-def make_env(task: str, embodiment: str, *, seed: int | None = None, image_size: int = 64) -> Env:
-    """Build a simulated env for `task` on `embodiment`; `seed` fixes the sequence of episodes."""
+def make_env(
+    task: str, embodiment: str, *, seed: int | None = None, image_size: int = 64, cameras: Sequence[str] | None = None
+) -> Env:
+    """Build a simulated env for `task` on `embodiment`; `seed` fixes the sequence of episodes.
+
+    `cameras`: the images each observation holds (e.g. a policy's `VLAConfig.cameras`); None = the backend's
+    default. The PyBullet backend has "front" and "wrist"; the Meta-World backend has "front" only.
+    """
     spec = get_task(task)
     if embodiment not in BACKENDS:
         raise _unknown("simulated embodiment", embodiment, sorted(BACKENDS))
@@ -41,7 +50,12 @@ def make_env(task: str, embodiment: str, *, seed: int | None = None, image_size:
     if BACKENDS[embodiment] == "metaworld":
         from fleet.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
 
+        if cameras is not None and tuple(cameras) != MetaWorldEnv.cameras:
+            raise ValueError(f"the Meta-World backend renders {list(MetaWorldEnv.cameras)}, not {list(cameras)}")
         return MetaWorldEnv(spec, body, config=MetaWorldConfig(image_size=image_size), seed=seed)
     from fleet.sim.pybullet_env import PyBulletConfig, PyBulletEnv
 
-    return PyBulletEnv(spec, body, config=PyBulletConfig(image_size=image_size), seed=seed)
+    config = PyBulletConfig(image_size=image_size)
+    if cameras is not None:
+        config = replace(config, cameras=tuple(cameras))
+    return PyBulletEnv(spec, body, config=config, seed=seed)

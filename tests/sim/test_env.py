@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fleet.embodiments import EMBODIMENTS
-from fleet.sim import TASKS, Env, make_env
+from fleet.sim import COLORS, TASKS, Env, make_env
+from fleet.sim.experts import Plan, plan_to_action
 
 EMBODIMENTS_SIMULATED = ("panda", "kuka")
 
@@ -60,6 +61,53 @@ def test_image_size_is_configurable() -> None:
         assert env.reset(seed=0)[0]["images"]["front"].shape == (32, 32, 3)
     finally:
         env.close()
+
+
+def _colour_centroid(image: np.ndarray, colour: str) -> tuple[int, np.ndarray]:
+    """(pixels, mean (x, y)) of the pixels whose chromaticity is nearest `colour`'s among COLORS and gray."""
+    rgb = image.astype(np.float32)
+    chroma = rgb / np.maximum(rgb.sum(-1, keepdims=True), 1.0)
+    refs = np.array([*COLORS.values(), (1.0, 1.0, 1.0)])
+    refs /= refs.sum(-1, keepdims=True)
+    mask = np.abs(chroma[..., None, :] - refs).sum(-1).argmin(-1) == list(COLORS).index(colour)
+    ys, xs = np.nonzero(mask)
+    return int(mask.sum()), np.array([xs.mean(), ys.mean()]) if len(xs) else np.full(2, np.nan)
+
+
+@pytest.mark.parametrize("embodiment", EMBODIMENTS_SIMULATED)
+def test_wrist_camera_looks_down_from_the_tool(embodiment: str) -> None:
+    env = make_env("pick", embodiment, seed=0, cameras=("front", "wrist"))
+    try:
+        obs, _ = env.reset(seed=0)
+        assert set(obs["images"]) == {"front", "wrist"} and env.observation_space.contains(obs)
+        state = env.privileged_state()
+        cube = state.objects[state.target]
+        centre = (env.image_size - 1) / 2
+        pixels, at_home = _colour_centroid(obs["images"]["wrist"], cube.color)
+        # At home the named cube is 15 cm away, towards the robot (image down: "up" is the tool's heading, +x)
+        # and to its left (+y): in view, but off centre.
+        assert pixels > 20 and at_home[0] < centre - 8 and at_home[1] > centre + 8, at_home
+        above = Plan(np.array([*cube.position[:2], 0.12]), close=False)
+        for _ in range(30):
+            obs, *_ = env.step(plan_to_action(env.privileged_state(), above, env.embodiment.action_dim))
+        assert np.abs(env.privileged_state().ee_position[:2] - cube.position[:2]).max() < 0.002
+        close_pixels, straight_below = _colour_centroid(obs["images"]["wrist"], cube.color)
+        assert close_pixels > 2 * pixels and np.abs(straight_below - centre).max() < 1.5, straight_below
+    finally:
+        env.close()
+
+
+def test_the_wrist_camera_changes_nothing_else() -> None:
+    front, both = make_env("place", "kuka"), make_env("place", "kuka", cameras=("front", "wrist"))
+    try:
+        a, b = _trajectory(front, seed=5), _trajectory(both, seed=5)
+        assert _same(a, b) and set(a[-1]["images"]) == {"front"}
+        assert not np.array_equal(b[0]["images"]["wrist"], b[-1]["images"]["wrist"])  # it moved with the tool
+    finally:
+        front.close()
+        both.close()
+    with pytest.raises(ValueError, match="cameras must be distinct names from"):
+        make_env("pick", "panda", cameras=("front", "top"))
 
 
 def _trajectory(env: Env, seed: int, steps: int = 12) -> list[dict]:
