@@ -45,8 +45,10 @@ class VLAConfig:
 
     # Embodiments the model has adapters for; the index in this tuple is the embodiment id.
     embodiments: tuple[EmbodimentDims, ...] = field(default_factory=embodiments_from_registry)
-    # Camera names read from `obs["images"]`, each encoded by the shared image encoder.
-    cameras: tuple[str, ...] = ("front",)
+    # Camera names read from `obs["images"]`, each encoded by the shared image encoder. The wrist camera sees the
+    # named cube under the tool: measured on the bench's version 1 (300 demos per pair of pick/push/place x
+    # panda/kuka, 10k steps; 180 held-out episodes), front alone 0.63 mean success, front + wrist 0.85.
+    cameras: tuple[str, ...] = ("front", "wrist")
     # Square image side in pixels; must be divisible by 2 ** (len(conv_channels) + 1).
     image_size: int = 64
     # Channels of the stride-2 conv stages; a last stride-2 conv maps to d_model (image tokens).
@@ -210,6 +212,7 @@ _BEFORE_IMAGE_OPTIONS: dict[str, Any] = {
 def debug_model_config(**changes: Any) -> VLAConfig:
     """A tiny model for tests and smoke runs (trains a step in milliseconds)."""
     base = VLAConfig(
+        cameras=("front",),
         conv_channels=(8, 16, 32),
         image_size=64,
         d_model=32,

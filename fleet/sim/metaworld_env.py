@@ -52,12 +52,20 @@ class MetaWorldConfig:
     """Knobs of the Meta-World backend."""
 
     image_size: int = 64  # side of the square RGB image, pixels
-    camera: str = "corner"  # Meta-World camera name ("corner", "corner2", "corner3", "corner4", "topview")
+    camera: str = "corner"  # Meta-World camera of "front" ("corner", "corner2", "corner3", "corner4", "topview")
+    # Cameras rendered each step: "front" (`camera`) and "wrist" (Meta-World's "gripperPOV", on the hand).
+    cameras: tuple[str, ...] = ("front", "wrist")
     max_steps: int | None = None  # override the task's time limit (env steps)
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
+        unknown = sorted(set(self.cameras) - {"front", "wrist"})
+        if not self.cameras or unknown or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras must be distinct names from ['front', 'wrist'], got {list(self.cameras)}")
+
+    def mujoco_camera(self, name: str) -> str:
+        return self.camera if name == "front" else "gripperPOV"
 
 
 def _import_metaworld() -> Any:
@@ -96,6 +104,7 @@ class MetaWorldEnv(EnvBase):
         config = config or MetaWorldConfig()
         if task.name not in METAWORLD_TASKS:
             raise ValueError(f"the Meta-World backend has no task {task.name!r}; it has {sorted(METAWORLD_TASKS)}")
+        self.cameras = config.cameras  # before EnvBase builds the observation space from it
         super().__init__(task, embodiment, image_size=config.image_size, seed=seed)
         self.config = config
         if config.max_steps is not None:
@@ -121,7 +130,7 @@ class MetaWorldEnv(EnvBase):
         self._state = np.zeros(39)
         self._closed_cmd = False
         self._mw_success = False
-        self._frame: np.ndarray | None = None
+        self._frames: dict[str, np.ndarray] | None = None  # the current images, rendered at most once per state
         self._closed = False
         _OPEN.add(self)
 
@@ -132,7 +141,7 @@ class MetaWorldEnv(EnvBase):
         self._state = np.asarray(obs, dtype=np.float64)
         self._closed_cmd = False
         self._mw_success = False
-        self._frame = None
+        self._frames = None
         return self.task.instruction(rng)
 
     def _apply_action(self, action: np.ndarray) -> None:
@@ -140,16 +149,18 @@ class MetaWorldEnv(EnvBase):
         self._state = np.asarray(obs, dtype=np.float64)
         self._closed_cmd = bool(action[-1] > 0.0)
         self._mw_success = bool(info.get("success", False))
-        self._frame = None
+        self._frames = None
 
     def _observe_proprio(self) -> np.ndarray:
         return self._state[:4].astype(np.float32)  # hand xyz, gripper opening
 
     def _render(self) -> dict[str, np.ndarray]:
-        if self._frame is None:
-            self._renderer.update_scene(self._env.data, camera=self.config.camera)
-            self._frame = np.ascontiguousarray(self._renderer.render()[::-1])  # MuJoCo's rows are bottom-up
-        return {"front": self._frame.copy()}
+        if self._frames is None:
+            self._frames = {}
+            for name in self.cameras:
+                self._renderer.update_scene(self._env.data, camera=self.config.mujoco_camera(name))
+                self._frames[name] = np.ascontiguousarray(self._renderer.render()[::-1])  # MuJoCo's rows are bottom-up
+        return {name: frame.copy() for name, frame in self._frames.items()}
 
     def _is_success(self) -> bool:
         return self._mw_success

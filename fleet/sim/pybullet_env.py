@@ -37,7 +37,7 @@ class PyBulletConfig:
     camera_fov: float = 42.0  # vertical field of view, degrees
     # Cameras rendered each step: "front" (fixed, facing the robot) and/or "wrist" (on the hand, looking down
     # past the fingertips and turning with the tool's yaw, as on real VLA arms: the named cube under the tool).
-    cameras: tuple[str, ...] = ("front",)
+    cameras: tuple[str, ...] = CAMERAS
     wrist_height: float = 0.06  # wrist camera above the tool centre point, metres
     wrist_fov: float = 80.0  # wrist camera's field of view, degrees
     shadows: bool = False  # tiny-renderer shadows: nicer images, about half the frame rate

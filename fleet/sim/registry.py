@@ -8,7 +8,6 @@ embodiments it runs on (`TaskSpec.embodiments`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from fleet.embodiments import get_embodiment
 from fleet.naming import unknown
@@ -35,8 +34,8 @@ def make_env(
 ) -> Env:
     """Build a simulated env for `task` on `embodiment`; `seed` fixes the sequence of episodes.
 
-    `cameras`: the images each observation holds (e.g. a policy's `VLAConfig.cameras`); None = the backend's
-    default. The PyBullet backend has "front" and "wrist"; the Meta-World backend has "front" only.
+    `cameras`: the images each observation holds; None = the backend's default, every camera it has: "front"
+    (fixed, facing the robot) and "wrist" (on the hand, looking down past the tool).
     """
     spec = get_task(task)
     if embodiment not in BACKENDS:
@@ -47,15 +46,11 @@ def make_env(
             f"task {task!r} runs on {list(spec.embodiments)}, not {embodiment!r}; tasks for {embodiment!r}: {other}"
         )
     body = get_embodiment(embodiment)
+    chosen = {} if cameras is None else {"cameras": tuple(cameras)}
     if BACKENDS[embodiment] == "metaworld":
         from fleet.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
 
-        if cameras is not None and tuple(cameras) != MetaWorldEnv.cameras:
-            raise ValueError(f"the Meta-World backend renders {list(MetaWorldEnv.cameras)}, not {list(cameras)}")
-        return MetaWorldEnv(spec, body, config=MetaWorldConfig(image_size=image_size), seed=seed)
+        return MetaWorldEnv(spec, body, config=MetaWorldConfig(image_size=image_size, **chosen), seed=seed)
     from fleet.sim.pybullet_env import PyBulletConfig, PyBulletEnv
 
-    config = PyBulletConfig(image_size=image_size)
-    if cameras is not None:
-        config = replace(config, cameras=tuple(cameras))
-    return PyBulletEnv(spec, body, config=config, seed=seed)
+    return PyBulletEnv(spec, body, config=PyBulletConfig(image_size=image_size, **chosen), seed=seed)

@@ -48,7 +48,10 @@ def test_sawyer_env_contract_and_determinism() -> None:
     env = make_env("mw-pick-place", "sawyer", seed=0)
     try:
         obs, info = env.reset(seed=3)
-        assert obs["images"]["front"].shape == (64, 64, 3) and obs["images"]["front"].dtype == np.uint8
+        assert set(obs["images"]) == {"front", "wrist"}  # "wrist" is Meta-World's gripperPOV camera
+        for image in obs["images"].values():
+            assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        assert not np.array_equal(obs["images"]["front"], obs["images"]["wrist"])
         assert obs["proprio"].shape == (4,) and obs["proprio"].dtype == np.float32
         assert env.observation_space.contains(obs)
         steps = [env.step(np.array([0.5, -0.5, 0.2, 1.0]))[0] for _ in range(3)]
@@ -56,7 +59,7 @@ def test_sawyer_env_contract_and_determinism() -> None:
         assert np.array_equal(again["images"]["front"], obs["images"]["front"])
         for first in steps:
             second = env.step(np.array([0.5, -0.5, 0.2, 1.0]))[0]
-            assert np.array_equal(first["images"]["front"], second["images"]["front"])
+            assert all(np.array_equal(first["images"][c], second["images"][c]) for c in ("front", "wrist"))
             assert np.array_equal(first["proprio"], second["proprio"])
         with pytest.raises(ValueError, match=r"shape \(4,\)"):
             env.step(np.zeros(5))
