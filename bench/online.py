@@ -174,8 +174,8 @@ def summarize(run: tuple[list[Event], list[dict[str, Any]]], window: int) -> dic
         "minutes_to_90": round(float(reached[0]), 2) if reached else None,
         "interventions_per_episode_first": round(float(interventions[:w].mean()), 3),
         "interventions_per_episode_last": round(float(interventions[-w:].mean()), 3),
-        # Autonomous success of the episodes started in each whole minute of fleet time (a 50-episode window's
-        # standard error is ~0.07: these bins of ~100 episodes show a trend the window's noise can hide).
+        # Autonomous success of the episodes started in each whole minute of fleet time (~120 episodes with 4
+        # robots): a trend without the trailing window's lag.
         "per_minute": [
             {"minute": int(m), "success": round(float(autonomous[b].mean()), 3), "episodes": int(b.sum())}
             for m in np.unique(bins)
@@ -186,6 +186,16 @@ def summarize(run: tuple[list[Event], list[dict[str, Any]]], window: int) -> dic
         "curve": {"minutes": minutes.round(3).tolist(), "success": trailing.round(3).tolist(),
                   "autonomous": autonomous.astype(int).tolist(), "interventions": interventions.tolist()},
     }  # fmt: skip
+
+
+def resummarize(summary: dict[str, Any], window: int) -> dict[str, Any]:
+    """An arm's summary again from its stored per-episode curve, with another trailing window."""
+    curve = summary["curve"]
+    events = [
+        (m, "", bool(a), int(i))
+        for m, a, i in zip(curve["minutes"], curve["autonomous"], curve["interventions"], strict=True)
+    ]
+    return {**summarize((events, summary["versions"]), window), "versions_seen": summary["versions_seen"]}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -228,15 +238,18 @@ def main() -> None:
     parser.add_argument("--embodiments", nargs="+", default=["panda", "kuka"])
     parser.add_argument("--demos", type=int, default=300, help="scripted demos per task × embodiment for version 1")
     parser.add_argument("--bc-steps", type=int, default=10_000, help="pre-training steps of version 1")
-    # 50 episodes: with a 20-episode window a policy that succeeds 60% of the time "reaches 90%" by chance
-    # within minutes (it did, in a 6-minute run); 45 of 50 at p = 0.6 has a chance of about 1e-6.
-    parser.add_argument("--window", type=int, default=50, help="episodes in the trailing success mean")
+    # 200 episodes (~1.6 min of 4 robots: with the wrist camera an episode takes ~2 s). A short window lets a
+    # policy that does not improve "reach 90%" by chance: with a 20-episode window at p = 0.6 in a 6-minute run,
+    # and with 50 and 100 episodes at p ~ 0.8 in session 10's 20-minute full arm (2,432 episodes: "90% at 2.0
+    # and 4.5 min"). At p = 0.8 a 200-episode mean of 0.9 is 3.5 standard errors up.
+    parser.add_argument("--window", type=int, default=200, help="episodes in the trailing success mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online.json")
     parser.add_argument(
-        "--arms-from", type=Path, default=None,
-        help="take the arms from this earlier result (same robots, minutes, window) and run only the scaling",
+        "--arms-from", type=Path, nargs="+", default=None,
+        help="take the arms from these earlier results (same robots and minutes; re-summarized with this --window)"
+        " and run only the scaling",
     )  # fmt: skip
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` / kill: still stop each arm's stack
@@ -245,16 +258,23 @@ def main() -> None:
 
     started = time.monotonic()
     tasks, embodiments = tuple(args.tasks), tuple(args.embodiments)
-    print(f"version 1: {args.demos} demos per pair, {args.bc_steps} BC steps (cached in {args.cache})", flush=True)
-    v1 = version_one(args.cache, tasks, embodiments, args.demos, args.bc_steps)
+    v1 = None
+    if not args.arms_from or args.scaling:  # merging earlier arms without a scaling run needs no version 1
+        print(f"version 1: {args.demos} demos per pair, {args.bc_steps} BC steps (cached in {args.cache})", flush=True)
+        v1 = version_one(args.cache, tasks, embodiments, args.demos, args.bc_steps)
     arms: dict[str, Any] = {}
     arms_command = None
-    if args.arms_from is not None:  # a session-sized split of one long run: arms first, scaling later
-        earlier = json.loads(args.arms_from.read_text())
-        same = {k: earlier["config"][k] for k in ("robots", "minutes", "window")}
-        if same != {"robots": args.robots, "minutes": args.minutes, "window": args.window}:
-            parser.error(f"--arms-from {args.arms_from} was run with {same}; give the same --robots/--minutes/--window")
-        arms, arms_command = earlier["arms"], earlier.get("arms_command") or earlier["command"]
+    if args.arms_from:  # session-sized splits of one long run: arms in separate runs, merged (and scaling) later
+        commands = []
+        for path in args.arms_from:
+            earlier = json.loads(path.read_text())
+            same = {k: earlier["config"][k] for k in ("robots", "minutes")}
+            if same != {"robots": args.robots, "minutes": args.minutes}:
+                parser.error(f"--arms-from {path} was run with {same}; give the same --robots/--minutes")
+            for arm, summary in earlier["arms"].items():
+                arms[arm] = resummarize(summary, args.window)  # this run's --window, from the stored curve
+            commands.append(earlier.get("arms_command") or earlier["command"])
+        arms_command = " ; ".join(commands)
     else:
         for arm in [a for a in args.arms.split(",") if a]:
             print(f"arm {arm}: {args.robots} robots, {args.minutes} min", flush=True)

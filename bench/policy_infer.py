@@ -4,10 +4,10 @@ Run from the repository root:
 
     .venv/bin/python bench/policy_infer.py
 
-Builds the default `VLAConfig` (flow-matching head, then the discrete-token head), feeds a 64x64
-observation of a Panda through the full `Policy.infer` path (validation, cached MiniLM instruction
-embedding, trunk, head, numpy out) with `torch.set_num_threads(1)`, and writes p50/p99/mean
-latency and parameter counts to `bench/results/policy_infer.json` (target: <= 20 ms per chunk).
+Builds the default `VLAConfig` (flow-matching head, then the discrete-token head), feeds an observation of
+a Panda with a 64x64 image per camera of the config (front and wrist) through the full `Policy.infer` path
+(validation, cached MiniLM instruction embedding, trunk, head, numpy out) with `torch.set_num_threads(1)`,
+and writes p50/p99/mean latency and parameter counts to `bench/results/policy_infer.json` (target: <= 20 ms per chunk).
 The first call per instruction (MiniLM encoding) is reported separately; it never happens per step.
 """
 
@@ -34,10 +34,14 @@ WARMUP = 20
 CALLS = 300
 
 
-def _observation(rng: np.random.Generator) -> dict:
+def _images(rng: np.random.Generator, cameras: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {camera: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for camera in cameras}
+
+
+def _observation(rng: np.random.Generator, cameras: tuple[str, ...]) -> dict:
     spec = EMBODIMENTS["panda"]
     return {
-        "images": {"front": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)},
+        "images": _images(rng, cameras),
         "proprio": rng.uniform(-1, 1, spec.proprio_dim).astype(np.float32),
         "instruction": "pick up the red cube and place it in the bowl",
         "task": "pick_place",
@@ -50,7 +54,7 @@ def bench_head(head: str) -> dict:
     config = VLAConfig(action_head=head)
     policy = VLAPolicy(VLAModel(config), embedder=default_embedder(), seed=0)
     rng = np.random.default_rng(0)
-    obs = _observation(rng)
+    obs = _observation(rng, config.cameras)
     start = time.perf_counter()
     policy.infer(obs)  # embeds the instruction (cached afterwards)
     first_ms = (time.perf_counter() - start) * 1e3
@@ -58,13 +62,14 @@ def bench_head(head: str) -> dict:
         policy.infer(obs)
     times = []
     for _ in range(CALLS):
-        obs["images"]["front"] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        obs["images"] = _images(rng, config.cameras)
         start = time.perf_counter()
         chunk = policy.infer(obs)
         times.append((time.perf_counter() - start) * 1e3)
     ms = np.array(times)
     return {
         "head": head,
+        "cameras": list(config.cameras),
         "params": policy.model.num_parameters(),
         "chunk_shape": list(chunk.shape),
         "flow_steps": config.flow_steps if head == "flow" else None,
