@@ -19,7 +19,8 @@ Success is *autonomous* success: an episode that met the task's success check wi
 last `--window` episodes of the fleet in order of starting, against fleet time (wall-clock minutes
 since the robots started, at each episode's start). Per arm: `initial_success` (first window),
 `final_success` (last window), `per_minute` (success of the episodes started in each minute),
-`minutes_to_90` (first time the trailing mean reached 0.9; null if never). `intervention_drop` is
+`minutes_to_90` (first time the trailing mean reached 0.9; null if never), `held_90_from` (from when it stayed
+at or above 0.9 to the end; null if the run ended below). `intervention_drop` is
 the full arm's interventions per episode in its first window ÷ in its last window. `scaling` is the
 full arm's `minutes_to_90` with 1, 2, 4 and 8 robots.
 
@@ -167,11 +168,17 @@ def summarize(run: tuple[list[Event], list[dict[str, Any]]], window: int) -> dic
     bins = np.floor(minutes).astype(int)
     trailing = np.array([autonomous[max(0, i + 1 - w) : i + 1].mean() for i in range(len(events))])
     reached = [m for m, s, i in zip(minutes, trailing, range(len(events)), strict=True) if i + 1 >= w and s >= 0.9]
+    below = [i for i in range(w - 1, len(events)) if trailing[i] < 0.9]  # full windows under 0.9
+    held = below[-1] + 1 if below else w - 1  # the first full window of the run's last stretch at >= 0.9
+    held_90_from = round(float(minutes[held]), 2) if held < len(events) else None
     return {
         "episodes": len(events),
         "initial_success": round(float(autonomous[:w].mean()), 3),
         "final_success": round(float(autonomous[-w:].mean()), 3),
         "minutes_to_90": round(float(reached[0]), 2) if reached else None,
+        # From when the trailing mean stayed >= 0.9 to the end of the run (null if it ended under 0.9): a touch of
+        # 0.9 can be a lucky minute (episodes of one version and minute are correlated), holding it is not.
+        "held_90_from": held_90_from,
         "interventions_per_episode_first": round(float(interventions[:w].mean()), 3),
         "interventions_per_episode_last": round(float(interventions[-w:].mean()), 3),
         # Autonomous success of the episodes started in each whole minute of fleet time (~120 episodes with 4
