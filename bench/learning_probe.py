@@ -29,6 +29,14 @@ and (session 9) the DAgger run, copied to bench/results/learning_probe_dagger.js
     .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 20 --updates 500 --label all \
         --cache /tmp/online-v2 --out /tmp/s9/probe-dagger.json
 
+and (session 10) the wrist-camera version 1 (bench/cameras.py), copied to bench/results/learning_probe_wrist.json
+and .png: gate 0.783 -> 0.833 -> 0.833 -> 0.80 over 1,500 updates on 120 supervised episodes per round, flat
+within the gate's noise, while the real loop's versions drift down to 0.65-0.73 over 2,500-3,000 updates
+(bench/online.py):
+
+    .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 20 --updates 500 --cache /tmp/online-v3 \
+        --out /tmp/s10/probe.json
+
 What they say: 2,000 updates (twice what the online learner makes in 10 minutes of fleet time) on 120
 supervised episodes leave the gate where version 1 started (0.733 -> 0.683-0.767; detached value 0.75-0.80,
 within the gate's noise of ~0.06), so the learner's throughput beside the robots is not what holds the fleet
