@@ -33,6 +33,15 @@ from fleet.embodiments import EmbodimentSpec
 _INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-"
 
 
+CAMERAS = ("front", "wrist")  # camera names the backends render: fixed facing the robot, and on the hand
+
+
+def check_cameras(cameras: tuple[str, ...]) -> None:
+    """ValueError unless `cameras` is a non-empty tuple of distinct names from CAMERAS."""
+    if not cameras or set(cameras) - set(CAMERAS) or len(set(cameras)) != len(cameras):
+        raise ValueError(f"cameras must be distinct names from {list(CAMERAS)}, got {list(cameras)}")
+
+
 class Observation(TypedDict):
     """What a policy sees at one step."""
 

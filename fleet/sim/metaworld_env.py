@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fleet.embodiments import EmbodimentSpec
-from fleet.sim.base import EnvBase, ObjectState, SimState, TaskSpec
+from fleet.sim.base import CAMERAS, EnvBase, ObjectState, SimState, TaskSpec, check_cameras
 
 # fleet task id -> (Meta-World env name, Meta-World scripted policy class)
 METAWORLD_TASKS: dict[str, tuple[str, str]] = {
@@ -54,15 +54,13 @@ class MetaWorldConfig:
     image_size: int = 64  # side of the square RGB image, pixels
     camera: str = "corner"  # Meta-World camera of "front" ("corner", "corner2", "corner3", "corner4", "topview")
     # Cameras rendered each step: "front" (`camera`) and "wrist" (Meta-World's "gripperPOV", on the hand).
-    cameras: tuple[str, ...] = ("front", "wrist")
+    cameras: tuple[str, ...] = CAMERAS
     max_steps: int | None = None  # override the task's time limit (env steps)
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
-        unknown = sorted(set(self.cameras) - {"front", "wrist"})
-        if not self.cameras or unknown or len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"cameras must be distinct names from ['front', 'wrist'], got {list(self.cameras)}")
+        check_cameras(self.cameras)
 
     def mujoco_camera(self, name: str) -> str:
         return self.camera if name == "front" else "gripperPOV"

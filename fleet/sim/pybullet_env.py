@@ -19,12 +19,11 @@ import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
 from fleet.embodiments import EmbodimentSpec
-from fleet.sim.base import EnvBase, SimState, TaskSpec
+from fleet.sim.base import CAMERAS, EnvBase, SimState, TaskSpec, check_cameras
 from fleet.sim.pybullet_robots import ArmLimits, KukaSuctionArm, PandaArm, PyBulletArm
 from fleet.sim.pybullet_scene import SCENES, TabletopScene
 
 ARMS: dict[str, type[PyBulletArm]] = {"panda": PandaArm, "kuka": KukaSuctionArm}
-CAMERAS = ("front", "wrist")
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,7 @@ class PyBulletConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
-        unknown = sorted(set(self.cameras) - set(CAMERAS))
-        if not self.cameras or unknown or len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"cameras must be distinct names from {list(CAMERAS)}, got {list(self.cameras)}")
+        check_cameras(self.cameras)
         if self.wrist_height <= 0 or not 0 < self.wrist_fov < 180:
             raise ValueError(
                 f"wrist_height must be positive and wrist_fov in (0, 180), got {self.wrist_height}, {self.wrist_fov}"
