@@ -36,7 +36,7 @@ _PREFIX_TOKENS = 4  # embodiment, instruction, proprio, value
 
 
 class VLAModel(nn.Module):
-    """The fleet VLA (about 1.3M parameters at the default config); see the module docstring for the batch format."""
+    """The fleet VLA (about 1.6M parameters at the default config); see the module docstring for the batch format."""
 
     dim_mask: Tensor  # (embodiments, max_action_dim) bool buffer: which action dims each embodiment has
 
