@@ -3,7 +3,7 @@
 For every task x embodiment (PyBullet: panda, kuka; Meta-World: sawyer, when installed) it runs
 `--episodes` expert episodes from clean seeded resets and as many "takeover" episodes (random actions
 for `--drift-steps` steps, then the expert drives: the simulated-supervisor use), all in one process.
-Speed counts `env.step` calls only (IK or MuJoCo control, physics substeps, the 64x64 render, proprio),
+Speed counts `env.step` calls only (IK or MuJoCo control, physics substeps, the 64x64 renders, proprio),
 timed in wall-clock and in process CPU time; CPU time is the per-core figure that holds on a shared
 machine. Resets are timed separately (PyBullet rebuilds the world on each one).
 
