@@ -1,10 +1,11 @@
 """Which cameras version 1 needs: the same demos and pre-training steps, front only / wrist only / front + wrist.
 
 Collects `--demos` scripted demonstrations per task × embodiment once (every camera the sim has, as the robots
-stream them), pre-trains one VLA per camera set with the recipe's pre-training stage (`fleet.recipe.train`,
-the default architecture with only `VLAConfig.cameras` changed; same seed, steps and batches), and scores each
-on the same held-out episodes (`fleet.recipe.evaluate`: `--episodes` per pair from seed 100,000, on the robots'
-chunk schedule). Demos and runs are cached under `--cache`; a re-run resumes / reuses them.
+stream them), pre-trains one VLA per camera set with the recipe's pre-training stage (`pretrain_cached` of
+bench/online.py, the default architecture with only `VLAConfig.cameras` changed; same seed, steps and
+batches), and scores each on the same held-out episodes (`fleet.recipe.evaluate`: `--episodes` per pair from
+seed 100,000, on the robots' chunk schedule). Demos and runs are cached under `--cache`; a re-run resumes /
+reuses them.
 
 Writes bench/results/cameras.json: per camera set, success per task × embodiment, the mean, the final action
 loss and the training throughput (steps/s; only comparable within one run, and only when the runs were not
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,19 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cameras.json")
     args = parser.parse_args(argv)
 
-    from fleet.episodes import EpisodeStore
+    from online import pretrain_cached  # the benches run as scripts, so bench/ is on sys.path
+
     from fleet.policy.config import VLAConfig
-    from fleet.recipe.demos import collect_demos_grid
     from fleet.recipe.evaluate import evaluate, format_table, mean_rate
-    from fleet.recipe.train import StageConfig, run_stage
 
     sets = [s for s in args.sets.split(",") if s]
     unknown = sorted(set(sets) - set(CAMERA_SETS))
     if unknown:
         parser.error(f"unknown camera sets {unknown}; known: {list(CAMERA_SETS)}")
-    store = EpisodeStore(args.cache / "demos")
-    if len(store.list()) < args.demos * len(args.tasks) * len(args.embodiments):
-        collect_demos_grid(store, args.tasks, args.embodiments, episodes=args.demos, seed=0)
     result: dict = {
         "command": "bench/cameras.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "demos_per_pair": args.demos,
@@ -61,19 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         "sets": {},
     }
     for name in sets:
-        stage = StageConfig(
-            stage="pretrain",
-            demos=store.root,
-            run_dir=args.cache / name,
-            steps=args.steps,
-            model=VLAConfig(cameras=CAMERA_SETS[name]),
-            tasks=tuple(args.tasks),
-            embodiments=tuple(args.embodiments),
-            log_mlflow=False,
-        )
-        started = time.monotonic()
-        stats = run_stage(stage).stats
-        train_s = time.monotonic() - started
+        stats = pretrain_cached(
+            args.cache, tuple(args.tasks), tuple(args.embodiments), args.demos, args.steps,
+            run=name, model=VLAConfig(cameras=CAMERA_SETS[name]),
+        ).stats  # fmt: skip
         rates = evaluate(stats.checkpoint, args.tasks, args.embodiments, args.episodes)
         print(f"\n{name}: {stats.checkpoint}\n{format_table(rates)}", flush=True)
         result["sets"][name] = {
@@ -82,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "mean": mean_rate(rates),
             "action_loss": stats.losses.get("loss/action"),  # None when the run was already done
             "steps_run": stats.steps_run,
-            "steps_per_s": stats.steps_run / train_s if stats.steps_run else None,
+            "steps_per_s": stats.steps_run / stats.seconds if stats.steps_run else None,
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -63,9 +63,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fleet.policy.config import VLAConfig
+    from fleet.recipe.train import StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("frozen", "rewards_only", "corrections_only", "full")
@@ -82,6 +86,22 @@ def _stack_env(home: Path) -> dict[str, str]:
 
 def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...], demos: int, steps: int) -> Path:
     """Version 1 every arm starts from: the recipe's pre-training stage on scripted demos (cached; re-runs reuse it)."""
+    return pretrain_cached(cache, tasks, embodiments, demos, steps).checkpoint
+
+
+def pretrain_cached(
+    cache: Path,
+    tasks: tuple[str, ...],
+    embodiments: tuple[str, ...],
+    demos: int,
+    steps: int,
+    *,
+    run: str = "v1",
+    model: VLAConfig | None = None,
+) -> StageResult:
+    """The recipe's pre-training stage on `demos` scripted demos per pair, both cached under `cache` (demos/ and
+    <run>/); a re-run reuses the demos and resumes the run (nothing to do when it is done). `model` overrides the
+    default architecture."""
     from fleet.episodes import EpisodeStore
     from fleet.recipe.demos import collect_demos_grid
     from fleet.recipe.train import StageConfig, run_stage
@@ -92,13 +112,14 @@ def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...
     stage = StageConfig(
         stage="pretrain",
         demos=store.root,
-        run_dir=cache / "v1",
+        run_dir=cache / run,
         steps=steps,
+        model=model,
         tasks=tasks,
         embodiments=embodiments,
         log_mlflow=False,
     )
-    return run_stage(stage).checkpoint  # resumes; nothing to do when already trained
+    return run_stage(stage)
 
 
 def run_arm(
