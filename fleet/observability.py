@@ -86,6 +86,11 @@ LEARNER_VERSIONS = Counter(
     "fleet_learner_versions_published", "Model versions the learner published, by eval gate outcome.", ["gate"],
     registry=REGISTRY,
 )  # fmt: skip
+LEARNER_RESTARTS = Counter(
+    "fleet_learner_restarts_from_production",
+    "Times the learner dropped its weights for production's after versions in a row regressed on the gate.",
+    registry=REGISTRY,
+)  # fmt: skip
 LEARNER_VERSION = Gauge(
     "fleet_learner_published_version", "Number of the latest version the learner published.", registry=REGISTRY
 )

@@ -33,6 +33,9 @@ class LearnerConfig:
     checkpoint_every_s: float = 600.0  # T: ... or after this many seconds, whichever comes first
     require_new_data: bool = True  # publish only when the stream brought new records since the last version
     promote: bool = True  # promote versions that beat production (never while pinned)
+    # Safety rail: after this many versions in a row score more than `gate.min_improvement` below production
+    # on the gate, training restarts from production's weights (fresh optimizer, replay kept); 0 = never.
+    restart_after_regressions: int = 3
     group_id: str = "learner"  # Kafka consumer group
     poll_timeout_s: float = 0.5  # longest a poll waits for records
     max_poll_records: int = 200  # records per poll
@@ -45,6 +48,8 @@ class LearnerConfig:
             raise ValueError("LearnerConfig: batch_size and min_replay must be >= 1, updates_per_poll >= 0")
         if self.checkpoint_every_updates < 1 or self.checkpoint_every_s <= 0:
             raise ValueError("LearnerConfig: checkpoint_every_updates must be >= 1 and checkpoint_every_s > 0")
+        if self.restart_after_regressions < 0:
+            raise ValueError("LearnerConfig.restart_after_regressions must be >= 0")
         if self.max_poll_records < 1 or self.poll_timeout_s < 0 or self.log_every < 1 or self.torch_threads < 1:
             raise ValueError("LearnerConfig: max_poll_records, log_every, torch_threads >= 1; poll_timeout_s >= 0")
 

@@ -8,6 +8,7 @@ There are no EnvRunners: the fleet is the data source, batches come from `learne
     stats = engine.update(batch)                  # batch: dict of numpy columns from ReplayBuffer.sample
     weights = engine.get_state_dict()             # VLAModel state dict (torch) -> safetensors checkpoint
     engine.set_state_dict(weights)                # rollback / restore: set_weights, never set_state (NOTES)
+    engine.reset_optimizer()                      # with new weights: AdamW starts cold
     published = engine.to_model(ema=True)         # the weights' moving average (`ema_decay`), what is published
 
 The loss (`VLATorchLearner.compute_loss_for_module`): the value head is evaluated without gradient
@@ -294,6 +295,15 @@ class VLALearner:
         if self.config.ema_decay > 0:
             start = arrays if ema is None else {k: v.detach().cpu().numpy() for k, v in ema.items()}
             self._each_learner(lambda learner: learner.reset_ema(start))
+
+    def reset_optimizer(self) -> None:
+        """Forget every learner's AdamW moments and step counts (training restarts from other weights)."""
+
+        def clear(learner: TorchLearner) -> None:
+            for _, optimizer in learner.get_optimizers_for_module(MODULE_ID):
+                optimizer.state.clear()
+
+        self._each_learner(clear)
 
     def get_ema_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights' moving average (the current weights when `ema_decay` is 0)."""

@@ -9,9 +9,10 @@ replay); do `updates_per_poll` RLlib updates once replay holds `min_replay` step
 checkpoint with the consumed offsets, commit those offsets to Kafka, run the eval gate, publish a
 version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_passed; alias
 `candidate`), promote it to `production` if it beats production's eval/mean (never while pinned),
-and announce both on `fleet.models`. A restart loads the newest checkpoint (weights, AdamW state,
-offsets), skips every record below its offsets, re-handles what was still waiting, and publishes
-the checkpoint first if the crash came before that.
+and announce both on `fleet.models`. After `restart_after_regressions` versions in a row scored below
+production on the gate (by more than its margin), training goes on from production's weights. A restart
+loads the newest checkpoint (weights, AdamW state, offsets), skips every record below its offsets,
+re-handles what was still waiting, and publishes the checkpoint first if the crash came before that.
 
 Publishing never stops training: when the registry is unreachable the checkpoint waits (one at a
 time: no new checkpoint is taken until it is published, so its data window stays exact) and is
@@ -144,6 +145,7 @@ class LearnerService:
         # Checkpoint waiting to be published, and the retry schedule while the registry is unreachable.
         self._unpublished: Path | None = None
         self._publish_failures, self._publish_at = 0, 0.0
+        self.regressions = 0  # versions in a row below production on the gate (see `restart_after_regressions`)
         if resumed is not None and self.state.published_version is None:  # crashed before publishing: do it first
             self._unpublished = resumed
             self._try_publish()
@@ -372,7 +374,42 @@ class LearnerService:
                 announce(self.settings, info, event="promoted", alias=PRODUCTION, actor="learner", reason=reason)
             except PinnedError as e:
                 log.warning("learner: %s; version %s stays candidate", e, info.version)
+        self._restart_if_regressing(mean, production_mean, production)
         return info
+
+    def _restart_if_regressing(
+        self, mean: float, production_mean: float | None, production: VersionInfo | None
+    ) -> None:
+        """The safety rail: after `restart_after_regressions` versions in a row scored more than the gate's margin
+        below production, training goes on from production's weights (and a cold optimizer), not further down."""
+        limit = self.config.restart_after_regressions
+        if not limit or production is None or production_mean is None:
+            return
+        if mean >= production_mean - self.config.gate.min_improvement:
+            self.regressions = 0
+            return
+        self.regressions += 1
+        if self.regressions < limit:
+            return
+        try:
+            with tempfile.TemporaryDirectory(prefix="fleet-learner-") as tmp:
+                local = self.registry.download(production.version, tmp)
+                model = load_checkpoint(local, expected_sha256=production.sha256)
+            if model.config != self.engine.model_config:
+                raise ValueError("its architecture differs from the learner's")
+        except Exception as e:  # the rail must not stop training: the next regression tries again
+            log.warning("learner: cannot restart from production v%s (%s)", production.version, e)
+            return
+        self.engine.set_state_dict(model.state_dict())
+        self.engine.reset_optimizer()
+        self.state.parent_version = production.version
+        observability.LEARNER_RESTARTS.inc()
+        log.warning(
+            "learner: %d versions in a row scored below production v%s (%.3f, last %.3f); training restarts from it",
+            self.regressions, production.version, production_mean, mean,
+            extra={"version": production.version, "updates": self.state.updates},
+        )  # fmt: skip
+        self.regressions = 0
 
     def _production_mean(self, production: VersionInfo | None) -> float | None:
         """Production's success on *this* gate: its tag when it was gated the same way, else evaluated now.

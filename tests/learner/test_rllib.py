@@ -12,7 +12,7 @@ from fleet.policy.checkpoint import load_checkpoint, save_checkpoint
 from fleet.policy.config import debug_model_config
 from learner.ingest import Ingest
 from learner.replay import ReplayBuffer, ReplayConfig
-from learner.rllib import RLlibConfig, VLALearner
+from learner.rllib import MODULE_ID, RLlibConfig, VLALearner
 from tests.learner.fakes import segments
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder, make_episode
 
@@ -102,3 +102,16 @@ def test_without_a_moving_average_the_published_weights_are_the_trained_ones(eng
     assert all(torch.equal(published[k], raw[k]) for k in raw)
     with pytest.raises(ValueError, match="ema_decay"):
         RLlibConfig(ema_decay=1.0)
+
+
+def test_reset_optimizer_forgets_the_moments_and_training_goes_on(engine: VLALearner) -> None:
+    batch = _batch()
+    engine.update(batch)
+
+    def states() -> list[list[int]]:
+        return engine._each_learner(lambda lr: [len(o.state) for _, o in lr.get_optimizers_for_module(MODULE_ID)])
+
+    assert states()[0][0] > 0  # AdamW keeps a state per parameter once it has stepped
+    engine.reset_optimizer()
+    assert states() == [[0]]
+    assert np.isfinite(engine.update(batch).loss_total)

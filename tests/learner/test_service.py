@@ -23,6 +23,7 @@ from fleet.stack.launcher import migrate_database
 from fleet.transport import KafkaTransport, TransportConfig, publish
 from learner import checkpoints
 from learner.config import get_preset
+from learner.rllib import MODULE_ID
 from learner.service import LearnerService
 from tests.learner.fakes import correction, segments
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder
@@ -68,6 +69,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         run_dir=tmp_path / "run",
         group_id=f"learner-{suffix}",  # a fresh group: reads the topics from the start
         rllib=dataclasses.replace(get_preset("debug").rllib, ema_decay=0.9),  # publishes the weights' average
+        restart_after_regressions=2,
     )
     robots = [f"robot-{suffix}-{i}" for i in range(4)]
     _produce(settings, robots, "a")
@@ -102,6 +104,20 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         assert all(torch.equal(engine_average[k], v) for k, v in published.items())
         assert any(not torch.equal(engine_raw[k], published[k]) for k in published)
         v2 = _run_until_published(second, 120)
+        # The safety rail (restart_after_regressions=2): a version at production's score is not a regression;
+        # after two in a row below it, training goes on from production's weights with a cold optimizer.
+        production = registry.version_for_alias(PRODUCTION)
+        second.engine.update(second.replay.sample(config.batch_size, second.rng))
+        second._restart_if_regressing(0.5, 0.6, production)
+        second._restart_if_regressing(0.6, 0.6, production)
+        second._restart_if_regressing(0.5, 0.6, production)
+        assert second.regressions == 1 and second.state.parent_version == v2.version
+        second._restart_if_regressing(0.5, 0.6, production)
+        assert second.regressions == 0 and second.state.parent_version == v1.version
+        restarted = second.engine.get_state_dict()
+        assert all(torch.equal(restarted[k], v) for k, v in published.items())  # v1's weights
+        optimizers = second.engine._each_learner(lambda lr: lr.get_optimizers_for_module(MODULE_ID)[0][1].state)
+        assert optimizers == [{}]
     finally:
         second.close()
     v2 = registry.get_version(v2.version)
