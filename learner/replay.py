@@ -14,11 +14,12 @@ observation at t and the action chunk t..t+H (padded, masked past the end), with
 
 Returns, RECAP-style (π*0.6): the value target at step t of an episode of length T is
 ``-(T - t) / horizon`` (steps to success, normalized, clipped to -1) when the episode succeeded and
-``failure_return`` (default -2, below any success) when it failed; dense step rewards are kept but
-not used. Per-sample weights (`sample_weights`): demonstrations and intervention steps weigh 1
-(HG-DAgger: imitate the human); autonomous steps weigh ``exp((G - V(s)) / beta)`` clipped to
-`max_weight` (AWR), with V from the model's value head at update time, so failures teach the
-value head without being imitated.
+``failure_return`` (default -2, below any success) when it failed, and also for the autonomous steps
+before a takeover (`takeover_is_failure`: the policy needed rescuing there, even if the human then
+finished the task); dense step rewards are kept but not used. Per-sample weights (`sample_weights`):
+demonstrations and intervention steps weigh 1 (HG-DAgger: imitate the human); autonomous steps weigh
+``exp((G - V(s)) / beta)`` clipped to `max_weight` (AWR), with V from the model's value head at update
+time, so failures teach the value head without being imitated.
 
 With `autonomous=False` (the "corrections only" arm of bench/online.py) autonomous fleet steps are
 kept for their episode's context but never sampled: only demonstrations and intervention steps train.
@@ -59,6 +60,7 @@ class ReplayConfig:
     horizon: int = 200  # steps that normalize -(steps to success) into [-1, 0]
     failure_return: float = -2.0  # value target of every step of a failed episode (below any success)
     autonomous: bool = True  # train on autonomous fleet steps (AWR); False = corrections only (HG-DAgger)
+    takeover_is_failure: bool = True  # autonomous steps that end in a takeover get the failure return (RLIF)
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.horizon < 1:
@@ -71,12 +73,25 @@ class ReplayConfig:
             raise ValueError("ReplayConfig.failure_return must be <= -1 (below every successful return)")
 
 
-def recap_returns(length: int, success: bool, *, horizon: int, failure_return: float) -> np.ndarray:
-    """float32 (length,) value targets: -(steps to success)/horizon clipped to -1, or `failure_return`."""
+def recap_returns(
+    length: int, success: bool, *, horizon: int, failure_return: float, intervention: np.ndarray | None = None
+) -> np.ndarray:
+    """float32 (length,) value targets: -(steps to success)/horizon clipped to -1, or `failure_return`.
+
+    With `intervention` (bool (length,)), a stretch of autonomous steps that ends where a human takes over is a
+    failure of the policy whatever the episode's outcome (RLIF: the takeover is the negative signal): its steps
+    get `failure_return`, so the steps that made the human step in are never up-weighted as a success.
+    """
     if not success:
         return np.full(length, failure_return, dtype=np.float32)
     steps_left = length - np.arange(length, dtype=np.float32)
-    return np.maximum(-steps_left / np.float32(horizon), -1.0).astype(np.float32)
+    out = np.maximum(-steps_left / np.float32(horizon), -1.0).astype(np.float32)
+    if intervention is not None and intervention.any():
+        human = np.asarray(intervention, dtype=bool)
+        last_takeover = int(np.flatnonzero(human & ~np.concatenate([[False], human[:-1]]))[-1])
+        # autonomous steps before the last takeover's start: each of their stretches ends in a takeover
+        out[:last_takeover][~human[:last_takeover]] = failure_return
+    return out
 
 
 def sample_weights(
@@ -160,6 +175,7 @@ class ReplayBuffer:
             stop = min(start + n, stored.length)
             stored.intervention[start:stop] = True
             stored.correction_ids[start:stop] = [cid] * max(0, stop - start)
+        stored.returns = self._returns(stored.length, stored.success, stored.intervention)
         if stored.key in self._episodes:  # a re-sent episode replaces the old copy (idempotent on the key)
             self._drop_where(lambda key, _t: key == stored.key)
         self._episodes[stored.key] = stored
@@ -193,6 +209,7 @@ class ReplayBuffer:
         actions = np.zeros((n, c.max_action_dim), dtype=np.float32)
         actions[:, : dims.action_dim] = np.clip(episode.actions, -1.0, 1.0)
         success = bool(meta.success)
+        intervention = np.asarray(episode.intervention, dtype=bool).copy()
         return StoredEpisode(
             robot_id=meta.robot_id,
             episode_id=meta.episode_id,
@@ -203,15 +220,17 @@ class ReplayBuffer:
             proprio=proprio,
             actions=actions,
             action_dim=dims.action_dim,
-            intervention=np.asarray(episode.intervention, dtype=bool).copy(),
+            intervention=intervention,
             rewards=np.asarray(episode.rewards, dtype=np.float32),
             success=success,
-            returns=self._returns(n, success),
+            returns=self._returns(n, success, intervention),
             correction_ids=[None] * n,
         )
 
-    def _returns(self, length: int, success: bool) -> np.ndarray:
-        return recap_returns(length, success, horizon=self.config.horizon, failure_return=self.config.failure_return)
+    def _returns(self, length: int, success: bool, intervention: np.ndarray | None) -> np.ndarray:
+        c = self.config
+        mask = intervention if c.takeover_is_failure else None
+        return recap_returns(length, success, horizon=c.horizon, failure_return=c.failure_return, intervention=mask)
 
     def _push(self, source: str, key: EpisodeKey, t: int) -> None:
         buffer = self._buffers[source]
@@ -250,7 +269,7 @@ class ReplayBuffer:
         if stored is None:
             return False
         stored.success = success
-        stored.returns = self._returns(stored.length, success)
+        stored.returns = self._returns(stored.length, success, stored.intervention)
         return True
 
     def tag_correction(self, correction_id: str, robot_id: str, episode_id: str, step_start: int, n: int) -> bool:
@@ -266,6 +285,7 @@ class ReplayBuffer:
                 self._push("intervention", stored.key, t)
                 if not self.config.autonomous:  # it was left out of `online` as an autonomous step
                     self._push("online", stored.key, t)
+        stored.returns = self._returns(stored.length, stored.success, stored.intervention)
         return True
 
     def correction_steps(self, correction_id: str) -> list[Sample]:
@@ -305,7 +325,7 @@ class ReplayBuffer:
                     stored.actions[t, :width] = np.clip(actions[i, :width], -1.0, 1.0)
             if relabel_success is not None:
                 stored.success = relabel_success
-                stored.returns = self._returns(stored.length, relabel_success)
+                stored.returns = self._returns(stored.length, relabel_success, stored.intervention)
             touched += len(steps)
         return touched
 

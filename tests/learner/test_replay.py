@@ -80,6 +80,30 @@ def test_segments_assemble_in_any_order_with_provenance_and_returns() -> None:
     assert np.all(replay.episode("r1", "e2").returns == -2.0)  # type: ignore[union-attr]
 
 
+def test_autonomous_steps_that_end_in_a_takeover_are_failures_even_in_a_rescued_episode() -> None:
+    """RLIF: the human stepping in is the policy's failure; the steps after the last takeover keep the outcome."""
+    human = np.zeros(10, dtype=bool)
+    human[[3, 4, 7]] = True
+    returns = recap_returns(10, True, horizon=10, failure_return=-2.0, intervention=human)
+    plain = recap_returns(10, True, horizon=10, failure_return=-2.0)
+    np.testing.assert_allclose(returns[[0, 1, 2, 5, 6]], -2.0)  # the two stretches the human broke into
+    np.testing.assert_allclose(returns[[3, 4, 7, 8, 9]], plain[[3, 4, 7, 8, 9]])
+    assert np.all(recap_returns(4, False, horizon=10, failure_return=-2.0, intervention=human[:4]) == -2.0)
+
+    replay, ingest = _replay(horizon=10)
+    _feed(ingest, segments("r1", "e1", lengths=(5, 5), intervention=(3, 5), success=True))
+    stored = replay.episode("r1", "e1")
+    assert stored is not None and stored.success
+    np.testing.assert_allclose(stored.returns[:3], -2.0)
+    assert stored.returns[5:].min() > -1.0
+    ingest.handle(correction("r1", "e1", "c2", 7, 1))  # a late correction: steps 5-6 now end in a takeover too
+    np.testing.assert_allclose(stored.returns[5:7], -2.0)
+    assert stored.returns[8:].min() > -1.0
+    kept, kept_ingest = _replay(horizon=10, takeover_is_failure=False)
+    _feed(kept_ingest, segments("r1", "e1", lengths=(5, 5), intervention=(3, 5), success=True))
+    assert kept.episode("r1", "e1").returns.min() > -2.0  # type: ignore[union-attr]
+
+
 def test_late_reward_signal_relabels_success() -> None:
     replay, ingest = _replay()
     _feed(ingest, segments("r1", "e1", success=False))
