@@ -37,6 +37,15 @@ within the gate's noise, while the real loop's versions drift down to 0.65-0.73 
     .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 20 --updates 500 --cache /tmp/online-v3 \
         --out /tmp/s10/probe.json
 
+and (session 11) the real loop's scale: 780 supervised episodes per round (2,340 in all, as many as 4 real-time
+robots run in 20 minutes) and 3,000 updates (as many as the online learner makes in those 20 minutes), copied to
+bench/results/learning_probe_scale.json and .png. It ran on the replay returns from before c4d1a12 (autonomous
+steps before a takeover count as failures). Gate 0.783 -> 0.833 -> 0.867 -> 0.817: no drift at the real loop's
+scale of data and updates, unlike the real loop's versions (0.65-0.73 after 2,500-3,000 updates):
+
+    PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 130 --updates 1000 \
+        --out /tmp/s11/probe-scale.json
+
 What they say: 2,000 updates (twice what the online learner makes in 10 minutes of fleet time) on 120
 supervised episodes leave the gate where version 1 started (0.733 -> 0.683-0.767; detached value 0.75-0.80,
 within the gate's noise of ~0.06), so the learner's throughput beside the robots is not what holds the fleet
