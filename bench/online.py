@@ -122,10 +122,30 @@ def pretrain_cached(
     return run_stage(stage)
 
 
+LEARNER_CURVES = ("losses/action", "losses/value", "charts/mean_weight", "charts/mean_advantage",
+                  "charts/autonomous_fraction", "charts/updates_per_s")  # fmt: skip
+
+
+def learner_curves(registry: Any, points: int = 100) -> dict[str, list[list[float]]]:
+    """The learner's training metrics as it logged them to MLflow ([update, value] pairs, ~`points` per key), kept
+    before the arm's MLflow store is removed: why its versions moved on the gate is in these."""
+    client = registry.client
+    experiment = client.get_experiment_by_name("fleet-learner")
+    runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+    if not runs:
+        return {}
+    curves = {}
+    for key in LEARNER_CURVES:
+        history = sorted(client.get_metric_history(runs[0].info.run_id, key), key=lambda m: m.step)
+        curves[key] = [[m.step, round(m.value, 4)] for m in history[:: max(1, len(history) // points)]]
+    return curves
+
+
 def run_arm(
     arm: str, *, robots: int, minutes: float, v1: Path, demos: Path, args: argparse.Namespace
-) -> tuple[list[Event], list[dict[str, Any]]]:
-    """One arm on a fresh stack: the fleet's episodes in order of starting, and the versions published.
+) -> tuple[list[Event], list[dict[str, Any]], dict[str, Any]]:
+    """One arm on a fresh stack: the fleet's episodes in order of starting, the versions published and the
+    learner's training curves (`learner_curves`).
 
     Every episode a robot starts runs to its end (the fleet stops robots between episodes), so ordering by
     start leaves no bias at either end; ordering by end would put the quick episodes (mostly successes) first.
@@ -176,6 +196,7 @@ def run_arm(
              "gate_mean": v.eval_metrics.get("mean"), "gate_passed": v.gate_passed, "aliases": list(v.aliases)}
             for v in sorted(registry.list_versions(), key=lambda v: int(v.version))
         ]  # fmt: skip
+        curves = learner_curves(registry) if learner is not None else {}
         print(f"  {arm}: {len(events)} episodes, versions {[(v['version'], v['gate_mean']) for v in versions]}")
     finally:
         if learner is not None:
@@ -186,12 +207,12 @@ def run_arm(
         ray.shutdown()
         launcher.down(settings, log=lambda _m: None)
         shutil.rmtree(home, ignore_errors=True)  # the arm's Kafka log, MLflow store, spool (~100 MB)
-    return sorted(events.values()), versions
+    return sorted(events.values()), versions, curves
 
 
-def summarize(run: tuple[list[Event], list[dict[str, Any]]], window: int) -> dict[str, Any]:
+def summarize(run: tuple[list[Event], list[dict[str, Any]], dict[str, Any]], window: int) -> dict[str, Any]:
     """initial/final autonomous success, minutes_to_90 and the curves, from one arm's episodes and versions."""
-    events, versions = run
+    events, versions, learner = run
     if not events:
         return {"episodes": 0, "initial_success": None, "final_success": None, "minutes_to_90": None}
     minutes = np.array([e[0] for e in events])
@@ -223,6 +244,7 @@ def summarize(run: tuple[list[Event], list[dict[str, Any]]], window: int) -> dic
         ],
         "versions_seen": sorted({e[1] for e in events}, key=lambda v: int(v) if v.isdigit() else 0),
         "versions": versions,
+        "learner": learner,
         "curve": {"minutes": minutes.round(3).tolist(), "success": trailing.round(3).tolist(),
                   "autonomous": autonomous.astype(int).tolist(), "interventions": interventions.tolist()},
     }  # fmt: skip
@@ -235,7 +257,8 @@ def resummarize(summary: dict[str, Any], window: int) -> dict[str, Any]:
         (m, "", bool(a), int(i))
         for m, a, i in zip(curve["minutes"], curve["autonomous"], curve["interventions"], strict=True)
     ]
-    return {**summarize((events, summary["versions"]), window), "versions_seen": summary["versions_seen"]}
+    run = (events, summary["versions"], summary.get("learner", {}))
+    return {**summarize(run, window), "versions_seen": summary["versions_seen"]}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
