@@ -23,6 +23,9 @@ def run(
     realtime: bool = typer.Option(False, help="Tick at the control rate instead of as fast as the sim runs."),
     address: str | None = typer.Option(None, help="Ray cluster address to join (default: start a local one)."),
     seed: int = typer.Option(0, help="Base seed; robot i uses seed + i."),
+    rotate_tasks: bool = typer.Option(
+        False, help="Each robot works through every task its arm can do, one episode each (covers the whole grid)."
+    ),
 ) -> None:
     """Run N simulated robots that act with the production model, stream to Kafka and hot-reload."""
     from actors.robot import NoProductionModel
@@ -36,7 +39,7 @@ def run(
         duration = 10**9
     config = FleetConfig(
         n=n, tasks=_split(tasks), embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
-        realtime=realtime, address=address, seed=seed,
+        realtime=realtime, address=address, seed=seed, rotate_tasks=rotate_tasks,
     )  # fmt: skip
 
     def progress(statuses: list[dict]) -> None:

@@ -46,6 +46,9 @@ class RobotConfig:
     robot_id: str  # stable id: Kafka key, DB key, dashboard row
     embodiment: str  # key of fleet.embodiments.EMBODIMENTS
     task: str  # task id this robot works on (operators may reassign)
+    # Tasks the robot works through, one episode each in turn, starting at `task` (a cell given several jobs;
+    # needs an env factory). Empty: `task` only. An operator's assign_task ends the rotation.
+    task_rotation: tuple[str, ...] = ()
     control_hz: float = 10.0  # tick rate
     realtime: bool = False  # sleep to the tick deadline (real robots, demos); off = as fast as the sim runs
     segment_steps: int = 10  # steps per TrajectorySegment (1 s at 10 Hz)
@@ -68,6 +71,8 @@ class RobotConfig:
             raise ValueError("control_hz and segment_steps must be positive, prefetch_steps >= 0")
         if self.reload_delay_s < 0:
             raise ValueError("reload_delay_s must be >= 0")
+        if self.task_rotation and self.task not in self.task_rotation:
+            raise ValueError(f"task {self.task!r} is not in task_rotation {self.task_rotation}")
         check_niceness(self.niceness)
 
 
@@ -130,6 +135,10 @@ class RobotRuntime:
         self.spooled = spooled
         self.state = "starting"
         self.task = config.task
+        rotation = list(config.task_rotation)
+        start = rotation.index(config.task) if rotation else 0
+        self._rotation = rotation[start:] + rotation[:start]  # the next episode's task is _rotation[episodes % n]
+        self._parked: dict[str, tuple[Any, Supervisor | None]] = {}  # rotation: envs of the other tasks, kept
         self.instruction_override: str | None = None
         self.episode_id: str | None = None
         self.episodes = 0
@@ -191,6 +200,7 @@ class RobotRuntime:
                 else:
                     self.task = task  # the env follows at the next episode start
                     self.instruction_override = command.instruction
+                    self._end_rotation()
             self.applied_command = command.command_id
             log.info(
                 "command applied",
@@ -304,6 +314,8 @@ class RobotRuntime:
         seed = cfg.seed * 100_000 + self.episodes
         self.episodes += 1
         self.episode_id = f"{cfg.robot_id}-{uuid.uuid4().hex[:10]}"
+        if self._rotation:
+            self.task = self._rotation[(self.episodes - 1) % len(self._rotation)]
         if self.task != self._env_task and self.env_factory is not None:
             self._switch_env(self.task)
         obs, _ = self.env.reset(seed=seed)
@@ -394,16 +406,27 @@ class RobotRuntime:
     def _switch_env(self, task: str) -> None:
         assert self.env_factory is not None
         try:
-            env, supervisor = self.env_factory(task)
+            env, supervisor = self._parked.pop(task, None) or self.env_factory(task)
         except (KeyError, ValueError) as err:  # unknown task, or not one this embodiment can do
             self.error = f"cannot switch to task {task!r}: {err}"
             log.error("task switch refused", extra={"robot": self.config.robot_id, "task": task, "error": str(err)})
             self.task, self.instruction_override = self._env_task, None
+            self._end_rotation()
             return
-        old, self.env, self.supervisor, self._env_task = self.env, env, supervisor, task
+        old = (self.env, self.supervisor)
+        if self._rotation:  # the robot comes back to this task: keep its env
+            self._parked[self._env_task] = old
+        elif hasattr(old[0], "close"):
+            old[0].close()
+        self.env, self.supervisor, self._env_task = env, supervisor, task
         self.error = None
-        if hasattr(old, "close"):
-            old.close()
+
+    def _end_rotation(self) -> None:
+        self._rotation = []
+        for env, _ in self._parked.values():
+            if hasattr(env, "close"):
+                env.close()
+        self._parked.clear()
 
     def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
         if self.instruction_override:

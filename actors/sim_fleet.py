@@ -40,6 +40,9 @@ class FleetConfig:
     address: str | None = None  # Ray cluster to join ("auto" or host:port); None = start a local one
     robot_prefix: str = "sim"  # robot ids are <prefix>-<i>
     supervise: bool = True  # a simulated human (the scripted expert) takes over when a robot goes wrong
+    # Each robot keeps its embodiment and works through every task it can do, one episode each (starting at its
+    # grid task), so a fleet smaller than the task x embodiment grid still brings data from all of it.
+    rotate_tasks: bool = False
     # Robot i of n fetches a new version i/n of this many seconds after its event, so the fleet's downloads,
     # loads and warm-ups (and the MLflow server's work) are spread out instead of all landing on the same
     # moment's CPU; what it costs is at most this much extra time to converge.
@@ -65,6 +68,7 @@ class FleetConfig:
                 robot_id=f"{self.robot_prefix}-{i}",
                 task=pairs[i % len(pairs)][0],
                 embodiment=pairs[i % len(pairs)][1],
+                task_rotation=tuple(t for t, e in pairs if e == pairs[i % len(pairs)][1]) if self.rotate_tasks else (),
                 seed=self.seed + i,
                 realtime=self.realtime,
                 reload_delay_s=round(self.reload_stagger_s * i / self.n, 3),

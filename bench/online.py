@@ -2,8 +2,10 @@
 
 Every arm runs the same way, on its own fresh local stack (temporary FLEET_HOME, free ports: Kafka,
 MLflow, SQLite), from the same version 1 (behaviour cloning on scripted demonstrations, trained once
-and cached under ~/.cache/fleet/bench-online/), with a real-time simulated fleet on Ray (10 Hz ticks,
-robots spread over the tasks × embodiments: 4 robots run all 3 tasks on both embodiments) and,
+and cached under ~/.cache/fleet/bench-online/), with a real-time simulated fleet on Ray (10 Hz ticks;
+each robot keeps its arm and works through the 3 tasks, one episode each, `FleetConfig.rotate_tasks`, so
+4 robots bring data from all 6 task × embodiment pairs the gate scores; until session 11 each robot had
+one fixed pair and 4 robots never ran push/panda, version 1's weakest pair, nor place/kuka) and,
 except for `frozen`, `fleet learner run --preset online` as a subprocess that gates and promotes its
 own versions:
 
@@ -176,7 +178,7 @@ def run_arm(
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         fleet = FleetConfig(
             n=robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), duration_s=minutes * 60,
-            realtime=True, supervise=arm != "rewards_only", seed=args.seed,
+            realtime=True, supervise=arm != "rewards_only", seed=args.seed, rotate_tasks=True,
         )  # fmt: skip
         started = time.time()
 

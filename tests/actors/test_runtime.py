@@ -194,6 +194,33 @@ def test_assign_task_switches_the_env_at_the_next_episode_and_refuses_unknown_ta
     assert refusing.heartbeat().error == refusing.error
 
 
+def test_a_rotating_robot_works_through_its_tasks_one_episode_each_and_an_assignment_ends_it() -> None:
+    messages: list = []
+    runtime = _runtime(messages, policy=ZeroPolicy(4), task_rotation=("push", "pick"))
+    built: list[str] = []
+
+    def factory(task: str) -> tuple[Any, Any]:
+        env = make_env(task, "panda", seed=1)
+        built.append(task)
+        return env, ExpertSupervisor(env)
+
+    runtime.env_factory = factory
+
+    def tasks(results: list) -> list[str]:  # type: ignore[type-arg]
+        by_episode = {m.episode_id: m.task_id for m in messages if isinstance(m, TrajectorySegment)}
+        return [by_episode[r.episode_id] for r in results]
+
+    assert tasks([runtime.run_episode() for _ in range(4)]) == ["pick", "push", "pick", "push"]  # from its own task
+    assert built == ["push"]  # the pick env was parked, not rebuilt
+    runtime.submit_command(
+        Command(command_id="a", robot_id="r1", action="assign_task", task_id="push", issued_by="op", created_at=0)
+    )
+    runtime._apply_commands()
+    assert tasks([runtime.run_episode() for _ in range(2)]) == ["push", "push"] and runtime._parked == {}
+    with pytest.raises(ValueError, match="not in task_rotation"):
+        RobotConfig(robot_id="r", embodiment="panda", task="place", task_rotation=("pick", "push"))
+
+
 def test_robots_run_the_chunk_schedule_the_gate_and_eval_measure() -> None:
     """The robots' re-planning schedule is the one `fleet eval` and the learner's gate judge a policy by."""
     from fleet.recipe.evaluate import EXECUTE_STEPS, PREFETCH_STEPS, ChunkedController

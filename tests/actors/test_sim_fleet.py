@@ -24,3 +24,13 @@ def test_small_fleets_cover_as_many_tasks_and_embodiments_as_they_can(n: int, ta
     assert [r.robot_id for r in robots] == [f"sim-{i}" for i in range(n)] and [r.seed for r in robots] == list(range(n))
     if n == 6:  # a full grid runs every pair once
         assert len({(r.task, r.embodiment) for r in robots}) == 6
+
+
+def test_rotating_robots_keep_their_arm_and_work_through_every_task_it_can_do() -> None:
+    robots = FleetConfig(n=4, rotate_tasks=True).robots()
+    assert len({(r.task, r.embodiment) for r in robots}) == 4  # 4 of the 6 pairs at any one time ...
+    assert {(t, r.embodiment) for r in robots for t in r.task_rotation} == {
+        (t, e) for t in ("pick", "push", "place") for e in ("panda", "kuka")
+    }  # ... all 6 over the episodes
+    assert all(r.task in r.task_rotation and len(r.task_rotation) == 3 for r in robots)
+    assert all(r.task_rotation == () for r in FleetConfig(n=4).robots())
