@@ -133,7 +133,8 @@ def learner_curves(registry: Any, points: int = 100) -> dict[str, list[list[floa
     before the arm's MLflow store is removed: why its versions moved on the gate is in these."""
     client = registry.client
     experiment = client.get_experiment_by_name("fleet-learner")
-    runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+    where = "tags.`fleet.kind` = 'learner'"  # the training run (the experiment also holds one run per version)
+    runs = client.search_runs([experiment.experiment_id], filter_string=where) if experiment is not None else []
     if not runs:
         return {}
     curves = {}
