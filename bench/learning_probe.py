@@ -151,6 +151,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     updates = [r["updates"] for r in rows]
     ax.plot(updates, [r["gate_mean"] for r in rows], marker="o", label="gate (held-out, autonomous)")
+    if rows[0].get("eval_mean") is not None:
+        n = result["config"]["eval_episodes_per_pair"]
+        ax.plot(updates, [r["eval_mean"] for r in rows], marker="s", label=f"{n} other held-out episodes per pair")
     per_round = result["config"]["updates_per_round"]  # a round collects with the weights of the round before
     collected = [(r["updates"] - per_round, r["collect_autonomous_success"]) for r in rows[1:] if r["episodes"]]
     if collected:
@@ -174,6 +177,10 @@ def main() -> None:
     parser.add_argument(
         "--detach-value", action="store_true", help="the value loss trains the value head only, not the shared trunk"
     )
+    parser.add_argument(
+        "--eval-episodes", type=int, default=0,
+        help="also score each round on this many other held-out episodes per pair (0: the gate only)",
+    )  # fmt: skip
     parser.add_argument("--demos", type=int, default=300, help="demos per pair of version 1 (as bench/online.py)")
     parser.add_argument("--bc-steps", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (nothing else runs beside it)")
@@ -209,20 +216,28 @@ def main() -> None:
         if episode.meta.source == "demo":
             replay.add_episode(episode)
     gate, rng = EvalGate(preset.gate), np.random.default_rng(0)
+    # A larger sample than the gate's 60 episodes, on seeds the gate never uses: what a version is really worth.
+    wide = EvalGate(dataclasses.replace(preset.gate, episodes=max(1, args.eval_episodes), seed_offset=2_000_000))
     pairs = gate.pairs()
     envs = {p: make_env(*p, seed=7, image_size=model.config.image_size) for p in pairs}
     rows: list[dict[str, Any]] = []
 
     def record(round_: int, collected: tuple[float | None, float | None], seconds: dict[str, float]) -> None:
-        score = gate.evaluate(engine.to_model(ema=True), embedder=default_embedder())
+        model = engine.to_model(ema=True)
+        score = gate.evaluate(model, embedder=default_embedder())
+        evaluation = wide.evaluate(model, embedder=default_embedder()) if args.eval_episodes else None
         rows.append({
+            "eval_mean": None if evaluation is None else round(evaluation.mean, 3),
+            "eval": {} if evaluation is None else {f"{t}/{e}": v for (t, e), v in evaluation.success.items()},
             "round": round_, "updates": round_ * args.updates, "episodes": round_ * args.episodes * len(pairs),
             "collect_autonomous_success": None if collected[0] is None else round(collected[0], 3),
             "interventions_per_episode": None if collected[1] is None else round(collected[1], 2),
             "gate_mean": round(score.mean, 3), "gate": {f"{t}/{e}": v for (t, e), v in score.success.items()},
-            "replay": replay.sizes(), "seconds": {**seconds, "gate": round(score.seconds, 1)},
+            "replay": replay.sizes(), "seconds": {**seconds, "gate": round(score.seconds, 1),
+                        "eval": None if evaluation is None else round(evaluation.seconds, 1)},
         })  # fmt: skip
-        print(json.dumps({k: rows[-1][k] for k in ("round", "updates", "gate_mean", "collect_autonomous_success")}))
+        keys = ("round", "updates", "gate_mean", "eval_mean", "collect_autonomous_success")
+        print(json.dumps({k: rows[-1][k] for k in keys}))
 
     record(0, (None, None), {})
     for r in range(1, args.rounds + 1):
@@ -246,7 +261,8 @@ def main() -> None:
                    "lr": rllib.lr, "ema_decay": rllib.ema_decay, "batch_size": preset.batch_size,
                    "label": args.label, "autonomous": args.autonomous, "detach_value": args.detach_value,
                    "pairs": [f"{t}/{e}" for t, e in pairs],
-                   "gate_episodes_per_pair": preset.gate.episodes, "v1": str(v1)},
+                   "gate_episodes_per_pair": preset.gate.episodes, "eval_episodes_per_pair": args.eval_episodes,
+                   "v1": str(v1)},
         "initial_gate": rows[0]["gate_mean"],
         "final_gate": rows[-1]["gate_mean"],
         "best_gate": max(r["gate_mean"] for r in rows),
