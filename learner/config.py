@@ -55,7 +55,7 @@ class LearnerConfig:
 
 
 PRESETS: dict[str, LearnerConfig] = {
-    "default": LearnerConfig(name="default"),
+    "default": LearnerConfig(name="default", gate=GateConfig(confirm_episodes=10)),
     # `make demo` on 2 cores: the default model (continues version 1) at the post-training learning rate, a
     # version every ~100 updates or 2 minutes, and a small gate on the demo's tasks so versions reach the
     # fleet within minutes (promoted 5 points above production, as in `online`); versions are the weights'
@@ -63,7 +63,9 @@ PRESETS: dict[str, LearnerConfig] = {
     "demo": LearnerConfig(
         name="demo",
         rllib=RLlibConfig(lr=1e-4, ema_decay=0.995),
-        gate=GateConfig(tasks=("pick", "push"), embodiments=("panda", "kuka"), episodes=5, min_improvement=0.05),
+        gate=GateConfig(
+            tasks=("pick", "push"), embodiments=("panda", "kuka"), episodes=5, min_improvement=0.05, confirm_episodes=5
+        ),
         batch_size=32,
         min_replay=256,
         checkpoint_every_updates=100,
@@ -71,13 +73,18 @@ PRESETS: dict[str, LearnerConfig] = {
     ),
     # bench/online.py: the default model continuing production at the post-training learning rate, a version
     # every ~150 updates or 90 s, gated on 10 held-out episodes (the same seeds for every version) of each
-    # of the 6 task × embodiment pairs; promoted only 5 points above production (see GateConfig.min_improvement).
+    # of the 6 task × embodiment pairs; promoted only 5 points above production (see GateConfig.min_improvement),
+    # also over 10 more episodes per pair (GateConfig.confirm_episodes).
     # Versions are the weights' moving average (0.995: about the last 200 updates; see learner/rllib.py).
     "online": LearnerConfig(
         name="online",
         rllib=RLlibConfig(lr=1e-4, ema_decay=0.995),
         gate=GateConfig(
-            tasks=("pick", "push", "place"), embodiments=("panda", "kuka"), episodes=10, min_improvement=0.05
+            tasks=("pick", "push", "place"),
+            embodiments=("panda", "kuka"),
+            episodes=10,
+            min_improvement=0.05,
+            confirm_episodes=10,
         ),
         batch_size=32,
         min_replay=256,

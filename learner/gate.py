@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,14 +46,31 @@ class GateConfig:
     # (a 60-episode mean has a standard error of ~0.06), so "any gain" promotes lucky draws: a noisy gate
     # with no margin put a worse version in production in bench/online.py (fleet success 0.65 -> 0.4).
     min_improvement: float = 0.0
+    # A candidate that passes on the gate's episodes is run again on this many *other* episodes per pair (seeds
+    # from `seed_offset + CONFIRM_SEEDS`), and so is production (once per version); it is promoted only if it
+    # beats production there too, by the same margin. The learner scores many versions on the same episodes and
+    # the best of them is mostly a lucky draw (bench/online.py: a version promoted at 0.88 against version 1's
+    # ~0.77 left the fleet's success where it was); fresh episodes do not share that luck (pooling them with the
+    # gate's would keep half of it). 0 = no confirmation.
+    confirm_episodes: int = 0
     # An episode that stops progressing (the supervisor would take over on the fleet) fails, as on the fleet.
     stop_when_stuck: bool = True
 
     def __post_init__(self) -> None:
         if not self.tasks or not self.embodiments or self.episodes < 1:
             raise ValueError("GateConfig needs at least one task, one embodiment and one episode")
+        if self.confirm_episodes < 0:
+            raise ValueError("GateConfig.confirm_episodes must be >= 0")
         if not 0.0 <= self.min_success <= 1.0 or not 0.0 <= self.min_improvement < 1.0:
             raise ValueError("GateConfig.min_success must be in [0, 1] and min_improvement in [0, 1)")
+
+
+CONFIRM_SEEDS = 500_000  # confirmation episodes start this far above the gate's seeds
+
+
+def confirmation(config: GateConfig) -> GateConfig:
+    """The confirmation stage's episodes: `confirm_episodes` per pair on seeds the gate never uses."""
+    return replace(config, episodes=max(1, config.confirm_episodes), seed_offset=config.seed_offset + CONFIRM_SEEDS)
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class EvalGate:
         c = self.config
         return json.dumps(
             {"tasks": c.tasks, "embodiments": c.embodiments, "episodes": c.episodes, "seed_offset": c.seed_offset,
+             "confirm_episodes": c.confirm_episodes,
              "max_steps": c.max_steps, "stop_when_stuck": c.stop_when_stuck,
              "schedule": {"execute_steps": EXECUTE_STEPS, "prefetch_steps": PREFETCH_STEPS}}, sort_keys=True,
         )  # fmt: skip

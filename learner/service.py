@@ -56,7 +56,7 @@ from fleet.transport import (
 from learner import checkpoints
 from learner.checkpoints import MODEL_DIR, LearnerState
 from learner.config import LearnerConfig
-from learner.gate import EvalGate, beats
+from learner.gate import EvalGate, beats, confirmation
 from learner.ingest import Ingest
 from learner.replay import ReplayBuffer
 from learner.rllib import MODULE_ID, TrainingStats, VLALearner
@@ -121,6 +121,7 @@ class LearnerService:
         self.root = (config.run_dir or settings.home / "learner" / config.name) / "checkpoints"
         self.rng = np.random.default_rng(config.seed)
         self.gate = EvalGate(config.gate)
+        self.confirm_gate = EvalGate(confirmation(config.gate))
         self.last_stats: TrainingStats | None = None
         self.published: list[VersionInfo] = []
 
@@ -337,6 +338,8 @@ class LearnerService:
         production_mean = self._production_mean(production)
         gate = self.config.gate
         passed = beats(mean, production_mean, min_success=gate.min_success, min_improvement=gate.min_improvement)
+        if passed and gate.confirm_episodes and production is not None and production_mean is not None:
+            passed = self._confirmed(directory, state, mean, production_mean, production)
         tags = {
             "data_offsets": json.dumps(state.window, sort_keys=True),
             "correction_ids": str(state.correction_ids),
@@ -411,6 +414,28 @@ class LearnerService:
         )  # fmt: skip
         self.regressions = 0
 
+    def _confirmed(
+        self, directory: Path, state: LearnerState, mean: float, production_mean: float, production: VersionInfo
+    ) -> bool:
+        """The confirmation stage (`GateConfig.confirm_episodes`): the candidate beat production on the gate's
+        episodes; it must beat it by the same margin on the confirmation's episodes too. The candidate's
+        confirmation score is kept in the checkpoint (and its version's tags as confirm/...)."""
+        if "confirm/mean" not in state.gate:
+            model = load_checkpoint(directory / MODEL_DIR)
+            scores = self.confirm_gate.evaluate(model, embedder=self.embedder).tags()
+            state.gate.update({"confirm/" + k.removeprefix("eval/"): v for k, v in scores.items()})
+            checkpoints.write_state(directory, state)
+        gate = self.config.gate
+        candidate = float(state.gate["confirm/mean"])
+        incumbent = self._production_score(production, confirm=True)
+        confirmed = beats(candidate, incumbent, min_success=gate.min_success, min_improvement=gate.min_improvement)
+        log.info(
+            "learner: confirmation %s: %.3f against production v%s's %.3f on the confirmation episodes",
+            "passed" if confirmed else "failed", candidate, production.version, incumbent,
+            extra={"version": production.version},
+        )  # fmt: skip
+        return confirmed
+
     def _production_mean(self, production: VersionInfo | None) -> float | None:
         """Production's success on *this* gate: its tag when it was gated the same way, else evaluated now.
 
@@ -419,16 +444,23 @@ class LearnerService:
         """
         if production is None:
             return None
-        if production.tags.get("gate_config") == self.gate.signature() and "mean" in production.eval_metrics:
-            return production.eval_metrics["mean"]
+        return self._production_score(production, confirm=False)
+
+    def _production_score(self, production: VersionInfo, *, confirm: bool) -> float:
+        """Production's mean on the gate's (or the confirmation's) episodes: its tag when it was scored the same
+        way, else evaluated now (once per version)."""
+        key, gate = ("confirm/mean", self.confirm_gate) if confirm else ("eval/mean", self.gate)
+        if production.tags.get("gate_config") == self.gate.signature() and key in production.tags:
+            return float(production.tags[key])
         cache = self.__dict__.setdefault("_production_eval_cache", {})
-        if production.version not in cache:
+        if (production.version, key) not in cache:
             with tempfile.TemporaryDirectory(prefix="fleet-gate-") as tmp:
                 local = self.registry.download(production.version, tmp)
                 model = load_checkpoint(local, expected_sha256=production.sha256)
-            cache[production.version] = self.gate.evaluate(model, embedder=self.embedder).mean
-            log.info("learner: production v%s scores %.3f on the gate", production.version, cache[production.version])
-        return cache[production.version]
+            score = gate.evaluate(model, embedder=self.embedder).mean
+            cache[(production.version, key)] = score
+            log.info("learner: production v%s scores %.3f on %s", production.version, score, key.split("/")[0])
+        return cache[(production.version, key)]
 
     def _log_metrics(self, values: dict[str, float]) -> None:
         if self._run_id is None or time.monotonic() < self._metrics_at:

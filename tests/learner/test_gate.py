@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learner.config import get_preset
-from learner.gate import EvalGate, GateConfig, beats
+from learner.gate import EvalGate, GateConfig, beats, confirmation
 
 
 def test_without_a_margin_any_strict_gain_promotes() -> None:
@@ -25,6 +25,18 @@ def test_a_margin_refuses_gains_within_the_gate_noise() -> None:
 def test_online_preset_gates_on_60_episodes_with_a_margin() -> None:
     gate = get_preset("online").gate
     assert gate.episodes * len(gate.tasks) * len(gate.embodiments) == 60 and gate.min_improvement == 0.05
+
+
+def test_confirmation_runs_the_gate_on_other_episodes() -> None:
+    gate = get_preset("online").gate
+    confirm = confirmation(gate)
+    assert confirm.episodes == gate.confirm_episodes == 10
+    gate_seeds = set(range(gate.seed_offset, gate.seed_offset + gate.episodes))
+    assert gate_seeds.isdisjoint(range(confirm.seed_offset, confirm.seed_offset + confirm.episodes))
+    assert (confirm.tasks, confirm.embodiments, confirm.stop_when_stuck) == (gate.tasks, gate.embodiments, True)
+    assert EvalGate(gate).signature() != EvalGate(GateConfig(**{**gate.__dict__, "confirm_episodes": 0})).signature()
+    with pytest.raises(ValueError, match="confirm_episodes"):
+        GateConfig(confirm_episodes=-1)
 
 
 def test_config_rejects_a_margin_outside_0_1() -> None:

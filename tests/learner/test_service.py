@@ -70,6 +70,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         group_id=f"learner-{suffix}",  # a fresh group: reads the topics from the start
         rllib=dataclasses.replace(get_preset("debug").rllib, ema_decay=0.9),  # publishes the weights' average
         restart_after_regressions=2,
+        gate=dataclasses.replace(get_preset("debug").gate, confirm_episodes=1),
     )
     robots = [f"robot-{suffix}-{i}" for i in range(4)]
     _produce(settings, robots, "a")
@@ -104,6 +105,17 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         assert all(torch.equal(engine_average[k], v) for k, v in published.items())
         assert any(not torch.equal(engine_raw[k], published[k]) for k in published)
         v2 = _run_until_published(second, 120)
+        # The confirmation stage: a candidate that beat production on the gate's episodes (forged here: 1.0
+        # against 0.0) is scored on other episodes, and so is production; there it must beat production too
+        # (the debug gate's 8-step episodes all fail: both score 0, a tie, which keeps production).
+        ckpt = checkpoints.list_checkpoints(config.run_dir / "checkpoints")[-1]
+        state, _ = checkpoints.load_state(ckpt)
+        assert "confirm/mean" not in state.gate
+        assert not second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version))
+        assert float(state.gate["confirm/mean"]) == 0.0 and "confirm/pick/panda" in state.gate
+        assert checkpoints.load_state(ckpt)[0].gate["confirm/mean"] == state.gate["confirm/mean"]  # kept
+        second._production_eval_cache[(v1.version, "confirm/mean")] = -1.0  # a worse production: confirmed
+        assert second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version))
         # The safety rail (restart_after_regressions=2): a version at production's score is not a regression;
         # after two in a row below it, training goes on from production's weights with a cold optimizer.
         production = registry.version_for_alias(PRODUCTION)
