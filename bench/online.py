@@ -31,22 +31,28 @@ wrist cameras: 0.85 mean success on bench/cameras.py's held-out episodes; cached
 starts from the same weights).
 
 Writes bench/results/online.json and bench/results/online.png. Commands that produced the committed result
-(session 10: two arms of 20 minutes, each its own run, then merged; frozen and rewards_only not run yet; the
-issue's whole run is `--minutes 20`, about 3 hours here):
+(session 11: two arms of 20 minutes, each its own run, then merged; rewards_only and corrections_only not run
+with this fleet; the issue's whole run is `--minutes 20`, about 3 hours here). The full arm's learner had the
+takeover-is-failure returns (c4d1a12) and the restart-from-production rail, not yet the gate's confirmation
+stage (b18cd3d); its `learner` curves are one point from the wrong MLflow run (fixed after it ran):
 
-    .venv/bin/python bench/online.py --arms full --scaling "" --minutes 20 --cache /tmp/online-v3 \
-        --out /tmp/s10/online-full.json
-    .venv/bin/python bench/online.py --arms corrections_only --scaling "" --minutes 20 --cache /tmp/online-v3 \
-        --out /tmp/s10/online-corr.json
-    .venv/bin/python bench/online.py --arms-from /tmp/s10/online-full.json /tmp/s10/online-corr.json \
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms full --scaling "" --minutes 20 --out /tmp/s11/online-full.json
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms frozen --scaling "" --minutes 20 \
+        --out /tmp/s11/online-frozen.json
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms-from /tmp/s11/online-frozen.json /tmp/s11/online-full.json \
         --scaling "" --minutes 20
 
-What it says: with the wrist camera the fleet starts at ~0.8 autonomous success (per minute 0.71-0.85 in full,
-0.79-0.92 in corrections_only, ~120 episodes a minute) and stays there: neither arm holds 0.9. The learner
-promotes one early version (full: v5, gate 0.88 after 600 updates; corrections_only: v2, 0.87 after 150), then
-its later versions drift down the gate (full: to 0.65-0.72 after 2,500-3,000 updates; corrections_only: to
-0.70-0.73), so production stays on that early version. The drift comes with and without autonomous (AWR)
-steps, so it is not the advantage weighting alone.
+What it says: the learner does not improve the fleet. Both arms start at ~0.78 autonomous success (~105-110
+episodes a minute) and stay there: over all episodes frozen 0.795 (2,204 episodes), full 0.788 (2,113); per
+minute frozen 0.74-0.86, full 0.71-0.85; neither reaches 0.9. The full arm's versions score 0.73-0.90 on the
+gate (version 1 ~0.77); v6 was promoted at 0.883 after 750 updates and the fleet's success did not move, so
+that score was the luckiest of 20 draws on the same 60 episodes (hence the confirmation stage). The rail
+restarted training from v6 once the late versions fell to 0.73-0.77.
+
+Session 10's run (fixed task per robot, so 4 robots never ran push/panda or place/kuka, which the gate scores)
+had full and corrections_only at ~0.8 with the versions drifting down the gate to 0.65-0.73 (JSON in git
+history at 061dc08); with every pair in the fleet's data the versions hold 0.8-0.9 on the gate for ~2,500
+updates before dipping, but the fleet is as flat as before.
 
 Session 8's run (front camera only, version 1 at ~0.6, 10 minutes per arm, all four arms) was flat at
 ~0.65-0.75 in every arm (its JSON is in git history, bench/results/online.json at 2746a06).
