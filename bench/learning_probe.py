@@ -46,6 +46,13 @@ scale of data and updates, unlike the real loop's versions (0.65-0.73 after 2,50
     PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 130 --updates 1000 \
         --out /tmp/s11/probe-scale.json
 
+and (session 11, after c4d1a12) the same scale with every round also scored on 50 other held-out episodes per pair
+(300), copied to bench/results/learning_probe_eval.json and .png. Gate 0.783 -> 0.783 -> 0.833 -> 0.833, the 300
+episodes 0.790 -> 0.783 -> 0.763 -> 0.783: the weights do not get better, and the gate's +5 points are its noise:
+
+    PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 130 --updates 1000 \
+        --eval-episodes 50 --out /tmp/s11/probe-eval.json
+
 What they say: 2,000 updates (twice what the online learner makes in 10 minutes of fleet time) on 120
 supervised episodes leave the gate where version 1 started (0.733 -> 0.683-0.767; detached value 0.75-0.80,
 within the gate's noise of ~0.06), so the learner's throughput beside the robots is not what holds the fleet
