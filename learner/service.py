@@ -8,11 +8,12 @@ replay); do `updates_per_poll` RLlib updates once replay holds `min_replay` step
 `checkpoint_every_updates` updates or `checkpoint_every_s` seconds (with new data) write a
 checkpoint with the consumed offsets, commit those offsets to Kafka, run the eval gate, publish a
 version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_passed; alias
-`candidate`), promote it to `production` if it beats production's eval/mean (never while pinned),
-and announce both on `fleet.models`. After `restart_after_regressions` versions in a row scored below
-production on the gate (by more than its margin), training goes on from production's weights. A restart
-loads the newest checkpoint (weights, AdamW state, offsets), skips every record below its offsets,
-re-handles what was still waiting, and publishes the checkpoint first if the crash came before that.
+`candidate`), promote it to `production` if it beats production's eval/mean (never while pinned; with
+`GateConfig.confirm_episodes`, also on that many other held-out episodes per pair), and announce both on
+`fleet.models`. After `restart_after_regressions` versions in a row scored below production on the gate
+(by more than its margin), training goes on from production's weights. A restart loads the newest
+checkpoint (weights, AdamW state, offsets), skips every record below its offsets, re-handles what was
+still waiting, and publishes the checkpoint first if the crash came before that.
 
 Publishing never stops training: when the registry is unreachable the checkpoint waits (one at a
 time: no new checkpoint is taken until it is published, so its data window stays exact) and is
