@@ -164,17 +164,22 @@ def test_pause_command_is_applied_and_acknowledged_in_the_heartbeat() -> None:
     assert not thread.is_alive()
 
 
-def test_assign_task_switches_the_env_at_the_next_episode_and_refuses_unknown_tasks() -> None:
-    messages: list = []
-    runtime = _runtime(messages, policy=ZeroPolicy(4))
-    built: list[str] = []
+def _panda_envs(built: list[str]) -> Any:
+    """An env factory for a panda robot that notes each task it builds an env for."""
 
     def factory(task: str) -> tuple[Any, Any]:
         env = make_env(task, "panda", seed=1)
         built.append(task)
         return env, ExpertSupervisor(env)
 
-    runtime.env_factory = factory
+    return factory
+
+
+def test_assign_task_switches_the_env_at_the_next_episode_and_refuses_unknown_tasks() -> None:
+    messages: list = []
+    runtime = _runtime(messages, policy=ZeroPolicy(4))
+    built: list[str] = []
+    runtime.env_factory = factory = _panda_envs(built)
     now = time.time()
     runtime.submit_command(
         Command(command_id="a1", robot_id="r1", action="assign_task", task_id="push", issued_by="op", created_at=now)
@@ -198,13 +203,7 @@ def test_a_rotating_robot_works_through_its_tasks_one_episode_each_and_an_assign
     messages: list = []
     runtime = _runtime(messages, policy=ZeroPolicy(4), task_rotation=("push", "pick"))
     built: list[str] = []
-
-    def factory(task: str) -> tuple[Any, Any]:
-        env = make_env(task, "panda", seed=1)
-        built.append(task)
-        return env, ExpertSupervisor(env)
-
-    runtime.env_factory = factory
+    runtime.env_factory = _panda_envs(built)
 
     def tasks(results: list) -> list[str]:  # type: ignore[type-arg]
         by_episode = {m.episode_id: m.task_id for m in messages if isinstance(m, TrajectorySegment)}
