@@ -53,6 +53,15 @@ episodes 0.790 -> 0.783 -> 0.763 -> 0.783: the weights do not get better, and th
     PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 130 --updates 1000 \
         --eval-episodes 50 --out /tmp/s11/probe-eval.json
 
+Per pair the 300 episodes show a trade, not a standstill: kuka gains (pick/kuka 0.84 -> 0.94-0.98) and panda losses
+(push/panda 0.70 -> 0.54-0.62, place/panda 0.74 -> 0.60-0.72) cancel. Trained on demonstrations and takeover
+corrections only (`--no-autonomous`, copied to bench/results/learning_probe_eval_corrections.json and .png) the
+panda losses come faster: 0.790 -> 0.747 -> 0.723, pick/panda 0.86 -> 0.72 -> 0.58, kuka still up; so the
+takeover corrections are what hurts the panda policy:
+
+    PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 2 --episodes 130 --updates 1000 \
+        --eval-episodes 50 --no-autonomous --out /tmp/s11/probe-eval-corr.json
+
 What they say: 2,000 updates (twice what the online learner makes in 10 minutes of fleet time) on 120
 supervised episodes leave the gate where version 1 started (0.733 -> 0.683-0.767; detached value 0.75-0.80,
 within the gate's noise of ~0.06), so the learner's throughput beside the robots is not what holds the fleet
