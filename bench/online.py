@@ -47,7 +47,7 @@ episodes a minute) and stay there: over all episodes frozen 0.795 (2,204 episode
 minute frozen 0.74-0.86, full 0.71-0.85; neither reaches 0.9. The full arm's versions score 0.73-0.90 on the
 gate (version 1 ~0.77); v6 was promoted at 0.883 after 750 updates and the fleet's success did not move, so
 that score was the luckiest of 20 draws on the same 60 episodes (hence the confirmation stage). The rail
-restarted training from v6 once the late versions fell to 0.73-0.77.
+restarted training from v6 twice (after 1,800 and 2,850 updates), each time after 3 versions at 0.73-0.82.
 
 Session 10's run (fixed task per robot, so 4 robots never ran push/panda or place/kuka, which the gate scores)
 had full and corrections_only at ~0.8 with the versions drifting down the gate to 0.65-0.73 (JSON in git
