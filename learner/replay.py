@@ -88,9 +88,9 @@ def recap_returns(
     out = np.maximum(-steps_left / np.float32(horizon), -1.0).astype(np.float32)
     if intervention is not None and intervention.any():
         human = np.asarray(intervention, dtype=bool)
-        last_takeover = int(np.flatnonzero(human & ~np.concatenate([[False], human[:-1]]))[-1])
-        # autonomous steps before the last takeover's start: each of their stretches ends in a takeover
-        out[:last_takeover][~human[:last_takeover]] = failure_return
+        last = int(np.flatnonzero(human)[-1])
+        # every autonomous stretch before the last human step ends in a takeover
+        out[:last][~human[:last]] = failure_return
     return out
 
 
@@ -175,7 +175,7 @@ class ReplayBuffer:
             stop = min(start + n, stored.length)
             stored.intervention[start:stop] = True
             stored.correction_ids[start:stop] = [cid] * max(0, stop - start)
-        stored.returns = self._returns(stored.length, stored.success, stored.intervention)
+        self._set_returns(stored)  # after the corrections: a takeover changes the steps before it
         if stored.key in self._episodes:  # a re-sent episode replaces the old copy (idempotent on the key)
             self._drop_where(lambda key, _t: key == stored.key)
         self._episodes[stored.key] = stored
@@ -208,8 +208,6 @@ class ReplayBuffer:
         proprio[:, : dims.proprio_dim] = episode.proprio
         actions = np.zeros((n, c.max_action_dim), dtype=np.float32)
         actions[:, : dims.action_dim] = np.clip(episode.actions, -1.0, 1.0)
-        success = bool(meta.success)
-        intervention = np.asarray(episode.intervention, dtype=bool).copy()
         return StoredEpisode(
             robot_id=meta.robot_id,
             episode_id=meta.episode_id,
@@ -220,17 +218,20 @@ class ReplayBuffer:
             proprio=proprio,
             actions=actions,
             action_dim=dims.action_dim,
-            intervention=intervention,
+            intervention=np.asarray(episode.intervention, dtype=bool).copy(),
             rewards=np.asarray(episode.rewards, dtype=np.float32),
-            success=success,
-            returns=self._returns(n, success, intervention),
+            success=bool(meta.success),
+            returns=np.zeros(n, dtype=np.float32),  # set by add_episode once the corrections are applied
             correction_ids=[None] * n,
         )
 
-    def _returns(self, length: int, success: bool, intervention: np.ndarray | None) -> np.ndarray:
+    def _set_returns(self, stored: StoredEpisode) -> None:
+        """Recompute the episode's value targets from its outcome and intervention mask."""
         c = self.config
-        mask = intervention if c.takeover_is_failure else None
-        return recap_returns(length, success, horizon=c.horizon, failure_return=c.failure_return, intervention=mask)
+        mask = stored.intervention if c.takeover_is_failure else None
+        stored.returns = recap_returns(
+            stored.length, stored.success, horizon=c.horizon, failure_return=c.failure_return, intervention=mask
+        )
 
     def _push(self, source: str, key: EpisodeKey, t: int) -> None:
         buffer = self._buffers[source]
@@ -269,7 +270,7 @@ class ReplayBuffer:
         if stored is None:
             return False
         stored.success = success
-        stored.returns = self._returns(stored.length, success, stored.intervention)
+        self._set_returns(stored)
         return True
 
     def tag_correction(self, correction_id: str, robot_id: str, episode_id: str, step_start: int, n: int) -> bool:
@@ -285,7 +286,7 @@ class ReplayBuffer:
                 self._push("intervention", stored.key, t)
                 if not self.config.autonomous:  # it was left out of `online` as an autonomous step
                     self._push("online", stored.key, t)
-        stored.returns = self._returns(stored.length, stored.success, stored.intervention)
+        self._set_returns(stored)
         return True
 
     def correction_steps(self, correction_id: str) -> list[Sample]:
@@ -325,7 +326,7 @@ class ReplayBuffer:
                     stored.actions[t, :width] = np.clip(actions[i, :width], -1.0, 1.0)
             if relabel_success is not None:
                 stored.success = relabel_success
-                stored.returns = self._returns(stored.length, relabel_success, stored.intervention)
+                self._set_returns(stored)
             touched += len(steps)
         return touched
 
