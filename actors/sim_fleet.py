@@ -63,17 +63,18 @@ class FleetConfig:
         if not pairs:
             raise ValueError(f"no task in {self.tasks} runs on any of {self.embodiments}")
         pairs = _interleave(pairs)
+        placed = [pairs[i % len(pairs)] for i in range(self.n)]
         return [
             RobotConfig(
                 robot_id=f"{self.robot_prefix}-{i}",
-                task=pairs[i % len(pairs)][0],
-                embodiment=pairs[i % len(pairs)][1],
-                task_rotation=tuple(t for t, e in pairs if e == pairs[i % len(pairs)][1]) if self.rotate_tasks else (),
+                task=task,
+                embodiment=embodiment,
+                task_rotation=tuple(t for t, e in pairs if e == embodiment) if self.rotate_tasks else (),
                 seed=self.seed + i,
                 realtime=self.realtime,
                 reload_delay_s=round(self.reload_stagger_s * i / self.n, 3),
             )
-            for i in range(self.n)
+            for i, (task, embodiment) in enumerate(placed)
         ]
 
 

@@ -173,8 +173,7 @@ class LearnerService:
         if self.config.init == "production":
             info = self.registry.version_for_alias(PRODUCTION)
             if info is not None:
-                local = self.registry.download(info.version, Path(tempfile.mkdtemp(prefix="fleet-learner-")))
-                model, parent = load_checkpoint(local, expected_sha256=info.sha256), info.version
+                model, parent = self._load_version(info), info.version
                 log.info("learner: starting from production version %s", info.version, extra={"version": info.version})
         elif self.config.init != "scratch":
             model = load_checkpoint(self.config.init)
@@ -396,9 +395,7 @@ class LearnerService:
         if self.regressions < limit:
             return
         try:
-            with tempfile.TemporaryDirectory(prefix="fleet-learner-") as tmp:
-                local = self.registry.download(production.version, tmp)
-                model = load_checkpoint(local, expected_sha256=production.sha256)
+            model = self._load_version(production)
             if model.config != self.engine.model_config:
                 raise ValueError("its architecture differs from the learner's")
         except Exception as e:  # the rail must not stop training: the next regression tries again
@@ -455,13 +452,15 @@ class LearnerService:
             return float(production.tags[key])
         cache = self.__dict__.setdefault("_production_eval_cache", {})
         if (production.version, key) not in cache:
-            with tempfile.TemporaryDirectory(prefix="fleet-gate-") as tmp:
-                local = self.registry.download(production.version, tmp)
-                model = load_checkpoint(local, expected_sha256=production.sha256)
-            score = gate.evaluate(model, embedder=self.embedder).mean
+            score = gate.evaluate(self._load_version(production), embedder=self.embedder).mean
             cache[(production.version, key)] = score
             log.info("learner: production v%s scores %.3f on %s", production.version, score, key.split("/")[0])
         return cache[(production.version, key)]
+
+    def _load_version(self, info: VersionInfo) -> VLAModel:
+        """A registered version's weights, downloaded to a temporary directory and verified against its sha256."""
+        with tempfile.TemporaryDirectory(prefix="fleet-learner-") as tmp:
+            return load_checkpoint(self.registry.download(info.version, tmp), expected_sha256=info.sha256)
 
     def _log_metrics(self, values: dict[str, float]) -> None:
         if self._run_id is None or time.monotonic() < self._metrics_at:
