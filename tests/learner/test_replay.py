@@ -29,7 +29,7 @@ def _feed(ingest: Ingest, messages: list) -> None:  # type: ignore[type-arg]
 
 
 def test_batches_mix_online_and_offline_half_and_half() -> None:
-    replay, ingest = _replay()
+    replay, ingest = _replay(online_fraction=0.5)
     replay.add_episode(make_episode(length=20, seed=0))
     _feed(ingest, segments("r1", "e1", lengths=(10, 10), intervention=(4, 8)))
     assert replay.sizes() == {"demo": 20, "online": 20, "intervention": 4}
