@@ -31,23 +31,34 @@ wrist cameras: 0.85 mean success on bench/cameras.py's held-out episodes; cached
 starts from the same weights).
 
 Writes bench/results/online.json and bench/results/online.png. Commands that produced the committed result
-(session 11: two arms of 20 minutes, each its own run, then merged; rewards_only and corrections_only not run
-with this fleet; the issue's whole run is `--minutes 20`, about 3 hours here). The full arm's learner had the
-takeover-is-failure returns (c4d1a12) and the restart-from-production rail, not yet the gate's confirmation
-stage (b18cd3d); its `learner` curves are one point from the wrong MLflow run (fixed after it ran):
+(frozen from session 11, full from session 12, each its own 20-minute run, then merged; rewards_only and
+corrections_only not run with this fleet; the issue's whole run is `--minutes 20`, about 3 hours here). Session
+12's full arm had the learner's 25% fleet share of each batch (ReplayConfig.online_fraction, bench/replay_mix.py),
+the takeover-is-failure returns, the restart rail and the gate's confirmation stage; each version's confirmation
+score (`confirm_mean`) is recorded since that run:
 
-    PYTHONPATH=. .venv/bin/python bench/online.py --arms full --scaling "" --minutes 20 --out /tmp/s11/online-full.json
     PYTHONPATH=. .venv/bin/python bench/online.py --arms frozen --scaling "" --minutes 20 \
         --out /tmp/s11/online-frozen.json
-    PYTHONPATH=. .venv/bin/python bench/online.py --arms-from /tmp/s11/online-frozen.json /tmp/s11/online-full.json \
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms full --scaling "" --minutes 20 --out /tmp/s12/online-full.json
+    cp bench/results/online.json /tmp/s12/online-s11.json  # session 11's frozen and full
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms-from /tmp/s12/online-s11.json /tmp/s12/online-full.json \
         --scaling "" --minutes 20
 
-What it says: the learner does not improve the fleet. Both arms start at ~0.78 autonomous success (~105-110
-episodes a minute) and stay there: over all episodes frozen 0.795 (2,204 episodes), full 0.788 (2,113); per
-minute frozen 0.74-0.86, full 0.71-0.85; neither reaches 0.9. The full arm's versions score 0.73-0.90 on the
-gate (version 1 ~0.77); v6 was promoted at 0.883 after 750 updates and the fleet's success did not move, so
-that score was the luckiest of 20 draws on the same 60 episodes (hence the confirmation stage). The rail
-restarted training from v6 twice (after 1,800 and 2,850 updates), each time after 3 versions at 0.73-0.82.
+What it says (session 12): the learner's versions now get better on the gate, step by step, and the first
+promotion lifts the fleet a little; no 0.9. Frozen (version 1 throughout) 0.795 over all 2,204 episodes, per
+minute 0.74-0.86. Full 0.803 over 2,190 episodes: version 1 until minute 12.9 (0.799), then version 11 (0.809
+from minute 13, where frozen had 0.786); last 200 episodes 0.835 against frozen's 0.785. Its versions 2-10
+scored 0.80, 0.82, 0.83, 0.87, 0.90, 0.92, 0.93, 0.95, 0.90 on the gate, a rise over ~1,400 updates where session
+11's versions wandered at 0.73-0.90. Yet v2-v10 were not promoted (those 5 points above version 1 on the gate
+were refused by the confirmation stage; its scores were not recorded then) and v11 (gate 0.85) was; v12-v19
+scored 0.83-0.92 and none beat v11 by the margin. Interventions per episode 2.29 -> 1.80
+(drop 1.27, not 3).
+
+Session 11's full arm (the learner's batches half fleet steps, no confirmation stage) was flat: 0.788 over 2,113
+episodes, per minute 0.71-0.85; its versions scored 0.73-0.90 on the gate (version 1 ~0.77); v6 was promoted at
+0.883 after 750 updates and the fleet's success did not move, so that score was the luckiest of 20 draws on the
+same 60 episodes (hence the confirmation stage). The rail restarted training from v6 twice (after 1,800 and
+2,850 updates), each time after 3 versions at 0.73-0.82.
 
 Session 10's run (fixed task per robot, so 4 robots never ran push/panda or place/kuka, which the gate scores)
 had full and corrections_only at ~0.8 with the versions drifting down the gate to 0.65-0.73 (JSON in git
@@ -202,7 +213,8 @@ def run_arm(
         progress(run_fleet(settings, fleet, on_progress=progress))
         versions = [
             {"version": v.version, "minutes": round((v.created_at - started) / 60, 2),
-             "gate_mean": v.eval_metrics.get("mean"), "gate_passed": v.gate_passed, "aliases": list(v.aliases)}
+             "gate_mean": v.eval_metrics.get("mean"), "gate_passed": v.gate_passed, "aliases": list(v.aliases),
+             "confirm_mean": float(v.tags["confirm/mean"]) if "confirm/mean" in v.tags else None}
             for v in sorted(registry.list_versions(), key=lambda v: int(v.version))
         ]  # fmt: skip
         curves = learner_curves(registry) if learner is not None else {}
