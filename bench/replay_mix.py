@@ -17,8 +17,8 @@ Arms: `demos` (the demonstrations alone: does more behaviour cloning help by its
 `--fractions`. Writes bench/results/replay_mix.json and .png (or `--out`).
 
 Session 12's result (bench/results/replay_mix.json) from version 1's 0.79, after 1,000 / 2,000 updates: demos
-alone 0.807 / 0.83 (version 1 is not done learning from its demonstrations), online 0.5 0.797 / 0.77, online 0.25
-0.823 / 0.857. So the learner's default became 0.25 (ReplayConfig). Three other weightings of the fleet's
+alone 0.807 / 0.84 (version 1 is not done learning from its demonstrations), online 0.5 0.797 / 0.77, online 0.25
+0.823 / 0.857 (the scratch runs before it printed the same, but 0.83 for demos alone at 2,000). So the learner's default became 0.25 (ReplayConfig). Three other weightings of the fleet's
 autonomous steps at 0.5 were tried with a scratch copy of this loop and are not in the JSON: weight 1 for every
 autonomous step (plain BC on them) 0.77 / 0.78, weight 0 (they train the value head only) 0.777 / 0.773, weight 1
 where the advantage is positive, else 0 0.833 / 0.783. Commands (scratch runs first, then this bench):
