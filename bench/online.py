@@ -31,8 +31,8 @@ wrist cameras: 0.85 mean success on bench/cameras.py's held-out episodes; cached
 starts from the same weights).
 
 Writes bench/results/online.json and bench/results/online.png. Commands that produced the committed result
-(frozen from session 11, full from session 12, each its own 20-minute run, then merged; rewards_only and
-corrections_only not run with this fleet; the issue's whole run is `--minutes 20`, about 3 hours here). Session
+(frozen from session 11, the other three from session 12, each its own 20-minute run, then merged; the issue's
+whole run is `--minutes 20`, about 3 hours here). Session
 12's full arm had the learner's 25% fleet share of each batch (ReplayConfig.online_fraction, bench/replay_mix.py),
 the takeover-is-failure returns, the restart rail and the gate's confirmation stage; each version's confirmation
 score (`confirm_mean`) is recorded since that run:
@@ -40,9 +40,13 @@ score (`confirm_mean`) is recorded since that run:
     PYTHONPATH=. .venv/bin/python bench/online.py --arms frozen --scaling "" --minutes 20 \
         --out /tmp/s11/online-frozen.json
     PYTHONPATH=. .venv/bin/python bench/online.py --arms full --scaling "" --minutes 20 --out /tmp/s12/online-full.json
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms rewards_only --scaling "" --minutes 20 \
+        --out /tmp/s12/online-rewards.json
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms corrections_only --scaling "" --minutes 20 \
+        --out /tmp/s12/online-corrections.json
     cp bench/results/online.json /tmp/s12/online-s11.json  # session 11's frozen and full
     PYTHONPATH=. .venv/bin/python bench/online.py --arms-from /tmp/s12/online-s11.json /tmp/s12/online-full.json \
-        --scaling "" --minutes 20
+        /tmp/s12/online-rewards.json /tmp/s12/online-corrections.json --scaling "" --minutes 20
 
 What it says (session 12): the learner's versions now get better on the gate, step by step, and the first
 promotion lifts the fleet a little; no 0.9. Frozen (version 1 throughout) 0.795 over all 2,204 episodes, per
@@ -53,6 +57,16 @@ scored 0.80, 0.82, 0.83, 0.87, 0.90, 0.92, 0.93, 0.95, 0.90 on the gate, a rise 
 were refused by the confirmation stage; its scores were not recorded then) and v11 (gate 0.85) was; v12-v19
 scored 0.83-0.92 and none beat v11 by the margin. Interventions per episode 2.29 -> 1.80
 (drop 1.27, not 3).
+
+rewards_only is **not comparable** with the other arms as this bench runs it: with no supervisor, nothing ends
+an episode that stalls, so an episode the supervisor would have taken over (a failure in the other arms and on
+the gate) can recover and count as a success. Its version 1 minutes read ~0.84-0.89 where frozen reads ~0.78:
+0.87 over 1,891 episodes, `minutes_to_90` 5.3 (a brief touch of the trailing mean; it never held), v9 promoted
+(confirmation 0.817; v2-v8 0.73-0.77 there). To be fixed: unsupervised robots should end a stalled episode as a
+failure, as the gate does (`GateConfig.stop_when_stuck`). corrections_only (25% of each
+batch from its intervention steps) is frozen's level: 0.795 over 2,193 episodes, per minute 0.74-0.86; its
+versions rose on the gate to 0.88 by v5 and then sank to 0.68-0.80 (v10-v20), none promoted: takeover steps
+without the autonomous steps pull the policy down, as bench/learning_probe.py found.
 
 Session 11's full arm (the learner's batches half fleet steps, no confirmation stage) was flat: 0.788 over 2,113
 episodes, per minute 0.71-0.85; its versions scored 0.73-0.90 on the gate (version 1 ~0.77); v6 was promoted at
