@@ -58,7 +58,7 @@ class ReplayConfig:
     # Share of each batch from the online buffer. RLPD / HIL-SERL use 0.5 for RL from scratch; continuing a
     # BC-trained VLA, half the batch from its own fleet steps dilutes the demonstrations it still learns from:
     # bench/replay_mix.py, 2,000 updates on the same 780 supervised episodes, 300-episode eval from 0.79:
-    # 0.5 -> 0.77, 0.25 -> 0.857, demonstrations alone 0.83.
+    # 0.5 -> 0.77, 0.25 -> 0.857, demonstrations alone 0.84 (bench/results/replay_mix.json).
     online_fraction: float = 0.25
     intervention_fraction: float | None = None  # share of the offline part from interventions; None = uniform
     horizon: int = 200  # steps that normalize -(steps to success) into [-1, 0]
