@@ -143,7 +143,10 @@ class VLATorchLearner(TorchLearner):
         if state is None:
             self._ema = {k: v.detach().clone() for k, v in current.items()}
         else:
-            self._ema = {k: torch.as_tensor(np.asarray(state[k])).to(v.device, v.dtype) for k, v in current.items()}
+            # A copy: the average is updated in place and must not write into the caller's arrays.
+            self._ema = {
+                k: torch.tensor(np.asarray(state[k]), dtype=v.dtype, device=v.device) for k, v in current.items()
+            }
 
     def ema_state(self) -> dict[str, np.ndarray]:
         """The average (the current weights when it is off or has not started)."""

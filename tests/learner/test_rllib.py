@@ -96,6 +96,20 @@ def test_the_moving_average_follows_every_step_and_restarts_where_it_is_set() ->
         learner.shutdown()
 
 
+def test_training_never_writes_into_the_weights_it_was_started_from() -> None:
+    learner = VLALearner(RLlibConfig(lr=1e-3, ema_decay=0.75), model_config=MODEL)
+    try:
+        state = learner.get_state_dict()
+        kept = {k: v.clone() for k, v in state.items()}
+        learner.set_state_dict(state, ema=state)
+        for _ in range(2):
+            learner.update(_batch())
+        assert all(torch.equal(state[k], kept[k]) for k in kept)
+        assert any(not torch.equal(learner.get_ema_state_dict()[k], kept[k]) for k in kept)  # the average moved
+    finally:
+        learner.shutdown()
+
+
 def test_without_a_moving_average_the_published_weights_are_the_trained_ones(engine: VLALearner) -> None:
     engine.update(_batch())
     raw, published = engine.get_state_dict(), engine.to_model(ema=True).state_dict()
