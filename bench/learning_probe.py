@@ -158,6 +158,14 @@ def collect(model: Any, pairs: list[tuple[str, str]], envs: dict, episodes: int,
     return out, float(np.mean(autonomous)), float(np.mean(interventions))
 
 
+def wide_eval(gate: Any, episodes: int) -> Any:
+    """An EvalGate of `episodes` per pair on seeds the learner's gate never uses (2,000,000+): what a version is really
+    worth, on a larger sample than the gate's."""
+    from learner.gate import EvalGate
+
+    return EvalGate(dataclasses.replace(gate, episodes=episodes, seed_offset=2_000_000))
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     from figures import pyplot, save_figure
 
@@ -232,8 +240,7 @@ def main() -> None:
         if episode.meta.source == "demo":
             replay.add_episode(episode)
     gate, rng = EvalGate(preset.gate), np.random.default_rng(0)
-    # A larger sample than the gate's 60 episodes, on seeds the gate never uses: what a version is really worth.
-    wide = EvalGate(dataclasses.replace(preset.gate, episodes=max(1, args.eval_episodes), seed_offset=2_000_000))
+    wide = wide_eval(preset.gate, max(1, args.eval_episodes))
     pairs = gate.pairs()
     envs = {p: make_env(*p, seed=7, image_size=model.config.image_size) for p in pairs}
     rows: list[dict[str, Any]] = []

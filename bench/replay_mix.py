@@ -18,10 +18,11 @@ Arms: `demos` (the demonstrations alone: does more behaviour cloning help by its
 
 Session 12's result (bench/results/replay_mix.json) from version 1's 0.79, after 1,000 / 2,000 updates: demos
 alone 0.807 / 0.84 (version 1 is not done learning from its demonstrations), online 0.5 0.797 / 0.77, online 0.25
-0.823 / 0.857 (the scratch runs before it printed the same, but 0.83 for demos alone at 2,000). So the learner's default became 0.25 (ReplayConfig). Three other weightings of the fleet's
-autonomous steps at 0.5 were tried with a scratch copy of this loop and are not in the JSON: weight 1 for every
-autonomous step (plain BC on them) 0.77 / 0.78, weight 0 (they train the value head only) 0.777 / 0.773, weight 1
-where the advantage is positive, else 0 0.833 / 0.783. Commands (scratch runs first, then this bench):
+0.823 / 0.857 (the scratch runs before it printed the same, but 0.83 for demos alone at 2,000). So the learner's
+default became 0.25 (ReplayConfig). Three other weightings of the fleet's autonomous steps at 0.5 were tried with
+a scratch copy of this loop and are not in the JSON: weight 1 for every autonomous step (plain BC on them) 0.77 /
+0.78, weight 0 (they train the value head only) 0.777 / 0.773, weight 1 where the advantage is positive, else 0
+0.833 / 0.783. Commands (scratch runs first, then this bench):
 
     PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 2 --episodes 0 --updates 1000 \
         --eval-episodes 50 --out /tmp/s12/demo-only.json
@@ -67,20 +68,20 @@ def fleet_round(model: Any, pairs: list[tuple[str, str]], episodes: int, store_d
     return store_dir
 
 
-def train_arm(name: str, fraction: float | None, v1: Path, fleet: Path | None, args: argparse.Namespace) -> dict:
-    """One arm: version 1 + `--updates` updates at `fraction` (None: demonstrations only), scored along the way."""
+def train_arm(
+    name: str, fraction: float | None, model: Any, wide: Any, fleet: Path | None, args: argparse.Namespace
+) -> dict:
+    """One arm: version 1 (`model`) + `--updates` updates at `fraction` (None: demonstrations only), scored on `wide`
+    along the way."""
     from rich.progress import Progress
 
     from fleet.episodes import EpisodeStore
-    from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from learner.config import PRESETS
-    from learner.gate import EvalGate
     from learner.replay import ReplayBuffer
     from learner.rllib import VLALearner
 
     preset = PRESETS["online"]
-    model = load_checkpoint(v1)
     engine = VLALearner(preset.rllib, model_config=model.config)
     engine.set_state_dict(model.state_dict(), ema=model.state_dict())
     config = preset.replay if fraction is None else dataclasses.replace(preset.replay, online_fraction=fraction)
@@ -90,7 +91,6 @@ def train_arm(name: str, fraction: float | None, v1: Path, fleet: Path | None, a
             replay.add_episode(episode)
     for episode in EpisodeStore(fleet).iter_episodes() if fleet is not None else ():
         replay.add_episode(episode)
-    wide = EvalGate(dataclasses.replace(preset.gate, episodes=args.eval_episodes, seed_offset=2_000_000))
     rng, rows, started = np.random.default_rng(0), [], time.monotonic()
     with Progress() as progress:
         bar = progress.add_task(f"{name}: updates", total=args.updates)
@@ -138,6 +138,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from learning_probe import wide_eval
     from online import version_one
 
     from fleet.policy.checkpoint import load_checkpoint
@@ -151,12 +152,12 @@ def main() -> None:
     v1 = version_one(args.cache, gate.tasks, gate.embodiments, 300, 10_000)
     model = load_checkpoint(v1)
     pairs = EvalGate(gate).pairs()
-    wide = EvalGate(dataclasses.replace(gate, episodes=args.eval_episodes, seed_offset=2_000_000))
+    wide = wide_eval(gate, args.eval_episodes)
     initial = wide.evaluate(model, embedder=default_embedder()).mean
     fleet = fleet_round(model, pairs, args.episodes, args.cache / f"replay-mix-{args.episodes}")
-    arms = {"demos": train_arm("demos", None, v1, None, args)} if args.demos_arm else {}
+    arms = {"demos": train_arm("demos", None, model, wide, None, args)} if args.demos_arm else {}
     for fraction in args.fractions:
-        arms[f"online={fraction}"] = train_arm(f"online={fraction}", fraction, v1, fleet, args)
+        arms[f"online={fraction}"] = train_arm(f"online={fraction}", fraction, model, wide, fleet, args)
     result = {
         "benchmark": "replay_mix",
         "command": " ".join(["bench/replay_mix.py", *sys.argv[1:]]),
