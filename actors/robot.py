@@ -19,7 +19,7 @@ from typing import Any
 
 from actors.reload import HotReloader, ReloadConfig
 from actors.runtime import RobotConfig, RobotRuntime
-from actors.supervisor import ExpertSupervisor, SupervisorConfig
+from actors.supervisor import SupervisorConfig, make_supervisor
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,16 @@ def build_robot(
     config: RobotConfig,
     *,
     env: Any | None = None,
-    supervise: bool = True,
+    supervision: str = "takeover",
     supervisor_config: SupervisorConfig | None = None,
     poll_interval_s: float = 10.0,
     listen: bool = True,
 ) -> RobotHandle:
-    """Build a robot on the real services; blocks only at start-up, to fetch the production model."""
+    """Build a robot on the real services; blocks only at start-up, to fetch the production model.
+
+    `supervision` (actors.supervisor.SUPERVISION): "takeover", the scripted expert takes over a robot that
+    stalls; "stop", a stalled episode is ended as a failure; "off", nothing watches the robot.
+    """
     from fleet.observability import watch_robots
     from fleet.registry import Registry
     from fleet.transport import KafkaTransport, TransportConfig, publish
@@ -115,7 +119,7 @@ def build_robot(
 
         def env_factory(task: str) -> tuple[Any, Any]:
             new_env = make_env(task, config.embodiment, seed=config.seed)
-            return new_env, (ExpertSupervisor(new_env, supervisor_config) if supervise else None)
+            return new_env, make_supervisor(new_env, supervision, supervisor_config)
 
     transport = KafkaTransport(TransportConfig.from_settings(settings, spool_name=config.robot_id))
     registry = Registry(settings, sessions=None)
@@ -141,7 +145,7 @@ def build_robot(
         model_version=first.version,
         publish=lambda message: publish(transport, message),
         reloader=reloader,
-        supervisor=ExpertSupervisor(env, supervisor_config) if supervise else None,
+        supervisor=make_supervisor(env, supervision, supervisor_config),
         spooled=lambda: transport.producer.spooled,
         env_factory=env_factory,
     )

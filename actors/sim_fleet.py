@@ -19,6 +19,7 @@ from typing import Any
 
 from actors.priority import set_niceness
 from actors.runtime import RobotConfig
+from actors.supervisor import SUPERVISION
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ class FleetConfig:
     cpus_per_robot: float = 0.25  # Ray CPU reservation per robot (sim + small VLA on CPU)
     address: str | None = None  # Ray cluster to join ("auto" or host:port); None = start a local one
     robot_prefix: str = "sim"  # robot ids are <prefix>-<i>
-    supervise: bool = True  # a simulated human (the scripted expert) takes over when a robot goes wrong
+    # Who watches the robots (actors.supervisor.SUPERVISION): "takeover", a simulated human (the scripted expert)
+    # takes over when a robot goes wrong; "stop", a stalled episode is ended as a failure; "off", nobody.
+    supervision: str = "takeover"
     # Each robot keeps its embodiment and works through every task it can do, one episode each (starting at its
     # grid task), so a fleet smaller than the task x embodiment grid still brings data from all of it.
     rotate_tasks: bool = False
@@ -55,6 +58,8 @@ class FleetConfig:
             raise ValueError("give episodes or duration_s")
         if self.reload_stagger_s < 0:
             raise ValueError("reload_stagger_s must be >= 0")
+        if self.supervision not in SUPERVISION:
+            raise ValueError(f"supervision must be one of {SUPERVISION}, not {self.supervision!r}")
 
     def robots(self) -> list[RobotConfig]:
         from fleet.sim.registry import TASKS
@@ -103,7 +108,7 @@ class RobotActor:
         config: dict[str, Any],
         poll_interval_s: float,
         log_level: int = logging.WARNING,
-        supervise: bool = True,
+        supervision: str = "takeover",
     ) -> None:
         import torch
 
@@ -120,7 +125,7 @@ class RobotActor:
             self.niceness, refused = set_niceness(robot.niceness)
             if refused:
                 log.warning("robot %s keeps niceness %d: %s", robot.robot_id, self.niceness, refused)
-        self.handle = build_robot(robot_settings, robot, poll_interval_s=poll_interval_s, supervise=supervise)
+        self.handle = build_robot(robot_settings, robot, poll_interval_s=poll_interval_s, supervision=supervision)
         self.stop_event = threading.Event()
 
     def run(self, episodes: int | None, duration_s: float | None) -> dict[str, Any]:
@@ -207,7 +212,7 @@ def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
             asdict(robot),
             config.poll_interval_s,
             logging.getLogger().getEffectiveLevel(),
-            config.supervise,
+            config.supervision,
         )
         for robot in config.robots()
     ]

@@ -11,6 +11,12 @@ alone: its episode stays autonomous and its success is its own.
 
 Tasks without a progress measure (backends with their own experts) fall back to disagreement with the
 expert: off course for `patience` steps in a row, or no end-effector motion for `stall_steps`.
+
+A fleet without teleoperation still has someone (or a watchdog) who stops a robot that is stuck:
+`StallStop` watches the same progress measure, never drives, and ends a stalled episode as a failure,
+so such a fleet's success rate is judged as the gate and the supervised fleet judge it (a stall that
+the time limit would let recover is not counted as a success). `make_supervisor` picks one by mode:
+"takeover" (the expert takes over), "stop" (StallStop) or "off" (nothing watches).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ class Supervisor(Protocol):
     def reset(self) -> None: ...
 
     def step(self, obs: Any, policy_action: np.ndarray) -> np.ndarray | None: ...
+
+
+SUPERVISION = ("takeover", "stop", "off")  # make_supervisor's modes
 
 
 @dataclass(frozen=True)
@@ -98,3 +107,41 @@ class ExpertSupervisor:
         self._motion.append(float(np.abs(policy_action[:3]).sum()))
         stalled = len(self._motion) == cfg.stall_steps and sum(self._motion) < cfg.stall_motion
         return self._off >= cfg.patience or stalled
+
+
+class StallStop:
+    """Ends a stalled episode as a failure instead of taking over (a fleet run without teleoperation).
+
+    Never drives (`step` returns None); `stopped` turns True once the task has not progressed for
+    `stall_steps` steps (the same `ProgressWatch` and thresholds as `ExpertSupervisor` and the gate), and
+    the runtime then ends the episode, unsuccessful. Tasks without a progress measure are never stopped.
+    """
+
+    name = "supervisor:stall-stop"
+
+    def __init__(self, env: Any, config: SupervisorConfig | None = None) -> None:
+        from fleet.sim.experts import ProgressWatch
+
+        cfg = config or SupervisorConfig()
+        self.env = env
+        self._watch = ProgressWatch.for_task(env.task.name, stall_steps=cfg.stall_steps, progress=cfg.progress)
+        self.reset()
+
+    def reset(self) -> None:
+        if self._watch is not None:
+            self._watch.reset()
+        self.stopped = False
+
+    def step(self, obs: Any, policy_action: np.ndarray) -> None:
+        if self._watch is not None and not self.stopped:
+            self.stopped = self._watch.update(self.env.privileged_state())
+        return None
+
+
+def make_supervisor(env: Any, mode: str, config: SupervisorConfig | None = None) -> Supervisor | None:
+    """The supervisor for a supervision `mode` (one of SUPERVISION) on `env`; None for "off"."""
+    if mode not in SUPERVISION:
+        raise ValueError(f"supervision must be one of {SUPERVISION}, not {mode!r}")
+    if mode == "takeover":
+        return ExpertSupervisor(env, config)
+    return StallStop(env, config) if mode == "stop" else None

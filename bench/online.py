@@ -10,8 +10,10 @@ except for `frozen`, `fleet learner run --preset online` as a subprocess that ga
 own versions:
 
     frozen            version 1 for the whole run; the supervisor takes over as usual (no learner)
-    rewards_only      no supervisor, so no corrections: the learner has autonomous steps + success
-                      rewards (AWR on the value head's advantages) and the demonstrations
+    rewards_only      nobody takes over, so no corrections, but a stalled episode is ended as a failure
+                      (`supervision="stop"`: what the supervisor and the gate count as a failure too); the
+                      learner has autonomous steps + success rewards (AWR on the value head's advantages) and
+                      the demonstrations
     corrections_only  supervisor on; the learner trains on intervention steps + demonstrations only
                       (`--no-autonomous`, HG-DAgger): rewards never weigh what is imitated
     full              supervisor on; corrections and rewards (the default learner)
@@ -210,7 +212,8 @@ def run_arm(
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         fleet = FleetConfig(
             n=robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), duration_s=minutes * 60,
-            realtime=True, supervise=arm != "rewards_only", seed=args.seed, rotate_tasks=True,
+            realtime=True, supervision="stop" if arm == "rewards_only" else "takeover", seed=args.seed,
+            rotate_tasks=True,
         )  # fmt: skip
         started = time.time()
 

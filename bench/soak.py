@@ -102,7 +102,7 @@ def start_robots(settings: Any, config: Any) -> list[Any]:
     settings_dict = settings.model_dump(mode="json", exclude={"secret_key", "metrics_token"})
     level = logging.getLogger().getEffectiveLevel()  # the actors log like this driver
     actors = [
-        cls.options(name=r.robot_id).remote(settings_dict, asdict(r), config.poll_interval_s, level, config.supervise)
+        cls.options(name=r.robot_id).remote(settings_dict, asdict(r), config.poll_interval_s, level, config.supervision)
         for r in config.robots()
     ]
     ray.get([a.status.remote() for a in actors])  # surfaces start-up errors (e.g. no production model)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from actors.runtime import CollectorPauses, RobotConfig, RobotRuntime
-from actors.supervisor import ExpertSupervisor
+from actors.supervisor import ExpertSupervisor, make_supervisor
 from fleet.schemas import Command, Correction, Heartbeat, RewardSignal, TrajectorySegment, decode, encode
 from fleet.sim.registry import make_env
 
@@ -60,7 +60,7 @@ class OneSwap:
 
 
 def _runtime(
-    messages: list, *, policy: Any, supervisor: bool = True, reloader: Any = None, **config: Any
+    messages: list, *, policy: Any, supervision: str = "takeover", reloader: Any = None, **config: Any
 ) -> RobotRuntime:
     """A robot on the real sim; `config` overrides RobotConfig fields (e.g. realtime, control_hz)."""
     env = make_env("pick", "panda", seed=3)
@@ -74,7 +74,7 @@ def _runtime(
         model_version="1",
         publish=lambda m: messages.append(decode(encode(m))),  # through the wire format
         reloader=reloader,
-        supervisor=ExpertSupervisor(env) if supervisor else None,
+        supervisor=make_supervisor(env, supervision),
     )
 
 
@@ -109,6 +109,26 @@ def test_supervisor_takes_over_a_stalled_policy_and_every_step_is_streamed() -> 
     assert all(r.success for r in results)
 
 
+def test_without_teleoperation_a_stalled_episode_is_ended_as_a_failure() -> None:
+    """supervision="stop": nobody drives, but an episode stuck for the stall window ends there, unsuccessful,
+    with its last segment marked done (the learner closes it) and no intervention anywhere."""
+    messages: list = []
+    runtime = _runtime(messages, policy=ZeroPolicy(4), supervision="stop")
+    results = runtime.run(episodes=2)
+    limit = runtime.env.max_steps
+    segments = [m for m in messages if isinstance(m, TrajectorySegment)]
+    rewards = [m for m in messages if isinstance(m, RewardSignal)]
+    assert [r.success for r in rewards] == [r.success for r in results] == [False, False]
+    assert not [m for m in messages if isinstance(m, Correction)]
+    for result in results:
+        assert result.interventions == 0 and 10 <= result.steps < 20 < limit  # stall window + the step it ends on
+        mine = [s for s in segments if s.episode_id == result.episode_id]
+        assert mine[-1].done and not mine[-1].success and sum(len(s.actions) for s in mine) == result.steps
+        assert not np.concatenate([s.intervention for s in mine]).any()
+    with pytest.raises(ValueError, match="supervision"):
+        make_supervisor(runtime.env, "watch")
+
+
 def test_swap_happens_at_a_chunk_boundary_and_splits_segments() -> None:
     messages: list = []
     new_policy = ZeroPolicy(4)
@@ -140,7 +160,7 @@ def test_a_refused_checkpoint_shows_in_the_heartbeat_until_a_newer_version_is_li
 
 def test_pause_command_is_applied_and_acknowledged_in_the_heartbeat() -> None:
     messages: list = []
-    runtime = _runtime(messages, policy=ZeroPolicy(4), supervisor=False)
+    runtime = _runtime(messages, policy=ZeroPolicy(4), supervision="off")
     command = Command(command_id="c1", robot_id="r1", action="pause", issued_by="alice", created_at=time.time())
     runtime.submit_command(command)
     assert runtime.heartbeat().pending_command_id == "c1"
@@ -247,7 +267,7 @@ def test_a_real_time_robot_hides_its_start_up_heap_from_full_collections(realtim
     # Full collections walking torch/sim/language-model objects stalled the loop 0.3-0.66 s around swaps.
     # (tests/conftest.py unfreezes the heap after every test.)
     policy = FreezeProbe(4)
-    _runtime([], policy=policy, supervisor=False, control_hz=50.0, realtime=realtime).run(episodes=1)
+    _runtime([], policy=policy, supervision="off", control_hz=50.0, realtime=realtime).run(episodes=1)
     assert policy.frozen_at_infer[0] == 0  # the first inference (which loads the language model) comes first
     if realtime:
         assert min(policy.frozen_at_infer[1:]) > 0  # frozen before the first control tick
@@ -273,7 +293,7 @@ def test_collector_pauses_are_attributed_to_the_interval_they_fall_in() -> None:
 
 
 def test_background_work_waits_for_the_sleep_between_ticks() -> None:
-    runtime = _runtime([], policy=ZeroPolicy(4), supervisor=False, control_hz=10.0, realtime=True)
+    runtime = _runtime([], policy=ZeroPolicy(4), supervision="off", control_hz=10.0, realtime=True)
     stop = threading.Event()
     loop = threading.Thread(target=runtime.run, kwargs={"stop": stop})
     try:

@@ -83,7 +83,7 @@ def test_mlflow_down_30_s_after_registering_a_version_before_its_alias(
         for i in range(2):
             config = RobotConfig(robot_id=f"{prefix}-r{i}", embodiment="panda", task="pick", realtime=True)
             env = TinyEnv(steps=40, image_size=64)
-            robots.append(build_robot(settings, config, env=env, supervise=False, poll_interval_s=1.0))
+            robots.append(build_robot(settings, config, env=env, supervision="off", poll_interval_s=1.0))
         threads = [threading.Thread(target=r.runtime.run, kwargs={"stop": stop_robots}) for r in robots]
         for t in threads:
             t.start()
