@@ -33,8 +33,8 @@ wrist cameras: 0.85 mean success on bench/cameras.py's held-out episodes; cached
 starts from the same weights).
 
 Writes bench/results/online.json and bench/results/online.png. Commands that produced the committed result
-(frozen from session 11, the other three from session 12, each its own 20-minute run, then merged; the issue's
-whole run is `--minutes 20`, about 3 hours here). Session
+(frozen from session 11, full and corrections_only from session 12, rewards_only from session 13, each its own
+20-minute run, then merged; the issue's whole run is `--minutes 20`, about 3 hours here). Session
 12's full arm had the learner's 25% fleet share of each batch (ReplayConfig.online_fraction, bench/replay_mix.py),
 the takeover-is-failure returns, the restart rail and the gate's confirmation stage; each version's confirmation
 score (`confirm_mean`) is recorded since that run:
@@ -42,13 +42,13 @@ score (`confirm_mean`) is recorded since that run:
     PYTHONPATH=. .venv/bin/python bench/online.py --arms frozen --scaling "" --minutes 20 \
         --out /tmp/s11/online-frozen.json
     PYTHONPATH=. .venv/bin/python bench/online.py --arms full --scaling "" --minutes 20 --out /tmp/s12/online-full.json
-    PYTHONPATH=. .venv/bin/python bench/online.py --arms rewards_only --scaling "" --minutes 20 \
-        --out /tmp/s12/online-rewards.json
     PYTHONPATH=. .venv/bin/python bench/online.py --arms corrections_only --scaling "" --minutes 20 \
         --out /tmp/s12/online-corrections.json
-    cp bench/results/online.json /tmp/s12/online-s11.json  # session 11's frozen and full
-    PYTHONPATH=. .venv/bin/python bench/online.py --arms-from /tmp/s12/online-s11.json /tmp/s12/online-full.json \
-        /tmp/s12/online-rewards.json /tmp/s12/online-corrections.json --scaling "" --minutes 20
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms rewards_only --scaling "" --minutes 20 \
+        --out /tmp/s13/online-rewards.json
+    cp bench/results/online.json /tmp/s13/online-s12.json  # session 12's merge of the other three
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms-from /tmp/s13/online-s12.json /tmp/s13/online-rewards.json \
+        --scaling "" --minutes 20
 
 What it says (session 12): the learner's versions now get better on the gate, step by step, and the first
 promotion lifts the fleet a little; no 0.9. Frozen (version 1 throughout) 0.795 over all 2,204 episodes, per
@@ -60,15 +60,17 @@ were refused by the confirmation stage; its scores were not recorded then) and v
 scored 0.83-0.92 and none beat v11 by the margin. Interventions per episode 2.29 -> 1.80
 (drop 1.27, not 3).
 
-rewards_only is **not comparable** with the other arms as this bench runs it: with no supervisor, nothing ends
-an episode that stalls, so an episode the supervisor would have taken over (a failure in the other arms and on
-the gate) can recover and count as a success. Its version 1 minutes read ~0.84-0.89 where frozen reads ~0.78:
-0.87 over 1,891 episodes, `minutes_to_90` 5.3 (a brief touch of the trailing mean; it never held), v9 promoted
-(confirmation 0.817; v2-v8 0.73-0.77 there). To be fixed: unsupervised robots should end a stalled episode as a
-failure, as the gate does (`GateConfig.stop_when_stuck`). corrections_only (25% of each
-batch from its intervention steps) is frozen's level: 0.795 over 2,193 episodes, per minute 0.74-0.86; its
-versions rose on the gate to 0.88 by v5 and then sank to 0.68-0.80 (v10-v20), none promoted: takeover steps
-without the autonomous steps pull the policy down, as bench/learning_probe.py found.
+rewards_only (session 13, stalled episodes ended as failures, `supervision="stop"`): 0.812 over 2,597 episodes, the
+highest mean of the four arms by less than the noise (~0.008) (more episodes: a stalled one ends at the stall
+instead of running to the time limit). Version 1 until minute 9.2 (0.794, frozen's level: the arms are comparable
+again), then version 8 (gate 0.867, confirmation 0.917): 0.823 from minute 10, where frozen had 0.790. Its versions
+scored 0.82-0.92 on the gate; v2-v7 were refused at the confirmation (0.72-0.80 there; version 1 scores 0.783 on the
+gate's episodes and 0.733 on the confirmation's, measured offline), and no later version beat v8 by the margin.
+Session 12's rewards_only run, with no stall rule, read 0.87: stalls that recovered counted as successes.
+
+corrections_only (25% of each batch from its intervention steps) is frozen's level: 0.795 over 2,193 episodes, per
+minute 0.74-0.86; its versions rose on the gate to 0.88 by v5 and then sank to 0.68-0.80 (v10-v20), none promoted:
+takeover steps without the autonomous steps pull the policy down, as bench/learning_probe.py found.
 
 Session 11's full arm (the learner's batches half fleet steps, no confirmation stage) was flat: 0.788 over 2,113
 episodes, per minute 0.71-0.85; its versions scored 0.73-0.90 on the gate (version 1 ~0.77); v6 was promoted at
