@@ -74,7 +74,7 @@ PRESETS: dict[str, LearnerConfig] = {
     # bench/online.py: the default model continuing production at the post-training learning rate, a version
     # every ~150 updates or 90 s, gated on 10 held-out episodes (the same seeds for every version) of each
     # of the 6 task × embodiment pairs; promoted only 5 points above production (see GateConfig.min_improvement),
-    # also over 10 more episodes per pair (GateConfig.confirm_episodes).
+    # and above it on 10 more episodes per pair (GateConfig.confirm_episodes / confirm_improvement).
     # Versions are the weights' moving average (0.995: about the last 200 updates; see learner/rllib.py).
     "online": LearnerConfig(
         name="online",

@@ -416,7 +416,7 @@ class LearnerService:
         self, directory: Path, state: LearnerState, mean: float, production_mean: float, production: VersionInfo
     ) -> bool:
         """The confirmation stage (`GateConfig.confirm_episodes`): the candidate beat production on the gate's
-        episodes; it must beat it by the same margin on the confirmation's episodes too. The candidate's
+        episodes; it must beat it on the confirmation's episodes too (by `confirm_improvement`). The candidate's
         confirmation score is kept in the checkpoint (and its version's tags as confirm/...)."""
         if "confirm/mean" not in state.gate:
             model = load_checkpoint(directory / MODEL_DIR)
@@ -426,7 +426,7 @@ class LearnerService:
         gate = self.config.gate
         candidate = float(state.gate["confirm/mean"])
         incumbent = self._production_score(production, confirm=True)
-        confirmed = beats(candidate, incumbent, min_success=gate.min_success, min_improvement=gate.min_improvement)
+        confirmed = beats(candidate, incumbent, min_success=gate.min_success, min_improvement=gate.confirm_improvement)
         log.info(
             "learner: confirmation %s: %.3f against production v%s's %.3f on the confirmation episodes",
             "passed" if confirmed else "failed", candidate, production.version, incumbent,

@@ -37,6 +37,8 @@ def test_confirmation_runs_the_gate_on_other_episodes() -> None:
     assert EvalGate(gate).signature() != EvalGate(GateConfig(**{**gate.__dict__, "confirm_episodes": 0})).signature()
     with pytest.raises(ValueError, match="confirm_episodes"):
         GateConfig(confirm_episodes=-1)
+    with pytest.raises(ValueError, match="confirm_improvement"):
+        GateConfig(confirm_improvement=1.0)
 
 
 def test_config_rejects_a_margin_outside_0_1() -> None:

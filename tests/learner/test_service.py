@@ -116,6 +116,14 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         assert checkpoints.load_state(ckpt)[0].gate["confirm/mean"] == state.gate["confirm/mean"]  # kept
         second._production_eval_cache[(v1.version, "confirm/mean")] = -1.0  # a worse production: confirmed
         assert second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version))
+        # On the confirmation's fresh episodes "better" is enough: not the gate's margin again, unless asked for.
+        second._production_eval_cache[(v1.version, "confirm/mean")] = -0.03
+        margins = {"min_improvement": 0.05}
+        for confirm_improvement, confirmed in ((0.0, True), (0.05, False)):
+            gate = dataclasses.replace(config.gate, confirm_improvement=confirm_improvement, **margins)
+            second.config = dataclasses.replace(config, gate=gate)
+            assert second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version)) is confirmed
+        second.config = config
         # The safety rail (restart_after_regressions=2): a version at production's score is not a regression;
         # after two in a row below it, training goes on from production's weights with a cold optimizer.
         production = registry.version_for_alias(PRODUCTION)
