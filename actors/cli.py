@@ -26,6 +26,11 @@ def run(
     rotate_tasks: bool = typer.Option(
         False, help="Each robot works through every task its arm can do, one episode each (covers the whole grid)."
     ),
+    supervision: str = typer.Option(
+        "takeover",
+        help="Who watches the robots: takeover (the scripted expert takes over a robot that stalls), "
+        "stop (a stalled episode is ended as a failure, no takeover) or off.",
+    ),
 ) -> None:
     """Run N simulated robots that act with the production model, stream to Kafka and hot-reload."""
     from actors.robot import NoProductionModel
@@ -37,10 +42,14 @@ def run(
     configure_logging("robots", logging.INFO, json=settings.log_format == "json")
     if episodes is None and duration is None:
         duration = 10**9
-    config = FleetConfig(
-        n=n, tasks=_split(tasks), embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
-        realtime=realtime, address=address, seed=seed, rotate_tasks=rotate_tasks,
-    )  # fmt: skip
+    try:
+        config = FleetConfig(
+            n=n, tasks=_split(tasks), embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
+            realtime=realtime, address=address, seed=seed, rotate_tasks=rotate_tasks, supervision=supervision,
+        )  # fmt: skip
+    except ValueError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None
 
     def progress(statuses: list[dict]) -> None:
         done = sum(s["episodes"] for s in statuses)

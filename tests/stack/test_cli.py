@@ -27,3 +27,9 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, (command, result.output)
         assert "Usage" in result.output
+
+
+def test_robots_run_refuses_an_unknown_supervision_mode_before_starting_anything() -> None:
+    result = CliRunner().invoke(app, ["robots", "run", "--n", "1", "--episodes", "1", "--supervision", "watch"])
+    assert result.exit_code == 1
+    assert "supervision must be one of ('takeover', 'stop', 'off')" in result.output
