@@ -122,8 +122,11 @@ def _stack_env(home: Path) -> dict[str, str]:
 
 
 def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...], demos: int, steps: int) -> Path:
-    """Version 1 every arm starts from: the recipe's pre-training stage on scripted demos (cached; re-runs reuse it)."""
-    return pretrain_cached(cache, tasks, embodiments, demos, steps).checkpoint
+    """Version 1 every arm starts from: the recipe's pre-training stage on scripted demos (cached; re-runs reuse it).
+    Each step count has its own run directory (the learning rate's cosine decay spans the whole run, so a longer
+    run is not a resumed shorter one): v1/ for 10k steps, v1-<k>k/ otherwise."""
+    run = "v1" if steps == 10_000 else f"v1-{steps / 1000:g}k"
+    return pretrain_cached(cache, tasks, embodiments, demos, steps, run=run).checkpoint
 
 
 def pretrain_cached(
