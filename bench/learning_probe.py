@@ -215,7 +215,6 @@ def main() -> None:
     import torch
     from online import version_one
 
-    from fleet.episodes import EpisodeStore
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from fleet.sim import make_env
@@ -236,9 +235,7 @@ def main() -> None:
     replay = ReplayBuffer(
         dataclasses.replace(preset.replay, autonomous=args.autonomous), model.config, embedder=default_embedder()
     )
-    for episode in EpisodeStore(args.cache / "demos").iter_episodes():
-        if episode.meta.source == "demo":
-            replay.add_episode(episode)
+    replay.add_demos(args.cache / "demos")
     gate, rng = EvalGate(preset.gate), np.random.default_rng(0)
     wide = wide_eval(preset.gate, max(1, args.eval_episodes))
     pairs = gate.pairs()

@@ -86,9 +86,7 @@ def train_arm(
     engine.set_state_dict(model.state_dict(), ema=model.state_dict())
     config = preset.replay if fraction is None else dataclasses.replace(preset.replay, online_fraction=fraction)
     replay = ReplayBuffer(config, model.config, embedder=default_embedder())
-    for episode in EpisodeStore(args.cache / "demos").iter_episodes():
-        if episode.meta.source == "demo":
-            replay.add_episode(episode)
+    replay.add_demos(args.cache / "demos")
     for episode in EpisodeStore(fleet).iter_episodes() if fleet is not None else ():
         replay.add_episode(episode)
     rng, rows, started = np.random.default_rng(0), [], time.monotonic()

@@ -34,11 +34,12 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fleet.episodes import Episode
+from fleet.episodes import Episode, EpisodeStore
 from fleet.policy.config import VLAConfig
 from fleet.policy.data import chunk_indices
 from fleet.policy.language import InstructionEmbedder
@@ -192,6 +193,19 @@ class ReplayBuffer:
                 if stored.intervention[t]:
                     self._push("intervention", stored.key, t)
         return stored
+
+    def add_demos(self, root: str | Path, *, limit: int | None = None) -> int:
+        """Add the demonstrations (`meta.source == "demo"`) of the episode store at `root`, at most `limit` of
+        them; other episodes there are left out. Returns how many were added."""
+        count = 0
+        if limit is not None and limit <= 0:
+            return count
+        for episode in EpisodeStore(root).iter_episodes():
+            if episode.meta.source == "demo" and self.add_episode(episode) is not None:
+                count += 1
+                if count == limit:
+                    break
+        return count
 
     def _convert(self, episode: Episode) -> StoredEpisode:
         c, meta = self.model_config, episode.meta

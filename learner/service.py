@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from fleet import observability
-from fleet.episodes import EpisodeStore
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
@@ -187,12 +186,7 @@ class LearnerService:
         root = self.config.demos if self.config.demos is not None else self.settings.episode_store
         if not self.config.load_demos or not Path(root).is_dir():
             return
-        count = 0
-        for episode in EpisodeStore(root).iter_episodes():
-            if episode.meta.source == "demo" and self.replay.add_episode(episode) is not None:
-                count += 1
-                if self.config.max_demo_episodes is not None and count >= self.config.max_demo_episodes:
-                    break
+        count = self.replay.add_demos(root, limit=self.config.max_demo_episodes)
         log.info("learner: %d demonstration episodes loaded from %s", count, root)
 
     def _start_run(self) -> str | None:

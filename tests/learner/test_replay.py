@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fleet.episodes import EpisodeStore
 from fleet.policy.config import debug_model_config
 from fleet.schemas import Review, RewardSignal
 from learner.ingest import Ingest
@@ -185,3 +188,16 @@ def test_awr_weights() -> None:
     assert w[:2].tolist() == [1.0, 1.0]  # imitate humans and demos whatever the outcome
     assert w[2] == pytest.approx(np.exp(1.0)) and w[3] == pytest.approx(np.exp(-2.0))  # failures barely count
     assert w[4] == pytest.approx(20.0)  # clipped
+
+
+def test_add_demos_loads_only_the_stores_demonstrations_up_to_the_cap(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path)
+    for seed in range(3):
+        store.write(make_episode(length=8, seed=seed))
+    fleet = make_episode(length=8, seed=9)
+    store.write(dataclasses.replace(fleet, meta=dataclasses.replace(fleet.meta, source="fleet")))
+    replay, _ = _replay()
+    assert replay.add_demos(tmp_path) == 3 and replay.sizes() == {"demo": 24, "online": 0, "intervention": 0}
+    capped, _ = _replay()
+    assert capped.add_demos(tmp_path, limit=2) == 2 and capped.sizes()["demo"] == 16
+    assert _replay()[0].add_demos(tmp_path, limit=0) == 0
