@@ -379,7 +379,7 @@ class RobotRuntime:
             step += 1
             done = bool(terminated or truncated)
             success = bool(info.get("success", False))
-            if getattr(self.supervisor, "stopped", False):  # StallStop: stuck, so ended here as a failure
+            if self.supervisor is not None and self.supervisor.stopped:  # StallStop: stuck, ended as a failure
                 done, success = True, False
             obs = self._observe(next_obs)
             if len(segment.actions) >= cfg.segment_steps or done:

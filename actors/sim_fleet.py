@@ -19,7 +19,7 @@ from typing import Any
 
 from actors.priority import set_niceness
 from actors.runtime import RobotConfig
-from actors.supervisor import SUPERVISION
+from actors.supervisor import check_supervision
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ class FleetConfig:
             raise ValueError("give episodes or duration_s")
         if self.reload_stagger_s < 0:
             raise ValueError("reload_stagger_s must be >= 0")
-        if self.supervision not in SUPERVISION:
-            raise ValueError(f"supervision must be one of {SUPERVISION}, not {self.supervision!r}")
+        check_supervision(self.supervision)  # before any robot starts
 
     def robots(self) -> list[RobotConfig]:
         from fleet.sim.registry import TASKS

@@ -29,7 +29,10 @@ import numpy as np
 
 
 class Supervisor(Protocol):
-    """Decides, each step, whether a human drives; returns the human's action when it does."""
+    """Decides, each step, whether a human drives; returns the human's action when it does. `stopped` turns
+    True when it ends the episode instead (StallStop); the runtime ends it there, unsuccessful."""
+
+    stopped: bool
 
     def reset(self) -> None: ...
 
@@ -37,6 +40,12 @@ class Supervisor(Protocol):
 
 
 SUPERVISION = ("takeover", "stop", "off")  # make_supervisor's modes
+
+
+def check_supervision(mode: str) -> None:
+    """ValueError unless `mode` is one of SUPERVISION."""
+    if mode not in SUPERVISION:
+        raise ValueError(f"supervision must be one of {SUPERVISION}, not {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -61,15 +70,15 @@ class ExpertSupervisor:
     """The scripted expert of the env's task, acting as the simulated human supervisor."""
 
     name = "supervisor:scripted-expert"
+    stopped = False  # takes over instead of ending the episode
 
     def __init__(self, env: Any, config: SupervisorConfig | None = None) -> None:
-        from fleet.sim.experts import ProgressWatch, make_expert
+        from fleet.sim.experts import make_expert
 
         self.config = config or SupervisorConfig()
         self.env = env
         self.expert = make_expert(env)
-        cfg = self.config
-        self._watch = ProgressWatch.for_task(env.task.name, stall_steps=cfg.stall_steps, progress=cfg.progress)
+        self._watch = _progress_watch(env, self.config)
         self.reset()
 
     def reset(self) -> None:
@@ -120,11 +129,8 @@ class StallStop:
     name = "supervisor:stall-stop"
 
     def __init__(self, env: Any, config: SupervisorConfig | None = None) -> None:
-        from fleet.sim.experts import ProgressWatch
-
-        cfg = config or SupervisorConfig()
         self.env = env
-        self._watch = ProgressWatch.for_task(env.task.name, stall_steps=cfg.stall_steps, progress=cfg.progress)
+        self._watch = _progress_watch(env, config or SupervisorConfig())
         self.reset()
 
     def reset(self) -> None:
@@ -138,10 +144,16 @@ class StallStop:
         return None
 
 
+def _progress_watch(env: Any, config: SupervisorConfig) -> Any:
+    """The `ProgressWatch` of the env's task at the config's thresholds (None when the task has no measure)."""
+    from fleet.sim.experts import ProgressWatch
+
+    return ProgressWatch.for_task(env.task.name, stall_steps=config.stall_steps, progress=config.progress)
+
+
 def make_supervisor(env: Any, mode: str, config: SupervisorConfig | None = None) -> Supervisor | None:
     """The supervisor for a supervision `mode` (one of SUPERVISION) on `env`; None for "off"."""
-    if mode not in SUPERVISION:
-        raise ValueError(f"supervision must be one of {SUPERVISION}, not {mode!r}")
+    check_supervision(mode)
     if mode == "takeover":
         return ExpertSupervisor(env, config)
     return StallStop(env, config) if mode == "stop" else None
