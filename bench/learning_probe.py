@@ -231,7 +231,7 @@ def main() -> None:
     v1 = version_one(args.cache, tasks, embodiments, args.demos, args.bc_steps)
     model = load_checkpoint(v1)
     engine = VLALearner(rllib, model_config=model.config.with_(value_detach_trunk=args.detach_value))
-    engine.set_state_dict(model.state_dict(), ema=model.state_dict())
+    engine.set_state_dict(model.state_dict())  # the moving average starts there too
     replay = ReplayBuffer(
         dataclasses.replace(preset.replay, autonomous=args.autonomous), model.config, embedder=default_embedder()
     )

@@ -83,7 +83,7 @@ def train_arm(
 
     preset = PRESETS["online"]
     engine = VLALearner(preset.rllib, model_config=model.config)
-    engine.set_state_dict(model.state_dict(), ema=model.state_dict())
+    engine.set_state_dict(model.state_dict())  # the moving average starts there too
     config = preset.replay if fraction is None else dataclasses.replace(preset.replay, online_fraction=fraction)
     replay = ReplayBuffer(config, model.config, embedder=default_embedder())
     replay.add_demos(args.cache / "demos")
