@@ -53,6 +53,7 @@ class LearnerState:
     parent_version: str | None  # registry version these weights descend from
     published_version: str | None = None  # registry version of this checkpoint, once published
     gate: dict[str, str] = field(default_factory=dict)  # eval tags, once evaluated (before publishing)
+    gate_signature: str = ""  # the episodes `gate` was scored on (EvalGate.signature); others are scored again
     created_at: float = 0.0  # wall clock of the checkpoint
 
 

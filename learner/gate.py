@@ -47,7 +47,7 @@ class GateConfig:
     # with no margin put a worse version in production in bench/online.py (fleet success 0.65 -> 0.4).
     min_improvement: float = 0.0
     # A candidate that passes on the gate's episodes is run again on this many *other* episodes per pair (seeds
-    # from `seed_offset + CONFIRM_SEEDS`), and so is production (once per version); it is promoted only if it
+    # from `seed_offset + SEED_BLOCK`), and so is production (once per version); it is promoted only if it
     # beats production there too, by `confirm_improvement`. The learner scores many versions on the same episodes
     # and the best of them is mostly a lucky draw (bench/online.py: a version promoted at 0.88 against version 1's
     # ~0.77 left the fleet's success where it was); fresh episodes do not share that luck (pooling them with the
@@ -61,24 +61,40 @@ class GateConfig:
     confirm_improvement: float = 0.0
     # An episode that stops progressing (the supervisor would take over on the fleet) fails, as on the fleet.
     stop_when_stuck: bool = True
+    # Candidates are scored against production on the seed block named by production's version number (`seed_block`),
+    # and production is scored there again, once: a new production version moves the gate and the confirmation to
+    # episodes no version was picked on. With fixed episodes the version promoted because it drew well on them sets
+    # the next bar with that luck (a winner's curse): bench/online.py session 13 promoted v2 at 0.867 on the gate and
+    # nothing after it, as v3-v21 (0.82-0.92) needed 0.917. False = the same episodes for every version.
+    reseed_on_promotion: bool = True
 
     def __post_init__(self) -> None:
         if not self.tasks or not self.embodiments or self.episodes < 1:
             raise ValueError("GateConfig needs at least one task, one embodiment and one episode")
         if self.confirm_episodes < 0:
             raise ValueError("GateConfig.confirm_episodes must be >= 0")
+        if max(self.episodes, self.confirm_episodes) > SEED_BLOCK:
+            raise ValueError(f"GateConfig: at most {SEED_BLOCK} episodes (and confirm_episodes) per pair")
         if not 0.0 <= self.min_success <= 1.0 or not 0.0 <= self.min_improvement < 1.0:
             raise ValueError("GateConfig.min_success must be in [0, 1] and min_improvement in [0, 1)")
         if not 0.0 <= self.confirm_improvement < 1.0:
             raise ValueError("GateConfig.confirm_improvement must be in [0, 1)")
 
 
-CONFIRM_SEEDS = 500_000  # confirmation episodes start this far above the gate's seeds
+SEED_BLOCK = 1_000  # seeds per half block: block k's gate starts at seed_offset + 2k·SEED_BLOCK, its confirmation above
+
+
+def seed_block(config: GateConfig, block: int) -> GateConfig:
+    """The gate's episodes in seed block `block` (0: from `seed_offset`); `confirmation` of it is the block's other
+    half, so no two blocks, and no gate and confirmation, share a seed."""
+    if block < 0:
+        raise ValueError(f"seed block must be >= 0, got {block}")
+    return replace(config, seed_offset=config.seed_offset + 2 * block * SEED_BLOCK)
 
 
 def confirmation(config: GateConfig) -> GateConfig:
     """The confirmation stage's episodes: `confirm_episodes` per pair on seeds the gate never uses."""
-    return replace(config, episodes=max(1, config.confirm_episodes), seed_offset=config.seed_offset + CONFIRM_SEEDS)
+    return replace(config, episodes=max(1, config.confirm_episodes), seed_offset=config.seed_offset + SEED_BLOCK)
 
 
 @dataclass(frozen=True)

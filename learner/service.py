@@ -10,8 +10,10 @@ checkpoint with the consumed offsets, commit those offsets to Kafka, run the eva
 version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_passed; alias
 `candidate`), promote it to `production` if it beats production's eval/mean (never while pinned; with
 `GateConfig.confirm_episodes`, also on that many other held-out episodes per pair), and announce both on
-`fleet.models`. After `restart_after_regressions` versions in a row scored below production on the gate
-(by more than its margin), training goes on from production's weights. A restart loads the newest
+`fleet.models`. Candidates and production are scored on the same episodes, which move to a fresh seed block
+each time production changes (`GateConfig.reseed_on_promotion`). After `restart_after_regressions` versions
+in a row scored below production on the gate (by more than its margin), training goes on from production's
+weights. A restart loads the newest
 checkpoint (weights, AdamW state, offsets), skips every record below its offsets, re-handles what was
 still waiting, and publishes the checkpoint first if the crash came before that.
 
@@ -56,7 +58,7 @@ from fleet.transport import (
 from learner import checkpoints
 from learner.checkpoints import MODEL_DIR, LearnerState
 from learner.config import LearnerConfig
-from learner.gate import EvalGate, beats, confirmation
+from learner.gate import EvalGate, beats, confirmation, seed_block
 from learner.ingest import Ingest
 from learner.replay import ReplayBuffer
 from learner.rllib import MODULE_ID, TrainingStats, VLALearner
@@ -120,8 +122,6 @@ class LearnerService:
         self.registry = registry or Registry(settings)
         self.root = (config.run_dir or settings.home / "learner" / config.name) / "checkpoints"
         self.rng = np.random.default_rng(config.seed)
-        self.gate = EvalGate(config.gate)
-        self.confirm_gate = EvalGate(confirmation(config.gate))
         self.last_stats: TrainingStats | None = None
         self.published: list[VersionInfo] = []
 
@@ -267,6 +267,7 @@ class LearnerService:
             episodes=self.ingest.episodes_added,
             published_version=None,
             gate={},
+            gate_signature="",
             created_at=time.time(),
         )
         directory, _ = checkpoints.save(
@@ -323,12 +324,15 @@ class LearnerService:
 
     def _publish(self, directory: Path) -> VersionInfo:
         state, _ = checkpoints.load_state(directory)
-        if not state.gate:  # evaluated once per checkpoint, kept across retries and restarts
+        production = self.registry.version_for_alias(PRODUCTION)
+        gate_episodes = self._gates(production)[0]
+        signature = gate_episodes.signature()
+        if not state.gate or state.gate_signature != signature:  # once per checkpoint and production's episodes
             model = load_checkpoint(directory / MODEL_DIR)
-            state.gate = self.gate.evaluate(model, embedder=self.embedder).tags()
+            state.gate = gate_episodes.evaluate(model, embedder=self.embedder).tags()
+            state.gate_signature = signature
             checkpoints.write_state(directory, state)
         mean = float(state.gate["eval/mean"])
-        production = self.registry.version_for_alias(PRODUCTION)
         production_mean = self._production_mean(production)
         gate = self.config.gate
         passed = beats(mean, production_mean, min_success=gate.min_success, min_improvement=gate.min_improvement)
@@ -340,7 +344,7 @@ class LearnerService:
             "episodes": str(state.episodes),
             "updates": str(state.updates),
             "learner_preset": self.config.name,
-            "gate_config": self.gate.signature(),
+            "gate_config": signature,
             "gate_passed": "true" if passed else "false",
             **state.gate,
         }
@@ -414,7 +418,7 @@ class LearnerService:
         confirmation score is kept in the checkpoint (and its version's tags as confirm/...)."""
         if "confirm/mean" not in state.gate:
             model = load_checkpoint(directory / MODEL_DIR)
-            scores = self.confirm_gate.evaluate(model, embedder=self.embedder).tags()
+            scores = self._gates(production)[1].evaluate(model, embedder=self.embedder).tags()
             state.gate.update({"confirm/" + k.removeprefix("eval/"): v for k, v in scores.items()})
             checkpoints.write_state(directory, state)
         gate = self.config.gate
@@ -441,8 +445,9 @@ class LearnerService:
     def _production_score(self, production: VersionInfo, *, confirm: bool) -> float:
         """Production's mean on the gate's (or the confirmation's) episodes: its tag when it was scored the same
         way, else evaluated now (once per version)."""
-        key, gate = ("confirm/mean", self.confirm_gate) if confirm else ("eval/mean", self.gate)
-        if production.tags.get("gate_config") == self.gate.signature() and key in production.tags:
+        gates = self._gates(production)
+        key, gate = ("confirm/mean", gates[1]) if confirm else ("eval/mean", gates[0])
+        if production.tags.get("gate_config") == gates[0].signature() and key in production.tags:
             return float(production.tags[key])
         cache = self.__dict__.setdefault("_production_eval_cache", {})
         if (production.version, key) not in cache:
@@ -450,6 +455,14 @@ class LearnerService:
             cache[(production.version, key)] = score
             log.info("learner: production v%s scores %.3f on %s", production.version, score, key.split("/")[0])
         return cache[(production.version, key)]
+
+    def _gates(self, production: VersionInfo | None) -> tuple[EvalGate, EvalGate]:
+        """The gate and the confirmation that judge candidates against `production`: the episodes of the seed block
+        named by its version number (`GateConfig.reseed_on_promotion`; block 0 without it, or without production)."""
+        config = self.config.gate
+        number = observability.version_number(production.version) if production is not None else None
+        gate = seed_block(config, int(number) if config.reseed_on_promotion and number is not None else 0)
+        return EvalGate(gate), EvalGate(confirmation(gate))
 
     def _load_version(self, info: VersionInfo) -> VLAModel:
         """A registered version's weights, downloaded to a temporary directory and verified against its sha256."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learner.config import get_preset
-from learner.gate import EvalGate, GateConfig, beats, confirmation
+from learner.gate import SEED_BLOCK, EvalGate, GateConfig, beats, confirmation, seed_block
 
 
 def test_without_a_margin_any_strict_gain_promotes() -> None:
@@ -39,6 +39,22 @@ def test_confirmation_runs_the_gate_on_other_episodes() -> None:
         GateConfig(confirm_episodes=-1)
     with pytest.raises(ValueError, match="confirm_improvement"):
         GateConfig(confirm_improvement=1.0)
+
+
+def test_each_seed_block_has_its_own_gate_and_confirmation_episodes() -> None:
+    gate = get_preset("online").gate
+    assert gate.reseed_on_promotion and seed_block(gate, 0) == gate
+    seen: set[int] = set()
+    for block in range(4):
+        for config in (seed_block(gate, block), confirmation(seed_block(gate, block))):
+            seeds = set(range(config.seed_offset, config.seed_offset + config.episodes))
+            assert seeds.isdisjoint(seen)
+            seen |= seeds
+    assert EvalGate(seed_block(gate, 1)).signature() != EvalGate(gate).signature()  # not compared across blocks
+    with pytest.raises(ValueError, match="episodes"):
+        GateConfig(episodes=SEED_BLOCK + 1)
+    with pytest.raises(ValueError, match="seed block"):
+        seed_block(gate, -1)
 
 
 def test_config_rejects_a_margin_outside_0_1() -> None:

@@ -23,6 +23,7 @@ from fleet.stack.launcher import migrate_database
 from fleet.transport import KafkaTransport, TransportConfig, publish
 from learner import checkpoints
 from learner.config import get_preset
+from learner.gate import SEED_BLOCK
 from learner.rllib import MODULE_ID
 from learner.service import LearnerService
 from tests.learner.fakes import correction, segments
@@ -144,6 +145,11 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
     assert v2.parent_version == v1.version
     assert int(v2.tags["updates"]) > int(tags["updates"])
     assert v2.tags["gate_passed"] == "false"  # equal eval/mean does not beat production
+    # v2 and v1 were scored on the seed block named by production v1, not the block v1 was promoted on.
+    block_offset = config.gate.seed_offset + 2 * SEED_BLOCK * int(v1.version)
+    assert json.loads(v2.tags["gate_config"])["seed_offset"] == block_offset
+    assert json.loads(v1.tags["gate_config"])["seed_offset"] == config.gate.seed_offset
+    assert (v1.version, "eval/mean") in second._production_eval_cache
     assert registry.aliases()[PRODUCTION] == v1.version
 
     # The two versions' data: contiguous and non-overlapping on every partition both saw.
