@@ -27,6 +27,19 @@ a scratch copy of this loop and are not in the JSON: weight 1 for every autonomo
     PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 2 --episodes 0 --updates 1000 \
         --eval-episodes 50 --out /tmp/s12/demo-only.json
     PYTHONPATH=. .venv/bin/python bench/replay_mix.py --fractions 0.5 0.25
+
+Session 14: should the corrections weigh more? An arm `F:I` also takes I of the offline rows from the fleet's
+intervention steps (`ReplayConfig.intervention_fraction`; the default draws demonstrations and interventions alike,
+and interventions are ~8% of those rows). At online 0.25, after 1,000 / 2,000 updates: the default 0.823 / 0.857
+(the same numbers as session 12: the bench is deterministic), half the offline rows from interventions 0.793 /
+0.777 (bench/results/replay_mix_interventions.json), none 0.83 / 0.827 (a second run, printed to /tmp). Weighting
+the corrections up makes version 1 worse; leaving them out changes nothing measurable. The human's takeovers
+mostly finish a grasp the policy had lined up badly (one step that moves the tool over the cube, then descend and
+lift, as in the demonstrations), so there is little in them that the demonstrations lack. Commands (the first
+run's JSON and PNG copied to bench/results/replay_mix_interventions.*):
+
+    PYTHONPATH=. .venv/bin/python bench/replay_mix.py --fractions 0.25 0.25:0.5 --no-demos-arm --out /tmp/s14/mix.json
+    PYTHONPATH=. .venv/bin/python bench/replay_mix.py --fractions 0.25:0 --no-demos-arm --out /tmp/s14/mix0.json
 """
 
 from __future__ import annotations
@@ -69,10 +82,17 @@ def fleet_round(model: Any, pairs: list[tuple[str, str]], episodes: int, store_d
 
 
 def train_arm(
-    name: str, fraction: float | None, model: Any, wide: Any, fleet: Path | None, args: argparse.Namespace
+    name: str,
+    fraction: float | None,
+    model: Any,
+    wide: Any,
+    fleet: Path | None,
+    args: argparse.Namespace,
+    interventions: float | None = None,
 ) -> dict:
-    """One arm: version 1 (`model`) + `--updates` updates at `fraction` (None: demonstrations only), scored on `wide`
-    along the way."""
+    """One arm: version 1 (`model`) + `--updates` updates at `fraction` (None: demonstrations only), with
+    `interventions` of the offline rows from the fleet's intervention steps (None: uniform over demonstrations and
+    interventions, `ReplayConfig.intervention_fraction`), scored on `wide` along the way."""
     from rich.progress import Progress
 
     from fleet.episodes import EpisodeStore
@@ -85,6 +105,7 @@ def train_arm(
     engine = VLALearner(preset.rllib, model_config=model.config)
     engine.set_state_dict(model.state_dict())  # the moving average starts there too
     config = preset.replay if fraction is None else dataclasses.replace(preset.replay, online_fraction=fraction)
+    config = dataclasses.replace(config, intervention_fraction=interventions)
     replay = ReplayBuffer(config, model.config, embedder=default_embedder())
     replay.add_demos(args.cache / "demos")
     for episode in EpisodeStore(fleet).iter_episodes() if fleet is not None else ():
@@ -103,7 +124,12 @@ def train_arm(
                     "seconds": round(time.monotonic() - started, 1),
                 })  # fmt: skip
                 print(json.dumps({"arm": name, **{k: rows[-1][k] for k in ("updates", "eval_mean")}}), flush=True)
-    return {"online_fraction": fraction, "replay": replay.sizes(), "rounds": rows}
+    return {
+        "online_fraction": fraction,
+        "intervention_fraction": interventions,
+        "replay": replay.sizes(),
+        "rounds": rows,
+    }
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -124,7 +150,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fractions", type=float, nargs="*", default=[0.5, 0.25])
+    parser.add_argument(
+        "--fractions",
+        nargs="*",
+        default=["0.5", "0.25"],
+        help="arms: F (online fraction) or F:I (and I of the offline rows from interventions)",
+    )
     parser.add_argument("--no-demos-arm", dest="demos_arm", action="store_false")
     parser.add_argument("--episodes", type=int, default=130, help="supervised episodes per pair in the fleet round")
     parser.add_argument("--updates", type=int, default=2000)
@@ -154,8 +185,11 @@ def main() -> None:
     initial = wide.evaluate(model, embedder=default_embedder()).mean
     fleet = fleet_round(model, pairs, args.episodes, args.cache / f"replay-mix-{args.episodes}")
     arms = {"demos": train_arm("demos", None, model, wide, None, args)} if args.demos_arm else {}
-    for fraction in args.fractions:
-        arms[f"online={fraction}"] = train_arm(f"online={fraction}", fraction, model, wide, fleet, args)
+    for spec in args.fractions:
+        online, _, interventions = spec.partition(":")
+        name = f"online={online}" + (f",interventions={interventions}" if interventions else "")
+        share = float(interventions) if interventions else None
+        arms[name] = train_arm(name, float(online), model, wide, fleet, args, share)
     result = {
         "benchmark": "replay_mix",
         "command": " ".join(["bench/replay_mix.py", *sys.argv[1:]]),
