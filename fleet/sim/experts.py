@@ -235,6 +235,11 @@ class ProgressWatch:
         self._best = float("inf")
         self._idle = 0
 
+    @property
+    def idle(self) -> int:
+        """Steps since the task last progressed (0: it did on the last update)."""
+        return self._idle
+
     def update(self, state: SimState) -> bool:
         """Record one step's state; True once the task has not progressed for `stall_steps` steps."""
         if self._start is None:

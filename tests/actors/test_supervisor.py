@@ -103,6 +103,23 @@ def test_supervisor_and_gate_share_one_notion_of_stuck() -> None:
     assert (config.stall_steps, config.progress) == (STALL_STEPS, PROGRESS)
 
 
+def test_the_watch_counts_the_steps_since_the_task_last_progressed() -> None:
+    from fleet.sim.experts import STALL_STEPS, ProgressWatch
+
+    env = make_env("pick", "panda")
+    try:
+        env.reset(seed=0)
+        still = env.privileged_state()  # the same state every step: no progress after the first
+        watch = ProgressWatch("pick")
+        assert not watch.update(still) and watch.idle == 0
+        stuck = [watch.update(still) for _ in range(STALL_STEPS)]
+        assert watch.idle == STALL_STEPS and stuck[-1] and not any(stuck[:-1])
+        watch.restart()
+        assert watch.idle == 0
+    finally:
+        env.close()
+
+
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="stall_steps"):
         SupervisorConfig(stall_steps=0)
