@@ -19,6 +19,19 @@ policy then presses down or closes on nothing, rises and tries again: a policy t
 offset, which the demonstrations never show (the expert is lined up before it descends). Command:
 
     PYTHONPATH=. .venv/bin/python bench/failures.py --episodes 30
+
+Demonstrations that do show offsets make it worse, and the scripted expert is why (session 14, a scratch script
+not in the tree). 100 demonstrations per pair were collected DART-style: the executed action got Gaussian noise
+(std 0.3 on the translation), while the recorded label stayed the expert's clean action. 591 of 600 succeeded,
+18k steps beside the 29k of version 1's demonstrations. 2,000 updates on both took version 1 from 0.79 to 0.47 on
+the 300 held-out episodes (pick/kuka 0.16, place/kuka 0.16); the demonstrations alone give 0.84
+(bench/replay_mix.py). Off its own path the expert recovers by backing off: more than 2 cm out of line below
+hover height it rises to hover first (`_pick`), and after a missed grasp it opens and rises. Rising adds distance
+to go, so the progress watch (the gate, the supervisor) counts the whole recovery as a stall. Its labels off the
+path teach exactly the hesitation that fails here; the DAgger probe (bench/learning_probe.py --label all: 0.73 ->
+0.37) and the corrections' share (bench/replay_mix.py: half from interventions 0.777) point the same way. An
+expert that corrects a small offset in place, rising only as far as the cube's top, would give corrections
+worth learning from.
 """
 
 from __future__ import annotations
