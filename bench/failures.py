@@ -20,18 +20,22 @@ offset, which the demonstrations never show (the expert is lined up before it de
 
     PYTHONPATH=. .venv/bin/python bench/failures.py --episodes 30
 
-Demonstrations that do show offsets make it worse, and the scripted expert is why (session 14, a scratch script
-not in the tree). 100 demonstrations per pair were collected DART-style: the executed action got Gaussian noise
-(std 0.3 on the translation), while the recorded label stayed the expert's clean action. 591 of 600 succeeded,
-18k steps beside the 29k of version 1's demonstrations. 2,000 updates on both took version 1 from 0.79 to 0.47 on
-the 300 held-out episodes (pick/kuka 0.16, place/kuka 0.16); the demonstrations alone give 0.84
-(bench/replay_mix.py). Off its own path the expert recovers by backing off: more than 2 cm out of line below
-hover height it rises to hover first (`_pick`), and after a missed grasp it opens and rises. Rising adds distance
-to go, so the progress watch (the gate, the supervisor) counts the whole recovery as a stall. Its labels off the
-path teach exactly the hesitation that fails here; the DAgger probe (bench/learning_probe.py --label all: 0.73 ->
-0.37) and the corrections' share (bench/replay_mix.py: half from interventions 0.777) point the same way. An
-expert that corrects a small offset in place, rising only as far as the cube's top, would give corrections
-worth learning from.
+Demonstrations that do show offsets make it worse (session 14, scratch scripts not in the tree).
+100 demonstrations per pair were collected DART-style: the executed action got Gaussian noise (std 0.3 on the
+translation), while the recorded label stayed the expert's clean action. 591 of 600 succeeded, 18k steps beside
+the 29k of version 1's demonstrations. 2,000 updates on both took version 1 from 0.79 to 0.47 on the 300 held-out
+episodes (pick/kuka 0.16, place/kuka 0.16); the demonstrations alone give 0.84 (bench/replay_mix.py).
+
+The suspect was the expert's recovery off its path, which backs off: more than 2 cm out of line below hover
+height it rises to hover first (`_pick`), and after a missed grasp it opens and rises. Rising adds distance to go,
+so the progress watch counts a recovery as a stall. But an expert patched to correct in place, rising only to
+clear the cube's top, gave the same: 598 of 600 noisy demonstrations, 0.483 after 1,000 updates. So the back-off
+is not the whole story. The noise's size is: at std 0.1 (600 of 600 succeeded) the same 1,000 updates give 0.823,
+against 0.807 for the demonstrations alone (standard error ~0.023: no harm and no clear gain). At std 0.3 the tool
+likely never settles near the cube and the clean labels flip between "descend" and "line up" from step to step
+(not measured). The DAgger probe (bench/learning_probe.py --label all: 0.73 -> 0.37) and the corrections' share
+(bench/replay_mix.py: half from interventions 0.777) also found the expert's labels off its path no help to this
+policy.
 """
 
 from __future__ import annotations
