@@ -13,9 +13,8 @@ version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_pass
 `fleet.models`. Candidates and production are scored on the same episodes, which move to a fresh seed block
 each time production changes (`GateConfig.reseed_on_promotion`). After `restart_after_regressions` versions
 in a row scored below production on the gate (by more than its margin), training goes on from production's
-weights. A restart loads the newest
-checkpoint (weights, AdamW state, offsets), skips every record below its offsets, re-handles what was
-still waiting, and publishes the checkpoint first if the crash came before that.
+weights. A restart loads the newest checkpoint (weights, AdamW state, offsets), skips every record below its
+offsets, re-handles what was still waiting, and publishes the checkpoint first if the crash came before that.
 
 Publishing never stops training: when the registry is unreachable the checkpoint waits (one at a
 time: no new checkpoint is taken until it is published, so its data window stays exact) and is
