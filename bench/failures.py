@@ -52,7 +52,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-SEED_OFFSET = 2_000_000  # the probes' wide eval: seeds the learner's gate blocks do not reach before version 500
 
 
 def run_episode(env: Any, policy: Any, task: str, seed: int) -> dict[str, Any]:
@@ -97,6 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from learning_probe import WIDE_SEEDS  # the probes' wide eval: held-out seeds
     from online import version_one
     from rich.console import Console
     from rich.progress import track
@@ -117,9 +117,9 @@ def main() -> None:
     policy = VLAPolicy(model, embedder=default_embedder(), seed=0)
     pairs: dict[str, Any] = {}
     for task, embodiment in EvalGate(gate).pairs():
-        env = make_env(task, embodiment, seed=SEED_OFFSET, image_size=model.config.image_size)
+        env = make_env(task, embodiment, seed=WIDE_SEEDS, image_size=model.config.image_size)
         try:
-            seeds = range(SEED_OFFSET, SEED_OFFSET + args.episodes)
+            seeds = range(WIDE_SEEDS, WIDE_SEEDS + args.episodes)
             rows = [run_episode(env, policy, task, s) for s in track(seeds, description=f"{task}/{embodiment}")]
         finally:
             env.close()
@@ -132,7 +132,7 @@ def main() -> None:
     result = {
         "benchmark": "failures",
         "command": " ".join(["bench/failures.py", *sys.argv[1:]]),
-        "config": {"checkpoint": str(checkpoint), "episodes_per_pair": args.episodes, "seed_offset": SEED_OFFSET},
+        "config": {"checkpoint": str(checkpoint), "episodes_per_pair": args.episodes, "seed_offset": WIDE_SEEDS},
         "success": round(float(np.mean([p["success"] for p in pairs.values()])), 3),
         "pairs": pairs,
         "seconds": round(time.monotonic() - started, 1),

@@ -96,6 +96,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+WIDE_SEEDS = 2_000_000  # first seed of the wide eval: far above the learner's gate blocks (version 500 reaches it)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -159,11 +160,11 @@ def collect(model: Any, pairs: list[tuple[str, str]], envs: dict, episodes: int,
 
 
 def wide_eval(gate: Any, episodes: int) -> Any:
-    """An EvalGate of `episodes` per pair on seeds the learner's gate never uses (2,000,000+): what a version is really
+    """An EvalGate of `episodes` per pair on seeds the learner's gate never uses (WIDE_SEEDS+): what a version is really
     worth, on a larger sample than the gate's."""
     from learner.gate import EvalGate
 
-    return EvalGate(dataclasses.replace(gate, episodes=episodes, seed_offset=2_000_000))
+    return EvalGate(dataclasses.replace(gate, episodes=episodes, seed_offset=WIDE_SEEDS))
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
