@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pybullet
+from numpy.typing import ArrayLike
 from pybullet_utils.bullet_client import BulletClient
 
 from fleet.embodiments import EmbodimentSpec
-from fleet.sim.base import CAMERAS, EnvBase, SimState, TaskSpec, check_cameras
+from fleet.sim.base import CAMERAS, EnvBase, Observation, SimState, TaskSpec, check_cameras
 from fleet.sim.pybullet_robots import ArmLimits, KukaSuctionArm, PandaArm, PyBulletArm
 from fleet.sim.pybullet_scene import SCENES, TabletopScene
 
@@ -199,6 +200,17 @@ class PyBulletEnv(EnvBase):
             success=self.scene.success(held),
             action_scale=(self.config.limits.max_translation, self.config.limits.max_rotation),
         )
+
+    def place_tool(self, position: ArrayLike) -> Observation:
+        """Put the tool at `position` (world xyz, metres; pointing down, gripper open) mid-episode, without
+        simulating the way there, and return the new observation. For probes that ask what a policy does from
+        a chosen state (bench/servo.py); the objects stay where they are."""
+        target = np.asarray(position, dtype=np.float64)
+        if target.shape != (3,) or not np.all(np.isfinite(target)):
+            raise ValueError(f"tool position must be 3 finite numbers (x, y, z metres), got {target.tolist()}")
+        self.arm.reset(target)
+        self._frames = None
+        return self._observation()
 
     def close(self) -> None:
         if not self._closed:

@@ -184,3 +184,21 @@ def test_privileged_state_stays_out_of_the_observation(pick_env: Env) -> None:
     assert set(obs) == {"images", "proprio", "instruction", "task", "embodiment"}
     assert state.target in state.objects and state.objects[state.target].color in obs["instruction"]
     np.testing.assert_allclose(state.ee_position, obs["proprio"][:3], atol=1e-5)
+
+
+def test_place_tool_moves_only_the_tool_and_refuses_a_bad_position(pick_env: Env) -> None:
+    pick_env.reset(seed=4)
+    before = pick_env.privileged_state()
+    cube = before.objects[before.target].position
+    where = np.array([cube[0] + 0.02, cube[1], 0.09])
+    obs = pick_env.place_tool(where)
+    after = pick_env.privileged_state()
+    np.testing.assert_allclose(after.ee_position, where, atol=0.003)  # IK lands the tool within 3 mm
+    np.testing.assert_allclose(obs["proprio"][:3], after.ee_position, atol=1e-5)  # the observation is the new one
+    for name, obj in before.objects.items():  # nothing else moved
+        np.testing.assert_allclose(after.objects[name].position, obj.position, atol=1e-6)
+    assert after.step == before.step and not after.gripper_closed
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        pick_env.place_tool([0.5, 0.0, float("nan")])
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        pick_env.place_tool([0.5, 0.0])
