@@ -167,6 +167,26 @@ def wide_eval(gate: Any, episodes: int) -> Any:
     return EvalGate(dataclasses.replace(gate, episodes=episodes, seed_offset=WIDE_SEEDS))
 
 
+def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[Path, Any, list[tuple[str, str]]]:
+    """What a probe of one version studies (bench/failures.py, bench/servo.py): `checkpoint`, or else bench/online.py's
+    cached version 1, as a seeded `VLAPolicy`, and the online gate's task × embodiment pairs. Returns (checkpoint
+    directory, policy, pairs)."""
+    import torch
+    from online import version_one
+
+    from fleet.policy.checkpoint import load_checkpoint
+    from fleet.policy.language import default_embedder
+    from fleet.policy.policy import VLAPolicy
+    from learner.config import PRESETS
+    from learner.gate import EvalGate
+
+    torch.set_num_threads(threads)
+    gate = PRESETS["online"].gate
+    checkpoint = checkpoint or version_one(cache, gate.tasks, gate.embodiments, 300, 10_000)
+    policy = VLAPolicy(load_checkpoint(checkpoint), embedder=default_embedder(), seed=0)
+    return checkpoint, policy, EvalGate(gate).pairs()
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     from figures import pyplot, save_figure
 

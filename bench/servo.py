@@ -158,30 +158,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "servo.json")
     args = parser.parse_args()
 
-    import torch
-    from learning_probe import WIDE_SEEDS
-    from online import version_one
+    from learning_probe import WIDE_SEEDS, studied_policy
     from rich.console import Console
     from rich.progress import track
     from rich.table import Table
 
-    from fleet.policy.checkpoint import load_checkpoint
-    from fleet.policy.language import default_embedder
-    from fleet.policy.policy import VLAPolicy
     from fleet.sim import make_env
     from fleet.sim.experts import make_expert
-    from learner.config import PRESETS
-    from learner.gate import EvalGate
 
-    torch.set_num_threads(args.threads)
     started = time.monotonic()
-    gate = PRESETS["online"].gate
-    checkpoint = args.checkpoint or version_one(args.cache, gate.tasks, gate.embodiments, 300, 10_000)
-    model = load_checkpoint(checkpoint)
-    policy = VLAPolicy(model, embedder=default_embedder(), seed=0)
+    checkpoint, policy, pair_list = studied_policy(args.checkpoint, args.cache, args.threads)
+    model = policy.model
+
     pairs: dict[str, Any] = {}
     views = []
-    for task, embodiment in track(EvalGate(gate).pairs(), description="line-up points"):
+    for task, embodiment in track(pair_list, description="line-up points"):
         env = make_env(task, embodiment, seed=WIDE_SEEDS, image_size=model.config.image_size)
         expert = make_expert(env)
         try:
