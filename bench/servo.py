@@ -30,6 +30,8 @@ What moved the gain (scratch scripts in /tmp, not in the tree; wide eval = 50 he
   the proprio's xy, did: mean gain 0.369 (pick/place x 0.43-0.49, push/kuka 0.44; push/panda still 0.00) and wide
   eval 0.823 against version 1's 0.79 (push/kuka 0.88, place 0.86 / 0.84; push/panda 0.52). One run each: with
   ~0.023 standard error on the mean that is no proven gain in success, but the gain is 2.5x version 1's.
+  At 20k steps the same recipe gives mean gain 0.475 (pick/place/push-kuka 0.47-0.56, push/panda 0.03) and wide
+  eval 0.833, against 0.82 for 20k steps on the demonstrations alone: the gain triples, success barely moves.
 - The same recipe with the panda's wrist camera 10 cm above the fingertips (at the hand, where the closed fingers
   fill only the middle of the view): wide eval 0.817, push/panda 0.68 but pick/panda 0.88 and place/panda 0.80
   (were 0.96 / 0.86), and the kuka pairs, whose images did not change, moved by up to 0.14 between the two runs
