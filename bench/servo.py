@@ -63,12 +63,11 @@ RIDGE = 10.0  # the probe's ridge penalty (240 samples, half to fit, 256 keypoin
 def lineup_point(state: Any) -> np.ndarray:
     """Where the expert lines the tool up before it comes down: over the target cube at hover height, or for push
     behind the block (the expert's start of the push) at hover height."""
-    from fleet.sim.experts import HOVER
+    from fleet.sim.experts import HOVER, push_start
 
-    obj = state.objects[state.target]
     if state.task == "push":
-        behind = obj.position[1] - float(state.goal["direction"]) * (obj.half_size + 0.035)
-        return np.array([obj.position[0], behind, HOVER])
+        return np.array([*push_start(state), HOVER])
+    obj = state.objects[state.target]
     return np.array([obj.position[0], obj.position[1], obj.position[2] + HOVER])
 
 

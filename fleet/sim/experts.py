@@ -25,6 +25,7 @@ TRAVEL_Z = 0.12  # tool height for moving over other objects and tray walls, met
 HOVER = 0.07  # how far above a cube the tool lines up before descending, metres
 PUSH_Z = 0.018  # tool height while pushing (below the cube's centre), metres
 ALIGN = 0.008  # xy error under which the tool counts as lined up, metres
+PUSH_BACKOFF = 0.035  # gap between the tool and the block's back face where a push starts, metres
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,13 @@ def stack_plan(state: SimState) -> Plan:
     return _pick(state, state.target)
 
 
+def push_start(state: SimState) -> np.ndarray:
+    """Where the tool starts a push (xy, metres): behind the target block along the push, lined up with its centre."""
+    obj = state.objects[state.target]
+    behind = obj.position[1] - float(state.goal["direction"]) * (obj.half_size + PUSH_BACKOFF)
+    return np.array([obj.position[0], behind])
+
+
 def push_plan(state: SimState) -> Plan:
     obj = state.objects[state.target]
     ee = state.ee_position
@@ -135,12 +143,11 @@ def push_plan(state: SimState) -> Plan:
     close = state.embodiment == "panda"  # closed fingers make a stiff pusher; suction stays off
     if state.held is not None:
         return Plan(_above(ee, TRAVEL_Z), close=False)
-    behind = obj.position[1] - d * (obj.half_size + 0.035)
     gap = d * (obj.position[1] - ee[1])  # distance of the tool behind the block's centre, along the push
     lined_up = abs(ee[0] - obj.position[0]) < 0.015
     if ee[2] < PUSH_Z + 0.02 and lined_up and 0.0 < gap < obj.half_size + 0.06:
         return Plan(np.array([obj.position[0], ee[1] + d * 0.03, PUSH_Z]), close=close, speed=0.7)
-    start = np.array([obj.position[0], behind])
+    start = push_start(state)
     xy_err = float(np.linalg.norm(ee[:2] - start))
     if xy_err > 0.012:
         near_block = np.linalg.norm(ee[:2] - obj.position[:2]) < 0.08
