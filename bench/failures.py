@@ -87,15 +87,14 @@ def run_episode(env: Any, policy: Any, task: str, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    from learning_probe import WIDE_SEEDS, studied_arguments, studied_policy  # WIDE_SEEDS: the wide eval's seeds
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="a fleet-vla checkpoint (default: version 1)")
     parser.add_argument("--episodes", type=int, default=30, help="held-out episodes per task × embodiment")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "failures.json")
+    studied_arguments(parser)
     args = parser.parse_args()
 
-    from learning_probe import WIDE_SEEDS, studied_policy  # the probes' wide eval: held-out seeds
     from rich.console import Console
     from rich.progress import track
     from rich.table import Table

@@ -167,6 +167,13 @@ def wide_eval(gate: Any, episodes: int) -> Any:
     return EvalGate(dataclasses.replace(gate, episodes=episodes, seed_offset=WIDE_SEEDS))
 
 
+def studied_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `studied_policy` reads: --checkpoint, --threads and --cache."""
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a fleet-vla checkpoint (default: version 1)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
+
+
 def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[Path, Any, list[tuple[str, str]]]:
     """What a probe of one version studies (bench/failures.py, bench/servo.py): `checkpoint`, or else bench/online.py's
     cached version 1, as a seeded `VLAPolicy`, and the online gate's task × embodiment pairs. Returns (checkpoint

@@ -150,16 +150,15 @@ def encoder_probe(env: Any, expert: Any, policy: Any, seeds: range, rng: np.rand
 
 
 def main() -> None:
+    from learning_probe import WIDE_SEEDS, studied_arguments, studied_policy  # WIDE_SEEDS: the wide eval's seeds
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="a fleet-vla checkpoint (default: version 1)")
     parser.add_argument("--seeds", type=int, default=10, help="held-out episodes per pair for the gain")
     parser.add_argument("--probe-seeds", type=int, default=60, help="held-out episodes per pair for the probe")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "servo.json")
+    studied_arguments(parser)
     args = parser.parse_args()
 
-    from learning_probe import WIDE_SEEDS, studied_policy
     from rich.console import Console
     from rich.progress import track
     from rich.table import Table
