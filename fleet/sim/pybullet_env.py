@@ -147,7 +147,7 @@ class PyBulletEnv(EnvBase):
         self.arm.apply(action)
         for _ in range(self.substeps):
             self.client.stepSimulation()
-        self.arm.after_physics(self.scene.movable)
+            self.arm.after_physics(self.scene.movable)
         self._frames = None
 
     def _observe_proprio(self) -> np.ndarray:

@@ -187,7 +187,8 @@ class PyBulletArm(abc.ABC):
 
     @abc.abstractmethod
     def after_physics(self, movable: dict[str, int]) -> None:
-        """Hook after the physics substeps of one tick (e.g. suction sealing)."""
+        """Hook after each physics substep (e.g. suction sealing: a cup that touches seals at the physics rate,
+        not only where the tool happens to be at the end of a control tick)."""
 
     @abc.abstractmethod
     def held(self, movable: dict[str, int]) -> str | None:

@@ -202,3 +202,26 @@ def test_place_tool_moves_only_the_tool_and_refuses_a_bad_position(pick_env: Env
         pick_env.place_tool([0.5, 0.0, float("nan")])
     with pytest.raises(ValueError, match="3 finite numbers"):
         pick_env.place_tool([0.5, 0.0])
+
+
+def test_suction_seals_when_switched_on_in_contact_even_as_the_tool_lifts() -> None:
+    """The cup seals at the physics rate: a tool pressed on the cube that switches suction on and lifts in the
+    same tick holds the cube, as the demonstrations' one-step press-and-lift does (sealing used to be checked
+    only at the end of the tick, when the tool had already risen off the cube)."""
+    env = make_env("pick", "kuka", seed=0)
+    try:
+        env.reset(seed=3)
+        state = env.privileged_state()
+        cube = state.objects[state.target]
+        env.place_tool([cube.position[0], cube.position[1], cube.position[2] + cube.half_size + 0.01])
+        for _ in range(5):  # press down with suction off until the tool touches the cube
+            obs, *_ = env.step(np.array([0.0, 0.0, -0.3, 0.0, -1.0], dtype=np.float32))
+            if obs["proprio"][7] > 0.5:
+                break
+        assert obs["proprio"][7] > 0.5 and env.privileged_state().held is None
+        env.step(np.array([0.0, 0.0, 1.0, 0.0, 1.0], dtype=np.float32))  # suction on, full speed up
+        after = env.privileged_state()
+        assert after.held == state.target
+        assert after.objects[state.target].position[2] > cube.position[2] + 0.01  # it came up with the tool
+    finally:
+        env.close()
