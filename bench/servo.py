@@ -12,7 +12,11 @@ does not correct. This measures why, per task × embodiment, on held-out seeds (
   keypoint token (all cameras), and one from the trunk's mean token, to the xy offset (uniform in ±3 cm), fitted
   on half the seeds; R² and mean error on the other half.
 
-Session 15's result (bench/results/servo.json, version 1): the encoder sees the offset and the action head does
+Session 16's result (bench/results/servo.json, version 1 now 20k BC steps): mean gain 0.183 (pick/place x
+0.22-0.34, y 0.09-0.29; push/kuka 0.03, push/panda 0.00), keypoint R² 0.97-0.99 as before (push/panda none).
+Twice the steps on the same demonstrations do not teach the policy to steer either.
+
+Session 15's result (version 1 at 10k steps): the encoder sees the offset and the action head does
 not use it. The keypoint token gives the offset with held-out R² 0.97-0.99 (0.85 for push/kuka's y), the trunk's
 mean token 0.88-0.97, yet the policy's gain is 0.18-0.24 on pick and place (x; y 0.11-0.15), 0.09 on push/kuka and
 0.00 on push/panda (mean 0.147): it comes down where it was heading. Push on panda is blind besides: the expert
