@@ -206,8 +206,8 @@ def test_place_tool_moves_only_the_tool_and_refuses_a_bad_position(pick_env: Env
 
 def test_suction_seals_when_switched_on_in_contact_even_as_the_tool_lifts() -> None:
     """The cup seals at the physics rate: a tool pressed on the cube that switches suction on and lifts in the
-    same tick holds the cube, as the demonstrations' one-step press-and-lift does (sealing used to be checked
-    only at the end of the tick, when the tool had already risen off the cube)."""
+    same tick holds the cube. A policy a tick late with the suction does just that; sealing used to be checked
+    only at the end of the tick, when the tool had already risen off the cube."""
     env = make_env("pick", "kuka", seed=0)
     try:
         env.reset(seed=3)
