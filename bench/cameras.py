@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+from fleet.sim.base import CAMERA_REVISION
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA_SETS = {"front": ("front",), "wrist": ("wrist",), "front+wrist": ("front", "wrist")}
 
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demos", type=int, default=300, help="scripted demos per task × embodiment")
     parser.add_argument("--steps", type=int, default=10_000, help="pre-training steps per camera set")
     parser.add_argument("--episodes", type=int, default=30, help="held-out episodes per task × embodiment")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-cameras")
+    cache = Path.home() / ".cache" / "fleet" / "bench-cameras" / f"cameras-{CAMERA_REVISION}"
+    parser.add_argument("--cache", type=Path, default=cache)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cameras.json")
     args = parser.parse_args(argv)
 

@@ -99,6 +99,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WIDE_SEEDS = 2_000_000  # first seed of the wide eval: far above the learner's gate blocks (version 500 reaches it)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from online import CACHE  # noqa: E402 (bench/ is on sys.path from the line above)
+
 
 class Supervised:
     """`rollout()`'s policy / supervisor / takeover rule for a chunked policy under the simulated human.
@@ -171,7 +173,7 @@ def studied_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `studied_policy` reads: --checkpoint, --threads and --cache."""
     parser.add_argument("--checkpoint", type=Path, default=None, help="a fleet-vla checkpoint (default: version 1)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
+    parser.add_argument("--cache", type=Path, default=CACHE)
 
 
 def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[Path, Any, list[tuple[str, str]]]:
@@ -236,7 +238,7 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=300, help="demos per pair of version 1 (as bench/online.py)")
     parser.add_argument("--bc-steps", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (nothing else runs beside it)")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "learning_probe.json")
     args = parser.parse_args()
 

@@ -2,8 +2,8 @@
 
 Every arm runs the same way, on its own fresh local stack (temporary FLEET_HOME, free ports: Kafka,
 MLflow, SQLite), from the same version 1 (behaviour cloning on scripted demonstrations, trained once
-and cached under ~/.cache/fleet/bench-online/), with a real-time simulated fleet on Ray (10 Hz ticks;
-each robot keeps its arm and works through the 3 tasks, one episode each, `FleetConfig.rotate_tasks`, so
+and cached under ~/.cache/fleet/bench-online/cameras-<CAMERA_REVISION>/), with a real-time simulated fleet on Ray
+(10 Hz ticks; each robot keeps its arm and works through the 3 tasks, one episode each, `FleetConfig.rotate_tasks`, so
 4 robots bring data from all 6 task × embodiment pairs the gate scores; until session 11 each robot had
 one fixed pair and 4 robots never ran push/panda, version 1's weakest pair, nor place/kuka) and,
 except for `frozen`, `fleet learner run --preset online` as a subprocess that gates and promotes its
@@ -30,7 +30,8 @@ full arm's `minutes_to_90` with 1, 2, 4 and 8 robots.
 
 Version 1 is the recipe's pre-training stage (`fleet.recipe.train`, 300 demos per pair, `V1_BC_STEPS` = 20k steps
 since session 16 (10k before), front + wrist cameras; cached, so every arm and every re-run starts from the same
-weights). On bench/failures.py's 300 held-out episodes it scores 0.86 (10k steps: 0.84).
+weights). On bench/failures.py's 300 held-out episodes it scores 0.92 with session 17's wrist camera (behind the hand,
+looking past the fingertips), 0.86 with the first one (straight above the fingertips; 10k steps: 0.84).
 
 Writes bench/results/online.json and bench/results/online.png. Commands that produced the committed result
 (session 16, each arm its own 20-minute run, then merged; the issue's whole run is `--minutes 20`, about 3 hours
@@ -141,13 +142,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fleet.sim.base import CAMERA_REVISION
+
 if TYPE_CHECKING:
     from fleet.policy.config import VLAConfig
     from fleet.recipe.train import StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("frozen", "rewards_only", "corrections_only", "full")
-V1_BC_STEPS = 20_000  # version 1's pre-training steps (session 16: 0.86 on 300 held-out episodes, 10k steps 0.84)
+# Scripted demonstrations and version 1 are cached here, per camera revision (images from another one are stale).
+CACHE = Path.home() / ".cache" / "fleet" / "bench-online" / f"cameras-{CAMERA_REVISION}"
+V1_BC_STEPS = 20_000  # version 1's pre-training steps (session 17: 0.92 on 300 held-out episodes)
 # (minutes since the fleet started at the episode's start, version, success, intervention steps)
 Event = tuple[float, str, bool, int]
 
@@ -390,7 +395,7 @@ def main() -> None:
     # and 4.5 min"). At p = 0.8 a 200-episode mean of 0.9 is 3.5 standard errors up.
     parser.add_argument("--window", type=int, default=200, help="episodes in the trailing success mean")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online.json")
     parser.add_argument(
         "--arms-from", type=Path, nargs="+", default=None,

@@ -57,6 +57,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from online import CACHE  # noqa: E402 (bench/ is on sys.path from the line above)
+
 
 def fleet_round(model: Any, pairs: list[tuple[str, str]], episodes: int, store_dir: Path) -> Path:
     """Version 1's supervised episodes (the probe's first round, same seeds), collected once into an EpisodeStore."""
@@ -162,7 +164,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1000, help="score every N updates")
     parser.add_argument("--eval-episodes", type=int, default=50, help="held-out episodes per pair per score")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fleet" / "bench-online")
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "replay_mix.json")
     args = parser.parse_args()
 

@@ -35,10 +35,14 @@ class PyBulletConfig:
     camera_eye: tuple[float, float, float] = (1.0, 0.0, 0.5)  # front camera position, robot frame, metres
     camera_target: tuple[float, float, float] = (0.54, 0.0, 0.09)  # point the front camera looks at
     camera_fov: float = 42.0  # vertical field of view, degrees
-    # Cameras rendered each step: "front" (fixed, facing the robot) and/or "wrist" (on the hand, looking down
-    # past the fingertips and turning with the tool's yaw, as on real VLA arms: the named cube under the tool).
+    # Cameras rendered each step: "front" (fixed, facing the robot) and/or "wrist" (on the back of the hand,
+    # looking forward and down past the fingertips and turning with the tool's yaw, as wrist cameras are mounted
+    # on real VLA arms: the fingertips and the cube under them in one view). Until session 17 it sat straight
+    # above the tool centre looking down, where the Panda's closed fingers filled its whole view (push).
     cameras: tuple[str, ...] = CAMERAS
-    wrist_height: float = 0.06  # wrist camera above the tool centre point, metres
+    wrist_height: float = 0.10  # wrist camera above the tool centre point, metres
+    wrist_back: float = 0.08  # wrist camera behind the tool centre point (against the tool's heading), metres
+    wrist_ahead: float = 0.03  # it looks at a point this far ahead of the tool centre and 2 cm below it, metres
     wrist_fov: float = 80.0  # wrist camera's field of view, degrees
     shadows: bool = False  # tiny-renderer shadows: nicer images, about half the frame rate
     physics_hz: int = 240  # physics rate; control_hz comes from the embodiment (substeps = ratio)
@@ -52,9 +56,10 @@ class PyBulletConfig:
         if not 16 <= self.image_size <= 512:
             raise ValueError(f"image_size must be in 16..512, got {self.image_size}")
         check_cameras(self.cameras)
-        if self.wrist_height <= 0 or not 0 < self.wrist_fov < 180:
+        if self.wrist_height <= 0 or self.wrist_back < 0 or not 0 < self.wrist_fov < 180:
             raise ValueError(
-                f"wrist_height must be positive and wrist_fov in (0, 180), got {self.wrist_height}, {self.wrist_fov}"
+                "wrist_height must be positive, wrist_back >= 0 and wrist_fov in (0, 180), got"
+                f" {self.wrist_height}, {self.wrist_back}, {self.wrist_fov}"
             )
         if self.physics_hz <= 0 or self.solver_iterations <= 0:
             raise ValueError("physics_hz and solver_iterations must be positive")
@@ -162,11 +167,14 @@ class PyBulletEnv(EnvBase):
         return {name: frame.copy() for name, frame in self._frames.items()}
 
     def _wrist_view(self) -> tuple[list[float], list[float]]:
-        """The wrist camera's view: above the tool centre, looking straight down, image "up" along the tool's yaw."""
+        """The wrist camera's view: above and behind the tool centre, looking forward and down past the fingertips,
+        image "up" along the tool's heading (its yaw)."""
+        config = self.config
         ee, yaw = self.arm.ee_position(), self.arm.ee_yaw()
-        eye = ee + (0.0, 0.0, self.config.wrist_height)
-        up = (float(np.cos(yaw)), float(np.sin(yaw)), 0.0)
-        return self.client.computeViewMatrix(eye.tolist(), (ee - (0.0, 0.0, 0.1)).tolist(), up), self._wrist_proj
+        heading = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+        eye = ee - config.wrist_back * heading + (0.0, 0.0, config.wrist_height)
+        target = ee + config.wrist_ahead * heading - (0.0, 0.0, 0.02)
+        return self.client.computeViewMatrix(eye.tolist(), target.tolist(), heading.tolist()), self._wrist_proj
 
     def _camera_image(self, view: list[float], projection: list[float]) -> np.ndarray:
         _, _, rgba, _, _ = self.client.getCameraImage(

@@ -7,7 +7,7 @@ import pytest
 
 from fleet.embodiments import EMBODIMENTS
 from fleet.sim import COLORS, TASKS, Env, make_env
-from fleet.sim.experts import Plan, plan_to_action
+from fleet.sim.experts import PUSH_Z, Plan, plan_to_action, push_start
 
 EMBODIMENTS_SIMULATED = ("panda", "kuka")
 
@@ -75,7 +75,7 @@ def _colour_centroid(image: np.ndarray, colour: str) -> tuple[int, np.ndarray]:
 
 
 @pytest.mark.parametrize("embodiment", EMBODIMENTS_SIMULATED)
-def test_wrist_camera_looks_down_from_the_tool(embodiment: str) -> None:
+def test_wrist_camera_looks_past_the_fingertips_and_turns_with_the_tool(embodiment: str) -> None:
     env = make_env("pick", embodiment, seed=0, cameras=("front", "wrist"))
     try:
         obs, _ = env.reset(seed=0)
@@ -83,16 +83,38 @@ def test_wrist_camera_looks_down_from_the_tool(embodiment: str) -> None:
         state = env.privileged_state()
         cube = state.objects[state.target]
         centre = (env.image_size - 1) / 2
-        pixels, at_home = _colour_centroid(obs["images"]["wrist"], cube.color)
-        # At home the named cube is 15 cm away, towards the robot (image down: "up" is the tool's heading, +x)
-        # and to its left (+y): in view, but off centre.
-        assert pixels > 20 and at_home[0] < centre - 8 and at_home[1] > centre + 8, at_home
-        above = Plan(np.array([*cube.position[:2], 0.12]), close=False)
-        for _ in range(30):
-            obs, *_ = env.step(plan_to_action(env.privileged_state(), above, env.embodiment.action_dim))
-        assert np.abs(env.privileged_state().ee_position[:2] - cube.position[:2]).max() < 0.002
-        close_pixels, straight_below = _colour_centroid(obs["images"]["wrist"], cube.color)
-        assert close_pixels > 2 * pixels and np.abs(straight_below - centre).max() < 1.5, straight_below
+        views = {}
+        for dy in (0.0, 0.02):  # over the cube, then 2 cm to the tool's left (+y, its heading being +x)
+            above = Plan(np.array([cube.position[0], cube.position[1] + dy, 0.08]), close=False)
+            for _ in range(30):
+                obs, *_ = env.step(plan_to_action(env.privileged_state(), above, env.embodiment.action_dim))
+            assert np.abs(env.privileged_state().ee_position[:2] - above.position[:2]).max() < 0.002
+            views[dy] = _colour_centroid(obs["images"]["wrist"], cube.color)
+        (pixels, over), (_, beside) = views[0.0], views[0.02]
+        # Over the cube it is in the middle column (the camera sits behind the tool, in its vertical plane) and
+        # below the middle row (it looks ahead of the tool); 2 cm to the left of it, the cube moves right.
+        assert pixels > 20 and abs(over[0] - centre) < 1.5 and over[1] > centre, over
+        assert beside[0] > over[0] + 2, (over, beside)
+    finally:
+        env.close()
+
+
+def test_wrist_camera_sees_the_block_past_the_pandas_closed_fingers() -> None:
+    """Pushing, the Panda closes its fingers into a stiff pusher; a camera straight above them saw only fingers
+    (until session 17). From behind the hand it sees the block the tool lines up with."""
+    env = make_env("push", "panda", seed=3, cameras=("front", "wrist"))
+    try:
+        env.reset(seed=3)
+        state = env.privileged_state()
+        block = state.objects[state.target]
+        start = push_start(state)
+        obs = env.place_tool([start[0], start[1], PUSH_Z + 0.01])
+        close = np.zeros(env.embodiment.action_dim, dtype=np.float32)
+        close[-1] = 1.0
+        for _ in range(5):  # close the fingers where the push starts
+            obs, *_ = env.step(close)
+        pixels, _ = _colour_centroid(obs["images"]["wrist"], block.color)
+        assert pixels > 20, pixels
     finally:
         env.close()
 
