@@ -12,7 +12,13 @@ does not correct. This measures why, per task × embodiment, on held-out seeds (
   keypoint token (all cameras), and one from the trunk's mean token, to the xy offset (uniform in ±3 cm), fitted
   on half the seeds; R² and mean error on the other half.
 
-Session 16's result (bench/results/servo.json, version 1 now 20k BC steps): mean gain 0.183 (pick/place x
+Session 17's result (bench/results/servo.json, version 1 pre-trained again with the wrist camera behind the hand,
+looking past the fingertips): mean gain 0.15 (pick/place x 0.07-0.12, y 0.15-0.24; push/panda 0.26, push/kuka
+0.05), keypoint R² 0.93-0.98 (push y 0.79-0.86). push/panda's wrist camera now sees the block past the closed
+fingers (its R² from none to 0.96 / 0.86, its gain from 0.00 to 0.26), and the pair's success went 0.62 -> 0.90
+(bench/failures.py); elsewhere the policy still mostly comes down where it was heading.
+
+Session 16's result (version 1 now 20k BC steps, the first wrist camera): mean gain 0.183 (pick/place x
 0.22-0.34, y 0.09-0.29; push/kuka 0.03, push/panda 0.00), keypoint R² 0.97-0.99 as before (push/panda none).
 Twice the steps on the same demonstrations do not teach the policy to steer either.
 
@@ -39,7 +45,8 @@ What moved the gain (scratch scripts in /tmp, not in the tree; wide eval = 50 he
 - The same recipe with the panda's wrist camera 10 cm above the fingertips (at the hand, where the closed fingers
   fill only the middle of the view): wide eval 0.817, push/panda 0.68 but pick/panda 0.88 and place/panda 0.80
   (were 0.96 / 0.86), and the kuka pairs, whose images did not change, moved by up to 0.14 between the two runs
-  (run-to-run noise of one pre-training). No measurable gain, so the camera stays where it is.
+  (run-to-run noise of one pre-training). No measurable gain, so the camera stayed where it was until session 17,
+  which moved it behind the hand (see above).
 Command:
 
     PYTHONPATH=. .venv/bin/python bench/servo.py
