@@ -107,12 +107,10 @@ def test_wrist_camera_sees_the_block_past_the_pandas_closed_fingers() -> None:
         env.reset(seed=3)
         state = env.privileged_state()
         block = state.objects[state.target]
-        start = push_start(state)
-        obs = env.place_tool([start[0], start[1], PUSH_Z + 0.01])
-        close = np.zeros(env.embodiment.action_dim, dtype=np.float32)
-        close[-1] = 1.0
+        there = Plan(np.array([*push_start(state), PUSH_Z + 0.01]), close=True)
+        env.place_tool(there.position)
         for _ in range(5):  # close the fingers where the push starts
-            obs, *_ = env.step(close)
+            obs, *_ = env.step(plan_to_action(env.privileged_state(), there, env.embodiment.action_dim))
         pixels, _ = _colour_centroid(obs["images"]["wrist"], block.color)
         assert pixels > 20, pixels
     finally:
