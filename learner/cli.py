@@ -2,15 +2,19 @@
 
 fleet learner run --preset debug            # tiny model, publishes every 3 updates
 fleet learner run --preset default --init production
+fleet learner run --preset online --lr 3e-4  # a preset with its learning rate changed
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from learner.config import LearnerConfig
 
 app = typer.Typer(
     name="learner", help="The central learner: stream -> replay -> RLlib -> gated versions.", no_args_is_help=True
@@ -35,16 +39,37 @@ def run(
     autonomous: Annotated[
         bool, typer.Option(help="Train on autonomous fleet steps too (AWR); --no-autonomous: corrections only.")
     ] = True,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate (default: the preset's).")] = None,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
     """Consume the fleet stream and publish gated model versions until Ctrl-C / SIGTERM."""
     from fleet.observability import configure_logging, serve_metrics
     from fleet.settings import get_settings
-    from learner.config import get_preset
     from learner.service import main
 
+    config = learner_config(preset, init=init, run_dir=run_dir, demos=demos, autonomous=autonomous, lr=lr)
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
+    metrics = serve_metrics(settings.metrics_port_learner, settings.metrics_bind_host, service="learner")
+    try:
+        main(config)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def learner_config(
+    preset: str,
+    *,
+    init: str | None = None,
+    run_dir: Path | None = None,
+    demos: Path | None = None,
+    autonomous: bool = True,
+    lr: float | None = None,
+) -> LearnerConfig:
+    """The preset with the command line's overrides; a bad preset or value is a `typer.BadParameter` naming it."""
+    from learner.config import get_preset
+
     try:
         config = get_preset(preset)
     except KeyError as e:
@@ -58,9 +83,9 @@ def run(
         changes["demos"], changes["load_demos"] = demos, True
     if not autonomous:
         changes["replay"] = dataclasses.replace(config.replay, autonomous=False)
-    metrics = serve_metrics(settings.metrics_port_learner, settings.metrics_bind_host, service="learner")
-    try:
-        main(dataclasses.replace(config, **changes))
-    finally:
-        if metrics is not None:
-            metrics.close()
+    if lr is not None:
+        try:
+            changes["rllib"] = dataclasses.replace(config.rllib, lr=lr)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--lr") from None
+    return dataclasses.replace(config, **changes)

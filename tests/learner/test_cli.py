@@ -1,0 +1,40 @@
+"""`fleet learner run`'s options: what each changes in the preset, and a bad value named in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from learner.cli import app, learner_config
+from learner.config import PRESETS
+
+
+def test_overrides_change_only_their_fields() -> None:
+    base = PRESETS["online"]
+    config = learner_config("online", lr=3e-4, demos=Path("/data/demos"), autonomous=False)
+    assert config.rllib.lr == 3e-4 and base.rllib.lr != 3e-4
+    assert config.rllib.ema_decay == base.rllib.ema_decay  # the rest of the optimizer config is the preset's
+    assert (config.demos, config.load_demos, config.replay.autonomous) == (Path("/data/demos"), True, False)
+    assert config.gate == base.gate and config.batch_size == base.batch_size
+    assert learner_config("online") == base  # no options: the preset itself
+
+
+@pytest.mark.parametrize(("kwargs", "hint"), [({"lr": 0.0}, "--lr"), ({"lr": -1e-4}, "--lr")])
+def test_a_bad_learning_rate_is_refused_naming_the_option(kwargs: dict, hint: str) -> None:
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("online", **kwargs)
+    assert error.value.param_hint == hint and "lr" in str(error.value)
+
+
+def test_the_command_refuses_a_bad_learning_rate_before_starting_anything() -> None:
+    result = CliRunner().invoke(app, ["run", "--preset", "online", "--lr", "0"])
+    assert result.exit_code == 2  # usage error: no consumer, no metrics server, no training
+    assert "--lr" in result.output
+
+
+def test_an_unknown_preset_suggests_the_closest_name() -> None:
+    result = CliRunner().invoke(app, ["run", "--preset", "onlne"])
+    assert result.exit_code == 2 and "online" in result.output
