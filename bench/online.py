@@ -47,6 +47,29 @@ candidates and production scored on a fresh seed block each time production chan
     PYTHONPATH=. .venv/bin/python bench/online.py --arms-from /tmp/s17/frozen.json /tmp/s17/full.json \
         /tmp/s17/rewards_only.json /tmp/s17/corrections_only.json --scaling "" --minutes 20
 
+Session 18 asked whether a weaker version 1, with room to learn, lets the learner show what it does:
+`--demos 50 --bc-steps 10000` (cached as v1-d50/ beside demos-50/) scores 0.593 on bench/failures.py's 300
+held-out episodes, where 300 demos per pair score 0.92. The full arm from it, with the learner's rate raised to
+3e-4 (`--learner-lr`; bench/ceiling.py: 1e-4 is too slow for a weak start), copied to
+bench/results/online_weak_v1.json and .png:
+
+    PYTHONPATH=. .venv/bin/python bench/online.py --arms full --scaling "" --minutes 20 --demos 50 \
+        --bc-steps 10000 --learner-lr 3e-4 --out /tmp/s18/full-d50-lr3.json
+
+What it says (session 18): the fleet learns nothing from a weak version 1 either, and could not have reached 0.9 in
+20 minutes from it even with perfect data. Full ran 1,866 episodes at 0.624 autonomous success (first 200 0.685,
+last 200 0.645), version 1 throughout: its 21 versions scored 0.63-0.83 on the gate, where version 1 scored 0.733;
+v5 passed it (0.833) and was refused at the confirmation (0.667), and after 1,650 updates three versions in a row
+below version 1 made the rail restart training from it. Interventions per episode 2.99 -> 3.84. The same run at
+the preset's rate of 1e-4 (a scratch cache holding the same version 1 and demos): versions 0.60-0.75, none
+promoted, 0.624 over 1,866 episodes again; a fleet that never changes version replays the same seeded episodes,
+so a frozen arm reads 0.624 too. bench/ceiling.py puts a bound on it: the learner's 20 minutes (~3,000 updates of
+32) spent on the best data there is, 6 times version 1's demonstrations, lift it from 0.593 to 0.69 at the preset's
+rate of 1e-4, 0.76 at 3e-4, 0.757 at 1e-3 (bench/results/ceiling.json).
+So on this machine, from a weak baseline, the issue's "baseline to 90% in 20 minutes" is out of reach of this
+model's learner whatever the fleet sends it; and what the fleet does send (its own steps weighted by advantage, the
+takeover corrections) moves the gate less than its noise from either version 1.
+
 What it says (session 17): a better camera, not the learner, moved the fleet again, and the fleet now runs at
 ~0.92 from version 1 alone. The wrist camera sat straight above the fingertips, where the Panda's closed fingers
 (its pusher) filled its whole view; it now sits behind and above the hand, looking past the fingertips
@@ -156,6 +179,7 @@ import numpy as np
 from fleet.sim.base import CAMERA_REVISION
 
 if TYPE_CHECKING:
+    from fleet.episodes import EpisodeStore
     from fleet.policy.config import VLAConfig
     from fleet.recipe.train import StageResult
 
@@ -178,9 +202,16 @@ def _stack_env(home: Path) -> dict[str, str]:
 def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...], demos: int, steps: int) -> Path:
     """Version 1 every arm starts from: the recipe's pre-training stage on scripted demos (cached; re-runs reuse it).
     Each step count has its own run directory (the learning rate's cosine decay spans the whole run, so a longer
-    run is not a resumed shorter one): v1/ for 10k steps, v1-<k>k/ otherwise."""
-    run = "v1" if steps == 10_000 else f"v1-{steps / 1000:g}k"
+    run is not a resumed shorter one): v1/ for 10k steps, v1-<k>k/ otherwise, with -d<n> for n demos per pair
+    other than 300."""
+    run = ("v1" if steps == 10_000 else f"v1-{steps / 1000:g}k") + ("" if demos == 300 else f"-d{demos}")
     return pretrain_cached(cache, tasks, embodiments, demos, steps, run=run).checkpoint
+
+
+def demo_dir(cache: Path, demos: int) -> Path:
+    """Where `demos` scripted demos per pair are cached: demos/ for the default 300, demos-<n>/ for another count
+    (a pre-training run and the learner train on every demo in the store, so each count has its own)."""
+    return cache / ("demos" if demos == 300 else f"demos-{demos}")
 
 
 def pretrain_cached(
@@ -196,13 +227,9 @@ def pretrain_cached(
     """The recipe's pre-training stage on `demos` scripted demos per pair, both cached under `cache` (demos/ and
     <run>/); a re-run reuses the demos and resumes the run (nothing to do when it is done). `model` overrides the
     default architecture."""
-    from fleet.episodes import EpisodeStore
-    from fleet.recipe.demos import collect_demos_grid
     from fleet.recipe.train import StageConfig, run_stage
 
-    store = EpisodeStore(cache / "demos")
-    if len(store.list()) < demos * len(tasks) * len(embodiments):
-        collect_demos_grid(store, tasks, embodiments, episodes=demos, seed=0)  # same seeds: replaces, never duplicates
+    store = cached_demos(cache, tasks, embodiments, demos)
     stage = StageConfig(
         stage="pretrain",
         demos=store.root,
@@ -214,6 +241,17 @@ def pretrain_cached(
         log_mlflow=False,
     )
     return run_stage(stage)
+
+
+def cached_demos(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...], demos: int) -> EpisodeStore:
+    """`demos` scripted demos per task × embodiment in `demo_dir(cache, demos)`, collected there when missing."""
+    from fleet.episodes import EpisodeStore
+    from fleet.recipe.demos import collect_demos_grid
+
+    store = EpisodeStore(demo_dir(cache, demos))
+    if len(store.list()) < demos * len(tasks) * len(embodiments):
+        collect_demos_grid(store, tasks, embodiments, episodes=demos, seed=0)  # same seeds: replaces, never duplicates
+    return store
 
 
 LEARNER_CURVES = ("losses/action", "losses/value", "charts/mean_weight", "charts/mean_advantage",
@@ -268,6 +306,7 @@ def run_arm(
         if arm != "frozen":
             argv = [sys.executable, "-m", "fleet", "learner", "run", "--preset", "online", "--demos", str(demos)]
             argv += ["--log-level", "WARNING"] + (["--no-autonomous"] if arm == "corrections_only" else [])
+            argv += ["--lr", str(args.learner_lr)] if args.learner_lr is not None else []
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         fleet = FleetConfig(
             n=robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), duration_s=minutes * 60,
@@ -367,8 +406,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for arm, summary in result["arms"].items():
         curve = summary.get("curve")
         if curve:
-            ax.plot(curve["minutes"], curve["success"], label=arm)
             w = max(1, result["config"]["window"])
+            start = min(w, len(curve["minutes"])) - 1  # from the first full window: fewer episodes are not a rate
+            ax.plot(curve["minutes"][start:], curve["success"][start:], label=arm)
             per_ep = np.convolve(curve["interventions"], np.ones(w) / w, mode="valid") if curve["interventions"] else []
             bx.plot(curve["minutes"][len(curve["minutes"]) - len(per_ep) :], per_ep, label=arm)
     ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
@@ -381,6 +421,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     cx.bar([str(n) for n in sizes], finals)
     if not sizes:
         cx.text(0.5, 0.5, "scaling not run", ha="center", transform=cx.transAxes, color="grey")
+        cx.set_xticks([])
     cx.set(xlabel="robots (full arm)", ylabel="final autonomous success", ylim=(0, 1))
     for i, n in enumerate(sizes):
         m = result["scaling"][n]
@@ -400,6 +441,7 @@ def main() -> None:
     parser.add_argument("--embodiments", nargs="+", default=["panda", "kuka"])
     parser.add_argument("--demos", type=int, default=300, help="scripted demos per task × embodiment for version 1")
     parser.add_argument("--bc-steps", type=int, default=V1_BC_STEPS, help="pre-training steps of version 1")
+    parser.add_argument("--learner-lr", type=float, default=None, help="the learner's lr (default: the preset's)")
     # 200 episodes (~1.6 min of 4 robots: with the wrist camera an episode takes ~2 s). A short window lets a
     # policy that does not improve "reach 90%" by chance: with a 20-episode window at p = 0.6 in a 6-minute run,
     # and with 50 and 100 episodes at p ~ 0.8 in session 10's 20-minute full arm (2,432 episodes: "90% at 2.0
@@ -420,6 +462,7 @@ def main() -> None:
 
     started = time.monotonic()
     tasks, embodiments = tuple(args.tasks), tuple(args.embodiments)
+    demos = demo_dir(args.cache, args.demos)  # version 1's demonstrations, also the learner's
     v1 = None
     if not args.arms_from or args.scaling:  # merging earlier arms without a scaling run needs no version 1
         print(f"version 1: {args.demos} demos per pair, {args.bc_steps} BC steps (cached in {args.cache})", flush=True)
@@ -441,7 +484,7 @@ def main() -> None:
         for arm in [a for a in args.arms.split(",") if a]:
             print(f"arm {arm}: {args.robots} robots, {args.minutes} min", flush=True)
             arms[arm] = summarize(
-                run_arm(arm, robots=args.robots, minutes=args.minutes, v1=v1, demos=args.cache / "demos", args=args),
+                run_arm(arm, robots=args.robots, minutes=args.minutes, v1=v1, demos=demos, args=args),
                 args.window,
             )
     scaling_minutes = args.scaling_minutes or args.minutes
@@ -451,7 +494,7 @@ def main() -> None:
             scaling_detail[str(n)] = arms["full"]
             continue
         print(f"scaling: full arm, {n} robots, {scaling_minutes} min", flush=True)
-        run = run_arm("full", robots=n, minutes=scaling_minutes, v1=v1, demos=args.cache / "demos", args=args)
+        run = run_arm("full", robots=n, minutes=scaling_minutes, v1=v1, demos=demos, args=args)
         scaling_detail[str(n)] = summarize(run, args.window)
     full = arms.get("full", {})
     first, last = full.get("interventions_per_episode_first"), full.get("interventions_per_episode_last")
@@ -461,7 +504,8 @@ def main() -> None:
         "arms_command": arms_command,  # the run the arms came from, with --arms-from (else this one)
         "config": {"robots": args.robots, "minutes": args.minutes, "scaling_minutes": scaling_minutes,
                    "tasks": tasks, "embodiments": embodiments, "demos_per_pair": args.demos,
-                   "bc_steps": args.bc_steps, "window": args.window, "success": "autonomous (no takeover)"},
+                   "bc_steps": args.bc_steps, "learner_lr": args.learner_lr, "window": args.window,
+                   "success": "autonomous (no takeover)"},
         "arms": arms,
         "intervention_drop": round(first / last, 2) if first and last else None,
         "scaling": {n: s["minutes_to_90"] for n, s in scaling_detail.items()},
