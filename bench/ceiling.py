@@ -24,10 +24,19 @@ named ceiling-d50-lr<lr>-3000/ then, renamed since):
 
     PYTHONPATH=. .venv/bin/python bench/ceiling.py --out /tmp/s18/ceiling.json
 
+and from the strong version 1 (bench/online.py's default: 300 demos, 20k steps), on twice its demonstrations,
+copied to bench/results/ceiling_strong_v1.json:
+
+    PYTHONPATH=. .venv/bin/python bench/ceiling.py --demos 300 --bc-steps 20000 --pool 600 --lrs 1e-4 3e-4 \
+        --out /tmp/s18/ceiling-strong.json
+
 What it says (session 18): from the weak version 1 (50 demos per pair, 0.593), 3,000 updates on 300 demos per pair
 reach 0.69 at lr 1e-4 (the online preset's), 0.76 at 3e-4 and 0.757 at 1e-3: about 17 points at best, half-way to
 0.9. bench/online.py's full arm from the same version 1 at 3e-4 gained nothing on the fleet (0.624, no version
 promoted; bench/results/online_weak_v1.json): the fleet's data is worth far less to this learner than expert demos.
+From the strong version 1 (0.92), 3,000 updates on 600 demos per pair leave it where it was: 0.917 at 1e-4, 0.913 at
+3e-4 (standard error ~0.016). So neither version 1 gets near the issue's targets within the learner's 20 minutes
+here: not 0.9 from 0.59, and not the ~0.97 that 3 times fewer interventions would take from 0.92.
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ the preset's rate of 1e-4 (a scratch cache holding the same version 1 and demos)
 promoted, 0.624 over 1,866 episodes again; a fleet that never changes version replays the same seeded episodes,
 so a frozen arm reads 0.624 too. bench/ceiling.py puts a bound on it: the learner's 20 minutes (~3,000 updates of
 32) spent on the best data there is, 6 times version 1's demonstrations, lift it from 0.593 to 0.69 at the preset's
-rate of 1e-4, 0.76 at 3e-4, 0.757 at 1e-3 (bench/results/ceiling.json).
+rate of 1e-4, 0.76 at 3e-4, 0.757 at 1e-3 (bench/results/ceiling.json); from the 0.92 version 1 the same
+3,000 updates on twice its demonstrations give 0.917 / 0.913 (bench/results/ceiling_strong_v1.json).
 So on this machine, from a weak baseline, the issue's "baseline to 90% in 20 minutes" is out of reach of this
 model's learner whatever the fleet sends it; and what the fleet does send (its own steps weighted by advantage, the
 takeover corrections) moves the gate less than its noise from either version 1.
