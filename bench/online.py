@@ -225,7 +225,7 @@ def pretrain_cached(
     run: str = "v1",
     model: VLAConfig | None = None,
 ) -> StageResult:
-    """The recipe's pre-training stage on `demos` scripted demos per pair, both cached under `cache` (demos/ and
+    """The recipe's pre-training stage on `demos` scripted demos per pair, both cached under `cache` (`demo_dir` and
     <run>/); a re-run reuses the demos and resumes the run (nothing to do when it is done). `model` overrides the
     default architecture."""
     from fleet.recipe.train import StageConfig, run_stage
