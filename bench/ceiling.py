@@ -47,25 +47,35 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from online import CACHE  # noqa: E402 (bench/ is on sys.path from the line above)
 
+if TYPE_CHECKING:
+    from fleet.policy.train import TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fine_tune(v1: Path, demos: list[Any], run_dir: Path, *, updates: int, lr: float) -> tuple[Path, float]:
-    """`updates` post-training steps from `v1` on `demos` at peak rate `lr` (resumed / skipped when cached): the final
-    checkpoint and this call's steps per second (0.0 when the cached run was already done)."""
+def fine_tune_config(v1: Path, updates: int) -> TrainConfig:
+    """The training config of `updates` post-training steps from `v1` (the post-training stage's
+    batch size, warm-up and cosine schedule; replace `lr` for another peak rate)."""
     from fleet.policy.checkpoint import load_checkpoint
-    from fleet.policy.train import get_preset, train
+    from fleet.policy.train import get_preset
     from fleet.recipe.train import STAGE_OVERRIDES
 
-    changes = {**STAGE_OVERRIDES["posttrain"]["default"], "steps": updates, "save_every": updates, "lr": lr}
+    changes = {**STAGE_OVERRIDES["posttrain"]["default"], "steps": updates, "save_every": updates}
     model = load_checkpoint(v1).config
-    config = dataclasses.replace(get_preset("default"), **changes, name="ceiling", model=model, init_checkpoint=str(v1))
+    return dataclasses.replace(get_preset("default"), **changes, name="ceiling", model=model, init_checkpoint=str(v1))
+
+
+def fine_tune(config: TrainConfig, demos: list[Any], run_dir: Path) -> tuple[Path, float]:
+    """Train `config` on `demos` into `run_dir` (resumed / skipped when cached): the final checkpoint and this call's
+    steps per second (0.0 when the cached run was already done)."""
+    from fleet.policy.train import train
+
     stats = train(config, episodes=demos, run_dir=run_dir)
     if stats.checkpoint is None:
         raise RuntimeError(f"fine-tuning wrote no checkpoint into {run_dir}")
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
-    from fleet.recipe.train import STAGE_OVERRIDES, load_episodes, select_demos
+    from fleet.recipe.train import load_episodes, select_demos
     from learner.config import PRESETS
 
     torch.set_num_threads(args.threads)
@@ -109,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {checkpoint}: {result.mean:.3f} {rates}", flush=True)
         return {"mean": round(result.mean, 3), "success": rates}
 
-    schedule = STAGE_OVERRIDES["posttrain"]["default"]  # what fine_tune runs with (but steps and save_every)
+    config = fine_tune_config(v1, args.updates)
     runs = []
     initial = scored(v1)
     for lr in args.lrs:
         run_dir = args.cache / f"ceiling-{v1.parent.parent.name}-pool{args.pool}-lr{lr:g}-{args.updates}"
-        checkpoint, steps_per_s = fine_tune(v1, pool, run_dir, updates=args.updates, lr=lr)
+        checkpoint, steps_per_s = fine_tune(dataclasses.replace(config, lr=lr), pool, run_dir)
         runs.append({"lr": lr, "updates": args.updates, **scored(checkpoint), "steps_per_s": round(steps_per_s, 2)})
     result = {
         "benchmark": "ceiling",
@@ -123,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         "fine_tune": {
             "demos_per_pair": args.pool,
             "episodes": len(pool),
-            "batch_size": schedule["batch_size"],
-            "warmup_steps": schedule["warmup_steps"],
+            "batch_size": config.batch_size,
+            "warmup_steps": config.warmup_steps,
             "schedule": "cosine to 10% of lr",
         },
         "eval_episodes_per_pair": args.episodes,

@@ -181,7 +181,7 @@ def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[
     cached version 1, as a seeded `VLAPolicy`, and the online gate's task × embodiment pairs. Returns (checkpoint
     directory, policy, pairs)."""
     import torch
-    from online import V1_BC_STEPS, version_one
+    from online import V1_BC_STEPS, V1_DEMOS, version_one
 
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
@@ -191,7 +191,7 @@ def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[
 
     torch.set_num_threads(threads)
     gate = PRESETS["online"].gate
-    checkpoint = checkpoint or version_one(cache, gate.tasks, gate.embodiments, 300, V1_BC_STEPS)
+    checkpoint = checkpoint or version_one(cache, gate.tasks, gate.embodiments, V1_DEMOS, V1_BC_STEPS)
     policy = VLAPolicy(load_checkpoint(checkpoint), embedder=default_embedder(), seed=0)
     return checkpoint, policy, EvalGate(gate).pairs()
 

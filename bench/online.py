@@ -188,6 +188,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("frozen", "rewards_only", "corrections_only", "full")
 # Scripted demonstrations and version 1 are cached here, per camera revision (images from another one are stale).
 CACHE = Path.home() / ".cache" / "fleet" / "bench-online" / f"cameras-{CAMERA_REVISION}"
+V1_DEMOS = 300  # version 1's scripted demos per task × embodiment (cached as demos/ and v1*/; other counts: -d<n>)
 V1_BC_STEPS = 20_000  # version 1's pre-training steps (session 17: 0.92 on 300 held-out episodes)
 # (minutes since the fleet started at the episode's start, version, success, intervention steps)
 Event = tuple[float, str, bool, int]
@@ -204,15 +205,15 @@ def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...
     """Version 1 every arm starts from: the recipe's pre-training stage on scripted demos (cached; re-runs reuse it).
     Each step count has its own run directory (the learning rate's cosine decay spans the whole run, so a longer
     run is not a resumed shorter one): v1/ for 10k steps, v1-<k>k/ otherwise, with -d<n> for n demos per pair
-    other than 300."""
-    run = ("v1" if steps == 10_000 else f"v1-{steps / 1000:g}k") + ("" if demos == 300 else f"-d{demos}")
+    other than V1_DEMOS."""
+    run = ("v1" if steps == 10_000 else f"v1-{steps / 1000:g}k") + ("" if demos == V1_DEMOS else f"-d{demos}")
     return pretrain_cached(cache, tasks, embodiments, demos, steps, run=run).checkpoint
 
 
 def demo_dir(cache: Path, demos: int) -> Path:
-    """Where `demos` scripted demos per pair are cached: demos/ for the default 300, demos-<n>/ for another count
-    (a pre-training run and the learner train on every demo in the store, so each count has its own)."""
-    return cache / ("demos" if demos == 300 else f"demos-{demos}")
+    """Where `demos` scripted demos per pair are cached: demos/ for V1_DEMOS, demos-<n>/ for another count (a
+    pre-training run and the learner train on every demo in the store, so each count has its own)."""
+    return cache / ("demos" if demos == V1_DEMOS else f"demos-{demos}")
 
 
 def pretrain_cached(
@@ -440,7 +441,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--tasks", nargs="+", default=["pick", "push", "place"])
     parser.add_argument("--embodiments", nargs="+", default=["panda", "kuka"])
-    parser.add_argument("--demos", type=int, default=300, help="scripted demos per task × embodiment for version 1")
+    parser.add_argument("--demos", type=int, default=V1_DEMOS, help="scripted demos per task × embodiment, version 1")
     parser.add_argument("--bc-steps", type=int, default=V1_BC_STEPS, help="pre-training steps of version 1")
     parser.add_argument("--learner-lr", type=float, default=None, help="the learner's lr (default: the preset's)")
     # 200 episodes (~1.6 min of 4 robots: with the wrist camera an episode takes ~2 s). A short window lets a

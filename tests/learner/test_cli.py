@@ -22,11 +22,11 @@ def test_overrides_change_only_their_fields() -> None:
     assert learner_config("online") == base  # no options: the preset itself
 
 
-@pytest.mark.parametrize(("kwargs", "hint"), [({"lr": 0.0}, "--lr"), ({"lr": -1e-4}, "--lr")])
-def test_a_bad_learning_rate_is_refused_naming_the_option(kwargs: dict, hint: str) -> None:
+@pytest.mark.parametrize("lr", [0.0, -1e-4])
+def test_a_bad_learning_rate_is_refused_naming_the_option(lr: float) -> None:
     with pytest.raises(typer.BadParameter) as error:
-        learner_config("online", **kwargs)
-    assert error.value.param_hint == hint and "lr" in str(error.value)
+        learner_config("online", lr=lr)
+    assert error.value.param_hint == "--lr" and "lr" in str(error.value)
 
 
 def test_the_command_refuses_a_bad_learning_rate_before_starting_anything() -> None:
