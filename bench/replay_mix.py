@@ -170,7 +170,7 @@ def main() -> None:
 
     import torch
     from learning_probe import wide_eval
-    from online import version_one
+    from online import V1_DEMOS, version_one
 
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
@@ -180,7 +180,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     gate = PRESETS["online"].gate
-    v1 = version_one(args.cache, gate.tasks, gate.embodiments, 300, 10_000)
+    v1 = version_one(args.cache, gate.tasks, gate.embodiments, V1_DEMOS, 10_000)
     model = load_checkpoint(v1)
     pairs = EvalGate(gate).pairs()
     wide = wide_eval(gate, args.eval_episodes)
