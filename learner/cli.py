@@ -3,6 +3,7 @@
 fleet learner run --preset debug            # tiny model, publishes every 3 updates
 fleet learner run --preset default --init production
 fleet learner run --preset online --lr 3e-4  # a preset with its learning rate changed
+fleet learner run --freeze encoder            # image encoder fixed, its tokens cached at ingest (~2x the updates)
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def run(
         bool, typer.Option(help="Train on autonomous fleet steps too (AWR); --no-autonomous: corrections only.")
     ] = True,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate (default: the preset's).")] = None,
+    freeze: Annotated[
+        str | None,
+        typer.Option(
+            help="Hold part of the VLA fixed and cache its output at ingest: 'none', 'encoder' (the image encoder) or "
+            "'perception' (all but the action expert and value head). Default: the preset's."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
     """Consume the fleet stream and publish gated model versions until Ctrl-C / SIGTERM."""
@@ -47,7 +55,9 @@ def run(
     from fleet.settings import get_settings
     from learner.service import main
 
-    config = learner_config(preset, init=init, run_dir=run_dir, demos=demos, autonomous=autonomous, lr=lr)
+    config = learner_config(
+        preset, init=init, run_dir=run_dir, demos=demos, autonomous=autonomous, lr=lr, freeze=freeze
+    )
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
     metrics = serve_metrics(settings.metrics_port_learner, settings.metrics_bind_host, service="learner")
@@ -66,6 +76,7 @@ def learner_config(
     demos: Path | None = None,
     autonomous: bool = True,
     lr: float | None = None,
+    freeze: str | None = None,
 ) -> LearnerConfig:
     """The preset with the command line's overrides; a bad preset or value is a `typer.BadParameter` naming it."""
     from learner.config import get_preset
@@ -83,9 +94,13 @@ def learner_config(
         changes["demos"], changes["load_demos"] = demos, True
     if not autonomous:
         changes["replay"] = dataclasses.replace(config.replay, autonomous=False)
-    if lr is not None:
-        try:
-            changes["rllib"] = dataclasses.replace(config.rllib, lr=lr)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--lr") from None
+    rllib = config.rllib
+    for option, value in (("lr", lr), ("freeze", freeze)):
+        if value is not None:
+            try:
+                rllib = dataclasses.replace(rllib, **{option: value})
+            except ValueError as e:
+                raise typer.BadParameter(str(e), param_hint=f"--{option}") from None
+    if rllib != config.rllib:
+        changes["rllib"] = rllib
     return dataclasses.replace(config, **changes)

@@ -24,6 +24,10 @@ time, so failures teach the value head without being imitated.
 With `autonomous=False` (the "corrections only" arm of bench/online.py) autonomous fleet steps are
 kept for their episode's context but never sampled: only demonstrations and intervention steps train.
 
+With `features` (a `learner.features.FrozenFeatures`, for a learner that holds part of the VLA fixed) each
+step's images are replaced, when its episode enters replay, by the frozen part's output, and batches carry that
+column (`image_tokens` or `memory`) instead of `images`.
+
 Reviews (`apply_review`): reject removes a correction's steps from every buffer; relabel replaces
 their actions and/or the episode's success (and so the returns).
 """
@@ -35,6 +39,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +48,9 @@ from fleet.episodes import Episode, EpisodeStore
 from fleet.policy.config import VLAConfig
 from fleet.policy.data import chunk_indices
 from fleet.policy.language import InstructionEmbedder
+
+if TYPE_CHECKING:
+    from learner.features import FrozenFeatures
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +125,10 @@ class StoredEpisode:
     source: str  # "demo" or "fleet"
     instruction: str
     embodiment_id: int
-    images: np.ndarray  # uint8 (T, cameras, S, S, 3)
+    # The observation column and its per-step rows: "images" uint8 (T, cameras, S, S, 3), or a frozen part's
+    # cached output ("image_tokens" / "memory", float16, see learner.features).
+    observation: str
+    observations: np.ndarray
     proprio: np.ndarray  # float32 (T, max_proprio_dim)
     actions: np.ndarray  # float32 (T, max_action_dim), clipped to [-1, 1]
     action_dim: int  # the embodiment's real action width
@@ -150,12 +161,22 @@ class Sample:
 class ReplayBuffer:
     """Demo / online / intervention step buffers over shared episode arrays (see the module docstring)."""
 
-    def __init__(self, config: ReplayConfig, model_config: VLAConfig, *, embedder: InstructionEmbedder) -> None:
+    def __init__(
+        self,
+        config: ReplayConfig,
+        model_config: VLAConfig,
+        *,
+        embedder: InstructionEmbedder,
+        features: FrozenFeatures | None = None,
+    ) -> None:
         if embedder.name != model_config.text_encoder or embedder.dim != model_config.text_dim:
             raise ValueError(f"embedder {embedder.name!r} does not match the model's {model_config.text_encoder!r}")
+        if features is not None and features.model.config != model_config:
+            raise ValueError("the frozen features were made for another model config")
         self.config = config
         self.model_config = model_config
         self.embedder = embedder
+        self.features = features
         self._episodes: dict[EpisodeKey, StoredEpisode] = {}
         self._refs: Counter[EpisodeKey] = Counter()
         self._buffers: dict[str, deque[tuple[EpisodeKey, int]]] = {s: deque() for s in SOURCES}
@@ -226,13 +247,22 @@ class ReplayBuffer:
         proprio[:, : dims.proprio_dim] = episode.proprio
         actions = np.zeros((n, c.max_action_dim), dtype=np.float32)
         actions[:, : dims.action_dim] = np.clip(episode.actions, -1.0, 1.0)
+        embodiment_id = c.embodiment_index(meta.embodiment)
+        images = np.ascontiguousarray(np.stack(cams, axis=1))
+        observation, observations = "images", images
+        if self.features is not None:
+            text = np.broadcast_to(self._embedding(meta.instruction), (n, c.text_dim))
+            ids = np.full(n, embodiment_id, dtype=np.int64)
+            columns = {"images": images, "instruction_embedding": text, "proprio": proprio, "embodiment_id": ids}
+            observation, observations = self.features.column, self.features(columns)
         return StoredEpisode(
             robot_id=meta.robot_id,
             episode_id=meta.episode_id,
             source="demo" if meta.source == "demo" else "fleet",
             instruction=meta.instruction,
-            embodiment_id=c.embodiment_index(meta.embodiment),
-            images=np.ascontiguousarray(np.stack(cams, axis=1)),
+            embodiment_id=embodiment_id,
+            observation=observation,
+            observations=observations,
             proprio=proprio,
             actions=actions,
             action_dim=dims.action_dim,
@@ -408,12 +438,13 @@ class ReplayBuffer:
 
     def _collate(self, rows: list[tuple[EpisodeKey, int, int]]) -> dict[str, np.ndarray]:
         horizon = self.model_config.chunk_size
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "text", "proprio", "actions", "mask")}
+        observation = self.features.column if self.features is not None else "images"
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "text", "proprio", "actions", "mask")}
         ids, returns, kinds = [], [], []
         for key, t, kind in rows:
             e = self._episodes[key]
             idx, valid = chunk_indices(e.length, np.array([t]), horizon)
-            cols["images"].append(e.images[t])
+            cols["observations"].append(e.observations[t])
             cols["text"].append(self._embedding(e.instruction))
             cols["proprio"].append(e.proprio[t])
             cols["actions"].append(e.actions[idx[0]])
@@ -422,8 +453,9 @@ class ReplayBuffer:
             ids.append(e.embodiment_id)
             returns.append(e.returns[t])
             kinds.append(kind)
+        observations = np.stack(cols["observations"])
         return {
-            "images": np.stack(cols["images"]),
+            observation: observations if observation == "images" else observations.astype(np.float32),
             "instruction_embedding": np.stack(cols["text"]),
             "proprio": np.stack(cols["proprio"]),
             "embodiment_id": np.asarray(ids, dtype=np.int64),

@@ -11,10 +11,14 @@ There are no EnvRunners: the fleet is the data source, batches come from `learne
     engine.reset_optimizer()                      # with new weights: AdamW starts cold
     published = engine.to_model(ema=True)         # the weights' moving average (`ema_decay`), what is published
 
-The loss (`VLATorchLearner.compute_loss_for_module`): the value head is evaluated without gradient
-to get advantages, `learner.replay.sample_weights` turns them into per-sample weights (demos and
-interventions 1, autonomous steps AWR `exp(A / beta)` clipped), then `VLAModel.loss(batch, weights=w)`
-(weighted flow-matching / BC + value regression on the RECAP returns).
+The loss (`VLATorchLearner.compute_loss_for_module`): one forward of `VLAModel.loss`, whose value
+predictions (detached) `learner.replay.sample_weights` turns into per-sample weights inside the same pass
+(demos and interventions 1, autonomous steps AWR `exp(A / beta)` clipped): weighted flow-matching / BC +
+value regression on the RECAP returns. A separate value forward would cost ~20% of an update.
+
+With `freeze` ("encoder" or "perception", `fleet.policy.model.Freeze`) the frozen parameters get no gradient
+and no optimizer state, and batches carry the frozen part's cached output (`image_tokens` or `memory`, see
+`learner.features`) in place of the images, so the update never runs that part.
 
 With `ema_decay` > 0 each learner also keeps an exponential moving average of the weights, updated after
 every step (`after_gradient_based_update`); checkpoints publish the average and training goes on from the
@@ -44,12 +48,13 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
 from fleet.policy.config import VLAConfig
-from fleet.policy.model import VLAModel
+from fleet.policy.model import FREEZE_LEVELS, Freeze, VLAModel
 from learner.replay import AUTONOMOUS, sample_weights
 
 MODULE_ID = DEFAULT_MODULE_ID  # the single RLModule of the learner's MultiRLModule ("default_policy")
 _PREFIX = "vla."  # state-dict prefix of the VLAModel inside the RLModule
-_MODEL_COLUMNS = ("images", "instruction_embedding", "proprio", "embodiment_id", "actions", "action_mask")
+_OBSERVATION_COLUMNS = ("images", "image_tokens", "memory")  # a batch carries one of them (see VLAModel)
+_MODEL_COLUMNS = ("instruction_embedding", "proprio", "embodiment_id", "actions", "action_mask")
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,13 @@ class RLlibConfig:
     skip_nan_gradient_checks: bool = False  # True saves ~10% per update but applies NaN gradients (NOTES)
     seed: int = 0  # seeds torch before the module is built (same initial weights per seed)
     ema_decay: float = 0.0  # > 0: keep (and publish) a moving average of the weights, w <- d * w + (1 - d) * new
+    # What the updates hold fixed (`fleet.policy.model.Freeze`): "none", "encoder" (2x cheaper updates) or
+    # "perception" (only the action expert and value head train). Batches must then carry the cached features.
+    freeze: Freeze = "none"
 
     def __post_init__(self) -> None:
+        if self.freeze not in FREEZE_LEVELS:
+            raise ValueError(f"RLlibConfig.freeze must be one of {FREEZE_LEVELS}, got {self.freeze!r}")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
             raise ValueError("RLlibConfig: lr and grad_clip must be positive, weight_decay >= 0")
         if self.awr_beta <= 0 or self.awr_max_weight < 1:
@@ -111,19 +121,29 @@ class VLARLModule(TorchRLModule):
 
     def setup(self) -> None:
         self.vla = VLAModel(VLAConfig.from_dict(self.model_config["vla"]))
-
-    def _model_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {k: batch[k] for k in _MODEL_COLUMNS + ("returns", "return_mask") if k in batch}
+        frozen = set(self.vla.frozen_parameters(self.model_config.get("freeze", "none")))
+        for name, parameter in self.vla.named_parameters():
+            parameter.requires_grad_(name not in frozen)
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        actions, values = self.vla.predict(self._model_batch(batch))
+        actions, values = self.vla.predict(_model_batch(batch))
         return {Columns.ACTIONS: actions, Columns.VF_PREDS: values}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        # Values for the advantages, without gradient: the value head is trained by the loss itself.
-        with torch.no_grad():
-            values = self.vla.predict_value(self._model_batch(batch))
-        return {Columns.VF_PREDS: values}
+        # Nothing here: the loss runs the one forward pass (values for the advantages included).
+        return {}
+
+
+def _model_batch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The VLAModel columns of an RLlib batch, with the dtypes the model checks."""
+    out = {k: batch[k] for k in _OBSERVATION_COLUMNS + _MODEL_COLUMNS + ("returns", "return_mask") if k in batch}
+    out["embodiment_id"] = out["embodiment_id"].long()
+    for key in ("action_mask", "return_mask"):
+        if key in out:
+            out[key] = out[key].bool()
+    if "returns" in out:
+        out["returns"] = out["returns"].float()
+    return out
 
 
 class VLATorchLearner(TorchLearner):
@@ -173,7 +193,7 @@ class VLATorchLearner(TorchLearner):
     def configure_optimizers_for_module(self, module_id: str, config: AlgorithmConfig | None = None) -> None:
         assert isinstance(config, VLAAlgorithmConfig)
         module = self._module[module_id]
-        params = self.get_parameters(module)
+        params = [p for p in self.get_parameters(module) if p.requires_grad]  # frozen parts get no AdamW state
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.vla_weight_decay)
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
 
@@ -182,16 +202,15 @@ class VLATorchLearner(TorchLearner):
     ) -> torch.Tensor:
         assert isinstance(config, VLAAlgorithmConfig)
         module = self._module[module_id].unwrapped()
-        values = fwd_out[Columns.VF_PREDS]
         kinds = batch["kind"].long()
-        returns = batch["returns"].float()
-        weights = sample_weights(kinds, returns, values, beta=config.awr_beta, max_weight=config.awr_max_weight)
-        model_batch = {k: batch[k] for k in _MODEL_COLUMNS}
-        model_batch["embodiment_id"] = model_batch["embodiment_id"].long()
-        model_batch["action_mask"] = model_batch["action_mask"].bool()
-        model_batch["returns"] = returns
-        model_batch["return_mask"] = batch["return_mask"].bool()
-        out = module.vla.loss(model_batch, weights=weights)
+        model_batch = _model_batch(batch)
+        returns = model_batch["returns"]
+
+        def weigh(values: torch.Tensor) -> torch.Tensor:
+            return sample_weights(kinds, returns, values, beta=config.awr_beta, max_weight=config.awr_max_weight)
+
+        out = module.vla.loss(model_batch, weights=weigh)
+        values, weights = out["value"], out["weights"]
         autonomous = kinds == AUTONOMOUS
         advantage = (returns - values)[autonomous]
         for key, value in (
@@ -240,7 +259,7 @@ def build_algorithm_config(config: RLlibConfig, model_config: VLAConfig) -> VLAA
             module_class=VLARLModule,
             observation_space=box,
             action_space=box,
-            model_config={"vla": model_config.to_dict()},
+            model_config={"vla": model_config.to_dict(), "freeze": config.freeze},
         )
     )
     algo.learners(

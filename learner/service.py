@@ -57,6 +57,7 @@ from fleet.transport import (
 from learner import checkpoints
 from learner.checkpoints import MODEL_DIR, LearnerState
 from learner.config import LearnerConfig
+from learner.features import FrozenFeatures
 from learner.gate import EvalGate, beats, confirmation, seed_block
 from learner.ingest import Ingest
 from learner.replay import ReplayBuffer
@@ -131,7 +132,11 @@ class LearnerService:
         self.engine.set_state_dict((training or model).state_dict(), ema=model.state_dict())
         if resumed is not None and not checkpoints.load_optimizers(self.engine.group, resumed, module_id=MODULE_ID):
             log.warning("learner: %s has no optimizer state (an older checkpoint); AdamW starts fresh", resumed)
-        self.replay = ReplayBuffer(config.replay, model.config, embedder=self.embedder)
+        # A frozen part's output is cached per step at ingest (from the weights training starts from, whose frozen
+        # part never changes): the updates then skip that part (see learner/features.py).
+        freeze = config.rllib.freeze
+        self.features = FrozenFeatures(training or model, freeze) if freeze != "none" else None
+        self.replay = ReplayBuffer(config.replay, model.config, embedder=self.embedder, features=self.features)
         self.ingest = Ingest(self.replay)
         self._load_demos()
         for message in pending:
@@ -395,6 +400,8 @@ class LearnerService:
             model = self._load_version(production)
             if model.config != self.engine.model_config:
                 raise ValueError("its architecture differs from the learner's")
+            if self.features is not None and not self.features.matches(model):
+                raise ValueError(f"its frozen {self.features.freeze} differs from the one replay's features came from")
         except Exception as e:  # the rail must not stop training: the next regression tries again
             log.warning("learner: cannot restart from production v%s (%s)", production.version, e)
             return

@@ -16,12 +16,20 @@ A training/inference batch is a dict of tensors (the learner builds the same col
     return_mask            bool    (B,)                  which samples have a return target              [optional]
 
 `VLAModel.loss(batch, weights=w)` returns `loss/total`, `loss/action`, `loss/value` (and
-per-sample terms), so the learner can weight samples (AWR advantages, HG-DAgger corrections).
+per-sample terms), so the learner can weight samples (AWR advantages, HG-DAgger corrections); `w` may be
+a function of the value predictions, so advantages come from the same forward pass as the loss.
+
+A learner that holds part of the network fixed (`Freeze`) trains on that part's output instead of the
+images, computed once per step (`VLAModel.features`) and passed in place of `images`:
+
+    image_tokens           float   (B, cameras, tokens per camera, d_model)   freeze "encoder"
+    memory                 float   (B, N, d_model)                            freeze "perception"
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +40,19 @@ from fleet.policy.encoders import ConvImageEncoder, encoder_stack, proprio_adapt
 from fleet.policy.heads import ValueHead, build_action_head, masked_mean
 
 Batch = Mapping[str, Tensor]
+Weights = Tensor | Callable[[Tensor], Tensor]  # per-sample weights, or a function of the (detached) values
 _PREFIX_TOKENS = 4  # embodiment, instruction, proprio, value
+
+# What a learner may hold fixed: nothing; the image encoder ("encoder": its tokens are cached per step, the
+# trunk and heads train, as LeRobot's `freeze_vision_encoder`); or everything up to the trunk's output
+# ("perception": only the action expert and the value head train, as SmolVLA's `train_expert_only`).
+Freeze = Literal["none", "encoder", "perception"]
+FREEZE_LEVELS: tuple[str, ...] = get_args(Freeze)
+FEATURE_COLUMNS = {"encoder": "image_tokens", "perception": "memory"}  # the cached column of each level
+_PERCEPTION = (
+    "image_encoder", "camera_embedding", "text_proj", "proprio_in", "proprio_norm", "embodiment_embedding",
+    "value_token", "prefix_pos", "trunk",
+)  # fmt: skip
 
 
 class VLAModel(nn.Module):
@@ -78,8 +98,18 @@ class VLAModel(nn.Module):
         """Raise ValueError naming the column and the expected shape when a batch does not fit this model."""
         c = self.config
         side = c.image_size
-        expected: dict[str, tuple[tuple[int | None, ...], tuple[torch.dtype, ...]]] = {
+        floats = (torch.float32, torch.float16, torch.bfloat16)
+        tokens = self.tokens_per_camera
+        observation: dict[str, tuple[tuple[int | None, ...], tuple[torch.dtype, ...]]] = {
             "images": ((None, len(c.cameras), side, side, 3), (torch.uint8,)),
+            "image_tokens": ((None, len(c.cameras), tokens, c.d_model), floats),
+            "memory": ((None, _PREFIX_TOKENS + len(c.cameras) * tokens, c.d_model), floats),
+        }
+        given = [key for key in observation if key in batch]
+        if len(given) != 1:
+            raise ValueError(f"batch needs exactly one of the columns {list(observation)}, got {given or 'none'}")
+        expected: dict[str, tuple[tuple[int | None, ...], tuple[torch.dtype, ...]]] = {
+            given[0]: observation[given[0]],
             "instruction_embedding": ((None, c.text_dim), (torch.float32,)),
             "proprio": ((None, c.max_proprio_dim), (torch.float32,)),
             "embodiment_id": ((None,), (torch.int64, torch.int32)),
@@ -107,22 +137,57 @@ class VLAModel(nn.Module):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(c.embodiments)):
             raise ValueError(f"batch['embodiment_id'] must index {list(c.embodiment_names)}, got {ids.tolist()}")
 
+    @property
+    def tokens_per_camera(self) -> int:
+        """Image tokens the encoder gives per camera: its grid tokens and its keypoint token."""
+        c = self.config
+        return (c.image_tokens_per_camera if c.grid_tokens else 0) + (1 if c.keypoints else 0)
+
+    # --- frozen parts ----------------------------------------------------------------------------------
+
+    def frozen_parameters(self, freeze: Freeze) -> list[str]:
+        """Names of the parameters a learner with `freeze` holds fixed."""
+        if freeze not in FREEZE_LEVELS:
+            raise ValueError(f"freeze must be one of {FREEZE_LEVELS}, got {freeze!r}")
+        parts = {"none": (), "encoder": ("image_encoder",), "perception": _PERCEPTION}[freeze]
+        return [name for name, _ in self.named_parameters() if name.split(".")[0] in parts]
+
+    @torch.no_grad()
+    def features(self, batch: Batch, freeze: Freeze) -> dict[str, Tensor]:
+        """The output of the part `freeze` holds fixed, one row per batch row (`FEATURE_COLUMNS`): what a learner
+        caches in place of the images. Empty for "none"."""
+        if freeze == "none":
+            return {}
+        if freeze == "encoder":
+            return {"image_tokens": self.encode_images(batch["images"], batch["instruction_embedding"])}
+        if freeze == "perception":
+            return {"memory": self.encode(batch)}
+        raise ValueError(f"freeze must be one of {FREEZE_LEVELS}, got {freeze!r}")
+
     # --- forward pieces --------------------------------------------------------------------------------
 
+    def encode_images(self, images: Tensor, text: Tensor) -> Tensor:
+        """The image encoder's tokens (B, cameras, tokens per camera, d_model), FiLM-conditioned on `text`."""
+        b, cams = images.shape[:2]
+        tokens = self.image_encoder(images.flatten(0, 1), text.repeat_interleave(cams, dim=0))
+        return tokens.unflatten(0, (b, cams))
+
     def encode(self, batch: Batch) -> Tensor:
-        """Trunk output tokens (B, N, d_model); token 3 is the value token."""
+        """Trunk output tokens (B, N, d_model); token 3 is the value token (the batch's cached `memory` if any)."""
+        if "memory" in batch:
+            return batch["memory"].float()
         return self._trunk(*self.tokens(batch))
 
     def _trunk(self, prefix: Tensor, image_tokens: Tensor) -> Tensor:
         return self.trunk(torch.cat([prefix + self.prefix_pos, image_tokens.flatten(1, 2)], dim=1))
 
     def tokens(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """The trunk's inputs: prefix tokens (B, 4, d) and image tokens (B, cameras, tokens per camera, d)."""
-        images = batch["images"]
-        b, cams = images.shape[:2]
+        """The trunk's inputs: prefix tokens (B, 4, d) and image tokens (B, cameras, tokens per camera, d); the image
+        tokens come from the batch's cached `image_tokens` when it has them."""
         text = batch["instruction_embedding"]
-        image_tokens = self.image_encoder(images.flatten(0, 1), text.repeat_interleave(cams, dim=0))
-        image_tokens = image_tokens.unflatten(0, (b, cams))
+        cached = batch.get("image_tokens")
+        image_tokens = cached.float() if cached is not None else self.encode_images(batch["images"], text)
+        b = image_tokens.shape[0]
         image_tokens = image_tokens + self.camera_embedding[None]
         ids = batch["embodiment_id"].long()
         prefix = torch.stack(
@@ -144,20 +209,32 @@ class VLAModel(nn.Module):
     # --- training -------------------------------------------------------------------------------------
 
     def loss(
-        self, batch: Batch, *, weights: Tensor | None = None, generator: torch.Generator | None = None
+        self, batch: Batch, *, weights: Weights | None = None, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
         """Losses for one batch; `weights` (B,) scale each sample's action loss (mean of w_i * l_i over the batch).
+        `weights` may be a function of the value predictions (B,, detached): advantages without a second forward.
 
         Returns `loss/total` (what to backpropagate), `loss/action`, `loss/value` (Huber to
         `returns` over rows with `return_mask`, unweighted: the value must fit all data, including
         what the policy should not imitate; 0 without returns), `loss/aux` (the weighted L1 of the
-        aux head, 0 without one) and the detached per-sample
-        `per_sample/action` and `value` (predictions, for advantages). `generator` seeds the
-        flow-matching noise and time.
+        aux head, 0 without one or when the batch carries cached features: the aux head exists to teach the
+        image encoder, which is then frozen), the detached per-sample `per_sample/action`, `value`
+        (predictions, for advantages) and `weights`. `generator` seeds the flow-matching noise and time.
         """
         self.check_batch(batch, with_actions=True)
-        prefix, image_tokens = self.tokens(batch)
-        memory = self._trunk(prefix, image_tokens)
+        prefix: Tensor | None = None
+        image_tokens: Tensor | None = None
+        if "memory" in batch:
+            memory = batch["memory"].float()
+        else:
+            prefix, image_tokens = self.tokens(batch)
+            memory = self._trunk(prefix, image_tokens)
+        value_token = memory[:, 3]
+        if self.config.value_detach_trunk:
+            value_token = value_token.detach()
+        value = self.value_head(value_token)
+        if callable(weights):
+            weights = weights(value.detach())
         ids = batch["embodiment_id"].long()
         mask = self.action_mask(batch)
         per_sample = self.action_head.loss(memory, ids, batch["actions"], mask, generator)
@@ -165,15 +242,11 @@ class VLAModel(nn.Module):
             raise ValueError(f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}")
         action_loss = _weighted_mean(per_sample, weights)
         aux_loss = per_sample.new_zeros(())
-        if self.aux_head is not None:
+        if self.aux_head is not None and "images" in batch and image_tokens is not None and prefix is not None:
             features = torch.cat([image_tokens[:, :, -1].flatten(1), prefix[:, 2]], dim=-1)  # keypoints, proprio
             aux = self.aux_head(features).view_as(batch["actions"])
             aux_loss = _weighted_mean(masked_mean((aux - batch["actions"]).abs(), mask), weights)
 
-        value_token = memory[:, 3]
-        if self.config.value_detach_trunk:
-            value_token = value_token.detach()
-        value = self.value_head(value_token)
         value_loss = value.new_zeros(())
         if "returns" in batch:
             rows = batch.get("return_mask")
@@ -189,6 +262,7 @@ class VLAModel(nn.Module):
             "loss/aux": aux_loss,
             "per_sample/action": per_sample.detach(),
             "value": value.detach(),
+            "weights": (weights if weights is not None else torch.ones_like(per_sample)).detach(),
         }
 
     # --- inference ------------------------------------------------------------------------------------

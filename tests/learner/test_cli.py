@@ -38,3 +38,11 @@ def test_the_command_refuses_a_bad_learning_rate_before_starting_anything() -> N
 def test_an_unknown_preset_suggests_the_closest_name() -> None:
     result = CliRunner().invoke(app, ["run", "--preset", "onlne"])
     assert result.exit_code == 2 and "online" in result.output
+
+
+def test_freeze_sets_what_the_updates_hold_fixed_and_refuses_an_unknown_part() -> None:
+    config = learner_config("online", freeze="encoder", lr=3e-4)
+    assert (config.rllib.freeze, config.rllib.lr) == ("encoder", 3e-4)
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("online", freeze="trunk")
+    assert error.value.param_hint == "--freeze" and "perception" in str(error.value)

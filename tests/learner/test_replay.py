@@ -12,7 +12,9 @@ import torch
 
 from fleet.episodes import EpisodeStore
 from fleet.policy.config import debug_model_config
+from fleet.policy.model import VLAModel
 from fleet.schemas import Review, RewardSignal
+from learner.features import FrozenFeatures
 from learner.ingest import Ingest
 from learner.replay import AUTONOMOUS, DEMO, INTERVENTION, ReplayBuffer, ReplayConfig, recap_returns, sample_weights
 from tests.learner.fakes import correction, segments
@@ -201,3 +203,22 @@ def test_add_demos_loads_only_the_stores_demonstrations_up_to_the_cap(tmp_path: 
     capped, _ = _replay()
     assert capped.add_demos(tmp_path, limit=2) == 2 and capped.sizes()["demo"] == 16
     assert _replay()[0].add_demos(tmp_path, limit=0) == 0
+
+
+def test_frozen_features_replace_the_images_at_ingest() -> None:
+    torch.manual_seed(0)
+    model = VLAModel(MODEL)
+    features = FrozenFeatures(model, "encoder")
+    replay = ReplayBuffer(ReplayConfig(), MODEL, embedder=HashEmbedder(), features=features)
+    episode = make_episode(length=10, seed=3)
+    stored = replay.add_episode(episode)
+    assert stored is not None and stored.observation == "image_tokens" and stored.observations.dtype == np.float16
+    batch = replay.sample(8, np.random.default_rng(0))
+    assert "images" not in batch and batch["image_tokens"].shape == (8, 1, model.tokens_per_camera, MODEL.d_model)
+    images = torch.from_numpy(np.stack([episode.frames[c] for c in MODEL.cameras], axis=1))
+    text = torch.from_numpy(np.stack([HashEmbedder().embed(episode.meta.instruction)] * 10)).float()
+    with torch.no_grad():
+        exact = model.encode_images(images, text).numpy()
+    assert np.allclose(stored.observations.astype(np.float32), exact, atol=1e-2)  # float16 storage
+    with pytest.raises(ValueError, match="another model config"):
+        ReplayBuffer(ReplayConfig(), MODEL.with_(d_model=64), embedder=HashEmbedder(), features=features)

@@ -10,6 +10,7 @@ import torch
 
 from fleet.policy.checkpoint import load_checkpoint, save_checkpoint
 from fleet.policy.config import debug_model_config
+from learner.features import FrozenFeatures
 from learner.ingest import Ingest
 from learner.replay import ReplayBuffer, ReplayConfig
 from learner.rllib import MODULE_ID, RLlibConfig, VLALearner
@@ -129,3 +130,32 @@ def test_reset_optimizer_forgets_the_moments_and_training_goes_on(engine: VLALea
     engine.reset_optimizer()
     assert states() == [[0]]
     assert np.isfinite(engine.update(batch).loss_total)
+
+
+@pytest.mark.parametrize("freeze", ["encoder", "perception"])
+def test_a_frozen_part_trains_on_cached_features_and_never_moves(freeze: str) -> None:
+    learner = VLALearner(RLlibConfig(lr=1e-3, freeze=freeze), model_config=MODEL)  # type: ignore[arg-type]
+    try:
+        start = learner.to_model()
+        features = FrozenFeatures(start, freeze)  # type: ignore[arg-type]
+        replay = ReplayBuffer(ReplayConfig(), MODEL, embedder=HashEmbedder(), features=features)
+        replay.add_episode(make_episode(length=12, seed=0))
+        ingest = Ingest(replay)
+        for m in segments("r1", "e1", lengths=(6, 6), intervention=(3, 6), success=False):
+            ingest.handle(m)
+        batch = replay.sample(16, np.random.default_rng(0))
+        assert "images" not in batch and batch[features.column].dtype == np.float32
+        before = _action_loss(learner, batch)
+        for _ in range(25):
+            learner.update(batch)
+        assert _action_loss(learner, batch) < 0.8 * before
+        after = learner.to_model()
+        frozen = set(after.frozen_parameters(freeze))  # type: ignore[arg-type]
+        moved = {k for k, v in after.state_dict().items() if not torch.equal(v, start.state_dict()[k])}
+        assert moved and not moved & frozen, sorted(moved & frozen)
+        assert features.matches(after)  # the cache stays valid for every version the learner publishes
+        with torch.no_grad():
+            after.image_encoder.net[0].weight.add_(1.0)
+        assert not features.matches(after)
+    finally:
+        learner.shutdown()

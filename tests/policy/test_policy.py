@@ -9,7 +9,7 @@ import torch
 from fleet.embodiments import EMBODIMENTS
 from fleet.policy.base import Policy
 from fleet.policy.config import VLAConfig
-from fleet.policy.model import VLAModel
+from fleet.policy.model import Freeze, VLAModel
 from fleet.policy.policy import VLAPolicy
 from tests.policy.fakes import HashEmbedder, make_episode, observation
 
@@ -153,3 +153,60 @@ def test_bad_batch_names_the_column(tiny_config: VLAConfig) -> None:
     batch["proprio"] = batch["proprio"][:, :3]
     with pytest.raises(ValueError, match=r"batch\['proprio'\] must have shape \(B, 10\)"):
         model.loss(batch)
+
+
+def test_weights_from_the_values_of_the_same_forward(tiny_config: VLAConfig) -> None:
+    # The learner's advantages come from the loss's own forward pass: the same as a separate value forward.
+    model = VLAModel(tiny_config)
+    batch = _mixed_batch(tiny_config)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731 - same noise for each call
+    values = model.predict_value(batch)
+    explicit = model.loss(batch, weights=torch.sigmoid(values), generator=g())
+    seen: list[torch.Tensor] = []
+
+    def weigh(v: torch.Tensor) -> torch.Tensor:
+        seen.append(v)
+        return torch.sigmoid(v)
+
+    derived = model.loss(batch, weights=weigh, generator=g())
+    assert len(seen) == 1 and not seen[0].requires_grad and torch.allclose(seen[0], values, atol=1e-6)
+    assert torch.allclose(derived["loss/total"], explicit["loss/total"], atol=1e-6)
+    assert torch.allclose(derived["weights"], torch.sigmoid(values), atol=1e-6)
+
+
+@pytest.mark.parametrize("freeze", ["encoder", "perception"])
+def test_cached_features_stand_for_the_frozen_part(tiny_config: VLAConfig, freeze: Freeze) -> None:
+    model = VLAModel(tiny_config)
+    batch = _mixed_batch(tiny_config)
+    features = model.features(batch, freeze)
+    cached = {k: v for k, v in batch.items() if k != "images"} | features
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731 - same noise for each call
+    with_images, with_features = model.loss(batch, generator=g()), model.loss(cached, generator=g())
+    for key in ("loss/action", "loss/value", "value"):
+        assert torch.allclose(with_images[key], with_features[key], atol=1e-5), key
+    assert with_features["loss/aux"].item() == 0.0 < with_images["loss/aux"].item()  # aux teaches the encoder only
+    with_features["loss/total"].backward()
+    frozen = set(model.frozen_parameters(freeze))
+    assert frozen and all(name.startswith("image_encoder.") for name in frozen) == (freeze == "encoder")
+    for name, parameter in model.named_parameters():
+        if name in frozen:  # the cached features cut the graph: no gradient reaches the frozen part
+            assert parameter.grad is None, name
+    assert all(p.grad is not None for p in model.action_head.parameters())
+    actions, values = model.predict(cached, generator=g())
+    assert torch.allclose(values, with_images["value"], atol=1e-5)
+    assert torch.allclose(actions, model.predict(batch, generator=g())[0], atol=1e-5)
+
+
+def test_a_batch_needs_exactly_one_observation_column(tiny_config: VLAConfig) -> None:
+    model = VLAModel(tiny_config)
+    batch = _mixed_batch(tiny_config)
+    both = batch | model.features(batch, "encoder")
+    with pytest.raises(ValueError, match="exactly one of the columns"):
+        model.loss(both)
+    with pytest.raises(ValueError, match="exactly one of the columns"):
+        model.loss({k: v for k, v in batch.items() if k != "images"})
+    wrong = {k: v for k, v in batch.items() if k != "images"} | {"image_tokens": torch.zeros(6, 1, 3, 8)}
+    with pytest.raises(ValueError, match="image_tokens"):
+        model.loss(wrong)
+    with pytest.raises(ValueError, match="freeze must be one of"):
+        model.frozen_parameters("trunk")  # type: ignore[arg-type]
