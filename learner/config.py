@@ -36,6 +36,9 @@ class LearnerConfig:
     # Safety rail: after this many versions in a row score more than `gate.min_improvement` below production
     # on the gate, training restarts from production's weights (fresh optimizer, replay kept); 0 = never.
     restart_after_regressions: int = 3
+    # Score candidates in the evaluator's worker process (niced), so updates never wait on the gate's sim episodes;
+    # False runs them on the learner's thread (training stops while a version is scored).
+    evaluator_process: bool = True
     group_id: str = "learner"  # Kafka consumer group
     poll_timeout_s: float = 0.5  # longest a poll waits for records
     max_poll_records: int = 200  # records per poll

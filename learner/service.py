@@ -10,11 +10,13 @@ checkpoint with the consumed offsets, commit those offsets to Kafka, run the eva
 version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_passed; alias
 `candidate`), promote it to `production` if it beats production's eval/mean (never while pinned; with
 `GateConfig.confirm_episodes`, also on that many other held-out episodes per pair), and announce both on
-`fleet.models`. Candidates and production are scored on the same episodes, which move to a fresh seed block
-each time production changes (`GateConfig.reseed_on_promotion`). After `restart_after_regressions` versions
-in a row scored below production on the gate (by more than its margin), training goes on from production's
-weights. A restart loads the newest checkpoint (weights, AdamW state, offsets), skips every record below its
-offsets, re-handles what was still waiting, and publishes the checkpoint first if the crash came before that.
+`fleet.models`. The gate's episodes run in the evaluator's worker process (`learner.evaluator`): the publication
+waits for its scores while the updates go on. Candidates and production are scored on the same episodes, which
+move to a fresh seed block each time production changes (`GateConfig.reseed_on_promotion`). After
+`restart_after_regressions` versions in a row scored below production on the gate (by more than its margin),
+training goes on from production's weights. A restart loads the newest checkpoint (weights, AdamW state,
+offsets), skips every record below its offsets, re-handles what was still waiting, and publishes the
+checkpoint first if the crash came before that.
 
 Publishing never stops training: when the registry is unreachable the checkpoint waits (one at a
 time: no new checkpoint is taken until it is published, so its data window stays exact) and is
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +60,7 @@ from fleet.transport import (
 from learner import checkpoints
 from learner.checkpoints import MODEL_DIR, LearnerState
 from learner.config import LearnerConfig
+from learner.evaluator import EmbedderFactory, Evaluator, Pending
 from learner.features import FrozenFeatures
 from learner.gate import EvalGate, beats, confirmation, seed_block
 from learner.ingest import Ingest
@@ -66,6 +70,7 @@ from learner.rllib import MODULE_ID, TrainingStats, VLALearner
 log = logging.getLogger(__name__)
 TOPICS = (TRAJECTORIES, CORRECTIONS, REWARDS, REVIEWS)
 RETRY_BASE_S, RETRY_MAX_S = 2.0, 15.0  # backoff of publication retries (and of metric logging) while MLflow is down
+PENDING_POLL_S = 1.0  # how often a publication waiting on the evaluator looks again
 
 
 class Throughput:
@@ -107,13 +112,15 @@ class LearnerService:
         config: LearnerConfig,
         *,
         settings: Settings,
-        embedder: InstructionEmbedder | None = None,
+        embedder_factory: EmbedderFactory = default_embedder,
         transport: Transport | None = None,
         registry: Registry | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
-        self.embedder = embedder if embedder is not None else default_embedder()
+        self.embedder: InstructionEmbedder = embedder_factory()
+        # The gate's episodes run in the evaluator's worker process (it builds its own embedder from the factory).
+        self.evaluator = Evaluator(embedder_factory, process=config.evaluator_process)
         if transport is None:
             transport_config = TransportConfig.from_settings(settings, client_id="fleet-learner")
             ensure_topics(transport_config)
@@ -297,6 +304,9 @@ class LearnerService:
             return None
         try:
             info = self._publish(directory)
+        except Pending:  # the evaluator is scoring for it: train on, look again shortly
+            self._publish_at = time.monotonic() + PENDING_POLL_S
+            return None
         except Exception as e:  # registry/artifact store down or refusing: training goes on, publication waits
             self._publish_failures += 1
             delay = min(RETRY_BASE_S * 2 ** (self._publish_failures - 1), RETRY_MAX_S)
@@ -332,8 +342,7 @@ class LearnerService:
         gate_episodes = self._gates(production)[0]
         signature = gate_episodes.signature()
         if not state.gate or state.gate_signature != signature:  # once per checkpoint and production's episodes
-            model = load_checkpoint(directory / MODEL_DIR)
-            state.gate = gate_episodes.evaluate(model, embedder=self.embedder).tags()
+            state.gate = self.evaluator.score(directory / MODEL_DIR, gate_episodes.config).tags()
             state.gate_signature = signature
             checkpoints.write_state(directory, state)
         mean = float(state.gate["eval/mean"])
@@ -423,8 +432,7 @@ class LearnerService:
         episodes; it must beat it on the confirmation's episodes too (by `confirm_improvement`). The candidate's
         confirmation score is kept in the checkpoint (and its version's tags as confirm/...)."""
         if "confirm/mean" not in state.gate:
-            model = load_checkpoint(directory / MODEL_DIR)
-            scores = self._gates(production)[1].evaluate(model, embedder=self.embedder).tags()
+            scores = self.evaluator.score(directory / MODEL_DIR, self._gates(production)[1].config).tags()
             state.gate.update({"confirm/" + k.removeprefix("eval/"): v for k, v in scores.items()})
             checkpoints.write_state(directory, state)
         gate = self.config.gate
@@ -457,7 +465,7 @@ class LearnerService:
             return float(production.tags[key])
         cache = self.__dict__.setdefault("_production_eval_cache", {})
         if (production.version, key) not in cache:
-            score = gate.evaluate(self._load_version(production), embedder=self.embedder).mean
+            score = self.evaluator.score(self._version_dir(production), gate.config).mean
             cache[(production.version, key)] = score
             log.info("learner: production v%s scores %.3f on %s", production.version, score, key.split("/")[0])
         return cache[(production.version, key)]
@@ -469,6 +477,18 @@ class LearnerService:
         number = observability.version_number(production.version) if production is not None else None
         gate = seed_block(config, int(number) if config.reseed_on_promotion and number is not None else 0)
         return EvalGate(gate), EvalGate(confirmation(gate))
+
+    def _version_dir(self, info: VersionInfo) -> Path:
+        """A registered version's checkpoint under the run directory (for the evaluator), downloaded and verified
+        against its sha256 once."""
+        target = self.root.parent / "versions" / info.version
+        marker = target / ".verified"
+        if not marker.is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            path = self.registry.download(info.version, target / "download")
+            load_checkpoint(path, expected_sha256=info.sha256)  # raises on a bad or foreign checkpoint
+            marker.write_text(str(path.relative_to(target)))
+        return target / marker.read_text()
 
     def _load_version(self, info: VersionInfo) -> VLAModel:
         """A registered version's weights, downloaded to a temporary directory and verified against its sha256."""
@@ -491,6 +511,7 @@ class LearnerService:
             log.warning("learner: metrics not logged (%s); next try in %.0f s", e, RETRY_MAX_S)
 
     def close(self) -> None:
+        self.evaluator.close()
         self.consumer.close()
         if self._run_id is not None:
             try:

@@ -78,7 +78,7 @@ def test_reviewer_rejects_a_correction_and_the_learner_drops_it(
         checkpoint_every_updates=1_000_000,  # this test is about replay, not publishing
         checkpoint_every_s=3_600.0,
     )
-    learner = LearnerService(config, settings=learner_settings, embedder=HashEmbedder())
+    learner = LearnerService(config, settings=learner_settings, embedder_factory=HashEmbedder)
     dash_settings = _dashboard_settings(tmp_path, template_db, password_hash)
     app = create_app(
         dash_settings,

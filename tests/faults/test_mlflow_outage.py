@@ -91,7 +91,7 @@ def test_mlflow_down_30_s_after_registering_a_version_before_its_alias(
         config = dataclasses.replace(
             get_preset("debug"), init="production", run_dir=tmp_path / "run", group_id=group, promote=False
         )
-        service = LearnerService(config, settings=settings, embedder=default_embedder())
+        service = LearnerService(config, settings=settings, embedder_factory=default_embedder)
         killed: list[float] = []
         create = service.registry.client.create_model_version
 

@@ -10,7 +10,9 @@ import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from fleet.stack.launcher import migrate_database
 from fleet.transport import KafkaTransport, TransportConfig, publish
 from learner import checkpoints
 from learner.config import get_preset
+from learner.evaluator import Pending
 from learner.gate import SEED_BLOCK
 from learner.rllib import MODULE_ID
 from learner.service import LearnerService
@@ -30,6 +33,7 @@ from tests.learner.fakes import correction, segments
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+T = TypeVar("T")
 
 
 def _produce(settings: Settings, robots: list[str], tag: str) -> None:
@@ -43,6 +47,17 @@ def _produce(settings: Settings, robots: list[str], tag: str) -> None:
         assert transport.flush(timeout_s=30.0)
     finally:
         transport.close()
+
+
+def _settled(call: Callable[[], T], deadline_s: float = 120.0) -> T:
+    """`call()` once the evaluator's worker has the scores it needs (it raises `Pending` until then)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return call()
+        except Pending:
+            assert time.monotonic() < deadline, "the evaluator never finished"
+            time.sleep(0.2)
 
 
 def _run_until_published(service: LearnerService, deadline_s: float) -> VersionInfo:
@@ -76,7 +91,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
     robots = [f"robot-{suffix}-{i}" for i in range(4)]
     _produce(settings, robots, "a")
 
-    first = LearnerService(config, settings=settings, embedder=HashEmbedder())
+    first = LearnerService(config, settings=settings, embedder_factory=HashEmbedder)
     try:
         v1 = _run_until_published(first, 120)
     finally:
@@ -93,7 +108,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
     assert registry.aliases() == {"candidate": v1.version, PRODUCTION: v1.version}  # no production before: promoted
 
     _produce(settings, robots, "b")
-    second = LearnerService(config, settings=settings, embedder=HashEmbedder())
+    second = LearnerService(config, settings=settings, embedder_factory=HashEmbedder)
     try:
         assert second.state.updates == int(tags["updates"])  # resumed from v1's checkpoint
         # ... training on from its raw weights, averaging on from the published ones (what v1 is)
@@ -112,7 +127,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         ckpt = checkpoints.list_checkpoints(config.run_dir / "checkpoints")[-1]
         state, _ = checkpoints.load_state(ckpt)
         assert "confirm/mean" not in state.gate
-        assert not second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version))
+        assert not _settled(lambda: second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version)))
         assert float(state.gate["confirm/mean"]) == 0.0 and "confirm/pick/panda" in state.gate
         assert checkpoints.load_state(ckpt)[0].gate["confirm/mean"] == state.gate["confirm/mean"]  # kept
         second._production_eval_cache[(v1.version, "confirm/mean")] = -1.0  # a worse production: confirmed

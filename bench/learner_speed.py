@@ -1,0 +1,234 @@
+"""The learner's updates per second beside 4 real-time robots: today's loop against the faster ones, in one run.
+
+Four robot processes act at 10 Hz for the whole run (PyBullet, front + wrist 64x64 cameras, the VLA on the
+robots' chunk schedule: the CPU a real-time robot takes here), while the learner's loop runs in each arm in turn:
+
+    baseline     the update and loop before the evaluator: a second, no-grad value forward per update
+                 (re-created here as `TwoPassModule`) and the gate on the learner's thread
+    single_pass  one forward per update (advantages from the loss's own values); the gate in the evaluator's process
+    encoder      + the image encoder frozen, its tokens cached at ingest (`--freeze encoder`)
+    perception   + all but the action expert and the value head frozen (`--freeze perception`)
+
+Each arm: replay holds `--demos` scripted demonstrations per task x embodiment (real frames); updates of the
+`online` preset (batch 32, AdamW, moving average); a checkpoint every 150 updates or 90 s (the preset's cadence)
+scored on the preset's gate and confirmation (10 + 10 episodes per pair), one publication at a time as in
+`LearnerService`. Reported per arm: updates, seconds, `updates_per_s`, gate runs, `ratio` to baseline, the ingest
+seconds (features computed at ingest), and the robots' ticks per second and late ticks (> 50 ms past due).
+
+With a random-init model (the default; `--checkpoint DIR` loads a trained one) episodes stall early, so the gate
+is cheaper than with a trained version: the baseline's in-thread gate costs it less here than on the fleet.
+
+Writes bench/results/learner_speed.json. The committed result:
+
+    .venv/bin/python bench/learner_speed.py --seconds 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ARMS = ("baseline", "single_pass", "encoder", "perception")
+FREEZE = {"baseline": "none", "single_pass": "none", "encoder": "encoder", "perception": "perception"}
+PAIRS = (("pick", "panda"), ("push", "kuka"), ("place", "panda"), ("pick", "kuka"))  # one per robot
+LATE_S = 0.05
+RESULTS = Path(__file__).parent / "results" / "learner_speed.json"
+
+
+def _robot(index: int, checkpoint: str, stop: Any, ticks: Any, late: Any) -> None:
+    """One real-time robot: the VLA on the chunk schedule in a PyBullet env at 10 Hz until `stop` is set."""
+    from fleet.policy.checkpoint import load_checkpoint
+    from fleet.policy.language import default_embedder
+    from fleet.policy.policy import VLAPolicy
+    from fleet.recipe.evaluate import ChunkedController
+    from fleet.sim import make_env
+    from fleet.sim.experts import ProgressWatch
+
+    torch.set_num_threads(1)
+    task, embodiment = PAIRS[index % len(PAIRS)]
+    env = make_env(task, embodiment, seed=index, image_size=64)
+    policy = VLAPolicy(load_checkpoint(checkpoint), embedder=default_embedder(), seed=index)
+    watch, episode = ProgressWatch.for_task(task), 0
+    due = time.monotonic()
+    while not stop.is_set():
+        controller = ChunkedController(policy)
+        obs, _ = env.reset(seed=10_000 * index + episode)
+        watch.reset()
+        episode += 1
+        for _ in range(env.max_steps):
+            if stop.is_set() or watch.update(env.privileged_state()):
+                break
+            obs, _, terminated, truncated, _ = env.step(np.asarray(controller(obs), dtype=np.float32))
+            due += 0.1
+            now = time.monotonic()
+            with ticks.get_lock():
+                ticks.value += 1
+            if now > due + LATE_S:
+                with late.get_lock():
+                    late.value += 1
+                due = now  # a late robot does not try to catch up
+            else:
+                time.sleep(max(0.0, due - now))
+            if terminated or truncated:
+                break
+    env.close()
+
+
+def _engine(arm: str, model_config: Any) -> Any:
+    """The arm's update engine (the `online` preset's optimizer); the baseline with its second value forward."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from learner.config import get_preset
+    from learner.rllib import VLALearner, VLARLModule, _model_batch, build_algorithm_config
+
+    class TwoPassModule(VLARLModule):
+        """The update before the evaluator: values for the advantages from a second, no-grad forward."""
+
+        def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+            with torch.no_grad():
+                self.vla.predict_value(_model_batch(batch))
+            return {}
+
+    config = dataclasses.replace(get_preset("online").rllib, freeze=FREEZE[arm])  # type: ignore[arg-type]
+    engine = VLALearner(config, model_config=model_config)
+    if arm == "baseline":
+        engine.group.shutdown()
+        algo = build_algorithm_config(config, model_config)
+        spec = algo.rl_module_spec
+        algo.rl_module(rl_module_spec=RLModuleSpec(
+            module_class=TwoPassModule, observation_space=spec.observation_space,
+            action_space=spec.action_space, model_config=spec.model_config,
+        ))  # fmt: skip
+        engine.group = algo.build_learner_group()
+    return engine
+
+
+def run_arm(arm: str, model: Any, demos: list[Any], seconds: float, workdir: Path) -> dict[str, Any]:
+    """The learner's loop for `seconds`: updates, and a scored checkpoint on the `online` preset's cadence."""
+    from fleet.policy.checkpoint import save_checkpoint
+    from fleet.policy.language import default_embedder
+    from learner.config import get_preset
+    from learner.evaluator import Evaluator, Pending
+    from learner.features import FrozenFeatures
+    from learner.gate import confirmation
+    from learner.replay import ReplayBuffer
+
+    preset = get_preset("online")
+    engine = _engine(arm, model.config)
+    engine.set_state_dict(model.state_dict())
+    freeze = FREEZE[arm]
+    started = time.monotonic()
+    features = FrozenFeatures(model, freeze) if freeze != "none" else None  # type: ignore[arg-type]
+    replay = ReplayBuffer(preset.replay, model.config, embedder=default_embedder(), features=features)
+    for episode in demos:
+        replay.add_episode(episode)
+    ingest_s = time.monotonic() - started
+    evaluator = Evaluator(default_embedder, process=arm != "baseline")
+    rng = np.random.default_rng(0)
+    updates = since = gates = 0
+    waiting: list[tuple[Path, Any]] = []  # the publication's (checkpoint, gate) scores still to come
+    start = last = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            engine.update(replay.sample(preset.batch_size, rng))
+            updates += 1
+            since += 1
+            now = time.monotonic()
+            if not waiting and (since >= preset.checkpoint_every_updates or now - last >= preset.checkpoint_every_s):
+                directory = workdir / f"{arm}-{updates}"
+                save_checkpoint(engine.to_model(ema=True), directory)
+                waiting = [(directory, preset.gate), (directory, confirmation(preset.gate))]
+                since, last = 0, now
+            while waiting:
+                try:
+                    evaluator.score(*waiting[0])
+                except Pending:
+                    break
+                waiting.pop(0)
+                gates += 1
+        elapsed = time.monotonic() - start
+    finally:
+        evaluator.close()
+        engine.shutdown()
+    return {
+        "updates": updates, "seconds": round(elapsed, 1), "updates_per_s": round(updates / elapsed, 3),
+        "gate_runs": gates, "ingest_s": round(ingest_s, 1), "replay_steps": len(replay), "freeze": freeze,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=180.0, help="learner time per arm")
+    parser.add_argument("--robots", type=int, default=4, help="real-time robot processes beside the learner")
+    parser.add_argument("--demos", type=int, default=5, help="scripted demonstrations per task x embodiment in replay")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a trained version (default: random init)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from " + ", ".join(ARMS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    if unknown := sorted(set(arms) - set(ARMS)):
+        parser.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
+
+    from fleet.episodes import EpisodeStore
+    from fleet.policy.checkpoint import load_checkpoint, save_checkpoint
+    from fleet.policy.config import VLAConfig
+    from fleet.policy.model import VLAModel
+    from fleet.recipe.demos import collect_demos_grid
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="fleet-learner-speed-") as tmp:
+        work = Path(tmp)
+        if args.checkpoint is None:
+            torch.manual_seed(0)
+            save_checkpoint(VLAModel(VLAConfig()), work / "v1")
+        checkpoint = args.checkpoint or work / "v1"
+        model = load_checkpoint(checkpoint)
+        store = EpisodeStore(work / "demos")
+        collect_demos_grid(store, ("pick", "push", "place"), ("panda", "kuka"), args.demos)
+        demos = list(store.iter_episodes())
+        print(f"{len(demos)} demonstrations, {sum(e.meta.length for e in demos)} steps", flush=True)
+
+        context = multiprocessing.get_context("spawn")
+        stop, ticks, late = context.Event(), context.Value("l", 0), context.Value("l", 0)
+        robots = [context.Process(target=_robot, args=(i, str(checkpoint), stop, ticks, late), daemon=True)
+                  for i in range(args.robots)]  # fmt: skip
+        for robot in robots:
+            robot.start()
+        time.sleep(20.0)  # the robots load torch, MiniLM and their scenes before the first arm's clock starts
+        results: dict[str, Any] = {}
+        try:
+            for arm in arms:
+                t0, l0, w0 = ticks.value, late.value, time.monotonic()
+                results[arm] = run_arm(arm, model, demos, args.seconds, work)
+                wall = time.monotonic() - w0
+                results[arm]["robot_ticks_per_s"] = round((ticks.value - t0) / wall, 2)
+                results[arm]["robot_late_ticks"] = late.value - l0
+                print(arm, json.dumps(results[arm]), flush=True)
+        finally:
+            stop.set()
+            for robot in robots:
+                robot.join(timeout=30)
+    base = results.get("baseline", {}).get("updates_per_s")
+    for arm in results.values():
+        arm["ratio"] = round(arm["updates_per_s"] / base, 2) if base else None
+    out = {
+        "robots": args.robots, "seconds_per_arm": args.seconds, "demos_per_pair": args.demos,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else "random init", "torch_threads": 1,
+        "arms": results,
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({a: r["ratio"] for a, r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
