@@ -16,7 +16,12 @@ def _split(value: str) -> tuple[str, ...]:
 @app.command("run")
 def run(
     n: int = typer.Option(4, "--n", help="Number of simulated robots (one Ray actor each)."),
-    tasks: str = typer.Option("pick,push,place", help="Comma-separated task ids, spread over the robots."),
+    tasks: str | None = typer.Option(
+        None, help="Comma-separated task ids, spread over the robots [default: the scenario's]."
+    ),
+    scenario: str = typer.Option(
+        "nominal", help="Deployment conditions of the robots' scenes: nominal, far-reach, new-task."
+    ),
     embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments, spread over the robots."),
     episodes: int | None = typer.Option(None, help="Episodes per robot (default: run for --duration)."),
     duration: float | None = typer.Option(None, help="Seconds to run (default: forever when --episodes unset)."),
@@ -43,12 +48,16 @@ def run(
     if episodes is None and duration is None:
         duration = 10**9
     try:
+        from fleet.sim.scenarios import get_scenario
+
+        conditions = get_scenario(scenario)
         config = FleetConfig(
-            n=n, tasks=_split(tasks), embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
+            n=n, tasks=_split(tasks) if tasks else conditions.tasks, scenario=conditions.name,
+            embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
             realtime=realtime, address=address, seed=seed, rotate_tasks=rotate_tasks, supervision=supervision,
         )  # fmt: skip
-    except ValueError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    except (KeyError, ValueError) as err:
+        typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
 
     def progress(statuses: list[dict]) -> None:

@@ -115,10 +115,10 @@ def build_robot(
     if env is None:
         from fleet.sim.registry import make_env
 
-        env = make_env(config.task, config.embodiment, seed=config.seed)
+        env = make_env(config.task, config.embodiment, seed=config.seed, scenario=config.scenario)
 
         def env_factory(task: str) -> tuple[Any, Any]:
-            new_env = make_env(task, config.embodiment, seed=config.seed)
+            new_env = make_env(task, config.embodiment, seed=config.seed, scenario=config.scenario)
             return new_env, make_supervisor(new_env, supervision, supervisor_config)
 
     transport = KafkaTransport(TransportConfig.from_settings(settings, spool_name=config.robot_id))

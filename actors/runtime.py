@@ -49,6 +49,7 @@ class RobotConfig:
     # Tasks the robot works through, one episode each in turn, starting at `task` (a cell given several jobs;
     # needs an env factory). Empty: `task` only. An operator's assign_task ends the rotation.
     task_rotation: tuple[str, ...] = ()
+    scenario: str = "nominal"  # deployment conditions of a simulated robot's scenes (fleet.sim.scenarios)
     control_hz: float = 10.0  # tick rate
     realtime: bool = False  # sleep to the tick deadline (real robots, demos); off = as fast as the sim runs
     segment_steps: int = 10  # steps per TrajectorySegment (1 s at 10 Hz)

@@ -32,6 +32,7 @@ class FleetConfig:
     n: int = 4  # robots
     tasks: tuple[str, ...] = ("pick", "push", "place")  # spread over the robots (_interleave)
     embodiments: tuple[str, ...] = ("panda", "kuka")  # spread over the robots (_interleave)
+    scenario: str = "nominal"  # deployment conditions every robot's scenes follow (fleet.sim.scenarios)
     episodes: int | None = None  # episodes per robot (None: run for duration_s)
     duration_s: float | None = 60.0  # wall-clock budget (None: run for `episodes`)
     seed: int = 0  # robot i uses seed + i
@@ -59,6 +60,9 @@ class FleetConfig:
         if self.reload_stagger_s < 0:
             raise ValueError("reload_stagger_s must be >= 0")
         check_supervision(self.supervision)  # before any robot starts
+        from fleet.sim.scenarios import get_scenario
+
+        get_scenario(self.scenario)  # an unknown name fails here, with a hint, before any robot starts
 
     def robots(self) -> list[RobotConfig]:
         from fleet.sim.registry import TASKS
@@ -74,6 +78,7 @@ class FleetConfig:
                 task=task,
                 embodiment=embodiment,
                 task_rotation=tuple(t for t, e in pairs if e == embodiment) if self.rotate_tasks else (),
+                scenario=self.scenario,
                 seed=self.seed + i,
                 realtime=self.realtime,
                 reload_delay_s=round(self.reload_stagger_s * i / self.n, 3),

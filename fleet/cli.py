@@ -41,6 +41,9 @@ def demo(
     minutes: float = typer.Option(15.0, help="Fleet time to run."),
     tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
     embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments."),
+    scenario: str = typer.Option(
+        "nominal", help="Deployment conditions of the fleet and the gate: nominal, far-reach, new-task."
+    ),
     bc_steps: int | None = typer.Option(
         None, help="Behaviour-cloning steps for version 1, when there is no production model [default: DemoConfig]."
     ),
@@ -59,8 +62,12 @@ def demo(
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
     steps = {} if bc_steps is None else {"bc_steps": bc_steps}
-    config = DemoConfig(robots=robots, minutes=minutes, tasks=split(tasks), embodiments=split(embodiments),
-                        dashboard=dashboard, **steps)  # fmt: skip
+    try:
+        config = DemoConfig(robots=robots, minutes=minutes, tasks=split(tasks), embodiments=split(embodiments),
+                            dashboard=dashboard, scenario=scenario, **steps)  # fmt: skip
+    except (KeyError, ValueError) as err:
+        typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
     metrics = serve_metrics(settings.metrics_port_robots, settings.metrics_bind_host, service="robots")  # the fleet
     try:
         main(config)

@@ -36,6 +36,9 @@ class DemoConfig:
     robots: int = 4  # simulated robots (Ray actors)
     tasks: tuple[str, ...] = ("pick", "push")  # tasks the fleet works on (and version 1 is trained on)
     embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiments of the fleet
+    # Deployment conditions the fleet and the learner's gate run in (fleet.sim.scenarios). Version 1 learns from
+    # demonstrations in the nominal conditions; a scenario with a new task also seeds it with that task's few demos.
+    scenario: str = "nominal"
     # Version 1 is the recipe's pre-training stage on scripted demos. Measured with 300 demos per pair on
     # 6 pairs, front camera only: mean success 3% after 2.5k steps, 20% after 5k, 62% after 10k; with the
     # wrist camera 85% after 10k (bench/cameras.py). 100 demos per pair and 4k steps (~7 min here with both
@@ -50,6 +53,27 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.robots < 1 or self.minutes <= 0 or self.bc_steps < 1:
             raise ValueError("DemoConfig: robots, minutes and bc_steps must be positive")
+        from fleet.sim.scenarios import get_scenario
+
+        get_scenario(self.scenario)  # an unknown name fails before anything starts
+
+    @property
+    def fleet_tasks(self) -> tuple[str, ...]:
+        """What the fleet works on: the demo's tasks the scenario has, else the scenario's own (a new task)."""
+        from fleet.sim.scenarios import get_scenario
+
+        scenario = get_scenario(self.scenario)
+        return tuple(t for t in self.tasks if t in scenario.tasks) or scenario.tasks
+
+    def seed_demos(self) -> dict[str, int]:
+        """Demonstrations per task x embodiment version 1 learns from: the demo's tasks, and a new task's few."""
+        from fleet.sim.scenarios import get_scenario
+
+        scenario = get_scenario(self.scenario)
+        counts = dict.fromkeys(self.tasks, self.demos_per_pair)
+        if scenario.demos_per_pair is not None:
+            counts.update(dict.fromkeys(scenario.tasks, scenario.demos_per_pair))
+        return counts
 
 
 def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
@@ -68,16 +92,17 @@ def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
     from fleet.sim.rollout import collect_demos
 
     store = EpisodeStore(settings.home / "demos")
-    for task in config.tasks:
+    wanted = config.seed_demos()
+    for task, count in wanted.items():
         for embodiment in config.embodiments:
             have = sum(1 for _, e in store.list() if e.startswith(f"{task}-{embodiment}-"))
-            if have < config.demos_per_pair:
-                print(f"collecting {config.demos_per_pair} scripted demos: {task} × {embodiment}")
-                collect_demos(store, task=task, embodiment=embodiment, episodes=config.demos_per_pair, seed=0)
+            if have < count:
+                print(f"collecting {count} scripted demos: {task} × {embodiment}")
+                collect_demos(store, task=task, embodiment=embodiment, episodes=count, seed=0)
     print(f"pre-training version 1 on {len(store.list())} demos ({config.bc_steps} steps)")
     stage = StageConfig(
         stage="pretrain", demos=store.root, run_dir=settings.home / "train" / "v1-pretrain", steps=config.bc_steps,
-        tasks=config.tasks, embodiments=config.embodiments, tracking_uri=settings.tracking_uri,
+        tasks=tuple(wanted), embodiments=config.embodiments, tracking_uri=settings.tracking_uri,
     )  # fmt: skip
     model = load_checkpoint(run_stage(stage).checkpoint)
     info = publish_model(
@@ -210,8 +235,8 @@ def main(config: DemoConfig) -> dict[str, Any]:
     console.print(f"production model: v{version}")
 
     start_service(settings, "recorder", ["record"])
-    start_service(settings, "learner", ["learner", "run", "--preset", config.learner_preset,
-                                        "--demos", str(settings.home / "demos")])  # fmt: skip
+    learner = ["learner", "run", "--preset", config.learner_preset, "--demos", str(settings.home / "demos")]
+    start_service(settings, "learner", [*learner, "--scenario", config.scenario])
     if config.dashboard:
         password = _admin_password(settings)
         start_service(settings, "dashboard", ["dashboard"])
@@ -221,8 +246,8 @@ def main(config: DemoConfig) -> dict[str, Any]:
     events: dict[tuple[str, float], tuple[float, str, bool, int]] = {}
     started = time.monotonic()
     fleet_config = FleetConfig(
-        n=config.robots, tasks=config.tasks, embodiments=config.embodiments, duration_s=config.minutes * 60,
-        poll_interval_s=10.0,
+        n=config.robots, tasks=config.fleet_tasks, embodiments=config.embodiments, duration_s=config.minutes * 60,
+        poll_interval_s=10.0, scenario=config.scenario,
     )  # fmt: skip
     with Live(console=console, refresh_per_second=2) as live:
 

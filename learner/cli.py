@@ -48,6 +48,13 @@ def run(
             "'perception' (all but the action expert and value head). Default: the preset's."
         ),
     ] = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="Deployment conditions the gate scores in (fleet.sim.scenarios); the gate keeps the preset's tasks "
+            "the scenario has, else takes the scenario's (a new task). Default: the preset's."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
     """Consume the fleet stream and publish gated model versions until Ctrl-C / SIGTERM."""
@@ -56,7 +63,7 @@ def run(
     from learner.service import main
 
     config = learner_config(
-        preset, init=init, run_dir=run_dir, demos=demos, autonomous=autonomous, lr=lr, freeze=freeze
+        preset, init=init, run_dir=run_dir, demos=demos, autonomous=autonomous, lr=lr, freeze=freeze, scenario=scenario
     )
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
@@ -77,6 +84,7 @@ def learner_config(
     autonomous: bool = True,
     lr: float | None = None,
     freeze: str | None = None,
+    scenario: str | None = None,
 ) -> LearnerConfig:
     """The preset with the command line's overrides; a bad preset or value is a `typer.BadParameter` naming it."""
     from learner.config import get_preset
@@ -103,4 +111,13 @@ def learner_config(
                 raise typer.BadParameter(str(e), param_hint=f"--{option}") from None
     if rllib != config.rllib:
         changes["rllib"] = rllib
+    if scenario is not None:
+        from fleet.sim.scenarios import get_scenario
+
+        try:
+            conditions = get_scenario(scenario)
+        except KeyError as e:
+            raise typer.BadParameter(str(e.args[0]), param_hint="--scenario") from None
+        tasks = tuple(t for t in config.gate.tasks if t in conditions.tasks) or conditions.tasks
+        changes["gate"] = dataclasses.replace(config.gate, scenario=conditions.name, tasks=tasks)
     return dataclasses.replace(config, **changes)

@@ -39,6 +39,10 @@ class LearnerConfig:
     # Score candidates in the evaluator's worker process (niced), so updates never wait on the gate's sim episodes;
     # False runs them on the learner's thread (training stops while a version is scored).
     evaluator_process: bool = True
+    # Niceness of the evaluator's worker: above 0 the updates get the CPU first and the gate what they leave. On a
+    # machine the robots nearly fill, a high value starves the gate and no version gets published for minutes
+    # (bench/learner_speed.py: 4 robots on 2 cores left 0.65 of a core; at 10 no version was scored in 3 minutes).
+    evaluator_niceness: int = 0
     group_id: str = "learner"  # Kafka consumer group
     poll_timeout_s: float = 0.5  # longest a poll waits for records
     max_poll_records: int = 200  # records per poll

@@ -2,7 +2,7 @@
 
 The gate runs dozens of held-out sim episodes per version; on the learner's own thread that stopped training
 for about a third of its wall time. `Evaluator.score` answers from finished work or hands the job to one
-worker process (started once, niced below the learner, one torch thread) and raises `Pending`: the learner
+worker process (started once, at the given niceness, one torch thread) and raises `Pending`: the learner
 trains on and asks again later (`LearnerService._try_publish`). The worker reads the checkpoint from disk and
 returns success rates, so only a path, the frozen `GateConfig` and the rates cross the process boundary.
 
@@ -44,7 +44,7 @@ class Pending(Exception):  # noqa: N818 - a state the caller waits out, not an e
 class Evaluator:
     """Scores checkpoints on gates, in a worker process (`process=True`) or inline (see the module docstring)."""
 
-    def __init__(self, embedder_factory: EmbedderFactory, *, process: bool = True, niceness: int = 10) -> None:
+    def __init__(self, embedder_factory: EmbedderFactory, *, process: bool = True, niceness: int = 0) -> None:
         self.embedder_factory = embedder_factory
         self.process = process
         self.niceness = niceness
@@ -105,7 +105,7 @@ def _start_worker(embedder_factory: EmbedderFactory, niceness: int) -> None:
     global _worker_embedder
     _die_with_parent()
     if niceness:
-        os.nice(niceness)  # the learner's updates come first; the gate takes the cycles they leave
+        os.nice(niceness)  # > 0: the learner's updates come first; the gate takes the cycles they leave
     torch.set_num_threads(1)
     _worker_embedder = embedder_factory()
 

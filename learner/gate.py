@@ -38,6 +38,7 @@ class GateConfig:
         "place",
     )  # sim tasks evaluated (pairs a task does not support are skipped)
     embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiments evaluated
+    scenario: str = "nominal"  # the deployment conditions the episodes run in (`fleet.sim.scenarios`)
     episodes: int = 10  # episodes per task × embodiment
     seed_offset: int = 1_000_000  # first held-out seed (robots and demos use small seeds)
     max_steps: int | None = None  # cut episodes short of the task's limit (debug presets); None = task limit
@@ -71,6 +72,9 @@ class GateConfig:
     def __post_init__(self) -> None:
         if not self.tasks or not self.embodiments or self.episodes < 1:
             raise ValueError("GateConfig needs at least one task, one embodiment and one episode")
+        from fleet.sim.scenarios import get_scenario
+
+        get_scenario(self.scenario)  # an unknown name fails here, with a hint, not in the evaluator's worker
         if self.confirm_episodes < 0:
             raise ValueError("GateConfig.confirm_episodes must be >= 0")
         if max(self.episodes, self.confirm_episodes) > SEED_BLOCK:
@@ -145,7 +149,8 @@ class EvalGate:
         tagged with another signature is evaluated again rather than compared by its old score)."""
         c = self.config
         return json.dumps(
-            {"tasks": c.tasks, "embodiments": c.embodiments, "episodes": c.episodes, "seed_offset": c.seed_offset,
+            {"tasks": c.tasks, "embodiments": c.embodiments, "scenario": c.scenario, "episodes": c.episodes,
+             "seed_offset": c.seed_offset,
              "confirm_episodes": c.confirm_episodes,
              "max_steps": c.max_steps, "stop_when_stuck": c.stop_when_stuck,
              "schedule": {"execute_steps": EXECUTE_STEPS, "prefetch_steps": PREFETCH_STEPS}}, sort_keys=True,
@@ -178,7 +183,9 @@ class EvalGate:
 
         own_env = env is None
         if env is None:
-            env = make_env(task, embodiment, seed=self.config.seed_offset, image_size=image_size)
+            env = make_env(
+                task, embodiment, seed=self.config.seed_offset, image_size=image_size, scenario=self.config.scenario
+            )
         watch = ProgressWatch.for_task(task) if self.config.stop_when_stuck else None
         limit = self.config.max_steps or env.max_steps
         try:

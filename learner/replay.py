@@ -18,8 +18,9 @@ Returns, RECAP-style (π*0.6): the value target at step t of an episode of lengt
 before a takeover (`takeover_is_failure`: the policy needed rescuing there, even if the human then
 finished the task); dense step rewards are kept but not used. Per-sample weights (`sample_weights`):
 demonstrations and intervention steps weigh 1 (HG-DAgger: imitate the human); autonomous steps weigh
-``exp((G - V(s)) / beta)`` clipped to `max_weight` (AWR), with V from the model's value head at update
-time, so failures teach the value head without being imitated.
+``exp((G - V(s)) / beta)`` clipped to `max_weight` (AWR) when their episode succeeded, with V from the model's
+value head at update time, and 0 when it failed or a takeover followed: failures teach the value head without
+being imitated.
 
 With `autonomous=False` (the "corrections only" arm of bench/online.py) autonomous fleet steps are
 kept for their episode's context but never sampled: only demonstrations and intervention steps train.
@@ -46,7 +47,7 @@ import torch
 
 from fleet.episodes import Episode, EpisodeStore
 from fleet.policy.config import VLAConfig
-from fleet.policy.data import chunk_indices
+from fleet.policy.data import FAILURE_RETURN, VALUE_HORIZON, chunk_indices, recap_returns
 from fleet.policy.language import InstructionEmbedder
 
 if TYPE_CHECKING:
@@ -70,8 +71,12 @@ class ReplayConfig:
     # 0.5 -> 0.77, 0.25 -> 0.857, demonstrations alone 0.84 (bench/results/replay_mix.json).
     online_fraction: float = 0.25
     intervention_fraction: float | None = None  # share of the offline part from interventions; None = uniform
-    horizon: int = 200  # steps that normalize -(steps to success) into [-1, 0]
-    failure_return: float = -2.0  # value target of every step of a failed episode (below any success)
+    # With `intervention_fraction` None, the most of the offline part interventions may take: corrections pile up
+    # over a run (late in a 20-minute run they outnumbered the demonstrations), and corrections alone pulled
+    # pick/panda from 0.86 to 0.58 (bench/learning_probe.py --no-autonomous), so demonstrations keep a floor.
+    max_intervention_fraction: float = 0.5
+    horizon: int = VALUE_HORIZON  # steps that normalize -(steps to success) into [-1, 0] (as in pre-training)
+    failure_return: float = FAILURE_RETURN  # value target of every step of a failed episode (below any success)
     autonomous: bool = True  # train on autonomous fleet steps (AWR); False = corrections only (HG-DAgger)
     takeover_is_failure: bool = True  # autonomous steps that end in a takeover get the failure return (RLIF)
 
@@ -82,37 +87,24 @@ class ReplayConfig:
             raise ValueError(f"ReplayConfig.online_fraction must be in [0, 1], got {self.online_fraction}")
         if self.intervention_fraction is not None and not 0.0 <= self.intervention_fraction <= 1.0:
             raise ValueError("ReplayConfig.intervention_fraction must be in [0, 1] or None")
-        if self.failure_return > -1.0:
-            raise ValueError("ReplayConfig.failure_return must be <= -1 (below every successful return)")
-
-
-def recap_returns(
-    length: int, success: bool, *, horizon: int, failure_return: float, intervention: np.ndarray | None = None
-) -> np.ndarray:
-    """float32 (length,) value targets: -(steps to success)/horizon clipped to -1, or `failure_return`.
-
-    With `intervention` (bool (length,)), a stretch of autonomous steps that ends where a human takes over is a
-    failure of the policy whatever the episode's outcome (RLIF: the takeover is the negative signal): its steps
-    get `failure_return`, so the steps that made the human step in are never up-weighted as a success.
-    """
-    if not success:
-        return np.full(length, failure_return, dtype=np.float32)
-    steps_left = length - np.arange(length, dtype=np.float32)
-    out = np.maximum(-steps_left / np.float32(horizon), -1.0).astype(np.float32)
-    if intervention is not None and intervention.any():
-        human = np.asarray(intervention, dtype=bool)
-        last = int(np.flatnonzero(human)[-1])
-        # every autonomous stretch before the last human step ends in a takeover
-        out[:last][~human[:last]] = failure_return
-    return out
+        if not 0.0 <= self.max_intervention_fraction <= 1.0:
+            raise ValueError("ReplayConfig.max_intervention_fraction must be in [0, 1]")
+        if self.failure_return >= -1.0:
+            raise ValueError("ReplayConfig.failure_return must be < -1 (below every successful return)")
 
 
 def sample_weights(
     kinds: torch.Tensor, returns: torch.Tensor, values: torch.Tensor, *, beta: float, max_weight: float
 ) -> torch.Tensor:
-    """(B,) weights: 1 for demo / intervention rows, clip(exp((G - V) / beta), max_weight) for autonomous rows."""
+    """(B,) weights: 1 for demo / intervention rows, clip(exp((G - V) / beta), max_weight) for autonomous rows of
+    a success, 0 for autonomous rows of a failure (G < -1: the episode failed, or a takeover followed).
+
+    A failed step is never imitated, whatever the value head says: once V has learnt that such a state ends at
+    `failure_return`, AWR would give it an advantage near 0 and a weight near 1. The value head still trains on it.
+    """
     advantage = (returns - values.detach()).clamp(max=beta * float(np.log(max_weight)))
     awr = torch.exp(advantage / beta).clamp(max=max_weight)
+    awr = torch.where(returns < -1.0, torch.zeros_like(awr), awr)
     return torch.where(kinds == AUTONOMOUS, awr, torch.ones_like(awr))
 
 
@@ -407,8 +399,11 @@ class ReplayBuffer:
             n_online = 0
         n_offline = batch_size - n_online
         frac = self.config.intervention_fraction
-        if frac is None:  # uniform over demo ∪ intervention, as one offline buffer
-            n_interv = int(rng.binomial(n_offline, sizes["intervention"] / offline)) if offline else 0
+        if frac is None:  # uniform over demo ∪ intervention, as one offline buffer, interventions capped
+            share = sizes["intervention"] / offline if offline else 0.0
+            if sizes["demo"]:
+                share = min(share, self.config.max_intervention_fraction)
+            n_interv = int(rng.binomial(n_offline, share)) if offline else 0
         elif not sizes["intervention"]:
             n_interv = 0
         elif not sizes["demo"]:

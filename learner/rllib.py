@@ -49,6 +49,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
 from fleet.policy.config import VLAConfig
 from fleet.policy.model import FREEZE_LEVELS, Freeze, VLAModel
+from fleet.policy.train import ADAM_BETAS, parameter_groups
 from learner.replay import AUTONOMOUS, sample_weights
 
 MODULE_ID = DEFAULT_MODULE_ID  # the single RLModule of the learner's MultiRLModule ("default_policy")
@@ -62,7 +63,10 @@ class RLlibConfig:
     """How RLlib updates the VLA."""
 
     lr: float = 3e-4  # AdamW learning rate (constant: the stream never ends, so no decay schedule)
-    weight_decay: float = 1e-4  # AdamW weight decay
+    # Linear warm-up of the learning rate over a fresh optimizer's first updates (at start and after a restart from
+    # production): the first steps of a cold AdamW are its largest, as pre-training's warm-up knows.
+    warmup_updates: int = 100
+    weight_decay: float = 1e-4  # AdamW weight decay on weight matrices (none on norms, biases, embeddings)
     grad_clip: float = 1.0  # max global gradient norm (RLlib clips before the step)
     awr_beta: float = 0.5  # AWR temperature on advantages (returns are normalized to about [-1, 0])
     awr_max_weight: float = 20.0  # clip of exp(A / beta), so one lucky step cannot dominate a batch
@@ -78,8 +82,8 @@ class RLlibConfig:
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE_LEVELS:
             raise ValueError(f"RLlibConfig.freeze must be one of {FREEZE_LEVELS}, got {self.freeze!r}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("RLlibConfig: lr and grad_clip must be positive, weight_decay >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_updates < 0:
+            raise ValueError("RLlibConfig: lr and grad_clip must be positive, weight_decay and warmup_updates >= 0")
         if self.awr_beta <= 0 or self.awr_max_weight < 1:
             raise ValueError("RLlibConfig: awr_beta must be positive and awr_max_weight >= 1")
         if self.num_learners < 0 or self.num_gpus_per_learner < 0:
@@ -101,6 +105,7 @@ class TrainingStats:
     autonomous_fraction: float  # share of the batch that is autonomous (AWR-weighted) steps
     batch_size: int  # samples in the batch
     update_ms: float  # wall time of the update
+    learning_rate: float = 0.0  # AdamW's rate for this update (below `lr` while warming up)
 
     def to_log_dict(self) -> dict[str, float]:
         return {
@@ -113,6 +118,7 @@ class TrainingStats:
             "charts/autonomous_fraction": self.autonomous_fraction,
             "charts/batch_size": float(self.batch_size),
             "charts/update_ms": self.update_ms,
+            "charts/learning_rate": self.learning_rate,
         }
 
 
@@ -191,11 +197,24 @@ class VLATorchLearner(TorchLearner):
                     average.copy_(value)
 
     def configure_optimizers_for_module(self, module_id: str, config: AlgorithmConfig | None = None) -> None:
+        # Pre-training's AdamW (betas, no decay on norms and embeddings); frozen parts get no optimizer state.
         assert isinstance(config, VLAAlgorithmConfig)
-        module = self._module[module_id]
-        params = [p for p in self.get_parameters(module) if p.requires_grad]  # frozen parts get no AdamW state
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.vla_weight_decay)
+        groups = parameter_groups(self._module[module_id], config.vla_weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=ADAM_BETAS)
+        params = [p for group in groups for p in group["params"]]
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
+
+    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        assert isinstance(self.config, VLAAlgorithmConfig)
+        warmup, lr = self.config.warmup_updates, float(self.config.lr)
+        for _, optimizer in self.get_optimizers_for_module(MODULE_ID):
+            # AdamW's own step count: it restarts with the optimizer's state and is restored with a checkpoint's.
+            steps = next((float(s["step"]) for s in optimizer.state.values() if "step" in s), 0.0)
+            rate = lr * min(1.0, (steps + 1.0) / warmup) if warmup > 0 else lr
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            self.metrics.log_value((MODULE_ID, "learning_rate"), rate, window=1)
 
     def compute_loss_for_module(
         self, *, module_id: str, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
@@ -235,6 +254,7 @@ class VLAAlgorithmConfig(AlgorithmConfig):
         self.awr_beta = 0.5  # RLlibConfig.awr_beta
         self.awr_max_weight = 20.0  # RLlibConfig.awr_max_weight
         self.ema_decay = 0.0  # RLlibConfig.ema_decay
+        self.warmup_updates = 0  # RLlibConfig.warmup_updates
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=VLARLModule)
@@ -250,6 +270,7 @@ def build_algorithm_config(config: RLlibConfig, model_config: VLAConfig) -> VLAA
     algo.awr_beta = config.awr_beta
     algo.awr_max_weight = config.awr_max_weight
     algo.ema_decay = config.ema_decay
+    algo.warmup_updates = config.warmup_updates
     box = gym.spaces.Box(-1.0, 1.0, (model_config.max_action_dim,), np.float32)
     algo.environment(observation_space=box, action_space=box)
     algo.framework("torch", torch_skip_nan_gradients=config.skip_nan_gradient_checks)
@@ -302,6 +323,7 @@ class VLALearner:
             autonomous_fraction=value("autonomous_fraction"),
             batch_size=n,
             update_ms=elapsed_ms,
+            learning_rate=value("learning_rate"),
         )
 
     def get_state_dict(self) -> dict[str, torch.Tensor]:

@@ -120,7 +120,9 @@ class LearnerService:
         self.settings = settings
         self.embedder: InstructionEmbedder = embedder_factory()
         # The gate's episodes run in the evaluator's worker process (it builds its own embedder from the factory).
-        self.evaluator = Evaluator(embedder_factory, process=config.evaluator_process)
+        self.evaluator = Evaluator(
+            embedder_factory, process=config.evaluator_process, niceness=config.evaluator_niceness
+        )
         if transport is None:
             transport_config = TransportConfig.from_settings(settings, client_id="fleet-learner")
             ensure_topics(transport_config)

@@ -2,8 +2,9 @@
 
 Sample `(episode, t)` holds the observation at step t and the chunk `actions[t : t + H]`. Near the
 episode end the chunk is padded by repeating the last action, and `action_mask` is False on the
-padded steps so the loss ignores them (LeRobot's `action_is_pad`). `returns` is the discounted
-return-to-go from step t (divided by `return_scale`), the value head's regression target.
+padded steps so the loss ignores them (LeRobot's `action_is_pad`). `returns` is the value head's regression
+target at step t (`recap_returns`: -(steps to success) / horizon, or `failure_return` for a failed step), the
+same targets the online learner trains the value head on.
 
     dataset = ChunkDataset(list(store.iter_episodes()), model_config, embedder=default_embedder())
     batch = dataset.sample_batch(np.random.default_rng(0), batch_size=64)   # dict of tensors, see fleet.policy.model
@@ -22,15 +23,31 @@ from fleet.episodes import Episode
 from fleet.policy.config import VLAConfig
 from fleet.policy.language import InstructionEmbedder
 
+# The value head's targets, RECAP-style (pi*0.6), the same in pre-training and in the online learner, so the
+# value version 1 learnt is already on the learner's scale when the first advantages are taken from it.
+VALUE_HORIZON = 200  # steps that normalize -(steps to success) into [-1, 0]
+FAILURE_RETURN = -2.0  # value target of a failed step, below any success
 
-def returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """float32 (T,): G_t = r_t + gamma * G_{t+1}, G_T = 0."""
-    out = np.zeros(len(rewards), dtype=np.float64)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = float(rewards[t]) + gamma * running
-        out[t] = running
-    return out.astype(np.float32)
+
+def recap_returns(
+    length: int, success: bool, *, horizon: int, failure_return: float, intervention: np.ndarray | None = None
+) -> np.ndarray:
+    """float32 (length,) value targets: -(steps to success)/horizon clipped to -1, or `failure_return`.
+
+    With `intervention` (bool (length,)), a stretch of autonomous steps that ends where a human takes over is a
+    failure of the policy whatever the episode's outcome (RLIF: the takeover is the negative signal): its steps
+    get `failure_return`, so the steps that made the human step in are never up-weighted as a success.
+    """
+    if not success:
+        return np.full(length, failure_return, dtype=np.float32)
+    steps_left = length - np.arange(length, dtype=np.float32)
+    out = np.maximum(-steps_left / np.float32(horizon), -1.0).astype(np.float32)
+    if intervention is not None and intervention.any():
+        human = np.asarray(intervention, dtype=bool)
+        last = int(np.flatnonzero(human)[-1])
+        # every autonomous stretch before the last human step ends in a takeover
+        out[:last][~human[:last]] = failure_return
+    return out
 
 
 def chunk_indices(length: int, t: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,13 +77,11 @@ class ChunkDataset:
         config: VLAConfig,
         *,
         embedder: InstructionEmbedder,
-        gamma: float = 0.99,
-        return_scale: float = 1.0,
+        horizon: int = VALUE_HORIZON,
+        failure_return: float = FAILURE_RETURN,
     ) -> None:
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-        if return_scale <= 0:
-            raise ValueError(f"return_scale must be positive, got {return_scale}")
+        if horizon < 1 or failure_return >= -1.0:
+            raise ValueError(f"horizon must be >= 1 and failure_return < -1, got {horizon}, {failure_return}")
         if embedder.name != config.text_encoder or embedder.dim != config.text_dim:
             raise ValueError(
                 f"embedder {embedder.name!r} ({embedder.dim}-d) does not match the model's"
@@ -78,7 +93,7 @@ class ChunkDataset:
         for episode in episodes:
             if episode.meta.length == 0:
                 continue
-            arrays = self._convert(episode, embedder, gamma, return_scale)
+            arrays = self._convert(episode, embedder, horizon, failure_return)
             owners.append(np.full(episode.meta.length, len(self._episodes), dtype=np.int64))
             self._episodes.append(arrays)
         if not self._episodes:
@@ -86,7 +101,9 @@ class ChunkDataset:
         self._owner = np.concatenate(owners)
         self._step = np.concatenate([np.arange(len(e.actions)) for e in self._episodes])
 
-    def _convert(self, episode: Episode, embedder: InstructionEmbedder, gamma: float, scale: float) -> _EpisodeArrays:
+    def _convert(
+        self, episode: Episode, embedder: InstructionEmbedder, horizon: int, failure_return: float
+    ) -> _EpisodeArrays:
         c = self.config
         meta = episode.meta
         where = f"episode {meta.robot_id}/{meta.episode_id}"
@@ -121,7 +138,13 @@ class ChunkDataset:
             images=np.ascontiguousarray(np.stack(cams, axis=1)),
             proprio=proprio,
             actions=actions,
-            returns=returns_to_go(episode.rewards, gamma) / np.float32(scale),
+            returns=recap_returns(
+                meta.length,
+                bool(meta.success),
+                horizon=horizon,
+                failure_return=failure_return,
+                intervention=np.asarray(episode.intervention, dtype=bool),
+            ),  # fmt: skip
             intervention=np.asarray(episode.intervention, dtype=bool),
             embodiment_id=c.embodiment_index(meta.embodiment),
             instruction=instruction,

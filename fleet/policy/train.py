@@ -38,7 +38,7 @@ from fleet.policy.checkpoint import (
     save_optimizer,
 )
 from fleet.policy.config import VLAConfig, debug_model_config
-from fleet.policy.data import ChunkDataset, random_shift
+from fleet.policy.data import FAILURE_RETURN, VALUE_HORIZON, ChunkDataset, random_shift
 from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
 
@@ -60,8 +60,8 @@ class TrainConfig:
     save_every: int = 1_000  # checkpoint period in steps (the last step is always saved)
     keep_checkpoints: int = 3  # newest checkpoints kept in the run directory
     seed: int = 0  # seeds model init, batch sampling, flow noise and augmentation
-    gamma: float = 0.99  # discount of the value head's return-to-go targets
-    return_scale: float = 1.0  # return-to-go is divided by this (keep value targets near [-1, 1])
+    value_horizon: int = VALUE_HORIZON  # value targets -(steps to success) / this, as the online learner's
+    failure_return: float = FAILURE_RETURN  # value target of a failed episode's steps, as the online learner's
     shift_pad: int = 0  # random-shift augmentation in pixels (0 = off: with a fixed camera, shifts move the target)
     log_every: int = 50  # steps between progress-bar updates of the mean losses
     progress: bool = True  # show a tqdm progress bar
@@ -76,8 +76,8 @@ class TrainConfig:
             raise ValueError("TrainConfig: lr and grad_clip must be positive, weight_decay >= 0")
         if self.warmup_steps < 0 or self.shift_pad < 0:
             raise ValueError("TrainConfig: warmup_steps and shift_pad must be >= 0")
-        if not 0.0 <= self.gamma <= 1.0 or self.return_scale <= 0:
-            raise ValueError("TrainConfig: gamma must be in [0, 1] and return_scale positive")
+        if self.value_horizon < 1 or self.failure_return >= -1.0:
+            raise ValueError("TrainConfig: value_horizon must be >= 1 and failure_return < -1")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"TrainConfig.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
 
@@ -136,11 +136,25 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
+ADAM_BETAS = (0.9, 0.95)  # AdamW's betas for pre-training, post-training and the online learner alike
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices and conv kernels only, none on biases, norms, embeddings and
+    positional parameters; frozen parameters (requires_grad False) left out."""
+
+    def decays(name: str, parameter: torch.Tensor) -> bool:
+        return parameter.ndim >= 2 and "pos" not in name and "embedding" not in name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+    ]
+
+
 def make_optimizer(model: VLAModel, config: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "embedding" not in n)]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=ADAM_BETAS)
 
 
 def train_step(
@@ -236,7 +250,11 @@ def train(
     embedder = embedder if embedder is not None else default_embedder()
     episode_list = list(episodes.iter_episodes()) if isinstance(episodes, EpisodeStore) else list(episodes)
     dataset = ChunkDataset(
-        episode_list, config.model, embedder=embedder, gamma=config.gamma, return_scale=config.return_scale
+        episode_list,
+        config.model,
+        embedder=embedder,
+        horizon=config.value_horizon,
+        failure_return=config.failure_return,
     )
 
     device = resolve_device(config.device)

@@ -171,8 +171,11 @@ def posttrain_command(
 def eval_command(
     checkpoint: Path | None = CheckpointOption,
     version: str | None = typer.Option(None, "--version", help="Registry version to evaluate instead."),
-    tasks: str = TasksOption,
+    tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task ids [default: the scenario's]."),
     embodiments: str = EmbodimentsOption,
+    scenario: str = typer.Option(
+        "nominal", "--scenario", help="Deployment conditions: nominal, far-reach, new-task (fleet.sim.scenarios)."
+    ),
     episodes: int = typer.Option(20, "--episodes", help="Episodes per task x embodiment."),
     seed: int = typer.Option(100_000, "--seed", help="Env seed of the first episode."),
     execute_steps: int = typer.Option(
@@ -186,12 +189,15 @@ def eval_command(
     import torch
 
     from fleet.recipe.evaluate import EvalConfig, main
+    from fleet.sim.scenarios import get_scenario
 
     torch.set_num_threads(threads)
     name = f"version-{version}" if version else (checkpoint.name if checkpoint else "eval")
     try:
+        conditions = get_scenario(scenario)
         config = EvalConfig(
-            checkpoint=checkpoint, version=version, tasks=_split(tasks), embodiments=_split(embodiments),
+            checkpoint=checkpoint, version=version, tasks=_split(tasks) if tasks else conditions.tasks,
+            embodiments=_split(embodiments), scenario=conditions.name,
             episodes=episodes, seed=seed, execute_steps=execute_steps,
             out=out or _home() / "eval" / f"{name}.json", gif_dir=gif,
         )  # fmt: skip

@@ -46,6 +46,7 @@ class EvalConfig:
     version: str | None = None  # registry version to download and evaluate (sha256-verified)
     tasks: tuple[str, ...] = ("pick", "push", "place")  # task ids
     embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiment ids
+    scenario: str = "nominal"  # deployment conditions the episodes run in (`fleet.sim.scenarios`)
     episodes: int = 20  # episodes per task x embodiment
     seed: int = 100_000  # env seed of episode 0 (kept away from the demo seeds 0, 1, ...)
     execute_steps: int | None = EXECUTE_STEPS  # actions executed per chunk before re-planning (None = whole chunk)
@@ -165,8 +166,9 @@ def evaluate(
     image_size: int = 64,
     embedder: InstructionEmbedder | None = None,
     on_episode: Callable[[Episode], None] | None = None,
+    scenario: str = "nominal",
 ) -> Rates:
-    """Success rate of the policy on `episodes` seeded episodes per task x embodiment."""
+    """Success rate of the policy on `episodes` seeded episodes per task x embodiment, in `scenario`'s conditions."""
     from fleet.sim.registry import make_env
     from fleet.sim.rollout import save_gif
 
@@ -177,7 +179,7 @@ def evaluate(
     for task in tasks:
         rates[task] = {}
         for embodiment in embodiments:
-            env = make_env(task, embodiment, seed=seed, image_size=image_size)
+            env = make_env(task, embodiment, seed=seed, image_size=image_size, scenario=scenario)
             try:
                 wins = 0
                 for k in range(episodes):
@@ -224,7 +226,7 @@ def main(config: EvalConfig, *, embedder: InstructionEmbedder | None = None) -> 
         rates = evaluate(
             policy, config.tasks, config.embodiments, config.episodes, config.seed,
             execute_steps=config.execute_steps, prefetch_steps=config.prefetch_steps, gif_dir=config.gif_dir,
-            image_size=config.image_size, on_episode=tick,
+            image_size=config.image_size, on_episode=tick, scenario=config.scenario,
         )  # fmt: skip
     print(format_table(rates))
     if config.out is not None:

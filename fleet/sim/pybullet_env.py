@@ -23,6 +23,7 @@ from fleet.embodiments import EmbodimentSpec
 from fleet.sim.base import CAMERAS, EnvBase, Observation, SimState, TaskSpec, check_cameras
 from fleet.sim.pybullet_robots import ArmLimits, KukaSuctionArm, PandaArm, PyBulletArm
 from fleet.sim.pybullet_scene import SCENES, TabletopScene
+from fleet.sim.scenarios import HOME, HOME_JITTER, Layout
 
 ARMS: dict[str, type[PyBulletArm]] = {"panda": PandaArm, "kuka": KukaSuctionArm}
 
@@ -47,9 +48,10 @@ class PyBulletConfig:
     shadows: bool = False  # tiny-renderer shadows: nicer images, about half the frame rate
     physics_hz: int = 240  # physics rate; control_hz comes from the embodiment (substeps = ratio)
     solver_iterations: int = 50  # constraint solver iterations per physics step (grasp stability)
-    home: tuple[float, float, float] = (0.52, 0.0, 0.22)  # tool start position, jittered per episode
-    home_jitter: float = 0.04  # +- uniform jitter of the tool start position, metres
+    home: tuple[float, float, float] = HOME  # tool start position, jittered per episode
+    home_jitter: float = HOME_JITTER  # +- uniform jitter of the tool start position, metres
     limits: ArmLimits = field(default_factory=ArmLimits)  # action scaling and workspace bounds
+    layout: Layout = field(default_factory=Layout)  # where the scene puts its objects
     max_steps: int | None = None  # override the task's time limit (env steps)
 
     def __post_init__(self) -> None:
@@ -134,7 +136,7 @@ class PyBulletEnv(EnvBase):
             numSolverIterations=config.solver_iterations,
             deterministicOverlappingPairs=1,
         )
-        return SCENES[self.task.name](c), ARMS[self.embodiment.name](c, config.limits)
+        return SCENES[self.task.name](c, config.layout), ARMS[self.embodiment.name](c, config.limits)
 
     # --- EnvBase hooks ---------------------------------------------------------------------------
     def _reset_scene(self, rng: np.random.Generator) -> str:

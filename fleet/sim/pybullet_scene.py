@@ -15,6 +15,7 @@ import numpy as np
 from pybullet_utils.bullet_client import BulletClient
 
 from fleet.sim.base import ObjectState
+from fleet.sim.scenarios import Layout
 from fleet.sim.tasks import COLORS
 
 CUBE_HALF = 0.02  # half edge of every cube, metres (4 cm cubes fit the Panda's 8 cm opening)
@@ -23,8 +24,6 @@ TRAY_RGBA = (0.78, 0.66, 0.47, 1.0)
 TRAY_INNER_HALF = 0.07  # half of the tray's inner width, metres
 TRAY_FLOOR = 0.006  # tray floor thickness, metres
 TRAY_WALL = (0.01, 0.035)  # tray wall thickness and height, metres
-X_RANGE = (0.42, 0.66)  # where objects are placed, metres (robot frame)
-Y_RANGE = (-0.18, 0.18)
 
 
 def _box(client: BulletClient, half: tuple[float, float, float], rgba: tuple[float, ...], mass: float) -> int:
@@ -60,8 +59,9 @@ class TabletopScene(abc.ABC):
 
     n_cubes: int = 3  # cubes in the scene: the target first, then the others
 
-    def __init__(self, client: BulletClient) -> None:
+    def __init__(self, client: BulletClient, layout: Layout | None = None) -> None:
         self.client = client
+        self.layout = layout or Layout()
         self.table = _box(client, (1.2, 1.2, 0.01), TABLE_RGBA, 0.0)
         client.resetBasePositionAndOrientation(self.table, (0.45, 0.0, -0.01), (0, 0, 0, 1))
         self.cubes = [_box(client, (CUBE_HALF,) * 3, (1, 1, 1, 1), 0.1) for _ in range(self.n_cubes)]
@@ -110,7 +110,7 @@ class TabletopScene(abc.ABC):
     ) -> np.ndarray:
         """Rejection-sample a free spot; `taken` holds (centre, radius) of what is already placed."""
         for _ in range(1000):
-            xy = np.array([rng.uniform(*X_RANGE), rng.uniform(*Y_RANGE)])
+            xy = np.array([rng.uniform(*self.layout.x_range), rng.uniform(*self.layout.y_range)])
             if all(np.linalg.norm(xy - c) >= r + radius for c, r in taken) and (ok is None or ok(xy)):
                 taken.append((xy, radius))
                 return xy
@@ -141,7 +141,7 @@ class PushScene(TabletopScene):
     def _layout(self, rng: np.random.Generator) -> dict[str, str]:
         direction = 1.0 if rng.random() < 0.5 else -1.0
         y_lo, y_hi = (-0.14, 0.06) if direction > 0 else (-0.06, 0.14)
-        target_xy = np.array([rng.uniform(0.45, 0.63), rng.uniform(y_lo, y_hi)])
+        target_xy = np.array([rng.uniform(*self.layout.push_x_range), rng.uniform(y_lo, y_hi)])
         taken = [(target_xy, 0.045)]
 
         def clear_of_path(xy: np.ndarray) -> bool:
@@ -180,8 +180,8 @@ class PlaceScene(TabletopScene):
 
     n_cubes = 2
 
-    def __init__(self, client: BulletClient) -> None:
-        super().__init__(client)
+    def __init__(self, client: BulletClient, layout: Layout | None = None) -> None:
+        super().__init__(client, layout)
         self.tray = _tray(client)
 
     def _layout(self, rng: np.random.Generator) -> dict[str, str]:

@@ -121,13 +121,15 @@ def collect_demos(
     robot_id: str | None = None,
     only_successes: bool = True,
     on_episode: Callable[[Episode], None] | None = None,
+    scenario: str = "nominal",
 ) -> list[Path]:
     """Write `episodes` scripted demonstrations (seeds seed, seed+1, ...) to `store`; return their paths.
+    `scenario`: the deployment conditions they are shown in (`fleet.sim.scenarios`).
 
     Episode ids are deterministic (`<task>-<embodiment>-seed<k>`), so re-running replaces rather than
     duplicates. Failed demos are skipped when `only_successes` (the expert fails < 5% of seeds).
     """
-    env = make_env(task, embodiment, seed=seed, image_size=image_size)
+    env = make_env(task, embodiment, seed=seed, image_size=image_size, scenario=scenario)
     robot = robot_id or f"demo-{embodiment}"
     paths = []
     try:

@@ -12,11 +12,12 @@ import torch
 
 from fleet.episodes import EpisodeStore
 from fleet.policy.config import debug_model_config
+from fleet.policy.data import recap_returns
 from fleet.policy.model import VLAModel
 from fleet.schemas import Review, RewardSignal
 from learner.features import FrozenFeatures
 from learner.ingest import Ingest
-from learner.replay import AUTONOMOUS, DEMO, INTERVENTION, ReplayBuffer, ReplayConfig, recap_returns, sample_weights
+from learner.replay import AUTONOMOUS, DEMO, INTERVENTION, ReplayBuffer, ReplayConfig, sample_weights
 from tests.learner.fakes import correction, segments
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder, make_episode
 
@@ -188,8 +189,24 @@ def test_awr_weights() -> None:
     values = torch.tensor([0.0, 0.0, -0.6, -1.0, -1.0])
     w = sample_weights(kinds, returns, values, beta=0.5, max_weight=20.0)
     assert w[:2].tolist() == [1.0, 1.0]  # imitate humans and demos whatever the outcome
-    assert w[2] == pytest.approx(np.exp(1.0)) and w[3] == pytest.approx(np.exp(-2.0))  # failures barely count
+    assert w[2] == pytest.approx(np.exp(1.0)) and w[3] == 0.0  # a failed step is never imitated
     assert w[4] == pytest.approx(20.0)  # clipped
+    # ... even when the value head has learnt where failures end (an advantage of 0 would weigh 1 under AWR)
+    assert sample_weights(kinds[3:4], returns[3:4], returns[3:4], beta=0.5, max_weight=20.0).item() == 0.0
+
+
+def test_corrections_take_at_most_their_capped_share_of_the_offline_rows() -> None:
+    replay, ingest = _replay(online_fraction=0.0, max_intervention_fraction=0.25)
+    replay.add_episode(make_episode(length=4, seed=0))
+    _feed(ingest, segments("r1", "e1", lengths=(10, 10), intervention=(0, 20)))
+    assert replay.sizes()["intervention"] == 20 and replay.sizes()["demo"] == 4  # uniform would give 5/6
+    kinds = np.concatenate([replay.sample(64, np.random.default_rng(i))["kind"] for i in range(20)])
+    assert np.mean(kinds == INTERVENTION) == pytest.approx(0.25, abs=0.04)
+    alone, ingest = _replay(online_fraction=0.0, max_intervention_fraction=0.25)  # no demos: nothing to share with
+    _feed(ingest, segments("r1", "e1", lengths=(10, 10), intervention=(0, 20)))
+    assert np.all(alone.sample(32, np.random.default_rng(0))["kind"] == INTERVENTION)
+    with pytest.raises(ValueError, match="max_intervention_fraction"):
+        ReplayConfig(max_intervention_fraction=1.5)
 
 
 def test_add_demos_loads_only_the_stores_demonstrations_up_to_the_cap(tmp_path: Path) -> None:

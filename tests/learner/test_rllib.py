@@ -159,3 +159,20 @@ def test_a_frozen_part_trains_on_cached_features_and_never_moves(freeze: str) ->
         assert not features.matches(after)
     finally:
         learner.shutdown()
+
+
+def test_the_learning_rate_warms_up_on_every_fresh_optimizer() -> None:
+    learner = VLALearner(RLlibConfig(lr=1e-3, warmup_updates=4), model_config=MODEL)
+    try:
+        batch = _batch()
+        rates = [learner.update(batch).learning_rate for _ in range(5)]
+        assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+        learner.reset_optimizer()  # a restart from production: AdamW starts cold, so does the warm-up
+        assert learner.update(batch).learning_rate == pytest.approx(2.5e-4)
+        groups = learner._each_learner(lambda lr: lr.get_optimizers_for_module(MODULE_ID)[0][1].param_groups)[0]
+        assert [g["weight_decay"] for g in groups] == [1e-4, 0.0] and groups[0]["betas"] == (0.9, 0.95)
+        no_decay = {id(p) for p in groups[1]["params"]}
+        module = learner._each_learner(lambda lr: lr.module[MODULE_ID].unwrapped().vla)[0]
+        assert {id(p) for n, p in module.named_parameters() if "norm" in n or n.endswith("bias")} <= no_decay
+    finally:
+        learner.shutdown()

@@ -7,14 +7,18 @@ import pytest
 import torch
 
 from fleet.policy.config import VLAConfig
-from fleet.policy.data import ChunkDataset, chunk_indices, random_shift, returns_to_go
+from fleet.policy.data import ChunkDataset, chunk_indices, random_shift, recap_returns
 from fleet.policy.model import VLAModel
+from fleet.policy.train import TrainConfig
+from learner.replay import ReplayConfig
 from tests.policy.fakes import HashEmbedder, make_episode
 
 
-def test_returns_to_go() -> None:
-    np.testing.assert_allclose(returns_to_go(np.array([0, 0, 1], np.float32), 0.5), [0.25, 0.5, 1.0])
-    np.testing.assert_allclose(returns_to_go(np.array([-1, -1, -1], np.float32), 1.0), [-3, -2, -1])
+def test_value_targets_count_steps_to_success_as_the_learners_do() -> None:
+    np.testing.assert_allclose(recap_returns(3, True, horizon=10, failure_return=-2.0), [-0.3, -0.2, -0.1])
+    np.testing.assert_allclose(recap_returns(2, False, horizon=10, failure_return=-2.0), [-2.0, -2.0])
+    assert ReplayConfig().horizon == TrainConfig(name="t").value_horizon  # one scale for version 1 and the learner
+    assert ReplayConfig().failure_return == TrainConfig(name="t").failure_return
 
 
 def test_chunk_indices_pad_with_the_last_step() -> None:
@@ -25,7 +29,7 @@ def test_chunk_indices_pad_with_the_last_step() -> None:
 
 def test_samples_hold_the_chunk_mask_and_padding(tiny_config: VLAConfig) -> None:
     panda, sawyer = make_episode("panda", length=6, seed=1), make_episode("sawyer", length=3, seed=2)
-    data = ChunkDataset([panda, sawyer], tiny_config, embedder=HashEmbedder(), gamma=1.0, return_scale=2.0)
+    data = ChunkDataset([panda, sawyer], tiny_config, embedder=HashEmbedder(), horizon=4)
     assert len(data) == 9 and data.num_episodes == 2
     batch = data.get_batch(np.array([4, 6]))  # panda step 4, sawyer step 0
     h = tiny_config.chunk_size
@@ -39,7 +43,7 @@ def test_samples_hold_the_chunk_mask_and_padding(tiny_config: VLAConfig) -> None
     np.testing.assert_array_equal(batch["actions"][0, 2:, :4].numpy(), np.repeat(panda.actions[5:6], h - 2, 0))
     assert torch.all(batch["actions"][:, :, 4] == 0)  # panda and sawyer have 4 action dims
     assert torch.all(batch["proprio"][1, 4:] == 0)  # sawyer has 4 proprio dims
-    assert batch["returns"].tolist() == [0.5, 0.5]  # reward 1 at the end, gamma 1, scale 2
+    assert batch["returns"].tolist() == [-0.5, -0.75]  # 2 and 3 steps to success, over a horizon of 4
     model_batch = {k: v for k, v in batch.items() if k != "intervention"}
     VLAModel(tiny_config).check_batch(model_batch, with_actions=True)
 

@@ -1,0 +1,95 @@
+"""Deployment scenarios: one registry, accepted by the env, the gate, the fleet, the learner and the demo."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import typer
+
+from actors.sim_fleet import FleetConfig
+from fleet.demo import DemoConfig
+from fleet.sim import make_env
+from fleet.sim.rollout import expert_rollout
+from fleet.sim.scenarios import SCENARIOS, get_scenario
+from learner.cli import learner_config
+from learner.gate import EvalGate, GateConfig
+
+
+def test_an_unknown_scenario_is_refused_everywhere_with_a_hint() -> None:
+    with pytest.raises(KeyError, match="Did you mean 'far-reach'"):
+        get_scenario("far-rech")
+    with pytest.raises(KeyError, match="far-reach"):
+        make_env("pick", "panda", scenario="far-rech")
+    for build in (
+        lambda: GateConfig(scenario="far-rech"),
+        lambda: FleetConfig(scenario="far-rech"),
+        lambda: DemoConfig(scenario="far-rech"),
+    ):
+        with pytest.raises(KeyError, match="Did you mean 'far-reach'"):
+            build()
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("demo", scenario="far-rech")
+    assert error.value.param_hint == "--scenario"
+
+
+@pytest.mark.parametrize("task", ["pick", "push", "place"])
+def test_far_reach_moves_objects_and_start_poses_outside_the_demonstrations_range(task: str) -> None:
+    far, nominal = SCENARIOS["far-reach"], SCENARIOS["nominal"]
+    positions: dict[str, list[np.ndarray]] = {"far-reach": [], "nominal": []}
+    tools: dict[str, list[np.ndarray]] = {"far-reach": [], "nominal": []}
+    for scenario in positions:
+        env = make_env(task, "panda", seed=0, scenario=scenario)
+        try:
+            for seed in range(8):
+                env.reset(seed=seed)
+                state = env.privileged_state()
+                positions[scenario] += [o.position for o in state.objects.values()]
+                tools[scenario].append(state.ee_position)
+        finally:
+            env.close()
+    far_x = np.array([p[0] for p in positions["far-reach"]])
+    near_x = np.array([p[0] for p in positions["nominal"]])
+    assert far_x.min() >= far.layout.x_range[0] - 0.1 and far_x.max() > nominal.layout.x_range[1]
+    assert near_x.max() <= nominal.layout.x_range[1] + 0.1  # the tray's centre stays in range too
+    assert far_x.mean() > near_x.mean() + 0.05
+    assert np.mean([t[2] for t in tools["far-reach"]]) > np.mean([t[2] for t in tools["nominal"]]) + 0.03
+
+
+def test_the_nominal_scenario_is_the_default_env_bit_for_bit() -> None:
+    plain, nominal = make_env("push", "kuka", seed=3), make_env("push", "kuka", seed=3, scenario="nominal")
+    try:
+        a, b = plain.reset(seed=5)[0], nominal.reset(seed=5)[0]
+        assert all(np.array_equal(a["images"][c], b["images"][c]) for c in a["images"])
+    finally:
+        plain.close()
+        nominal.close()
+
+
+@pytest.mark.parametrize(("scenario", "task"), [("far-reach", "pick"), ("far-reach", "place"), ("new-task", "stack")])
+@pytest.mark.parametrize("embodiment", ["panda", "kuka"])
+def test_the_scripted_supervisor_solves_every_scenario(scenario: str, task: str, embodiment: str) -> None:
+    env = make_env(task, embodiment, seed=0, scenario=scenario)
+    try:
+        wins = [expert_rollout(env, seed=700 + k, robot_id="t", episode_id=f"e{k}").meta.success for k in range(3)]
+    finally:
+        env.close()
+    assert all(wins), wins
+
+
+def test_the_gate_fleet_learner_and_demo_take_the_scenario() -> None:
+    gate = GateConfig(scenario="far-reach")
+    assert EvalGate(gate).signature() != EvalGate(GateConfig()).signature()  # scores are compared per scenario
+    robots = FleetConfig(n=3, scenario="far-reach").robots()
+    assert {r.scenario for r in robots} == {"far-reach"}
+    far = learner_config("demo", scenario="far-reach")
+    assert far.gate.scenario == "far-reach" and far.gate.tasks == ("pick", "push")  # the preset's tasks it has
+    new = learner_config("demo", scenario="new-task")
+    assert new.gate.tasks == ("stack",)  # a new task: the scenario's own
+    demo = DemoConfig(scenario="new-task")
+    assert demo.fleet_tasks == ("stack",) and demo.seed_demos() == {"pick": 100, "push": 100, "stack": 20}
+    assert DemoConfig(scenario="far-reach").fleet_tasks == ("pick", "push")
+    assert dataclasses.replace(DemoConfig(), scenario="nominal").seed_demos() == {"pick": 100, "push": 100}
+    with pytest.raises(ValueError, match="PyBullet arms only"):
+        make_env("mw-reach", "sawyer", scenario="far-reach")
