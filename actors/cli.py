@@ -36,6 +36,11 @@ def run(
         help="Who watches the robots: takeover (the scripted expert takes over a robot that stalls), "
         "stop (a stalled episode is ended as a failure, no takeover) or off.",
     ),
+    takeover_rules: str = typer.Option(
+        "stall",
+        help="When the scripted expert takes over: stall (no progress for 1 s), regress (heading away from "
+        "the goal), comma-separated; each correction records which fired.",
+    ),
 ) -> None:
     """Run N simulated robots that act with the production model, stream to Kafka and hot-reload."""
     from actors.robot import NoProductionModel
@@ -55,6 +60,7 @@ def run(
             n=n, tasks=_split(tasks) if tasks else conditions.tasks, scenario=conditions.name,
             embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
             realtime=realtime, address=address, seed=seed, rotate_tasks=rotate_tasks, supervision=supervision,
+            takeover_rules=_split(takeover_rules),
         )  # fmt: skip
     except (KeyError, ValueError) as err:
         typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)

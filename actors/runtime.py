@@ -363,12 +363,12 @@ class RobotRuntime:
             self.intervening = human is not None
             if human is not None:
                 if not takeover:
-                    takeover_start = step
+                    takeover_start, takeover_reason = step, getattr(self.supervisor, "reason", "")
                 takeover.append(human)
                 action = human
                 interventions += 1
             elif takeover:
-                self._send_correction(takeover_start, takeover, chunk_version)
+                self._send_correction(takeover_start, takeover, chunk_version, takeover_reason)
                 takeover = []
             if segment.version != chunk_version and segment.actions:
                 self._send_segment(segment, index, done=False, success=False)
@@ -390,7 +390,7 @@ class RobotRuntime:
             if self._stop.is_set():
                 break
         if takeover:
-            self._send_correction(takeover_start, takeover, chunk_version)
+            self._send_correction(takeover_start, takeover, chunk_version, takeover_reason)
         if pending is not None:
             pending.cancel()
         self.publish(
@@ -514,13 +514,14 @@ class RobotRuntime:
         )  # fmt: skip
         self.segments_total += 1
 
-    def _send_correction(self, start: int, actions: list[np.ndarray], version: str | None) -> None:
+    def _send_correction(self, start: int, actions: list[np.ndarray], version: str | None, reason: str) -> None:
         cfg = self.config
         self.publish(
             Correction(
                 correction_id=f"{self.episode_id}-c{start}", robot_id=cfg.robot_id, embodiment=cfg.embodiment,
                 task_id=self.task, episode_id=self.episode_id, step_start=start, actions=np.stack(actions),
                 operator=getattr(self.supervisor, "name", "supervisor"), model_version=version, created_at=time.time(),
+                reason=reason[:200],
             )
         )  # fmt: skip
 

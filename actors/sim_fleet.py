@@ -19,7 +19,7 @@ from typing import Any
 
 from actors.priority import set_niceness
 from actors.runtime import RobotConfig
-from actors.supervisor import check_supervision
+from actors.supervisor import SupervisorConfig, check_supervision
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ class FleetConfig:
     # Who watches the robots (actors.supervisor.SUPERVISION): "takeover", a simulated human (the scripted expert)
     # takes over when a robot goes wrong; "stop", a stalled episode is ended as a failure; "off", nobody.
     supervision: str = "takeover"
+    # What makes the simulated human take over (actors.supervisor.RULES): "stall" (no progress for 1 s), "regress"
+    # (heading away from the goal); several fire on whichever comes first. The reason goes with each correction.
+    takeover_rules: tuple[str, ...] = ("stall",)
     # Each robot keeps its embodiment and works through every task it can do, one episode each (starting at its
     # grid task), so a fleet smaller than the task x embodiment grid still brings data from all of it.
     rotate_tasks: bool = False
@@ -60,6 +63,7 @@ class FleetConfig:
         if self.reload_stagger_s < 0:
             raise ValueError("reload_stagger_s must be >= 0")
         check_supervision(self.supervision)  # before any robot starts
+        SupervisorConfig(rules=self.takeover_rules)  # unknown rules fail here, before any robot starts
         from fleet.sim.scenarios import get_scenario
 
         get_scenario(self.scenario)  # an unknown name fails here, with a hint, before any robot starts
@@ -113,6 +117,7 @@ class RobotActor:
         poll_interval_s: float,
         log_level: int = logging.WARNING,
         supervision: str = "takeover",
+        takeover_rules: tuple[str, ...] = ("stall",),
     ) -> None:
         import torch
 
@@ -129,7 +134,10 @@ class RobotActor:
             self.niceness, refused = set_niceness(robot.niceness)
             if refused:
                 log.warning("robot %s keeps niceness %d: %s", robot.robot_id, self.niceness, refused)
-        self.handle = build_robot(robot_settings, robot, poll_interval_s=poll_interval_s, supervision=supervision)
+        self.handle = build_robot(
+            robot_settings, robot, poll_interval_s=poll_interval_s, supervision=supervision,
+            supervisor_config=SupervisorConfig(rules=tuple(takeover_rules)),
+        )  # fmt: skip
         self.stop_event = threading.Event()
 
     def run(self, episodes: int | None, duration_s: float | None) -> dict[str, Any]:
@@ -217,6 +225,7 @@ def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
             config.poll_interval_s,
             logging.getLogger().getEffectiveLevel(),
             config.supervision,
+            config.takeover_rules,
         )
         for robot in config.robots()
     ]

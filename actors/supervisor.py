@@ -1,13 +1,15 @@
 """The supervisor hook: where a human (in sim, the scripted expert) takes over from the policy.
 
 HG-DAgger style: the supervisor watches every step and steps in only when the robot is really going
-wrong, as a human watching it would: when the task stops progressing. For the tabletop tasks progress
-is `fleet.sim.experts.REMAINING` (metres of tool and object travel still to go); when it has not
-fallen below its best by `progress` metres for `stall_steps` steps (the robot is stuck, lost, or busy
-with the wrong object), the supervisor drives for `takeover_steps` steps, then hands control back and
-gives the policy a fresh window. Those steps are marked in the intervention mask and sent as
-`Correction`s. A policy that is getting on with the task, however differently from the expert, is left
-alone: its episode stays autonomous and its success is its own.
+wrong, as a human watching it would. For the tabletop tasks progress is `fleet.sim.experts.REMAINING`
+(metres of tool and object travel still to go), and `SupervisorConfig.rules` say what counts as going
+wrong: "stall", it has not fallen below its best by `progress` metres for `stall_steps` steps (the robot is
+stuck, lost, or busy with the wrong object); "regress", it has risen `regress` metres above its best (the robot
+heads away from its goal, which an operator sees before the robot stalls). The supervisor then drives for
+`takeover_steps` steps, or hands back sooner once the task has progressed `handback_progress` metres (the robot
+is on track again), and gives the policy a fresh window. Those steps are marked in the intervention mask and
+sent as `Correction`s, each with the `reason` its rule gave. A policy that is getting on with the task, however
+differently from the expert, is left alone: its episode stays autonomous and its success is its own.
 
 Tasks without a progress measure (backends with their own experts) fall back to disagreement with the
 expert: off course for `patience` steps in a row, or no end-effector motion for `stall_steps`.
@@ -30,9 +32,11 @@ import numpy as np
 
 class Supervisor(Protocol):
     """Decides, each step, whether a human drives; returns the human's action when it does. `stopped` turns
-    True when it ends the episode instead (StallStop); the runtime ends it there, unsuccessful."""
+    True when it ends the episode instead (StallStop); the runtime ends it there, unsuccessful. `reason` says
+    why the current (or last) takeover fired."""
 
     stopped: bool
+    reason: str
 
     def reset(self) -> None: ...
 
@@ -40,6 +44,7 @@ class Supervisor(Protocol):
 
 
 SUPERVISION = ("takeover", "stop", "off")  # make_supervisor's modes
+RULES = ("stall", "regress")  # what makes the supervisor take over (SupervisorConfig.rules)
 
 
 def check_supervision(mode: str) -> None:
@@ -60,10 +65,20 @@ class SupervisorConfig:
     disagreement: float = 0.6  # fallback: L2 distance between policy and expert translation counted as off course
     patience: int = 3  # fallback: consecutive off-course steps before taking over
     stall_motion: float = 0.05  # fallback: summed |translation command| over the stall window counted as a stall
+    rules: tuple[str, ...] = ("stall",)  # what counts as going wrong (RULES; see the module docstring)
+    regress: float = 0.03  # "regress": metres REMAINING may rise above its best before the supervisor steps in
+    # > 0: hand back as soon as the task has progressed this many metres since the takeover (on track again),
+    # at the latest after `takeover_steps`; 0: always drive `takeover_steps` steps.
+    handback_progress: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.stall_steps, self.takeover_steps, self.patience) <= 0 or self.progress < 0:
             raise ValueError("SupervisorConfig: stall_steps, takeover_steps, patience > 0 and progress >= 0")
+        unknown = sorted(set(self.rules) - set(RULES))
+        if not self.rules or unknown:
+            raise ValueError(f"SupervisorConfig.rules must name some of {RULES}, got {self.rules}")
+        if self.regress <= 0 or self.handback_progress < 0:
+            raise ValueError("SupervisorConfig: regress must be > 0 and handback_progress >= 0")
 
 
 class ExpertSupervisor:
@@ -71,6 +86,7 @@ class ExpertSupervisor:
 
     name = "supervisor:scripted-expert"
     stopped = False  # takes over instead of ending the episode
+    reason = ""  # why the current or last takeover fired
 
     def __init__(self, env: Any, config: SupervisorConfig | None = None) -> None:
         from fleet.sim.experts import make_expert
@@ -86,36 +102,63 @@ class ExpertSupervisor:
             self._watch.reset()
         self._off = 0
         self._left = 0
+        self._taken_at = float("inf")  # REMAINING when the current takeover began
         self._motion: deque[float] = deque(maxlen=self.config.stall_steps)
+        self.reason = ""
 
     def step(self, obs: Any, policy_action: np.ndarray) -> np.ndarray | None:
         if self._left > 0:
             self._left -= 1
+            if self._back_on_track():
+                self._left = 0
+                self._watch.restart()  # the policy's fresh window starts at the hand-back
+                return None
+            if self._left == 0 and self.config.handback_progress and self._watch is not None:
+                self._watch.restart()  # it followed the human's steps too (`_back_on_track`)
             return self._expert(obs)
-        if self._watch is not None:
-            failing = self._watch.update(self.env.privileged_state())
-        else:
-            failing = self._off_course(obs, policy_action)
-        if not failing:
+        reason = self._watch_rules() if self._watch is not None else self._off_course(obs, policy_action)
+        if reason is None:
             return None
+        self.reason = reason
         if self._watch is not None:
+            self._taken_at = self._watch.current
             self._watch.restart()  # the policy gets a fresh window when the human hands back
         self._off = 0
         self._motion.clear()
         self._left = self.config.takeover_steps - 1
         return self._expert(obs)
 
+    def _watch_rules(self) -> str | None:
+        """The first of the configured rules that fires on this step's state, as a reason; None when none does."""
+        cfg, watch = self.config, self._watch
+        stalled = watch.update(self.env.privileged_state())
+        if "stall" in cfg.rules and stalled:
+            return f"stall: no progress for {watch.idle} steps, {100 * watch.current:.1f} cm still to go"
+        if "regress" in cfg.rules and watch.current - watch.best > cfg.regress:
+            return f"regress: {100 * (watch.current - watch.best):.1f} cm farther from the goal than its best"
+        return None
+
+    def _back_on_track(self) -> bool:
+        """`handback_progress`: the task has progressed that far since the takeover (checked while driving)."""
+        if not self.config.handback_progress or self._watch is None:
+            return False
+        self._watch.update(self.env.privileged_state())
+        return self._taken_at - self._watch.current >= self.config.handback_progress
+
     def _expert(self, obs: Any) -> np.ndarray:
         return np.asarray(self.expert(obs), dtype=np.float32)
 
-    def _off_course(self, obs: Any, policy_action: np.ndarray) -> bool:
-        """Fallback: the policy disagrees with the expert for `patience` steps, or barely moves."""
+    def _off_course(self, obs: Any, policy_action: np.ndarray) -> str | None:
+        """Fallback: the policy disagrees with the expert for `patience` steps, or barely moves; the reason, or None."""
         cfg = self.config
         expert = self._expert(obs)
         self._off = self._off + 1 if float(np.linalg.norm(policy_action[:3] - expert[:3])) > cfg.disagreement else 0
         self._motion.append(float(np.abs(policy_action[:3]).sum()))
-        stalled = len(self._motion) == cfg.stall_steps and sum(self._motion) < cfg.stall_motion
-        return self._off >= cfg.patience or stalled
+        if self._off >= cfg.patience:
+            return f"off course: {self._off} steps away from the expert's direction"
+        if len(self._motion) == cfg.stall_steps and sum(self._motion) < cfg.stall_motion:
+            return f"no motion for {cfg.stall_steps} steps"
+        return None
 
 
 class StallStop:
@@ -127,6 +170,7 @@ class StallStop:
     """
 
     name = "supervisor:stall-stop"
+    reason = ""  # never takes over
 
     def __init__(self, env: Any, config: SupervisorConfig | None = None) -> None:
         self.env = env

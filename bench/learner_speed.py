@@ -19,7 +19,16 @@ ticks per second and late ticks (> 50 ms past due). The robots run at niceness -
 With a random-init model (the default; `--checkpoint DIR` loads a trained one) episodes stall early, so the gate
 is cheaper than with a trained version: the baseline's in-thread gate costs it less here than on the fleet.
 
-Writes bench/results/learner_speed.json. The committed result:
+Writes bench/results/learner_speed.json. The committed results (2 cores, 4 robots, random-init model):
+
+    .venv/bin/python bench/learner_speed.py --seconds 300 --evaluator-niceness 0
+
+baseline 0.114 updates/s (two versions scored, 174 s each, the learner waiting), single_pass 0.642 (5.6x), encoder
+1.063 (9.3x), perception 2.959 (26x); but no arm with the evaluator scored a version within its 300 s: the gate's
+120 episodes get ~a third of a core beside 4 robots (~1.3 cores) and the learner, and need longer than that. And
+bench/results/learner_speed_nice10.json, the same with the evaluator at niceness 10 and 180 s per arm (the option did
+not exist yet, so that JSON has no evaluator_niceness key): 0.153 / 0.979 / 1.507 / 5.226 updates/s, no version
+scored either:
 
     .venv/bin/python bench/learner_speed.py --seconds 180
 """

@@ -118,6 +118,7 @@ class CorrectionPublic(BaseModel):
     task: str
     model_version: str | None
     operator: str
+    reason: str = ""  # why the takeover fired
     start_step: int
     end_step: int
     status: str

@@ -266,6 +266,7 @@ class Correction(Message):
     model_version: str | None  # version whose actions were overridden
     created_at: float
     note: str = ""
+    reason: str = Field(default="", max_length=200)  # why the takeover fired (the supervisor's rule and numbers)
 
     @property
     def step_end(self) -> int:

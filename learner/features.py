@@ -1,4 +1,4 @@
-"""Cached features for a learner that holds part of the VLA fixed (`LearnerConfig.freeze`).
+"""Cached features for a learner that holds part of the VLA fixed (`RLlibConfig.freeze`, `fleet learner run --freeze`).
 
 A frozen image encoder gives the same tokens for a step every time it is sampled, so they are computed once,
 when the step enters replay, and the updates skip the encoder's forward and backward (~half of an update on

@@ -95,6 +95,7 @@ class Correction(Base):
     task: Mapped[str] = mapped_column(String(64), index=True)
     model_version: Mapped[str | None] = mapped_column(String(32), index=True)
     operator: Mapped[str] = mapped_column(String(64))  # who took over (a user, or "supervisor" in sim)
+    reason: Mapped[str] = mapped_column(String(200), default="", server_default="")  # why the takeover fired
     start_step: Mapped[int] = mapped_column(Integer)
     end_step: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending/approved/rejected

@@ -241,6 +241,17 @@ class ProgressWatch:
         """A fresh window (after a takeover): progress is counted from the next state on."""
         self._best = float("inf")
         self._idle = 0
+        self._current = float("inf")
+
+    @property
+    def current(self) -> float:
+        """`REMAINING` at the last update, metres (inf before the first)."""
+        return self._current
+
+    @property
+    def best(self) -> float:
+        """The lowest `REMAINING` since the window started, metres (inf before the first update)."""
+        return self._best
 
     @property
     def idle(self) -> int:
@@ -251,7 +262,7 @@ class ProgressWatch:
         """Record one step's state; True once the task has not progressed for `stall_steps` steps."""
         if self._start is None:
             self._start = state
-        remaining = self.remaining(state, self._start)
+        remaining = self._current = self.remaining(state, self._start)
         if remaining < self._best - self.progress:
             self._best, self._idle = remaining, 0
         else:

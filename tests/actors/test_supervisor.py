@@ -123,3 +123,52 @@ def test_the_watch_counts_the_steps_since_the_task_last_progressed() -> None:
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="stall_steps"):
         SupervisorConfig(stall_steps=0)
+
+
+def _wrong_cube(env):
+    """A policy that works on the other cube (the expert's plan aimed at it)."""
+    from dataclasses import replace
+
+    expert = make_expert(env)
+    state = env.privileged_state
+
+    def policy(obs):
+        other = next(name for name in state().objects if name != state().target)
+        return expert.act_on_state(replace(state(), target=other))
+
+    return policy
+
+
+def test_the_regress_rule_steps_in_before_the_stall_and_says_why() -> None:
+    env = make_env("pick", "kuka")
+    try:
+        stall = ExpertSupervisor(env)
+        late, _ = _run(env, stall, _wrong_cube(env), seed=5)
+        assert stall.reason.startswith("stall: no progress for 10 steps")
+        early = ExpertSupervisor(env, SupervisorConfig(rules=("stall", "regress"), regress=0.02))
+        driven, success = _run(env, early, _wrong_cube(env), seed=5)
+        assert driven[0] < late[0] and success, (driven[0], late[0])
+        assert early.reason.startswith("regress: ") and "cm farther from the goal" in early.reason
+    finally:
+        env.close()
+
+
+def test_the_human_hands_back_once_the_robot_is_on_track() -> None:
+    env = make_env("pick", "panda")
+    still = np.zeros(env.embodiment.action_dim, dtype=np.float32)
+    try:
+        fixed, _ = _run(env, ExpertSupervisor(env, SupervisorConfig(takeover_steps=10)), lambda obs: still, seed=3)
+        config = SupervisorConfig(takeover_steps=10, handback_progress=0.03)
+        early, _ = _run(env, ExpertSupervisor(env, config), lambda obs: still, seed=3)
+        assert fixed[:10] == list(range(10, 20))
+        first = [t for t in early if t < 20]
+        assert first[0] == 10 and len(first) < 10, early  # handed back after ~3 cm of progress, not 10 steps
+    finally:
+        env.close()
+
+
+def test_rules_are_checked() -> None:
+    with pytest.raises(ValueError, match="rules must name some of"):
+        SupervisorConfig(rules=("panic",))
+    with pytest.raises(ValueError, match="regress must be > 0"):
+        SupervisorConfig(regress=0.0)

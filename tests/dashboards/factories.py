@@ -117,6 +117,7 @@ def add_correction(
     task: str = "pick",
     version: str = "3",
     age_s: float = 0.0,
+    reason: str = "stall: no progress for 10 steps, 3.1 cm still to go",
 ) -> Correction:
     add_robot(session, robot_id)
     row = Correction(
@@ -126,6 +127,7 @@ def add_correction(
         task=task,
         model_version=version,
         operator="supervisor:script",
+        reason=reason,
         start_step=12,
         end_step=20,
         status="pending",

@@ -81,3 +81,18 @@ def test_assets_are_local_only() -> None:
 def test_static_files_are_served(dash: Dash) -> None:
     assert dash.client.get("/static/app.js").status_code == 200
     assert dash.client.get("/static/style.css").status_code == 200
+
+
+def test_the_corrections_page_says_why_the_takeover_fired_escaped(dash: Dash) -> None:
+    hostile = 'regress: <img src=x onerror="alert(1)"> 4.0 cm farther'
+    with dash.services.sessions() as s:
+        add_correction(s)
+        add_correction(s, correction_id="c-2", reason=hostile)
+        s.commit()
+    client = dash.login("viewer")
+    page = client.get("/corrections?selected=c-1").text
+    assert "because stall: no progress for 10 steps, 3.1 cm still to go" in page
+    hostile_page = client.get("/corrections?selected=c-2").text
+    assert "<img src=x" not in hostile_page and "&lt;img src=x onerror=" in hostile_page
+    listed = client.get("/api/v1/corrections").json()
+    assert {row["id"]: row["reason"] for row in listed}["c-2"] == hostile

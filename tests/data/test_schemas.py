@@ -84,6 +84,7 @@ def corrections(draw: st.DrawFn) -> Correction:
         model_version=draw(versions),
         created_at=draw(times),
         note=draw(texts),
+        reason=draw(st.text(max_size=200)),
     )
 
 
