@@ -41,6 +41,9 @@ def run(
         help="When the scripted expert takes over: stall (no progress for 1 s), regress (heading away from "
         "the goal), comma-separated; each correction records which fired.",
     ),
+    correct_in_place: bool = typer.Option(
+        False, help="The expert lines a misaligned approach up from where the tool is instead of starting over."
+    ),
 ) -> None:
     """Run N simulated robots that act with the production model, stream to Kafka and hot-reload."""
     from actors.robot import NoProductionModel
@@ -60,7 +63,7 @@ def run(
             n=n, tasks=_split(tasks) if tasks else conditions.tasks, scenario=conditions.name,
             embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
             realtime=realtime, address=address, seed=seed, rotate_tasks=rotate_tasks, supervision=supervision,
-            takeover_rules=_split(takeover_rules),
+            takeover_rules=_split(takeover_rules), correct_in_place=correct_in_place,
         )  # fmt: skip
     except (KeyError, ValueError) as err:
         typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)

@@ -47,6 +47,7 @@ class FleetConfig:
     # What makes the simulated human take over (actors.supervisor.RULES): "stall" (no progress for 1 s), "regress"
     # (heading away from the goal); several fire on whichever comes first. The reason goes with each correction.
     takeover_rules: tuple[str, ...] = ("stall",)
+    correct_in_place: bool = False  # the human lines a misaligned approach up from where it is (SupervisorConfig)
     # Each robot keeps its embodiment and works through every task it can do, one episode each (starting at its
     # grid task), so a fleet smaller than the task x embodiment grid still brings data from all of it.
     rotate_tasks: bool = False
@@ -63,10 +64,13 @@ class FleetConfig:
         if self.reload_stagger_s < 0:
             raise ValueError("reload_stagger_s must be >= 0")
         check_supervision(self.supervision)  # before any robot starts
-        SupervisorConfig(rules=self.takeover_rules)  # unknown rules fail here, before any robot starts
+        self.supervisor_config()  # unknown rules fail here, before any robot starts
         from fleet.sim.scenarios import get_scenario
 
         get_scenario(self.scenario)  # an unknown name fails here, with a hint, before any robot starts
+
+    def supervisor_config(self) -> SupervisorConfig:
+        return SupervisorConfig(rules=self.takeover_rules, correct_in_place=self.correct_in_place)
 
     def robots(self) -> list[RobotConfig]:
         from fleet.sim.registry import TASKS
@@ -117,7 +121,7 @@ class RobotActor:
         poll_interval_s: float,
         log_level: int = logging.WARNING,
         supervision: str = "takeover",
-        takeover_rules: tuple[str, ...] = ("stall",),
+        supervisor: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -136,7 +140,7 @@ class RobotActor:
                 log.warning("robot %s keeps niceness %d: %s", robot.robot_id, self.niceness, refused)
         self.handle = build_robot(
             robot_settings, robot, poll_interval_s=poll_interval_s, supervision=supervision,
-            supervisor_config=SupervisorConfig(rules=tuple(takeover_rules)),
+            supervisor_config=SupervisorConfig.from_dict(supervisor or {}),
         )  # fmt: skip
         self.stop_event = threading.Event()
 
@@ -225,7 +229,7 @@ def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
             config.poll_interval_s,
             logging.getLogger().getEffectiveLevel(),
             config.supervision,
-            config.takeover_rules,
+            asdict(config.supervisor_config()),
         )
         for robot in config.robots()
     ]

@@ -70,6 +70,14 @@ class SupervisorConfig:
     # > 0: hand back as soon as the task has progressed this many metres since the takeover (on track again),
     # at the latest after `takeover_steps`; 0: always drive `takeover_steps` steps.
     handback_progress: float = 0.0
+    # The human corrects a misaligned approach from where the tool is (`make_expert(in_place=True)`), rising only to
+    # clear the cube, instead of the demonstrations' start-over from hover (what the policy would learn to do).
+    correct_in_place: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SupervisorConfig:
+        """Inverse of `dataclasses.asdict` (as a robot's actor receives it)."""
+        return cls(**{**raw, "rules": tuple(raw.get("rules", cls.rules))})
 
     def __post_init__(self) -> None:
         if min(self.stall_steps, self.takeover_steps, self.patience) <= 0 or self.progress < 0:
@@ -93,7 +101,7 @@ class ExpertSupervisor:
 
         self.config = config or SupervisorConfig()
         self.env = env
-        self.expert = make_expert(env)
+        self.expert = make_expert(env, in_place=self.config.correct_in_place)
         self._watch = _progress_watch(env, self.config)
         self.reset()
 

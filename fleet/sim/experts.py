@@ -26,6 +26,7 @@ HOVER = 0.07  # how far above a cube the tool lines up before descending, metres
 PUSH_Z = 0.018  # tool height while pushing (below the cube's centre), metres
 ALIGN = 0.008  # xy error under which the tool counts as lined up, metres
 PUSH_BACKOFF = 0.035  # gap between the tool and the block's back face where a push starts, metres
+CLEAR = 0.015  # in place: how far above a cube's top face the tool lines up again after coming down off it, metres
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,13 @@ def _grasp_height(state: SimState, centre_z: float, half: float) -> float:
     return max(centre_z, 0.015)
 
 
-def _pick(state: SimState, name: str) -> Plan:
-    """Go to the named cube and grasp it (fingers or suction), from wherever the tool is."""
+def _pick(state: SimState, name: str, *, in_place: bool = False) -> Plan:
+    """Go to the named cube and grasp it (fingers or suction), from wherever the tool is.
+
+    Come down off the cube (below hover, > 2 cm off), the demonstrations' expert rises back to hover before
+    lining up; `in_place` (a supervisor correcting a robot) rises only to clear the cube's top face and lines up
+    from there, as an operator nudges a misaligned approach instead of starting it over.
+    """
     obj = state.objects[name]
     ee = state.ee_position
     xy_err = float(np.linalg.norm(ee[:2] - obj.position[:2]))
@@ -63,6 +69,11 @@ def _pick(state: SimState, name: str) -> Plan:
             return Plan(_above(obj.position, grasp_z - 0.01), close=True, speed=0.5)
         return Plan(_above(ee, max(ee[2], obj.position[2] + HOVER)), close=False)  # missed: open and back off
     if xy_err > ALIGN:
+        if in_place and xy_err > 0.02:
+            clear = obj.position[2] + obj.half_size + CLEAR
+            if ee[2] < clear - 0.005:
+                return Plan(_above(ee, clear), close=False)  # just clear of the cube
+            return Plan(_above(obj.position, min(ee[2], obj.position[2] + HOVER)), close=False)  # line up here
         if ee[2] < obj.position[2] + HOVER - 0.02 and xy_err > 0.02:
             return Plan(_above(ee, obj.position[2] + HOVER), close=False)  # rise before travelling
         return Plan(_above(obj.position, max(min(ee[2], obj.position[2] + HOVER), grasp_z)), close=False)
@@ -95,15 +106,15 @@ def _retreat(state: SimState) -> Plan:
     return Plan(_above(ee, max(ee[2], TRAVEL_Z)), close=False)
 
 
-def pick_plan(state: SimState) -> Plan:
+def pick_plan(state: SimState, *, in_place: bool = False) -> Plan:
     target = state.target
     if state.held == target:
         ee = state.ee_position
         return Plan(_above(ee, 0.16), close=True)
-    return _pick(state, target)
+    return _pick(state, target, in_place=in_place)
 
 
-def place_plan(state: SimState) -> Plan:
+def place_plan(state: SimState, *, in_place: bool = False) -> Plan:
     target = state.objects[state.target]
     tray = np.asarray(state.goal["tray"])
     inner = float(state.goal["tray_inner_half"])
@@ -112,10 +123,10 @@ def place_plan(state: SimState) -> Plan:
         return _carry_to(state, state.target, tray[:2], tray[2] + target.half_size + 0.004, inner / 2)
     if in_tray and target.position[2] < tray[2] + 3 * target.half_size:
         return _retreat(state)  # dropped in the tray: let go and get out of the way
-    return _pick(state, state.target)
+    return _pick(state, state.target, in_place=in_place)
 
 
-def stack_plan(state: SimState) -> Plan:
+def stack_plan(state: SimState, *, in_place: bool = False) -> Plan:
     target = state.objects[state.target]
     base = state.objects[state.goal["base"]]
     on_base = (
@@ -126,7 +137,7 @@ def stack_plan(state: SimState) -> Plan:
         return _carry_to(state, state.target, base.position[:2], base.position[2] + 2 * base.half_size + 0.004, 0.006)
     if on_base:
         return _retreat(state)
-    return _pick(state, state.target)
+    return _pick(state, state.target, in_place=in_place)
 
 
 def push_start(state: SimState) -> np.ndarray:
@@ -136,7 +147,8 @@ def push_start(state: SimState) -> np.ndarray:
     return np.array([obj.position[0], behind])
 
 
-def push_plan(state: SimState) -> Plan:
+def push_plan(state: SimState, *, in_place: bool = False) -> Plan:
+    # `in_place` changes nothing here: the push's line-up already starts from where the tool is.
     obj = state.objects[state.target]
     ee = state.ee_position
     d = float(state.goal["direction"])
@@ -270,7 +282,7 @@ class ProgressWatch:
         return self._idle >= self.stall_steps
 
 
-PLANNERS: dict[str, Callable[[SimState], Plan]] = {
+PLANNERS: dict[str, Callable[..., Plan]] = {  # (state, *, in_place=False) -> Plan
     "push": push_plan,
     "pick": pick_plan,
     "place": place_plan,
@@ -299,12 +311,14 @@ class ScriptedExpert:
     offers them as `env.expert_action(state)`.
     """
 
-    def __init__(self, env: Env, *, noise_std: float = 0.0, seed: int | None = None) -> None:
+    def __init__(self, env: Env, *, noise_std: float = 0.0, seed: int | None = None, in_place: bool = False) -> None:
         backend_expert = getattr(env, "expert_action", None)
         if env.task.name in PLANNERS:
             plan = PLANNERS[env.task.name]
             dim = env.embodiment.action_dim
-            self._act: Callable[[SimState], np.ndarray] = lambda state: plan_to_action(state, plan(state), dim)
+            self._act: Callable[[SimState], np.ndarray] = lambda state: plan_to_action(
+                state, plan(state, in_place=in_place), dim
+            )
         elif backend_expert is not None:
             self._act = backend_expert
         else:
@@ -327,6 +341,7 @@ class ScriptedExpert:
     act = __call__
 
 
-def make_expert(env: Env, *, noise_std: float = 0.0, seed: int | None = None) -> ScriptedExpert:
-    """The scripted expert (simulated supervisor) for `env`'s task and embodiment."""
-    return ScriptedExpert(env, noise_std=noise_std, seed=seed)
+def make_expert(env: Env, *, noise_std: float = 0.0, seed: int | None = None, in_place: bool = False) -> ScriptedExpert:
+    """The scripted expert (simulated supervisor) for `env`'s task and embodiment; `in_place`: corrects a misaligned
+    approach from where the tool is (a supervisor), instead of starting it over from hover (the demonstrations)."""
+    return ScriptedExpert(env, noise_std=noise_std, seed=seed, in_place=in_place)

@@ -172,3 +172,20 @@ def test_rules_are_checked() -> None:
         SupervisorConfig(rules=("panic",))
     with pytest.raises(ValueError, match="regress must be > 0"):
         SupervisorConfig(regress=0.0)
+
+
+def test_a_fleet_hands_its_supervision_settings_to_every_robot() -> None:
+    from dataclasses import asdict
+
+    from actors.sim_fleet import FleetConfig
+
+    fleet = FleetConfig(takeover_rules=("stall", "regress"), correct_in_place=True)
+    config = SupervisorConfig.from_dict(asdict(fleet.supervisor_config()) | {"rules": ["stall", "regress"]})
+    assert config == SupervisorConfig(rules=("stall", "regress"), correct_in_place=True)
+    env = make_env("pick", "panda")
+    try:
+        assert ExpertSupervisor(env, config).expert is not None
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="rules must name"):
+        FleetConfig(takeover_rules=("panic",))

@@ -61,3 +61,33 @@ def test_expert_actions_are_normalized_and_sized() -> None:
         assert action.shape == (5,) and action.dtype == np.float32 and np.all(np.abs(action) <= 1.0)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("embodiment", ["panda", "kuka"])
+def test_in_place_corrects_a_misaligned_approach_without_starting_over(embodiment: str) -> None:
+    # The tool came down 3 cm off the cube, 1.5 cm above its top face: the demonstrations' expert rises to hover
+    # first, a supervisor correcting in place lines up from about there, and both finish the task.
+    from fleet.sim.experts import CLEAR, HOVER
+
+    heights = {}
+    for in_place in (False, True):
+        env = make_env("pick", embodiment, seed=0)
+        try:
+            env.reset(seed=11)
+            cube = env.privileged_state().objects[env.privileged_state().target]
+            env.place_tool(cube.position + np.array([0.03, 0.0, cube.half_size + CLEAR]))
+            expert = make_expert(env, in_place=in_place)
+            peak, info = 0.0, {}
+            for _ in range(40):
+                _, _, terminated, truncated, info = env.step(expert())
+                state = env.privileged_state()
+                if state.held is None:  # before the grasp (the lift after it goes up anyway)
+                    peak = max(peak, float(state.ee_position[2]) - cube.position[2])
+                if terminated or truncated:
+                    break
+            assert info.get("success"), (embodiment, in_place)
+            heights[in_place] = peak
+        finally:
+            env.close()
+    assert heights[False] > HOVER - 0.01  # started over from hover
+    assert heights[True] < cube.half_size + CLEAR + 0.01 < heights[False]  # stayed near the cube
