@@ -57,7 +57,7 @@ class GateConfig:
     # How much the candidate must beat production by on the confirmation's episodes. No version was picked on
     # them, so the score there is not inflated by selection and "better" is the test (strictly better at 0).
     # Asking for the gate's margin again refused about half of the candidates truly that much better, on top of
-    # the gate's own misses (bench/online.py session 13: rewards_only's v2-v7 passed the gate at 0.82-0.88 and
+    # the gate's own misses (bench/online.py: rewards_only's v2-v7 passed the gate at 0.82-0.88 and
     # scored 0.72-0.80 on the confirmation against version 1's 0.733, all refused at the 0.05 margin).
     confirm_improvement: float = 0.0
     # An episode that stops progressing (the supervisor would take over on the fleet) fails, as on the fleet.
@@ -65,7 +65,7 @@ class GateConfig:
     # Candidates are scored against production on the seed block named by production's version number (`seed_block`),
     # and production is scored there again, once: a new production version moves the gate and the confirmation to
     # episodes no version was picked on. With fixed episodes the version promoted because it drew well on them sets
-    # the next bar with that luck (a winner's curse): bench/online.py session 13 promoted v2 at 0.867 on the gate and
+    # the next bar with that luck (a winner's curse): bench/online.py once promoted v2 at 0.867 on the gate and
     # nothing after it, as v3-v21 (0.82-0.92) needed 0.917. False = the same episodes for every version.
     reseed_on_promotion: bool = True
 

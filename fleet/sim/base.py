@@ -35,7 +35,7 @@ _INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-"
 
 CAMERAS = ("front", "wrist")  # camera names the backends render: fixed facing the robot, and on the hand
 # Bumped whenever what a camera sees changes: demonstrations and checkpoints cached before it are stale (the benches
-# cache under a directory named after it). 2: session 17's wrist camera behind the fingers, not above them.
+# cache under a directory named after it). 2: the wrist camera behind the fingers, not above them.
 CAMERA_REVISION = 2
 
 

@@ -38,8 +38,8 @@ class PyBulletConfig:
     camera_fov: float = 42.0  # vertical field of view, degrees
     # Cameras rendered each step: "front" (fixed, facing the robot) and/or "wrist" (on the back of the hand,
     # looking forward and down past the fingertips and turning with the tool's yaw, as wrist cameras are mounted
-    # on real VLA arms: the fingertips and the cube under them in one view). Until session 17 it sat straight
-    # above the tool centre looking down, where the Panda's closed fingers filled its whole view (push).
+    # on real VLA arms: the fingertips and the cube under them in one view). Straight above the tool centre looking
+    # down, the Panda's closed fingers filled its whole view (push).
     cameras: tuple[str, ...] = CAMERAS
     wrist_height: float = 0.10  # wrist camera above the tool centre point, metres
     wrist_back: float = 0.08  # wrist camera behind the tool centre point (against the tool's heading), metres
