@@ -114,7 +114,9 @@ PRESETS: dict[str, LearnerConfig] = {
         poll_timeout_s=0.2,
         promote=False,
     ),
-    # A tiny model, a few-update cadence and a one-episode gate: smoke tests and `make demo` on 2 cores.
+    # A tiny model, a few-update cadence and a one-episode gate: smoke tests and `make demo` on 2 cores. The gate runs
+    # on the learner's thread: one 8-step episode costs less than starting the evaluator's worker (torch, the
+    # simulator and MiniLM imported again), which made a version take minutes to appear on a loaded machine.
     "debug": LearnerConfig(
         name="debug",
         model=debug_model_config(),
@@ -128,6 +130,7 @@ PRESETS: dict[str, LearnerConfig] = {
         checkpoint_every_s=30.0,
         poll_timeout_s=0.2,
         log_every=1,
+        evaluator_process=False,
     ),
 }
 

@@ -87,6 +87,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         rllib=dataclasses.replace(get_preset("debug").rllib, ema_decay=0.9),  # publishes the weights' average
         restart_after_regressions=2,
         gate=dataclasses.replace(get_preset("debug").gate, confirm_episodes=1),
+        evaluator_process=True,  # the product's evaluator worker, not the debug preset's inline gate
     )
     robots = [f"robot-{suffix}-{i}" for i in range(4)]
     _produce(settings, robots, "a")
