@@ -6,7 +6,6 @@ Pages render what the caller may do: mutating buttons only appear for roles that
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -14,6 +13,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2.utils import htmlsafe_json_dumps
 
 from dashboards import crud, review
 from dashboards.auth import Principal
@@ -82,7 +82,9 @@ async def login_form(request: Request, services: ServicesDep, session: SessionDe
 @router.get("/fleet", response_class=HTMLResponse)
 def fleet_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
     status = services.fleet_status() if user else {}
-    return _page(request, user, "fleet", status=status, status_json=json.dumps(status, default=str))
+    # Into a <script type="application/json"> element: `htmlsafe_json_dumps` writes <, >, & and ' as \u escapes, so
+    # no heartbeat text (an embodiment, an error, an instruction) can close the element and open a script of its own.
+    return _page(request, user, "fleet", status=status, status_json=htmlsafe_json_dumps(status, default=str))
 
 
 @router.get("/corrections", response_class=HTMLResponse)

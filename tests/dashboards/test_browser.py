@@ -134,3 +134,36 @@ def test_reviewer_rejects_a_correction(browser: Any, live: tuple[Dash, LiveServe
     with dash.services.sessions() as s:
         assert s.scalar(select(Correction).where(Correction.id == "c-browser")).status == "rejected"
     page.close()
+
+
+HOSTILE = '</script><script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+
+
+def test_a_hostile_heartbeat_runs_no_script(browser: Any, live: tuple[Dash, LiveServer, FakeRobot]) -> None:
+    """Free text a robot sends (embodiment, error, version) reaches the fleet page twice: in the JSON the page starts
+    from and in the live stream. Neither may run it: the text shows as text, and the page's policy forbids inline
+    script anyway."""
+    from fleet.schemas import Heartbeat, LoopStats
+    from fleet.transport import publish
+
+    _, server, robot = live
+    loop = LoopStats(control_hz=10, ticks=2, missed_ticks=0, tick_ms_p50=2, tick_ms_p99=4, tick_ms_max=5)
+    beat = Heartbeat(
+        robot_id="robot-hostile", embodiment=HOSTILE, state="error", model_version=HOSTILE, sent_at=time.time(),
+        loop=loop, error=HOSTILE,
+    )  # fmt: skip
+    page = login(browser, server, "viewer")
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    publish(robot.transport, beat)
+    row = page.wait_for_selector('tr[data-robot="robot-hostile"]', timeout=15_000)  # through Kafka and the stream
+    assert HOSTILE in row.inner_text()
+    response = page.goto(f"{server.url}/fleet")  # now in the page's initial JSON too
+    assert response is not None
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "\\u003c/script\\u003e" in response.text() and HOSTILE not in response.text()
+    row = page.wait_for_selector('tr[data-robot="robot-hostile"]', timeout=15_000)
+    assert HOSTILE in row.inner_text()
+    assert page.evaluate("window.__pwned") is None and not dialogs
+    page.close()
