@@ -12,6 +12,7 @@ reproducible given the seed and the observations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,19 @@ class VLAPolicy:
             actions, _ = self.model.predict(batch, generator=generator)
         action_dim = self.config.embodiments[int(batch["embodiment_id"][0])].action_dim
         return actions[0, :, :action_dim].numpy().astype(np.float32, copy=True)
+
+    def infer_many(self, observations: Sequence[Observation]) -> list[np.ndarray]:
+        """One action chunk per observation from one batched forward (the gate runs its episodes in lockstep:
+        a forward of 12 rows costs ~13.5 ms a row on this CPU against ~53 ms for one). The rows share the
+        policy's noise stream, so a row's chunk depends on its place in the batch, not on its observation alone."""
+        if not observations:
+            return []
+        rows = [self.make_batch(obs) for obs in observations]
+        batch = {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
+        with torch.inference_mode():
+            actions, _ = self.model.predict(batch, generator=self._generator)
+        dims = [self.config.embodiments[int(i)].action_dim for i in batch["embodiment_id"]]
+        return [actions[i, :, :dim].numpy().astype(np.float32, copy=True) for i, dim in enumerate(dims)]
 
     def value(self, obs: Observation) -> float:
         """The value head's estimate for one observation (used by the dashboard and for advantages)."""

@@ -75,3 +75,82 @@ def test_seeded_evaluation_is_deterministic(tiny_model: VLAConfig, embedder: Has
     assert all(0.0 <= rate <= 1.0 for row in rates.values() for rate in row.values())
     assert sorted(p.name for p in tmp_path.glob("*.gif")) == sorted(f"{t}-{e}.gif" for t in tasks for e in bodies)
     assert "mean" in format_table(rates).splitlines()[0]
+
+
+class ProprioPolicy:
+    """A chunk that is a fixed function of the observation (so an episode's actions depend on its seed only), with a
+    batched `infer_many` that records the batch sizes."""
+
+    def __init__(self, horizon: int = 8, action_dim: int = 4) -> None:
+        self.horizon, self.action_dim, self.batches = horizon, action_dim, []
+
+    def reset(self) -> None:
+        pass
+
+    def infer(self, obs: dict) -> np.ndarray:
+        p = np.asarray(obs["proprio"], dtype=np.float32)
+        rows = [np.sin(p[: self.action_dim] * (k + 1) + p.sum()) for k in range(self.horizon)]
+        return np.stack(rows).astype(np.float32)
+
+    def infer_many(self, observations: list) -> list[np.ndarray]:
+        self.batches.append(len(observations))
+        return [self.infer(o) for o in observations]
+
+
+class LoggedEnv:
+    """The real sim env, logging each episode's actions under the seed it was reset with."""
+
+    def __init__(self, env, log: dict) -> None:  # noqa: ANN001
+        self.env, self.log, self.seed = env, log, None
+
+    def reset(self, seed: int):  # noqa: ANN201
+        self.seed = seed
+        self.log[seed] = []
+        return self.env.reset(seed=seed)
+
+    def step(self, action: np.ndarray):  # noqa: ANN201
+        self.log[self.seed].append(np.asarray(action).copy())
+        return self.env.step(action)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.env, name)
+
+
+def test_lockstep_lanes_run_each_episode_as_one_lane_would() -> None:
+    """Three lanes sharing batched forwards give every seed the very actions it gets run alone, on the robots' chunk
+    schedule, episode lengths differing (a lane takes the next seed when its episode ends, out of phase)."""
+    from fleet.recipe.evaluate import run_lockstep
+
+    seeds = [5, 6, 7, 8, 9]
+    logs: list[dict] = []
+    batches = []
+    for lanes in (1, 3):
+        log: dict = {}
+        envs = [LoggedEnv(make_env("push", "panda", seed=0), log) for _ in range(lanes)]
+        policy = ProprioPolicy()
+        stuck_after = {5: 7, 8: 12}  # two episodes "stall" (and fail) early, so the lanes fall out of phase
+
+        def stuck(lane: int, envs: list = envs) -> object:
+            count = {"n": 0}
+
+            def check(env: object) -> bool:
+                count["n"] += 1
+                return count["n"] > stuck_after.get(envs[lane].seed, 10**6)
+
+            return check
+
+        try:
+            results = run_lockstep(envs, policy, seeds, max_steps=20, stuck=stuck)
+        finally:
+            for env in envs:
+                env.close()
+        assert results == [False] * len(seeds)  # these actions solve nothing (and stalled episodes fail)
+        logs.append(log)
+        batches.append(policy.batches)
+    alone, together = logs
+    assert sorted(alone) == sorted(together) == seeds
+    for seed in seeds:
+        assert len(alone[seed]) == len(together[seed]) == {5: 7, 8: 12}.get(seed, 20)
+        np.testing.assert_array_equal(np.stack(alone[seed]), np.stack(together[seed]))
+    assert max(batches[0]) == 1 and max(batches[1]) == 3  # one forward served three lanes
+    assert sum(batches[0]) == sum(batches[1])  # the same chunks, fewer forwards
