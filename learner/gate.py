@@ -199,8 +199,9 @@ class EvalGate:
             return lambda e: watch.update(e.privileged_state())
 
         try:
+            seeds = [c.seed_offset + i for i in range(c.episodes)]
             wins = run_lockstep(
-                envs, policy, [c.seed_offset + i for i in range(c.episodes)], max_steps=c.max_steps or envs[0].max_steps,
+                envs, policy, seeds, max_steps=c.max_steps or envs[0].max_steps,
                 stuck=stuck if c.stop_when_stuck else None, execute_steps=EXECUTE_STEPS, prefetch_steps=PREFETCH_STEPS,
             )  # fmt: skip
             return sum(wins) / c.episodes

@@ -164,7 +164,9 @@ def run_lockstep(
         raise ValueError("run_lockstep needs at least one env")
     infer_many = getattr(policy, "infer_many", None)
     slots = [_Deferred() for _ in envs]
-    controllers = [ChunkedController(slot, execute_steps=execute_steps, prefetch_steps=prefetch_steps) for slot in slots]
+    controllers = [
+        ChunkedController(slot, execute_steps=execute_steps, prefetch_steps=prefetch_steps) for slot in slots
+    ]
     results: list[bool] = [False] * len(seeds)
     lanes: dict[int, dict[str, Any]] = {}  # lane -> {"index", "obs", "steps", "stuck"}
     queue = iter(range(len(seeds)))

@@ -122,13 +122,13 @@ def test_lockstep_lanes_run_each_episode_as_one_lane_would() -> None:
     from fleet.recipe.evaluate import run_lockstep
 
     seeds = [5, 6, 7, 8, 9]
+    stuck_after = {5: 7, 8: 12}  # two episodes "stall" (and fail) early, so the lanes fall out of phase
     logs: list[dict] = []
     batches = []
     for lanes in (1, 3):
         log: dict = {}
         envs = [LoggedEnv(make_env("push", "panda", seed=0), log) for _ in range(lanes)]
         policy = ProprioPolicy()
-        stuck_after = {5: 7, 8: 12}  # two episodes "stall" (and fail) early, so the lanes fall out of phase
 
         def stuck(lane: int, envs: list = envs) -> object:
             count = {"n": 0}
@@ -150,7 +150,7 @@ def test_lockstep_lanes_run_each_episode_as_one_lane_would() -> None:
     alone, together = logs
     assert sorted(alone) == sorted(together) == seeds
     for seed in seeds:
-        assert len(alone[seed]) == len(together[seed]) == {5: 7, 8: 12}.get(seed, 20)
+        assert len(alone[seed]) == len(together[seed]) == stuck_after.get(seed, 20)
         np.testing.assert_array_equal(np.stack(alone[seed]), np.stack(together[seed]))
     assert max(batches[0]) == 1 and max(batches[1]) == 3  # one forward served three lanes
     assert sum(batches[0]) == sum(batches[1])  # the same chunks, fewer forwards
