@@ -31,6 +31,7 @@ from kafka.partitioner.default import murmur2
 
 from fleet import observability
 from fleet.transport.base import (
+    DEADLETTER,
     Delivery,
     DeliveryCallback,
     Headers,
@@ -38,7 +39,7 @@ from fleet.transport.base import (
     TransportConfig,
     kafka_producer_options,
 )
-from fleet.transport.spool import DiskSpool, MemorySpool, Spool
+from fleet.transport.spool import DiskSpool, MemorySpool, Spool, SpoolDamage
 
 log = logging.getLogger(__name__)
 _REPLAY_CHUNK = 500
@@ -394,6 +395,15 @@ class SpoolingProducer:
         chunk = replay.entries[replay.cursor : replay.cursor + _REPLAY_CHUNK]
         replay.chunk_start, replay.cursor = replay.cursor, replay.cursor + len(chunk)
         for raw in chunk:
+            if isinstance(raw, SpoolDamage):  # no message can be read from it: the dead-letter topic keeps the bytes
+                with self._lock:
+                    self._seq += 1
+                    seq = -self._seq
+                reason = [("fleet.reason", raw.reason.encode()), ("fleet.source.spool", str(replay.token).encode())]
+                if not self._send_one(_Item(DEADLETTER, None, raw.data, reason, seq, replay=True)):
+                    replay.failed = True
+                    return
+                continue
             topic, key, value, headers, seq, run_id = msgpack.unpackb(raw, raw=False)
             if run_id != self._run_id:  # spooled by an earlier process: no callback to tie back to
                 with self._lock:

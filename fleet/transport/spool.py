@@ -21,6 +21,7 @@ import os
 import struct
 import zlib
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -43,7 +44,7 @@ class Spool(Protocol):
 
     def oldest(self) -> Any: ...
 
-    def read(self, token: Any) -> list[bytes]: ...
+    def read(self, token: Any) -> list[bytes | SpoolDamage]: ...
 
     def remove(self, token: Any, records: int) -> None: ...
 
@@ -170,19 +171,27 @@ class DiskSpool:
         return self._segments[0]
 
     @staticmethod
-    def read(path: Path) -> list[bytes]:
-        """Records of one segment, in order; stops at a torn or corrupt tail."""
+    def read(path: Path) -> list[bytes | SpoolDamage]:
+        """Records of one segment, in order. A damaged span (a record whose crc fails, a torn tail) comes back as one
+        `SpoolDamage` in its place and the records after it are kept: reading goes on at the next whole record."""
         data = path.read_bytes()
-        out: list[bytes] = []
+        out: list[bytes | SpoolDamage] = []
         pos = 0
-        while pos + _HEADER.size <= len(data):
-            length, crc = _HEADER.unpack_from(data, pos)
-            payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-            if len(payload) != length or zlib.crc32(payload) != crc:
-                log.warning("spool %s: corrupt record at byte %d (torn write?); skipping the rest", path, pos)
-                break
-            out.append(payload)
-            pos += _HEADER.size + length
+        while pos < len(data):
+            if _record_at(data, pos):
+                length, _ = _HEADER.unpack_from(data, pos)
+                out.append(data[pos + _HEADER.size : pos + _HEADER.size + length])
+                pos += _HEADER.size + length
+                continue
+            resume = _next_record(data, pos)
+            what = "a torn tail (a crash during an append?)" if resume == len(data) else "a corrupt record"
+            reason = (
+                f"spool {path.name}: {what} at byte {pos}, {resume - pos} B that fail their crc; skipped, "
+                f"{'nothing follows' if resume == len(data) else f'reading goes on at byte {resume}'}"
+            )
+            log.warning("%s", reason)
+            out.append(SpoolDamage(data[pos:resume], reason))
+            pos = resume
         return out
 
     def remove(self, path: Path, records: int) -> None:
@@ -214,6 +223,40 @@ class DiskSpool:
             self._file.close()
         self._file = None
         self._active = None
+
+
+@dataclass(frozen=True)
+class SpoolDamage:
+    """Bytes of a spool segment that are no whole record (their crc fails): replay sends them to the dead-letter
+    topic with `reason` instead of dropping the segment's rest."""
+
+    data: bytes
+    reason: str
+
+
+def _record_at(data: bytes, pos: int) -> bool:
+    """Whether a whole record (header, payload, matching crc) starts at `pos`."""
+    if pos + _HEADER.size > len(data):
+        return False
+    length, crc = _HEADER.unpack_from(data, pos)
+    end = pos + _HEADER.size + length
+    return end <= len(data) and zlib.crc32(data[pos + _HEADER.size : end]) == crc
+
+
+def _next_record(data: bytes, pos: int) -> int:
+    """Where reading resumes after a damaged record at `pos`: right after it when only its payload is damaged (its
+    length still points at a whole record), else the first later offset where a whole record starts (a false match
+    needs a 1 in 2^32 crc collision), else the end of the data."""
+    if pos + _HEADER.size <= len(data):
+        length, _ = _HEADER.unpack_from(data, pos)
+        after = pos + _HEADER.size + length
+        if after < len(data) and _record_at(data, after):
+            return after
+    for candidate in range(pos + 1, len(data) - _HEADER.size + 1):
+        length, _ = _HEADER.unpack_from(data, candidate)
+        if candidate + _HEADER.size + length <= len(data) and _record_at(data, candidate):
+            return candidate
+    return len(data)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -248,8 +291,8 @@ class MemorySpool:
     def oldest(self) -> list[bytes] | None:
         return self._chunks[0] if self._chunks else None
 
-    def read(self, token: list[bytes]) -> list[bytes]:
-        return token
+    def read(self, token: list[bytes]) -> list[bytes | SpoolDamage]:
+        return list(token)
 
     def remove(self, token: list[bytes], records: int) -> None:
         self._chunks.popleft()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleet.transport import DiskSpool
+from fleet.transport.spool import SpoolDamage
 
 
 def _drain(spool: DiskSpool) -> list[bytes]:
@@ -45,20 +46,43 @@ def test_survives_restart_and_skips_a_torn_tail(tmp_path: Path) -> None:
     with open(segment, "ab") as f:  # a crash in the middle of the next append
         f.write(b"\x10\x00\x00\x00\xde\xad")
     reopened = DiskSpool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 16)
-    assert reopened.records == 3
+    assert reopened.records == 4  # three messages and the torn bytes (replay dead-letters them)
     reopened.append_many([b"dddd"])  # goes to a new segment, after the recovered ones
-    assert _drain(reopened) == [b"a", b"bb", b"ccc", b"dddd"]
+    drained = _drain(reopened)
+    assert drained[:3] == [b"a", b"bb", b"ccc"] and drained[4:] == [b"dddd"]
+    assert isinstance(drained[3], SpoolDamage) and drained[3].data == b"\x10\x00\x00\x00\xde\xad"
+    assert "torn tail" in drained[3].reason and "byte 30" in drained[3].reason  # 9 + 10 + 11 B of the three records
 
 
-def test_corrupt_record_stops_the_segment_read(tmp_path: Path) -> None:
+def _damaged(tmp_path: Path, payloads: list[bytes], at: int) -> Path:
+    """A closed segment of `payloads` with one byte flipped at offset `at`."""
     spool = DiskSpool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 16)
-    spool.append_many([b"first", b"second"])
+    spool.append_many(payloads)
     spool.close()
     segment = next(tmp_path.glob("spool-*.log"))
     data = bytearray(segment.read_bytes())
-    data[-1] ^= 0xFF  # flip a bit of the second payload: its crc no longer matches
+    data[at] ^= 0xFF
     segment.write_bytes(bytes(data))
-    assert DiskSpool.read(segment) == [b"first"]
+    return segment
+
+
+def test_a_corrupt_record_is_skipped_and_the_rest_kept(tmp_path: Path) -> None:
+    """A record damaged in the middle of a segment loses that record only, whether its payload or its length is hit,
+    and comes back as damage (with its bytes and why) where it was."""
+    payloads = [f"record-{i}".encode() * (i + 1) for i in range(5)]
+    starts = [sum(8 + len(p) for p in payloads[:i]) for i in range(5)]
+    for name, at in (("payload", starts[1] + 8 + 3), ("length", starts[2])):
+        directory = tmp_path / name
+        read = DiskSpool.read(_damaged(directory, payloads, at))
+        hit = 1 if name == "payload" else 2
+        assert [r for r in read if not isinstance(r, SpoolDamage)] == payloads[:hit] + payloads[hit + 1 :]
+        damage = read[hit]
+        assert isinstance(damage, SpoolDamage) and len(read) == 5
+        assert (
+            damage.data
+            == _damaged(tmp_path / f"{name}-again", payloads, at).read_bytes()[starts[hit] : starts[hit + 1]]
+        )
+        assert f"corrupt record at byte {starts[hit]}" in damage.reason and f"byte {starts[hit + 1]}" in damage.reason
 
 
 def test_one_producer_per_spool(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ from fleet.settings import Settings
 from fleet.stack.process import free_port
 from fleet.transport import TRAJECTORIES, Delivery, DiskSpool, KafkaTransport, TransportConfig, ensure_topics
 from fleet.transport import spool as spool_module
+from fleet.transport.base import DEADLETTER
+from fleet.transport.spool import SpoolDamage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 CAP = 1024**2  # the smallest FLEET_SPOOL_MAX_BYTES allowed
@@ -60,6 +62,7 @@ def _spool_files_whole(directory: Path) -> list[bytes]:
     out: list[bytes] = []
     for path in sorted(directory.glob("spool-*.log")):
         records = DiskSpool.read(path)
+        assert not [r for r in records if isinstance(r, SpoolDamage)], f"{path.name} has a partial record"
         assert sum(8 + len(r) for r in records) == path.stat().st_size, f"{path.name} has a partial record"
         out.extend(msgpack.unpackb(r, raw=False)[2] for r in records)  # [topic, key, value, headers, seq, run]
     return out
@@ -124,6 +127,45 @@ def test_spool_cap_refuses_whole_messages_and_replays_the_rest_once(
     assert not list(spool_dir.glob("spool-*.log"))
     record_property("outcome", {"sent": len(payloads), "spooled": spooled, "refused": len(payloads) - spooled})
     print("OUTCOME", {"sent": len(payloads), "spooled": spooled, "refused": len(payloads) - spooled})
+
+
+def test_a_record_damaged_on_disk_is_dead_lettered_and_the_rest_replayed(
+    stack: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A bit flips in the middle of a spool segment while the robot is offline: on replay that record goes to the
+    dead-letter topic with the reason (its bytes kept for a look), and every message after it still reaches Kafka, in
+    order, once."""
+    robot = f"rot{uuid.uuid4().hex[:6]}"
+    settings = stack.model_copy(update={"home": tmp_path})
+    spool_dir = tmp_path / "spool" / robot
+    payloads = [f"{i:04d}".encode() + bytes(range(256)) * 4 for i in range(8)]
+    offline = _offline(settings, robot)
+    assert all(offline.send(TRAJECTORIES, p, key=robot) for p in payloads)
+    deadline = time.monotonic() + 30
+    while offline.producer.spooled < len(payloads) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    offline.close(timeout_s=1)
+    segment = next(spool_dir.glob("spool-*.log"))
+    data = bytearray(segment.read_bytes())
+    record = len(data) // len(payloads)  # the messages are the same size: record 3 starts at 3 * record
+    data[3 * record + record // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    damaged = bytes(data[3 * record : 4 * record])
+
+    dead = _watch(kafka_bootstrap, DEADLETTER)
+    try:
+        received = _replay(settings, robot, kafka_bootstrap, len(payloads) - 1)
+        letters: list[Any] = []
+        deadline = time.monotonic() + 30
+        while not letters and time.monotonic() < deadline:
+            letters += [r for rs in dead.poll(timeout_ms=300).values() for r in rs if r.value == damaged]
+    finally:
+        dead.close()
+    assert received == payloads[:3] + payloads[4:] + [b"after-restart"]
+    assert len(letters) == 1
+    reason = dict(letters[0].headers)["fleet.reason"].decode()
+    assert f"corrupt record at byte {3 * record}" in reason and segment.name in reason
+    assert not list(spool_dir.glob("spool-*.log"))
 
 
 class _FullDisk:
