@@ -6,6 +6,7 @@ Pages render what the caller may do: mutating buttons only appear for roles that
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -27,9 +28,18 @@ templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "
 router = APIRouter(include_in_schema=False)
 
 
-def _page(request: Request, user: Principal | None, name: str, **context: Any) -> Response:
+def _refused(request: Request, user: Principal | None) -> Response | None:
+    """Why a page is not shown to this caller, or None: anonymous callers go to the login page; robot tokens (no
+    dashboard role) get a 403, as on the API: a robot's credentials read models, not the fleet's pages."""
     if user is None:
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if not user.at_least("viewer"):
+        message = escape(f"the dashboard's pages need a dashboard role ({user.name} is a robot token)")
+        return HTMLResponse(f"<!doctype html><title>403 Forbidden</title><p>{message}</p>", status_code=403)
+    return None
+
+
+def _page(request: Request, user: Principal, name: str, **context: Any) -> Response:
     context.update(
         user=user,
         can_review=user.at_least("reviewer"),
@@ -81,7 +91,10 @@ async def login_form(request: Request, services: ServicesDep, session: SessionDe
 
 @router.get("/fleet", response_class=HTMLResponse)
 def fleet_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
-    status = services.fleet_status() if user else {}
+    if (refused := _refused(request, user)) is not None:
+        return refused
+    assert user is not None
+    status = services.fleet_status()
     # Into a <script type="application/json"> element: `htmlsafe_json_dumps` writes <, >, & and ' as \u escapes, so
     # no heartbeat text (an embodiment, an error, an instruction) can close the element and open a script of its own.
     return _page(request, user, "fleet", status=status, status_json=htmlsafe_json_dumps(status, default=str))
@@ -100,8 +113,9 @@ def corrections_page(
 ) -> Response:
     from dashboards.routes.corrections import list_corrections
 
-    if user is None:
-        return _page(request, user, "corrections")
+    if (refused := _refused(request, user)) is not None:
+        return refused
+    assert user is not None
     rows = list_corrections(session, user, status=status, robot_id=robot_id, task=task, version=version, limit=200)
     current = next((r for r in rows if r.id == selected), rows[0] if rows else None)
     detail = review.detail(session, request.app.state.episode_cache, current) if current is not None else None
@@ -111,26 +125,34 @@ def corrections_page(
 
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
+    if (refused := _refused(request, user)) is not None:
+        return refused
+    assert user is not None
     overview: dict[str, Any] | None = None
     error = None
     chart = ""
-    if user is not None:
-        try:
-            overview = model_overview(services)
-            chart = curve(overview)
-        except DashboardError as e:
-            error = e.detail
+    try:
+        overview = model_overview(services)
+        chart = curve(overview)
+    except DashboardError as e:
+        error = e.detail
     return _page(request, user, "models", overview=overview, chart=chart, error=error)
 
 
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, session: SessionDep, user: MaybeUser, action: str | None = None) -> Response:
-    entries = crud.list_audit(session, limit=300, action=action or None) if user else []
+    if (refused := _refused(request, user)) is not None:
+        return refused
+    assert user is not None
+    entries = crud.list_audit(session, limit=300, action=action or None)
     return _page(request, user, "audit", entries=entries, action=action or "")
 
 
 @router.get("/training", response_class=HTMLResponse)
 def training_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
-    data = training_status(services) if user is not None else None
-    charts = learner_charts(data["learner"]) if data is not None else []
+    if (refused := _refused(request, user)) is not None:
+        return refused
+    assert user is not None
+    data = training_status(services)
+    charts = learner_charts(data["learner"])
     return _page(request, user, "training", data=data, charts=charts)

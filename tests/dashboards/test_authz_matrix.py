@@ -1,7 +1,8 @@
-"""Authorization matrix: every API route × every caller → 401 (nobody), 403 (below the role), allowed.
+"""Authorization matrix: every API route and HTML page × every caller → 401 (nobody; pages: the login page),
+403 (below the role, or a robot token on a page), allowed.
 
-The route table is checked against the app's OpenAPI spec, so a new mutating route without a row
-here fails `test_matrix_covers_every_route`.
+The route table is checked against the app's OpenAPI spec and the page table against the pages router, so a new
+route or page without a row here fails `test_matrix_covers_every_route` / `test_matrix_covers_every_page`.
 """
 
 from __future__ import annotations
@@ -94,6 +95,40 @@ def test_matrix_covers_every_route(mdash: Dash) -> None:
     in_app = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     in_matrix = {(m, p) for m, p, _, _ in ROUTES} | PUBLIC
     assert in_app == in_matrix
+
+
+# The HTML pages: (path, least role). Anonymous callers are sent to the login page; robot tokens get a 403 (their
+# credentials read models, not the fleet's pages).
+PAGES: list[tuple[str, str]] = [
+    ("/fleet", "viewer"),
+    ("/corrections", "viewer"),
+    ("/models", "viewer"),
+    ("/audit", "viewer"),
+    ("/training", "viewer"),
+]
+PUBLIC_PAGES = {("GET", "/"), ("GET", "/login"), ("POST", "/login")}
+
+
+def test_matrix_covers_every_page() -> None:
+    from fastapi.routing import APIRoute
+
+    from dashboards.routes import pages
+
+    in_app = {(m, r.path) for r in pages.router.routes if isinstance(r, APIRoute) for m in r.methods}
+    assert in_app == {("GET", p) for p, _ in PAGES} | PUBLIC_PAGES
+
+
+@pytest.mark.parametrize("caller", CALLERS, ids=lambda c: c or "anonymous")
+@pytest.mark.parametrize(("path", "least"), PAGES, ids=[p for p, _ in PAGES])
+def test_page_authorization(mdash: Dash, path: str, least: str, caller: str | None) -> None:
+    r = mdash.client.get(path, headers=mdash.auth(caller), follow_redirects=False)
+    want = expected(least, caller)
+    if want == "401":
+        assert r.status_code == 303 and r.headers["location"] == f"/login?next={path}"
+    elif want == "403":
+        assert r.status_code == 403 and "robot token" in r.text, r.text
+    else:
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"], r.text
 
 
 @pytest.mark.parametrize("caller", CALLERS, ids=lambda c: c or "anonymous")
