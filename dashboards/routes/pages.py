@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -51,7 +51,12 @@ def _page(request: Request, user: Principal, name: str, **context: Any) -> Respo
 
 
 def _safe_next(target: str | None) -> str:
-    return target if target and target.startswith("/") and not target.startswith("//") else "/fleet"
+    """`target` when it is a path on this site, else /fleet. Browsers read a backslash as a slash and drop tabs and
+    newlines from URLs, so "/\\evil.example" or "/\t/evil.example" would leave the site as "//evil.example" does."""
+    if not target or not target.startswith("/") or any(c in target for c in "\\\t\r\n") or target.startswith("//"):
+        return "/fleet"
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else "/fleet"
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -54,6 +54,23 @@ def test_form_login_then_every_page_renders(seeded: Dash) -> None:
 
 
 @pytest.mark.parametrize(
+    "target", ["//evil.example", "/\\evil.example", "/\t/evil.example", "/\n/evil.example", "https://evil.example"]
+)
+def test_login_never_redirects_off_the_site(seeded: Dash, target: str) -> None:
+    from urllib.parse import quote
+
+    client = TestClient(seeded.app)
+    r = client.post(
+        "/login",
+        content=f"username=viewer&password={PASSWORD.replace(' ', '+')}&next={quote(target)}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/fleet"
+    assert 'value="/fleet"' in client.get(f"/login?next={quote(target)}").text  # the form carries no hostile next
+
+
+@pytest.mark.parametrize(
     ("role", "fleet", "review", "models"),
     [
         ("viewer", False, False, False),
