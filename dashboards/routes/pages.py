@@ -59,6 +59,20 @@ def _safe_next(target: str | None) -> str:
     return target if not parts.scheme and not parts.netloc else "/fleet"
 
 
+MAX_LOGIN_FORM_BYTES = 16 * 1024
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether a browser posted this from another site: its Sec-Fetch-Site says so (every current browser sends it;
+    unlike Origin against Host it holds behind a proxy that rewrites Host), or, from an older browser, its Origin
+    names another host. Scripts (no such headers) are not browsers and carry no victim's cookies."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "cross-site"
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+
+
 @router.get("/", response_class=HTMLResponse)
 def index() -> Response:
     return RedirectResponse("/fleet", status_code=303)
@@ -71,8 +85,20 @@ def login_page(request: Request, next: str | None = None, error: str | None = No
 
 @router.post("/login", response_class=HTMLResponse)
 async def login_form(request: Request, services: ServicesDep, session: SessionDep) -> Response:
-    """HTML form login (urlencoded body parsed here, so no multipart dependency)."""
-    form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    """HTML form login (urlencoded body parsed here, so no multipart dependency).
+
+    Refused: a body over MAX_LOGIN_FORM_BYTES (413: a login form is a few hundred bytes, and argon2 hashes what it is
+    given), and a form posted from another site (403: login CSRF, which would log the victim's browser into the
+    attacker's account; browsers send Origin and Sec-Fetch-Site on every form POST)."""
+    if _cross_site(request):
+        return HTMLResponse("<!doctype html><title>403</title><p>login from another site refused</p>", 403)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_FORM_BYTES:
+            message = f"a login form is at most {MAX_LOGIN_FORM_BYTES} bytes"
+            return HTMLResponse(f"<!doctype html><title>413</title><p>{message}</p>", 413)
+    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     target = _safe_next(form.get("next"))
     client = request.client.host if request.client else None
     try:

@@ -70,6 +70,19 @@ def test_login_never_redirects_off_the_site(seeded: Dash, target: str) -> None:
     assert 'value="/fleet"' in client.get(f"/login?next={quote(target)}").text  # the form carries no hostile next
 
 
+def test_login_form_refuses_a_huge_body_and_other_sites(seeded: Dash) -> None:
+    client = TestClient(seeded.app)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    good = f"username=viewer&password={PASSWORD.replace(' ', '+')}"
+    huge = client.post("/login", content=good + "&pad=" + "x" * 20_000, headers=form, follow_redirects=False)
+    assert huge.status_code == 413 and "at most" in huge.text
+    for hostile in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = client.post("/login", content=good, headers={**form, **hostile}, follow_redirects=False)
+        assert r.status_code == 403 and "another site" in r.text and "set-cookie" not in r.headers
+    same = client.post("/login", content=good, headers={**form, "Origin": "http://testserver"}, follow_redirects=False)
+    assert same.status_code == 303 and same.headers["location"] == "/fleet"
+
+
 @pytest.mark.parametrize(
     ("role", "fleet", "review", "models"),
     [
