@@ -8,6 +8,7 @@ database refuses (`sqlalchemy.exc.DataError`) to 400 and refuses URLs holding NU
 from __future__ import annotations
 
 import logging
+import secrets
 from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
@@ -83,10 +84,17 @@ async def _handle(request: Request, exc: Exception) -> Response:
 
 
 async def _data_error(request: Request, exc: Exception) -> Response:
-    """The database refused a value (too long, out of range, NUL): the caller's input, so a 400, not a 500."""
-    log.warning("%s %s: database refused a value: %s", request.method, request.url.path, exc)
-    cause = getattr(exc, "orig", None) or exc
-    return JSONResponse({"detail": f"the database refused a value of this request: {cause}"}, status_code=400)
+    """The database refused a value (too long, out of range, NUL): the caller's input, so a 400, not a 500.
+
+    The database's own text stays in the log (it names tables, columns, the server and the SQL); the caller gets
+    what was wrong in general and an incident id that finds the log line."""
+    incident = secrets.token_hex(4)
+    log.warning("%s %s: database refused a value (incident %s): %s", request.method, request.url.path, incident, exc)
+    detail = (
+        "the database refused a value of this request (too long or out of range for its field); "
+        f"incident {incident} in the dashboard's log"
+    )
+    return JSONResponse({"detail": detail}, status_code=400)
 
 
 class RefuseNul:
