@@ -183,7 +183,7 @@ def run_arm(
     }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=180.0, help="learner time per arm")
     parser.add_argument("--robots", type=int, default=4, help="real-time robot processes beside the learner")
@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from " + ", ".join(ARMS))
     parser.add_argument("--evaluator-niceness", type=int, default=0, help="the evaluator worker's niceness")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     if unknown := sorted(set(arms) - set(ARMS)):
         parser.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
