@@ -118,6 +118,11 @@ class Settings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"production settings need {', '.join(missing)} (no defaults in production)")
+            if self.kafka_security_protocol == "PLAINTEXT":  # anyone on the network could read and write every topic
+                raise ValueError(
+                    "production refuses FLEET_KAFKA_SECURITY_PROTOCOL=PLAINTEXT: use SASL_SSL (or SASL_PLAINTEXT on a "
+                    "private network) with this service's SCRAM user, see docs/security.md"
+                )
         if self.kafka_security_protocol.startswith("SASL_"):
             missing = [
                 var

@@ -107,6 +107,12 @@ def test_secret_key_generated_once_in_local_mode(tmp_path) -> None:
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
 
 
+PRODUCTION_KAFKA = {
+    "kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-512", "kafka_sasl_username": "dashboard",
+    "kafka_sasl_password": SecretStr("p" * 24),
+}  # fmt: skip
+
+
 def test_production_has_no_default_secret(tmp_path) -> None:
     with pytest.raises(ValueError, match="FLEET_SECRET_KEY"):
         Settings(
@@ -115,6 +121,7 @@ def test_production_has_no_default_secret(tmp_path) -> None:
             database_url="sqlite://",
             kafka_bootstrap="x:1",
             mlflow_tracking_uri="http://x",
+            **PRODUCTION_KAFKA,
         )
     prod = Settings(
         home=tmp_path,
@@ -123,6 +130,9 @@ def test_production_has_no_default_secret(tmp_path) -> None:
         kafka_bootstrap="x:1",
         mlflow_tracking_uri="http://x",
         secret_key=SecretStr("k" * 32),
+        **PRODUCTION_KAFKA,
     )
     assert resolve_secret_key(prod) == "k" * 32
     assert not (tmp_path / "secret_key").exists()
+    with pytest.raises(ValueError, match="PLAINTEXT"):  # an open broker in production: refused at start
+        Settings(**{**prod.model_dump(), "kafka_security_protocol": "PLAINTEXT"})
