@@ -43,33 +43,50 @@ class LoginThrottle:
     def keys(username: str, client: str | None) -> tuple[str, str]:
         return f"user:{username.strip().lower()}", f"client:{client or 'unknown'}"
 
-    def retry_after(self, username: str, client: str | None) -> int | None:
-        """Seconds until this user name / client may try again, or None when it may try now."""
+    def begin(self, username: str, client: str | None) -> float | int:
+        """Check and count one login attempt in one locked step. Returns the seconds to wait (an int) while this user
+        name or client is locked, counting nothing; else counts the attempt as a failure at once and returns its stamp
+        (a float) for `succeeded`. Checking first and counting after the password check let concurrent guesses all
+        pass one check before any was counted; here each attempt sees every one begun before it."""
         user_key, client_key = self.keys(username, client)
         now = self.clock()
-        waits = []
         with self._lock:
+            waits = []
             for key, limit in ((user_key, self.max_per_user), (client_key, self.max_per_client)):
                 times = self._recent(key, now)
                 if times is not None and len(times) >= limit:
                     waits.append(times[len(times) - limit] + self.window_s - now)
-        return max(1, math.ceil(max(waits))) if waits else None
+            if waits:
+                return max(1, math.ceil(max(waits)))
+            self._record((user_key, client_key), now)
+        return float(now)
 
     def failed(self, username: str, client: str | None) -> None:
-        now = self.clock()
+        """Count one failure (an attempt `begin` did not see)."""
         with self._lock:
-            for key in self.keys(username, client):
-                times = self._recent(key, now)
-                if times is None:
-                    times = self._failures[key] = deque()
-                times.append(now)
-                self._failures.move_to_end(key)
-            while len(self._failures) > self.max_keys:
-                self._failures.popitem(last=False)
+            self._record(self.keys(username, client), self.clock())
 
-    def succeeded(self, username: str) -> None:
+    def succeeded(self, username: str, client: str | None = None, stamp: float | None = None) -> None:
+        """The attempt begun at `stamp` logged in: its user name's failures are cleared; the client's stay (one valid
+        account must not let a client spray guesses at others), less this attempt's own count."""
+        user_key, client_key = self.keys(username, client)
         with self._lock:
-            self._failures.pop(self.keys(username, None)[0], None)
+            self._failures.pop(user_key, None)
+            times = self._failures.get(client_key)
+            if stamp is not None and times is not None and stamp in times:
+                times.remove(stamp)
+                if not times:
+                    del self._failures[client_key]
+
+    def _record(self, keys: tuple[str, ...], now: float) -> None:
+        for key in keys:
+            times = self._recent(key, now)
+            if times is None:
+                times = self._failures[key] = deque()
+            times.append(now)
+            self._failures.move_to_end(key)
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         times = self._failures.get(key)

@@ -42,16 +42,15 @@ def authenticate(
 
     Shared by the JSON login and the HTML form login, so both count toward the same limits."""
     throttle = services.login_throttle
-    wait = throttle.retry_after(username, client)
-    if wait is not None:
-        log.warning("login for %r from %s refused: too many failures (retry in %d s)", username, client, wait)
-        raise TooManyRequests(f"too many failed logins: try again in {wait} s", retry_after_s=wait)
+    attempt = throttle.begin(username, client)  # counted as a failure from here until it succeeds
+    if isinstance(attempt, int):
+        log.warning("login for %r from %s refused: too many failures (retry in %d s)", username, client, attempt)
+        raise TooManyRequests(f"too many failed logins: try again in {attempt} s", retry_after_s=attempt)
     user = crud.authenticate(session, username=username, password=password)
     if user is None:
         log.warning("failed login for %r from %s", username, client)
-        throttle.failed(username, client)
         return None
-    throttle.succeeded(username)
+    throttle.succeeded(username, client, attempt)
     return user
 
 

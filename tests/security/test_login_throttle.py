@@ -95,3 +95,36 @@ def test_tracked_keys_are_bounded() -> None:
     for i in range(1000):
         throttle.failed(f"user-{i}", "10.0.0.1")
     assert len(throttle._failures) <= 100
+
+
+def test_concurrent_guesses_cannot_all_pass_one_check() -> None:
+    """50 guesses at once for one account (each would then spend ~0.1 s on argon2): only as many as the limit get to
+    the password check; the check and the count are one step."""
+    import threading
+
+    throttle = LoginThrottle(max_per_user=5, max_per_client=10**6, window_s=60.0)
+    start, results = threading.Barrier(50), []
+
+    def guess(i: int) -> None:
+        start.wait()
+        results.append(throttle.begin("admin", f"10.0.0.{i}"))
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    passed = [r for r in results if isinstance(r, float)]
+    assert len(passed) == 5 and all(r == 60 for r in results if isinstance(r, int))
+
+
+def test_a_successful_login_does_not_count_against_its_client() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(max_per_user=5, max_per_client=3, window_s=60.0, clock=clock)
+    for _ in range(10):  # ten good logins from one address: none is a failure
+        stamp = throttle.begin("viewer", "10.0.0.1")
+        assert isinstance(stamp, float)
+        throttle.succeeded("viewer", "10.0.0.1", stamp)
+    for name in ("a", "b", "c"):  # three failures for other names from it: now it is locked
+        assert isinstance(throttle.begin(name, "10.0.0.1"), float)
+    assert throttle.begin("viewer", "10.0.0.1") == 60
