@@ -1,4 +1,7 @@
-"""Small inline SVG charts (no JS library, no CDN): action traces and the learning curve."""
+"""Small inline SVG charts (no JS library, no CDN): action traces and the learning curve.
+
+Each chart is built here from numbers and `escape`d names only, and returned as `Markup`, so templates insert it
+as it is without a `| safe` that would also pass any other string."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from collections.abc import Sequence
 from html import escape
 
 import numpy as np
+from markupsafe import Markup
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 
@@ -30,7 +34,7 @@ def actions_svg(
     parts.append("<title>actions: policy (solid) vs human (dashed, shaded steps)</title>")
     if steps == 0:
         parts.append(f'<text x="{pad}" y="{height / 2}">no actions recorded</text></svg>')
-        return "".join(parts)
+        return Markup("".join(parts))
     lo, hi = float(np.min(actions)), float(np.max(actions))
     hi = hi if hi > lo else lo + 1.0
 
@@ -69,7 +73,7 @@ def actions_svg(
     )
     parts.append(f'<text x="2" y="{pad - 6}" font-size="10">{hi:.2f}</text>')
     parts.append(f'<text x="2" y="{height - pad + 12}" font-size="10">{lo:.2f}</text></svg>')
-    return "".join(parts)
+    return Markup("".join(parts))
 
 
 def learning_curve_svg(
@@ -82,7 +86,7 @@ def learning_curve_svg(
     values = [v for vals in series.values() for v in vals if v is not None]
     if not versions or not values:
         parts.append(f'<text x="{pad_l}" y="{height / 2}">no eval metrics yet</text></svg>')
-        return "".join(parts)
+        return Markup("".join(parts))
     lo, hi = min(min(values), 0.0), max(max(values), 1.0)
     n = len(versions)
 
@@ -110,7 +114,7 @@ def learning_curve_svg(
         parts.append(f'<rect x="{width - pad_r + 10}" y="{ly}" width="10" height="3" fill="{color}"/>')
         parts.append(f'<text x="{width - pad_r + 24}" y="{ly + 5}" font-size="10">{escape(name)}</text>')
     parts.append("</svg>")
-    return "".join(parts)
+    return Markup("".join(parts))
 
 
 def series_svg(
@@ -131,7 +135,7 @@ def series_svg(
     points = [p for pts in series.values() for p in pts]
     if not points:
         parts.append(f'<text x="{pad_l}" y="{height / 2}">{escape(title)}: no data yet</text></svg>')
-        return "".join(parts)
+        return Markup("".join(parts))
     x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
     y_lo, y_hi = min(min(p[1] for p in points), 0.0), max(p[1] for p in points)
     x_hi = x_hi if x_hi > x_lo else x_lo + 1.0
@@ -162,4 +166,4 @@ def series_svg(
         parts.append(f'<rect x="{width - pad_r + 10}" y="{ly}" width="10" height="3" fill="{color}"/>')
         parts.append(f'<text x="{width - pad_r + 24}" y="{ly + 5}" font-size="10">{escape(name)}{last}</text>')
     parts.append("</svg>")
-    return "".join(parts)
+    return Markup("".join(parts))
