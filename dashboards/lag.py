@@ -9,7 +9,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from dashboards.errors import Unavailable
-from fleet.transport import TransportConfig, kafka_security_options
+from fleet.transport import TransportConfig, kafka_consumer_options, kafka_security_options
 
 GROUPS = ("recorder", "learner")
 
@@ -23,7 +23,7 @@ def consumer_lag(config: TransportConfig, *, groups: tuple[str, ...] = GROUPS) -
         admin = KafkaAdminClient(
             bootstrap_servers=servers, client_id="dashboard-lag", bootstrap_timeout_ms=timeout_ms, **security
         )
-        consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, client_id="dashboard-lag", **security)
+        consumer = KafkaConsumer(**kafka_consumer_options(config, client_id="dashboard-lag"), group_id=None)
     except KafkaError as e:
         raise Unavailable(f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up`") from None
     try:

@@ -31,7 +31,14 @@ from dashboards.fleet_state import CommandTracker, FleetState, RobotStatus
 from fleet.db import Correction as CorrectionRow
 from fleet.db import Robot
 from fleet.schemas import Correction, Heartbeat, Message, decode
-from fleet.transport import CORRECTIONS, HEARTBEATS, TransportConfig, ensure_topics, kafka_security_options
+from fleet.transport import (
+    CORRECTIONS,
+    HEARTBEATS,
+    TransportConfig,
+    assign_at_end,
+    ensure_topics,
+    kafka_consumer_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +173,16 @@ class _ConsumerThread:
                 batches = consumer.poll(timeout_ms=200, max_records=1000)
                 if batches:
                     self._handle(consumer, batches)
-            except (KafkaError, OSError) as e:
-                log.warning(
-                    "%s consumer: Kafka at %s not usable (%s); retry in %.1f s",
+            except Exception as e:  # noqa: BLE001 - Kafka down, or anything else: a dead thread would freeze the view
+                log.log(
+                    logging.WARNING if isinstance(e, (KafkaError, OSError)) else logging.ERROR,
+                    "%s consumer: Kafka at %s not usable (%s: %s); retry in %.1f s",
                     self.name,
                     self.config.bootstrap,
+                    type(e).__name__,
                     e,
                     backoff,
+                    exc_info=not isinstance(e, (KafkaError, OSError)),
                 )
                 if consumer is not None:
                     consumer.close()
@@ -218,20 +228,13 @@ class HeartbeatMonitor(_ConsumerThread):
 
     def _consumer(self) -> KafkaConsumer:
         ensure_topics(self.config)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.config.bootstrap.split(","),
-            client_id=f"{self.config.client_id}-heartbeats",
-            group_id=None,
-            enable_auto_commit=False,
-            reconnect_backoff_max_ms=1000,
-            **kafka_security_options(self.config),
-        )
-        partitions = consumer.partitions_for_topic(HEARTBEATS) or set()
-        tps = [TopicPartition(HEARTBEATS, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, so heartbeats sent from here on are all seen
-            consumer.position(tp)
+        options = kafka_consumer_options(self.config, client_id=f"{self.config.client_id}-heartbeats")
+        consumer = KafkaConsumer(**options, group_id=None, enable_auto_commit=False)
+        try:
+            assign_at_end(consumer, HEARTBEATS)  # heartbeats sent from here on; raises (and is retried) on no metadata
+        except BaseException:
+            consumer.close()
+            raise
         return consumer
 
     def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -274,13 +277,10 @@ class CorrectionsMonitor(_ConsumerThread):
         ensure_topics(self.config)
         return KafkaConsumer(
             CORRECTIONS,
-            bootstrap_servers=self.config.bootstrap.split(","),
-            client_id=f"{self.config.client_id}-corrections",
+            **kafka_consumer_options(self.config, client_id=f"{self.config.client_id}-corrections"),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # a new dashboard fills its queue with every correction still on the topic
-            reconnect_backoff_max_ms=1000,
-            **kafka_security_options(self.config),
         )
 
     def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:

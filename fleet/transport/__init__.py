@@ -34,6 +34,8 @@ from fleet.transport.base import (
     Transport,
     TransportConfig,
     TransportError,
+    assign_at_end,
+    kafka_consumer_options,
     kafka_producer_options,
     kafka_security_options,
 )
@@ -73,6 +75,8 @@ __all__ = [
     "Transport",
     "TransportConfig",
     "TransportError",
+    "assign_at_end",
+    "kafka_consumer_options",
     "dead_letter",
     "ensure_topics",
     "kafka_producer_options",

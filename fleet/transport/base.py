@@ -6,6 +6,7 @@ Code above the transport (recorder, learner, actors, dashboard) depends on `Tran
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,41 @@ def kafka_security_options(config: TransportConfig) -> dict[str, Any]:
     if config.security_protocol in ("SSL", "SASL_SSL") and config.ssl_cafile:
         options["ssl_cafile"] = config.ssl_cafile
     return options
+
+
+def kafka_consumer_options(config: TransportConfig, *, client_id: str) -> dict[str, Any]:
+    """kafka-python settings every consumer fleet builds shares (group members and partition readers alike)."""
+    return {
+        "bootstrap_servers": config.bootstrap.split(","),
+        "client_id": client_id,
+        "reconnect_backoff_max_ms": 1000,  # reconnect within ~1 s of the broker's return (default backs off to 30 s)
+        # A group whose leader assigned before it had a topic's partitions (a topic just created, metadata not yet
+        # propagated: "No partition metadata") gets nothing for it until the leader's metadata changes; kafka-python
+        # refreshes every 5 minutes by default. Every 10 s, the group rebalances and gets them within seconds.
+        "metadata_max_age_ms": 10_000,
+        "bootstrap_timeout_ms": int(config.connect_timeout_s * 1000),
+        **kafka_security_options(config),
+    }
+
+
+def assign_at_end(consumer: Any, topic: str, *, timeout_s: float = 10.0) -> list[Any]:
+    """Assign `consumer` (no group) every partition of `topic` at its current end, so it reads only what is sent
+    from now on. Waits for the topic's partition metadata (a topic just created may have none for a moment); raises
+    `KafkaTimeoutError` if it has none after `timeout_s`, rather than assigning nothing and reading nothing."""
+    from kafka import TopicPartition
+    from kafka.errors import KafkaTimeoutError
+
+    deadline = time.monotonic() + timeout_s
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"no partition metadata for {topic} after {timeout_s:.0f} s")
+        time.sleep(0.2)
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:  # resolve the end offsets now, so everything sent from here on is seen
+        consumer.position(tp)
+    return tps
 
 
 def kafka_producer_options(config: TransportConfig) -> dict[str, Any]:

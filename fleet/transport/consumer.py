@@ -29,7 +29,7 @@ from fleet.transport.base import (
     Transport,
     TransportConfig,
     TransportError,
-    kafka_security_options,
+    kafka_consumer_options,
 )
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ class KafkaGroupConsumer:
         try:
             self._consumer = KafkaConsumer(
                 *topics,
-                bootstrap_servers=config.bootstrap.split(","),
-                client_id=f"{config.client_id}-{group_id}",
+                **kafka_consumer_options(config, client_id=f"{config.client_id}-{group_id}"),
                 group_id=group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -54,12 +53,6 @@ class KafkaGroupConsumer:
                 heartbeat_interval_ms=int(config.session_timeout_s * 1000 / 3),
                 fetch_max_bytes=max(52428800, config.max_request_bytes),
                 max_partition_fetch_bytes=config.max_request_bytes,
-                reconnect_backoff_max_ms=1000,
-                # A topic created after the consumer subscribed (a robot that starts before anything made
-                # fleet.models) is seen within 10 s, not kafka-python's default 5 minutes.
-                metadata_max_age_ms=10_000,
-                bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
-                **kafka_security_options(config),
             )
         except KafkaError as e:
             raise TransportError(

@@ -19,7 +19,7 @@ from fleet.policy.model import VLAModel
 from fleet.registry import Registry, announce, publish_model
 from fleet.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def _model(seed: int, *, nan: bool = False) -> VLAModel:
@@ -52,7 +52,7 @@ def test_publish_refuse_and_rollback_reach_every_robot(stack: Settings) -> None:
     v1 = publish_model(registry, _model(1), parent_version=None)
     registry.promote(v1.version, actor="test", role="admin", reason="seed")
 
-    config = FleetConfig(n=2, tasks=("pick",), embodiments=("panda", "kuka"), duration_s=300, poll_interval_s=30)
+    config = FleetConfig(n=2, tasks=("pick",), embodiments=("panda", "kuka"), duration_s=300, poll_interval_s=600)
     actors = start_fleet(settings, config)
     runs = [a.run.remote(None, 300) for a in actors]
     try:
@@ -62,8 +62,9 @@ def test_publish_refuse_and_rollback_reach_every_robot(stack: Settings) -> None:
         promoted_at = time.time()
         registry.promote(v2.version, actor="test", role="admin", reason="better")
         announce(settings, v2, event="promoted", alias="production", actor="test", reason="better")
-        took, _ = _wait(actors, lambda ss: all(s["version"] == v2.version for s in ss), 25)  # << the 30 s poll
-        assert took < 25
+        # The alias poll comes every 600 s: a robot that converges within these 120 s heard the event (a loaded
+        # 2-core machine can take 20 s to download, verify, load and warm up even the small model)
+        _wait(actors, lambda ss: all(s["version"] == v2.version for s in ss), 120)
         swapped = ray.get([a.swapped.remote(v2.version, promoted_at) for a in actors])  # each robot's own timestamp
         assert all(promoted_at <= t <= time.time() for t in swapped)
         assert ray.get(actors[0].swapped.remote(v2.version, time.time() + 1)) is None
@@ -71,13 +72,13 @@ def test_publish_refuse_and_rollback_reach_every_robot(stack: Settings) -> None:
         bad = publish_model(registry, _model(3, nan=True), parent_version=v2.version)
         registry.promote(bad.version, actor="test", role="admin", reason="mistake")
         announce(settings, bad, event="promoted", alias="production", actor="test", reason="mistake")
-        _, statuses = _wait(actors, lambda ss: all(bad.version in s["refused"] for s in ss), 25)
+        _, statuses = _wait(actors, lambda ss: all(bad.version in s["refused"] for s in ss), 120)
         assert all(s["version"] == v2.version for s in statuses)  # kept acting on the good version
         assert all("CheckpointError" in s["refused"][bad.version] for s in statuses)
 
         back = registry.rollback(v1.version, actor="test", role="admin", reason="regression")
         announce(settings, back, event="rolled_back", alias="production", actor="test", reason="regression")
-        _wait(actors, lambda ss: all(s["version"] == v1.version for s in ss), 25)
+        _wait(actors, lambda ss: all(s["version"] == v1.version for s in ss), 120)
         assert registry.is_pinned()
     finally:
         for a in actors:

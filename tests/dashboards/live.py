@@ -13,11 +13,11 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from fleet.schemas import Command, Heartbeat, LoopStats, decode
 from fleet.stack.process import free_port
-from fleet.transport import COMMANDS, KafkaTransport, TransportConfig, ensure_topics, publish
+from fleet.transport import COMMANDS, KafkaTransport, TransportConfig, assign_at_end, ensure_topics, publish
 
 PASSWORD = "correct horse battery"  # every test user's (tests/dashboards/conftest.py creates them)
 CHROMIUM = "/usr/bin/chromium"
@@ -88,11 +88,7 @@ class FakeRobot:
         ensure_topics(config)
         self.transport = KafkaTransport(config)
         self.consumer = KafkaConsumer(bootstrap_servers=config.bootstrap.split(","), group_id=None)
-        tps = [TopicPartition(COMMANDS, p) for p in sorted(self.consumer.partitions_for_topic(COMMANDS) or ())]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_end(*tps)
-        for tp in tps:
-            self.consumer.position(tp)
+        assign_at_end(self.consumer, COMMANDS)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> FakeRobot:

@@ -94,16 +94,16 @@ def test_exported_counters_are_the_runtimes_own() -> None:
     assert 0 < runtime.missed_total < runtime.ticks_total  # distinct, so a mix-up of the two would show
     assert len(runtime.missed_log) == runtime.missed_total  # each missed tick says why: it overran its 20 ms
     # (each of the two is rounded to 0.1 ms, so their sum may fall 0.1 ms short of the true overrun)
-    assert all(m["late_ms"] + m["work_ms"] > 1000 / config.control_hz - 0.1 for m in runtime.missed_log)
-    assert all(m["reload_ms"]["load"] >= m["work_ms"] for m in runtime.missed_log)  # and the reload beside it
+    log = list(runtime.missed_log)
+    assert [m for m in log if m["late_ms"] + m["work_ms"] <= 1000 / config.control_hz - 0.15] == []
+    assert [m for m in log if m["reload_ms"]["load"] < m["work_ms"]] == []  # and the reload beside it
     # the slow steps sleep: those ticks got far less CPU than their wall time (the process at least the thread's;
     # the two clocks are read a few microseconds apart, and each delta is rounded to 0.1 ms)
-    assert all(
-        0 <= m["cpu_ms"] <= m["process_cpu_ms"] + 0.2 and m["cpu_ms"] <= m["work_ms"] + 1 for m in runtime.missed_log
-    )
-    slept = [m for m in runtime.missed_log if m["cpu_ms"] < m["work_ms"] / 2 and m["blocked"] >= 1]
-    assert len(slept) >= runtime.missed_total / 2
-    assert all(m["preempted"] >= 0 and m["major_faults"] >= 0 for m in runtime.missed_log)
+    assert [m for m in log if not (0 <= m["cpu_ms"] <= m["process_cpu_ms"] + 0.2)] == []
+    assert [m for m in log if m["cpu_ms"] > m["work_ms"] + 1] == []
+    slept = [m for m in log if m["cpu_ms"] < m["work_ms"] / 2 and m["blocked"] >= 1]
+    assert len(slept) >= runtime.missed_total / 2, log
+    assert [m for m in log if m["preempted"] < 0 or m["major_faults"] < 0] == []
     assert runtime.segments_total == len(segments) > 0
     assert runtime.ticks_total == sum(len(s.actions) for s in segments)
     # reload histogram from the reloader's load times
