@@ -161,6 +161,6 @@ ERROR_MEANINGS = {
     409: "Conflict with the current state (e.g. production is pinned, the name exists).",
     413: "The request body is too large.",
     415: "Wrong Content-Type for this route.",
-    429: "Too many failed logins: wait for Retry-After seconds.",
+    429: "Too many failed logins (wait for Retry-After seconds) or too many open event streams.",
     503: "A backing service (Kafka, MLflow) is unreachable or not configured.",
 }

@@ -3,7 +3,9 @@
 - Users have one role; roles are ordered viewer < reviewer < operator < admin and a route asks
   for the least role it needs (`require_role` in `deps`).
 - Browsers log in once and carry a session cookie signed with FLEET_SECRET_KEY (itsdangerous,
-  timestamped, HttpOnly, SameSite=Lax). The session also holds a random CSRF token that pages
+  timestamped, HttpOnly, SameSite=Lax). The cookie carries a random session id; the server keeps
+  its sha256 in `user_sessions`, and the cookie counts only while that row is not revoked (logout,
+  an admin disabling or changing the user). The session also holds a random CSRF token that pages
   embed and send back in the `X-CSRF-Token` header on every mutating request.
 - API clients (the CLI, scripts, robots) send `Authorization: Bearer <token>`. Only the token's
   sha256 is stored. A token acts with the role named by its `role:<name>` scope; robot tokens
@@ -101,6 +103,8 @@ class Principal:
     csrf: str | None = None  # session CSRF token (sessions only)
     scopes: frozenset[str] = field(default_factory=frozenset)
     robot_id: str | None = None  # robot tokens: the only robot the token speaks for
+    session_id: str | None = None  # sessions: the `user_sessions` row (sha256 of the cookie's session id)
+    token_id: int | None = None  # tokens: the `api_tokens` row (long requests re-check it is not revoked)
 
     def at_least(self, minimum: str) -> bool:
         return role_at_least(self.role, minimum)
@@ -112,26 +116,45 @@ def token_role(scopes: frozenset[str]) -> str | None:
     return max(roles, key=ROLES.index) if roles else None
 
 
+@dataclass(frozen=True)
+class IssuedSession:
+    """What a fresh login hands out: the cookie for the browser, the CSRF token for the page, the row id to store."""
+
+    cookie: str  # signed `{"uid", "sid", "csrf"}`
+    csrf: str
+    session_id: str  # sha256 hex of the cookie's random `sid`: the `user_sessions` row id (the sid is never stored)
+
+
 class SessionCodec:
-    """Signs and checks session cookies: `{"uid": user id, "csrf": token}` plus a timestamp."""
+    """Signs and checks session cookies: `{"uid": user id, "sid": session id, "csrf": token}` plus a timestamp.
+
+    A valid signature is not enough to be logged in: `deps` also needs the session's row (`session_key(sid)`)
+    to exist and not be revoked. Cookies without a `sid` (signed before sessions were stored) are refused."""
 
     def __init__(self, secret_key: str, *, max_age_s: int) -> None:
         self._serializer = URLSafeTimedSerializer(secret_key, salt="fleet-session")
         self.max_age_s = max_age_s
 
-    def issue(self, user_id: int) -> tuple[str, str]:
-        """(cookie value, csrf token) for a fresh login."""
-        csrf = secrets.token_urlsafe(24)
-        return self._serializer.dumps({"uid": user_id, "csrf": csrf}), csrf
+    def issue(self, user_id: int) -> IssuedSession:
+        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+        cookie = self._serializer.dumps({"uid": user_id, "sid": sid, "csrf": csrf})
+        return IssuedSession(cookie=cookie, csrf=csrf, session_id=session_key(sid))
 
     def read(self, cookie: str) -> dict[str, Any] | None:
         try:
             data = self._serializer.loads(cookie, max_age=self.max_age_s)
         except (BadSignature, SignatureExpired):
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("uid"), int) or not isinstance(data.get("csrf"), str):
+        if not isinstance(data, dict) or not isinstance(data.get("uid"), int):
+            return None
+        if not isinstance(data.get("sid"), str) or not isinstance(data.get("csrf"), str):
             return None
         return data
+
+
+def session_key(sid: str) -> str:
+    """The `user_sessions` row id of a cookie's session id (a stolen database does not yield cookies)."""
+    return hashlib.sha256(sid.encode()).hexdigest()
 
 
 def csrf_matches(expected: str | None, given: str | None) -> bool:

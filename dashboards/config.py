@@ -15,6 +15,8 @@ class DashboardConfig:
     registry_cache_s: float = 5.0  # the production alias is asked from MLflow at most this often
     training_cache_s: float = 5.0  # the learner's curves are read from MLflow at most this often
     sse_interval_s: float = 0.5  # how often the fleet page's event stream pushes a new snapshot
+    sse_max_streams: int = 100  # open event streams this process serves at once; one more gets a 429
+    sse_max_streams_per_caller: int = 5  # open event streams per user (all its sessions) or per API token
     db_flush_interval_s: float = 1.0  # how often heartbeat state is written to the robots table
     session_max_age_s: int = 12 * 3600  # login session lifetime
     commands_kept: int = 2000  # most recent commands remembered for pending/applied display
@@ -24,6 +26,8 @@ class DashboardConfig:
         for name in ("offline_after_s", "stats_window_s", "sse_interval_s", "db_flush_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DashboardConfig.{name} must be positive")
+        if not 1 <= self.sse_max_streams_per_caller <= self.sse_max_streams:
+            raise ValueError("DashboardConfig needs 1 <= sse_max_streams_per_caller <= sse_max_streams")
         if self.session_max_age_s < 60:
             raise ValueError("DashboardConfig.session_max_age_s must be at least 60 s")
         if not self.corrections_group:

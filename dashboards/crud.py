@@ -1,4 +1,4 @@
-"""Keyword-only data-access functions over the fleet database (users, tokens, audit, robots).
+"""Keyword-only data-access functions over the fleet database (users, login sessions, tokens, audit, robots).
 
 They raise `dashboards.errors` exceptions, never HTTP ones; callers commit.
 """
@@ -6,15 +6,15 @@ They raise `dashboards.errors` exceptions, never HTTP ones; callers commit.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from dashboards.auth import Principal, check_role, hash_password, hash_token, new_token, verify_password
 from dashboards.errors import BadRequest, Conflict, NotFound
-from fleet.db import ApiToken, AuditEntry, Robot, User
+from fleet.db import ApiToken, AuditEntry, Robot, User, UserSession
 
 ROBOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")  # fleet.schemas Id, within the robots table's 64
 
@@ -46,6 +46,37 @@ def authenticate(session: Session, *, username: str, password: str) -> User | No
 
 def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.username)))
+
+
+def open_user_session(session: Session, *, user_id: int, session_id: str, max_age_s: int) -> UserSession:
+    """Store a fresh login (`session_id`: the sha256 the cookie's session id maps to). This user's rows older than
+    the cookie lifetime are deleted on the way: their cookies are refused by their signature's age anyway."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=max_age_s)
+    session.execute(delete(UserSession).where(UserSession.user_id == user_id, UserSession.created_at < cutoff))
+    row = UserSession(id=session_id, user_id=user_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def revoke_user_session(session: Session, *, session_id: str) -> bool:
+    """Revoke one login (logout); False when it was already revoked or never existed."""
+    result = session.execute(
+        update(UserSession)
+        .where(UserSession.id == session_id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_user_sessions(session: Session, *, user_id: int) -> int:
+    """Revoke every open login of one user (disabled, or given another role); how many were open."""
+    result = session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def create_token(

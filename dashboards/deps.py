@@ -1,8 +1,10 @@
 """Shared request dependencies as `Annotated` aliases: services, DB session, current user, roles.
 
 `CurrentUser` authenticates (bearer token, else session cookie; cookie requests that mutate must
-carry the session's CSRF token) and raises 401 when nobody is logged in. `require_role(r)` builds
-a dependency that also raises 403 below role `r`; `ViewerUser`, `ReviewerUser`, `OperatorUser`,
+carry the session's CSRF token) and raises 401 when nobody is logged in. A cookie counts only while its
+`user_sessions` row is not revoked and its user not disabled; `access_ended` asks that again for long-lived
+requests (the event stream), which must not outlive a logout, a disabled user or a revoked token.
+`require_role(r)` builds a dependency that also raises 403 below role `r`; `ViewerUser`, `ReviewerUser`, `OperatorUser`,
 `AdminUser` are the aliases routes use. Robot tokens hold no role: `ModelReader` also lets in tokens with
 the `models:read` scope, and `RobotProducer` admits only a `robot:produce` token bound to the route's `robot_id`.
 """
@@ -10,6 +12,7 @@ the `models:read` scope, and `RobotProducer` admits only a `robot:produce` token
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -24,11 +27,12 @@ from dashboards.auth import (
     Principal,
     check_role,
     csrf_matches,
+    session_key,
     token_role,
 )
 from dashboards.errors import Forbidden, Unauthorized
 from dashboards.services import Services
-from fleet.db import User
+from fleet.db import ApiToken, User, UserSession
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -53,17 +57,43 @@ def _from_token(session: Session, token: str) -> Principal:
     if row is None:
         raise Unauthorized("invalid or revoked API token")
     scopes = frozenset(row.scopes.split())
-    return Principal(name=row.name, role=token_role(scopes), via="token", scopes=scopes, robot_id=row.robot_id)
+    return Principal(
+        name=row.name, role=token_role(scopes), via="token", scopes=scopes, robot_id=row.robot_id, token_id=row.id
+    )
 
 
 def _from_cookie(services: Services, session: Session, cookie: str) -> tuple[Principal, dict[str, Any]] | None:
     data = services.codec.read(cookie)
     if data is None:
         return None
-    user = session.get(User, data["uid"])
+    row = session.get(UserSession, session_key(data["sid"]))
+    if row is None or row.revoked_at is not None or row.user_id != data["uid"]:
+        return None  # logged out, revoked by an admin, or never stored (a cookie from before sessions were)
+    user = session.get(User, row.user_id)
     if user is None or user.disabled:
         return None
-    return Principal(name=user.username, role=user.role, via="session", csrf=data["csrf"]), data
+    principal = Principal(name=user.username, role=user.role, via="session", csrf=data["csrf"], session_id=row.id)
+    return principal, data
+
+
+def access_ended(session: Session, principal: Principal, *, session_max_age_s: int) -> str | None:
+    """Why `principal`, authenticated when its request began, may no longer act; None while it still may.
+
+    Requests that last (the event stream) ask this before each event: a logout, an admin disabling or changing the
+    user, a revoked token or the session's lifetime running out ends them."""
+    if principal.via == "token":
+        token = session.get(ApiToken, principal.token_id) if principal.token_id is not None else None
+        return "the API token was revoked" if token is None or token.revoked_at is not None else None
+    row = session.get(UserSession, principal.session_id) if principal.session_id is not None else None
+    user = session.get(User, row.user_id) if row is not None else None
+    if user is not None and user.disabled:  # asked first: disabling also revokes, but this says more
+        return "this user was disabled"
+    if row is None or user is None or row.revoked_at is not None:
+        return "the session was ended (logged out, or an admin changed this user)"
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)  # SQLite: naive UTC
+    if datetime.now(UTC) - created > timedelta(seconds=session_max_age_s):
+        return "the session expired"
+    return None
 
 
 def optional_principal(request: Request, services: ServicesDep, session: SessionDep) -> Principal | None:

@@ -58,11 +58,12 @@ class UnsupportedMediaType(DashboardError):
 
 
 class TooManyRequests(DashboardError):
-    """Throttled (failed logins); `retry_after_s` becomes the Retry-After header."""
+    """Throttled (failed logins) or over a limit (open event streams); `retry_after_s`, when known, becomes the
+    Retry-After header."""
 
     status = 429
 
-    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
 
@@ -78,7 +79,7 @@ async def _handle(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Unauthorized) and not request.url.path.startswith("/api"):
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests) and exc.retry_after_s is not None:
         headers = {"Retry-After": str(exc.retry_after_s)}
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 

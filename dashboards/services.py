@@ -23,6 +23,7 @@ from dashboards.config import DashboardConfig
 from dashboards.errors import Unavailable
 from dashboards.fleet_state import CommandStatus, CommandTracker, FleetState
 from dashboards.monitor import CorrectionsMonitor, HeartbeatMonitor
+from dashboards.streams import StreamSlots
 from dashboards.throttle import LoginThrottle
 from dashboards.training_metrics import LearnerMetrics, learner_section
 from dashboards.versions import RegistryClient
@@ -93,6 +94,7 @@ class Services:
     _production: _TTLCache = field(init=False)
     _learner: _TTLCache = field(init=False)
     login_throttle: LoginThrottle = field(init=False)  # failed-login limits from settings (dashboards.throttle)
+    streams: StreamSlots = field(init=False)  # open event streams, capped in total and per caller (config)
 
     def __post_init__(self) -> None:
         self._stats = _TTLCache(self.config.stats_cache_s)
@@ -103,6 +105,7 @@ class Services:
             max_per_client=self.settings.login_max_failures_per_client,
             window_s=self.settings.login_window_s,
         )
+        self.streams = StreamSlots(total=self.config.sse_max_streams, per_caller=self.config.sse_max_streams_per_caller)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Log in and out (session cookie + CSRF token) and ask who you are."""
+"""Log in and out (session cookie + CSRF token, a `user_sessions` row per login) and ask who you are."""
 
 from __future__ import annotations
 
@@ -55,14 +55,17 @@ def authenticate(
 
 
 def open_session(response: Response, *, session: Session, services: Services, user: User) -> str:
-    """Set the signed session cookie on `response`, audit the login; returns the CSRF token.
+    """Store a new session, set its signed cookie on `response`, audit the login; returns the CSRF token.
 
     Shared by the JSON login and the HTML form login, so both issue the same cookie.
     """
-    cookie, csrf = services.codec.issue(user.id)
+    issued = services.codec.issue(user.id)
+    crud.open_user_session(
+        session, user_id=user.id, session_id=issued.session_id, max_age_s=services.config.session_max_age_s
+    )
     response.set_cookie(
         SESSION_COOKIE,
-        cookie,
+        issued.cookie,
         max_age=services.config.session_max_age_s,
         httponly=True,
         samesite="lax",
@@ -71,11 +74,18 @@ def open_session(response: Response, *, session: Session, services: Services, us
     principal = Principal(name=user.username, role=user.role, via="session")
     crud.audit(session, principal=principal, action="auth.login", target=f"user:{user.username}", reason=None)
     session.commit()
-    return csrf
+    return issued.csrf
 
 
 @router.post("/logout", status_code=204)
-def logout(user: CurrentUser) -> Response:
+def logout(user: CurrentUser, session: SessionDep) -> Response:
+    """Revoke this session on the server (a copy of the cookie stops working too) and delete the cookie.
+
+    Event streams opened with the session end at their next event. A bearer token is not revoked here (an admin
+    revokes tokens)."""
+    if user.session_id is not None and crud.revoke_user_session(session, session_id=user.session_id):
+        crud.audit(session, principal=user, action="auth.logout", target=f"user:{user.name}", reason=None)
+        session.commit()
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE)
     return response

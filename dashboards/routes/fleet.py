@@ -13,10 +13,12 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from dashboards import crud
-from dashboards.api_models import CommandPublic, FleetCommandIn, RobotCommandIn
-from dashboards.deps import OperatorUser, ServicesDep, SessionDep, ViewerUser
+from dashboards.api_models import CommandPublic, FleetCommandIn, RobotCommandIn, error_responses
+from dashboards.auth import Principal
+from dashboards.deps import OperatorUser, ServicesDep, SessionDep, ViewerUser, access_ended
 from dashboards.errors import BadRequest, NotFound
 from dashboards.services import Services
+from dashboards.streams import SlotStreamingResponse, caller_key
 from fleet.db import Episode, Robot
 
 router = APIRouter(tags=["fleet"])
@@ -29,25 +31,54 @@ def fleet_status(services: ServicesDep, user: ViewerUser) -> dict[str, Any]:
 
 
 async def status_events(
-    services: Services, request: Request | None, *, max_events: int | None = None
+    services: Services,
+    request: Request | None,
+    *,
+    principal: Principal | None = None,
+    max_events: int | None = None,
 ) -> AsyncIterator[str]:
-    """Server-sent events: one `status` event per interval (a comment keeps idle proxies open)."""
+    """Server-sent events: one `status` event per interval. Before each one the caller is checked again
+    (`deps.access_ended`); once its access has ended (logout, user disabled or changed, token revoked, session
+    expired) the stream sends one `end` event, `{"reason": …}`, and stops."""
     sent = 0
     while max_events is None or sent < max_events:
         if request is not None and await request.is_disconnected():
             return
-        status = await asyncio.to_thread(services.fleet_status)
+        ended, status = await asyncio.to_thread(_check_then_status, services, principal)
+        if ended is not None:
+            yield f"event: end\ndata: {json.dumps({'reason': ended})}\n\n"
+            return
         yield f"event: status\ndata: {json.dumps(status, default=str)}\n\n"
         sent += 1
         if max_events is None or sent < max_events:
             await asyncio.sleep(services.config.sse_interval_s)
 
 
-@router.get("/fleet/events", response_class=StreamingResponse)
-async def fleet_events(request: Request, services: ServicesDep, user: ViewerUser) -> StreamingResponse:
-    """`text/event-stream` of fleet status documents (what the fleet page listens to)."""
+def _check_then_status(services: Services, principal: Principal | None) -> tuple[str | None, dict[str, Any] | None]:
+    """(why the caller's access ended, None) or (None, the fleet status); one short DB session, closed at once."""
+    if principal is not None:
+        with services.sessions() as session:
+            ended = access_ended(session, principal, session_max_age_s=services.config.session_max_age_s)
+        if ended is not None:
+            return ended, None
+    return None, services.fleet_status()
+
+
+@router.get("/fleet/events", response_class=StreamingResponse, responses=error_responses(429))
+async def fleet_events(
+    request: Request, services: ServicesDep, session: SessionDep, user: ViewerUser
+) -> StreamingResponse:
+    """`text/event-stream` of fleet status documents (what the fleet page listens to).
+
+    It ends with an `end` event (`{"reason": …}`) when the caller's access ends. At most
+    `DashboardConfig.sse_max_streams` streams are open at once and `sse_max_streams_per_caller` per user or token;
+    one more is a 429 until one of them closes."""
+    slot = services.streams.take(caller_key(user))
+    session.close()  # the request's DB connection goes back to the pool now, not when the stream ends
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(status_events(services, request), media_type="text/event-stream", headers=headers)
+    return SlotStreamingResponse(
+        status_events(services, request, principal=user), slot=slot, media_type="text/event-stream", headers=headers
+    )
 
 
 @router.get("/robots/{robot_id}")

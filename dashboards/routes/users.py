@@ -56,12 +56,16 @@ def update_user(username: str, body: UserUpdate, session: SessionDep, admin: Adm
     if user.username == admin.name and (body.disabled or (body.role and body.role != "admin")):
         raise BadRequest("admins cannot demote or disable themselves (ask another admin)")
     changes: dict[str, object] = {}
+    # a disabled or re-roled user logs in again: a page left open or a copied cookie must not keep the old rights
+    end_sessions = bool(body.disabled) or (body.role is not None and body.role != user.role)
     if body.role is not None:
         changes["role"] = [user.role, body.role]
         user.role = body.role
     if body.disabled is not None:
         changes["disabled"] = [user.disabled, body.disabled]
         user.disabled = body.disabled
+    if end_sessions:
+        changes["sessions_revoked"] = crud.revoke_user_sessions(session, user_id=user.id)
     crud.audit(
         session, principal=admin, action="user.update", target=f"user:{username}", reason=body.reason, details=changes
     )

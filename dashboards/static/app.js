@@ -73,13 +73,39 @@ function renderFleet(status) {
   }
 }
 
+function streamEnded(text, relogin) {
+  const live = document.getElementById("live");
+  if (live) { live.className = "live ended"; live.title = "live updates ended"; }
+  const note = document.getElementById("stream-ended");
+  if (!note) { toast(text, true); return; }
+  note.textContent = `${text} `;  // text only: the reason comes from the server, never parsed as HTML
+  if (relogin) {
+    const link = document.createElement("a");
+    link.href = "/login?next=/fleet";
+    link.textContent = "Log in again";
+    note.appendChild(link);
+  }
+  note.hidden = false;
+}
+
 function initFleet() {
   const initial = document.getElementById("initial-status");
   if (initial && initial.textContent.trim().startsWith("{")) renderFleet(JSON.parse(initial.textContent));
   const live = document.getElementById("live");
   const source = new EventSource("/api/v1/fleet/events");
   source.addEventListener("status", (ev) => { renderFleet(JSON.parse(ev.data)); if (live) live.className = "live on"; });
-  source.onerror = () => { if (live) live.className = "live"; };
+  // The server ends the stream with `end` when this session or user lost access: stop, do not reconnect.
+  source.addEventListener("end", (ev) => {
+    source.close();
+    let reason = "";
+    try { reason = String(JSON.parse(ev.data).reason || ""); } catch (e) { reason = ""; }
+    streamEnded(`Live updates ended: ${reason || "access ended"}.`, true);
+  });
+  source.onerror = () => {
+    if (live) live.className = "live";
+    // CLOSED: the browser will not retry (e.g. a 429 for too many open streams, or a 401 after logging out)
+    if (source.readyState === EventSource.CLOSED) streamEnded("Live updates stopped: reload the page to retry.", false);
+  };
   document.addEventListener("click", async (ev) => {
     const btn = ev.target.closest("button");
     if (!btn) return;

@@ -16,6 +16,7 @@ from fleet.db.models import (
     Robot,
     Segment,
     User,
+    UserSession,
 )
 from fleet.db.session import make_engine, session_factory
 
@@ -31,6 +32,7 @@ __all__ = [
     "Robot",
     "Segment",
     "User",
+    "UserSession",
     "make_engine",
     "session_factory",
 ]

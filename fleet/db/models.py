@@ -2,7 +2,8 @@
 
 Kafka holds the raw stream, the episode store the arrays, MLflow the weights; the DB holds the
 index and the decisions: which robots exist, which episodes and segments arrived, which corrections
-were reviewed how, which model versions exist and where they are deployed, who did what (audit).
+were reviewed how, which model versions exist and where they are deployed, who did what (audit), who is
+logged in (sessions).
 """
 
 from __future__ import annotations
@@ -179,6 +180,18 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UserSession(Base):
+    """One browser login. The signed cookie carries a random session id; only its sha256 (`id`) is stored, and a
+    cookie counts only while its row exists and is not revoked (logout, or an admin disabling or changing the user)."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie's session id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

@@ -1,14 +1,17 @@
-"""Authentication: passwords (argon2), session cookie + CSRF, bearer tokens (hash only), secrets."""
+"""Authentication: passwords (argon2), session cookie + CSRF, server-side sessions (logout and an admin's change
+revoke them), bearer tokens (hash only), secrets."""
 
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
+from itsdangerous import URLSafeTimedSerializer
 from pydantic import SecretStr
 from sqlalchemy import select
 
 from dashboards import crud
 from dashboards.auth import hash_token, resolve_secret_key, role_at_least
-from fleet.db import ApiToken, AuditEntry, User
+from fleet.db import ApiToken, AuditEntry, User, UserSession
 from fleet.settings import Settings
 from tests.dashboards.conftest import PASSWORD, Dash
 
@@ -58,6 +61,56 @@ def test_logout_clears_the_session(dash: Dash) -> None:
     client = dash.login("viewer")
     assert client.post("/api/v1/auth/logout").status_code == 204
     assert client.get("/api/v1/auth/me").status_code == 401
+
+
+def test_a_cookie_copied_before_logout_is_refused_after_it(dash: Dash) -> None:
+    client = dash.login("operator")
+    copy = TestClient(dash.app, cookies={"fleet_session": client.cookies.get("fleet_session")})
+    assert copy.get("/api/v1/auth/me").status_code == 200
+    assert client.post("/api/v1/auth/logout").status_code == 204
+    assert copy.get("/api/v1/auth/me").status_code == 401
+    assert copy.get("/fleet", follow_redirects=False).status_code == 303  # pages: back to the login page
+    with dash.services.sessions() as s:
+        row = s.scalars(select(UserSession)).one()
+        assert row.revoked_at is not None and len(row.id) == 64  # only the session id's sha256 is stored
+        logout = s.scalar(select(AuditEntry).where(AuditEntry.action == "auth.logout"))
+        assert (logout.actor, logout.target) == ("operator", "user:operator")
+
+
+def test_a_cookie_without_a_session_id_is_refused(dash: Dash) -> None:
+    """A cookie signed before sessions were stored (`{"uid", "csrf"}`, no `sid`) logs nobody in, though its
+    signature is good."""
+    with dash.services.sessions() as s:
+        uid = s.scalar(select(User.id).where(User.username == "admin"))
+    key = dash.settings.secret_key.get_secret_value()
+    old = URLSafeTimedSerializer(key, salt="fleet-session").dumps({"uid": uid, "csrf": "c" * 32})
+    client = TestClient(dash.app, cookies={"fleet_session": old})
+    assert client.get("/api/v1/auth/me").status_code == 401
+
+
+@pytest.mark.parametrize("change", [{"role": "operator"}, {"disabled": True}])
+def test_changing_or_disabling_a_user_revokes_their_sessions(dash: Dash, change: dict[str, object]) -> None:
+    browsers = [dash.login("reviewer"), dash.login("reviewer")]
+    admin = dash.login("admin")
+    r = admin.patch("/api/v1/users/reviewer", json={**change, "reason": "moved team"})
+    assert r.status_code == 200, r.text
+    for browser in browsers:
+        assert browser.get("/api/v1/auth/me").status_code == 401
+    assert admin.get("/api/v1/auth/me").status_code == 200  # the admin's own session is untouched
+    with dash.services.sessions() as s:
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "user.update"))
+        assert entry.details["sessions_revoked"] == 2
+    if "role" in change:  # a changed user logs in again, with the new role
+        assert dash.login("reviewer").get("/api/v1/auth/me").json()["role"] == "operator"
+
+
+def test_an_unchanged_role_revokes_nothing(dash: Dash) -> None:
+    browser = dash.login("viewer")
+    r = dash.client.patch(
+        "/api/v1/users/viewer", json={"role": "viewer", "reason": "no-op"}, headers=dash.auth("admin")
+    )
+    assert r.status_code == 200
+    assert browser.get("/api/v1/auth/me").status_code == 200
 
 
 def test_tokens_store_only_a_hash_and_can_be_revoked(dash: Dash) -> None:

@@ -1,10 +1,12 @@
-"""Migrations go up and down on SQLite and PostgreSQL, and the models work on the migrated schema."""
+"""Migrations go up and down on SQLite and PostgreSQL, build exactly the models' schema, and the models work on it."""
 
 from __future__ import annotations
 
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 
-from fleet.db import AuditEntry, Episode, Robot, Segment, make_engine, migrate, session_factory
+from fleet.db import AuditEntry, Base, Episode, Robot, Segment, make_engine, migrate, session_factory
 
 EXPECTED_TABLES = {
     "robots",
@@ -17,6 +19,7 @@ EXPECTED_TABLES = {
     "audit_log",
     "users",
     "api_tokens",
+    "user_sessions",
 }
 
 
@@ -38,6 +41,18 @@ def test_upgrade_then_downgrade(db_url: str) -> None:
     assert migrate.current_revision(db_url) is None
     migrate.upgrade(db_url)
     assert _tables(db_url) >= EXPECTED_TABLES
+
+
+def test_migrations_build_the_models_schema(db_url: str) -> None:
+    """A model changed without a migration (or the other way round) fails here: write the migration."""
+    migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == [], f"the migrated schema differs from fleet/db/models.py: {diff}"
 
 
 def test_models_round_trip_on_migrated_schema(db_url: str) -> None:
