@@ -1,12 +1,14 @@
 """Hot reload: learn of new model versions, fetch and verify them off the control loop, swap between chunks.
 
 A background thread owns everything slow. It wakes on a `fleet.models` event (push) or every
-`poll_interval_s` (fallback), asks the registry which version the alias points at, downloads it,
-verifies it (sha256 against the registry tag, tensor shapes, finiteness: `fleet.policy.checkpoint`)
-and loads it into a *standby* slot. The control loop calls `take_ready()` at each chunk boundary:
-a non-blocking check that hands over the standby policy if one is waiting. A bad checkpoint is
-refused, reported (`refused`), never retried for the same sha256, and the robot keeps acting on its
-current version. Nothing here ever blocks the control loop.
+`poll_interval_s` (fallback), asks the registry which version the alias points at, checks that a
+trusted key signed it (the learner's: `fleet.signing`; an unsigned or foreign version is refused
+before anything is downloaded), downloads it, verifies it (both files against the signed sha256s,
+tensor shapes, finiteness: `fleet.policy.checkpoint`) and loads it into a *standby* slot. The
+control loop calls `take_ready()` at each chunk boundary: a non-blocking check that hands over the
+standby policy if one is waiting. A bad, unsigned or foreign checkpoint is refused, reported
+(`refused`, so it shows in the heartbeat), never retried for the same version and sha256, and the robot keeps
+acting on its current version. Nothing here ever blocks the control loop.
 """
 
 from __future__ import annotations
@@ -23,19 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleet.signing import SignedVersion, TrustedKeys, verify_version
+
 log = logging.getLogger(__name__)
 
 
 class RegistryView(Protocol):
     """What the reloader needs from `fleet.registry.Registry`."""
 
+    name: str  # the registered model's name (signed into every version)
+
     def version_for_alias(self, alias: str) -> Any: ...  # VersionInfo | None
 
     def download(self, version: str, dest: Path | str) -> Path: ...
 
 
-# (checkpoint_dir, expected_sha256) -> a ready policy, raising on any verification failure.
-PolicyLoader = Callable[[Path, str], Any]
+# (checkpoint_dir, what the signature vouches for) -> a ready policy, raising on any verification failure; it must
+# load only files with the signed sha256s.
+PolicyLoader = Callable[[Path, SignedVersion], Any]
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class HotReloader:
         *,
         registry: RegistryView,
         loader: PolicyLoader,
+        keys: TrustedKeys,
         current_version: str | None = None,
         robot_id: str = "robot",
         warmup: Callable[[Any], None] | None = None,
@@ -95,6 +103,8 @@ class HotReloader:
         self.config = config
         self.registry = registry
         self.loader = loader
+        # The public keys whose signatures this robot accepts (`fleet.signing.load_trusted_keys`).
+        self.keys = keys
         self.robot_id = robot_id
         # Runs one inference with a freshly loaded policy here, off the control loop, so its first
         # (slow: allocations, lazy init) call never lands on a control tick after the swap.
@@ -108,7 +118,9 @@ class HotReloader:
         self.steps: deque[tuple[float, float, str]] = deque(maxlen=64)
         self._running: tuple[float, str] | None = None
         self._current = current_version  # version the control loop runs (or will after the pending swap)
-        self._refused_sha: set[str] = set()
+        # (version, sha256) of refused versions: never looked at again. Keyed by the version too, so refusing one
+        # version (e.g. a replay of older bytes under a newer number) does not block a rollback to the real one.
+        self._refused: set[tuple[str, str]] = set()
         self._standby: Swap | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -186,16 +198,21 @@ class HotReloader:
             self.stats.last_error = f"registry: {err}"
             log.warning("alias check failed", extra={"robot": self.robot_id, "error": str(err)})
             return None
-        if info is None or info.version == self._current or info.sha256 in self._refused_sha:
+        if info is None or info.version == self._current:
+            return None
+        refusal_key = (info.version, info.sha256)
+        if refusal_key in self._refused:
             return None
         started = time.monotonic()
         target = self._root / f"v{info.version}-{info.sha256[:12]}"
         try:
+            # The signature first: a version no trusted key signed is refused before a byte of it is downloaded.
+            signed = verify_version(self.keys, model_name=self.registry.name, version=info.version, tags=info.tags)
             shutil.rmtree(target, ignore_errors=True)
             with self._step("download"):
                 local = self.registry.download(info.version, target)
             with self._step("load"):
-                policy = self.loader(Path(local), info.sha256)
+                policy = self.loader(Path(local), signed)
             if self.warmup is not None:
                 with self._step("warm-up"):
                     self.warmup(policy)
@@ -203,8 +220,7 @@ class HotReloader:
             reason = f"{err.__class__.__name__}: {err}"
             self.stats.refused[info.version] = reason
             self.stats.last_error = reason
-            if info.sha256:
-                self._refused_sha.add(info.sha256)
+            self._refused.add(refusal_key)
             log.error(
                 "checkpoint refused",
                 extra={"robot": self.robot_id, "version": info.version, "reason": reason},

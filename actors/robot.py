@@ -2,7 +2,8 @@
 
 `build_robot(settings, config)` returns a `RobotRuntime` ready to `run()`, with:
   * a spooling Kafka transport (nothing the robot produces is lost while the broker is down),
-  * a `HotReloader` on the `production` alias, woken by `fleet.models` events,
+  * a `HotReloader` on the `production` alias, woken by `fleet.models` events, that loads only versions signed by a
+    key in FLEET_TRUSTED_KEYS_FILE (the start-up model too),
   * a listener that hands `fleet.commands` addressed to this robot to the runtime.
 A real robot uses the same function with its own `env` (driver) instead of the simulator.
 """
@@ -21,6 +22,7 @@ from actors.reload import HotReloader, ReloadConfig
 from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import SupervisorConfig, make_supervisor
 from fleet.settings import Settings
+from fleet.signing import SignedVersion, load_trusted_keys
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,13 @@ class RobotHandle:
         self.transport.close(timeout_s=10)
 
 
-def policy_loader(checkpoint: Path, sha256: str) -> Any:
-    """Verified VLA policy from a downloaded checkpoint (raises CheckpointError when it is bad)."""
+def policy_loader(checkpoint: Path, signed: SignedVersion) -> Any:
+    """Verified VLA policy from a downloaded checkpoint whose files have the signed sha256s (else CheckpointError)."""
     from fleet.policy import VLAPolicy
 
-    return VLAPolicy.from_checkpoint(checkpoint, expected_sha256=sha256, num_threads=1)
+    return VLAPolicy.from_checkpoint(
+        checkpoint, expected_sha256=signed.weights_sha256, expected_config_sha256=signed.config_sha256, num_threads=1
+    )
 
 
 def _listen(settings: Settings, runtime: RobotRuntime, reloader: HotReloader, stop: threading.Event) -> None:
@@ -111,6 +115,7 @@ def build_robot(
     from fleet.registry import Registry
     from fleet.transport import KafkaTransport, TransportConfig, publish
 
+    keys = load_trusted_keys(settings)  # first: production without FLEET_TRUSTED_KEYS_FILE stops here
     env_factory = None
     if env is None:
         from fleet.sim.registry import make_env
@@ -127,6 +132,7 @@ def build_robot(
         ReloadConfig(poll_interval_s=poll_interval_s, event_delay_s=config.reload_delay_s),
         registry=registry,
         loader=policy_loader,
+        keys=keys,
         robot_id=config.robot_id,
     )
     first = reloader.check_once()

@@ -77,14 +77,24 @@ class DemoConfig:
 
 
 def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
-    """The production version, creating version 1 (demos → behaviour cloning → registry) if none."""
+    """The production version, creating version 1 (demos → behaviour cloning → registry) if none.
+
+    A production version no trusted key signed (a home from before versions were signed) counts as none: robots
+    would refuse it, so a signed one is trained and promoted in its place.
+    """
     from fleet.registry import Registry, publish_model
+    from fleet.signing import SignatureError
 
     registry = Registry(settings)
     current = registry.version_for_alias("production")
     if current is not None:
-        log.info("production model exists: v%s", current.version)
-        return current.version
+        try:
+            registry.verify(current)
+        except SignatureError as err:
+            print(f"production v{current.version} cannot run on robots ({err}); training a signed version in its place")
+        else:
+            log.info("production model exists: v%s", current.version)
+            return current.version
 
     from fleet.episodes import EpisodeStore
     from fleet.policy.checkpoint import load_checkpoint

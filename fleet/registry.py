@@ -4,6 +4,9 @@ One registered model per fleet (`Settings.model_name`). A version is an MLflow r
 artifact (safetensors + JSON config, see `fleet.policy.checkpoint`) with lineage tags:
 
     sha256            sha256 of the weights file (robots verify it before loading)
+    config_sha256     sha256 of config.json
+    signature         Ed25519 signature of (model name, version number, both sha256s) by the publisher's key,
+    signature_key     and that key's id: robots load only versions a key they trust signed (`fleet.signing`)
     parent_version    the version training started from
     data_offsets      JSON {topic: {partition: [first, last]}} of the Kafka data it saw
     correction_ids    number of corrections it trained on
@@ -13,7 +16,8 @@ artifact (safetensors + JSON config, see `fleet.policy.checkpoint`) with lineage
 Aliases `candidate` (newest published) and `production` (what robots run). The `production_pinned`
 tag of the registered model is the pin: while it is "true" nothing automatic moves production; a
 rollback sets it. Publishing order guarantees nothing half-registered is served: artifacts are
-uploaded first, the version is created with all its tags, and only then does an alias point at it.
+uploaded first, the version is created with all its tags and then signed (the signature names its version number),
+and only then does an alias point at it.
 Every alias move and pin is mirrored into the DB (`model_versions`, `deployments`) and audited.
 """
 
@@ -25,12 +29,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet import signing
 from fleet.audit import record_audit
 from fleet.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +107,7 @@ class Registry:
         self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
         # sessions=True: the DB from settings; None/False: no DB mirror (robots don't need one).
         self.sessions: sessionmaker[Session] | None = _db(settings) if sessions is True else (sessions or None)
+        self._trusted: dict[str, Any] | None = None  # signing.load_trusted_keys(settings), read on first use
 
     # ---- reading -------------------------------------------------------------------------------
     def _info(self, mv: Any) -> VersionInfo:
@@ -169,8 +178,18 @@ class Registry:
             raise self._unreachable(err) from None
         return model.tags.get(PIN_TAG) == "true"
 
+    def verify(self, info: VersionInfo) -> signing.SignedVersion:
+        """What a trusted key signed `info` to be (SignatureError otherwise); load only files with these digests.
+
+        The learner and evaluations check what robots check: a version signed by nobody they trust is not loaded,
+        so nothing trains on or scores weights that only came from MLflow.
+        """
+        if self._trusted is None:
+            self._trusted = signing.load_trusted_keys(self.settings)
+        return signing.verify_version(self._trusted, model_name=self.name, version=info.version, tags=info.tags)
+
     def download(self, version: str, dest: Path | str) -> Path:
-        """Download a version's checkpoint directory into `dest`; the caller verifies it."""
+        """Download a version's checkpoint directory into `dest`; the caller verifies it (`verify`, then the files)."""
         import mlflow.artifacts
 
         info = self.get_version(version)
@@ -192,20 +211,35 @@ class Registry:
         metrics: dict[str, float] | None = None,
         set_candidate: bool = True,
         actor: str = "learner",
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> VersionInfo:
-        """Upload a checkpoint, register it as a new version with lineage tags, point `candidate` at it.
+        """Upload a checkpoint, register it as a new version with lineage tags, sign it, point `candidate` at it.
 
+        The signature is made with `signing_key`, by default the settings' (`fleet.signing.load_signing_key`: the
+        local pair outside production), over the digests of the files in `checkpoint_dir` as they are uploaded.
         Idempotent by sha256: when a version already holds these weights (an earlier attempt registered
-        it, then lost the registry before the alias), that version is completed instead of registering
-        the weights twice.
+        it, then lost the registry before the signature or the alias), that version is completed instead of
+        registering the weights twice.
         """
         from mlflow.exceptions import MlflowException
 
-        existing = self.find_sha256(sha256)
+        from fleet.policy.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+        signer = signing_key if signing_key is not None else signing.load_signing_key(self.settings)
+        checkpoint_dir = Path(checkpoint_dir)
+        if not (checkpoint_dir / WEIGHTS_FILE).is_file() or not (checkpoint_dir / CONFIG_FILE).is_file():
+            raise RegistryError(f"{checkpoint_dir} is not a checkpoint: it needs {WEIGHTS_FILE} and {CONFIG_FILE}")
+        weights_sha = signing.file_sha256(checkpoint_dir / WEIGHTS_FILE)
+        if weights_sha != sha256.lower():
+            raise RegistryError(f"{checkpoint_dir / WEIGHTS_FILE} has sha256 {weights_sha}, not the given {sha256}")
+        sign = (signer, weights_sha, signing.file_sha256(checkpoint_dir / CONFIG_FILE))
+        existing = self.find_sha256(weights_sha)
         if existing is not None:
             log.warning("registry: version %s already holds sha256 %s; completing it", existing.version, sha256[:12])
-            return self._complete(existing, set_candidate=set_candidate, actor=actor, parent_version=parent_version)
-        all_tags = {"sha256": sha256, "parent_version": parent_version or "", **(tags or {})}
+            return self._complete(
+                existing, set_candidate=set_candidate, actor=actor, parent_version=parent_version, sign=sign
+            )
+        all_tags = {"sha256": weights_sha, "parent_version": parent_version or "", **(tags or {})}
         try:
             self._ensure_model()
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
@@ -224,17 +258,41 @@ class Registry:
         except MlflowException as err:
             raise self._unreachable(err) from None
         return self._complete(
-            self.get_version(str(mv.version)), set_candidate=set_candidate, actor=actor, parent_version=parent_version
-        )
+            self.get_version(str(mv.version)), set_candidate=set_candidate, actor=actor, parent_version=parent_version,
+            sign=sign,
+        )  # fmt: skip
 
     def find_sha256(self, sha256: str) -> VersionInfo | None:
         """The version whose weights have this sha256, if any."""
         return next((v for v in self.list_versions() if v.sha256 == sha256), None)
 
     def _complete(
-        self, info: VersionInfo, *, set_candidate: bool, actor: str, parent_version: str | None
+        self,
+        info: VersionInfo,
+        *,
+        set_candidate: bool,
+        actor: str,
+        parent_version: str | None,
+        sign: tuple[Ed25519PrivateKey, str, str],
     ) -> VersionInfo:
-        """The steps after registration: `candidate` alias, the fleet DB's mirror row and deployment record."""
+        """The steps after registration: signature, `candidate` alias, the fleet DB's mirror row and deployment record.
+
+        `sign` is (key, weights sha256, config sha256) of the files this publisher uploaded: the version number is
+        known only now, and no alias points at the version before it is signed.
+        """
+        from mlflow.exceptions import MlflowException
+
+        key, weights_sha, config_sha = sign
+        signed = signing.sign_version(
+            key, model_name=self.name, version=info.version, weights_sha256=weights_sha, config_sha256=config_sha
+        )
+        try:
+            for tag, value in signed.items():
+                if info.tags.get(tag) != value:
+                    self.client.set_model_version_tag(self.name, info.version, tag, value)
+        except MlflowException as err:
+            raise self._unreachable(err) from None
+        info = self.get_version(info.version)
         if set_candidate:
             self._set_alias(CANDIDATE, info.version)
             info = self.get_version(info.version)
@@ -440,8 +498,9 @@ def publish_model(
     metrics: dict[str, float] | None = None,
     set_candidate: bool = True,
     actor: str = "learner",
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> VersionInfo:
-    """Save a `VLAModel` as a verified checkpoint and publish it (see `Registry.publish`)."""
+    """Save a `VLAModel` as a verified checkpoint and publish it, signed (see `Registry.publish`)."""
     import shutil
 
     from fleet.policy.checkpoint import save_checkpoint
@@ -451,7 +510,7 @@ def publish_model(
         sha = save_checkpoint(model, directory)
         return registry.publish(
             directory, sha256=sha, parent_version=parent_version, tags=tags, metrics=metrics,
-            set_candidate=set_candidate, actor=actor,
+            set_candidate=set_candidate, actor=actor, signing_key=signing_key,
         )  # fmt: skip
     finally:
         shutil.rmtree(directory, ignore_errors=True)

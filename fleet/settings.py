@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     # Registered model name of this fleet's VLA.
     model_name: str = "fleet-vla"
 
+    # --- Model signing (fleet.signing, docs/security.md) ---
+    # Ed25519 private key (PEM) that publishers (the learner, `fleet train`, the demo) sign model versions with; never
+    # on robots, never in MLflow. Unset outside production: a pair is generated once under `home`/keys (0600).
+    # Production refuses to publish without it.
+    signing_key_file: Path | None = None
+    # Ed25519 public keys (PEM, one or more) whose signatures robots and the learner accept; more than one lets the
+    # learner's key be rotated. Unset outside production: the signing key's public half. Production refuses to load
+    # a model version without it.
+    trusted_keys_file: Path | None = None
+
     # --- Database ---
     # SQLAlchemy URL; SQLite file under `home` by default, PostgreSQL in production.
     database_url: str | None = None

@@ -482,20 +482,28 @@ class LearnerService:
 
     def _version_dir(self, info: VersionInfo) -> Path:
         """A registered version's checkpoint under the run directory (for the evaluator), downloaded and verified
-        against its sha256 once."""
+        against its signature once (as robots do: nothing is scored or trained on that a trusted key did not sign)."""
         target = self.root.parent / "versions" / info.version
         marker = target / ".verified"
         if not marker.is_file():
+            signed = self.registry.verify(info)  # raises SignatureError on an unsigned or foreign version
             shutil.rmtree(target, ignore_errors=True)
             path = self.registry.download(info.version, target / "download")
-            load_checkpoint(path, expected_sha256=info.sha256)  # raises on a bad or foreign checkpoint
+            load_checkpoint(  # raises on a bad or foreign checkpoint
+                path, expected_sha256=signed.weights_sha256, expected_config_sha256=signed.config_sha256
+            )
             marker.write_text(str(path.relative_to(target)))
         return target / marker.read_text()
 
     def _load_version(self, info: VersionInfo) -> VLAModel:
-        """A registered version's weights, downloaded to a temporary directory and verified against its sha256."""
+        """A registered version's weights, downloaded to a temporary directory and verified against its signature."""
+        signed = self.registry.verify(info)
         with tempfile.TemporaryDirectory(prefix="fleet-learner-") as tmp:
-            return load_checkpoint(self.registry.download(info.version, tmp), expected_sha256=info.sha256)
+            return load_checkpoint(
+                self.registry.download(info.version, tmp),
+                expected_sha256=signed.weights_sha256,
+                expected_config_sha256=signed.config_sha256,
+            )
 
     def _log_metrics(self, values: dict[str, float]) -> None:
         if self._run_id is None or time.monotonic() < self._metrics_at:

@@ -11,8 +11,9 @@ in) refuses with `CheckpointError` unless: the config parses into a `VLAConfig`;
 file's sha256 equals the recorded one (and the caller's `expected_sha256`, e.g. the registry
 tag); the file parses as safetensors (a pickle renamed to `model.safetensors` does not); the
 tensor names, shapes and dtypes are exactly those of the model the config builds; and every value
-is finite. The bytes that were hashed are the bytes that are parsed (one read), so the file cannot
-change between the check and the load.
+is finite. With `expected_config_sha256` (what a version's signature vouches for, `fleet.signing`)
+config.json must have that sha256 too. The bytes that were hashed are the bytes that are parsed (one
+read per file), so a file cannot change between the check and the load.
 
 Training state rides alongside in the same way (`save_optimizer` / `load_optimizer`):
 `optimizer.safetensors` for the tensors, `optimizer.json` for hyper-parameters and the sha256.
@@ -75,13 +76,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} not found: not a fleet checkpoint directory (expected {CONFIG_FILE})")
     if path.stat().st_size > _MAX_JSON_BYTES:
         raise CheckpointError(f"{path} is larger than {_MAX_JSON_BYTES} bytes; refusing to parse it")
+    data = path.read_bytes()
+    if expected_sha256 is not None and (sha := _sha256(data)) != expected_sha256.lower():
+        raise CheckpointError(f"{path}: sha256 {sha} is not the expected {expected_sha256}")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
@@ -137,11 +141,19 @@ def checkpoint_sha256(directory: Path | str) -> str:
     return digest.hexdigest()
 
 
+def config_sha256(directory: Path | str) -> str:
+    """sha256 (hex) of the checkpoint's config.json as it is on disk."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: not a fleet checkpoint directory")
+    return _sha256(path.read_bytes())
+
+
 def _read_verified(
-    directory: Path | str, expected_sha256: str | None
+    directory: Path | str, expected_sha256: str | None, expected_config_sha256: str | None = None
 ) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
     directory = Path(directory)
-    raw = _read_json(directory / CONFIG_FILE)
+    raw = _read_json(directory / CONFIG_FILE, expected_config_sha256)
     if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{directory}: format {raw.get('format')!r} v{raw.get('format_version')!r} is not"
@@ -198,15 +210,19 @@ def _read_verified(
     return info, tensors
 
 
-def verify_checkpoint(directory: Path | str, expected_sha256: str | None = None) -> CheckpointInfo:
+def verify_checkpoint(
+    directory: Path | str, expected_sha256: str | None = None, *, expected_config_sha256: str | None = None
+) -> CheckpointInfo:
     """Run every check `load_checkpoint` runs (see the module docstring); raise CheckpointError on the first failure."""
-    info, _ = _read_verified(directory, expected_sha256)
+    info, _ = _read_verified(directory, expected_sha256, expected_config_sha256)
     return info
 
 
-def load_checkpoint(directory: Path | str, *, expected_sha256: str | None = None) -> VLAModel:
+def load_checkpoint(
+    directory: Path | str, *, expected_sha256: str | None = None, expected_config_sha256: str | None = None
+) -> VLAModel:
     """A verified model in eval mode; CheckpointError (and nothing loaded) when any check fails."""
-    info, tensors = _read_verified(directory, expected_sha256)
+    info, tensors = _read_verified(directory, expected_sha256, expected_config_sha256)
     model = VLAModel(info.config)
     model.load_state_dict(tensors, strict=True)
     return model.eval()

@@ -60,12 +60,15 @@ class VLAPolicy:
         directory: Path | str,
         *,
         expected_sha256: str | None = None,
+        expected_config_sha256: str | None = None,
         embedder: InstructionEmbedder | None = None,
         seed: int = 0,
         num_threads: int | None = None,
     ) -> VLAPolicy:
         """Load and verify a checkpoint (CheckpointError if it fails any check) and wrap it."""
-        model = load_checkpoint(directory, expected_sha256=expected_sha256)
+        model = load_checkpoint(
+            directory, expected_sha256=expected_sha256, expected_config_sha256=expected_config_sha256
+        )
         return cls(model, embedder=embedder, seed=seed, num_threads=num_threads)
 
     @property

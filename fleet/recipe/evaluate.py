@@ -230,7 +230,7 @@ def policy_rollout(
 def load_policy(
     checkpoint: Path | str | None = None, *, version: str | None = None, embedder: InstructionEmbedder | None = None
 ) -> Any:
-    """A `VLAPolicy` from a checkpoint directory, or from a registry version (downloaded, sha256-checked)."""
+    """A `VLAPolicy` from a checkpoint directory, or from a registry version (downloaded, signature-checked)."""
     from fleet.policy.policy import VLAPolicy
 
     if version is None:
@@ -244,9 +244,15 @@ def load_policy(
 
     registry = Registry(Settings())
     info = registry.get_version(version)
+    signed = registry.verify(info)  # SignatureError: no trusted key signed it
     with tempfile.TemporaryDirectory(prefix="fleet-eval-") as scratch:  # weights are in memory once loaded
         local = registry.download(info.version, Path(scratch))
-        return VLAPolicy.from_checkpoint(local, expected_sha256=info.tags.get("sha256") or None, embedder=embedder)
+        return VLAPolicy.from_checkpoint(
+            local,
+            expected_sha256=signed.weights_sha256,
+            expected_config_sha256=signed.config_sha256,
+            embedder=embedder,
+        )
 
 
 def evaluate(

@@ -15,6 +15,7 @@ from fleet.policy.checkpoint import (
     WEIGHTS_FILE,
     CheckpointError,
     checkpoint_sha256,
+    config_sha256,
     load_checkpoint,
     load_optimizer,
     save_checkpoint,
@@ -78,6 +79,19 @@ def test_wrong_expected_sha_is_refused(saved: tuple[Path, VLAModel, str]) -> Non
     directory, _, _ = saved
     with pytest.raises(CheckpointError, match="expected"):
         load_checkpoint(directory, expected_sha256="0" * 64)
+
+
+def test_expected_config_sha_binds_the_config_bytes(saved: tuple[Path, VLAModel, str]) -> None:
+    """What a signature vouches for (fleet.signing): config.json's exact bytes, not just a config that parses alike."""
+    directory, model, sha = saved
+    digest = config_sha256(directory)
+    assert load_checkpoint(directory, expected_sha256=sha, expected_config_sha256=digest).config == model.config
+    raw = json.loads((directory / CONFIG_FILE).read_text())
+    raw["metadata"]["step"] = 8
+    (directory / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="config.json: sha256 .* is not the expected"):
+        verify_checkpoint(directory, sha, expected_config_sha256=digest)
+    verify_checkpoint(directory, sha)  # without the signed digest it still passes every other check
 
 
 def test_corrupted_weights_fail_the_recorded_sha(saved: tuple[Path, VLAModel, str]) -> None:

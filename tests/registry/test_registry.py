@@ -1,4 +1,5 @@
-"""The registry against the real MLflow server and a migrated DB: publish, promote, rollback, pin."""
+"""The registry against the real MLflow server and a migrated DB: publish (signed), promote, rollback, pin; a robot
+loads only versions the learner's key signed."""
 
 from __future__ import annotations
 
@@ -7,11 +8,29 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+from actors.robot import NoProductionModel, build_robot
+from actors.runtime import RobotConfig
 from fleet.db import AuditEntry, Deployment, ModelVersion
-from fleet.registry import CANDIDATE, PRODUCTION, PinnedError, Registry, RegistryError, VersionInfo
+from fleet.policy.checkpoint import save_checkpoint
+from fleet.policy.config import debug_model_config
+from fleet.policy.model import VLAModel
+from fleet.registry import (
+    CANDIDATE,
+    EXPERIMENT,
+    PRODUCTION,
+    PinnedError,
+    Registry,
+    RegistryError,
+    VersionInfo,
+    publish_model,
+    scratch_dir,
+)
 from fleet.settings import Settings
+from fleet.signing import SignatureError, load_trusted_keys
 from fleet.stack.launcher import migrate_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -91,3 +110,68 @@ def test_unreachable_server_says_what_to_do(tmp_path: Path) -> None:
     )
     with pytest.raises(RegistryError, match="fleet up"):
         Registry(settings, sessions=None).list_versions()
+
+
+def _register_without_the_key(registry: Registry, model: VLAModel) -> VersionInfo:
+    """What anyone who can write to MLflow can do: upload a checkpoint and register it, sha256 tag and all."""
+    directory = scratch_dir()
+    sha = save_checkpoint(model, directory)
+    client = registry.client
+    registry._ensure_model()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_artifacts(run_id, str(directory), artifact_path="checkpoint")
+    mv = client.create_model_version(
+        registry.name, source=f"runs:/{run_id}/checkpoint", run_id=run_id, tags={"sha256": sha, "parent_version": "1"}
+    )
+    return registry.get_version(registry._wait_ready(mv).version)
+
+
+def test_robots_load_only_versions_signed_by_the_learners_key(registry: Registry, tmp_path: Path) -> None:
+    from actors.reload import HotReloader, ReloadConfig
+    from actors.robot import policy_loader
+
+    torch.manual_seed(0)
+    v1 = publish_model(registry, VLAModel(debug_model_config()), parent_version=None)
+    assert {"signature", "signature_key", "config_sha256"} <= set(v1.tags)
+    assert registry.verify(v1).weights_sha256 == v1.sha256
+    registry.promote(v1.version, actor="test", role="admin", reason="seed")
+    robot = HotReloader(
+        ReloadConfig(download_root=tmp_path / "robot"), registry=Registry(registry.settings, sessions=None),
+        loader=policy_loader, keys=load_trusted_keys(registry.settings),
+    )  # fmt: skip
+    assert robot.check_once() is not None and robot.take_ready().version == v1.version  # type: ignore[union-attr]
+
+    unsigned = _register_without_the_key(registry, VLAModel(debug_model_config()))
+    foreign = publish_model(
+        registry, VLAModel(debug_model_config()), parent_version="1", signing_key=Ed25519PrivateKey.generate()
+    )
+    for bad, reason in ((unsigned, "is unsigned"), (foreign, "signature by an untrusted key")):
+        registry.promote(bad.version, actor="mallory", role="admin", reason="try it")
+        assert robot.check_once() is None and robot.take_ready() is None  # keeps acting on version 1
+        assert reason in robot.stats.refused[bad.version], robot.stats.refused
+        with pytest.raises(SignatureError, match=reason):  # nor does the learner train or score on it
+            registry.verify(registry.get_version(bad.version))
+    with pytest.raises(NoProductionModel, match="signature by an untrusted key"):  # the start-up fetch checks too
+        build_robot(registry.settings, RobotConfig(robot_id="r-test", embodiment="panda", task="pick"), listen=False)
+
+    v4 = publish_model(registry, VLAModel(debug_model_config()), parent_version=v1.version)
+    registry.promote(v4.version, actor="test", role="admin", reason="signed")
+    assert robot.check_once() is not None and robot.take_ready().version == v4.version  # type: ignore[union-attr]
+    back = registry.rollback(v1.version, actor="test", role="admin", reason="older, still signed")
+    assert robot.check_once() is not None and robot.take_ready().version == back.version == v1.version  # type: ignore[union-attr]
+    assert set(robot.stats.refused) == {unsigned.version, foreign.version}
+    robot.stop()
+
+
+def test_publishing_again_completes_and_signs_the_same_version(registry: Registry, tmp_path: Path) -> None:
+    """An attempt that registered the weights but died before signing them is finished by the next one."""
+    torch.manual_seed(0)
+    model = VLAModel(debug_model_config())
+    half_done = _register_without_the_key(registry, model)
+    with pytest.raises(SignatureError, match="unsigned"):
+        registry.verify(half_done)
+    again = publish_model(registry, model, parent_version=None)
+    assert again.version == half_done.version and registry.verify(again).version == half_done.version
+    assert registry.aliases() == {CANDIDATE: again.version}

@@ -151,3 +151,20 @@ def test_no_secret_literal_anywhere() -> None:
             found += 1
             assert match.group(1).startswith(("${", "$$")), match.group(0)
     assert found >= 3  # the broker's JAAS settings and its health check
+
+
+def test_only_the_learner_holds_the_model_signing_key() -> None:
+    """Robots get the public keys they trust and nothing to sign with; the key files come from the environment."""
+    compose = _compose()
+    services = compose["services"]
+    signers = {name for name, s in services.items() if "fleet_signing_key" in (s.get("secrets") or [])}
+    assert signers == {"learner"}
+    for name in ("learner", "actors"):
+        env = services[name]["environment"]
+        assert env["FLEET_TRUSTED_KEYS_FILE"] == "/run/secrets/fleet_trusted_keys"
+        assert "fleet_trusted_keys" in services[name]["secrets"]
+    assert services["learner"]["environment"]["FLEET_SIGNING_KEY_FILE"] == "/run/secrets/fleet_signing_key"
+    holders = {n for n, s in services.items() if "FLEET_SIGNING_KEY_FILE" in (s.get("environment") or {})}
+    assert holders == {"learner"}
+    for secret in compose["secrets"].values():
+        assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", secret["file"]), secret
