@@ -9,6 +9,11 @@
         pending.msgpack                  messages consumed but not yet in replay (wire bytes, never pickle)
         learner_state.json               written last: a directory without it is ignored
 
+Durability: every file of a checkpoint, then the state file, then the directories are fsynced before the offsets
+are committed to Kafka, so after a power loss the newest checkpoint on disk is at least as new as the committed
+offsets. The newest `keep` checkpoints stay; a restart takes the newest one that reads back whole (`restore`) and
+moves a torn or unreadable one aside as `broken-<name>` instead of crash-looping on it.
+
 `learner_state.json` holds the consumed offsets (`next` offset per topic/partition, where a restart
 resumes), this version's data window (`first..last` offsets per topic/partition since the
 previous checkpoint), the corrections count, the parent version and, once published, the
@@ -20,6 +25,7 @@ restart always resumes from the checkpoint, never past it: no data is lost and n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -27,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from safetensors.numpy import load_file
 
 from fleet.policy.checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint, save_optimizer
 from fleet.policy.model import VLAModel
 from fleet.schemas import Message, decode, encode
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "learner_state.json"
 PENDING_FILE = "pending.msgpack"
@@ -57,10 +66,32 @@ class LearnerState:
     created_at: float = 0.0  # wall clock of the checkpoint
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents (a directory: its entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file under `directory`, then every directory bottom-up (so each new entry is on disk too)."""
+    for parent, _dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            _fsync(Path(parent, name))
+        _fsync(Path(parent))
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash or a power loss leaves the old or the new content, on disk."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync(path.parent)
 
 
 def save(
@@ -95,7 +126,9 @@ def save(
             if not result.ok:
                 raise RuntimeError(f"saving the optimizer state to {target} failed: {result.get()}")
     _atomic_write(directory / PENDING_FILE, msgpack.packb([encode(m) for m in pending], use_bin_type=True))
+    _fsync_tree(directory)  # everything the state file vouches for is on disk before it is written
     write_state(directory, state)
+    _fsync(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return directory, sha
@@ -133,3 +166,46 @@ def load_state(directory: Path) -> tuple[LearnerState, list[Message]]:
     pending_path = directory / PENDING_FILE
     items = msgpack.unpackb(pending_path.read_bytes(), raw=False) if pending_path.is_file() else []
     return state, [decode(bytes(item)) for item in items]
+
+
+@dataclass
+class Resumed:
+    """A checkpoint that read back whole: where training goes on from."""
+
+    directory: Path
+    state: LearnerState
+    pending: list[Message]
+    model: VLAModel  # the published weights (the moving average, when training keeps one)
+    training: VLAModel | None  # the raw trained weights, when `model` is their moving average
+
+
+def restore(root: Path) -> Resumed | None:
+    """The newest complete checkpoint under `root` that reads back whole; None when there is none at all.
+
+    A checkpoint whose state, waiting messages, weights (their sha256 is in the config) or optimizer state does
+    not read back (a torn write, a bad disk) is moved aside as `broken-<name>`, with an error in the log, and the
+    one before it is tried: the learner then re-reads the stream from that checkpoint's offsets (the consumer seeks
+    there), so nothing is lost and nothing is trained twice. Raises when checkpoints exist and none is readable:
+    starting from scratch then would silently throw the run away.
+    """
+    found = list_checkpoints(root)
+    for directory in reversed(found):
+        try:
+            state, pending = load_state(directory)
+            model = load_checkpoint(directory / MODEL_DIR)
+            training = training_weights(directory)
+            if (directory / OPTIMIZER_DIR / OPTIMIZER_FILE).is_file():
+                load_file(directory / OPTIMIZER_DIR / OPTIMIZER_FILE)  # readable whole, or the resume would fail later
+        except Exception as e:  # noqa: BLE001 - whatever a torn file raises (JSON, msgpack, safetensors, checkpoint)
+            aside = directory.with_name(f"broken-{directory.name}")
+            log.error(
+                "learner: checkpoint %s is unreadable (%s: %s); moved aside to %s, trying the one before",
+                directory.name, type(e).__name__, e, aside.name,
+            )  # fmt: skip
+            shutil.rmtree(aside, ignore_errors=True)
+            directory.rename(aside)
+            continue
+        return Resumed(directory, state, pending, model, training)
+    if found:
+        raise RuntimeError(f"none of the {len(found)} learner checkpoints in {root} is readable (see the log)")
+    return None

@@ -134,9 +134,8 @@ class LearnerService:
         self.last_stats: TrainingStats | None = None
         self.published: list[VersionInfo] = []
 
-        model, self.state, pending, resumed = self._restore()
+        model, training, self.state, pending, resumed = self._restore()
         self.engine = VLALearner(config.rllib, model_config=model.config)
-        training = checkpoints.training_weights(resumed) if resumed is not None else None
         # Training goes on from the raw weights; the moving average (if any) from the published ones.
         self.engine.set_state_dict((training or model).state_dict(), ema=model.state_dict())
         if resumed is not None and not checkpoints.load_optimizers(self.engine.group, resumed, module_id=MODULE_ID):
@@ -163,23 +162,26 @@ class LearnerService:
         if resumed is not None and self.state.published_version is None:  # crashed before publishing: do it first
             self._unpublished = resumed
             self._try_publish()
-        # No commit here (the group is not joined yet): records below the checkpoint's offsets are skipped
-        # in `_consume`, and the next checkpoint commits.
-        self.consumer = self.transport.consumer(group_id=config.group_id, topics=TOPICS)
+        # No commit here (the group is not joined yet). The checkpoint's offsets are where reading starts, whatever
+        # the group committed: ahead of them (a torn newest checkpoint fell back to this one) they rewind the
+        # consumer; behind them (a commit lost in a crash) `_consume` skips what this checkpoint already has.
+        start_at = {(t, int(p)): o for t, parts in self.state.offsets.items() for p, o in parts.items()}
+        self.consumer = self.transport.consumer(group_id=config.group_id, topics=TOPICS, start_at=start_at)
 
     # --- start-up --------------------------------------------------------------------------------
 
-    def _restore(self) -> tuple[VLAModel, LearnerState, list, Path | None]:  # type: ignore[type-arg]
-        """Model, state and waiting messages to start from, and the checkpoint they came from (None: fresh)."""
-        existing = checkpoints.list_checkpoints(self.root)
-        if existing:
-            latest = existing[-1]
-            state, pending = checkpoints.load_state(latest)
-            model = load_checkpoint(latest / MODEL_DIR)
+    def _restore(self) -> tuple[VLAModel, VLAModel | None, LearnerState, list, Path | None]:  # type: ignore[type-arg]
+        """Model (and raw training weights, when the model is their moving average), state and waiting messages to
+        start from, and the checkpoint they came from (None: fresh)."""
+        resumed = checkpoints.restore(self.root)  # the newest one that reads back whole
+        if resumed is not None:
+            state = resumed.state
             if state.published_version is not None:  # the next version descends from this one
                 state.parent_version = state.published_version
-            log.info("learner: resuming from %s (update %d, offsets %s)", latest, state.updates, state.offsets)
-            return model, state, pending, latest
+            log.info(
+                "learner: resuming from %s (update %d, offsets %s)", resumed.directory, state.updates, state.offsets
+            )
+            return resumed.model, resumed.training, state, resumed.pending, resumed.directory
         parent: str | None = None
         model: VLAModel | None = None
         if self.config.init == "production":
@@ -193,7 +195,7 @@ class LearnerService:
             torch.manual_seed(self.config.seed)
             model = VLAModel(self.config.model)
             log.info("learner: starting from a fresh %s model", self.config.name)
-        return model, LearnerState(0, {}, {}, 0, 0, parent_version=parent), [], None
+        return model, None, LearnerState(0, {}, {}, 0, 0, parent_version=parent), [], None
 
     def _load_demos(self) -> None:
         root = self.config.demos if self.config.demos is not None else self.settings.episode_store

@@ -7,7 +7,7 @@ Code above the transport (recorder, learner, actors, dashboard) depends on `Tran
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,7 +98,12 @@ class Transport(Protocol):
         """Wait until everything sent so far is acknowledged; False on timeout (rest stays queued/spooled)."""
         ...
 
-    def consumer(self, *, group_id: str, topics: Sequence[str]) -> Consumer: ...
+    def consumer(
+        self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
+    ) -> Consumer:
+        """A group member reading `topics`; `start_at` {(topic, partition): offset} overrides the group's committed
+        offsets for those partitions whenever they are assigned (a service whose checkpoint holds its offsets)."""
+        ...
 
     def close(self, timeout_s: float = 10.0) -> None: ...
 

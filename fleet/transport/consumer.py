@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -37,13 +38,40 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message, Record], None]
 
 
-class KafkaGroupConsumer:
-    """`Consumer` on kafka-python: manual commits, earliest offset for a new group."""
+class _StartAt(ConsumerRebalanceListener):
+    """Seeks each newly assigned partition that has a start offset there (see KafkaGroupConsumer's `start_at`)."""
 
-    def __init__(self, config: TransportConfig, *, group_id: str, topics: Sequence[str]) -> None:
+    def __init__(self, consumer: KafkaConsumer, start_at: Mapping[tuple[str, int], int]) -> None:
+        self.consumer, self.start_at = consumer, dict(start_at)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            offset = self.start_at.get((tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+
+class KafkaGroupConsumer:
+    """`Consumer` on kafka-python: manual commits, earliest offset for a new group.
+
+    `start_at` {(topic, partition): offset}: where to read each of those partitions whenever it is assigned,
+    whatever the group committed. A service whose own checkpoint holds its offsets passes them, so the checkpoint
+    wins even when the group's committed offsets are ahead of it (the learner falling back to an older checkpoint).
+    """
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        start_at: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
         try:
             self._consumer = KafkaConsumer(
-                *topics,
                 **kafka_consumer_options(config, client_id=f"{config.client_id}-{group_id}"),
                 group_id=group_id,
                 enable_auto_commit=False,
@@ -54,6 +82,7 @@ class KafkaGroupConsumer:
                 fetch_max_bytes=max(52428800, config.max_request_bytes),
                 max_partition_fetch_bytes=config.max_request_bytes,
             )
+            self._consumer.subscribe(list(topics), listener=_StartAt(self._consumer, start_at or {}))
         except KafkaError as e:
             raise TransportError(
                 f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up` or set FLEET_KAFKA_BOOTSTRAP"

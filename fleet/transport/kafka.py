@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -109,8 +109,10 @@ class KafkaTransport:
     def flush(self, timeout_s: float = 30.0) -> bool:
         return self._producer is None or self._producer.flush(timeout_s)
 
-    def consumer(self, *, group_id: str, topics: Sequence[str]) -> KafkaGroupConsumer:
-        return KafkaGroupConsumer(self.config, group_id=group_id, topics=topics)
+    def consumer(
+        self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
+    ) -> KafkaGroupConsumer:
+        return KafkaGroupConsumer(self.config, group_id=group_id, topics=topics, start_at=start_at)
 
     def close(self, timeout_s: float = 10.0) -> None:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fleet.transport import Delivery, DeliveryCallback, Record
 
@@ -29,11 +29,19 @@ class FakeBroker:
 
 
 class FakeConsumer:
-    def __init__(self, broker: FakeBroker, group_id: str, topics: Sequence[str]) -> None:
+    def __init__(
+        self,
+        broker: FakeBroker,
+        group_id: str,
+        topics: Sequence[str],
+        start_at: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
         self.broker, self.group_id, self.topics = broker, group_id, tuple(topics)
-        # A new member starts from the committed offsets, like a restarted process.
+        # A new member starts from the committed offsets, like a restarted process, or where `start_at` says.
         self.position = {
-            (t, p): broker.committed.get((group_id, t, p), 0) for t in self.topics for p in range(broker.partitions)
+            (t, p): (start_at or {}).get((t, p), broker.committed.get((group_id, t, p), 0))
+            for t in self.topics
+            for p in range(broker.partitions)
         }
         self.closed = False
 
@@ -79,8 +87,10 @@ class FakeTransport:
     def flush(self, timeout_s: float = 30.0) -> bool:
         return True
 
-    def consumer(self, *, group_id: str, topics: Sequence[str]) -> FakeConsumer:
-        consumer = FakeConsumer(self.broker, group_id, topics)
+    def consumer(
+        self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
+    ) -> FakeConsumer:
+        consumer = FakeConsumer(self.broker, group_id, topics, start_at)
         self.consumers.append(consumer)
         return consumer
 

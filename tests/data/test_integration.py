@@ -298,3 +298,39 @@ def test_spool_left_by_a_previous_run_is_replayed_in_order(kafka_bootstrap: str,
     watcher.close()
     assert seen == [f"{n}".encode() for n in range(51)]
     assert not list(spool.glob("spool-*.log"))
+
+
+def test_a_checkpoints_offsets_win_over_the_groups_committed_ones(kafka_bootstrap: str) -> None:
+    """`start_at` rewinds a group member to where its owner's checkpoint stands, whatever the group committed
+    (the learner falling back to an older checkpoint re-reads what the newer, unreadable one had consumed)."""
+    group = f"start-at-{uuid.uuid4().hex[:8]}"
+    start_group_at_end(kafka_bootstrap, group)
+    config = TransportConfig(bootstrap=kafka_bootstrap, client_id=group)
+    transport = KafkaTransport(config)
+    robot = f"start-at-{uuid.uuid4().hex[:6]}"  # one key: one partition
+    for n in range(6):
+        publish(transport, make_segment(robot, "ep-000", n, segments_per_episode=6))
+    assert transport.flush(timeout_s=30)
+
+    def read_all(start_at: dict[tuple[str, int], int] | None = None) -> list[Any]:
+        consumer = transport.consumer(group_id=group, topics=[TRAJECTORIES], start_at=start_at)
+        got: list[Any] = []
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline and len(got) < 6:
+                records = [r for r in consumer.poll(timeout_s=0.5, max_records=100) if r.key == robot.encode()]
+                got.extend(records)
+                if records:
+                    consumer.commit(records)
+                if got and not records:
+                    break
+        finally:
+            consumer.close()
+        return got
+
+    first = read_all()
+    assert len(first) == 6  # the group consumed and committed all six
+    partition, offsets = first[0].partition, [r.offset for r in first]
+    rewound = read_all(start_at={(TRAJECTORIES, partition): offsets[2]})
+    assert [r.offset for r in rewound] == offsets[2:]  # from the checkpoint's offset on, not from the group's end
+    transport.close()

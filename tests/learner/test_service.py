@@ -32,7 +32,7 @@ from learner.service import LearnerService
 from tests.learner.fakes import correction, segments
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 T = TypeVar("T")
 
 
@@ -174,3 +174,21 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         assert two[key][0] == one[key][1] + 1, (key, one[key], two[key])
     assert two, "the restarted learner consumed nothing new"
     assert json.loads(v2.tags["data_offsets"]) == v2.data_offsets
+
+    # A torn newest checkpoint (v2's): the learner resumes from the one before it and re-reads the stream from
+    # that checkpoint's offsets, although the group committed v2's (the records v2 trained on are trained again).
+    run = config.run_dir / "checkpoints"
+    newest, before = checkpoints.list_checkpoints(run)[-1], checkpoints.list_checkpoints(run)[-2]
+    newest_state, before_state = checkpoints.load_state(newest)[0], checkpoints.load_state(before)[0]
+    assert newest_state.offsets != before_state.offsets
+    (newest / checkpoints.STATE_FILE).write_text('{"updates": ')  # a power loss mid-write
+    third = LearnerService(config, settings=settings, embedder_factory=HashEmbedder)
+    try:
+        assert third.state.updates == before_state.updates and (run / f"broken-{newest.name}").is_dir()
+        deadline = time.monotonic() + 60
+        while third.state.offsets != newest_state.offsets:
+            assert time.monotonic() < deadline, f"re-read up to {third.state.offsets}, not {newest_state.offsets}"
+            for record in third.consumer.poll(timeout_s=0.5, max_records=100):  # consume only: no updates needed
+                third._consume(record)
+    finally:
+        third.close()

@@ -99,8 +99,9 @@ def test_exported_counters_are_the_runtimes_own() -> None:
     assert [m for m in log if m["reload_ms"]["load"] < m["work_ms"]] == []  # and the reload beside it
     # the slow steps sleep: those ticks got far less CPU than their wall time (the process at least the thread's;
     # the two clocks are read a few microseconds apart, and each delta is rounded to 0.1 ms)
+    # (no bound of cpu_ms by work_ms: in the full suite on this 2-core VM, CPU-bound ticks of ~20 ms have read more
+    # thread CPU time than monotonic wall time, by over 1 ms, in every such tick of one run: the clocks disagree)
     assert [m for m in log if not (0 <= m["cpu_ms"] <= m["process_cpu_ms"] + 0.2)] == []
-    assert [m for m in log if m["cpu_ms"] > m["work_ms"] + 1] == []
     slept = [m for m in log if m["cpu_ms"] < m["work_ms"] / 2 and m["blocked"] >= 1]
     assert len(slept) >= runtime.missed_total / 2, log
     assert [m for m in log if m["preempted"] < 0 or m["major_faults"] < 0] == []
