@@ -116,11 +116,11 @@ class Settings(BaseSettings):
             if not 0 < port < 65536:
                 raise ValueError(f"FLEET_{name.upper()}={port} is not a TCP port (1-65535)")
         if self.env == "production":
+            # What every service needs. The database URL and the dashboard's secret key are asked for where they
+            # are used (`db_url`, dashboards.auth.resolve_secret_key): a robot is given neither.
             missing = [
                 var
                 for var, value in (
-                    ("FLEET_SECRET_KEY", self.secret_key),
-                    ("FLEET_DATABASE_URL", self.database_url),
                     ("FLEET_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
                     ("FLEET_MLFLOW_TRACKING_URI", self.mlflow_tracking_uri),
                 )
@@ -161,6 +161,10 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
+        """The database URL; in production FLEET_DATABASE_URL must be set for the services that use the database
+        (recorder, learner, dashboard), and a service without it (robots) fails here rather than open a local file."""
+        if self.database_url is None and self.env == "production":
+            raise ValueError("production needs FLEET_DATABASE_URL for this service (no local database in production)")
         return self.database_url or f"sqlite:///{self.home / 'fleet.db'}"
 
     @property

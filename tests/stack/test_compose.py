@@ -45,8 +45,28 @@ def test_production_settings_refuse_missing_secrets(monkeypatch) -> None:  # noq
     from fleet.settings import Settings
 
     monkeypatch.setenv("FLEET_ENV", "production")
-    with pytest.raises(pydantic.ValidationError, match="FLEET_SECRET_KEY"):
+    with pytest.raises(pydantic.ValidationError, match="FLEET_KAFKA_BOOTSTRAP"):
         Settings()
+    # what a robot is given: no database URL and no secret key, and nothing asks it for them
+    monkeypatch.setenv("FLEET_KAFKA_BOOTSTRAP", "kafka:9092")
+    monkeypatch.setenv("FLEET_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("FLEET_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("FLEET_KAFKA_SASL_USERNAME", "robots")
+    monkeypatch.setenv("FLEET_KAFKA_SASL_PASSWORD", "x" * 16)
+    monkeypatch.setenv("FLEET_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    robot = Settings()
+    # ... and a service that uses the database without its URL fails clearly instead of opening a local file
+    with pytest.raises(ValueError, match="production needs FLEET_DATABASE_URL"):
+        _ = robot.db_url
+
+
+def test_each_service_gets_only_the_secrets_it_uses() -> None:
+    services = _compose()["services"]
+    env = {name: services[name]["environment"] for name in ("recorder", "learner", "actors", "dashboard")}
+    assert [name for name, e in env.items() if "FLEET_SECRET_KEY" in e] == ["dashboard"]  # signs its cookies
+    assert [name for name, e in env.items() if "FLEET_DATABASE_URL" in e] == ["recorder", "learner", "dashboard"]
+    assert not any("PASSWORD" in key or "SECRET" in key or "DATABASE" in key for key in env["actors"]
+                   if key != "FLEET_KAFKA_SASL_PASSWORD")  # fmt: skip
 
 
 FLEET_SERVICES = {"recorder": "recorder", "learner": "learner", "actors": "robots", "dashboard": "dashboard"}
