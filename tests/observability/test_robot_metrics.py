@@ -38,7 +38,7 @@ class OneReload:
 
 
 class EveryThirdStepSlow:
-    """The real sim, but every third step takes 30 ms: those ticks overrun a 20 ms period, the others don't."""
+    """The real sim, but every third step takes 80 ms: those ticks overrun a 50 ms period, the others don't."""
 
     def __init__(self, env: Any) -> None:
         self.env, self.steps = env, 0
@@ -46,7 +46,7 @@ class EveryThirdStepSlow:
     def step(self, action: np.ndarray) -> Any:
         self.steps += 1
         if self.steps % 3 == 0:
-            time.sleep(0.03)
+            time.sleep(0.08)
         return self.env.step(action)
 
     def __getattr__(self, name: str) -> Any:
@@ -67,7 +67,7 @@ def test_exported_counters_are_the_runtimes_own() -> None:
     messages: list = []
     env = EveryThirdStepSlow(make_env("pick", "panda", seed=3))
     config = RobotConfig(
-        robot_id="obs-r1", embodiment="panda", task="pick", control_hz=50.0, realtime=True, segment_steps=10,
+        robot_id="obs-r1", embodiment="panda", task="pick", control_hz=20.0, realtime=True, segment_steps=10,
         heartbeat_interval_s=0.1,
     )  # fmt: skip
     runtime = RobotRuntime(
@@ -92,7 +92,7 @@ def test_exported_counters_are_the_runtimes_own() -> None:
     assert got["fleet_robot_spool_pending_records"] == 7
     # ... and those counters agree with what the robot actually sent
     assert 0 < runtime.missed_total < runtime.ticks_total  # distinct, so a mix-up of the two would show
-    assert len(runtime.missed_log) == runtime.missed_total  # each missed tick says why: it overran its 20 ms
+    assert len(runtime.missed_log) == runtime.missed_total  # each missed tick says why: it overran its 50 ms
     # (each of the two is rounded to 0.1 ms, so their sum may fall 0.1 ms short of the true overrun)
     log = list(runtime.missed_log)
     assert [m for m in log if m["late_ms"] + m["work_ms"] <= 1000 / config.control_hz - 0.15] == []
@@ -102,8 +102,10 @@ def test_exported_counters_are_the_runtimes_own() -> None:
     # (no bound of cpu_ms by work_ms: in the full suite on this 2-core VM, CPU-bound ticks of ~20 ms have read more
     # thread CPU time than monotonic wall time, by over 1 ms, in every such tick of one run: the clocks disagree)
     assert [m for m in log if not (0 <= m["cpu_ms"] <= m["process_cpu_ms"] + 0.2)] == []
+    # every third step sleeps 80 ms: nearly each of those is a missed tick that shows it slept (on a loaded machine
+    # the other ticks miss too, CPU-bound, so the bound is the count of slow steps, not a share of the missed ticks)
     slept = [m for m in log if m["cpu_ms"] < m["work_ms"] / 2 and m["blocked"] >= 1]
-    assert len(slept) >= runtime.missed_total / 2, log
+    assert len(slept) >= 0.9 * (env.steps // 3) > 0, log
     assert [m for m in log if m["preempted"] < 0 or m["major_faults"] < 0] == []
     assert runtime.segments_total == len(segments) > 0
     assert runtime.ticks_total == sum(len(s.actions) for s in segments)
