@@ -21,9 +21,15 @@ class DashboardConfig:
     session_max_age_s: int = 12 * 3600  # login session lifetime
     commands_kept: int = 2000  # most recent commands remembered for pending/applied display
     corrections_group: str = "dashboard-corrections"  # Kafka consumer group that fills the review queue
+    # A robot's posted message is answered 202 only once Kafka has stored it; longer than this is a 503 (send again).
+    ingest_ack_timeout_s: float = 10.0
+    outbox_interval_s: float = 5.0  # how often unacknowledged review messages are sent again
 
     def __post_init__(self) -> None:
-        for name in ("offline_after_s", "stats_window_s", "sse_interval_s", "db_flush_interval_s"):
+        for name in (
+            "offline_after_s", "stats_window_s", "sse_interval_s", "db_flush_interval_s", "ingest_ack_timeout_s",
+            "outbox_interval_s",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"DashboardConfig.{name} must be positive")
         if not 1 <= self.sse_max_streams_per_caller <= self.sse_max_streams:

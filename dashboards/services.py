@@ -7,6 +7,7 @@ serve, with short caches so 64 robots at 2 Hz and a page full of viewers stay ch
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from dashboards.config import DashboardConfig
 from dashboards.errors import Unavailable
 from dashboards.fleet_state import CommandStatus, CommandTracker, FleetState
 from dashboards.monitor import CorrectionsMonitor, HeartbeatMonitor
+from dashboards.outbox import Outbox
 from dashboards.streams import StreamSlots
 from dashboards.throttle import LoginThrottle
 from dashboards.training_metrics import LearnerMetrics, learner_section
@@ -95,6 +97,7 @@ class Services:
     _learner: _TTLCache = field(init=False)
     login_throttle: LoginThrottle = field(init=False)  # failed-login limits from settings (dashboards.throttle)
     streams: StreamSlots = field(init=False)  # open event streams, capped in total and per caller (config)
+    outbox: Outbox = field(init=False)  # messages published after their transaction commits (reviews)
 
     def __post_init__(self) -> None:
         self._stats = _TTLCache(self.config.stats_cache_s)
@@ -106,6 +109,7 @@ class Services:
             window_s=self.settings.login_window_s,
         )
         self.streams = StreamSlots(total=self.config.sse_max_streams, per_caller=self.config.sse_max_streams_per_caller)
+        self.outbox = Outbox(self.sessions, self.transport, interval_s=self.config.outbox_interval_s)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class Services:
                     model_version=robot.current_version,
                     task_id=robot.task,
                 )
+        self.outbox.start()  # sends what a previous process committed and did not get acknowledged
         if consume and self.transport_config is not None:
             self.monitor = HeartbeatMonitor(
                 self.transport_config,
@@ -134,6 +139,7 @@ class Services:
             self.corrections_monitor.start()
 
     def stop(self) -> None:
+        self.outbox.stop()
         for monitor in (self.monitor, self.corrections_monitor):
             if monitor is not None:
                 monitor.stop()
@@ -143,11 +149,37 @@ class Services:
 
     # --- publishing --------------------------------------------------------------------------
 
-    def publish(self, message: Message, *, on_delivery: Any = None) -> None:
+    def require_transport(self) -> Transport:
         if self.transport is None:
             raise Unavailable("no Kafka transport configured: run `fleet up` or set FLEET_KAFKA_BOOTSTRAP")
-        if not publish(self.transport, message, on_delivery=on_delivery):
+        return self.transport
+
+    def publish(self, message: Message, *, on_delivery: Any = None) -> None:
+        if not publish(self.require_transport(), message, on_delivery=on_delivery):
             raise Unavailable("the Kafka producer queue is full; try again in a moment")
+
+    async def publish_durably(self, message: Message) -> Delivery:
+        """Publish and wait until Kafka has stored the message (acks=all), for at most `ingest_ack_timeout_s`.
+        Raises `Unavailable` (503) when it has not: the sender keeps the message and sends it again; consumers
+        drop the duplicate if the first copy arrives after all."""
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[Delivery] = loop.create_future()
+
+        def _settle(delivery: Delivery) -> None:
+            if not settled.done():
+                settled.set_result(delivery)
+
+        self.publish(message, on_delivery=lambda d: loop.call_soon_threadsafe(_settle, d))
+        timeout_s = self.config.ingest_ack_timeout_s
+        try:
+            delivery = await asyncio.wait_for(settled, timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"Kafka has not stored the message within {timeout_s:g} s; keep it and send it again"
+            ) from None
+        if delivery.error is not None:
+            raise Unavailable(f"Kafka did not store the message ({delivery.error}); keep it and send it again")
+        return delivery
 
     def send_command(
         self, *, robot_id: str, action: str, issued_by: str, reason: str, task_id: str | None, instruction: str | None

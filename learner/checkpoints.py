@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import msgpack
 from safetensors.numpy import load_file
 
+from fleet.durable import atomic_write, fsync_path, fsync_tree
 from fleet.policy.checkpoint import OPTIMIZER_FILE, load_checkpoint, load_optimizer, save_checkpoint, save_optimizer
 from fleet.policy.model import VLAModel
 from fleet.schemas import Message, decode, encode
@@ -64,34 +64,6 @@ class LearnerState:
     gate: dict[str, str] = field(default_factory=dict)  # eval tags, once evaluated (before publishing)
     gate_signature: str = ""  # the episodes `gate` was scored on (EvalGate.signature); others are scored again
     created_at: float = 0.0  # wall clock of the checkpoint
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's contents (a directory: its entries) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(directory: Path) -> None:
-    """fsync every file under `directory`, then every directory bottom-up (so each new entry is on disk too)."""
-    for parent, _dirs, files in os.walk(directory, topdown=False):
-        for name in files:
-            _fsync(Path(parent, name))
-        _fsync(Path(parent))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash or a power loss leaves the old or the new content, on disk."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def save(
@@ -125,10 +97,10 @@ def save(
         ):
             if not result.ok:
                 raise RuntimeError(f"saving the optimizer state to {target} failed: {result.get()}")
-    _atomic_write(directory / PENDING_FILE, msgpack.packb([encode(m) for m in pending], use_bin_type=True))
-    _fsync_tree(directory)  # everything the state file vouches for is on disk before it is written
+    atomic_write(directory / PENDING_FILE, msgpack.packb([encode(m) for m in pending], use_bin_type=True))
+    fsync_tree(directory)  # everything the state file vouches for is on disk before it is written
     write_state(directory, state)
-    _fsync(root)
+    fsync_path(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return directory, sha
@@ -150,7 +122,7 @@ def training_weights(directory: Path) -> VLAModel | None:
 
 
 def write_state(directory: Path, state: LearnerState) -> None:
-    _atomic_write(directory / STATE_FILE, (json.dumps(asdict(state), indent=1) + "\n").encode())
+    atomic_write(directory / STATE_FILE, (json.dumps(asdict(state), indent=1) + "\n").encode())
 
 
 def list_checkpoints(root: Path) -> list[Path]:

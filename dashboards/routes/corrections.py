@@ -12,6 +12,7 @@ from dashboards import crud, review
 from dashboards.api_models import DB_INT_MAX, CorrectionPublic, ReviewIn
 from dashboards.charts import actions_svg
 from dashboards.deps import ReviewerUser, ServicesDep, SessionDep, ViewerUser
+from dashboards.outbox import Outbox
 from fleet.db import Correction
 
 router = APIRouter(prefix="/corrections", tags=["corrections"])
@@ -73,12 +74,13 @@ def review_correction(
     correction_id: str, body: ReviewIn, services: ServicesDep, session: SessionDep, user: ReviewerUser
 ) -> dict[str, Any]:
     """approve / reject / relabel success: updates the queue and tells the learner (a `Review` on fleet.reviews)."""
+    services.require_transport()
     row = review.get_correction(session, correction_id)
     previous = row.status
     _, message = review.apply_review(
         session, row, principal=user, decision=body.decision, success=body.success, reason=body.reason
     )
-    services.publish(message)
+    Outbox.add(session, message)  # published once this transaction commits, never if it does not
     crud.audit(
         session,
         principal=user,
@@ -94,4 +96,5 @@ def review_correction(
         },
     )
     session.commit()
+    services.outbox.relay()
     return CorrectionPublic.model_validate(row).model_dump()

@@ -4,6 +4,11 @@ The body is one fleet wire message (`fleet.schemas.encode`, `Content-Type: appli
 segment, correction, reward signal or heartbeat. The token must be a `robot:produce` token bound to the URL's
 robot, and the message must be about that robot too; the dashboard then publishes it on the message's topic,
 keyed by robot id, exactly as a robot on the Kafka network would.
+
+The 202 comes only once Kafka has stored the message (acks=all), so a dashboard that dies after answering loses
+nothing. While the broker cannot store it (an outage, a full queue) the answer is a 503 within
+`DashboardConfig.ingest_ack_timeout_s`: the robot keeps the message in its own spool and sends it again; should
+the first copy arrive after all, consumers drop the duplicate (segments are keyed by episode and index).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from dashboards.api_models import error_responses
 from dashboards.deps import RobotProducer, ServicesDep
 from dashboards.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from fleet.schemas import Correction, Heartbeat, RewardSignal, SchemaError, TrajectorySegment, decode
-from fleet.transport import TOPIC_FOR_KIND
 
 router = APIRouter(tags=["robots"])
 ROBOT_KINDS = {cls.KIND: cls for cls in (TrajectorySegment, Correction, RewardSignal, Heartbeat)}
@@ -30,6 +34,8 @@ class MessageAccepted(BaseModel):
     kind: str
     topic: str
     robot_id: str
+    partition: int | None  # where Kafka stored it
+    offset: int | None
 
 
 async def _body(request: Request) -> bytes:
@@ -61,7 +67,8 @@ async def _body(request: Request) -> bytes:
     },
 )
 async def post_message(robot_id: str, request: Request, services: ServicesDep, robot: RobotProducer) -> Any:
-    """Publish one of this robot's messages (segment, correction, reward, heartbeat) on its Kafka topic."""
+    """Publish one of this robot's messages (segment, correction, reward, heartbeat) on its Kafka topic; answered
+    once Kafka has stored it."""
     body = await _body(request)
     try:
         message = await asyncio.to_thread(decode, body)  # zstd/PNG decoding must not stall the event loop
@@ -72,5 +79,7 @@ async def post_message(robot_id: str, request: Request, services: ServicesDep, r
     about = getattr(message, "robot_id", None)
     if about != robot_id:
         raise Forbidden(f"this message is about robot {about!r}; this token and URL speak for {robot_id!r} only")
-    services.publish(message)
-    return MessageAccepted(kind=message.KIND, topic=TOPIC_FOR_KIND[message.KIND], robot_id=robot_id)
+    stored = await services.publish_durably(message)
+    return MessageAccepted(
+        kind=message.KIND, topic=stored.topic, robot_id=robot_id, partition=stored.partition, offset=stored.offset
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -192,6 +192,20 @@ class UserSession(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class OutboxMessage(Base):
+    """A message to publish once the transaction that wrote it has committed (a review's verdict): it commits with the
+    change it announces and is deleted once Kafka has acknowledged it, so a crash in between re-sends it instead of
+    losing it, and a change that was rolled back is never announced (`dashboards.outbox`)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # publishing order
+    topic: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str | None] = mapped_column(String(128))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # the encoded wire message (`fleet.schemas.encode`)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ApiToken(Base):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from fleet.durable import atomic_write
 from fleet.policy.config import VLAConfig
 from fleet.policy.model import VLAModel
 
@@ -65,15 +65,6 @@ class CheckpointInfo:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
@@ -124,8 +115,8 @@ def save_checkpoint(model: VLAModel, directory: Path | str, *, metadata: Mapping
         "num_parameters": model.num_parameters(),
         "metadata": meta,
     }
-    _atomic_write(directory / WEIGHTS_FILE, data)
-    _atomic_write(directory / CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
+    atomic_write(directory / WEIGHTS_FILE, data)
+    atomic_write(directory / CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
     return sha
 
 
@@ -247,8 +238,8 @@ def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path | str) -> s
     data = save_safetensors_bytes(tensors, metadata={"format": "fleet-optimizer"})
     sha = _sha256(data)
     meta = {"sha256": sha, "param_groups": state["param_groups"], "scalars": scalars, "type": type(optimizer).__name__}
-    _atomic_write(directory / OPTIMIZER_FILE, data)
-    _atomic_write(directory / OPTIMIZER_META_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write(directory / OPTIMIZER_FILE, data)
+    atomic_write(directory / OPTIMIZER_META_FILE, (json.dumps(meta, indent=1) + "\n").encode())
     return sha
 
 

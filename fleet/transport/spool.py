@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from fleet.durable import fsync_path
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
@@ -201,7 +203,7 @@ class DiskSpool:
         self._segments.remove(path)
         self._bytes -= size
         self._records -= records
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def close(self) -> None:
         self._close_active()
@@ -215,7 +217,7 @@ class DiskSpool:
         self._active = path
         self._pos = self._synced_pos = 0
         self._segments.append(path)
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
 
     def _close_active(self) -> None:
         if self._file is not None:
@@ -257,14 +259,6 @@ def _next_record(data: bytes, pos: int) -> int:
         if candidate + _HEADER.size + length <= len(data) and _record_at(data, candidate):
             return candidate
     return len(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MemorySpool:

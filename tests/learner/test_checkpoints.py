@@ -80,7 +80,7 @@ def test_a_checkpoint_is_on_disk_before_its_state_file_says_it_is_complete(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
-    monkeypatch.setattr(checkpoints.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)  # every module's fsync (`fleet.durable`)
     directory = _three_checkpoints(tmp_path)[0]
     first_state = next(i for i, p in enumerate(synced) if Path(p).name.startswith(f".{checkpoints.STATE_FILE}"))
     before = set(synced[:first_state])
