@@ -28,13 +28,12 @@ def dashboard(
     import uvicorn
 
     from dashboards.app import create_app
-    from fleet.db.migrate import upgrade
+    from fleet.db.migrate import prepare
     from fleet.observability import configure_logging
 
     settings = get_settings()
     configure_logging("dashboard", logging.INFO, json=settings.log_format == "json")
-    if migrate:
-        upgrade(settings.db_url)
+    prepare(settings.db_url, migrate=migrate and settings.database_migrate)
     app = create_app(settings)
     # log_config=None: uvicorn's own loggers go through the handler above (JSON in production), not its own.
     uvicorn.run(

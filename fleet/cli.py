@@ -11,6 +11,7 @@ import typer
 
 from actors.cli import app as robots_app
 from dashboards.cli import register as register_dashboard
+from fleet.db.cli import app as db_app
 from fleet.models_cli import app as models_app
 from fleet.recipe.cli import register as register_recipe
 from fleet.recorder_cli import register as register_recorder
@@ -30,6 +31,7 @@ register_stack(app)
 app.add_typer(models_app, name="models")
 app.add_typer(robots_app, name="robots")
 app.add_typer(learner_app, name="learner")
+app.add_typer(db_app, name="db")
 register_dashboard(app)
 register_recorder(app)
 register_recipe(app)

@@ -26,9 +26,9 @@ def main(config: RecorderConfig, *, database_url: str | None, stop: threading.Ev
     index = None
     if database_url is not None:
         from fleet.db import make_engine, session_factory
-        from fleet.db.migrate import upgrade
+        from fleet.db.migrate import prepare
 
-        upgrade(database_url)
+        prepare(database_url, migrate=get_settings().database_migrate)
         index = SqlEpisodeIndex(session_factory(make_engine(database_url)))
     transport = KafkaTransport(transport_config, create_topics=False)
     recorder = Recorder(config, transport=transport, index=index)

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # --- Database ---
     # SQLAlchemy URL; SQLite file under `home` by default, PostgreSQL in production.
     database_url: str | None = None
+    # Whether services migrate the schema on start. Production sets false: each service logs in as a role that may
+    # not change the schema (`fleet.db.roles`), the owner migrates once (`fleet db upgrade`), services check it did.
+    database_migrate: bool = True
 
     # --- Observability (fleet.observability, docs/observability.md) ---
     # Log lines: "text" for people at a terminal, "json" (one object per line) for log shippers.

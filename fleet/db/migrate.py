@@ -38,3 +38,22 @@ def current_revision(url: str) -> str | None:
 
 def head_revision(url: str) -> str | None:
     return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database's schema is not the one this code needs, and this process may not migrate it."""
+
+
+def prepare(url: str, *, migrate: bool) -> None:
+    """What a service does with the database on start: migrate it (development: one role owns everything), or, when
+    its role may not change the schema (`FLEET_DATABASE_MIGRATE=false`, production), check that the owner has
+    (`fleet db upgrade`) and refuse to start on another revision."""
+    if migrate:
+        upgrade(url)
+        return
+    current, head = current_revision(url), head_revision(url)
+    if current != head:
+        raise SchemaNotCurrent(
+            f"the database is at revision {current or 'none'} and this fleet needs {head}: run `fleet db upgrade` "
+            "as the database's owner first"
+        )

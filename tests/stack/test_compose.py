@@ -69,6 +69,30 @@ def test_each_service_gets_only_the_secrets_it_uses() -> None:
                    if key != "FLEET_KAFKA_SASL_PASSWORD")  # fmt: skip
 
 
+def test_each_service_logs_in_to_the_database_as_its_own_role() -> None:
+    from fleet.db.roles import default_roles
+
+    services = _compose()["services"]
+    roles = default_roles()
+    for service, role in roles.items():
+        env = services[service]["environment"]
+        password = f"POSTGRES_{service.upper()}_PASSWORD"
+        assert env["FLEET_DATABASE_URL"].startswith(f"postgresql://{role}:${{{password}:?"), service
+        assert env["FLEET_DATABASE_MIGRATE"] == "false", service  # a service role may not change the schema
+    # only PostgreSQL and the migration job hold the owner's password; the job runs before any service starts
+    owner = [name for name, s in services.items() if "${POSTGRES_PASSWORD" in str(s.get("environment", {}))]
+    assert sorted(owner) == ["db-migrate", "postgres"]
+    assert services["db-migrate"]["command"] == ["db", "upgrade"]
+    for name in ("recorder", "learner", "actors", "dashboard"):
+        assert services[name]["depends_on"]["db-migrate"] == {"condition": "service_completed_successfully"}
+    # the roles the URLs name are the ones the init script creates, MLflow's included
+    init = (ROOT / "docker" / "postgres-init.sh").read_text()
+    for role in [*roles.values(), "mlflow"]:
+        assert f"CREATE ROLE {role} LOGIN PASSWORD" in init, role
+    assert "postgresql+psycopg://mlflow:${POSTGRES_MLFLOW_PASSWORD:?" in " ".join(services["mlflow"]["command"])
+    assert "./docker/postgres-init.sh:/docker-entrypoint-initdb.d/10-roles.sh:ro" in services["postgres"]["volumes"]
+
+
 FLEET_SERVICES = {"recorder": "recorder", "learner": "learner", "actors": "robots", "dashboard": "dashboard"}
 ACL_OPERATIONS = {"READ", "WRITE", "DESCRIBE"}
 

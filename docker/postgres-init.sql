@@ -1,2 +1,0 @@
--- MLflow keeps its registry in its own database next to fleet's.
-CREATE DATABASE mlflow OWNER fleet;
