@@ -74,7 +74,7 @@ class KafkaBroker:
     def stop(self) -> None:
         KafkaService(self.settings).process().stop()
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 150.0) -> None:  # a restart under load (8 robots spooling) took > 60 s
         launcher.up(self.settings, timeout_s=timeout_s, log=lambda _msg: None)
 
 
