@@ -187,10 +187,8 @@ def offline_demo_store(cache: Path, v1_demos: Path, args: argparse.Namespace, st
             root.mkdir(parents=True, exist_ok=True)
             link.symlink_to(robot.resolve(), target_is_directory=True)
     pairs = [(t, e) for t in args.tasks for e in args.embodiments]
-    spent = sum(
-        e.meta.length for e in store.iter_episodes(frames=False) if e.meta.robot_id.startswith("offline-")
-    )  # a re-run with a larger budget tops the cached ones up
-    k = len([1 for e in store.iter_episodes(frames=False) if e.meta.robot_id.startswith("offline-")])
+    cached = [e.meta.length for e in store.iter_episodes(frames=False) if e.meta.robot_id.startswith("offline-")]
+    spent, k = sum(cached), len(cached)  # a re-run with a larger budget tops the cached ones up
     lengths: list[int] = []  # a failed demonstration is not stored (the expert fails < 5% of seeds): 0 steps
     while spent + sum(lengths) < steps:
         task, embodiment = pairs[k % len(pairs)]
