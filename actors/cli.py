@@ -20,7 +20,7 @@ def run(
         None, help="Comma-separated task ids, spread over the robots [default: the scenario's]."
     ),
     scenario: str = typer.Option(
-        "nominal", help="Deployment conditions of the robots' scenes: nominal, far-reach, new-task."
+        "nominal", help="Deployment conditions of the robots' scenes: nominal, high-start, far-reach, new-task."
     ),
     embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments, spread over the robots."),
     episodes: int | None = typer.Option(None, help="Episodes per robot (default: run for --duration)."),

@@ -44,7 +44,7 @@ def demo(
     tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
     embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments."),
     scenario: str = typer.Option(
-        "nominal", help="Deployment conditions of the fleet and the gate: nominal, far-reach, new-task."
+        "nominal", help="Deployment conditions of the fleet and the gate: nominal, high-start, far-reach, new-task."
     ),
     bc_steps: int | None = typer.Option(
         None, help="Behaviour-cloning steps for version 1, when there is no production model [default: DemoConfig]."

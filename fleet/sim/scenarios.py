@@ -10,6 +10,9 @@ start poses: rlvla.github.io, arXiv 2505.19789). A scenario names such condition
     get_scenario("far-reach").tasks         # the tasks its fleet works on
 
     nominal     the demonstrations' conditions
+    high-start  the tool starting higher and nearer the base (home 0.42, 0, 0.30 +- 6 cm; the demonstrations:
+                0.52, 0, 0.22 +- 4 cm), objects where the demonstrations put them: the approach starts from poses
+                version 1 never saw, the grasp and the rest are its own
     far-reach   objects farther out and wider to the sides (x 0.56-0.74 m, |y| <= 0.24 m; the demonstrations:
                 x 0.42-0.66, |y| <= 0.18) and the tool starting higher and nearer the base (home 0.42, 0, 0.28 +- 6 cm;
                 the demonstrations: 0.52, 0, 0.22 +- 4 cm): an execution shift on the tasks version 1 knows
@@ -79,6 +82,12 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("nominal", "the demonstrations' conditions"),
+        Scenario(
+            "high-start",
+            "the tool starting higher and nearer the base than in any demonstration",
+            home=(0.42, 0.0, 0.30),
+            home_jitter=0.06,
+        ),
         Scenario(
             "far-reach",
             "objects farther out and wider to the sides, the tool starting higher and nearer the base",
