@@ -456,6 +456,37 @@ def main(argv: list[str] | None = None) -> None:
         initial = score(v1, args)
         print(f"  version 1: {initial['mean']} {initial['ci95']}", flush=True)
     baseline = baseline_rate(v1, args) if args.baseline_seconds > 0 else None
+
+    def write() -> dict[str, Any]:
+        """The result so far (after every run, so a stopped invocation keeps the runs it finished)."""
+        by_arm = {arm: pool([r for r in runs if r["arm"] == arm]) for arm in ARMS if any(r["arm"] == arm for r in runs)}
+        rates = [r["learner_updates_per_s"] for r in runs if r["learner_updates_per_s"] is not None]
+        result = {
+            "benchmark": "online",
+            "command": " ".join(["bench/online.py", *(sys.argv[1:] if argv is None else argv)]),
+            "scenario": args.scenario,
+            "repeats": {arm: s["runs"] for arm, s in by_arm.items()},
+            "config": {"scenario": args.scenario, "robots": args.robots, "minutes": args.minutes, "tasks": tasks,
+                       "embodiments": embodiments, "v1": str(v1), "demos_per_pair": args.demos,
+                       "bc_steps": args.bc_steps, "learner_lr": args.learner_lr, "freeze": args.freeze,
+                       "takeover_rules": args.takeover_rules,
+                       "correct_in_place": args.correct_in_place, "final_episodes": args.final_episodes,
+                       "window": args.window, "success": "autonomous (no takeover)"},
+            "initial_success": initial,
+            "arms": by_arm,
+            "learner_updates_per_s": round(float(np.mean(rates)), 3) if rates else None,
+            "learner_updates_per_s_baseline": baseline["updates_per_s"] if baseline else None,
+            "learner_baseline": baseline,
+            "runs": runs,
+            "seconds": round(time.monotonic() - started, 1),
+        }  # fmt: skip
+        for summary in by_arm.values():
+            summary["initial_success"] = initial["mean"]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        plot(result, args.out.with_suffix(".png"))
+        return result
+
     order = [a for a in arms if a != "offline_demos"] + (["offline_demos"] if "offline_demos" in arms else [])
     for arm in order:
         for repeat in range(repeats.get(arm, 1)):
@@ -483,31 +514,9 @@ def main(argv: list[str] | None = None) -> None:
             })  # fmt: skip
             print(f"  final {final['mean']} {final['ci95']}, fleet {fleet.get('fleet_first')} -> "
                   f"{fleet.get('fleet_last')}, rohe {runs[-1]['rohe']}", flush=True)  # fmt: skip
-    by_arm = {arm: pool([r for r in runs if r["arm"] == arm]) for arm in ARMS if any(r["arm"] == arm for r in runs)}
-    rates = [r["learner_updates_per_s"] for r in runs if r["learner_updates_per_s"] is not None]
-    result = {
-        "benchmark": "online",
-        "command": " ".join(["bench/online.py", *(sys.argv[1:] if argv is None else argv)]),
-        "scenario": args.scenario,
-        "repeats": {arm: s["runs"] for arm, s in by_arm.items()},
-        "config": {"scenario": args.scenario, "robots": args.robots, "minutes": args.minutes, "tasks": tasks,
-                   "embodiments": embodiments, "v1": str(v1), "demos_per_pair": args.demos, "bc_steps": args.bc_steps,
-                   "learner_lr": args.learner_lr, "freeze": args.freeze, "takeover_rules": args.takeover_rules,
-                   "correct_in_place": args.correct_in_place, "final_episodes": args.final_episodes,
-                   "window": args.window, "success": "autonomous (no takeover)"},
-        "initial_success": initial,
-        "arms": by_arm,
-        "learner_updates_per_s": round(float(np.mean(rates)), 3) if rates else None,
-        "learner_updates_per_s_baseline": baseline["updates_per_s"] if baseline else None,
-        "learner_baseline": baseline,
-        "runs": runs,
-        "seconds": round(time.monotonic() - started, 1),
-    }  # fmt: skip
-    for summary in by_arm.values():
-        summary["initial_success"] = initial["mean"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, args.out.with_suffix(".png"))
+            write()
+    result = write()
+    by_arm = result["arms"]
     brief = {arm: {k: s[k] for k in ("final_success", "final_ci95", "rohe", "interventions_first",
                                      "interventions_last")} for arm, s in by_arm.items()}  # fmt: skip
     print(
