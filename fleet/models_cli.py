@@ -107,3 +107,26 @@ def unpin(reason: str = ReasonOption) -> None:
     registry = _registry()
     _run(lambda: registry.unpin(actor=_actor(), role="admin", reason=reason))
     typer.echo("production unpinned")
+
+
+@app.command("setup-users")
+def setup_users_command() -> None:
+    """As the MLflow admin (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD): create the learner's experiment,
+    the registered model and one MLflow user per service whose password is in the environment
+    (MLFLOW_LEARNER_PASSWORD, MLFLOW_DASHBOARD_PASSWORD, MLFLOW_ROBOTS_PASSWORD), each with only the permissions
+    it uses (fleet.stack.mlflow_auth). Running it again sets the passwords again (rotation)."""
+    import os
+
+    from fleet.registry import EXPERIMENT
+    from fleet.settings import get_settings
+    from fleet.stack.mlflow_auth import SERVICE_PERMISSIONS, setup_users
+
+    settings = get_settings()
+    passwords = {s: os.environ[f"MLFLOW_{s.upper()}_PASSWORD"] for s in SERVICE_PERMISSIONS
+                 if os.environ.get(f"MLFLOW_{s.upper()}_PASSWORD")}  # fmt: skip
+    if not passwords:
+        typer.secho("no MLFLOW_<SERVICE>_PASSWORD in the environment: nothing to set up", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    granted = setup_users(settings.tracking_uri, passwords, experiment=EXPERIMENT, model_name=settings.model_name)
+    for service, permissions in granted.items():
+        typer.echo(f"{service}: " + ", ".join(f"{kind} {p}" for kind, p in permissions.items()))

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     mlflow_port: int = 5000
     # Tracking server URI for clients; defaults to the local server.
     mlflow_tracking_uri: str | None = None
+    # The local MLflow server (`fleet up`) runs its basic-auth app when this is set: the admin's password
+    # (`fleet.stack.mlflow_auth`; production runs MLflow from docker-compose.yml with it always on).
+    mlflow_admin_password: SecretStr | None = None
     # Backend store of the local MLflow server (production: a PostgreSQL URL).
     mlflow_backend_store_uri: str | None = None
     # Artifact root the local MLflow server serves (production: an object store URI).

@@ -174,7 +174,9 @@ def eval_command(
     tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated task ids [default: the scenario's]."),
     embodiments: str = EmbodimentsOption,
     scenario: str = typer.Option(
-        "nominal", "--scenario", help="Deployment conditions: nominal, high-start, far-reach, new-task (fleet.sim.scenarios)."
+        "nominal",
+        "--scenario",
+        help="Deployment conditions: nominal, high-start, far-reach, new-task (fleet.sim.scenarios).",
     ),
     episodes: int = typer.Option(20, "--episodes", help="Episodes per task x embodiment."),
     seed: int = typer.Option(100_000, "--seed", help="Env seed of the first episode."),

@@ -6,12 +6,14 @@ and nothing here runs.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from fleet.settings import Settings
+from fleet.stack.mlflow_auth import auth_ini
 from fleet.stack.process import ManagedProcess
 
 
@@ -57,9 +59,24 @@ class MlflowService:
             # ~60% of a core and ~1.4 GB (measured beside bench/latency.py on 2 cores), taken from robots and learner.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
+        if s.mlflow_admin_password is not None:  # every caller logs in (fleet.stack.mlflow_auth)
+            argv += ["--app-name", "basic-auth"]
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = s.mlflow_admin_password.get_secret_value()
+            # signs the CSRF tokens of MLflow's own pages; one local server, so a fresh key per start
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_urlsafe(32)
         return ManagedProcess(self.name, argv, s.run_dir, s.log_dir / "mlflow.log", env=env, cwd=s.home)
 
+    @property
+    def auth_config(self) -> Path:
+        return self.settings.run_dir / "mlflow-auth.ini"
+
     def prepare(self) -> ManagedProcess:
+        if self.settings.mlflow_admin_password is not None:
+            self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+            users = self.settings.home / "mlflow" / "auth.db"
+            users.parent.mkdir(parents=True, exist_ok=True)
+            self.auth_config.write_text(auth_ini(f"sqlite:///{users}"))
         store = self.settings.mlflow_store_uri
         if store.startswith("sqlite:///"):
             Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
