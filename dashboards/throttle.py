@@ -15,6 +15,19 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One login attempt as `LoginThrottle.begin` saw it: refused (`retry_after_s`), or counted (`stamp`)."""
+
+    stamp: float | None  # when it was counted (pass it to `succeeded`); None when refused
+    retry_after_s: int | None  # whole seconds until this user name and client may try again; None when counted
+
+    @property
+    def refused(self) -> bool:
+        return self.retry_after_s is not None
 
 
 class LoginThrottle:
@@ -43,11 +56,11 @@ class LoginThrottle:
     def keys(username: str, client: str | None) -> tuple[str, str]:
         return f"user:{username.strip().lower()}", f"client:{client or 'unknown'}"
 
-    def begin(self, username: str, client: str | None) -> float | int:
-        """Check and count one login attempt in one locked step. Returns the seconds to wait (an int) while this user
-        name or client is locked, counting nothing; else counts the attempt as a failure at once and returns its stamp
-        (a float) for `succeeded`. Checking first and counting after the password check let concurrent guesses all
-        pass one check before any was counted; here each attempt sees every one begun before it."""
+    def begin(self, username: str, client: str | None) -> Attempt:
+        """Check and count one login attempt in one locked step. While this user name or client is locked, counts
+        nothing and says how long to wait (`Attempt.retry_after_s`); else counts the attempt as a failure at once and
+        returns its stamp for `succeeded`. Checking first and counting after the password check let concurrent
+        guesses all pass one check before any was counted; here each attempt sees every one begun before it."""
         user_key, client_key = self.keys(username, client)
         now = self.clock()
         with self._lock:
@@ -57,9 +70,9 @@ class LoginThrottle:
                 if times is not None and len(times) >= limit:
                     waits.append(times[len(times) - limit] + self.window_s - now)
             if waits:
-                return max(1, math.ceil(max(waits)))
+                return Attempt(stamp=None, retry_after_s=max(1, math.ceil(max(waits))))
             self._record((user_key, client_key), now)
-        return float(now)
+        return Attempt(stamp=float(now), retry_after_s=None)
 
     def failed(self, username: str, client: str | None) -> None:
         """Count one failure (an attempt `begin` did not see)."""

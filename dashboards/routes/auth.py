@@ -43,14 +43,15 @@ def authenticate(
     Shared by the JSON login and the HTML form login, so both count toward the same limits."""
     throttle = services.login_throttle
     attempt = throttle.begin(username, client)  # counted as a failure from here until it succeeds
-    if isinstance(attempt, int):
-        log.warning("login for %r from %s refused: too many failures (retry in %d s)", username, client, attempt)
-        raise TooManyRequests(f"too many failed logins: try again in {attempt} s", retry_after_s=attempt)
+    if attempt.retry_after_s is not None:
+        wait = attempt.retry_after_s
+        log.warning("login for %r from %s refused: too many failures (retry in %d s)", username, client, wait)
+        raise TooManyRequests(f"too many failed logins: try again in {wait} s", retry_after_s=wait)
     user = crud.authenticate(session, username=username, password=password)
     if user is None:
         log.warning("failed login for %r from %s", username, client)
         return None
-    throttle.succeeded(username, client, attempt)
+    throttle.succeeded(username, client, attempt.stamp)
     return user
 
 
