@@ -233,6 +233,7 @@ def run_arm(arm: str, repeat: int, *, v1: Path, demos: Path, args: argparse.Name
             argv += ["--no-autonomous"] if arm == "corrections_only" else []
             argv += ["--lr", str(args.learner_lr)] if args.learner_lr is not None else []
             argv += ["--freeze", args.freeze] if args.freeze else []
+            argv += ["--max-demos", str(args.learner_demos)] if args.learner_demos else []
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         fleet = FleetConfig(
             n=args.robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), scenario=args.scenario,
@@ -416,6 +417,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--v1-demos", type=Path, default=None, help="--v1's demonstrations (the learner's too)")
     parser.add_argument("--learner-lr", type=float, default=None, help="the learner's lr (default: the preset's)")
     parser.add_argument("--freeze", default=None, help="the learner's --freeze (default: the preset's)")
+    parser.add_argument(
+        "--learner-demos",
+        type=int,
+        default=None,
+        help="the learner's --max-demos: version 1's demonstrations it loads (default: all)",
+    )
     parser.add_argument("--takeover-rules", default="stall,regress", help="what makes the operator take over")
     parser.add_argument("--correct-in-place", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--offline-steps", type=int, default=None, help="offline_demos' budget (default: full's)")
@@ -469,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
             "config": {"scenario": args.scenario, "robots": args.robots, "minutes": args.minutes, "tasks": tasks,
                        "embodiments": embodiments, "v1": str(v1), "demos_per_pair": args.demos,
                        "bc_steps": args.bc_steps, "learner_lr": args.learner_lr, "freeze": args.freeze,
+                       "learner_demos": args.learner_demos,
                        "takeover_rules": args.takeover_rules,
                        "correct_in_place": args.correct_in_place, "final_episodes": args.final_episodes,
                        "window": args.window, "success": "autonomous (no takeover)"},

@@ -37,6 +37,13 @@ def run(
         Path | None, typer.Option(help="Where checkpoints go (default <FLEET_HOME>/learner/<preset>).")
     ] = None,
     demos: Annotated[Path | None, typer.Option(help="Episode store with demonstrations to mix in.")] = None,
+    max_demos: Annotated[
+        int | None,
+        typer.Option(
+            help="Load at most this many demonstrations, spread evenly over task x embodiment (each costs the "
+            "learner's start-up a forward of its frames when perception is frozen). Default: all."
+        ),
+    ] = None,
     autonomous: Annotated[
         bool, typer.Option(help="Train on autonomous fleet steps too (AWR); --no-autonomous: corrections only.")
     ] = True,
@@ -63,8 +70,9 @@ def run(
     from learner.service import main
 
     config = learner_config(
-        preset, init=init, run_dir=run_dir, demos=demos, autonomous=autonomous, lr=lr, freeze=freeze, scenario=scenario
-    )
+        preset, init=init, run_dir=run_dir, demos=demos, max_demos=max_demos, autonomous=autonomous, lr=lr,
+        freeze=freeze, scenario=scenario,
+    )  # fmt: skip
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
     metrics = serve_metrics(settings.metrics_port_learner, settings.metrics_bind_host, service="learner")
@@ -81,6 +89,7 @@ def learner_config(
     init: str | None = None,
     run_dir: Path | None = None,
     demos: Path | None = None,
+    max_demos: int | None = None,
     autonomous: bool = True,
     lr: float | None = None,
     freeze: str | None = None,
@@ -100,6 +109,10 @@ def learner_config(
         changes["run_dir"] = run_dir
     if demos is not None:
         changes["demos"], changes["load_demos"] = demos, True
+    if max_demos is not None:
+        if max_demos < 1:
+            raise typer.BadParameter("must be at least 1", param_hint="--max-demos")
+        changes["max_demo_episodes"] = max_demos
     if not autonomous:
         changes["replay"] = dataclasses.replace(config.replay, autonomous=False)
     rllib = config.rllib

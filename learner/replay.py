@@ -35,6 +35,7 @@ their actions and/or the episode's success (and so the returns).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -209,16 +210,20 @@ class ReplayBuffer:
 
     def add_demos(self, root: str | Path, *, limit: int | None = None) -> int:
         """Add the demonstrations (`meta.source == "demo"`) of the episode store at `root`, at most `limit` of
-        them; other episodes there are left out. Returns how many were added."""
-        count = 0
+        them, taken in turn from each task x embodiment (so a cap keeps every pair, not the store's first ones);
+        other episodes there are left out. Returns how many were added."""
         if limit is not None and limit <= 0:
-            return count
-        for episode in EpisodeStore(root).iter_episodes():
-            if episode.meta.source == "demo" and self.add_episode(episode) is not None:
-                count += 1
-                if count == limit:
-                    break
-        return count
+            return 0
+        store = EpisodeStore(root)
+        if limit is None:
+            return sum(1 for e in store.iter_episodes() if e.meta.source == "demo" and self.add_episode(e) is not None)
+        pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for episode in store.iter_episodes(frames=False):  # metadata only: choose first, read the chosen ones' frames
+            m = episode.meta
+            if m.source == "demo":
+                pairs.setdefault((m.task, m.embodiment), []).append((m.robot_id, m.episode_id))
+        chosen = [key for turn in itertools.zip_longest(*pairs.values()) for key in turn if key is not None][:limit]
+        return sum(1 for key in chosen if self.add_episode(store.read(*key)) is not None)
 
     def _convert(self, episode: Episode) -> StoredEpisode:
         c, meta = self.model_config, episode.meta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,25 @@ def test_add_demos_loads_only_the_stores_demonstrations_up_to_the_cap(tmp_path: 
     capped, _ = _replay()
     assert capped.add_demos(tmp_path, limit=2) == 2 and capped.sizes()["demo"] == 16
     assert _replay()[0].add_demos(tmp_path, limit=0) == 0
+
+
+def test_a_demo_cap_takes_every_task_and_embodiment_in_turn(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path)
+    for embodiment, task, n in (("panda", "pick", 5), ("kuka", "pick", 5), ("panda", "push", 1)):
+        for k in range(n):
+            episode = make_episode(embodiment, length=4, seed=k, episode_id=f"{task}-{k}")
+            store.write(dataclasses.replace(episode, meta=dataclasses.replace(episode.meta, task=task)))
+    replay, _ = _replay()
+    taken: Counter[tuple[str, str]] = Counter()
+    add = replay.add_episode
+
+    def counted(episode):  # type: ignore[no-untyped-def]
+        taken[(episode.meta.embodiment, episode.meta.task)] += 1
+        return add(episode)
+
+    replay.add_episode = counted  # type: ignore[method-assign]
+    assert replay.add_demos(tmp_path, limit=5) == 5
+    assert taken == {("panda", "pick"): 2, ("kuka", "pick"): 2, ("panda", "push"): 1}  # not the store's first 5
 
 
 def test_frozen_features_replace_the_images_at_ingest() -> None:
