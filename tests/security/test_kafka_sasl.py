@@ -43,15 +43,7 @@ from tests.data.factories import make_segment
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
-SECRETS = (  # every secret compose asks for
-    "KAFKA_ADMIN_PASSWORD",
-    "KAFKA_ROBOTS_PASSWORD",
-    "KAFKA_RECORDER_PASSWORD",
-    "KAFKA_LEARNER_PASSWORD",
-    "KAFKA_DASHBOARD_PASSWORD",
-    "POSTGRES_PASSWORD",
-    "FLEET_SECRET_KEY",
-)
+SECRETS = tuple(sorted(set(re.findall(r"\$\{(\w+):\?", (ROOT / "docker-compose.yml").read_text()))))  # all it asks for
 NOT_BROKER_SETTINGS = ("KAFKA_HEAP_OPTS", "KAFKA_OPTS", "KAFKA_LOG4J_OPTS", "KAFKA_JMX_OPTS")
 
 
