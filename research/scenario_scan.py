@@ -20,10 +20,15 @@ CANDIDATES = {
     for s in (
         Scenario("high-start", "the tool starts higher and nearer the base", home=(0.42, 0.0, 0.30), home_jitter=0.06),
         Scenario("mid-start", "the tool starts a little higher and nearer", home=(0.46, 0.0, 0.27), home_jitter=0.05),
-        Scenario("wide", "objects farther out and to the sides", layout=Layout((0.50, 0.72), (-0.22, 0.22), (0.55, 0.70))),
         Scenario(
-            "mild-far", "between nominal and far-reach", layout=Layout((0.50, 0.70), (-0.21, 0.21), (0.52, 0.68)),
-            home=(0.46, 0.0, 0.26), home_jitter=0.05,
+            "wide", "objects farther out and to the sides", layout=Layout((0.50, 0.72), (-0.22, 0.22), (0.55, 0.70))
+        ),
+        Scenario(
+            "mild-far",
+            "between nominal and far-reach",
+            layout=Layout((0.50, 0.70), (-0.21, 0.21), (0.52, 0.68)),
+            home=(0.46, 0.0, 0.26),
+            home_jitter=0.05,
         ),  # fmt: skip
     )
 }

@@ -5,7 +5,6 @@ until Kafka acknowledges it, and never when the transaction rolls back."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from fleet.db import Correction, OutboxMessage
 from fleet.schemas import Review as ReviewMessage
 from fleet.schemas import decode, encode
 from fleet.settings import Settings
+from fleet.stack.process import free_port
 from fleet.transport import HEARTBEATS, REVIEWS, Delivery, KafkaTransport, TransportConfig
 from tests.dashboards.conftest import Dash
 from tests.dashboards.factories import add_correction, add_episode, heartbeat
@@ -135,12 +135,6 @@ def test_a_verdict_whose_transaction_rolls_back_is_never_published(queue: Dash) 
 # --- against the real broker ----------------------------------------------------------------------------------
 
 
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_real_broker_holds_the_message_at_the_offset_the_202_names(
     stack: Settings, kafka_bootstrap: str, dash: Dash
 ) -> None:
@@ -166,7 +160,7 @@ def test_the_real_broker_holds_the_message_at_the_offset_the_202_names(
 
 
 def test_no_broker_is_a_503_not_a_202(dash: Dash, tmp_path: Path) -> None:
-    config = TransportConfig(bootstrap=f"127.0.0.1:{_dead_port()}", client_id="dashboard-no-broker")
+    config = TransportConfig(bootstrap=f"127.0.0.1:{free_port()}", client_id="dashboard-no-broker")
     transport = KafkaTransport(config)
     try:
         headers = _robot_token(dash, "robot-a")

@@ -4,7 +4,6 @@ user can do what that service does and nothing more (fleet.stack.mlflow_auth).""
 from __future__ import annotations
 
 import secrets
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -21,21 +20,16 @@ from fleet.registry import EXPERIMENT, Registry, RegistryError, publish_model
 from fleet.settings import Settings
 from fleet.stack.mlflow_auth import SERVICE_PERMISSIONS, setup_users
 from fleet.stack.mlflow_server import MlflowService
+from fleet.stack.process import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict[str, str]]]:
     """A local MLflow server running the basic-auth app, set up as the mlflow-setup job sets up production."""
-    port = _free_port()
+    port = free_port()
     admin = secrets.token_urlsafe(24)
     settings = Settings(
         home=tmp_path_factory.mktemp("mlflow-auth"), mlflow_port=port, mlflow_tracking_uri=f"http://127.0.0.1:{port}",

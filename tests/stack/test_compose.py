@@ -65,8 +65,9 @@ def test_each_service_gets_only_the_secrets_it_uses() -> None:
     env = {name: services[name]["environment"] for name in ("recorder", "learner", "actors", "dashboard")}
     assert [name for name, e in env.items() if "FLEET_SECRET_KEY" in e] == ["dashboard"]  # signs its cookies
     assert [name for name, e in env.items() if "FLEET_DATABASE_URL" in e] == ["recorder", "learner", "dashboard"]
+    # robots hold only their own Kafka and MLflow users' passwords
     assert not any("PASSWORD" in key or "SECRET" in key or "DATABASE" in key for key in env["actors"]
-                   if key not in ("FLEET_KAFKA_SASL_PASSWORD", "MLFLOW_TRACKING_PASSWORD"))  # its own users only
+                   if key not in ("FLEET_KAFKA_SASL_PASSWORD", "MLFLOW_TRACKING_PASSWORD"))  # fmt: skip
 
 
 def test_each_service_logs_in_to_the_database_as_its_own_role() -> None:
