@@ -92,6 +92,26 @@ def version_one(cache: Path, tasks: tuple[str, ...], embodiments: tuple[str, ...
     return pretrain_cached(cache, tasks, embodiments, demos, steps, run=run).checkpoint
 
 
+def sampled_with(checkpoint: Path, flow_steps: int) -> Path:
+    """`checkpoint` with its config's `flow_steps` set (same weights; training does not depend on it), written once
+    beside it as <name>-flow<k>/; the checkpoint itself when it already samples with `flow_steps`. Every arm, the
+    learner's versions (they keep production's config) and the scoring then sample as the robots do."""
+    import dataclasses
+
+    from fleet.policy.checkpoint import load_checkpoint, save_checkpoint
+    from fleet.policy.model import VLAModel
+
+    model = load_checkpoint(checkpoint)
+    if model.config.flow_steps == flow_steps:
+        return checkpoint
+    out = checkpoint.with_name(f"{checkpoint.name}-flow{flow_steps}")
+    if not out.exists():
+        resampled = VLAModel(dataclasses.replace(model.config, flow_steps=flow_steps))
+        resampled.load_state_dict(model.state_dict())
+        save_checkpoint(resampled, out)
+    return out
+
+
 def demo_dir(cache: Path, demos: int) -> Path:
     """Where `demos` scripted demos per pair are cached: demos/ for V1_DEMOS, demos-<n>/ for another count (a
     pre-training run and the learner train on every demo in the store, so each count has its own)."""
@@ -415,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bc-steps", type=int, default=V1_BC_STEPS, help="pre-training steps of version 1")
     parser.add_argument("--v1", type=Path, default=None, help="version 1's checkpoint (default: pre-trained, cached)")
     parser.add_argument("--v1-demos", type=Path, default=None, help="--v1's demonstrations (the learner's too)")
+    parser.add_argument("--flow-steps", type=int, default=None, help="version 1 sampling steps (default: VLAConfig)")
     parser.add_argument("--learner-lr", type=float, default=None, help="the learner's lr (default: the preset's)")
     parser.add_argument("--freeze", default=None, help="the learner's --freeze (default: the preset's)")
     parser.add_argument(
@@ -447,6 +468,10 @@ def main(argv: list[str] | None = None) -> None:
     if (args.v1 is None) != (args.v1_demos is None):
         parser.error("give --v1 and --v1-demos together (or neither: version 1 is pre-trained and cached)")
     v1 = args.v1 or version_one(args.cache, tasks, embodiments, args.demos, args.bc_steps)
+    from fleet.policy.config import VLAConfig
+
+    args.flow_steps = args.flow_steps or VLAConfig().flow_steps
+    v1 = sampled_with(v1, args.flow_steps)  # a cached version 1 may predate the default
     demos = args.v1_demos or demo_dir(args.cache, args.demos)  # version 1's demonstrations, also the learner's
     runs: list[dict[str, Any]] = []
     initial: dict[str, Any] | None = None
@@ -475,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
             "repeats": {arm: s["runs"] for arm, s in by_arm.items()},
             "config": {"scenario": args.scenario, "robots": args.robots, "minutes": args.minutes, "tasks": tasks,
                        "embodiments": embodiments, "v1": str(v1), "demos_per_pair": args.demos,
-                       "bc_steps": args.bc_steps, "learner_lr": args.learner_lr, "freeze": args.freeze,
+                       "bc_steps": args.bc_steps, "flow_steps": args.flow_steps, "learner_lr": args.learner_lr,
+                       "freeze": args.freeze,
                        "learner_demos": args.learner_demos,
                        "takeover_rules": args.takeover_rules,
                        "correct_in_place": args.correct_in_place, "final_episodes": args.final_episodes,
