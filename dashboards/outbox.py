@@ -9,7 +9,7 @@ database does not hold. Applying the same verdict twice changes nothing, and the
 the order they were written, on one key (so one partition).
 
     Outbox.add(session, review_message)   # before session.commit()
-    services.outbox.relay()               # after it (the relay thread also retries every `interval_s`)
+    services.outbox.relay_soon()          # after it (the relay thread also retries every `interval_s`)
 """
 
 from __future__ import annotations
@@ -73,13 +73,27 @@ class Outbox:
                     continue
                 with self._state:
                     self._inflight.add(row_id)
-                if not self.transport.send(topic, payload, key=key, on_delivery=partial(self._delivered, row_id)):
+                try:
+                    queued = self.transport.send(topic, payload, key=key, on_delivery=partial(self._delivered, row_id))
+                except BaseException:  # not in flight after all: the next pass sends it again
+                    with self._state:
+                        self._inflight.discard(row_id)
+                    raise
+                if not queued:
                     with self._state:
                         self._inflight.discard(row_id)
                     break  # the producer's queue is full: the rest waits for the next pass, in order
                 sent += 1
             self._delete_acked()
             return sent
+
+    def relay_soon(self) -> None:
+        """Relay right after a commit, on the caller's thread; a failure is logged, not raised: the request that
+        committed has done its part (its row is durable), and the relay thread sends it on its next pass."""
+        try:
+            self.relay()
+        except Exception:  # noqa: BLE001 - a database or transport hiccup must not turn a committed review into a 500
+            log.exception("outbox relay after a commit failed; the relay thread retries in %.0f s", self.interval_s)
 
     def start(self) -> None:
         """Relay now (rows left by a previous process) and then every `interval_s` or when a delivery settles."""

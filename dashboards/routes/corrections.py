@@ -96,5 +96,5 @@ def review_correction(
         },
     )
     session.commit()
-    services.outbox.relay()
+    services.outbox.relay_soon()  # never raises: the verdict is committed whatever Kafka says now
     return CorrectionPublic.model_validate(row).model_dump()

@@ -117,6 +117,24 @@ def test_a_failed_delivery_is_sent_again_by_the_same_process(queue: Dash) -> Non
     assert [decode(r.value, ReviewMessage).decision for r in queue.transport.broker.records(REVIEWS)] == ["reject"]
 
 
+class Raising(FakeTransport):
+    """A producer that raises on send (e.g. its client died), as the relay right after a commit can meet."""
+
+    def send(self, topic: str, value: bytes, *, key: str | None, headers: Sequence = (), on_delivery=None) -> bool:  # type: ignore[no-untyped-def,override]
+        raise RuntimeError("producer closed")
+
+
+def test_a_committed_verdict_is_answered_200_when_the_relay_fails_and_sent_later(queue: Dash) -> None:
+    _fast_timeouts(queue, Raising())
+    _review(queue, "reject")  # 200: the verdict is committed; the relay's failure is logged, not answered
+    assert queue.services.outbox.pending() == 1
+    with queue.services.sessions() as s:
+        assert s.get(Correction, "c-1").status == "rejected"
+    queue.services.outbox.transport = queue.transport  # the producer is back: the relay thread's next pass
+    assert queue.services.outbox.relay() == 1 and queue.services.outbox.pending() == 0
+    assert [decode(r.value, ReviewMessage).decision for r in queue.transport.broker.records(REVIEWS)] == ["reject"]
+
+
 def test_a_verdict_whose_transaction_rolls_back_is_never_published(queue: Dash) -> None:
     outbox = queue.services.outbox
     with queue.services.sessions() as s:
