@@ -15,8 +15,9 @@ A service passes its user as MLflow's own MLFLOW_TRACKING_USERNAME / MLFLOW_TRAC
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def setup_users(
     if absent, each service's user (or set its password again: rotation), and grant exactly SERVICE_PERMISSIONS.
     Returns service -> resource type -> permission granted."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.exceptions import MlflowException
     from mlflow.server.auth.client import AuthServiceClient
 
     unknown = set(passwords) - set(SERVICE_PERMISSIONS)
@@ -68,20 +69,27 @@ def setup_users(
     for service, password in passwords.items():
         if len(password) < 16:
             raise ValueError(f"the MLflow password of {service} must be at least 16 characters")
-        try:
-            auth.create_user(service, password)
-        except RestException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            auth.update_user_password(service, password)
+        _create_or_replace(  # an existing user gets the password again: rotation
+            functools.partial(auth.create_user, service, password),
+            functools.partial(auth.update_user_password, service, password),
+        )
         for kind, permission in SERVICE_PERMISSIONS[service].items():
-            try:
-                auth.grant_user_permission(service, kind, resources[kind], permission)
-            except RestException as e:  # granted before: replace it, so the grant is exactly this one
-                if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                auth.revoke_user_permission(service, kind, resources[kind])
-                auth.grant_user_permission(service, kind, resources[kind], permission)
+            grant = functools.partial(auth.grant_user_permission, service, kind, resources[kind], permission)
+            revoke = functools.partial(auth.revoke_user_permission, service, kind, resources[kind])
+            _create_or_replace(grant, revoke, grant)  # granted before: replaced, so the grant is exactly this one
         granted[service] = dict(SERVICE_PERMISSIONS[service])
         log.info("MLflow user %s: %s", service, granted[service])
     return granted
+
+
+def _create_or_replace(create: Callable[[], object], *replace: Callable[[], object]) -> None:
+    """`create()`, or each of `replace` in turn when the server answers that the thing already exists."""
+    from mlflow.exceptions import RestException
+
+    try:
+        create()
+    except RestException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        for step in replace:
+            step()
