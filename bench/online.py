@@ -193,9 +193,9 @@ def run_seed(arm: str, repeat: int, base: int) -> int:
     return base + 10_000 * (ARMS.index(arm) + 1) + 100 * repeat
 
 
-def offline_demo_store(cache: Path, v1_demos: Path, args: argparse.Namespace, steps: int) -> tuple[Path, int]:
+def offline_demo_store(cache: Path, v1_demos: Path, args: argparse.Namespace, steps: int) -> tuple[Path, int, int]:
     """Version 1's demonstrations plus scripted ones in the scenario worth `steps` operator steps (round robin over the
-    pairs, seeds 500,000+), in one store the learner reads; returns it and the scenario demos' steps."""
+    pairs, seeds 500,000+), in one store the learner reads; returns it, the scenario demos' steps and their count."""
     from fleet.episodes import EpisodeStore
     from fleet.sim.rollout import collect_demos
 
@@ -217,10 +217,12 @@ def offline_demo_store(cache: Path, v1_demos: Path, args: argparse.Namespace, st
             robot_id=f"offline-{embodiment}", on_episode=lambda e: lengths.append(e.meta.length * e.meta.success),
         )  # fmt: skip
         k += 1
-    return root, spent + sum(lengths)
+    return root, spent + sum(lengths), len(cached) + sum(1 for n in lengths if n)
 
 
-def run_arm(arm: str, repeat: int, *, v1: Path, demos: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_arm(
+    arm: str, repeat: int, *, v1: Path, demos: Path, args: argparse.Namespace, extra_demos: int = 0
+) -> dict[str, Any]:
     """One run of an arm on a fresh stack: the fleet's episodes in order of starting, the versions published, the
     learner's curves, and the production version's weights (copied out before the stack is removed).
 
@@ -253,7 +255,8 @@ def run_arm(arm: str, repeat: int, *, v1: Path, demos: Path, args: argparse.Name
             argv += ["--no-autonomous"] if arm == "corrections_only" else []
             argv += ["--lr", str(args.learner_lr)] if args.learner_lr is not None else []
             argv += ["--freeze", args.freeze] if args.freeze else []
-            argv += ["--max-demos", str(args.learner_demos)] if args.learner_demos else []
+            # The cap is on version 1's share: every scenario demonstration of offline_demos is loaded beside it.
+            argv += ["--max-demos", str(args.learner_demos + extra_demos)] if args.learner_demos else []
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         fleet = FleetConfig(
             n=args.robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), scenario=args.scenario,
@@ -525,15 +528,15 @@ def main(argv: list[str] | None = None) -> None:
     for arm in order:
         for repeat in range(repeats.get(arm, 1)):
             learner_demos = demos
-            offline_steps = 0
+            offline_steps = offline_episodes = 0
             if arm == "offline_demos":
                 full_steps = [r["supervisor_steps"] for r in runs if r["arm"] == "full"]
                 budget = args.offline_steps or (int(np.mean(full_steps)) if full_steps else None)
                 if budget is None:
                     parser.error("offline_demos needs --offline-steps or a full run (this invocation or --runs-from)")
-                learner_demos, offline_steps = offline_demo_store(args.cache, demos, args, budget)
+                learner_demos, offline_steps, offline_episodes = offline_demo_store(args.cache, demos, args, budget)
             print(f"{arm} #{repeat}: {args.robots} robots, {args.minutes} min, {args.scenario}", flush=True)
-            run = run_arm(arm, repeat, v1=v1, demos=learner_demos, args=args)
+            run = run_arm(arm, repeat, v1=v1, demos=learner_demos, args=args, extra_demos=offline_episodes)
             fleet = fleet_summary(run["events"], args.window)
             final = initial if arm == "frozen" else score(Path(run["final_dir"]), args)
             steps = fleet.get("supervisor_steps", 0) + offline_steps

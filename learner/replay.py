@@ -25,9 +25,11 @@ being imitated.
 With `autonomous=False` (the "corrections only" arm of bench/online.py) autonomous fleet steps are
 kept for their episode's context but never sampled: only demonstrations and intervention steps train.
 
-With `features` (a `learner.features.FrozenFeatures`, for a learner that holds part of the VLA fixed) each
-step's images are replaced, when its episode enters replay, by the frozen part's output, and batches carry that
-column (`image_tokens` or `memory`) instead of `images`.
+With `features` (a `learner.features.FrozenFeatures`, for a learner that holds part of the VLA fixed) batches carry
+the frozen part's output (`image_tokens` or `memory`) instead of `images`. A step's output is computed the first
+time a batch samples it and kept from then on: encoding every step as it arrived took ~90% of a learner's CPU
+beside 4 real-time robots on 2 cores (10 ms a step, 40 steps a second), leaving almost nothing for updates, while
+a batch of 32 meets only a few steps it has not seen. A step no batch samples is never encoded.
 
 Reviews (`apply_review`): reject removes a correction's steps from every buffer; relabel replaces
 their actions and/or the episode's success (and so the returns).
@@ -118,10 +120,8 @@ class StoredEpisode:
     source: str  # "demo" or "fleet"
     instruction: str
     embodiment_id: int
-    # The observation column and its per-step rows: "images" uint8 (T, cameras, S, S, 3), or a frozen part's
-    # cached output ("image_tokens" / "memory", float16, see learner.features).
-    observation: str
-    observations: np.ndarray
+    observation: str  # the batch column: "images", or a frozen part's output ("image_tokens" / "memory")
+    images: np.ndarray  # uint8 (T, cameras, S, S, 3)
     proprio: np.ndarray  # float32 (T, max_proprio_dim)
     actions: np.ndarray  # float32 (T, max_action_dim), clipped to [-1, 1]
     action_dim: int  # the embodiment's real action width
@@ -130,6 +130,10 @@ class StoredEpisode:
     success: bool
     returns: np.ndarray  # float32 (T,) RECAP value targets
     correction_ids: list[str | None] = field(default_factory=list)  # per step: the takeover it came from
+    # The frozen part's output per step (float16, see learner.features), rows filled as batches first sample them;
+    # `encoded` says which rows are. None until a batch samples one of the episode's steps.
+    features: np.ndarray | None = None
+    encoded: np.ndarray | None = None
 
     @property
     def key(self) -> EpisodeKey:
@@ -174,6 +178,7 @@ class ReplayBuffer:
         self._refs: Counter[EpisodeKey] = Counter()
         self._buffers: dict[str, deque[tuple[EpisodeKey, int]]] = {s: deque() for s in SOURCES}
         self._text: dict[str, np.ndarray] = {}
+        self.encoded_total = 0  # steps whose frozen features were computed (each once, when first sampled)
 
     # --- adding ----------------------------------------------------------------------------------
 
@@ -210,20 +215,19 @@ class ReplayBuffer:
 
     def add_demos(self, root: str | Path, *, limit: int | None = None) -> int:
         """Add the demonstrations (`meta.source == "demo"`) of the episode store at `root`, at most `limit` of
-        them, taken in turn from each task x embodiment (so a cap keeps every pair, not the store's first ones);
-        other episodes there are left out. Returns how many were added."""
+        them, taken in turn from each task x embodiment and, within it, from each robot that recorded them (so a
+        cap keeps every pair, and a store that adds a few new demonstrations to many old ones keeps the new ones,
+        not the store's first ones); other episodes there are left out. Returns how many were added."""
         if limit is not None and limit <= 0:
             return 0
         store = EpisodeStore(root)
-        if limit is None:
-            return sum(1 for e in store.iter_episodes() if e.meta.source == "demo" and self.add_episode(e) is not None)
-        pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        groups: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
         for episode in store.iter_episodes(frames=False):  # metadata only: choose first, read the chosen ones' frames
             m = episode.meta
             if m.source == "demo":
-                pairs.setdefault((m.task, m.embodiment), []).append((m.robot_id, m.episode_id))
-        chosen = [key for turn in itertools.zip_longest(*pairs.values()) for key in turn if key is not None][:limit]
-        return sum(1 for key in chosen if self.add_episode(store.read(*key)) is not None)
+                groups.setdefault((m.task, m.embodiment, m.robot_id), []).append((m.robot_id, m.episode_id))
+        chosen = [key for turn in itertools.zip_longest(*groups.values()) for key in turn if key is not None]
+        return sum(1 for key in chosen[:limit] if self.add_episode(store.read(*key)) is not None)
 
     def _convert(self, episode: Episode) -> StoredEpisode:
         c, meta = self.model_config, episode.meta
@@ -246,20 +250,14 @@ class ReplayBuffer:
         actions[:, : dims.action_dim] = np.clip(episode.actions, -1.0, 1.0)
         embodiment_id = c.embodiment_index(meta.embodiment)
         images = np.ascontiguousarray(np.stack(cams, axis=1))
-        observation, observations = "images", images
-        if self.features is not None:
-            text = np.broadcast_to(self._embedding(meta.instruction), (n, c.text_dim))
-            ids = np.full(n, embodiment_id, dtype=np.int64)
-            columns = {"images": images, "instruction_embedding": text, "proprio": proprio, "embodiment_id": ids}
-            observation, observations = self.features.column, self.features(columns)
         return StoredEpisode(
             robot_id=meta.robot_id,
             episode_id=meta.episode_id,
             source="demo" if meta.source == "demo" else "fleet",
             instruction=meta.instruction,
             embodiment_id=embodiment_id,
-            observation=observation,
-            observations=observations,
+            observation=self.features.column if self.features is not None else "images",
+            images=images,
             proprio=proprio,
             actions=actions,
             action_dim=dims.action_dim,
@@ -429,6 +427,24 @@ class ReplayBuffer:
                 rows.append((key, t, kind))
         return self._collate(rows)
 
+    def _encode(self, features: FrozenFeatures, steps: list[tuple[StoredEpisode, int]]) -> None:
+        """Compute the frozen part's output of the steps not encoded yet, in one batch, and keep it."""
+        todo = list({(e.key, t): (e, t) for e, t in steps if e.encoded is None or not e.encoded[t]}.values())
+        if not todo:
+            return
+        columns = {
+            "images": np.stack([e.images[t] for e, t in todo]),
+            "instruction_embedding": np.stack([self._embedding(e.instruction) for e, _t in todo]),
+            "proprio": np.stack([e.proprio[t] for e, t in todo]),
+            "embodiment_id": np.asarray([e.embodiment_id for e, _t in todo], dtype=np.int64),
+        }
+        for (e, t), row in zip(todo, features(columns), strict=True):
+            if e.features is None or e.encoded is None:
+                e.features = np.zeros((e.length, *row.shape), dtype=row.dtype)
+                e.encoded = np.zeros(e.length, dtype=bool)
+            e.features[t], e.encoded[t] = row, True
+        self.encoded_total += len(todo)
+
     def _embedding(self, text: str) -> np.ndarray:
         vec = self._text.get(text)
         if vec is None:
@@ -439,12 +455,14 @@ class ReplayBuffer:
     def _collate(self, rows: list[tuple[EpisodeKey, int, int]]) -> dict[str, np.ndarray]:
         horizon = self.model_config.chunk_size
         observation = self.features.column if self.features is not None else "images"
+        if self.features is not None:
+            self._encode(self.features, [(self._episodes[key], t) for key, t, _kind in rows])
         cols: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "text", "proprio", "actions", "mask")}
         ids, returns, kinds = [], [], []
         for key, t, kind in rows:
             e = self._episodes[key]
             idx, valid = chunk_indices(e.length, np.array([t]), horizon)
-            cols["observations"].append(e.observations[t])
+            cols["observations"].append(e.images[t] if e.features is None else e.features[t])
             cols["text"].append(self._embedding(e.instruction))
             cols["proprio"].append(e.proprio[t])
             cols["actions"].append(e.actions[idx[0]])

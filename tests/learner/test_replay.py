@@ -242,20 +242,46 @@ def test_a_demo_cap_takes_every_task_and_embodiment_in_turn(tmp_path: Path) -> N
     assert taken == {("panda", "pick"): 2, ("kuka", "pick"): 2, ("panda", "push"): 1}  # not the store's first 5
 
 
-def test_frozen_features_replace_the_images_at_ingest() -> None:
+def test_a_demo_cap_keeps_a_few_new_demonstrations_beside_many_old_ones(tmp_path: Path) -> None:
+    """An old store of many demos and a few new ones of the same pair (bench/online.py's offline_demos arm): a cap of
+    old share + new ones keeps every new one."""
+    store = EpisodeStore(tmp_path)
+    for robot, n in (("demo-panda", 6), ("offline-panda", 2)):
+        for k in range(n):
+            episode = make_episode("panda", length=4, seed=k, episode_id=f"{robot}-{k}")
+            store.write(dataclasses.replace(episode, meta=dataclasses.replace(episode.meta, robot_id=robot)))
+    replay, _ = _replay()
+    assert replay.add_demos(tmp_path, limit=4) == 4
+    kept = {key[0] for key in replay._episodes}
+    assert sum(1 for key in replay._episodes if key[0] == "offline-panda") == 2 and kept == {
+        "demo-panda",
+        "offline-panda",
+    }
+
+
+def test_frozen_features_replace_the_images_once_a_batch_samples_the_step() -> None:
     torch.manual_seed(0)
     model = VLAModel(MODEL)
     features = FrozenFeatures(model, "encoder")
     replay = ReplayBuffer(ReplayConfig(), MODEL, embedder=HashEmbedder(), features=features)
     episode = make_episode(length=10, seed=3)
     stored = replay.add_episode(episode)
-    assert stored is not None and stored.observation == "image_tokens" and stored.observations.dtype == np.float16
-    batch = replay.sample(8, np.random.default_rng(0))
-    assert "images" not in batch and batch["image_tokens"].shape == (8, 1, model.tokens_per_camera, MODEL.d_model)
+    assert stored is not None and stored.observation == "image_tokens"
+    assert stored.features is None and replay.encoded_total == 0  # nothing encoded at ingest
+    batch = replay.sample(4, np.random.default_rng(0))
+    assert "images" not in batch and batch["image_tokens"].shape == (4, 1, model.tokens_per_camera, MODEL.d_model)
+    assert stored.encoded is not None and stored.features is not None and stored.features.dtype == np.float16
+    sampled = np.flatnonzero(stored.encoded)
+    assert 0 < len(sampled) <= 4 and replay.encoded_total == len(sampled)  # the sampled steps, once each
     images = torch.from_numpy(np.stack([episode.frames[c] for c in MODEL.cameras], axis=1))
     text = torch.from_numpy(np.stack([HashEmbedder().embed(episode.meta.instruction)] * 10)).float()
     with torch.no_grad():
         exact = model.encode_images(images, text).numpy()
-    assert np.allclose(stored.observations.astype(np.float32), exact, atol=1e-2)  # float16 storage
+    assert np.allclose(stored.features[sampled].astype(np.float32), exact[sampled], atol=1e-2)  # float16 storage
+    for seed in range(1, 30):
+        replay.sample(8, np.random.default_rng(seed))
+    assert stored.encoded.all() and replay.encoded_total == 10  # every step once, however often sampled
+    assert np.allclose(stored.features.astype(np.float32), exact, atol=1e-2)
+    np.testing.assert_allclose(replay.sample(4, np.random.default_rng(0))["image_tokens"], batch["image_tokens"])
     with pytest.raises(ValueError, match="another model config"):
         ReplayBuffer(ReplayConfig(), MODEL.with_(d_model=64), embedder=HashEmbedder(), features=features)
