@@ -52,6 +52,12 @@ class RobotConfig:
     scenario: str = "nominal"  # deployment conditions of a simulated robot's scenes (fleet.sim.scenarios)
     control_hz: float = 10.0  # tick rate
     realtime: bool = False  # sleep to the tick deadline (real robots, demos); off = as fast as the sim runs
+    # Wall-clock seconds per second of a simulated robot's clock (real time only; 1 for a real robot). A simulated
+    # fleet that shares its machine with the learner takes the CPU that robots with their own computers would leave
+    # the learner: four real-time robots took 1.6 of this machine's 2 cores and left the learner a tenth of one
+    # (docs/research.md). At 2 the ticks come at half the wall rate; the robot's episodes, steps and chunk schedule
+    # are unchanged, and fleet time is wall time / time_scale.
+    time_scale: float = 1.0
     segment_steps: int = 10  # steps per TrajectorySegment (1 s at 10 Hz)
     # The chunk schedule (fleet.recipe.evaluate.EXECUTE_STEPS / PREFETCH_STEPS, where it is measured; literals
     # here so the robot does not import the recipe; a test keeps them equal): re-plan every 2 actions, the
@@ -72,6 +78,8 @@ class RobotConfig:
             raise ValueError("control_hz and segment_steps must be positive, prefetch_steps >= 0")
         if self.reload_delay_s < 0:
             raise ValueError("reload_delay_s must be >= 0")
+        if self.time_scale < 1.0:
+            raise ValueError(f"time_scale must be >= 1 (wall seconds per robot second), got {self.time_scale}")
         if self.task_rotation and self.task not in self.task_rotation:
             raise ValueError(f"task {self.task!r} is not in task_rotation {self.task_rotation}")
         check_niceness(self.niceness)
@@ -330,7 +338,7 @@ class RobotRuntime:
         takeover_start = 0
         interventions = 0
         success = done = False
-        period = 1.0 / cfg.control_hz
+        period = cfg.time_scale / cfg.control_hz  # wall seconds per tick
         self._maybe_swap()
         chunk, chunk_version = self._infer(obs).result()
         if cfg.realtime and not self._heap_frozen:  # after the first inference: the language model is loaded by then

@@ -37,6 +37,7 @@ class FleetConfig:
     duration_s: float | None = 60.0  # wall-clock budget (None: run for `episodes`)
     seed: int = 0  # robot i uses seed + i
     realtime: bool = False  # tick at the control rate instead of as fast as the simulator goes
+    time_scale: float = 1.0  # wall seconds per second of the robots' clock (RobotConfig.time_scale; real time only)
     poll_interval_s: float = 10.0  # registry alias fallback poll
     cpus_per_robot: float = 0.25  # Ray CPU reservation per robot (sim + small VLA on CPU)
     address: str | None = None  # Ray cluster to join ("auto" or host:port); None = start a local one
@@ -89,6 +90,7 @@ class FleetConfig:
                 scenario=self.scenario,
                 seed=self.seed + i,
                 realtime=self.realtime,
+                time_scale=self.time_scale,
                 reload_delay_s=round(self.reload_stagger_s * i / self.n, 3),
             )
             for i, (task, embodiment) in enumerate(placed)

@@ -20,6 +20,11 @@ episodes. The arms:
 
 The operator is the scripted expert (`actors.supervisor`) with `--takeover-rules` and `--correct-in-place`.
 
+`--time-scale k` runs the robots' clocks k times slower than the wall clock (`RobotConfig.time_scale`): on a machine
+the robots share with the learner, four real-time robots take most of the CPU that robots with their own computers
+would leave it. Every fleet-time figure (`--minutes`, `minutes_to_85`, the curves) is in the robots' time; the
+learner's rates are per wall second.
+
 What is reported per arm (`arms.<name>`, runs of one arm pooled; `runs` keeps each run):
 - `final_success`, `final_ci95`: the version in production when the run ended, scored on `--final-episodes`
   held-out episodes per task x embodiment of the scenario (seeds FINAL_SEEDS+, which no robot, demo or gate uses;
@@ -260,21 +265,23 @@ def run_arm(
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         fleet = FleetConfig(
             n=args.robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), scenario=args.scenario,
-            duration_s=args.minutes * 60, realtime=True, seed=seed, rotate_tasks=True,
+            duration_s=args.minutes * 60 * args.time_scale, realtime=True, time_scale=args.time_scale, seed=seed,
+            rotate_tasks=True,
             supervision="stop" if arm in ("rewards_only", "offline_demos") else "takeover",
             takeover_rules=tuple(args.takeover_rules.split(",")), correct_in_place=args.correct_in_place,
         )  # fmt: skip
         started = time.time()
+        minute = 60 * args.time_scale  # wall seconds per minute of fleet time
 
         def progress(statuses: list[dict[str, Any]]) -> None:
             for s in statuses:
                 for version, success, interventions, _steps, finished, began in s.get("recent", []):
-                    events[(s["robot_id"], finished)] = ((began - started) / 60, str(version), bool(success),
+                    events[(s["robot_id"], finished)] = ((began - started) / minute, str(version), bool(success),
                                                          int(interventions))  # fmt: skip
 
         progress(run_fleet(settings, fleet, on_progress=progress))
         versions = [
-            {"version": v.version, "minutes": round((v.created_at - started) / 60, 2),
+            {"version": v.version, "minutes": round((v.created_at - started) / minute, 2),
              "gate_mean": v.eval_metrics.get("mean"), "gate_passed": v.gate_passed, "aliases": list(v.aliases),
              "confirm_mean": float(v.tags["confirm/mean"]) if "confirm/mean" in v.tags else None}
             for v in sorted(registry.list_versions(), key=lambda v: int(v.version))
@@ -430,6 +437,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", default="far-reach")
     parser.add_argument("--robots", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=30.0, help="fleet time per run")
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="wall seconds per fleet second (RobotConfig.time_scale)"
+    )
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--repeats", default="full:2,frozen:2", help="runs per arm, arm:n (others: 1)")
     parser.add_argument("--tasks", nargs="+", default=["pick", "push", "place"])
@@ -480,8 +490,10 @@ def main(argv: list[str] | None = None) -> None:
     initial: dict[str, Any] | None = None
     for path in args.runs_from:
         earlier = json.loads(path.read_text())
-        same = {k: earlier["config"][k] for k in ("scenario", "robots", "minutes", "final_episodes")}
+        same = {k: earlier["config"].get(k, 1.0) for k in ("scenario", "robots", "minutes", "time_scale",
+                                                           "final_episodes")}  # fmt: skip
         if same != {"scenario": args.scenario, "robots": args.robots, "minutes": args.minutes,
+                    "time_scale": args.time_scale,
                     "final_episodes": args.final_episodes}:  # fmt: skip
             parser.error(f"--runs-from {path} was run with {same}; give the same options")
         runs += earlier["runs"]
@@ -501,7 +513,8 @@ def main(argv: list[str] | None = None) -> None:
             "command": " ".join(["bench/online.py", *(sys.argv[1:] if argv is None else argv)]),
             "scenario": args.scenario,
             "repeats": {arm: s["runs"] for arm, s in by_arm.items()},
-            "config": {"scenario": args.scenario, "robots": args.robots, "minutes": args.minutes, "tasks": tasks,
+            "config": {"scenario": args.scenario, "robots": args.robots, "minutes": args.minutes,
+                       "time_scale": args.time_scale, "tasks": tasks,
                        "embodiments": embodiments, "v1": str(v1), "demos_per_pair": args.demos,
                        "bc_steps": args.bc_steps, "flow_steps": args.flow_steps, "learner_lr": args.learner_lr,
                        "freeze": args.freeze,

@@ -1,9 +1,10 @@
-"""Does a version sampled with fewer flow-matching steps act as well? The action expert integrates its velocity field
-with `VLAConfig.flow_steps` Euler steps; on this CPU the ten default steps are ~70% of one chunk's inference, which
-four real-time robots pay 5 times a second each. Scores one checkpoint, its weights unchanged, at several step
-counts with the gate's rules on the same held-out seeds (paired), per scenario.
+"""Does a version act as well with cheaper inference? Two knobs: the flow-matching steps (the action expert
+integrates its velocity field with `VLAConfig.flow_steps` Euler steps; on this CPU ten were ~70% of one chunk's
+inference) and how many actions of a chunk run before re-planning (`EXECUTE_STEPS`: 2 means a chunk every 2 control
+steps, 5 a second per robot). Scores one checkpoint, its weights unchanged, for each combination with the gate's
+rules on the same held-out seeds (paired), per scenario.
 
-    PYTHONPATH=. .venv/bin/python research/flow_steps.py --v1 <checkpoint> --steps 10,5,3 \
+    PYTHONPATH=. .venv/bin/python research/flow_steps.py --v1 <checkpoint> --steps 10,5,3 --execute 2 \
         --scenarios high-start,nominal --episodes 40 --out flow_steps.json
 """
 
@@ -20,6 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--v1", type=Path, required=True)
     parser.add_argument("--steps", default="10,5,3")
+    parser.add_argument("--execute", default="2", help="actions run per chunk before re-planning, comma-separated")
     parser.add_argument("--scenarios", default="high-start,nominal")
     parser.add_argument("--tasks", default="pick,push,place")
     parser.add_argument("--embodiments", default="panda,kuka")
@@ -33,13 +35,15 @@ def main() -> None:
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from fleet.policy.model import VLAModel
+    from learner import gate
     from learner.gate import EvalGate, GateConfig
 
     torch.set_num_threads(args.threads)
     base, embedder = load_checkpoint(args.v1), default_embedder()
     out: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     for scenario in args.scenarios.split(","):
-        for steps in (int(s) for s in args.steps.split(",")):
+        for steps, execute in ((int(s), int(e)) for s in args.steps.split(",") for e in args.execute.split(",")):
+            gate.EXECUTE_STEPS = execute  # the gate's chunk schedule (a module constant, shared with the robots)
             model = VLAModel(dataclasses.replace(base.config, flow_steps=steps))
             model.load_state_dict(base.state_dict())
             config = GateConfig(
@@ -48,7 +52,7 @@ def main() -> None:
             )  # fmt: skip
             started = time.monotonic()
             result = EvalGate(config).evaluate(model.eval(), embedder=embedder)
-            key = f"{scenario}/{steps}"
+            key = f"{scenario}/{steps}" if execute == 2 else f"{scenario}/{steps}/execute{execute}"
             out[key] = {
                 "mean": round(result.mean, 3),
                 "success": {f"{t}/{e}": v for (t, e), v in result.success.items()},

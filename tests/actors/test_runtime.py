@@ -292,6 +292,27 @@ def test_collector_pauses_are_attributed_to_the_interval_they_fall_in() -> None:
         gc.callbacks.remove(pauses._callback)
 
 
+def test_a_slowed_clock_ticks_at_the_control_rate_over_the_time_scale() -> None:
+    runtime = _runtime([], policy=ZeroPolicy(4), supervision="off", control_hz=20.0, realtime=True, time_scale=4.0)
+    stop = threading.Event()
+    loop = threading.Thread(target=runtime.run, kwargs={"stop": stop})
+    try:
+        loop.start()
+        deadline = time.monotonic() + 30
+        while runtime.ticks_total < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first, started = runtime.ticks_total, time.monotonic()
+        time.sleep(1.0)
+        ticks, elapsed = runtime.ticks_total - first, time.monotonic() - started
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+    # 20 Hz on a clock 4x slower: 5 ticks a wall second (a tick never comes early; unscaled it would be 20)
+    assert 1 <= ticks <= 5 * elapsed + 1, (ticks, elapsed)
+    with pytest.raises(ValueError, match="time_scale"):
+        RobotConfig(robot_id="r", embodiment="panda", task="pick", time_scale=0.5)
+
+
 def test_background_work_waits_for_the_sleep_between_ticks() -> None:
     runtime = _runtime([], policy=ZeroPolicy(4), supervision="off", control_hz=10.0, realtime=True)
     stop = threading.Event()
