@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 
@@ -36,7 +35,7 @@ def main() -> None:
     from fleet.policy.language import default_embedder
     from fleet.policy.model import VLAModel
     from learner import gate
-    from learner.gate import EvalGate, GateConfig
+    from research.scenario_scan import held_out_score
 
     torch.set_num_threads(args.threads)
     base, embedder = load_checkpoint(args.v1), default_embedder()
@@ -46,18 +45,8 @@ def main() -> None:
             gate.EXECUTE_STEPS = execute  # the gate's chunk schedule (a module constant, shared with the robots)
             model = VLAModel(dataclasses.replace(base.config, flow_steps=steps))
             model.load_state_dict(base.state_dict())
-            config = GateConfig(
-                tasks=tuple(args.tasks.split(",")), embodiments=tuple(args.embodiments.split(",")),
-                scenario=scenario, episodes=args.episodes, seed_offset=2_000_000,
-            )  # fmt: skip
-            started = time.monotonic()
-            result = EvalGate(config).evaluate(model.eval(), embedder=embedder)
             key = f"{scenario}/{steps}" if execute == 2 else f"{scenario}/{steps}/execute{execute}"
-            out[key] = {
-                "mean": round(result.mean, 3),
-                "success": {f"{t}/{e}": v for (t, e), v in result.success.items()},
-                "seconds": round(time.monotonic() - started),
-            }
+            out[key] = held_out_score(model.eval(), embedder, scenario, args)
             print(key, json.dumps(out[key]), flush=True)
             args.out.write_text(json.dumps(out, indent=1))
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from fleet.sim import scenarios
 from fleet.sim.scenarios import Layout, Scenario
@@ -49,26 +50,33 @@ def main() -> None:
 
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
-    from learner.gate import EvalGate, GateConfig
 
     torch.set_num_threads(args.threads)
     scenarios.SCENARIOS.update(CANDIDATES)
     model, embedder = load_checkpoint(args.v1), default_embedder()
     out: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.only.split(","):
-        config = GateConfig(
-            tasks=tuple(args.tasks.split(",")), embodiments=tuple(args.embodiments.split(",")), scenario=name,
-            episodes=args.episodes, seed_offset=2_000_000,
-        )  # fmt: skip
-        started = time.monotonic()
-        result = EvalGate(config).evaluate(model, embedder=embedder)
-        out[name] = {
-            "mean": round(result.mean, 3),
-            "success": {f"{t}/{e}": v for (t, e), v in result.success.items()},
-            "seconds": round(time.monotonic() - started),
-        }
+        out[name] = held_out_score(model, embedder, name, args)
         print(name, json.dumps(out[name]), flush=True)
         args.out.write_text(json.dumps(out, indent=1))
+
+
+def held_out_score(model: Any, embedder: Any, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`model` scored with the gate's rules on `args.episodes` held-out episodes (seeds 2,000,000+) per pair of
+    `args.tasks` x `args.embodiments` (comma-separated) in `scenario`: mean, per-pair success, seconds taken."""
+    from learner.gate import EvalGate, GateConfig
+
+    config = GateConfig(
+        tasks=tuple(args.tasks.split(",")), embodiments=tuple(args.embodiments.split(",")), scenario=scenario,
+        episodes=args.episodes, seed_offset=2_000_000,
+    )  # fmt: skip
+    started = time.monotonic()
+    result = EvalGate(config).evaluate(model, embedder=embedder)
+    return {
+        "mean": round(result.mean, 3),
+        "success": {f"{t}/{e}": v for (t, e), v in result.success.items()},
+        "seconds": round(time.monotonic() - started),
+    }
 
 
 if __name__ == "__main__":
