@@ -73,15 +73,14 @@ class Outbox:
                     continue
                 with self._state:
                     self._inflight.add(row_id)
+                queued = False
                 try:
                     queued = self.transport.send(topic, payload, key=key, on_delivery=partial(self._delivered, row_id))
-                except BaseException:  # not in flight after all: the next pass sends it again
-                    with self._state:
-                        self._inflight.discard(row_id)
-                    raise
+                finally:
+                    if not queued:  # refused or raised: not in flight after all, the next pass sends it again
+                        with self._state:
+                            self._inflight.discard(row_id)
                 if not queued:
-                    with self._state:
-                        self._inflight.discard(row_id)
                     break  # the producer's queue is full: the rest waits for the next pass, in order
                 sent += 1
             self._delete_acked()
