@@ -1,4 +1,5 @@
-"""`fleet models ...`: list, inspect, promote, roll back, pin and unpin model versions.
+"""`fleet models ...`: list, inspect, promote, roll back, pin and unpin model versions; `fleet models canary ...`
+runs a version on a share of the fleet first and promotes or rolls it back on the live A/B (`fleet.rollout`).
 
 Each change is written to the audit log (actor `cli:<os user>`) and announced on `fleet.models`.
 """
@@ -107,6 +108,124 @@ def unpin(reason: str = ReasonOption) -> None:
     registry = _registry()
     _run(lambda: registry.unpin(actor=_actor(), role="admin", reason=reason))
     typer.echo("production unpinned")
+
+
+canary_app = typer.Typer(
+    help="Canary rollouts: run a version on a share of the fleet, compare it live, promote or roll back.",
+    no_args_is_help=True,
+)
+app.add_typer(canary_app, name="canary")
+
+
+def _known_robots(registry, active_minutes: float) -> list[str]:  # noqa: ANN001
+    """Robots seen in the last `active_minutes` (the robots table the dashboard keeps from heartbeats)."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from fleet.db.models import Robot
+
+    if registry.sessions is None:
+        return []
+    since = datetime.now(UTC) - timedelta(minutes=active_minutes)
+    with registry.sessions() as session:
+        return list(session.scalars(select(Robot.id).where(Robot.last_seen_at >= since, Robot.in_rotation)).all())
+
+
+RobotsOption = typer.Option([], "--robot", help="A robot to put on canary (repeatable).")
+
+
+@canary_app.command("start")
+def canary_start(
+    version: str = typer.Argument(..., help="Version to run on the canary robots."),
+    fraction: float = typer.Option(0.0, "--fraction", help="Share of the fleet (of robots seen recently) in [0, 1]."),
+    robots: list[str] = RobotsOption,
+    active_minutes: float = typer.Option(10.0, "--active-minutes", help="Robots seen this recently make the fleet."),
+    reason: str = ReasonOption,
+) -> None:
+    """Run VERSION on a share of the fleet (the rest stays on production) until it is promoted or rolled back."""
+    from fleet.canary import Cohort
+
+    registry = _registry()
+    known = _known_robots(registry, active_minutes)
+    try:
+        cohort = Cohort.for_fleet(version, fraction=fraction, robots=robots, known=known)
+    except ValueError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    info = _run(lambda: registry.start_canary(version, cohort, actor=_actor(), role="admin", reason=reason))
+    _announce(info, "canary_started", "canary", reason)
+    members = [r for r in known if cohort.includes(r)] + [r for r in cohort.robots if r not in known]
+    typer.echo(f"canary -> v{info.version} on {len(members)} robot(s): {', '.join(sorted(members)) or '-'}")
+
+
+def _controller(registry):  # noqa: ANN001, ANN202
+    from fleet.rollout import CanaryController
+
+    if registry.sessions is None:
+        typer.secho("error: the canary A/B reads episodes from the fleet DB; set FLEET_DATABASE_URL", err=True)
+        raise typer.Exit(code=1)
+    return CanaryController(registry, registry.sessions, announce=_announce, actor=_actor())
+
+
+def _print_status(status) -> None:  # noqa: ANN001
+    if status is None:
+        typer.echo("no canary running")
+        return
+    typer.echo(f"canary v{status.version} against production v{status.production or '-'}"
+               f" since {status.started_at or '?'} on {', '.join(status.tasks) or 'no shared task yet'}")  # fmt: skip
+    typer.echo(
+        f"{'metric':<20} {'canary':>8} {'n':>5} {'production':>10} {'n':>5}  {'difference [always-valid 95%]':<32}"
+    )
+    for c in status.comparisons:
+        typer.echo(
+            f"{c.metric:<20} {c.canary_mean:>8.3f} {c.canary_n:>5} {c.production_mean:>10.3f} {c.production_n:>5}"
+            f"  {c.diff:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}] {c.verdict}"
+        )
+    typer.echo(f"decision: {status.decision.action} ({status.decision.reason})")
+
+
+@canary_app.command("status")
+def canary_status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+    """The running canary's live A/B against production, and what the controller would decide now."""
+    status = _run(lambda: _controller(_registry()).status())
+    if as_json:
+        typer.echo(json.dumps(status.to_dict() if status else None, indent=2))
+    else:
+        _print_status(status)
+
+
+@canary_app.command("promote")
+def canary_promote(reason: str = ReasonOption) -> None:
+    """End the rollout now: production -> the canary version (a human decision: allowed while pinned)."""
+    info = _run(lambda: _registry().end_canary("promote", actor=_actor(), role="admin", reason=reason))
+    _announce(info, "promoted", "production", reason)
+    typer.echo(f"production -> v{info.version}")
+
+
+@canary_app.command("rollback")
+def canary_rollback(reason: str = ReasonOption) -> None:
+    """End the rollout now: every canary robot returns to production."""
+    info = _run(lambda: _registry().end_canary("rollback", actor=_actor(), role="admin", reason=reason))
+    _announce(info, "canary_ended", "canary", reason)
+    typer.echo(f"canary v{info.version} rolled back; its robots return to production")
+
+
+@canary_app.command("watch")
+def canary_watch(
+    interval: float = typer.Option(15.0, "--interval", help="Seconds between looks."),
+    once: bool = typer.Option(False, "--once", help="Look once, act, and exit."),
+) -> None:
+    """Run the controller: promote or roll back the running canary as soon as the A/B decides (audited)."""
+    import time
+
+    controller = _controller(_registry())
+    while True:
+        status = _run(controller.step)
+        _print_status(status)
+        if once:
+            return
+        time.sleep(interval)
 
 
 @app.command("setup-users")

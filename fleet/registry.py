@@ -13,7 +13,8 @@ artifact (safetensors + JSON config, see `fleet.policy.checkpoint`) with lineage
     eval/<task>/<embodiment>  eval-gate success rates; eval/mean their mean
     gate_passed       "true" / "false"
 
-Aliases `candidate` (newest published) and `production` (what robots run). The `production_pinned`
+Aliases `candidate` (newest published), `production` (what robots run) and, during a rollout, `canary` (what a
+share of the robots runs, named by the `canary_cohort` tag on that version: `fleet.canary`). The `production_pinned`
 tag of the registered model is the pin: while it is "true" nothing automatic moves production; a
 rollback sets it. Publishing order guarantees nothing half-registered is served: artifacts are
 uploaded first, the version is created with all its tags and then signed (the signature names its version number),
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet import signing
 from fleet.audit import record_audit
+from fleet.canary import CANARY, COHORT_TAG, Cohort
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -163,7 +165,7 @@ class Registry:
     def aliases(self) -> dict[str, str]:
         return {
             alias: info.version
-            for alias in (CANDIDATE, PRODUCTION)
+            for alias in (CANDIDATE, PRODUCTION, CANARY)
             if (info := self.version_for_alias(alias)) is not None
         }
 
@@ -344,6 +346,81 @@ class Registry:
         else:
             record_audit(self.sessions, actor=actor, role=role, action="unpin", target=self.name, reason=reason)
 
+    # ---- canary --------------------------------------------------------------------------------
+    def canary(self) -> tuple[VersionInfo, Cohort] | None:
+        """The version on canary and the robots that run it; None when no rollout is running."""
+        info = self.version_for_alias(CANARY)
+        if info is None:
+            return None
+        cohort = Cohort.from_tags(info.tags)
+        # An alias without a readable cohort joins no robot (robots read it the same way): report it as running
+        # with an empty share rather than hide it, so an operator can end it.
+        return info, cohort if cohort is not None else Cohort(salt=info.version, robots=("(unreadable cohort)",))
+
+    def start_canary(
+        self, version: str, cohort: Cohort, *, actor: str, role: str, reason: str, automatic: bool = False
+    ) -> VersionInfo:
+        """Put `version` on canary for `cohort`'s robots. The cohort is written on the version before the alias
+        points at it, so no robot ever sees the alias without knowing whether it is in. One rollout at a time;
+        automatic starts (the learner) are refused while production is pinned."""
+        from mlflow.exceptions import MlflowException
+
+        if automatic and self.is_pinned():
+            raise PinnedError(f"production is pinned; not starting a canary of version {version} automatically")
+        if cohort.salt != str(version):
+            raise RegistryError(f"the cohort was drawn for version {cohort.salt}, not {version}")
+        running = self.canary()
+        if running is not None and running[0].version != str(version):
+            raise RegistryError(f"version {running[0].version} is on canary; promote or roll it back first")
+        info = self.get_version(version)
+        production = self.version_for_alias(PRODUCTION)
+        if production is not None and production.version == info.version:
+            raise RegistryError(f"version {info.version} is already production")
+        try:
+            for tag, value in cohort.to_tags().items():
+                self.client.set_model_version_tag(self.name, info.version, tag, value)
+        except MlflowException as err:
+            raise self._unreachable(err) from None
+        self._set_alias(CANARY, info.version)
+        self._mirror_version(info)
+        self._record_deployment(
+            info.version, CANARY, "canary", actor=actor, role=role, reason=reason,
+            details={"cohort": json.loads(cohort.to_tags()[COHORT_TAG]),
+                     "production": production.version if production else None},
+        )  # fmt: skip
+        return self.get_version(info.version)
+
+    def end_canary(
+        self,
+        outcome: str,
+        *,
+        actor: str,
+        role: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
+        automatic: bool = False,
+    ) -> VersionInfo:
+        """End the rollout: "promote" points production at the canary version (then removes the canary alias, so its
+        robots never fall back to the old version in between); "rollback" removes the alias and every canary robot
+        returns to production. An automatic promotion is refused while pinned; a rollback never is."""
+        if outcome not in ("promote", "rollback"):
+            raise RegistryError(f"a canary ends in 'promote' or 'rollback', not {outcome!r}")
+        running = self.canary()
+        if running is None:
+            raise RegistryError("no canary is running")
+        info = running[0]
+        if outcome == "promote":
+            if automatic and self.is_pinned():
+                raise PinnedError(f"production is pinned; not promoting canary version {info.version} automatically")
+            self._set_alias(PRODUCTION, info.version)
+        self._delete_alias(CANARY)
+        alias, action = (PRODUCTION, "promote") if outcome == "promote" else (CANARY, "canary_rollback")
+        self._record_deployment(
+            info.version, alias, action, actor=actor, role=role, reason=reason,
+            details={"canary": True, **(details or {})},
+        )  # fmt: skip
+        return self.get_version(info.version)
+
     # ---- internals -----------------------------------------------------------------------------
     def _unreachable(self, err: Exception) -> RegistryError:
         return RegistryError(
@@ -381,6 +458,15 @@ class Registry:
             self.client.set_registered_model_alias(self.name, alias, version)
         except MlflowException as err:
             raise self._unreachable(err) from None
+
+    def _delete_alias(self, alias: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model_alias(self.name, alias)
+        except MlflowException as err:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code):
+                raise self._unreachable(err) from None
 
     def _set_pin(self, pinned: bool) -> None:
         from mlflow.exceptions import MlflowException

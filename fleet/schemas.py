@@ -333,6 +333,8 @@ class Heartbeat(Message):
     embodiment: str
     state: Literal["starting", "idle", "running", "paused", "stopped", "out_of_rotation", "error"]
     model_version: str | None
+    # The registry alias the robot's version came from: "production", or "canary" while a rollout includes it.
+    channel: str | None = Field(default=None, max_length=32)
     task_id: str | None = None
     episode_id: str | None = None
     sent_at: float
@@ -352,10 +354,10 @@ class ModelEvent(Message):
     """A registry change robots react to: new version, alias moved, pin."""
 
     KIND: ClassVar[str] = "model_event"
-    event: Literal["registered", "promoted", "rolled_back", "pinned", "unpinned"]
+    event: Literal["registered", "promoted", "rolled_back", "pinned", "unpinned", "canary_started", "canary_ended"]
     model_name: str
     version: str
-    alias: str | None = None  # "candidate" / "production" when the event moves an alias
+    alias: str | None = None  # "candidate" / "production" / "canary" when the event moves an alias
     artifact_uri: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     parent_version: str | None = None

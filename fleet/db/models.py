@@ -145,9 +145,9 @@ class Deployment(Base):
     __tablename__ = "deployments"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    alias: Mapped[str] = mapped_column(String(32))  # candidate / production
+    alias: Mapped[str] = mapped_column(String(32))  # candidate / production / canary
     version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
-    action: Mapped[str] = mapped_column(String(16))  # promote / rollback / pin / unpin / candidate
+    action: Mapped[str] = mapped_column(String(16))  # promote / rollback / pin / unpin / candidate / canary(_rollback)
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)
     actor: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)

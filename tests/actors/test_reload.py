@@ -19,6 +19,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actors.reload import HotReloader, ReloadConfig
+from fleet.canary import Cohort
 from fleet.policy.checkpoint import config_sha256, load_checkpoint, save_checkpoint
 from fleet.policy.config import debug_model_config
 from fleet.policy.model import VLAModel
@@ -48,23 +49,28 @@ class FakeRegistry:
         self.versions: dict[str, tuple[Path, str]] = {}
         self.signers: dict[str, Ed25519PrivateKey | None] = {}
         self.production: str | None = None
+        self.canary: str | None = None  # the `canary` alias, with `cohort` written on its version
+        self.cohort: Cohort | None = None
         self.down = False
         self.downloads: list[str] = []
 
     def version_for_alias(self, alias: str) -> FakeVersion | None:
         if self.down:
             raise ConnectionError("registry down")
-        if self.production is None:
+        version = {"production": self.production, "canary": self.canary}.get(alias)
+        if version is None:
             return None
-        directory, sha = self.versions[self.production]
+        directory, sha = self.versions[version]
         tags = {"sha256": sha}
-        signer = self.signers.get(self.production, LEARNER_KEY)
+        signer = self.signers.get(version, LEARNER_KEY)
         if signer is not None:
             tags |= sign_version(
-                signer, model_name=self.name, version=self.production, weights_sha256=sha,
+                signer, model_name=self.name, version=version, weights_sha256=sha,
                 config_sha256=config_sha256(directory),
             )  # fmt: skip
-        return FakeVersion(self.production, sha, tags)
+        if alias == "canary" and self.cohort is not None:
+            tags |= self.cohort.to_tags()
+        return FakeVersion(version, sha, tags)
 
     def download(self, version: str, dest: Path | str) -> Path:
         self.downloads.append(version)
@@ -167,6 +173,37 @@ def _corrupt(model: VLAModel, directory: Path, corruption: str) -> str:
     return sha
 
 
+def test_robots_in_the_canary_cohort_run_the_canary_and_return_to_production_when_it_ends(
+    model: VLAModel, tmp_path: Path
+) -> None:
+    registry = _registry_with_v1(model, tmp_path, production=True)
+    registry.versions["2"] = (tmp_path / "v2", _save(model, tmp_path / "v2"))
+    robots = {
+        name: _reloader(registry, tmp_path, robot_id=name, config=ReloadConfig(download_root=tmp_path / name, **cfg))
+        for name, cfg in (("in", {}), ("out", {}), ("opted-out", {"follow_canary": False}))
+    }
+    registry.canary, registry.cohort = "2", Cohort("2", robots=("in", "opted-out"))
+
+    def step() -> dict[str, tuple[str | None, str]]:
+        for reloader in robots.values():
+            reloader.check_once()
+            reloader.take_ready()
+        return {name: (r._current, r.channel) for name, r in robots.items()}
+
+    running = step()
+    assert running == {"in": ("2", "canary"), "out": ("1", "production"), "opted-out": ("1", "production")}
+    registry.canary = None  # rolled back: the canary robots return to production
+    assert step()["in"] == ("1", "production")
+    registry.canary = "2"
+    assert step()["in"] == ("2", "canary")
+    loads = robots["in"].stats.loaded
+    registry.production, registry.canary = "2", None  # promoted: same weights, now production, nothing reloaded
+    assert step() == {"in": ("2", "production"), "out": ("2", "production"), "opted-out": ("2", "production")}
+    assert robots["in"].stats.loaded == loads
+    registry.production, registry.canary, registry.cohort = "1", "2", Cohort("2", robots=("nobody",))
+    assert step()["in"] == ("1", "production")  # a cohort without this robot
+
+
 def test_registry_down_keeps_acting_and_recovers(model: VLAModel, tmp_path: Path) -> None:
     registry = _registry_with_v1(model, tmp_path, production=True)
     registry.down = True
@@ -200,7 +237,12 @@ def test_event_delay_spreads_a_fleets_lookups_and_stop_cuts_it_short(model: VLAM
     registry = _registry_with_v1(model, tmp_path, production=False)
     looked_at: list[float] = []
     lookup = registry.version_for_alias
-    registry.version_for_alias = lambda alias: looked_at.append(time.monotonic()) or lookup(alias)  # type: ignore[method-assign]
+    def counted(alias: str) -> FakeVersion | None:  # one look = one production lookup (a canary is asked first)
+        if alias == "production":
+            looked_at.append(time.monotonic())
+        return lookup(alias)
+
+    registry.version_for_alias = counted  # type: ignore[method-assign]
     config = ReloadConfig(poll_interval_s=3600, download_root=tmp_path / "dl", event_delay_s=0.5)
     reloader = _reloader(registry, tmp_path, config=config).start()
     try:

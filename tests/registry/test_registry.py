@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from actors.robot import NoProductionModel, build_robot
 from actors.runtime import RobotConfig
+from fleet.canary import CANARY, Cohort
 from fleet.db import AuditEntry, Deployment, ModelVersion
 from fleet.policy.checkpoint import save_checkpoint
 from fleet.policy.config import debug_model_config
@@ -91,6 +92,52 @@ def test_rollback_pins_and_blocks_automatic_promotion(registry: Registry, tmp_pa
         assert actions[-4:] == ["promote", "rollback", "unpin", "promote"]
         rollback_row = session.scalars(select(Deployment).where(Deployment.action == "rollback")).one()
         assert rollback_row.pinned and rollback_row.actor == "alice" and rollback_row.reason == "v2 drops cubes"
+
+
+def test_a_canary_runs_beside_production_and_ends_promoted_or_rolled_back_with_its_numbers_audited(
+    registry: Registry, tmp_path: Path
+) -> None:
+    v1 = _publish(registry, tmp_path, b"one", None)
+    registry.promote(v1.version, actor="learner", role="service", reason="first")
+    v2 = _publish(registry, tmp_path, b"two", v1.version)
+    robots = [f"r{i}" for i in range(8)]
+    with pytest.raises(RegistryError, match="drawn for version"):
+        registry.start_canary(v2.version, Cohort.for_fleet("9", fraction=0.25, known=robots), **ALICE)
+    with pytest.raises(RegistryError, match="already production"):
+        registry.start_canary(v1.version, Cohort.for_fleet(v1.version, fraction=0.25, known=robots), **ALICE)
+    cohort = Cohort.for_fleet(v2.version, fraction=0.25, known=robots)
+    registry.start_canary(v2.version, cohort, **ALICE)
+    assert registry.aliases() == {CANDIDATE: v2.version, PRODUCTION: v1.version, CANARY: v2.version}
+    running = registry.canary()
+    assert running is not None and running[0].version == v2.version and running[1] == cohort  # as robots read it
+    v3 = _publish(registry, tmp_path, b"three", v2.version)
+    with pytest.raises(RegistryError, match="is on canary"):
+        registry.start_canary(v3.version, Cohort.for_fleet(v3.version, robots=["r1"]), **ALICE)
+
+    registry.end_canary("rollback", actor="controller", role="service", reason="regression", details={"n": 40})
+    assert registry.canary() is None and registry.aliases()[PRODUCTION] == v1.version and not registry.is_pinned()
+    registry.start_canary(v3.version, Cohort.for_fleet(v3.version, robots=["r1"]), **ALICE)
+    registry.pin(**ALICE)
+    with pytest.raises(PinnedError):
+        registry.end_canary("promote", actor="controller", role="service", reason="better", automatic=True)
+    registry.end_canary("promote", **ALICE)  # an operator may; only automatic moves respect the pin
+    assert registry.canary() is None and registry.aliases()[PRODUCTION] == v3.version
+    with pytest.raises(PinnedError):
+        registry.start_canary(v2.version, cohort, actor="learner", role="service", reason="gate", automatic=True)
+    with pytest.raises(RegistryError, match="no canary"):
+        registry.end_canary("rollback", **ALICE)
+
+    with registry.sessions() as session:  # type: ignore[misc]
+        rows = session.scalars(select(Deployment).order_by(Deployment.id)).all()
+        assert [(r.alias, r.action, r.version) for r in rows if r.action != "candidate"][1:] == [
+            (CANARY, "canary", v2.version), (CANARY, "canary_rollback", v2.version),
+            (CANARY, "canary", v3.version), (PRODUCTION, "pin", v1.version), (PRODUCTION, "promote", v3.version),
+        ]  # fmt: skip
+        audit = session.scalars(select(AuditEntry).where(AuditEntry.action == "canary_rollback")).one()
+        assert audit.actor == "controller" and audit.details["n"] == 40 and audit.details["canary"] is True
+
+
+ALICE = {"actor": "alice", "role": "operator", "reason": "try it"}
 
 
 def test_unknown_version_is_a_clear_error(registry: Registry, tmp_path: Path) -> None:
