@@ -1,7 +1,8 @@
 """Hot reload: learn of new model versions, fetch and verify them off the control loop, swap between chunks.
 
 A background thread owns everything slow. It wakes on a `fleet.models` event (push) or every
-`poll_interval_s` (fallback), asks the registry which version the alias points at, checks that a
+`poll_interval_s` (fallback), asks the registry which version the alias points at (a robot following
+`production` runs the `canary` version instead while a rollout's cohort includes it: `fleet.canary`), checks that a
 trusted key signed it (the learner's: `fleet.signing`; an unsigned or foreign version is refused
 before anything is downloaded), downloads it, verifies it (both files against the signed sha256s,
 tensor shapes, finiteness: `fleet.policy.checkpoint`) and loads it into a *standby* slot. The
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleet.canary import CANARY, Cohort
 from fleet.signing import SignedVersion, TrustedKeys, verify_version
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ class ReloadConfig:
     """How a robot follows the registry."""
 
     alias: str = "production"  # the alias this robot runs
+    # Following `production`, run the `canary` version while its cohort includes this robot. False keeps a robot out
+    # of every rollout (a robot on a customer's site, say).
+    follow_canary: bool = True
     poll_interval_s: float = 10.0  # fallback poll of the alias when no event arrives
     download_root: Path | None = None  # where downloads go (a private temp dir when None)
     # After a `fleet.models` event, wait this long before looking: a fleet gives its robots different delays
@@ -70,6 +75,7 @@ class Swap:
     version: str
     sha256: str
     policy: Any
+    channel: str  # the alias it came from: "production", "canary", ...
     ready_at: float  # time.monotonic() when it became ready (for reload-latency metrics)
     load_s: float  # download + verify + load time
 
@@ -118,6 +124,7 @@ class HotReloader:
         self.steps: deque[tuple[float, float, str]] = deque(maxlen=64)
         self._running: tuple[float, str] | None = None
         self._current = current_version  # version the control loop runs (or will after the pending swap)
+        self.channel = config.alias  # the alias `_current` came from (heartbeats say it)
         # (version, sha256) of refused versions: never looked at again. Keyed by the version too, so refusing one
         # version (e.g. a replay of older bytes under a newer number) does not block a rollback to the real one.
         self._refused: set[tuple[str, str]] = set()
@@ -193,12 +200,15 @@ class HotReloader:
         self.stats.checks += 1
         try:
             with self._step("lookup"):
-                info = self.registry.version_for_alias(self.config.alias)
+                info, channel = self._lookup()
         except Exception as err:  # noqa: BLE001 - registry down: keep acting, try again later
             self.stats.last_error = f"registry: {err}"
             log.warning("alias check failed", extra={"robot": self.robot_id, "error": str(err)})
             return None
-        if info is None or info.version == self._current:
+        if info is None:
+            return None
+        if info.version == self._current:
+            self.channel = channel  # e.g. the canary this robot runs was promoted: same weights, now production
             return None
         refusal_key = (info.version, info.sha256)
         if refusal_key in self._refused:
@@ -228,11 +238,25 @@ class HotReloader:
             return None
         finally:
             shutil.rmtree(target, ignore_errors=True)
-        swap = Swap(info.version, info.sha256, policy, time.monotonic(), time.monotonic() - started)
+        swap = Swap(info.version, info.sha256, policy, channel, time.monotonic(), time.monotonic() - started)
         with self._lock:
             self._standby = swap
             self._current = info.version
+            self.channel = channel
         self.stats.loaded += 1
         self.stats.load_seconds.append(swap.load_s)
-        log.info("standby ready", extra={"robot": self.robot_id, "version": info.version, "load_s": swap.load_s})
+        log.info(
+            "standby ready",
+            extra={"robot": self.robot_id, "version": info.version, "channel": channel, "load_s": swap.load_s},
+        )
         return swap
+
+    def _lookup(self) -> tuple[Any, str]:
+        """(the version this robot should run, the alias it came from): the canary while a rollout's cohort includes
+        this robot, else its own alias. A canary whose cohort it cannot read is a canary it does not join."""
+        if self.config.follow_canary and self.config.alias == "production":
+            canary = self.registry.version_for_alias(CANARY)
+            cohort = Cohort.from_tags(canary.tags) if canary is not None else None
+            if canary is not None and cohort is not None and cohort.includes(self.robot_id):
+                return canary, CANARY
+        return self.registry.version_for_alias(self.config.alias), self.config.alias

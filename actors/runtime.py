@@ -242,6 +242,7 @@ class RobotRuntime:
             embodiment=self.config.embodiment,
             state=self.state,  # type: ignore[arg-type]
             model_version=self.version,
+            channel=getattr(self.reloader, "channel", None),
             task_id=self.task,
             episode_id=self.episode_id,
             sent_at=time.time(),

@@ -237,6 +237,7 @@ def test_event_delay_spreads_a_fleets_lookups_and_stop_cuts_it_short(model: VLAM
     registry = _registry_with_v1(model, tmp_path, production=False)
     looked_at: list[float] = []
     lookup = registry.version_for_alias
+
     def counted(alias: str) -> FakeVersion | None:  # one look = one production lookup (a canary is asked first)
         if alias == "production":
             looked_at.append(time.monotonic())
