@@ -130,6 +130,13 @@ class ModelActionIn(ApiIn):
     reason: str = Reason
 
 
+class CanaryStartIn(ApiIn):
+    version: str = Field(min_length=1, max_length=32, pattern=r"^[0-9]+$")
+    fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of the robots seen recently.")
+    robots: list[str] = Field(default_factory=list, max_length=1000, description="Robots always on the canary.")
+    reason: str = Reason
+
+
 class AuditPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from fleet.canary import CanaryPolicy
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class DashboardConfig:
     # A robot's posted message is answered 202 only once Kafka has stored it; longer than this is a 503 (send again).
     ingest_ack_timeout_s: float = 10.0
     outbox_interval_s: float = 5.0  # how often unacknowledged review messages are sent again
+    # The canary controller (`fleet.rollout`) looks at a running rollout this often and promotes or rolls it back on
+    # its own; 0 leaves every canary decision to operators.
+    canary_interval_s: float = 15.0
+    canary_policy: CanaryPolicy = field(default_factory=CanaryPolicy)  # when the controller decides
 
     def __post_init__(self) -> None:
         for name in (
@@ -32,6 +38,8 @@ class DashboardConfig:
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"DashboardConfig.{name} must be positive")
+        if self.canary_interval_s < 0:
+            raise ValueError("DashboardConfig.canary_interval_s must be >= 0 (0: no automatic canary decisions)")
         if not 1 <= self.sse_max_streams_per_caller <= self.sse_max_streams:
             raise ValueError("DashboardConfig needs 1 <= sse_max_streams_per_caller <= sse_max_streams")
         if self.session_max_age_s < 60:

@@ -50,6 +50,7 @@ class RobotStatus:
     applied_command_id: str | None = None
     spooled_messages: int = 0
     error: str | None = None
+    channel: str | None = None  # the registry alias its version came from ("canary" during a rollout that includes it)
 
     def state(self, now: float, offline_after_s: float) -> str:
         if self.last_seen is None or now - self.last_seen > offline_after_s:
@@ -100,6 +101,7 @@ class FleetState:
                 applied_command_id=hb.applied_command_id,
                 spooled_messages=hb.spooled_messages,
                 error=hb.error,
+                channel=hb.channel,
             )
             self._dirty.add(hb.robot_id)
 

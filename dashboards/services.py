@@ -31,7 +31,8 @@ from dashboards.training_metrics import LearnerMetrics, learner_section
 from dashboards.versions import RegistryClient
 from fleet.db import Episode, Robot
 from fleet.episodes import EpisodeStore
-from fleet.schemas import Command, Message
+from fleet.rollout import CanaryController
+from fleet.schemas import Command, Message, ModelEvent
 from fleet.settings import Settings
 from fleet.transport import Delivery, Transport, TransportConfig, publish
 
@@ -91,6 +92,7 @@ class Services:
     transport_config: TransportConfig | None = None
     monitor: HeartbeatMonitor | None = None
     corrections_monitor: CorrectionsMonitor | None = None
+    canary: CanaryController | None = None  # the background controller, when `config.canary_interval_s` > 0
     learner_metrics: LearnerMetrics | None = None  # None: the Training page says MLflow is not configured
     _stats: _TTLCache = field(init=False)
     _production: _TTLCache = field(init=False)
@@ -137,8 +139,12 @@ class Services:
                 self.transport_config, sessions=self.sessions, group_id=self.config.corrections_group
             )
             self.corrections_monitor.start()
+            if self.config.canary_interval_s > 0 and hasattr(self.registry, "canary"):
+                self.canary = self.canary_controller().start(self.config.canary_interval_s)
 
     def stop(self) -> None:
+        if self.canary is not None:
+            self.canary.stop()
         self.outbox.stop()
         for monitor in (self.monitor, self.corrections_monitor):
             if monitor is not None:
@@ -147,7 +153,53 @@ class Services:
             self.transport.close(timeout_s=5.0)
         self.engine.dispose()
 
+    # --- canary ------------------------------------------------------------------------------
+
+    def canary_controller(self) -> CanaryController:
+        """The live A/B of the running canary over this process's DB, registry and live fleet state."""
+        if self.registry is None or not hasattr(self.registry, "canary"):
+            raise Unavailable("the model registry is not available: run `fleet up` or set FLEET_MLFLOW_TRACKING_URI")
+        return CanaryController(
+            self.registry,  # type: ignore[arg-type]
+            self.sessions,
+            self.config.canary_policy,
+            errors=lambda version, cohort: len(self.canary_robots(errors_only=True)),
+            announce=lambda info, event, alias, reason: self.announce_model(
+                info, event=event, alias=alias, actor="canary-controller", reason=reason
+            ),
+        )
+
+    def canary_robots(self, *, errors_only: bool = False) -> list[dict[str, Any]]:
+        """Online robots whose heartbeat says they run the canary (with an error only, for the safety signal)."""
+        return [
+            r for r in self.fleet.snapshot()
+            if r["channel"] == "canary" and r["state"] != "offline" and (r["error"] or not errors_only)
+        ]  # fmt: skip
+
     # --- publishing --------------------------------------------------------------------------
+
+    def announce_model(self, info: Any, *, event: str, alias: str | None, actor: str, reason: str) -> None:
+        """Tell robots at once on `fleet.models` (they also poll the alias, so this is best effort)."""
+        sha256, source = getattr(info, "sha256", None), getattr(info, "source", None)
+        if self.transport is None or not sha256 or source is None:
+            return
+        try:
+            self.publish(
+                ModelEvent(
+                    event=event,  # type: ignore[arg-type]
+                    model_name=self.settings.model_name,
+                    version=str(info.version),
+                    alias=alias,
+                    artifact_uri=str(source),
+                    sha256=sha256,
+                    parent_version=getattr(info, "parent_version", None),
+                    actor=actor,
+                    reason=reason,
+                    created_at=time.time(),
+                )
+            )
+        except Exception as e:  # noqa: BLE001 - robots converge through alias polling anyway
+            log.warning("could not announce %s of v%s on fleet.models: %s", event, info.version, e)
 
     def require_transport(self) -> Transport:
         if self.transport is None:

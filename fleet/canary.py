@@ -199,9 +199,9 @@ class CanaryPolicy:
     # production by more than that), else roll back; "rollback" always rolls back; "wait" keeps it running.
     on_inconclusive: Literal["promote", "rollback", "wait"] = "promote"
     margin: float = 0.05
-    # Safety: roll back at once when canary robots report errors or refused checkpoints in this many heartbeats
-    # (counted by the caller), whatever the statistics say.
-    max_errors: int = 3
+    # Safety: roll back at once when this many canary robots report an error (a refused checkpoint, a fault),
+    # whatever the statistics say; the caller counts them from heartbeats.
+    max_errors: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -251,7 +251,7 @@ def decide(comparisons: Sequence[Comparison], policy: CanaryPolicy, *, errors: i
     """Promote, roll back or keep going. A safety signal wins; then any decisive metric that got worse rolls back
     (a regression on one is not bought by a gain on another); then a gain with nothing worse promotes."""
     if errors >= policy.max_errors:
-        return Decision("rollback", f"safety: {errors} error heartbeats from canary robots", list(comparisons))
+        return Decision("rollback", f"safety: {errors} canary robot(s) report an error", list(comparisons))
     deciding = {m.name for m in METRICS if m.decides}
     decisive = [c for c in comparisons if c.metric in deciding]
     n_canary = min((c.canary_n for c in decisive), default=0)

@@ -13,6 +13,7 @@ Run it as `fleet models canary watch`, or let the dashboard run it (`DashboardCo
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -26,7 +27,7 @@ from fleet.registry import PRODUCTION, PinnedError, Registry, VersionInfo
 
 log = logging.getLogger(__name__)
 
-# (canary version, its cohort) -> how many error heartbeats its robots sent since the rollout began
+# (canary version, its cohort) -> how many canary robots report an error now
 ErrorCount = Callable[[str, Cohort], int]
 # (the version, event, alias, reason) -> announce it to the robots
 Announce = Callable[[VersionInfo, str, str | None, str], None]
@@ -71,6 +72,27 @@ class CanaryController:
         self.errors = errors
         self.announce = announce
         self.actor = actor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, interval_s: float) -> CanaryController:
+        """Look every `interval_s` in a background thread until `stop()`; a failed look is logged and retried."""
+
+        def run() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.step()
+                except Exception as err:  # noqa: BLE001 - registry or DB down: the rollout waits, robots keep acting
+                    log.warning("canary controller: look failed", extra={"error": str(err)})
+
+        self._thread = threading.Thread(target=run, name="canary-controller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def status(self) -> CanaryStatus | None:
         running = self.registry.canary()

@@ -100,8 +100,8 @@ def test_a_safety_signal_wins_and_a_regression_on_any_metric_is_not_bought_by_a_
     policy = CanaryPolicy(min_episodes=20)
     gain = [_comparison("autonomous_success", "better"), _comparison("interventions", "unclear")]
     assert decide(gain, policy).action == "promote"
-    assert decide(gain, policy, errors=3).action == "rollback"
-    assert "safety" in decide(gain, policy, errors=3).reason
+    assert decide(gain, policy, errors=1).action == "rollback"
+    assert "safety" in decide(gain, policy, errors=1).reason
     mixed = [_comparison("autonomous_success", "better"), _comparison("interventions", "worse")]
     assert decide(mixed, policy).action == "rollback"
     assert "interventions" in decide(mixed, policy).reason

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dashboards.routes import audit, auth, corrections, fleet, ingest, models, training, users
+from dashboards.routes import audit, auth, canary, corrections, fleet, ingest, models, training, users
 
 API_ROUTERS = (
     auth.router,
@@ -11,6 +11,7 @@ API_ROUTERS = (
     ingest.router,
     corrections.router,
     models.router,
+    canary.router,
     audit.router,
     training.router,
 )

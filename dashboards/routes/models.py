@@ -5,7 +5,6 @@ Reads are open to viewers and to tokens with the `models:read` scope (robots); a
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -16,7 +15,6 @@ from dashboards.charts import learning_curve_svg
 from dashboards.deps import ModelReader, OperatorUser, ServicesDep
 from dashboards.services import Services
 from dashboards.versions import call_registry, version_key, version_view
-from fleet.schemas import ModelEvent
 
 router = APIRouter(prefix="/models", tags=["models"])
 log = logging.getLogger(__name__)
@@ -66,39 +64,14 @@ def get_model(version: str, services: ServicesDep, user: ModelReader) -> dict[st
     return version_view(call_registry(services.registry, "get_version", version))
 
 
-def announce(services: Services, info: Any, *, event: str, actor: str, reason: str) -> None:
-    """Tell robots at once on `fleet.models` (they also poll the alias, so this is best effort)."""
-    sha256, source = getattr(info, "sha256", None), getattr(info, "source", None)
-    if services.transport is None or not sha256 or source is None:
-        return
-    try:
-        services.publish(
-            ModelEvent(
-                event=event,
-                model_name=services.settings.model_name,
-                version=str(info.version),
-                alias="production",
-                artifact_uri=str(source),
-                sha256=sha256,
-                parent_version=getattr(info, "parent_version", None),
-                actor=actor,
-                reason=reason,
-                created_at=time.time(),
-            )
-        )
-    except Exception as e:  # robots converge through alias polling anyway
-        log.warning("could not announce %s of v%s on fleet.models: %s", event, info.version, e)
-
-
 def _act(services: Services, user: OperatorUser, action: str, reason: str, *args: Any) -> dict[str, Any]:
     """Run one registry action as this user; the registry writes the audit entry (one per action, whichever
     path caused it: dashboard, CLI or learner) with the user's name, role and reason."""
     result = call_registry(services.registry, action, *args, actor=user.name, role=user.role or "token", reason=reason)
     services.invalidate_registry()
     if action in ("promote", "rollback"):
-        announce(
-            services, result, event="promoted" if action == "promote" else "rolled_back", actor=user.name, reason=reason
-        )
+        event = "promoted" if action == "promote" else "rolled_back"
+        services.announce_model(result, event=event, alias="production", actor=user.name, reason=reason)
     after = dict(call_registry(services.registry, "aliases"))
     return {"action": action, "aliases": after, "pinned": bool(call_registry(services.registry, "is_pinned"))}
 

@@ -1,4 +1,4 @@
-"""Server-rendered pages (Jinja2): login, fleet, corrections, models, audit, training.
+"""Server-rendered pages (Jinja2): login, fleet, corrections, models, canary, audit, training.
 
 Pages render what the caller may do: mutating buttons only appear for roles that may use them
 (the API checks again). Live parts and buttons use the JSON API through `static/app.js`.
@@ -21,6 +21,7 @@ from dashboards.auth import Principal
 from dashboards.deps import MaybeUser, ServicesDep, SessionDep
 from dashboards.errors import DashboardError, TooManyRequests
 from dashboards.routes.auth import authenticate, open_session
+from dashboards.routes.canary import canary_view
 from dashboards.routes.models import curve, model_overview
 from dashboards.routes.training import learner_charts, training_status
 
@@ -168,6 +169,20 @@ def models_page(request: Request, services: ServicesDep, user: MaybeUser) -> Res
     except DashboardError as e:
         error = e.detail
     return _page(request, user, "models", overview=overview, chart=chart, error=error)
+
+
+@router.get("/canary", response_class=HTMLResponse)
+def canary_page(request: Request, services: ServicesDep, user: MaybeUser) -> Response:
+    if (refused := _refused(request, user)) is not None:
+        return refused
+    assert user is not None
+    view: dict[str, Any] | None = None
+    error = None
+    try:
+        view = canary_view(services)
+    except DashboardError as e:
+        error = e.detail
+    return _page(request, user, "canary", view=view, error=error)
 
 
 @router.get("/audit", response_class=HTMLResponse)

@@ -188,6 +188,20 @@ function initModels() {
   });
 }
 
+/* ---- canary page ---- */
+function initCanary() {
+  document.addEventListener("click", async (ev) => {
+    const btn = ev.target.closest("button[data-canary-action]");
+    if (!btn) return;
+    const action = btn.dataset.canaryAction;
+    const reason = prompt(`Reason to ${action} the canary (required, goes to the audit log):`);
+    if (!reason) return;
+    await api("POST", `/api/v1/canary/${action}`, { reason });
+    toast(`canary ${action} done`);
+    setTimeout(() => window.location.reload(), 500);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const logout = document.getElementById("logout");
   if (logout) logout.addEventListener("click", async () => { await api("POST", "/api/v1/auth/logout"); window.location.href = "/login"; });
@@ -195,4 +209,5 @@ document.addEventListener("DOMContentLoaded", () => {
   if (page === "fleet") initFleet();
   else if (page === "corrections") initCorrections();
   else if (page === "models") initModels();
+  else if (page === "canary") initCanary();
 });

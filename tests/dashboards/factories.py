@@ -50,6 +50,7 @@ def add_episode(
     interventions: int = 0,
     ended_ago_s: float = 10.0,
     version: str = "3",
+    task: str = "pick",
 ) -> Episode:
     add_robot(session, robot_id)
     ended = datetime.now(UTC) - timedelta(seconds=ended_ago_s)
@@ -57,7 +58,7 @@ def add_episode(
         robot_id=robot_id,
         episode_id=episode_id,
         embodiment="panda",
-        task="pick",
+        task=task,
         instruction="pick up the red cube",
         model_version=version,
         length=30,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
+
+from fleet.canary import Cohort
+from fleet.registry import RegistryError
 
 
 @dataclass
@@ -13,6 +17,7 @@ class FakeRegistry:
     versions: list[dict[str, Any]] = field(default_factory=list)
     alias_map: dict[str, str] = field(default_factory=dict)
     pinned: bool = False
+    cohort: Cohort | None = None  # of the version under the `canary` alias
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @classmethod
@@ -67,3 +72,28 @@ class FakeRegistry:
 
     def is_pinned(self) -> bool:
         return self.pinned
+
+    def version_for_alias(self, alias: str) -> Any:
+        version = self.alias_map.get(alias)
+        return None if version is None else SimpleNamespace(**self.get_version(version), tags={})
+
+    def canary(self) -> tuple[Any, Cohort] | None:
+        info = self.version_for_alias("canary")
+        return None if info is None or self.cohort is None else (info, self.cohort)
+
+    def start_canary(self, version: str, cohort: Cohort, *, actor: str, role: str, reason: str) -> Any:
+        self.calls.append(("start_canary", {"version": version, "actor": actor, "reason": reason}))
+        if "canary" in self.alias_map and self.alias_map["canary"] != version:
+            raise RegistryError(f"version {self.alias_map['canary']} is on canary")  # a refusal: 409
+        self.alias_map["canary"], self.cohort = version, cohort
+        return SimpleNamespace(**self.get_version(version), source="runs:/x/checkpoint")
+
+    def end_canary(self, outcome: str, *, actor: str, role: str, reason: str, **_: Any) -> Any:
+        self.calls.append(("end_canary", {"outcome": outcome, "actor": actor, "reason": reason}))
+        if "canary" not in self.alias_map:
+            raise LookupError("no canary is running")
+        version = self.alias_map.pop("canary")
+        if outcome == "promote":
+            self.alias_map["production"] = version
+        self.cohort = None
+        return SimpleNamespace(**self.get_version(version), source="runs:/x/checkpoint")

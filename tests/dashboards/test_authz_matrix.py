@@ -33,6 +33,10 @@ ROUTES: list[tuple[str, str, dict | None, str]] = [
     ("POST", "/api/v1/models/{version}/rollback", {"reason": "matrix"}, "operator"),
     ("POST", "/api/v1/models/pin", {"reason": "matrix"}, "operator"),
     ("POST", "/api/v1/models/unpin", {"reason": "matrix"}, "operator"),
+    ("POST", "/api/v1/canary", {"version": "2", "robots": ["robot-1"], "reason": "matrix"}, "operator"),
+    ("POST", "/api/v1/canary/promote", {"reason": "matrix"}, "operator"),
+    ("POST", "/api/v1/canary/rollback", {"reason": "matrix"}, "operator"),
+    ("GET", "/api/v1/canary", None, "viewer"),
     ("GET", "/api/v1/users", None, "admin"),
     ("GET", "/api/v1/tokens", None, "admin"),
     ("GET", "/api/v1/fleet", None, "viewer"),
@@ -103,6 +107,7 @@ PAGES: list[tuple[str, str]] = [
     ("/fleet", "viewer"),
     ("/corrections", "viewer"),
     ("/models", "viewer"),
+    ("/canary", "viewer"),
     ("/audit", "viewer"),
     ("/training", "viewer"),
 ]
