@@ -62,6 +62,13 @@ def run(
             "the scenario has, else takes the scenario's (a new task). Default: the preset's."
         ),
     ] = None,
+    canary_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Send a version that beats production to a canary on this share of the robots (0-1) before it "
+            "becomes production; the canary controller decides on the fleet's episodes. Default: the preset's."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
     """Consume the fleet stream and publish gated model versions until Ctrl-C / SIGTERM."""
@@ -71,7 +78,7 @@ def run(
 
     config = learner_config(
         preset, init=init, run_dir=run_dir, demos=demos, max_demos=max_demos, autonomous=autonomous, lr=lr,
-        freeze=freeze, scenario=scenario,
+        freeze=freeze, scenario=scenario, canary_fraction=canary_fraction,
     )  # fmt: skip
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
@@ -94,6 +101,7 @@ def learner_config(
     lr: float | None = None,
     freeze: str | None = None,
     scenario: str | None = None,
+    canary_fraction: float | None = None,
 ) -> LearnerConfig:
     """The preset with the command line's overrides; a bad preset or value is a `typer.BadParameter` naming it."""
     from learner.config import get_preset
@@ -113,6 +121,10 @@ def learner_config(
         if max_demos < 1:
             raise typer.BadParameter("must be at least 1", param_hint="--max-demos")
         changes["max_demo_episodes"] = max_demos
+    if canary_fraction is not None:
+        if not 0.0 <= canary_fraction <= 1.0:
+            raise typer.BadParameter("must be in [0, 1]", param_hint="--canary-fraction")
+        changes["canary_fraction"] = canary_fraction
     if not autonomous:
         changes["replay"] = dataclasses.replace(config.replay, autonomous=False)
     rllib = config.rllib

@@ -33,6 +33,10 @@ class LearnerConfig:
     checkpoint_every_s: float = 600.0  # T: ... or after this many seconds, whichever comes first
     require_new_data: bool = True  # publish only when the stream brought new records since the last version
     promote: bool = True  # promote versions that beat production (never while pinned)
+    # Above 0: a version that beats production goes to canary first, on this share of the robots whose data the
+    # learner has seen (`fleet.canary`), and the canary controller promotes or rolls it back on the fleet's own
+    # episodes; 0: it becomes production at once. While a canary runs, newer versions stay candidates.
+    canary_fraction: float = 0.0
     # Safety rail: after this many versions in a row score more than `gate.min_improvement` below production
     # on the gate, training restarts from production's weights (fresh optimizer, replay kept); 0 = never.
     restart_after_regressions: int = 3
@@ -55,6 +59,8 @@ class LearnerConfig:
             raise ValueError("LearnerConfig: batch_size and min_replay must be >= 1, updates_per_poll >= 0")
         if self.checkpoint_every_updates < 1 or self.checkpoint_every_s <= 0:
             raise ValueError("LearnerConfig: checkpoint_every_updates must be >= 1 and checkpoint_every_s > 0")
+        if not 0.0 <= self.canary_fraction <= 1.0:
+            raise ValueError("LearnerConfig.canary_fraction must be in [0, 1]")
         if self.restart_after_regressions < 0:
             raise ValueError("LearnerConfig.restart_after_regressions must be >= 0")
         if self.max_poll_records < 1 or self.poll_timeout_s < 0 or self.log_every < 1 or self.torch_threads < 1:

@@ -304,6 +304,10 @@ class ReplayBuffer:
 
     # --- labels and reviews ----------------------------------------------------------------------
 
+    def fleet_robots(self) -> list[str]:
+        """The robots whose episodes are in replay (not demonstrations): the fleet as the learner knows it."""
+        return sorted({e.robot_id for e in self._episodes.values() if e.source == "fleet"})
+
     def episode(self, robot_id: str, episode_id: str) -> StoredEpisode | None:
         return self._episodes.get((robot_id, episode_id))
 

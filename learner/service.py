@@ -39,10 +39,11 @@ import numpy as np
 import torch
 
 from fleet import observability
+from fleet.canary import CANARY, Cohort
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
-from fleet.registry import PRODUCTION, PinnedError, Registry, VersionInfo, announce
+from fleet.registry import PRODUCTION, PinnedError, Registry, RegistryError, VersionInfo, announce
 from fleet.schemas import SchemaError, decode
 from fleet.settings import Settings, get_settings
 from fleet.transport import (
@@ -388,12 +389,25 @@ class LearnerService:
         announce(self.settings, info, event="registered", alias="candidate", actor="learner", reason=reason)
         if passed and self.config.promote:
             try:
-                self.registry.promote(info.version, actor="learner", role="service", reason=reason, automatic=True)
-                announce(self.settings, info, event="promoted", alias=PRODUCTION, actor="learner", reason=reason)
-            except PinnedError as e:
+                self._deploy(info, reason)
+            except (PinnedError, RegistryError) as e:
                 log.warning("learner: %s; version %s stays candidate", e, info.version)
         self._restart_if_regressing(mean, production_mean, production)
         return info
+
+    def _deploy(self, info: VersionInfo, reason: str) -> None:
+        """A version that beat production: straight to production, or with `canary_fraction` to a canary of that
+        share of the robots in replay first (the canary controller then decides on the fleet's own episodes)."""
+        if not self.config.canary_fraction:
+            self.registry.promote(info.version, actor="learner", role="service", reason=reason, automatic=True)
+            announce(self.settings, info, event="promoted", alias=PRODUCTION, actor="learner", reason=reason)
+            return
+        running = self.registry.canary()
+        if running is not None:
+            raise RegistryError(f"version {running[0].version} is still on canary")
+        cohort = Cohort.for_fleet(info.version, fraction=self.config.canary_fraction, known=self.replay.fleet_robots())
+        self.registry.start_canary(info.version, cohort, actor="learner", role="service", reason=reason, automatic=True)
+        announce(self.settings, info, event="canary_started", alias=CANARY, actor="learner", reason=reason)
 
     def _restart_if_regressing(
         self, mean: float, production_mean: float | None, production: VersionInfo | None
