@@ -7,7 +7,9 @@ trusted key signed it (the learner's: `fleet.signing`; an unsigned or foreign ve
 before anything is downloaded), downloads it, verifies it (both files against the signed sha256s,
 tensor shapes, finiteness: `fleet.policy.checkpoint`) and loads it into a *standby* slot. The
 control loop calls `take_ready()` at each chunk boundary: a non-blocking check that hands over the
-standby policy if one is waiting. A bad, unsigned or foreign checkpoint is refused, reported
+standby policy if one is waiting. The policy a swap replaced stays loaded: going back to it (a canary rolled back,
+a version rolled back) is a swap at the next chunk, with no download or load. A bad, unsigned or foreign checkpoint
+is refused, reported
 (`refused`, so it shows in the heartbeat), never retried for the same version and sha256, and the robot keeps
 acting on its current version. Nothing here ever blocks the control loop.
 """
@@ -129,6 +131,10 @@ class HotReloader:
         # version (e.g. a replay of older bytes under a newer number) does not block a rollback to the real one.
         self._refused: set[tuple[str, str]] = set()
         self._standby: Swap | None = None
+        # What the control loop runs (the last swap handed over) and what it ran before: kept loaded so a rollback
+        # to it is instant (one more policy in memory).
+        self._in_use: Swap | None = None
+        self._retired: Swap | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -142,6 +148,10 @@ class HotReloader:
             return None
         try:
             swap, self._standby = self._standby, None
+            if swap is not None:
+                if self._in_use is not None and self._in_use.version != swap.version:
+                    self._retired = self._in_use
+                self._in_use = swap
             return swap
         finally:
             self._lock.release()
@@ -214,6 +224,15 @@ class HotReloader:
         if refusal_key in self._refused:
             return None
         started = time.monotonic()
+        retired = self._retired
+        if retired is not None and (retired.version, retired.sha256) == refusal_key:
+            try:  # the same signed weights it ran before: still loaded, swapped back without a download
+                verify_version(self.keys, model_name=self.registry.name, version=info.version, tags=info.tags)
+            except Exception as err:  # noqa: BLE001 - the registry no longer vouches for it: load it the long way
+                log.warning("retired version not reused", extra={"robot": self.robot_id, "error": str(err)})
+            else:
+                return self._ready(Swap(info.version, info.sha256, retired.policy, channel, time.monotonic(),
+                                        time.monotonic() - started))  # fmt: skip
         target = self._root / f"v{info.version}-{info.sha256[:12]}"
         try:
             # The signature first: a version no trusted key signed is refused before a byte of it is downloaded.
@@ -238,16 +257,21 @@ class HotReloader:
             return None
         finally:
             shutil.rmtree(target, ignore_errors=True)
-        swap = Swap(info.version, info.sha256, policy, channel, time.monotonic(), time.monotonic() - started)
+        return self._ready(
+            Swap(info.version, info.sha256, policy, channel, time.monotonic(), time.monotonic() - started)
+        )
+
+    def _ready(self, swap: Swap) -> Swap:
+        """Put a verified policy in the standby slot for the control loop's next chunk boundary."""
         with self._lock:
             self._standby = swap
-            self._current = info.version
-            self.channel = channel
+            self._current = swap.version
+            self.channel = swap.channel
         self.stats.loaded += 1
         self.stats.load_seconds.append(swap.load_s)
         log.info(
             "standby ready",
-            extra={"robot": self.robot_id, "version": info.version, "channel": channel, "load_s": swap.load_s},
+            extra={"robot": self.robot_id, "version": swap.version, "channel": swap.channel, "load_s": swap.load_s},
         )
         return swap
 

@@ -173,7 +173,7 @@ def _corrupt(model: VLAModel, directory: Path, corruption: str) -> str:
     return sha
 
 
-def test_robots_in_the_canary_cohort_run_the_canary_and_return_to_production_when_it_ends(
+def test_robots_in_the_canary_cohort_run_the_canary_and_return_to_production_at_once_when_it_ends(
     model: VLAModel, tmp_path: Path
 ) -> None:
     registry = _registry_with_v1(model, tmp_path, production=True)
@@ -182,7 +182,6 @@ def test_robots_in_the_canary_cohort_run_the_canary_and_return_to_production_whe
         name: _reloader(registry, tmp_path, robot_id=name, config=ReloadConfig(download_root=tmp_path / name, **cfg))
         for name, cfg in (("in", {}), ("out", {}), ("opted-out", {"follow_canary": False}))
     }
-    registry.canary, registry.cohort = "2", Cohort("2", robots=("in", "opted-out"))
 
     def step() -> dict[str, tuple[str | None, str]]:
         for reloader in robots.values():
@@ -190,12 +189,16 @@ def test_robots_in_the_canary_cohort_run_the_canary_and_return_to_production_whe
             reloader.take_ready()
         return {name: (r._current, r.channel) for name, r in robots.items()}
 
+    assert step() == {"in": ("1", "production"), "out": ("1", "production"), "opted-out": ("1", "production")}
+    registry.canary, registry.cohort = "2", Cohort("2", robots=("in", "opted-out"))
     running = step()
     assert running == {"in": ("2", "canary"), "out": ("1", "production"), "opted-out": ("1", "production")}
-    registry.canary = None  # rolled back: the canary robots return to production
+    downloads = len(registry.downloads)
+    registry.canary = None  # rolled back: the canary robots return to production, which they still hold loaded
     assert step()["in"] == ("1", "production")
     registry.canary = "2"
     assert step()["in"] == ("2", "canary")
+    assert len(registry.downloads) == downloads  # both ways without a download: a rollback is a swap
     loads = robots["in"].stats.loaded
     registry.production, registry.canary = "2", None  # promoted: same weights, now production, nothing reloaded
     assert step() == {"in": ("2", "production"), "out": ("2", "production"), "opted-out": ("2", "production")}
