@@ -530,7 +530,7 @@ class RobotRuntime:
                 correction_id=f"{self.episode_id}-c{start}", robot_id=cfg.robot_id, embodiment=cfg.embodiment,
                 task_id=self.task, episode_id=self.episode_id, step_start=start, actions=np.stack(actions),
                 operator=getattr(self.supervisor, "name", "supervisor"), model_version=version, created_at=time.time(),
-                reason=reason[:200],
+                reason=reason[:200], channel=getattr(self.reloader, "channel", None),
             )
         )  # fmt: skip
 

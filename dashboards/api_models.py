@@ -119,6 +119,7 @@ class CorrectionPublic(BaseModel):
     model_version: str | None
     operator: str
     reason: str = ""  # why the takeover fired
+    channel: str | None = None  # "canary": taken over from a canary version
     start_step: int
     end_step: int
     status: str

@@ -122,6 +122,7 @@ def write_corrections(session: Session, corrections: list[Correction]) -> int:
                 model_version=_text(c.model_version, _VERSION_CHARS),
                 operator=_text(c.operator, 64) or "",
                 reason=_text(c.reason, 200) or "",
+                channel=_text(c.channel, 32),
                 start_step=c.step_start,
                 end_step=c.step_end - 1,  # the table's end step is inclusive, the message's is one past
                 status="pending",

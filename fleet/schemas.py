@@ -264,6 +264,8 @@ class Correction(Message):
     actions: F32  # (n, A) the corrective actions, one per step from step_start
     operator: str  # who took over (user name or "supervisor:<script>")
     model_version: str | None  # version whose actions were overridden
+    # The registry alias that version came from: "canary" tags the corrections a rollout drew (fleet.canary).
+    channel: str | None = Field(default=None, max_length=32)
     created_at: float
     note: str = ""
     reason: str = Field(default="", max_length=200)  # why the takeover fired (the supervisor's rule and numbers)

@@ -97,6 +97,7 @@ class Correction(Base):
     model_version: Mapped[str | None] = mapped_column(String(32), index=True)
     operator: Mapped[str] = mapped_column(String(64))  # who took over (a user, or "supervisor" in sim)
     reason: Mapped[str] = mapped_column(String(200), default="", server_default="")  # why the takeover fired
+    channel: Mapped[str | None] = mapped_column(String(32))  # "canary": taken over from a canary version
     start_step: Mapped[int] = mapped_column(Integer)
     end_step: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending/approved/rejected

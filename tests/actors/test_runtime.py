@@ -47,7 +47,9 @@ class ReadySwap:
 
 
 class OneSwap:
-    """A reloader whose standby slot holds one new version after `after` checks."""
+    """A reloader whose standby slot holds one new version after `after` checks (from the canary alias)."""
+
+    channel = "canary"
 
     def __init__(self, swap: ReadySwap, after: int) -> None:
         self.swap, self.after, self.calls = swap, after, 0
@@ -145,6 +147,9 @@ def test_swap_happens_at_a_chunk_boundary_and_splits_segments() -> None:
     # inferred there by version 2 acts from step 4 on.
     assert first_new.step_start == 4
     assert runtime.policy is new_policy and runtime.version == "2"
+    # heartbeats and corrections say which alias the robot's version came from (a rollout's are tagged)
+    tagged = [m.channel for m in messages if isinstance(m, Heartbeat | Correction)]
+    assert tagged and set(tagged) == {"canary"}
 
 
 def test_a_refused_checkpoint_shows_in_the_heartbeat_until_a_newer_version_is_live() -> None:

@@ -167,3 +167,33 @@ def test_a_hostile_heartbeat_runs_no_script(browser: Any, live: tuple[Dash, Live
     assert HOSTILE in row.inner_text()
     assert page.evaluate("window.__pwned") is None and not dialogs
     page.close()
+
+
+def test_an_operator_reads_the_canarys_live_ab_and_rolls_it_back(
+    browser: Any, live: tuple[Dash, LiveServer, FakeRobot]
+) -> None:
+    from fleet.canary import Cohort
+
+    dash, server, _ = live
+    dash.registry.start_canary("2", Cohort("2", robots=("robot-1",)), actor="alice", role="operator", reason="try")
+    with dash.services.sessions.begin() as s:
+        for i in range(30):
+            # the same outcomes on both sides: the background controller (every 15 s) has nothing to decide
+            ok = i % 5 != 0
+            add_episode(s, episode_id=f"canary-{i}", version="2", success=ok, interventions=0 if ok else 7,
+                        ended_ago_s=0)  # fmt: skip
+            add_episode(s, robot_id="robot-2", episode_id=f"production-{i}", version="3", success=ok,
+                        interventions=0 if ok else 7, ended_ago_s=0)  # fmt: skip
+    page = login(browser, server, "operator")
+    page.goto(f"{server.url}/canary")
+    row = page.wait_for_selector('#ab tr[data-metric="autonomous_success"]')
+    assert "30" in row.inner_text() and "0.800" in row.inner_text()  # 24 of the canary's 30 episodes
+    assert page.locator("#decision").inner_text() == "continue"
+    shot(page, "canary")
+    page.once("dialog", lambda d: d.accept("canary drops cubes"))
+    page.locator('button[data-canary-action="rollback"]').click()
+    page.wait_for_selector("text=No canary running", timeout=5_000)
+    assert dash.registry.calls[-1] == ("end_canary", {"outcome": "rollback", "actor": "operator", "reason":
+                                                      "canary drops cubes"})  # fmt: skip
+    assert "canary" not in dash.registry.alias_map
+    page.close()

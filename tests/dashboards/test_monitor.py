@@ -21,7 +21,9 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def test_write_corrections_adds_each_once_and_keeps_reviews(dash: Dash) -> None:
-    first = correction("robot-9", "ep-9", "c-9", 3, 4).model_copy(update={"reason": "regress: 3.0 cm farther"})
+    first = correction("robot-9", "ep-9", "c-9", 3, 4).model_copy(
+        update={"reason": "regress: 3.0 cm farther", "channel": "canary"}
+    )
     with dash.services.sessions() as s:
         assert write_corrections(s, [first, first]) == 1  # a duplicate inside one batch
     with dash.services.sessions() as s:
@@ -29,6 +31,7 @@ def test_write_corrections_adds_each_once_and_keeps_reviews(dash: Dash) -> None:
         assert row is not None and (row.start_step, row.end_step, row.status) == (3, 6, "pending")
         assert (row.task, row.model_version, row.operator) == ("pick", "1", "supervisor:test")
         assert row.reason == "regress: 3.0 cm farther"  # why the takeover fired, for the reviewer
+        assert row.channel == "canary"  # drawn by a rollout: its effect on training can be followed
         assert s.get(Robot, "robot-9").embodiment == "panda"  # type: ignore[union-attr]
         row.status = "rejected"
         s.commit()
