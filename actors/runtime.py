@@ -98,6 +98,7 @@ class EpisodeResult:
     model_version: str | None
     finished_at: float = 0.0  # wall clock when the episode ended
     started_at: float = 0.0  # wall clock when it began (after the env reset)
+    task: str = ""  # the task it ran
 
 
 @dataclass
@@ -413,7 +414,9 @@ class RobotRuntime:
             extra={"robot": cfg.robot_id, "episode": self.episode_id, "version": chunk_version, "steps": step,
                    "success": success, "interventions": interventions},
         )  # fmt: skip
-        return EpisodeResult(self.episode_id, step, success, interventions, chunk_version, time.time(), started_at)
+        return EpisodeResult(
+            self.episode_id, step, success, interventions, chunk_version, time.time(), started_at, self.task or ""
+        )
 
     def _switch_env(self, task: str) -> None:
         assert self.env_factory is not None

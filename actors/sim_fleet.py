@@ -172,9 +172,10 @@ class RobotActor:
             "ticks": runtime.ticks_total,
             "missed_ticks": runtime.missed_total,
             "missed_log": list(runtime.missed_log),
-            # (version, success, intervention steps, steps, finished at, started at) of the latest episodes
+            # (version, success, intervention steps, steps, finished at, started at, task) of the latest episodes
             "recent": [
-                (r.model_version, r.success, r.interventions, r.steps, r.finished_at, r.started_at) for r in recent
+                (r.model_version, r.success, r.interventions, r.steps, r.finished_at, r.started_at, r.task)
+                for r in recent
             ],
         }
 

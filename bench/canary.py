@@ -76,8 +76,8 @@ def _episodes(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every robot's finished episodes (robot, version, outcome, wall-clock finish), in the order they finished."""
     rows = [
         {"robot": s["robot_id"], "version": str(v), "success": bool(ok), "interventions": int(iv), "length": int(n),
-         "finished": fin}
-        for s in statuses for v, ok, iv, n, fin, _began in s["recent"]
+         "finished": fin, "stratum": f"{task}/{s['embodiment']}"}
+        for s in statuses for v, ok, iv, n, fin, _began, task in s["recent"]
     ]  # fmt: skip
     return sorted(rows, key=lambda r: r["finished"])
 
@@ -128,9 +128,7 @@ def run_phase(name: str, production: Path, canary: Path | None, args: argparse.N
         actors = start_fleet(settings, fleet)
         for a in actors:
             a.run.remote(None, duration + 600)
-        ids = [f"{fleet.robot_prefix}-{i}" for i in range(args.robots)]
-        warm = _wait_swapped(actors, prod.version, 0.0, 300)
-        assert all(t is not None for t in warm), "not every robot loaded production"
+        ids = [f"{fleet.robot_prefix}-{i}" for i in range(args.robots)]  # start_fleet returned: all on production
         if canary is None:
             time.sleep(duration)
         else:
@@ -209,7 +207,7 @@ def aa_runs(episodes: list[dict[str, Any]], robots: list[str], fraction: float, 
             if action != "continue":
                 break
             version = "c" if e["robot"] in cohort else "p"
-            outcomes.append(EpisodeOutcome(version, e["success"], e["interventions"], e["length"]))
+            outcomes.append(EpisodeOutcome(version, e["success"], e["interventions"], e["length"], e["stratum"]))
         if action == "continue":
             action = decide(compare(outcomes, canary_version="c", production_version="p"), policy).action
             at = episodes[-1]["finished"] if episodes else None

@@ -275,7 +275,7 @@ def run_arm(
 
         def progress(statuses: list[dict[str, Any]]) -> None:
             for s in statuses:
-                for version, success, interventions, _steps, finished, began in s.get("recent", []):
+                for version, success, interventions, _steps, finished, began, *_task in s.get("recent", []):
                     events[(s["robot_id"], finished)] = ((began - started) / minute, str(version), bool(success),
                                                          int(interventions))  # fmt: skip
 

@@ -7,7 +7,9 @@ membership themselves from the cohort written on the canary version (`Cohort.to_
 them and a robot that joins mid-rollout lands on the same side every time it asks.
 
 `compare` is the live A/B: canary and production episodes from the same window, one metric at a time, each with
-an *always-valid* confidence sequence for the difference (canary minus production). It is the mixture sequential
+an *always-valid* confidence sequence for the difference (canary minus production). The difference is taken within
+each stratum (task x embodiment) both sides ran and averaged with the canary's mix of strata as weights: a canary
+that happens to hold the fleet's easier arm is not read as a better version. It is the mixture sequential
 probability ratio test (mSPRT; Johari, Pekelis & Walsh, "Always valid inference", 2017) on the normal approximation
 of the difference of means: its interval may be looked at after every episode and still holds with probability
 1 - alpha over the whole rollout, so stopping the moment it excludes zero carries no peeking bias. `decide` turns the
@@ -124,6 +126,7 @@ class EpisodeOutcome:
     success: bool
     interventions: int  # steps a human drove
     length: int  # steps
+    stratum: str = ""  # what makes episodes comparable: "<task>/<embodiment>"
 
     @property
     def autonomous_success(self) -> float:
@@ -169,15 +172,34 @@ def confidence_radius(se2: float, *, tau: float, alpha: float) -> float:
 
 
 def compare_metric(
-    metric: Metric, canary: Sequence[float], production: Sequence[float], *, alpha: float
+    metric: Metric,
+    canary: Sequence[tuple[str, float]],
+    production: Sequence[tuple[str, float]],
+    *,
+    alpha: float,
 ) -> Comparison | None:
-    """The comparison on one metric; None while either arm has no episode."""
-    if not canary or not production:
+    """The comparison on one metric from (stratum, value) pairs; None while no stratum has episodes on both sides.
+
+    Per stratum s both sides ran: means and shrunk variances; the estimate is sum_s w_s (canary_s - production_s)
+    with w_s the canary's share of its episodes in s, its variance sum_s w_s^2 (var_c,s / n_c,s + var_p,s / n_p,s).
+    The means reported are both sides' stratum means under the canary's weights.
+    """
+    by_side: list[dict[str, list[float]]] = [{}, {}]
+    for side, pairs in enumerate((canary, production)):
+        for stratum, value in pairs:
+            by_side[side].setdefault(stratum, []).append(value)
+    shared = sorted(set(by_side[0]) & set(by_side[1]))
+    if not shared:
         return None
-    mc, vc = _mean_var(canary, metric.prior_var)
-    mp, vp = _mean_var(production, metric.prior_var)
+    n_canary = sum(len(by_side[0][s]) for s in shared)
+    mc = mp = se2 = 0.0
+    for stratum in shared:
+        weight = len(by_side[0][stratum]) / n_canary
+        (cm, cv), (pm, pv) = (_mean_var(side[stratum], metric.prior_var) for side in by_side)
+        mc, mp = mc + weight * cm, mp + weight * pm
+        se2 += weight * weight * (cv / len(by_side[0][stratum]) + pv / len(by_side[1][stratum]))
     diff = mc - mp
-    radius = confidence_radius(vc / len(canary) + vp / len(production), tau=metric.tau, alpha=alpha)
+    radius = confidence_radius(se2, tau=metric.tau, alpha=alpha)
     lo, hi = diff - radius, diff + radius
     higher_is_better = metric.better == "higher"
     verdict: Literal["better", "worse", "unclear"] = "unclear"
@@ -185,7 +207,8 @@ def compare_metric(
         verdict = "better" if higher_is_better else "worse"
     elif hi < 0:
         verdict = "worse" if higher_is_better else "better"
-    return Comparison(metric.name, mc, mp, len(canary), len(production), diff, lo, hi, verdict)
+    n_production = sum(len(by_side[1][s]) for s in shared)
+    return Comparison(metric.name, mc, mp, n_canary, n_production, diff, lo, hi, verdict)
 
 
 @dataclass(frozen=True)
@@ -238,8 +261,8 @@ def compare(
     found = (
         compare_metric(
             m,
-            [e.value(m.name) for e in by_version[canary_version]],
-            [e.value(m.name) for e in by_version[production_version]],
+            [(e.stratum, e.value(m.name)) for e in by_version[canary_version]],
+            [(e.stratum, e.value(m.name)) for e in by_version[production_version]],
             alpha=alpha / deciding,
         )  # fmt: skip
         for m in METRICS

@@ -1,8 +1,9 @@
 """The canary controller: reads the live A/B from the fleet DB and ends a rollout when the evidence says so.
 
 `CanaryController.status()` gathers the episodes that canary and production robots finished since the rollout
-started (same time window; only the tasks both sides ran, so a task mix that happens to differ is not read as a
-difference between versions) and scores them with `fleet.canary.compare` / `decide`. `step()` acts on the decision:
+started (same time window), each with its stratum (task x embodiment: `compare` compares within strata, so a mix
+that happens to differ is not read as a difference between versions), and scores them with `fleet.canary.compare`
+/ `decide`. `step()` acts on the decision:
 promote or roll back through the registry (audited with the numbers behind it, announced on `fleet.models` so the
 canary robots move at once). Safety signals (robots on canary reporting errors or refused checkpoints) come from
 whoever sees heartbeats: the dashboard passes its live fleet state; `fleet models canary watch` has none.
@@ -41,7 +42,7 @@ class CanaryStatus:
     production: str | None
     cohort: Cohort
     started_at: datetime | None
-    tasks: tuple[str, ...]  # the tasks both sides ran (the only ones compared)
+    tasks: tuple[str, ...]  # the strata (task/embodiment) both sides ran: the only ones compared
     comparisons: list[Comparison]
     decision: Decision
 
@@ -108,7 +109,10 @@ class CanaryController:
             if production is not None else []
         )  # fmt: skip
         errors = self.errors(info.version, cohort) if self.errors is not None else 0
-        tasks = tuple(sorted({e.task for e in episodes}))
+        strata = [
+            {e.stratum for e in episodes if e.version == v} for v in (info.version, production and production.version)
+        ]
+        tasks = tuple(sorted(strata[0] & strata[1]))
         return CanaryStatus(
             version=info.version, production=production.version if production else None, cohort=cohort,
             started_at=started, tasks=tasks, comparisons=comparisons,
@@ -149,28 +153,27 @@ class CanaryController:
                 .limit(1)
             ).first()
 
-    def _episodes(self, canary: str, production: str | None, since: datetime | None) -> list[_TaskOutcome]:
-        """Finished fleet episodes of either version since the rollout began, on the tasks both ran."""
+    def _episodes(self, canary: str, production: str | None, since: datetime | None) -> list[EpisodeOutcome]:
+        """Finished fleet episodes of either version since the rollout began, each with its task/embodiment."""
         from fleet.db.models import Episode
 
         versions = [v for v in (canary, production) if v is not None]
-        query = select(Episode.model_version, Episode.task, Episode.success, Episode.interventions, Episode.length)
-        query = query.where(
+        columns = (Episode.model_version, Episode.task, Episode.embodiment, Episode.success, Episode.interventions,
+                   Episode.length)  # fmt: skip
+        query = select(*columns).where(
             Episode.model_version.in_(versions), Episode.ended_at.is_not(None), Episode.source == "fleet"
         )
         if since is not None:
             query = query.where(Episode.ended_at >= since)
         with self.sessions() as session:
             rows = session.execute(query).all()
-        tasks = {v: {r.task for r in rows if r.model_version == v} for v in versions}
-        shared = set.intersection(*tasks.values()) if tasks else set()
         return [
-            _TaskOutcome(r.model_version, bool(r.success), int(r.interventions or 0), int(r.length or 0), r.task)
+            EpisodeOutcome(
+                str(r.model_version),
+                bool(r.success),
+                int(r.interventions or 0),
+                int(r.length or 0),
+                f"{r.task}/{r.embodiment}",
+            )  # fmt: skip
             for r in rows
-            if r.task in shared
         ]
-
-
-@dataclass(frozen=True)
-class _TaskOutcome(EpisodeOutcome):
-    task: str = ""

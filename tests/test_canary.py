@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -121,3 +122,22 @@ def test_an_undecided_rollout_ends_by_the_policy_at_its_episode_budget() -> None
     assert decide(unclear, CanaryPolicy(max_episodes=400, on_inconclusive="rollback")).action == "rollback"
     assert decide(unclear, CanaryPolicy(max_episodes=400, on_inconclusive="wait")).action == "continue"
     assert decide(unclear, CanaryPolicy(max_episodes=500)).action == "continue"
+
+
+def test_the_ab_compares_within_task_and_embodiment_so_a_canary_on_the_easier_arm_is_not_a_better_version() -> None:
+    rng = random.Random(3)
+    # Same version on both sides; kuka succeeds 90%, panda 40%. The canary's robots are mostly kuka, production's
+    # mostly panda: pooled, the canary looks 30+ points better.
+    episodes = []
+    for version, kuka_share in (("2", 0.9), ("1", 0.3)):
+        for _ in range(300 if version == "2" else 900):
+            arm = "kuka" if rng.random() < kuka_share else "panda"
+            ok = rng.random() < (0.9 if arm == "kuka" else 0.4)
+            episodes.append(EpisodeOutcome(version, ok, 0 if ok else 6, 40, f"pick/{arm}"))
+    stratified = compare(episodes, canary_version="2", production_version="1")[0]
+    assert stratified.verdict == "unclear" and abs(stratified.diff) < 0.05, stratified
+    pooled = compare([dataclasses.replace(e, stratum="") for e in episodes], canary_version="2", production_version="1")
+    assert pooled[0].verdict == "better"  # what an unstratified A/B would have promoted
+    one_sided = [e for e in episodes if not (e.version == "1" and e.stratum == "pick/kuka")]
+    only_panda = compare(one_sided, canary_version="2", production_version="1")[0]
+    assert only_panda.canary_n < 100  # a stratum production never ran is left out

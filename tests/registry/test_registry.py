@@ -4,7 +4,6 @@ loads only versions the learner's key signed."""
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 
 import pytest
@@ -32,32 +31,13 @@ from fleet.registry import (
 )
 from fleet.settings import Settings
 from fleet.signing import SignatureError, load_trusted_keys
-from fleet.stack.launcher import migrate_database
+from tests.registry.conftest import checkpoint_of, publish_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-@pytest.fixture()
-def registry(stack: Settings, tmp_path: Path) -> Registry:
-    # A fresh registered model and DB per test keep tests independent on the shared server
-    # (one fleet = one registered model = one DB, as in production).
-    settings = stack.model_copy(
-        update={"model_name": f"vla-test-{uuid.uuid4().hex[:8]}", "database_url": f"sqlite:///{tmp_path}/fleet.db"}
-    )
-    migrate_database(settings)
-    return Registry(settings)
-
-
-def _checkpoint(tmp_path: Path, payload: bytes) -> tuple[Path, str]:
-    directory = tmp_path / hashlib.sha1(payload).hexdigest()[:8]
-    directory.mkdir()
-    (directory / "model.safetensors").write_bytes(payload)
-    (directory / "config.json").write_text("{}")
-    return directory, hashlib.sha256(payload).hexdigest()
-
-
 def test_publish_sets_candidate_with_lineage_tags(registry: Registry, tmp_path: Path) -> None:
-    ckpt, sha = _checkpoint(tmp_path, b"weights v1")
+    ckpt, sha = checkpoint_of(tmp_path, b"weights v1")
     info = registry.publish(ckpt, sha256=sha, parent_version=None, tags={"eval/mean": "0.5", "gate_passed": "true"})
     assert info.sha256 == sha
     assert registry.aliases() == {CANDIDATE: info.version}
@@ -69,16 +49,16 @@ def test_publish_sets_candidate_with_lineage_tags(registry: Registry, tmp_path: 
 
 
 def test_rollback_pins_and_blocks_automatic_promotion(registry: Registry, tmp_path: Path) -> None:
-    v1 = _publish(registry, tmp_path, b"one", None)
+    v1 = publish_bytes(registry, tmp_path, b"one", None)
     registry.promote(v1.version, actor="learner", role="service", reason="gate", automatic=True)
-    v2 = _publish(registry, tmp_path, b"two", v1.version)
+    v2 = publish_bytes(registry, tmp_path, b"two", v1.version)
     registry.promote(v2.version, actor="learner", role="service", reason="gate", automatic=True)
     assert registry.aliases()[PRODUCTION] == v2.version
 
     back = registry.rollback(actor="alice", role="operator", reason="v2 drops cubes")
     assert back.version == v1.version
     assert registry.is_pinned()
-    v3 = _publish(registry, tmp_path, b"three", v2.version)
+    v3 = publish_bytes(registry, tmp_path, b"three", v2.version)
     with pytest.raises(PinnedError):
         registry.promote(v3.version, actor="learner", role="service", reason="gate", automatic=True)
     assert registry.aliases() == {CANDIDATE: v3.version, PRODUCTION: v1.version}
@@ -97,9 +77,9 @@ def test_rollback_pins_and_blocks_automatic_promotion(registry: Registry, tmp_pa
 def test_a_canary_runs_beside_production_and_ends_promoted_or_rolled_back_with_its_numbers_audited(
     registry: Registry, tmp_path: Path
 ) -> None:
-    v1 = _publish(registry, tmp_path, b"one", None)
+    v1 = publish_bytes(registry, tmp_path, b"one", None)
     registry.promote(v1.version, actor="learner", role="service", reason="first")
-    v2 = _publish(registry, tmp_path, b"two", v1.version)
+    v2 = publish_bytes(registry, tmp_path, b"two", v1.version)
     robots = [f"r{i}" for i in range(8)]
     with pytest.raises(RegistryError, match="drawn for version"):
         registry.start_canary(v2.version, Cohort.for_fleet("9", fraction=0.25, known=robots), **ALICE)
@@ -110,7 +90,7 @@ def test_a_canary_runs_beside_production_and_ends_promoted_or_rolled_back_with_i
     assert registry.aliases() == {CANDIDATE: v2.version, PRODUCTION: v1.version, CANARY: v2.version}
     running = registry.canary()
     assert running is not None and running[0].version == v2.version and running[1] == cohort  # as robots read it
-    v3 = _publish(registry, tmp_path, b"three", v2.version)
+    v3 = publish_bytes(registry, tmp_path, b"three", v2.version)
     with pytest.raises(RegistryError, match="is on canary"):
         registry.start_canary(v3.version, Cohort.for_fleet(v3.version, robots=["r1"]), **ALICE)
 
@@ -141,14 +121,9 @@ ALICE = {"actor": "alice", "role": "operator", "reason": "try it"}
 
 
 def test_unknown_version_is_a_clear_error(registry: Registry, tmp_path: Path) -> None:
-    _publish(registry, tmp_path, b"x", None)
+    publish_bytes(registry, tmp_path, b"x", None)
     with pytest.raises(RegistryError, match="has no version 99"):
         registry.promote("99", actor="a", role="admin", reason="typo")
-
-
-def _publish(registry: Registry, tmp_path: Path, payload: bytes, parent: str | None) -> VersionInfo:
-    ckpt, sha = _checkpoint(tmp_path, payload)
-    return registry.publish(ckpt, sha256=sha, parent_version=parent)
 
 
 def test_unreachable_server_says_what_to_do(tmp_path: Path) -> None:
