@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 # (canary version, its cohort) -> how many canary robots report an error now
 ErrorCount = Callable[[str, Cohort], int]
-# (the version, event, alias, reason) -> announce it to the robots
-Announce = Callable[[VersionInfo, str, str | None, str], None]
+# (the version, event, alias, reason) -> announce it to the robots (whatever it returns is ignored)
+Announce = Callable[[VersionInfo, str, str | None, str], object]
 
 
 @dataclass(frozen=True)
