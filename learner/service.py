@@ -160,6 +160,7 @@ class LearnerService:
         self._unpublished: Path | None = None
         self._publish_failures, self._publish_at = 0, 0.0
         self.regressions = 0  # versions in a row below production on the gate (see `restart_after_regressions`)
+        self.canary_version: str | None = None  # the version this learner put on canary, until the rollout ends
         if resumed is not None and self.state.published_version is None:  # crashed before publishing: do it first
             self._unpublished = resumed
             self._try_publish()
@@ -344,6 +345,7 @@ class LearnerService:
     def _publish(self, directory: Path) -> VersionInfo:
         state, _ = checkpoints.load_state(directory)
         production = self.registry.version_for_alias(PRODUCTION)
+        self._after_canary(production)
         gate_episodes = self._gates(production)[0]
         signature = gate_episodes.signature()
         if not state.gate or state.gate_signature != signature:  # once per checkpoint and production's episodes
@@ -407,6 +409,7 @@ class LearnerService:
             raise RegistryError(f"version {running[0].version} is still on canary")
         cohort = Cohort.for_fleet(info.version, fraction=self.config.canary_fraction, known=self.replay.fleet_robots())
         self.registry.start_canary(info.version, cohort, actor="learner", role="service", reason=reason, automatic=True)
+        self.canary_version = info.version
         announce(self.settings, info, event="canary_started", alias=CANARY, actor="learner", reason=reason)
 
     def _restart_if_regressing(
@@ -423,6 +426,25 @@ class LearnerService:
         self.regressions += 1
         if self.regressions < limit:
             return
+        why = f"{self.regressions} versions in a row scored below it ({production_mean:.3f}, last {mean:.3f})"
+        if self._restart_from(production, why):
+            self.regressions = 0
+
+    def _after_canary(self, production: VersionInfo | None) -> None:
+        """What the fleet showed of this learner's last canary. Rolled back (no longer on canary, and not production)
+        means the weights training moved to act worse on the robots than the gate said: training goes on from
+        production's weights, as after repeated gate regressions."""
+        if self.canary_version is None:
+            return
+        running = self.registry.canary()
+        if running is not None and running[0].version == self.canary_version:
+            return
+        version, self.canary_version = self.canary_version, None
+        if production is not None and production.version != version:
+            self._restart_from(production, f"its canary v{version} was rolled back")
+
+    def _restart_from(self, production: VersionInfo, why: str) -> bool:
+        """Load production's weights into training with a cold optimizer; False (logged) when they do not fit."""
         try:
             model = self._load_version(production)
             if model.config != self.engine.model_config:
@@ -431,17 +453,16 @@ class LearnerService:
                 raise ValueError(f"its frozen {self.features.freeze} differs from the one replay's features came from")
         except Exception as e:  # the rail must not stop training: the next regression tries again
             log.warning("learner: cannot restart from production v%s (%s)", production.version, e)
-            return
+            return False
         self.engine.set_state_dict(model.state_dict())
         self.engine.reset_optimizer()
         self.state.parent_version = production.version
         observability.LEARNER_RESTARTS.inc()
         log.warning(
-            "learner: %d versions in a row scored below production v%s (%.3f, last %.3f); training restarts from it",
-            self.regressions, production.version, production_mean, mean,
+            "learner: %s; training restarts from production v%s", why, production.version,
             extra={"version": production.version, "updates": self.state.updates},
         )  # fmt: skip
-        self.regressions = 0
+        return True
 
     def _confirmed(
         self, directory: Path, state: LearnerState, mean: float, production_mean: float, production: VersionInfo

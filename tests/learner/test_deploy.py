@@ -38,7 +38,7 @@ class Registry:
 def _learner(registry: Registry, fraction: float) -> Any:
     config = dataclasses.replace(get_preset("debug"), canary_fraction=fraction)
     robots = SimpleNamespace(fleet_robots=lambda: [f"robot-{i}" for i in range(8)])
-    return SimpleNamespace(config=config, registry=registry, replay=robots, settings=None)
+    return SimpleNamespace(config=config, registry=registry, replay=robots, settings=None, canary_version=None)
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +69,31 @@ def test_with_a_canary_share_a_better_version_goes_to_that_share_of_the_robots_i
         LearnerService._deploy(_learner(Registry(pinned=True), 0.25), SimpleNamespace(version="5"), "gate 0.8")
     with pytest.raises(ValueError, match="canary_fraction"):
         dataclasses.replace(get_preset("debug"), canary_fraction=1.5)
+
+
+def test_a_rolled_back_canary_sends_training_back_to_productions_weights_and_a_promoted_one_does_not() -> None:
+    restarts: list[tuple[str, str]] = []
+
+    def learner(registry: Registry) -> Any:
+        fake = _learner(registry, 0.25)
+        fake.canary_version = None
+        fake._restart_from = lambda production, why: restarts.append((production.version, why)) or True
+        return fake
+
+    registry = Registry()
+    fake = learner(registry)
+    LearnerService._deploy(fake, SimpleNamespace(version="5"), "gate 0.8")
+    assert fake.canary_version == "5"
+    registry.running = "5"
+    LearnerService._after_canary(fake, SimpleNamespace(version="4"))  # still on canary: nothing yet
+    assert not restarts and fake.canary_version == "5"
+    registry.running = None  # rolled back: production is still 4
+    LearnerService._after_canary(fake, SimpleNamespace(version="4"))
+    assert restarts == [("4", "its canary v5 was rolled back")] and fake.canary_version is None
+    LearnerService._after_canary(fake, SimpleNamespace(version="4"))  # said once
+    assert len(restarts) == 1
+
+    promoted = learner(Registry())
+    LearnerService._deploy(promoted, SimpleNamespace(version="6"), "gate 0.8")
+    LearnerService._after_canary(promoted, SimpleNamespace(version="6"))  # the canary became production
+    assert len(restarts) == 1 and promoted.canary_version is None
