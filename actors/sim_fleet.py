@@ -195,6 +195,24 @@ class RobotActor:
         self.handle.close()
 
 
+def wait_swapped(actors: list[Any], version: str, *, after: float, timeout_s: float) -> list[float | None]:
+    """Each robot's wall-clock swap to `version` at or after `after`, once all have swapped or `timeout_s` passed
+    (None where a robot had not).
+
+    Asks each robot only for that time (`RobotActor.swapped`), ten times a second: the robots timestamp their own
+    swaps, so the poll rate does not change the figure, and a full `status()` report many times a second would be
+    the caller's own work in the robots' processes in the middle of the swaps it measures.
+    """
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        times = ray.get([a.swapped.remote(version, after) for a in actors])
+        if all(t is not None for t in times) or time.monotonic() >= deadline:
+            return times
+        time.sleep(0.1)
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 

@@ -82,23 +82,11 @@ def _episodes(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["finished"])
 
 
-def _wait_swapped(actors: list[Any], version: str, after: float, timeout_s: float) -> list[float | None]:
-    """Each robot's wall-clock swap to `version` after `after` (None where it did not within `timeout_s`)."""
-    import ray
-
-    deadline = time.time() + timeout_s
-    while True:
-        times = ray.get([a.swapped.remote(version, after) for a in actors])
-        if all(t is not None for t in times) or time.time() > deadline:
-            return times
-        time.sleep(0.1)
-
-
 def run_phase(name: str, production: Path, canary: Path | None, args: argparse.Namespace) -> dict[str, Any]:
     """One phase on a fresh stack; see the module docstring. `canary` None: every robot on `production`."""
     import ray
 
-    from actors.sim_fleet import FleetConfig, start_fleet
+    from actors.sim_fleet import FleetConfig, start_fleet, wait_swapped
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.registry import Registry, announce, publish_model
     from fleet.rollout import CanaryController
@@ -128,7 +116,7 @@ def run_phase(name: str, production: Path, canary: Path | None, args: argparse.N
         actors = start_fleet(settings, fleet)
         for a in actors:
             a.run.remote(None, duration + 600)
-        ids = [f"{fleet.robot_prefix}-{i}" for i in range(args.robots)]  # start_fleet returned: all on production
+        ids = [robot.robot_id for robot in fleet.robots()]  # start_fleet returned: all on production
         if canary is None:
             time.sleep(duration)
         else:
@@ -166,7 +154,7 @@ def run_phase(name: str, production: Path, canary: Path | None, args: argparse.N
                 target = prod.version if action == "rollback" else info.version
                 movers = [actors[i] for i in on_canary] if action == "rollback" else \
                     [a for i, a in enumerate(actors) if i not in on_canary]  # fmt: skip
-                swaps = _wait_swapped(movers, target, at, 60)
+                swaps = wait_swapped(movers, target, after=at, timeout_s=60)
                 result["converge_s"] = [None if t is None else round(t - at, 3) for t in swaps]
             else:
                 result.update(decision="none", detect_minutes=None)

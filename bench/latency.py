@@ -53,21 +53,11 @@ def _random_model(seed: int):  # noqa: ANN202
 
 
 def _wait_swapped(actors: list, version: str, timeout_s: float, after: float) -> float | None:
-    """Wall-clock time the last robot swapped to `version` after `after` (None: not all of them within `timeout_s`).
+    """Wall-clock time the last robot swapped to `version` after `after` (None: not all of them within `timeout_s`)."""
+    from actors.sim_fleet import wait_swapped
 
-    Asks each robot only for that time (`RobotActor.swapped`), ten times a second: the robots timestamp their own
-    swaps, so the poll rate does not change the figure, and a full `status()` report many times a second would be
-    the bench's own work in the robots' processes in the middle of the swaps it measures.
-    """
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        times = ray.get([a.swapped.remote(version, after) for a in actors])
-        if all(t is not None for t in times):
-            return max(times)
-        time.sleep(0.1)
-    return None
+    times = wait_swapped(actors, version, after=after, timeout_s=timeout_s)
+    return None if None in times else max(t for t in times if t is not None)
 
 
 def _correction_timestamps(bootstrap: str) -> dict[tuple[int, int], float]:

@@ -64,8 +64,8 @@ class Cohort:
             raise ValueError(f"canary fraction must be in [0, 1], got {fraction}")
         named = tuple(dict.fromkeys(robots))
         pool = sorted((_unit(salt, r), r) for r in set(known) - set(named))
-        if fraction == 0.0 or not pool:
-            threshold = fraction if not pool else 0.0
+        if fraction == 0.0 or not pool:  # no known robots: each one is in with probability `fraction`
+            threshold = fraction
         else:
             take = min(len(pool), max(1, round(fraction * len(pool))))
             below = pool[take - 1][0]

@@ -28,7 +28,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet import signing
 from fleet.audit import record_audit
-from fleet.canary import CANARY, COHORT_TAG, Cohort
+from fleet.canary import CANARY, Cohort
 from fleet.settings import Settings
 
 if TYPE_CHECKING:
@@ -385,8 +385,7 @@ class Registry:
         self._mirror_version(info)
         self._record_deployment(
             info.version, CANARY, "canary", actor=actor, role=role, reason=reason,
-            details={"cohort": json.loads(cohort.to_tags()[COHORT_TAG]),
-                     "production": production.version if production else None},
+            details={"cohort": asdict(cohort), "production": production.version if production else None},
         )  # fmt: skip
         return self.get_version(info.version)
 

@@ -8,7 +8,7 @@ promote or roll back through the registry (audited with the numbers behind it, a
 canary robots move at once). Safety signals (robots on canary reporting errors or refused checkpoints) come from
 whoever sees heartbeats: the dashboard passes its live fleet state; `fleet models canary watch` has none.
 
-Run it as `fleet models canary watch`, or let the dashboard run it (`DashboardConfig.canary_controller`).
+Run it as `fleet models canary watch`, or let the dashboard run it (every `DashboardConfig.canary_interval_s`).
 """
 
 from __future__ import annotations

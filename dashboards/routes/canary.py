@@ -34,7 +34,7 @@ def canary_view(services: Services) -> dict[str, Any]:
         return view
     robots = services.fleet.snapshot()
     loops = {}
-    for channel in ("canary", "production"):
+    for channel in (CANARY, "production"):
         on = [r for r in robots if (r["channel"] or "production") == channel and r["state"] != "offline"]
         ticks = sum(r["ticks_total"] for r in on)
         missed = sum(r["missed_ticks_total"] for r in on)
