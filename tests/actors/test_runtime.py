@@ -9,6 +9,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -163,29 +165,36 @@ def test_a_refused_checkpoint_shows_in_the_heartbeat_until_a_newer_version_is_li
     assert runtime.heartbeat().error is None
 
 
+@contextmanager
+def _running(
+    runtime: RobotRuntime, *, until: Callable[[], bool], wait_s: float = 30.0, join_s: float = 10.0
+) -> Iterator[threading.Thread]:
+    """The runtime's control loop in a thread, once `until()` holds (or `wait_s` passed); stopped and joined on exit."""
+    stop = threading.Event()
+    loop = threading.Thread(target=runtime.run, kwargs={"stop": stop})
+    try:
+        loop.start()
+        deadline = time.monotonic() + wait_s
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield loop
+    finally:
+        stop.set()
+        loop.join(timeout=join_s)
+
+
 def test_pause_command_is_applied_and_acknowledged_in_the_heartbeat() -> None:
     messages: list = []
     runtime = _runtime(messages, policy=ZeroPolicy(4), supervision="off")
     command = Command(command_id="c1", robot_id="r1", action="pause", issued_by="alice", created_at=time.time())
     runtime.submit_command(command)
     assert runtime.heartbeat().pending_command_id == "c1"
-    import threading
-
-    stop = threading.Event()
-    thread = threading.Thread(target=runtime.run, kwargs={"stop": stop})
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while runtime.state != "paused" and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with _running(runtime, until=lambda: runtime.state == "paused", wait_s=10, join_s=30) as thread:
         beat = runtime.heartbeat()
         assert beat.state == "paused" and beat.applied_command_id == "c1" and beat.pending_command_id is None
         episodes_while_paused = runtime.episodes
         time.sleep(0.5)
         assert runtime.episodes == episodes_while_paused  # a paused robot does not act
-    finally:
-        stop.set()
-        thread.join(timeout=30)
     assert not thread.is_alive()
 
 
@@ -299,19 +308,10 @@ def test_collector_pauses_are_attributed_to_the_interval_they_fall_in() -> None:
 
 def test_a_slowed_clock_ticks_at_the_control_rate_over_the_time_scale() -> None:
     runtime = _runtime([], policy=ZeroPolicy(4), supervision="off", control_hz=20.0, realtime=True, time_scale=4.0)
-    stop = threading.Event()
-    loop = threading.Thread(target=runtime.run, kwargs={"stop": stop})
-    try:
-        loop.start()
-        deadline = time.monotonic() + 30
-        while runtime.ticks_total < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with _running(runtime, until=lambda: runtime.ticks_total >= 2):
         first, started = runtime.ticks_total, time.monotonic()
         time.sleep(1.0)
         ticks, elapsed = runtime.ticks_total - first, time.monotonic() - started
-    finally:
-        stop.set()
-        loop.join(timeout=10)
     # 20 Hz on a clock 4x slower: 5 ticks a wall second (a tick never comes early; unscaled it would be 20)
     assert 1 <= ticks <= 5 * elapsed + 1, (ticks, elapsed)
     with pytest.raises(ValueError, match="time_scale"):
@@ -320,13 +320,7 @@ def test_a_slowed_clock_ticks_at_the_control_rate_over_the_time_scale() -> None:
 
 def test_background_work_waits_for_the_sleep_between_ticks() -> None:
     runtime = _runtime([], policy=ZeroPolicy(4), supervision="off", control_hz=10.0, realtime=True)
-    stop = threading.Event()
-    loop = threading.Thread(target=runtime.run, kwargs={"stop": stop})
-    try:
-        loop.start()
-        deadline = time.monotonic() + 30
-        while runtime.ticks_total < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with _running(runtime, until=lambda: runtime.ticks_total >= 3):
         left = []
         for i in range(10):
             time.sleep(0.013 * i)  # arrive at different phases of the tick
@@ -334,9 +328,6 @@ def test_background_work_waits_for_the_sleep_between_ticks() -> None:
             left.append(runtime._slack_until - time.monotonic())  # time before the loop's next tick
         # Inside a sleep with (nearly) the asked-for slack left; arriving at random, half would have < 45 ms.
         assert sum(t > 0.045 for t in left) >= 9, left
-    finally:
-        stop.set()
-        loop.join(timeout=10)
     started = time.monotonic()
     runtime.wait_for_slack(timeout_s=5.0)  # stopped: nothing to wait for
     assert time.monotonic() - started < 1.0
