@@ -1,7 +1,9 @@
 """One robot, wired to the real services: Kafka transport, registry alias follower, command listener.
 
 `build_robot(settings, config)` returns a `RobotRuntime` ready to `run()`, with:
-  * a spooling Kafka transport (nothing the robot produces is lost while the broker is down),
+  * a spooling Kafka transport (nothing the robot produces is lost while the broker is down), or, with
+    FLEET_INGEST_URL and FLEET_ROBOT_TOKEN, a spooling HTTPS transport through the dashboard for a robot with no
+    route to Kafka (its reloader then learns of new versions by polling the registry alone),
   * a `HotReloader` on the `production` alias, woken by `fleet.models` events, that loads only versions signed by a
     key in FLEET_TRUSTED_KEYS_FILE (the start-up model too),
   * a listener that hands `fleet.commands` addressed to this robot to the runtime.
@@ -60,6 +62,28 @@ def policy_loader(checkpoint: Path, signed: SignedVersion) -> Any:
     )
 
 
+def robot_transport(settings: Settings, robot_id: str) -> Any:
+    """The robot's spooling transport: through the dashboard when `settings.ingest_url` is set, else Kafka."""
+    if settings.ingest_url is None:
+        from fleet.transport import KafkaTransport, TransportConfig
+
+        return KafkaTransport(TransportConfig.from_settings(settings, spool_name=robot_id))
+    from fleet.transport.http import HttpTransport, HttpTransportConfig
+
+    if settings.robot_token is None:
+        raise ValueError(f"robot {robot_id}: FLEET_INGEST_URL is set but FLEET_ROBOT_TOKEN is not")
+    return HttpTransport(
+        HttpTransportConfig(
+            url=settings.ingest_url,
+            robot_id=robot_id,
+            token=settings.robot_token.get_secret_value(),
+            spool_dir=settings.home / "spool" / robot_id,
+            spool_max_bytes=settings.spool_max_bytes,
+            spool_segment_bytes=min(HttpTransportConfig.spool_segment_bytes, settings.spool_max_bytes),
+        )
+    )
+
+
 def _listen(settings: Settings, runtime: RobotRuntime, reloader: HotReloader, stop: threading.Event) -> None:
     """Consume fleet.models (wake the reloader) and this robot's fleet.commands until `stop`."""
     from fleet.schemas import Command, SchemaError, decode
@@ -113,7 +137,7 @@ def build_robot(
     """
     from fleet.observability import watch_robots
     from fleet.registry import Registry
-    from fleet.transport import KafkaTransport, TransportConfig, publish
+    from fleet.transport import publish
 
     keys = load_trusted_keys(settings)  # first: production without FLEET_TRUSTED_KEYS_FILE stops here
     env_factory = None
@@ -126,7 +150,8 @@ def build_robot(
             new_env = make_env(task, config.embodiment, seed=config.seed, scenario=config.scenario)
             return new_env, make_supervisor(new_env, supervision, supervisor_config)
 
-    transport = KafkaTransport(TransportConfig.from_settings(settings, spool_name=config.robot_id))
+    transport = robot_transport(settings, config.robot_id)
+    listen = listen and settings.ingest_url is None  # no Kafka to hear commands and model events on
     registry = Registry(settings, sessions=None)
     reloader = HotReloader(
         ReloadConfig(poll_interval_s=poll_interval_s, event_delay_s=config.reload_delay_s),

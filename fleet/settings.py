@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     # Sliding window of the login limits, in seconds.
     login_window_s: float = Field(default=60.0, gt=0)
 
+    # --- Robots with no route to Kafka ---
+    # The dashboard's base URL: such a robot posts its messages to the dashboard's ingestion endpoint
+    # (fleet.transport.http) instead of producing to Kafka. None = robots produce to Kafka directly.
+    ingest_url: str | None = None
+    # That robot's API token (`robot:produce`, bound to its robot id), sent with every message.
+    robot_token: SecretStr | None = None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         for name in ("kafka_port", "kafka_controller_port", "mlflow_port", "dashboard_port"):
@@ -127,13 +134,15 @@ class Settings(BaseSettings):
             missing = [
                 var
                 for var, value in (
-                    ("FLEET_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+                    ("FLEET_KAFKA_BOOTSTRAP", self.kafka_bootstrap or self.ingest_url),
                     ("FLEET_MLFLOW_TRACKING_URI", self.mlflow_tracking_uri),
                 )
                 if value is None
             ]
             if missing:
                 raise ValueError(f"production settings need {', '.join(missing)} (no defaults in production)")
+            if self.ingest_url is not None and not self.ingest_url.startswith("https://"):
+                raise ValueError("production robots post over HTTPS only: FLEET_INGEST_URL must start with https://")
             if self.kafka_security_protocol == "PLAINTEXT":  # anyone on the network could read and write every topic
                 raise ValueError(
                     "production refuses FLEET_KAFKA_SECURITY_PROTOCOL=PLAINTEXT: use SASL_SSL (or SASL_PLAINTEXT on a "

@@ -19,6 +19,7 @@ from actors.runtime import RobotConfig, RobotRuntime
 from fleet.embodiments import get_embodiment
 from fleet.schemas import Message, TrajectorySegment
 from fleet.transport import Delivery, KafkaTransport, publish
+from fleet.transport.http import HttpTransport
 
 SegmentId = tuple[str, str, int]  # (robot, episode, segment index)
 
@@ -67,9 +68,9 @@ class HoldPolicy:
 
 
 class CountingTransport:
-    """Wraps a robot's `KafkaTransport`: times every `send()`, counts deliveries, lists the segments sent."""
+    """Wraps a robot's transport (Kafka or HTTPS): times every `send()`, counts deliveries, lists the segments sent."""
 
-    def __init__(self, transport: KafkaTransport) -> None:
+    def __init__(self, transport: KafkaTransport | HttpTransport) -> None:
         self.transport = transport
         self.segments: list[SegmentId] = []  # accepted by send(), in order
         self.segment_times: list[float] = []  # time.monotonic() of each accepted segment
