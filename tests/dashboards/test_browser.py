@@ -24,6 +24,7 @@ from tests.dashboards.conftest import Dash, local_settings, make_dash
 from tests.dashboards.factories import add_correction, add_episode, add_learner_run, store_episode
 from tests.dashboards.fakes import FakeRegistry
 from tests.dashboards.live import FakeRobot, LiveServer, login, shot
+from tests.faults.record import record_fault
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -165,7 +166,10 @@ def test_a_hostile_heartbeat_runs_no_script(browser: Any, live: tuple[Dash, Live
     assert "\\u003c/script\\u003e" in response.text() and HOSTILE not in response.text()
     row = page.wait_for_selector('tr[data-robot="robot-hostile"]', timeout=15_000)
     assert HOSTILE in row.inner_text()
-    assert page.evaluate("window.__pwned") is None and not dialogs
+    rows = len(page.query_selector_all('tr[data-robot="robot-hostile"]'))
+    ran = int(page.evaluate("window.__pwned") is not None) + len(dialogs)
+    record_fault("hostile_heartbeat", lost=int(rows == 0), duplicated=max(rows - 1, 0), scripts_run=ran)
+    assert rows == 1 and ran == 0
     page.close()
 
 

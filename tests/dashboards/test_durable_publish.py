@@ -25,6 +25,7 @@ from fleet.transport import HEARTBEATS, REVIEWS, Delivery, KafkaTransport, Trans
 from tests.dashboards.conftest import Dash
 from tests.dashboards.factories import add_correction, add_episode, heartbeat
 from tests.data.fakes import FakeTransport
+from tests.faults.record import record_fault
 
 pytestmark = pytest.mark.timeout(120)
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -105,6 +106,34 @@ def test_a_verdict_kafka_has_not_acknowledged_is_sent_again_after_a_restart(queu
     sent = [decode(r.value, ReviewMessage) for r in queue.transport.broker.records(REVIEWS)]
     assert [(m.correction_id, m.decision) for m in sent] == [("c-1", "reject"), ("c-1", "approve")]  # in order
     assert restarted.pending() == 0 and restarted.relay() == 0  # acknowledged rows are gone
+
+
+def test_a_rejection_committed_before_the_dashboard_died_still_takes_the_correction_out_of_training(
+    queue: Dash,
+) -> None:
+    """The learner holds correction c-1's steps; a reviewer rejects it; the dashboard commits the verdict and dies
+    before Kafka acknowledges it. The next dashboard process relays it, and the learner drops the steps."""
+    from fleet.policy.config import debug_model_config
+    from learner.ingest import Ingest
+    from learner.replay import ReplayBuffer, ReplayConfig
+    from tests.learner.fakes import correction, segments
+    from tests.policy.fakes import FAKE_ENCODER, HashEmbedder
+
+    replay = ReplayBuffer(ReplayConfig(), debug_model_config(text_encoder=FAKE_ENCODER), embedder=HashEmbedder())
+    ingest = Ingest(replay)
+    for message in segments("robot-1", "ep-1", lengths=(10, 20), success=False):
+        ingest.handle(message)
+    ingest.handle(correction("robot-1", "ep-1", "c-1", 12, 9))
+    assert len(replay.correction_steps("c-1")) == 9
+    _fast_timeouts(queue, Unacked())
+    _review(queue, "reject")  # committed; Kafka never acknowledged it; the process dies
+    restarted = Outbox(queue.services.sessions, queue.transport)
+    restarted.relay()
+    for record in queue.transport.broker.records(REVIEWS):
+        ingest.handle(decode(record.value, ReviewMessage))
+    left = len(replay.correction_steps("c-1"))
+    record_fault("dashboard_killed_between_review_commit_and_ack", lost=restarted.pending(), trained_on_rejected=left)
+    assert restarted.pending() == 0 and left == 0
 
 
 def test_a_failed_delivery_is_sent_again_by_the_same_process(queue: Dash) -> None:

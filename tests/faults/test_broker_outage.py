@@ -36,6 +36,7 @@ from tests.faults.helpers import (
     start_group_at_end,
     wait_for,
 )
+from tests.faults.record import record_fault
 from tests.faults.robots import CountingTransport, SegmentId, tiny_robot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -172,6 +173,16 @@ def test_broker_killed_for_30_s_while_8_robots_stream(
         if not broker.healthy():
             restart_stack(stack)
 
+    rows, finished = _recorded(db_url, prefix)
+    record_fault(
+        "broker_killed_while_robots_stream",
+        lost=len(set(produced) - set(rows)) + len(set(produced) - set(reader.ids)),
+        duplicated=(len(rows) - len(set(rows))) + (len(reader.ids) - len(set(reader.ids))),
+        segments=len(produced),
+        recorded_segments=len(rows),
+        learner_records=len(reader.ids),
+    )
+
     # The robots: never blocked, nothing refused or dropped, everything acknowledged.
     during = sum(killed <= ts < back for t in transports for ts in t.segment_times)
     max_send_ms = max(t.max_send_s for t in transports) * 1000
@@ -187,7 +198,6 @@ def test_broker_killed_for_30_s_while_8_robots_stream(
 
     # The recorder (`fleet record`): exactly the produced segments and episodes, once each.
     assert recorder_exit == 0 and recorder.restarts == 0, f"recorder exit {recorder_exit}, {recorder.restarts} restarts"
-    rows, finished = _recorded(db_url, prefix)
     assert sorted(rows) == sorted(produced)
     assert finished == len(episodes)
     stored = {(r, e) for r, e in store.list() if r.startswith(prefix)}

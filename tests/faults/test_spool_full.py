@@ -27,6 +27,7 @@ from fleet.transport import TRAJECTORIES, Delivery, DiskSpool, KafkaTransport, T
 from fleet.transport import spool as spool_module
 from fleet.transport.base import DEADLETTER
 from fleet.transport.spool import SpoolDamage
+from tests.faults.record import record_fault
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 CAP = 1024**2  # the smallest FLEET_SPOOL_MAX_BYTES allowed
@@ -161,7 +162,14 @@ def test_a_record_damaged_on_disk_is_dead_lettered_and_the_rest_replayed(
             letters += [r for rs in dead.poll(timeout_ms=300).values() for r in rs if r.value == damaged]
     finally:
         dead.close()
-    assert received == payloads[:3] + payloads[4:] + [b"after-restart"]
+    intact = payloads[:3] + payloads[4:]
+    record_fault(
+        "corrupt_spool_record",
+        lost=len(set(intact) - set(received)) + (1 - min(len(letters), 1)),  # the damaged one: kept as a dead letter
+        duplicated=len(received) - len(set(received)),
+        dead_lettered=len(letters),
+    )
+    assert received == intact + [b"after-restart"]
     assert len(letters) == 1
     reason = dict(letters[0].headers)["fleet.reason"].decode()
     assert f"corrupt record at byte {3 * record}" in reason and segment.name in reason

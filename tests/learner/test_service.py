@@ -29,6 +29,7 @@ from learner.evaluator import Pending
 from learner.gate import SEED_BLOCK
 from learner.rllib import MODULE_ID
 from learner.service import LearnerService
+from tests.faults.record import record_fault
 from tests.learner.fakes import correction, segments
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder
 
@@ -186,9 +187,20 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
     try:
         assert third.state.updates == before_state.updates and (run / f"broken-{newest.name}").is_dir()
         deadline = time.monotonic() + 60
+        reread: list[tuple[str, str, int]] = []
         while third.state.offsets != newest_state.offsets:
             assert time.monotonic() < deadline, f"re-read up to {third.state.offsets}, not {newest_state.offsets}"
             for record in third.consumer.poll(timeout_s=0.5, max_records=100):  # consume only: no updates needed
                 third._consume(record)
+                reread.append((record.topic, str(record.partition), record.offset))
     finally:
         third.close()
+    torn_window = {
+        (topic, partition, offset)
+        for topic, ends in newest_state.offsets.items()
+        for partition, end in ends.items()
+        for offset in range(before_state.offsets.get(topic, {}).get(partition, end), end)
+    }
+    lost, twice = len(torn_window - set(reread)), len(reread) - len(set(reread))
+    record_fault("torn_checkpoint", lost=lost, duplicated=twice, records_reread=len(reread))
+    assert torn_window and lost == 0 and twice == 0

@@ -31,6 +31,7 @@ from fleet.registry import (
 )
 from fleet.settings import Settings
 from fleet.signing import SignatureError, load_trusted_keys
+from tests.faults.record import record_fault
 from tests.registry.conftest import checkpoint_of, publish_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -169,12 +170,17 @@ def test_robots_load_only_versions_signed_by_the_learners_key(registry: Registry
     foreign = publish_model(
         registry, VLAModel(debug_model_config()), parent_version="1", signing_key=Ed25519PrivateKey.generate()
     )
-    for bad, reason in ((unsigned, "is unsigned"), (foreign, "signature by an untrusted key")):
+    for case, bad, reason in (
+        ("unsigned_version", unsigned, "is unsigned"),
+        ("foreign_signed_version", foreign, "signature by an untrusted key"),
+    ):
         registry.promote(bad.version, actor="mallory", role="admin", reason="try it")
-        assert robot.check_once() is None and robot.take_ready() is None  # keeps acting on version 1
-        assert reason in robot.stats.refused[bad.version], robot.stats.refused
+        loaded = robot.check_once(), robot.take_ready()
         with pytest.raises(SignatureError, match=reason):  # nor does the learner train or score on it
             registry.verify(registry.get_version(bad.version))
+        record_fault(case, foreign_weights_loaded=sum(x is not None for x in loaded))
+        assert loaded == (None, None)  # keeps acting on version 1
+        assert reason in robot.stats.refused[bad.version], robot.stats.refused
     with pytest.raises(NoProductionModel, match="signature by an untrusted key"):  # the start-up fetch checks too
         build_robot(registry.settings, RobotConfig(robot_id="r-test", embodiment="panda", task="pick"), listen=False)
 
