@@ -113,6 +113,7 @@ class _Segment:
     intervention: list[bool] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     version: str | None = None
+    missed_before: int = 0  # the runtime's missed-tick count when the segment began
 
 
 class RobotRuntime:
@@ -335,7 +336,7 @@ class RobotRuntime:
         self.policy.reset()
         if self.supervisor is not None:
             self.supervisor.reset()
-        segment, index, step = _Segment(), 0, 0
+        segment, index, step = _Segment(missed_before=self.missed_total), 0, 0
         takeover: list[np.ndarray] = []
         takeover_start = 0
         interventions = 0
@@ -382,7 +383,7 @@ class RobotRuntime:
                 takeover = []
             if segment.version != chunk_version and segment.actions:
                 self._send_segment(segment, index, done=False, success=False)
-                segment, index = _Segment(start=step), index + 1
+                segment, index = _Segment(start=step, missed_before=self.missed_total), index + 1
             segment.version = chunk_version
             self._record(segment, obs, action, human is not None)
             next_obs, reward, terminated, truncated, info = self.env.step(action)
@@ -393,10 +394,10 @@ class RobotRuntime:
             if self.supervisor is not None and self.supervisor.stopped:  # StallStop: stuck, ended as a failure
                 done, success = True, False
             obs = self._observe(next_obs)
+            next_tick = self._tick(tick_start, period, next_tick)  # first: a segment holds its last step's tick
             if len(segment.actions) >= cfg.segment_steps or done:
                 self._send_segment(segment, index, done=done, success=success)
-                segment, index = _Segment(start=step), index + 1
-            next_tick = self._tick(tick_start, period, next_tick)
+                segment, index = _Segment(start=step, missed_before=self.missed_total), index + 1
             if self._stop.is_set():
                 break
         if takeover:
@@ -522,6 +523,7 @@ class RobotRuntime:
                 proprio=np.stack(segment.proprio), actions=np.stack(segment.actions),
                 intervention=np.asarray(segment.intervention, dtype=bool),
                 rewards=np.asarray(segment.rewards, dtype=np.float32), done=done, success=success,
+                missed_ticks=self.missed_total - segment.missed_before,
             )
         )  # fmt: skip
         self.segments_total += 1

@@ -108,13 +108,21 @@ class Metric:
     better: Literal["higher", "lower"]  # which direction is an improvement
     tau: float  # the mixture's scale: the size of difference the test is tuned to find quickly
     prior_var: float  # variance of one pseudo-episode in each arm's estimate: 5 equal episodes are not certainty
-    decides: bool = True  # False: reported only (episode length)
+    # "decides": worse rolls back, better promotes; "guards": worse rolls back (a safety signal), better promotes
+    # nothing (a canary that misses fewer ticks is not a better policy for it); "reports": shown only.
+    role: Literal["decides", "guards", "reports"] = "decides"
+
+    @property
+    def tested(self) -> bool:
+        """Whether the metric can end a rollout (and so takes a share of `alpha`)."""
+        return self.role != "reports"
 
 
 METRICS: tuple[Metric, ...] = (
     Metric("autonomous_success", "higher", tau=0.10, prior_var=0.25),
     Metric("interventions", "lower", tau=1.0, prior_var=4.0),
-    Metric("length", "lower", tau=10.0, prior_var=100.0, decides=False),
+    Metric("missed_ticks", "lower", tau=1.0, prior_var=4.0, role="guards"),
+    Metric("length", "lower", tau=10.0, prior_var=100.0, role="reports"),
 )
 
 
@@ -127,6 +135,7 @@ class EpisodeOutcome:
     interventions: int  # steps a human drove
     length: int  # steps
     stratum: str = ""  # what makes episodes comparable: "<task>/<embodiment>"
+    missed_ticks: int = 0  # control ticks that overran their deadline during the episode
 
     @property
     def autonomous_success(self) -> float:
@@ -134,7 +143,7 @@ class EpisodeOutcome:
 
     def value(self, metric: str) -> float:
         return {"autonomous_success": self.autonomous_success, "interventions": float(self.interventions),
-                "length": float(self.length)}[metric]  # fmt: skip
+                "missed_ticks": float(self.missed_ticks), "length": float(self.length)}[metric]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -250,20 +259,20 @@ class Decision:
 def compare(
     episodes: Iterable[EpisodeOutcome], *, canary_version: str, production_version: str, alpha: float = 0.05
 ) -> list[Comparison]:
-    """Every metric of `METRICS` for the episodes of the two versions (others are ignored). The decisive metrics
-    share `alpha` (Bonferroni), so the chance that any of them flags a difference between equal versions stays
-    below it."""
+    """Every metric of `METRICS` for the episodes of the two versions (others are ignored). The metrics that can
+    end a rollout share `alpha` (Bonferroni), so the chance that any of them flags a difference between equal
+    versions stays below it."""
     by_version: dict[str, list[EpisodeOutcome]] = {canary_version: [], production_version: []}
     for episode in episodes:
         if episode.version in by_version:
             by_version[episode.version].append(episode)
-    deciding = sum(m.decides for m in METRICS)
+    tested = sum(m.tested for m in METRICS)
     found = (
         compare_metric(
             m,
             [(e.stratum, e.value(m.name)) for e in by_version[canary_version]],
             [(e.stratum, e.value(m.name)) for e in by_version[production_version]],
-            alpha=alpha / deciding,
+            alpha=alpha / tested,
         )  # fmt: skip
         for m in METRICS
     )
@@ -271,12 +280,13 @@ def compare(
 
 
 def decide(comparisons: Sequence[Comparison], policy: CanaryPolicy, *, errors: int = 0) -> Decision:
-    """Promote, roll back or keep going. A safety signal wins; then any decisive metric that got worse rolls back
-    (a regression on one is not bought by a gain on another); then a gain with nothing worse promotes."""
+    """Promote, roll back or keep going. A safety signal wins (robots reporting errors; a guard metric, missed
+    ticks, worse); then any deciding metric that got worse rolls back (a regression on one is not bought by a gain
+    on another); then a gain with nothing worse promotes."""
     if errors >= policy.max_errors:
         return Decision("rollback", f"safety: {errors} canary robot(s) report an error", list(comparisons))
-    deciding = {m.name for m in METRICS if m.decides}
-    decisive = [c for c in comparisons if c.metric in deciding]
+    roles = {m.name: m.role for m in METRICS}
+    decisive = [c for c in comparisons if roles.get(c.metric) == "decides"]
     n_canary = min((c.canary_n for c in decisive), default=0)
     n_production = min((c.production_n for c in decisive), default=0)
     if min(n_canary, n_production) < policy.min_episodes:
@@ -284,6 +294,9 @@ def decide(comparisons: Sequence[Comparison], policy: CanaryPolicy, *, errors: i
             "continue", f"{n_canary} canary / {n_production} production episodes, {policy.min_episodes} needed",
             list(comparisons),
         )  # fmt: skip
+    guards = [c.metric for c in comparisons if roles.get(c.metric) == "guards" and c.verdict == "worse"]
+    if guards:
+        return Decision("rollback", f"safety: canary worse on {', '.join(guards)}", list(comparisons))
     worse = [c.metric for c in decisive if c.verdict == "worse"]
     if worse:
         return Decision("rollback", f"regression: canary worse on {', '.join(worse)}", list(comparisons))

@@ -54,6 +54,7 @@ class EpisodeMeta:
     success: bool
     interventions: int  # number of steps a human drove
     source: str = "fleet"  # "fleet" (online stream) or "demo" (scripted expert)
+    missed_ticks: int = 0  # control ticks that overran their deadline while it ran (real-time robots)
     format_version: int = FORMAT_VERSION
 
 

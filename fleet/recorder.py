@@ -286,6 +286,7 @@ class Recorder:
             length=step,
             success=bool(last.success),
             interventions=int(intervention.sum()),
+            missed_ticks=sum(s.missed_ticks for s in segments),
         )
         episode = Episode(
             meta=meta,

@@ -116,6 +116,7 @@ def record_episode_meta(session: Session, *, meta: EpisodeMeta, rows: Sequence[S
     episode.length = meta.length
     episode.success = meta.success
     episode.interventions = meta.interventions
+    episode.missed_ticks = meta.missed_ticks
     episode.source = meta.source
     episode.store_path = store_path
     if episode.ended_at is None:

@@ -159,7 +159,7 @@ class CanaryController:
 
         versions = [v for v in (canary, production) if v is not None]
         columns = (Episode.model_version, Episode.task, Episode.embodiment, Episode.success, Episode.interventions,
-                   Episode.length)  # fmt: skip
+                   Episode.length, Episode.missed_ticks)  # fmt: skip
         query = select(*columns).where(
             Episode.model_version.in_(versions), Episode.ended_at.is_not(None), Episode.source == "fleet"
         )
@@ -174,6 +174,7 @@ class CanaryController:
                 int(r.interventions or 0),
                 int(r.length or 0),
                 f"{r.task}/{r.embodiment}",
+                int(r.missed_ticks or 0),
             )  # fmt: skip
             for r in rows
         ]

@@ -223,6 +223,7 @@ class TrajectorySegment(Message):
     rewards: F32  # (T,) step rewards
     done: bool = False  # last segment of the episode
     success: bool = False  # meaningful when done
+    missed_ticks: int = Field(default=0, ge=0)  # control ticks that overran their deadline while it was recorded
 
     @property
     def length(self) -> int:

@@ -112,6 +112,26 @@ def test_a_safety_signal_wins_and_a_regression_on_any_metric_is_not_bought_by_a_
     assert decide(length_only, policy).action == "continue"  # episode length is reported, not decisive
 
 
+def test_a_canary_that_misses_more_control_ticks_is_rolled_back_and_one_that_misses_fewer_is_not_promoted() -> None:
+    policy = CanaryPolicy(min_episodes=20)
+    unclear = [_comparison("autonomous_success", "unclear"), _comparison("interventions", "unclear")]
+    slower = decide([*unclear, _comparison("missed_ticks", "worse")], policy)
+    assert slower.action == "rollback" and slower.reason == "safety: canary worse on missed_ticks"
+    assert decide([*unclear, _comparison("missed_ticks", "better")], policy).action == "continue"
+    # from episodes: a canary whose robots overrun a few ticks an episode, at the same success
+    rng = random.Random(4)
+    episodes = [
+        EpisodeOutcome(v, success=rng.random() < 0.7, interventions=0, length=40, missed_ticks=missed)
+        for v, n, missed_of in (("2", 60, lambda: rng.randint(2, 6)), ("1", 180, lambda: rng.randint(0, 1)))
+        for _ in range(n)
+        for missed in [missed_of()]
+    ]
+    comparisons = compare(episodes, canary_version="2", production_version="1")
+    ticks = next(c for c in comparisons if c.metric == "missed_ticks")
+    assert ticks.verdict == "worse" and ticks.lo > 0
+    assert decide(comparisons, policy).action == "rollback"
+
+
 def test_an_undecided_rollout_ends_by_the_policy_at_its_episode_budget() -> None:
     unclear = [
         Comparison("autonomous_success", 0.6, 0.6, 400, 1200, 0.0, -0.03, 0.03, "unclear"),

@@ -55,6 +55,7 @@ class Episode(Base):
     length: Mapped[int] = mapped_column(Integer, default=0)
     success: Mapped[bool | None]
     interventions: Mapped[int] = mapped_column(Integer, default=0)
+    missed_ticks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # control ticks overrun
     store_path: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]

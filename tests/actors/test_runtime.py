@@ -318,6 +318,28 @@ def test_a_slowed_clock_ticks_at_the_control_rate_over_the_time_scale() -> None:
         RobotConfig(robot_id="r", embodiment="panda", task="pick", time_scale=0.5)
 
 
+def test_each_segment_carries_the_ticks_that_overran_while_it_was_recorded() -> None:
+    """The canary compares missed ticks per episode: every overrun tick lands in one segment, none twice."""
+    messages: list = []
+    runtime = _runtime(messages, policy=ZeroPolicy(4), supervision="off", control_hz=20.0, realtime=True)
+    step = runtime.env.step
+    steps = 0
+
+    def sometimes_slow(action: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        if steps % 7 == 3:
+            time.sleep(0.08)  # longer than the 50 ms tick: that tick misses its deadline
+        return step(action)
+
+    runtime.env.step = sometimes_slow  # type: ignore[method-assign]
+    runtime.run(episodes=1)
+    segments = [m for m in messages if isinstance(m, TrajectorySegment)]
+    per_segment = [s.missed_ticks for s in segments]
+    assert runtime.missed_total >= steps // 7 and sum(per_segment) == runtime.missed_total, (per_segment, steps)
+    assert sum(1 for n in per_segment if n > 0) >= 2  # spread over the episode, not one lump
+
+
 def test_background_work_waits_for_the_sleep_between_ticks() -> None:
     runtime = _runtime([], policy=ZeroPolicy(4), supervision="off", control_hz=10.0, realtime=True)
     with _running(runtime, until=lambda: runtime.ticks_total >= 3):

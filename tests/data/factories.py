@@ -20,10 +20,12 @@ def make_segment(
     size: int = 64,
     model_version: str | None = "1",
     cameras: tuple[str, ...] = ("front",),
+    missed_ticks: int | None = None,
 ) -> TrajectorySegment:
     """Segment `segment_index` of an episode of `segments_per_episode` segments of `steps` steps.
 
-    proprio[:, 0] holds the episode step index, so a recorded episode proves its segment order.
+    proprio[:, 0] holds the episode step index, so a recorded episode proves its segment order; the segment
+    reports `segment_index % 3` missed ticks unless `missed_ticks` says otherwise.
     """
     dims = {"panda": (10, 4), "kuka": (8, 5), "sawyer": (4, 4)}[embodiment]
     start = segment_index * steps
@@ -48,6 +50,7 @@ def make_segment(
         proprio=proprio,
         actions=np.full((steps, dims[1]), 0.1, np.float32),
         intervention=(step_ids % 7 == 0),
+        missed_ticks=segment_index % 3 if missed_ticks is None else missed_ticks,
         rewards=np.zeros(steps, np.float32),
         done=done,
         success=done,

@@ -69,10 +69,12 @@ def test_shuffled_and_duplicated_segments_make_whole_ordered_episodes(
         _assert_in_order(recorder, robot, episode, 20)
     meta = recorder.store.read_meta("robot-0", "ep-0")
     assert (meta.model_version, meta.success, meta.interventions) == ("1", True, 3)  # steps 0, 7, 14
+    assert meta.missed_ticks == 0 + 1 + 2 + 0  # each segment's once, redelivered copies not again
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(SegmentRowModel)) == 24
         rows = s.scalars(select(EpisodeRow)).all()
         assert len(rows) == 6 and all(r.ended_at is not None and r.length == 20 and r.success for r in rows)
+        assert {r.missed_ticks for r in rows} == {3}
     assert not list((tmp_path / "staging").glob("*/*"))
     assert not transport.broker.records(DEADLETTER)
 

@@ -15,9 +15,20 @@ from typer.testing import CliRunner
 from fleet.canary import CANARY, CanaryPolicy, Cohort
 from fleet.db import AuditEntry, Episode, Robot
 from fleet.registry import PRODUCTION, Registry, VersionInfo
+from fleet.settings import Settings
+from fleet.stack.launcher import migrate_database
 from tests.registry.conftest import publish_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture()
+def registry(stack: Settings, db_url: str) -> Registry:
+    """A fresh registered model on the shared MLflow server, with the fleet DB on each database fleet supports:
+    the controller's time-window query runs on both."""
+    settings = stack.model_copy(update={"model_name": f"vla-test-{uuid.uuid4().hex[:8]}", "database_url": db_url})
+    migrate_database(settings)
+    return Registry(settings)
 
 
 def _record(registry: Registry, rng: random.Random, version: str, n: int, p: float, *, task: str = "pick",
