@@ -7,16 +7,50 @@ commands, so `fleet --help` stays fast.
 
 from __future__ import annotations
 
-import typer
+import importlib
+from typing import Any
 
-from actors.cli import app as robots_app
-from dashboards.cli import register as register_dashboard
+import typer
+from typer.core import TyperGroup
+
 from fleet.db.cli import app as db_app
 from fleet.models_cli import app as models_app
 from fleet.recipe.cli import register as register_recipe
 from fleet.recorder_cli import register as register_recorder
 from fleet.stack.cli import register as register_stack
-from learner.cli import app as learner_app
+
+# The services' sub-commands, by name: `fleet/` is the foundation every service imports, so it imports none of
+# them; each is loaded when it runs (or when `fleet --help` lists it). name -> (module, attribute): a Typer app
+# (a command group) or a function (one command).
+SERVICE_COMMANDS: dict[str, tuple[str, str]] = {
+    "robots": ("actors.cli", "app"),
+    "learner": ("learner.cli", "app"),
+    "dashboard": ("dashboards.cli", "dashboard"),
+    "users": ("dashboards.cli", "users_app"),
+}
+
+
+class _ServiceCommands(TyperGroup):
+    """The root group: fleet's own commands plus `SERVICE_COMMANDS`, imported on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted({*super().list_commands(ctx), *SERVICE_COMMANDS})
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in SERVICE_COMMANDS or cmd_name in self.commands:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = SERVICE_COMMANDS[cmd_name]
+        target = getattr(importlib.import_module(module), attribute)
+        holder = typer.Typer()  # registered the way `add_typer` / `command` would have: a group stays a group
+        if isinstance(target, typer.Typer):
+            holder.add_typer(target, name=cmd_name)
+        else:
+            holder.command(cmd_name)(target)
+        holder.command("_")(lambda: None)  # two entries, so Typer builds a group instead of collapsing to one
+        command = typer.main.get_group(holder).commands[cmd_name]
+        self.add_command(command, cmd_name)
+        return command
+
 
 app = typer.Typer(
     name="fleet",
@@ -24,15 +58,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=_ServiceCommands,
 )
 
 register_stack(app)
-# Area sub-commands register themselves here (each in its own module, imports kept lazy).
 app.add_typer(models_app, name="models")
-app.add_typer(robots_app, name="robots")
-app.add_typer(learner_app, name="learner")
 app.add_typer(db_app, name="db")
-register_dashboard(app)
 register_recorder(app)
 register_recipe(app)
 
