@@ -19,7 +19,7 @@ down:
 	@.venv/bin/fleet down
 
 lint: venv
-	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
 # Re-resolve requirements.lock from pyproject.toml (needs the uv that scripts/venv.sh installs).
 lock:

@@ -112,8 +112,9 @@ def _listen(settings: Settings, runtime: RobotRuntime, reloader: HotReloader, st
                 except SchemaError as err:
                     log.error("bad command ignored: %s", err, extra={"robot": robot_id})
                     continue
+                assert isinstance(command, Command)  # decode checked the kind
                 if command.created_at >= started - 5.0:  # commands from before this robot started are stale
-                    runtime.submit_command(command)  # type: ignore[arg-type]
+                    runtime.submit_command(command)
         if records:
             consumer.commit(records)
     if consumer is not None:

@@ -284,7 +284,7 @@ class RobotRuntime:
         self.state = "running"
         self._hb_thread = threading.Thread(target=self._heartbeats, name=f"hb-{self.config.robot_id}", daemon=True)
         self._hb_thread.start()
-        results = []
+        results: list[EpisodeResult] = []
         try:
             while not self._stop.is_set() and (episodes is None or len(results) < episodes):
                 if stop is not None and stop.is_set():
@@ -422,7 +422,8 @@ class RobotRuntime:
     def _switch_env(self, task: str) -> None:
         assert self.env_factory is not None
         try:
-            env, supervisor = self._parked.pop(task, None) or self.env_factory(task)
+            parked = self._parked.pop(task, None)
+            env, supervisor = parked if parked is not None else self.env_factory(task)
         except (KeyError, ValueError) as err:  # unknown task, or not one this embodiment can do
             self.error = f"cannot switch to task {task!r}: {err}"
             log.error("task switch refused", extra={"robot": self.config.robot_id, "task": task, "error": str(err)})
@@ -513,6 +514,7 @@ class RobotRuntime:
 
     def _send_segment(self, segment: _Segment, index: int, *, done: bool, success: bool) -> None:
         cfg = self.config
+        assert self.episode_id is not None  # set when the episode began
         self.publish(
             TrajectorySegment(
                 robot_id=cfg.robot_id, embodiment=cfg.embodiment, task_id=self.task,
@@ -530,6 +532,7 @@ class RobotRuntime:
 
     def _send_correction(self, start: int, actions: list[np.ndarray], version: str | None, reason: str) -> None:
         cfg = self.config
+        assert self.episode_id is not None  # set when the episode began
         self.publish(
             Correction(
                 correction_id=f"{self.episode_id}-c{start}", robot_id=cfg.robot_id, embodiment=cfg.embodiment,

@@ -241,7 +241,8 @@ def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
     import ray
 
     init_ray(config.address)
-    actor_cls = ray.remote(num_cpus=config.cpus_per_robot, max_concurrency=4)(RobotActor)
+    # Ray's typed overloads of `remote` omit actor options such as max_concurrency; the call is Ray's documented one.
+    actor_cls = ray.remote(num_cpus=config.cpus_per_robot, max_concurrency=4)(RobotActor)  # type: ignore[call-overload]
     settings_dict = settings.model_dump(mode="json", exclude={"secret_key", "metrics_token"})  # robots need no secrets
     actors = [
         actor_cls.options(name=robot.robot_id, get_if_exists=False).remote(

@@ -45,7 +45,7 @@ def actions_svg(
         return height - pad - (height - 2 * pad) * ((v - lo) / (hi - lo))
 
     step_w = (width - 2 * pad) / max(steps - 1, 1)
-    for i in np.flatnonzero(intervention):
+    for i in map(int, np.flatnonzero(intervention)):
         parts.append(
             f'<rect class="human" x="{x(i) - step_w / 2:.1f}" y="{pad}" width="{step_w:.1f}" '
             f'height="{height - 2 * pad}" fill="#fde68a" opacity="0.6"/>'

@@ -94,7 +94,7 @@ def demo(
     configure_logging("demo", logging.WARNING, json=settings.log_format == "json")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
-    steps = {} if bc_steps is None else {"bc_steps": bc_steps}
+    steps: dict[str, Any] = {} if bc_steps is None else {"bc_steps": bc_steps}
     try:
         config = DemoConfig(robots=robots, minutes=minutes, tasks=split(tasks), embodiments=split(embodiments),
                             dashboard=dashboard, scenario=scenario, **steps)  # fmt: skip

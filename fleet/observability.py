@@ -28,7 +28,7 @@ import hmac
 import json as jsonlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -230,7 +230,7 @@ REGISTRY.register(_StateCollector())
 class FleetViewCollector:
     """The dashboard's fleet view from heartbeats (the only metrics of real robots that serve none)."""
 
-    def __init__(self, robots: Callable[[], list[Mapping[str, Any]]], heartbeats: Callable[[], int]) -> None:
+    def __init__(self, robots: Callable[[], Sequence[Mapping[str, Any]]], heartbeats: Callable[[], int]) -> None:
         self.robots = robots  # FleetState.snapshot: robot_id, state, model_version, ...
         self.heartbeats = heartbeats
 

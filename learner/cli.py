@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -110,7 +110,7 @@ def learner_config(
         config = get_preset(preset)
     except KeyError as e:
         raise typer.BadParameter(str(e.args[0]), param_hint="--preset") from None
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if init is not None:
         changes["init"] = init
     if run_dir is not None:
@@ -131,7 +131,7 @@ def learner_config(
     for option, value in (("lr", lr), ("freeze", freeze)):
         if value is not None:
             try:
-                rllib = dataclasses.replace(rllib, **{option: value})
+                rllib = dataclasses.replace(rllib, **{option: value})  # type: ignore[arg-type]  # lr or freeze
             except ValueError as e:
                 raise typer.BadParameter(str(e), param_hint=f"--{option}") from None
     if rllib != config.rllib:

@@ -126,8 +126,10 @@ class VLARLModule(TorchRLModule):
     """The fleet VLA as an RLlib module; `model_config["vla"]` is a `VLAConfig.to_dict()`."""
 
     def setup(self) -> None:
-        self.vla = VLAModel(VLAConfig.from_dict(self.model_config["vla"]))
-        frozen = set(self.vla.frozen_parameters(self.model_config.get("freeze", "none")))
+        config = self.model_config
+        assert isinstance(config, dict)  # the plain dict `RLModuleSpec(model_config=...)` was given below
+        self.vla = VLAModel(VLAConfig.from_dict(config["vla"]))
+        frozen = set(self.vla.frozen_parameters(config.get("freeze", "none")))
         for name, parameter in self.vla.named_parameters():
             parameter.requires_grad_(name not in frozen)
 
@@ -160,8 +162,14 @@ class VLATorchLearner(TorchLearner):
 
     _ema: dict[str, torch.Tensor] | None = None
 
+    def _vla_module(self, module_id: str = MODULE_ID) -> VLARLModule:
+        assert self._module is not None  # built by RLlib before any update
+        module = self._module[module_id].unwrapped()
+        assert isinstance(module, VLARLModule)
+        return module
+
     def _vla(self) -> VLAModel:
-        return self._module[MODULE_ID].unwrapped().vla
+        return self._vla_module().vla
 
     def reset_ema(self, state: dict[str, np.ndarray] | None = None) -> None:
         """Start the average at `state` (numpy arrays by VLAModel key), else at the current weights."""
@@ -199,7 +207,10 @@ class VLATorchLearner(TorchLearner):
     def configure_optimizers_for_module(self, module_id: str, config: AlgorithmConfig | None = None) -> None:
         # Pre-training's AdamW (betas, no decay on norms and embeddings); frozen parts get no optimizer state.
         assert isinstance(config, VLAAlgorithmConfig)
-        groups = parameter_groups(self._module[module_id], config.vla_weight_decay)
+        assert self._module is not None
+        module = self._module[module_id]
+        assert isinstance(module, torch.nn.Module)
+        groups = parameter_groups(module, config.vla_weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=ADAM_BETAS)
         params = [p for group in groups for p in group["params"]]
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr)
@@ -220,7 +231,7 @@ class VLATorchLearner(TorchLearner):
         self, *, module_id: str, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
         assert isinstance(config, VLAAlgorithmConfig)
-        module = self._module[module_id].unwrapped()
+        module = self._vla_module(module_id)
         kinds = batch["kind"].long()
         model_batch = _model_batch(batch)
         returns = model_batch["returns"]

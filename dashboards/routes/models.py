@@ -5,6 +5,7 @@ Reads are open to viewers and to tokens with the `models:read` scope (robots); a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter
@@ -44,7 +45,7 @@ def curve(overview: dict[str, Any]) -> str:
     for v in ordered:
         names.extend(k for k in v["eval_metrics"] if k not in names)
     names = sorted(names, key=lambda k: ("success" not in k, k))[:CURVE_METRICS]
-    series = {k: [v["eval_metrics"].get(k) for v in ordered] for k in names}
+    series: dict[str, Sequence[float | None]] = {k: [v["eval_metrics"].get(k) for v in ordered] for k in names}
     return learning_curve_svg([v["version"] for v in ordered], series)
 
 

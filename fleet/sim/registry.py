@@ -8,6 +8,7 @@ embodiments it runs on (`TaskSpec.embodiments`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fleet.embodiments import get_embodiment
 from fleet.naming import unknown
@@ -55,7 +56,7 @@ def make_env(
             f"task {task!r} runs on {list(spec.embodiments)}, not {embodiment!r}; tasks for {embodiment!r}: {other}"
         )
     body = get_embodiment(embodiment)
-    chosen = {} if cameras is None else {"cameras": tuple(cameras)}
+    chosen: dict[str, Any] = {} if cameras is None else {"cameras": tuple(cameras)}
     if BACKENDS[embodiment] == "metaworld":
         if not conditions.is_nominal:
             raise ValueError(f"scenario {conditions.name!r} runs on the PyBullet arms only, not {embodiment!r}")

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def ensure_jars(settings: Settings, *, progress: bool = False) -> Path:
         return libs
     missing = [j for j in jars if not (libs / j.filename).exists() or _sha256(libs / j.filename) != j.sha256]
     if missing:
-        iterator = missing
+        iterator: Iterable[Jar] = missing
         if progress:
             from rich.progress import track
 

@@ -432,7 +432,7 @@ class _Replay:
     """Progress through the spool segment being replayed."""
 
     token: Any  # spool segment (a Path, or a list for the memory spool)
-    entries: list[bytes]
+    entries: list[bytes | SpoolDamage]
     cursor: int = 0  # next entry to send
     chunk_start: int = 0  # first entry of the chunk in flight
     failed: bool = False  # some entry of the chunk in flight failed
