@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue #28's online experiment in session-sized pieces: one `bench/online.py` invocation per arm run (about an hour
+# of wall time each at --time-scale 2), each writing its own JSON under research/online/; a run whose JSON exists is
+# skipped, so after a stop the same command goes on where it was. The last step merges every run into
+# bench/results/online.json (re-scoring nothing).
+#
+#   V1=~/.cache/fleet/bench-online/cameras-2/v1-20k/checkpoints/step_00020000 bash research/online_arms.sh
+#
+# V1 is version 1's checkpoint (sampled with 4 flow steps: bench.online.sampled_with). Run it alone on the machine:
+# the robots are real-time and Ray starts them at niceness 15, so any other job starves them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+V1=${V1:?set V1 to version 1\'s checkpoint}
+DEMOS=${DEMOS:-$HOME/.cache/fleet/bench-online/cameras-2/demos}  # version 1's demonstrations (the learner's too)
+OUT=research/online
+mkdir -p "$OUT"
+COMMON=(--scenario high-start --robots 4 --minutes 30 --time-scale 2 --v1 "$V1" --v1-demos "$DEMOS" --learner-demos 300
+        --freeze perception --learner-lr 1e-3 --final-episodes 50)
+
+run() {  # run NAME bench-arguments...
+  local name=$1; shift
+  if [ -f "$OUT/$name.json" ]; then echo "$name: done"; return; fi
+  echo "$name: running ($(date +%H:%M))"
+  .venv/bin/python bench/online.py "${COMMON[@]}" "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+}
+
+run full-1 --arms full --repeats full:1 --seed 11 --baseline-seconds 0
+run frozen-1 --arms frozen --repeats frozen:1 --seed 12 --baseline-seconds 0
+run full-2 --arms full --repeats full:1 --seed 13 --baseline-seconds 0
+run frozen-2 --arms frozen --repeats frozen:1 --seed 14 --baseline-seconds 0
+run corrections_only-1 --arms corrections_only --seed 15 --baseline-seconds 0
+run rewards_only-1 --arms rewards_only --seed 16 --baseline-seconds 0
+# offline_demos spends the operator's steps of the full runs (their mean) on demonstrations before its run
+steps=$(.venv/bin/python -c "
+import json, statistics
+runs = [r for n in ('full-1', 'full-2') for r in json.load(open('$OUT/' + n + '.json'))['arms']['full']['runs']]
+print(round(statistics.mean(r['supervisor_steps'] for r in runs)))")
+run offline_demos-1 --arms offline_demos --offline-steps "$steps" --seed 17 --baseline-seconds 0
+# the merge measures the learner loop before the evaluator (the baseline) beside as many real-time robots
+.venv/bin/python bench/online.py "${COMMON[@]}" --arms "" --baseline-seconds 300 --runs-from "$OUT"/*.json
