@@ -16,6 +16,9 @@ Everything is plain NumPy `.npy` loaded with `allow_pickle=False`, so reading a 
 executes code. Episodes are written to a temporary directory and renamed into place, so a reader
 never sees half an episode. Used by the recorder (from the Kafka stream), by `fleet demos collect`
 (scripted demonstrations) and by training (`iter_episodes`).
+
+`episode_from_segments` is the one rule that turns a robot's trajectory segments into an episode: the recorder (for
+the store and the DB) and the learner (for replay) both use it, so an episode is the same episode in both.
 """
 
 from __future__ import annotations
@@ -24,11 +27,16 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fleet.schemas import TrajectorySegment
 
 FORMAT_VERSION = 1
 _COLUMNS = {
@@ -155,3 +163,57 @@ class EpisodeStore:
     def iter_episodes(self, *, frames: bool = True) -> Iterator[Episode]:
         for robot_id, episode_id in self.list():
             yield self.read(robot_id, episode_id, frames=frames)
+
+
+class EpisodeError(ValueError):
+    """Segments that do not make one episode (a gap in the steps, columns that do not fit together)."""
+
+
+def episode_from_segments(
+    segments: Sequence[TrajectorySegment], *, success: bool | None = None, source: str = "fleet"
+) -> Episode:
+    """One episode from all of its segments, in index order (the last one `done`).
+
+    The steps must follow on without a gap or overlap (each segment starts where the one before ended). The episode
+    belongs to the model version that acted in most of its steps (a swap mid-episode splits its segments; steps
+    driven by no version, `None`, lose ties). `success` overrides the last segment's (a late reward label);
+    interventions and missed control ticks are summed. Raises `EpisodeError` with the reason otherwise.
+    """
+    if not segments:
+        raise EpisodeError("no segments")
+    step = 0
+    for seg in segments:
+        if seg.step_start != step:
+            raise EpisodeError(f"segment {seg.segment_index} starts at step {seg.step_start}, expected {step}")
+        step += seg.length
+    first, last = segments[0], segments[-1]
+    steps_by_version: Counter[str | None] = Counter()
+    for seg in segments:
+        steps_by_version[seg.model_version] += seg.length
+    version = max(steps_by_version, key=lambda v: (steps_by_version[v], v is not None))
+    intervention = np.concatenate([s.intervention for s in segments])
+    meta = EpisodeMeta(
+        robot_id=first.robot_id,
+        episode_id=first.episode_id,
+        embodiment=first.embodiment,
+        task=first.task_id,
+        instruction=first.instruction,
+        model_version=version,
+        length=step,
+        success=bool(last.success if success is None else success),
+        interventions=int(intervention.sum()),
+        source=source,
+        missed_ticks=sum(s.missed_ticks for s in segments),
+    )
+    try:
+        return Episode(
+            meta=meta,
+            timestamps=np.concatenate([s.timestamps for s in segments]),
+            proprio=np.concatenate([s.proprio for s in segments]),
+            actions=np.concatenate([s.actions for s in segments]),
+            rewards=np.concatenate([s.rewards for s in segments]),
+            intervention=intervention,
+            frames={camera: np.concatenate([s.frames[camera] for s in segments]) for camera in sorted(first.frames)},
+        )
+    except (KeyError, ValueError) as e:
+        raise EpisodeError(f"segments do not fit together: {e}") from None

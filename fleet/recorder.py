@@ -25,15 +25,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from fleet import observability
-from fleet.episodes import Episode, EpisodeMeta, EpisodeStore
+from fleet.episodes import EpisodeError, EpisodeStore, episode_from_segments
 from fleet.recorder_db import EpisodeIndex, SegmentRow
 from fleet.recorder_staging import SegmentStaging
 from fleet.schemas import Message, SchemaError, TrajectorySegment, decode
@@ -261,42 +258,12 @@ class Recorder:
         staged = self.staging.load(robot_id, episode_id)
         segs = [decode(staged[i]["value"], TrajectorySegment) for i in sorted(staged)]
         segments: list[TrajectorySegment] = [s for s in segs if isinstance(s, TrajectorySegment)]
-        step = 0
-        for seg in segments:
-            if seg.step_start != step:
-                self._reject(
-                    key, staged, f"segment {seg.segment_index} starts at step {seg.step_start}, expected {step}"
-                )
-                return False
-            step += seg.length
-        cat = np.concatenate
-        first, last = segments[0], segments[-1]
-        steps_by_version: Counter[str | None] = Counter()
-        for seg in segments:
-            steps_by_version[seg.model_version] += seg.length
-        version = max(steps_by_version, key=lambda v: (steps_by_version[v], v is not None))
-        intervention = cat([s.intervention for s in segments])
-        meta = EpisodeMeta(
-            robot_id=robot_id,
-            episode_id=episode_id,
-            embodiment=first.embodiment,
-            task=first.task_id,
-            instruction=first.instruction,
-            model_version=version,  # the version that acted in most steps (segments keep each their own)
-            length=step,
-            success=bool(last.success),
-            interventions=int(intervention.sum()),
-            missed_ticks=sum(s.missed_ticks for s in segments),
-        )
-        episode = Episode(
-            meta=meta,
-            timestamps=cat([s.timestamps for s in segments]),
-            proprio=cat([s.proprio for s in segments]),
-            actions=cat([s.actions for s in segments]),
-            rewards=cat([s.rewards for s in segments]),
-            intervention=intervention,
-            frames={cam: cat([s.frames[cam] for s in segments]) for cam in first.frames},
-        )
+        try:
+            episode = episode_from_segments(segments)
+        except EpisodeError as e:
+            self._reject(key, staged, str(e))
+            return False
+        meta, version, step = episode.meta, episode.meta.model_version, episode.meta.length
         path = self.store.write(episode)
         if self.index is not None:
             rows = [_row(seg, staged[seg.segment_index]) for seg in segments]

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-import numpy as np
-
-from fleet.episodes import Episode, EpisodeMeta
+from fleet.episodes import EpisodeError, episode_from_segments
 from fleet.schemas import Correction, Message, Review, RewardSignal, TrajectorySegment
 from learner.replay import EpisodeKey, ReplayBuffer
 
@@ -71,35 +69,11 @@ class Ingest:
             self._finish(key, [segments[i] for i in range(last + 1)])
 
     def _finish(self, key: EpisodeKey, segments: list[TrajectorySegment]) -> None:
-        first, last = segments[0], segments[-1]
         label = self._labels.pop(key, None)
-        success = label.success if label is not None and label.success is not None else last.success
-        cameras = sorted(first.frames)
-        length = sum(s.length for s in segments)
-        meta = EpisodeMeta(
-            robot_id=first.robot_id,
-            episode_id=first.episode_id,
-            embodiment=first.embodiment,
-            task=first.task_id,
-            instruction=first.instruction,
-            model_version=first.model_version,
-            length=length,
-            success=bool(success),
-            interventions=int(sum(int(s.intervention.sum()) for s in segments)),
-            source="fleet",
-        )
         try:
-            episode = Episode(
-                meta=meta,
-                timestamps=np.concatenate([s.timestamps for s in segments]),
-                proprio=np.concatenate([s.proprio for s in segments]),
-                actions=np.concatenate([s.actions for s in segments]),
-                rewards=np.concatenate([s.rewards for s in segments]),
-                intervention=np.concatenate([s.intervention for s in segments]),
-                frames={c: np.concatenate([s.frames[c] for s in segments]) for c in cameras},
-            )
-        except (KeyError, ValueError) as e:
-            log.warning("ingest: episode %s/%s has inconsistent segments (%s); skipped", *key, e)
+            episode = episode_from_segments(segments, success=label.success if label is not None else None)
+        except EpisodeError as e:
+            log.warning("ingest: episode %s/%s skipped: %s", *key, e)
             return
         corrections = self._corrections.pop(key, {})
         spans = [(c.correction_id, c.step_start, len(c.actions)) for c in corrections.values()]
