@@ -186,6 +186,12 @@ def eval_command(
     out: Path | None = EvalOutOption,
     gif: Path | None = GifOption,
     threads: int = ThreadsOption,
+    instructions: str | None = typer.Option(
+        None,
+        "--instructions",
+        help="Say the instructions another way: held-out (phrasings never trained on), held-out-colours (other "
+        'colour names) or a JSON file {"phrasings": {task: [templates]}, "color_words": {colour: [words]}}.',
+    ),
 ) -> None:
     """Success rate per task x embodiment (seeded, deterministic), as a table and a JSON file."""
     import torch
@@ -201,7 +207,7 @@ def eval_command(
             checkpoint=checkpoint, version=version, tasks=_split(tasks) if tasks else conditions.tasks,
             embodiments=_split(embodiments), scenario=conditions.name,
             episodes=episodes, seed=seed, execute_steps=execute_steps,
-            out=out or _home() / "eval" / f"{name}.json", gif_dir=gif,
+            out=out or _home() / "eval" / f"{name}.json", gif_dir=gif, instructions=instructions,
         )  # fmt: skip
         main(config)
     except (KeyError, ValueError) as err:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from fleet.policy.base import Policy
     from fleet.policy.language import InstructionEmbedder
     from fleet.sim.base import Env
+    from fleet.sim.language import InstructionSet
 
 Rates = dict[str, dict[str, float]]  # task -> embodiment -> success rate in [0, 1]
 
@@ -55,6 +56,9 @@ class EvalConfig:
     gif_dir: Path | None = None  # save the first episode of every cell as <task>-<embodiment>.gif here
     image_size: int = 64  # camera side in pixels (must match the policy)
     progress: bool = True  # show a tqdm progress bar
+    # Say each instruction another way: a named set ("held-out", "held-out-colours") or a JSON file
+    # (fleet.sim.language); None = the tasks' own training phrasings.
+    instructions: str | None = None
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.version is None):
@@ -219,12 +223,15 @@ def policy_rollout(
     seed: int,
     execute_steps: int | None = EXECUTE_STEPS,
     prefetch_steps: int = PREFETCH_STEPS,
+    options: dict[str, Any] | None = None,
 ) -> Episode:
-    """One episode of `policy` in `env` (reset with `seed`) under the runtime's chunk schedule."""
+    """One episode of `policy` in `env` (reset with `seed` and `options`) under the runtime's chunk schedule."""
     from fleet.sim.rollout import rollout
 
     controller = ChunkedController(policy, execute_steps=execute_steps, prefetch_steps=prefetch_steps)
-    return rollout(env, controller, seed=seed, robot_id="eval", episode_id=f"eval-seed{seed}", source="eval")
+    return rollout(
+        env, controller, seed=seed, robot_id="eval", episode_id=f"eval-seed{seed}", source="eval", options=options
+    )
 
 
 def load_policy(
@@ -269,10 +276,13 @@ def evaluate(
     embedder: InstructionEmbedder | None = None,
     on_episode: Callable[[Episode], None] | None = None,
     scenario: str = "nominal",
+    instructions: InstructionSet | None = None,
 ) -> Rates:
-    """Success rate of the policy on `episodes` seeded episodes per task x embodiment, in `scenario`'s conditions."""
+    """Success rate of the policy on `episodes` seeded episodes per task x embodiment, in `scenario`'s conditions;
+    `instructions` says each episode's instruction its way (the same scenes: the seeds decide them)."""
     from fleet.sim.registry import make_env
     from fleet.sim.rollout import save_gif
+    from fleet.sim.tasks import TASKS
 
     policy = policy_or_checkpoint
     if isinstance(policy, (str, Path)):
@@ -285,9 +295,11 @@ def evaluate(
             try:
                 wins = 0
                 for k in range(episodes):
+                    options = instructions.options(task, k, TASKS[task].phrasings) if instructions else None
                     episode = policy_rollout(
-                        env, policy, seed=seed + k, execute_steps=execute_steps, prefetch_steps=prefetch_steps
-                    )
+                        env, policy, seed=seed + k, execute_steps=execute_steps, prefetch_steps=prefetch_steps,
+                        options=options,
+                    )  # fmt: skip
                     wins += int(episode.meta.success)
                     if k == 0 and gif_dir is not None:
                         save_gif(episode, Path(gif_dir) / f"{task}-{embodiment}.gif", scale=1)
@@ -317,6 +329,9 @@ def main(config: EvalConfig, *, embedder: InstructionEmbedder | None = None) -> 
     """Evaluate with a progress bar, print the table, write the JSON (if `config.out`); return the rates."""
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
+    from fleet.sim.language import load_instruction_set
+
+    instructions = load_instruction_set(config.instructions) if config.instructions else None
     policy = load_policy(config.checkpoint, version=config.version, embedder=embedder)
     total = len(config.tasks) * len(config.embodiments) * config.episodes
     with tqdm(total=total, desc="eval", unit="ep", disable=not config.progress) as bar:
@@ -328,7 +343,7 @@ def main(config: EvalConfig, *, embedder: InstructionEmbedder | None = None) -> 
         rates = evaluate(
             policy, config.tasks, config.embodiments, config.episodes, config.seed,
             execute_steps=config.execute_steps, prefetch_steps=config.prefetch_steps, gif_dir=config.gif_dir,
-            image_size=config.image_size, on_episode=tick, scenario=config.scenario,
+            image_size=config.image_size, on_episode=tick, scenario=config.scenario, instructions=instructions,
         )  # fmt: skip
     print(format_table(rates))
     if config.out is not None:

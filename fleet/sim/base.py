@@ -196,11 +196,34 @@ class EnvBase(gym.Env, abc.ABC):  # type: ignore[misc]
         """Env steps taken in the current episode."""
         return self._steps
 
+    def rephrase(self, template: str, words: dict[str, str]) -> str:
+        """This episode's instruction as `template` says it (see `reset`); ValueError for a template that does not
+        fit the task or a character instructions may not hold."""
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+        if fields != set(self._slots):
+            raise ValueError(
+                f"phrasing {template!r} must use the slots {sorted(self._slots)} of task {self.task.name!r}"
+            )
+        text = template.format(**{slot: words.get(value, value) for slot, value in self._slots.items()})
+        if len(text) > 200 or not set(text) <= set(_INSTRUCTION_CHARSET):
+            raise ValueError(
+                f"instruction {text!r}: at most 200 characters of letters, digits and {_INSTRUCTION_CHARSET[62:]!r}"
+            )
+        return text
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Observation, dict]:
-        """Start an episode; the same `seed` gives the same scene, instruction and observations."""
+        """Start an episode; the same `seed` gives the same scene, instruction and observations.
+
+        `options={"phrasing": template, "words": {...}}` asks for the episode's instruction in other words (an
+        evaluation of language the policy was not trained on): `template` uses the task's slots, filled with this
+        episode's values, each replaced by `words.get(value, value)` (e.g. {"red": "crimson"}). The scene is the
+        one `seed` gives either way."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
+        self._slots: dict[str, str] = {}
         self._instruction = self._reset_scene(self._rng)
+        if options and options.get("phrasing"):
+            self._instruction = self.rephrase(str(options["phrasing"]), options.get("words") or {})
         self._steps = 0
         self._success = self._is_success()
         self._needs_reset = False

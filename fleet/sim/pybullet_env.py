@@ -144,6 +144,7 @@ class PyBulletEnv(EnvBase):
             self.scene, self.arm = self._build_world()
         self._used = True
         slots = self.scene.reset(rng)
+        self._slots = dict(slots)  # for `rephrase`
         instruction = self.task.instruction(rng, **slots)
         jitter = rng.uniform(-self.config.home_jitter, self.config.home_jitter, 3)
         self.arm.reset(np.array(self.config.home) + jitter)

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -41,8 +42,9 @@ def rollout(
     supervisor: Policy | None = None,
     takeover: Takeover | None = None,
     max_steps: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Episode:
-    """Run one episode of `policy` in `env` (reset with `seed`) and return it as an `Episode`.
+    """Run one episode of `policy` in `env` (reset with `seed` and `options`) and return it as an `Episode`.
 
     With a `supervisor` and a `takeover` rule, steps where `takeover(env, obs, t)` is true are driven by
     the supervisor and marked as interventions (HG-DAgger style). `max_steps` cuts the episode short
@@ -50,7 +52,7 @@ def rollout(
     """
     if (supervisor is None) != (takeover is None):
         raise ValueError("give both a supervisor and a takeover rule, or neither")
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options=options)
     cameras = list(obs["images"])
     frames: dict[str, list[np.ndarray]] = {camera: [] for camera in cameras}
     stamps: list[float] = []

@@ -1,0 +1,72 @@
+"""Instruction sets for evaluating language the policy was not trained on.
+
+An `InstructionSet` says every episode's instruction another way: per task, phrasings (templates with the task's
+slots, e.g. "could you pick the {color} cube up") and, optionally, other words for slot values ({"red": ["crimson",
+"scarlet"]}). Episode k of a task uses phrasing k mod n and, for each slot value with other words, word k mod m; the
+scene is the one the episode's seed gives, so an instruction set changes what is said and nothing else.
+
+`held_out.json` (shipped here) holds the phrasings and colour words no training list may contain; two sets come
+from it by name: "held-out" (its phrasings, the palette's own colour names) and "held-out-colours" (the task's own
+training phrasings, its colour words). A file of one's own: `{"phrasings": {"pick": [...]}, "color_words": {...}}`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+HELD_OUT = "held_out.json"
+NAMED = ("held-out", "held-out-colours")
+
+
+@dataclass(frozen=True)
+class InstructionSet:
+    """Other ways of saying each task's instruction; see the module docstring."""
+
+    name: str
+    phrasings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # task -> templates (absent: the task's own)
+    words: dict[str, tuple[str, ...]] = field(default_factory=dict)  # slot value -> other words for it
+
+    def options(self, task: str, episode: int, own: tuple[str, ...]) -> dict[str, Any]:
+        """`Env.reset` options for episode `episode` of `task` (`own`: the task's training phrasings, used when the
+        set has none for it)."""
+        templates = self.phrasings.get(task) or own
+        return {
+            "phrasing": templates[episode % len(templates)],
+            "words": {value: others[episode % len(others)] for value, others in self.words.items()},
+        }
+
+
+def held_out_data() -> dict[str, Any]:
+    """The shipped held-out phrasings and colour words."""
+    return json.loads(resources.files(__package__).joinpath(HELD_OUT).read_text())
+
+
+def load_instruction_set(source: str | Path) -> InstructionSet:
+    """A named set ("held-out", "held-out-colours") or a JSON file; ValueError with the reason for a bad one."""
+    if str(source) in NAMED:
+        held, name = held_out_data(), str(source)
+        part = "phrasings" if name == "held-out" else "color_words"
+        data = {part: held[part]}
+    else:
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"instruction set {path}: cannot read it as JSON ({e})") from None
+        name = path.stem
+    phrasings, words = data.get("phrasings", {}), data.get("color_words", {})
+    if not isinstance(phrasings, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in phrasings.values()
+    ):
+        raise ValueError(f"instruction set {name}: 'phrasings' must map each task to a non-empty list of templates")
+    if not isinstance(words, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(w, str) for w in v) for v in words.values()
+    ):
+        raise ValueError(f"instruction set {name}: 'color_words' must map each colour to a non-empty list of words")
+    if not phrasings and not words:
+        raise ValueError(f"instruction set {name}: give 'phrasings', 'color_words' or both")
+    return InstructionSet(name, {t: tuple(v) for t, v in phrasings.items()}, {c: tuple(v) for c, v in words.items()})

@@ -1,0 +1,98 @@
+"""Instructions the policy was not trained on: the held-out set stays out of training, and evaluation says each
+episode's instruction its way while the scene stays the one the seed gives."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fleet.recipe.evaluate import evaluate
+from fleet.sim.language import held_out_data, load_instruction_set
+from fleet.sim.registry import make_env
+from fleet.sim.tasks import COLORS, TASKS
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z{}]+", text.lower()))
+
+
+def test_no_held_out_phrasing_or_colour_word_is_in_any_training_list() -> None:
+    held = held_out_data()
+    training = {_words(p) for spec in TASKS.values() for p in spec.phrasings}
+    for task, phrasings in held["phrasings"].items():
+        assert task in TASKS and phrasings
+        assert not {_words(p) for p in phrasings} & training, task
+    names = {w for words in held["color_words"].values() for w in words}
+    assert set(held["color_words"]) == set(COLORS)  # another name for every colour the scenes paint
+    assert not names & set(COLORS)
+    assert not any(
+        name in _words(p).split() for name in names for p in (p for s in TASKS.values() for p in s.phrasings)
+    )
+
+
+@pytest.mark.parametrize("task", ["pick", "push", "place"])
+def test_a_held_out_instruction_changes_what_is_said_and_not_the_scene(task: str) -> None:
+    env = make_env(task, "panda", seed=0)
+    try:
+        own, _ = env.reset(seed=11)
+        slots = dict(env._slots)  # type: ignore[attr-defined]
+        held = load_instruction_set("held-out")
+        colours = load_instruction_set("held-out-colours")
+        for k in range(len(held.phrasings[task])):
+            options = held.options(task, k, TASKS[task].phrasings)
+            obs, _ = env.reset(seed=11, options=options)
+            assert obs["instruction"] == options["phrasing"].format(**slots)
+            np.testing.assert_array_equal(obs["images"]["front"], own["images"]["front"])
+            np.testing.assert_array_equal(obs["proprio"], own["proprio"])
+        obs, _ = env.reset(seed=11, options=colours.options(task, 1, TASKS[task].phrasings))
+        other = held_out_data()["color_words"][slots["color"]][1]
+        assert other in obs["instruction"] and slots["color"] not in obs["instruction"]
+        with pytest.raises(ValueError, match="must use the slots"):
+            env.reset(seed=11, options={"phrasing": "pick up the cube"})
+        with pytest.raises(ValueError, match="at most 200 characters"):
+            env.reset(seed=11, options={"phrasing": "<script>{color}</script>" if task != "push" else "{color}{side}!"})
+    finally:
+        env.close()
+
+
+class Listener:
+    """Hears the instructions and does not move."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        self.heard.append(obs["instruction"])
+        return np.zeros((4, 4), dtype=np.float32)
+
+    def reset(self) -> None:
+        pass
+
+
+def test_eval_says_episode_k_with_phrasing_k_on_the_same_seeds() -> None:
+    listener = Listener()
+    held = load_instruction_set("held-out")
+    evaluate(listener, ["pick"], ["panda"], episodes=2, seed=5, instructions=held)  # type: ignore[arg-type]
+    said = list(dict.fromkeys(listener.heard))
+    assert [re.sub(r"\b(red|green|blue|yellow|purple)\b", "{color}", s) for s in said] == list(
+        held.phrasings["pick"][:2]
+    )
+
+
+def test_an_instruction_file_of_ones_own_and_its_errors(tmp_path: Path) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"phrasings": {"pick": ["raise the {color} cube"]}, "color_words": {"red": ["ruby"]}}))
+    mine = load_instruction_set(path)
+    assert mine.name == "mine" and mine.options("pick", 3, ()) == {"phrasing": "raise the {color} cube",
+                                                                 "words": {"red": "ruby"}}  # fmt: skip
+    assert mine.options("push", 0, TASKS["push"].phrasings)["phrasing"] == TASKS["push"].phrasings[0]
+    for bad, reason in (("{", "cannot read it as JSON"), ('{"phrasings": {"pick": []}}', "non-empty list"),
+                        ("{}", "give 'phrasings'")):  # fmt: skip
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=reason):
+            load_instruction_set(path)
