@@ -210,7 +210,8 @@ class RobotRuntime:
                     log.error("assign_task refused", extra={"robot": self.config.robot_id, "task": task})
                 else:
                     self.task = task  # the env follows at the next episode start
-                    self.instruction_override = command.instruction
+                    self.instruction_override = command.instruction  # checked against the scene there
+                    self.error = None  # a new assignment supersedes an earlier refusal
                     self._end_rotation()
             self.applied_command = command.command_id
             log.info(
@@ -220,6 +221,22 @@ class RobotRuntime:
         with self._commands_lock:
             if not self._commands:
                 self.pending_command = None
+
+    def _check_instruction(self) -> None:
+        """An operator's instruction the scene cannot satisfy (a colour nothing on the table has, an object it does
+        not hold) is refused, with the reason in the heartbeat, instead of run: the policy would act on anything."""
+        check = getattr(self.env, "check_instruction", None)  # a real robot's driver may have its own, or none
+        if not self.instruction_override or check is None:
+            return
+        reason = check(self.instruction_override)
+        if reason is None:
+            return
+        self.error = f"instruction {self.instruction_override!r} refused: {reason}"
+        log.error(
+            "instruction refused",
+            extra={"robot": self.config.robot_id, "episode": self.episode_id, "reason": reason},
+        )
+        self.instruction_override = None
 
     def metrics(self) -> dict[str, Any]:
         """The runtime's own counters, as `fleet.observability.watch_robots` exports them (and the actor status)."""
@@ -331,6 +348,7 @@ class RobotRuntime:
         if self.task != self._env_task and self.env_factory is not None:
             self._switch_env(self.task)
         obs, _ = self.env.reset(seed=seed)
+        self._check_instruction()
         started_at = time.time()
         obs = self._observe(obs)
         self.policy.reset()

@@ -233,6 +233,30 @@ def test_assign_task_switches_the_env_at_the_next_episode_and_refuses_unknown_ta
     assert refusing.heartbeat().error == refusing.error
 
 
+def test_an_instruction_the_scene_cannot_satisfy_is_refused_with_the_reason_and_not_run() -> None:
+    def assign(instruction: str, task: str = "pick") -> tuple[RobotRuntime, list[TrajectorySegment]]:
+        """A robot told `instruction` for `task`, after one episode."""
+        messages: list = []
+        runtime = _runtime(messages, policy=ZeroPolicy(4), supervision="off")
+        runtime.env_factory = _panda_envs([])
+        runtime.submit_command(Command(command_id="c-1", robot_id="r1", action="assign_task", task_id=task,
+                                       instruction=instruction, issued_by="op", created_at=time.time()))  # fmt: skip
+        runtime.run(episodes=2)  # the command lands during the first; the second starts with it
+        return runtime, [m for m in messages if isinstance(m, TrajectorySegment)]
+
+    runtime, segments = assign("pick up the orange cube")  # no scene paints anything orange
+    assert runtime.error is not None and "refused: nothing orange on the table" in runtime.error
+    assert runtime.heartbeat().error == runtime.error
+    assert all("orange" not in s.instruction for s in segments)  # the episodes ran on the scene's own instruction
+    assert runtime.instruction_override is None
+    runtime, _ = assign("hand me the bottle please")
+    assert runtime.error is not None and "no bottle on the table" in runtime.error
+    runtime, segments = assign("lift up that cube")  # names nothing it can show to be wrong: run as said
+    assert runtime.error is None and "lift up that cube" in {s.instruction for s in segments}
+    runtime, _ = assign("reach the goal", task="mw-reach")  # a task this embodiment cannot do
+    assert runtime.error is not None and "cannot switch to task 'mw-reach'" in runtime.error and runtime.task == "pick"
+
+
 def test_a_rotating_robot_works_through_its_tasks_one_episode_each_and_an_assignment_ends_it() -> None:
     messages: list = []
     runtime = _runtime(messages, policy=ZeroPolicy(4), task_rotation=("push", "pick"))

@@ -96,3 +96,23 @@ def test_an_instruction_file_of_ones_own_and_its_errors(tmp_path: Path) -> None:
         path.write_text(bad)
         with pytest.raises(ValueError, match=reason):
             load_instruction_set(path)
+
+
+def test_the_scene_check_refuses_what_it_can_show_to_be_wrong_and_nothing_else() -> None:
+    from fleet.sim.grounding import refusal
+
+    env = make_env("place", "kuka", seed=0)
+    try:
+        env.reset(seed=3)
+        state = env.privileged_state()
+    finally:
+        env.close()
+    colours = sorted({o.color for o in state.objects.values()})
+    absent = sorted(set(COLORS) - set(colours))[0]
+    synonym = held_out_data()["color_words"][colours[0]][0]
+    assert refusal(f"put the {colours[0]} cube in the tray", state) is None
+    assert refusal(f"put the {synonym} cube in the tray", state) is None  # another name for a colour it has
+    assert refusal("put it in the tray", state) is None
+    assert f"nothing {absent} on the table" in (refusal(f"put the {absent} cube in the tray", state) or "")
+    assert "nothing pink" in (refusal("put the pink cube in the tray", state) or "")
+    assert "no apples on the table" in (refusal("put the apples in the tray", state) or "")

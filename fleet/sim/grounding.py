@@ -1,0 +1,52 @@
+"""Whether an instruction can be carried out in the scene in front of the robot.
+
+A robot told "pick up the orange cube" with no orange cube on the table, or "hand me the bottle" at a table of
+cubes, must say so rather than act on the nearest match: the policy maps any sentence to some action. The check is
+deliberately small and literal: colour words (the palette's names, other names for them, and common colours the
+palette does not paint) must name a colour some object on the table has, and an object word the scenes never hold
+is refused. Anything it does not recognise passes: it refuses what it can show to be wrong, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fleet.sim.base import SimState
+from fleet.sim.language import held_out_data
+from fleet.sim.tasks import COLORS
+
+# Colours no scene paints: naming one names nothing on the table.
+OTHER_COLOURS = ("orange", "pink", "black", "white", "brown", "grey", "gray", "cyan", "magenta")
+# Things the tabletop scenes never hold (their objects are cubes, blocks, pucks, a tray, a drawer and a button).
+FOREIGN_OBJECTS = (
+    "ball", "sphere", "bottle", "cup", "mug", "bowl", "banana", "apple", "pen", "phone", "cylinder", "book", "toy",
+    "sponge", "spoon", "fork", "knife",
+)  # fmt: skip
+
+
+def _colour_words() -> dict[str, str]:
+    """word -> the colour it names (palette names, their other names, colours no scene paints)."""
+    words = {name: name for name in COLORS}
+    words |= {w: name for name, others in held_out_data()["color_words"].items() for w in others}
+    return words | {w: w for w in OTHER_COLOURS}
+
+
+COLOUR_WORDS = _colour_words()
+
+
+def refusal(instruction: str, state: SimState) -> str | None:
+    """Why `instruction` cannot be carried out in `state`'s scene, or None when nothing in it says so."""
+    words = re.findall(r"[a-z]+", instruction.lower())
+    present = {o.color for o in state.objects.values() if o.color}
+    for word in words:
+        colour = COLOUR_WORDS.get(word)
+        if colour is not None and present and colour not in present:
+            return f"nothing {word} on the table (its objects are {', '.join(sorted(present))})"
+        if word in FOREIGN_OBJECTS or (word.endswith("s") and word[:-1] in FOREIGN_OBJECTS):
+            return f"no {word} on the table: a {state.task} scene holds {_holds(state)}"
+    return None
+
+
+def _holds(state: SimState) -> str:
+    names = sorted(state.objects)
+    return ", ".join(names) if names else "no movable objects"
