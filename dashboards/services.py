@@ -31,8 +31,9 @@ from dashboards.training_metrics import LearnerMetrics, learner_section
 from dashboards.versions import RegistryClient
 from fleet.db import Episode, Robot
 from fleet.episodes import EpisodeStore
+from fleet.registry import announce
 from fleet.rollout import CanaryController
-from fleet.schemas import Command, Message, ModelEvent
+from fleet.schemas import Command, Message
 from fleet.settings import Settings
 from fleet.transport import Delivery, Transport, TransportConfig, publish
 
@@ -184,20 +185,9 @@ class Services:
         if self.transport is None or not sha256 or source is None:
             return
         try:
-            self.publish(
-                ModelEvent(
-                    event=event,  # type: ignore[arg-type]
-                    model_name=self.settings.model_name,
-                    version=str(info.version),
-                    alias=alias,
-                    artifact_uri=str(source),
-                    sha256=sha256,
-                    parent_version=getattr(info, "parent_version", None),
-                    actor=actor,
-                    reason=reason,
-                    created_at=time.time(),
-                )
-            )
+            if not announce(self.settings, info, event=event, alias=alias, actor=actor, reason=reason,
+                            transport=self.transport):  # fmt: skip
+                log.warning("could not announce %s of v%s: the Kafka producer queue is full", event, info.version)
         except Exception as e:  # noqa: BLE001 - robots converge through alias polling anyway
             log.warning("could not announce %s of v%s on fleet.models: %s", event, info.version, e)
 

@@ -42,6 +42,8 @@ from fleet.settings import Settings
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from fleet.transport import Transport
+
 log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
@@ -546,10 +548,22 @@ def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="fleet-ckpt-"))
 
 
-def announce(settings: Settings, info: VersionInfo, *, event: str, alias: str | None, actor: str, reason: str) -> bool:
-    """Publish a `ModelEvent` on `fleet.models` so robots react at once (they also poll the alias).
+def announce(
+    settings: Settings,
+    info: VersionInfo,
+    *,
+    event: str,
+    alias: str | None,
+    actor: str,
+    reason: str,
+    transport: Transport | None = None,
+) -> bool:
+    """Publish a `ModelEvent` on `fleet.models` so robots react at once (they also poll the alias). Every model
+    event fleet sends goes through here.
 
-    Returns False when the broker could not take it in time: robots still converge via alias polling.
+    A long-running service passes its own long-lived `transport` (the message is queued on it; True once queued);
+    without one (the CLI), a producer is made for this one message and the call waits for the broker's
+    acknowledgement: False when the broker did not take it in time. Robots converge through alias polling anyway.
     """
     from fleet.schemas import ModelEvent
     from fleet.transport import KafkaTransport, TransportConfig, publish
@@ -557,21 +571,23 @@ def announce(settings: Settings, info: VersionInfo, *, event: str, alias: str | 
     message = ModelEvent(
         event=event,  # type: ignore[arg-type]
         model_name=settings.model_name,
-        version=info.version,
+        version=str(info.version),
         alias=alias,
-        artifact_uri=info.source,
+        artifact_uri=str(info.source),
         sha256=info.sha256,
         parent_version=info.parent_version,
         actor=actor,
         reason=reason,
         created_at=time.time(),
     )
-    transport = KafkaTransport(TransportConfig.from_settings(settings, client_id=f"fleet-{actor}"[:60]))
+    if transport is not None:
+        return publish(transport, message)
+    own = KafkaTransport(TransportConfig.from_settings(settings, client_id=f"fleet-{actor}"[:60]))
     try:
-        publish(transport, message)
-        return transport.flush(timeout_s=10.0)
+        publish(own, message)
+        return own.flush(timeout_s=10.0)
     finally:
-        transport.close(timeout_s=5.0)
+        own.close(timeout_s=5.0)
 
 
 def publish_model(

@@ -388,7 +388,10 @@ class LearnerService:
             "learner: published version %s (%s, gate %s)", info.version, reason, "passed" if passed else "failed",
             extra={"version": info.version, "parent_version": state.parent_version, "gate_passed": passed},
         )  # fmt: skip
-        announce(self.settings, info, event="registered", alias="candidate", actor="learner", reason=reason)
+        announce(
+            self.settings, info, event="registered", alias="candidate", actor="learner", reason=reason,
+            transport=self.transport,
+        )  # fmt: skip
         if passed and self.config.promote:
             try:
                 self._deploy(info, reason)
@@ -402,7 +405,10 @@ class LearnerService:
         share of the robots in replay first (the canary controller then decides on the fleet's own episodes)."""
         if not self.config.canary_fraction:
             self.registry.promote(info.version, actor="learner", role="service", reason=reason, automatic=True)
-            announce(self.settings, info, event="promoted", alias=PRODUCTION, actor="learner", reason=reason)
+            announce(
+                self.settings, info, event="promoted", alias=PRODUCTION, actor="learner", reason=reason,
+                transport=self.transport,
+            )  # fmt: skip
             return
         running = self.registry.canary()
         if running is not None:

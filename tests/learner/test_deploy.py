@@ -38,7 +38,9 @@ class Registry:
 def _learner(registry: Registry, fraction: float) -> Any:
     config = dataclasses.replace(get_preset("debug"), canary_fraction=fraction)
     robots = SimpleNamespace(fleet_robots=lambda: [f"robot-{i}" for i in range(8)])
-    return SimpleNamespace(config=config, registry=registry, replay=robots, settings=None, canary_version=None)
+    return SimpleNamespace(
+        config=config, registry=registry, replay=robots, settings=None, canary_version=None, transport=None
+    )
 
 
 @pytest.fixture(autouse=True)
