@@ -15,9 +15,7 @@ through a non-blocking transport: segments every `segment_steps`, a `Correction`
 
 from __future__ import annotations
 
-import gc
 import logging
-import resource
 import threading
 import time
 import uuid
@@ -32,6 +30,7 @@ import numpy as np
 from actors.priority import check_niceness
 from actors.reload import HotReloader
 from actors.supervisor import Supervisor
+from actors.ticks import GC_PAUSES, freeze_heap, thread_usage, usage_delta
 from fleet.schemas import Command, Correction, Heartbeat, LoopStats, Message, RewardSignal, TrajectorySegment
 
 log = logging.getLogger(__name__)
@@ -165,7 +164,7 @@ class RobotRuntime:
         # preempted, major page faults): work_ms >> cpu_ms means the thread waited rather than worked}
         self.missed_log: deque[dict[str, Any]] = deque(maxlen=1000)
         self._waited_ms = 0.0  # ms the current tick waited for an inference to finish
-        self._tick_usage = _thread_usage()  # the control thread's counters when the current tick started
+        self._tick_usage = thread_usage()  # the control thread's counters when the current tick started
         self.segments_total = 0  # trajectory segments published since start
         self.recent: deque[EpisodeResult] = deque(maxlen=1000)  # latest finished episodes
         self.successes_total = 0  # successful episodes since start
@@ -372,7 +371,7 @@ class RobotRuntime:
         while not done:
             tick_start = time.monotonic()
             if cfg.realtime:  # only a real-time tick can miss its deadline and report these counters
-                self._tick_usage = _thread_usage()
+                self._tick_usage = thread_usage()
             if cursor >= end:
                 if pending is None:
                     pending, pending_step = self._infer(obs), step
@@ -507,7 +506,7 @@ class RobotRuntime:
                 {"at": time.time(), "late_ms": round((start - deadline) * 1000, 1), "work_ms": round(elapsed_ms, 1),
                  "waited_ms": round(waited_ms, 1), "gc_ms": round(GC_PAUSES.within(deadline, now) * 1000, 1),
                  "reload_ms": self._reload_busy(deadline, now),
-                 **_usage_delta(self._tick_usage, _thread_usage())}
+                 **usage_delta(self._tick_usage, thread_usage())}
             )  # fmt: skip
             return now  # resynchronise: one overrun is one missed tick, not a cascade
         with self._slack:
@@ -559,77 +558,6 @@ class RobotRuntime:
                 reason=reason[:200], channel=getattr(self.reloader, "channel", None),
             )
         )  # fmt: skip
-
-
-RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # Linux; elsewhere the whole process
-
-
-def _thread_usage() -> tuple[float, float, int, int, int]:
-    """The calling thread's (CPU s, process CPU s, voluntary and involuntary context switches, major faults).
-
-    CPU times from the scheduler's exact clocks: getrusage's user + system time is scaled from tick samples and
-    over a 20 ms tick could exceed the process's exact time or the tick's wall time by a tick (CI saw it).
-    """
-    usage = resource.getrusage(RUSAGE_THREAD)
-    return (time.thread_time(), time.process_time(), usage.ru_nvcsw, usage.ru_nivcsw, usage.ru_majflt)
-
-
-def _usage_delta(
-    before: tuple[float, float, int, int, int], after: tuple[float, float, int, int, int]
-) -> dict[str, float]:
-    """What a missed tick's thread did between two `_thread_usage` readings.
-
-    `blocked`: times it went to sleep on something (a lock, I/O, its chunk: see waited_ms); `preempted`: times the
-    scheduler took the core away from it; `major_faults`: pages it had to wait for from disk.
-    """
-    return {
-        "cpu_ms": round((after[0] - before[0]) * 1000, 1),
-        "process_cpu_ms": round((after[1] - before[1]) * 1000, 1),
-        "blocked": after[2] - before[2],
-        "preempted": after[3] - before[3],
-        "major_faults": after[4] - before[4],
-    }
-
-
-class CollectorPauses:
-    """This process's garbage-collector pauses (via `gc.callbacks`), so a missed tick can say what it lost to them."""
-
-    def __init__(self, min_s: float = 0.002) -> None:
-        self.min_s = min_s
-        self.pauses: deque[tuple[float, float, int]] = deque(maxlen=512)  # (monotonic start, end, generation)
-        self._started = 0.0
-
-    def install(self) -> None:
-        if self._callback not in gc.callbacks:
-            gc.callbacks.append(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, Any]) -> None:
-        now = time.monotonic()
-        if phase == "start":
-            self._started = now
-        elif now - self._started >= self.min_s:
-            self.pauses.append((self._started, now, int(info.get("generation", -1))))
-
-    def within(self, start: float, end: float) -> float:
-        """Seconds of [start, end] (monotonic) the collector held the process."""
-        return sum(max(0.0, min(b, end) - max(a, start)) for a, b, _ in list(self.pauses))
-
-
-GC_PAUSES = CollectorPauses()  # one per process: gc.callbacks are process-wide
-
-
-def freeze_heap() -> None:
-    """Move every object alive now out of the garbage collector's sight (`gc.freeze`), once the robot is built.
-
-    A full (generation-2) collection walks every tracked object of the process: with torch, the simulator and
-    the language model imported that is millions of objects, and on a loaded 2-core machine one pass took
-    0.3-0.66 s — the missed ticks around swaps were those passes, triggered by the allocations of loading a
-    new version (bench/latency.py). What is alive when the control loop starts (modules, the env, the first
-    model, the language model its first inference imports) lives as long as the process, so it need not be
-    walked again; later passes walk only what the loop and the reloader allocated since.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _version_number(version: str | None) -> int:

@@ -27,7 +27,7 @@ logging.getLogger("kafka").setLevel(logging.ERROR)
 
 @pytest.fixture(autouse=True)
 def _unfrozen_heap() -> Iterator[None]:
-    """Real-time robots run in-process freeze the heap (actors.runtime.freeze_heap); give it back after each test."""
+    """Real-time robots run in-process freeze the heap (actors.ticks.freeze_heap); give it back after each test."""
     yield
     gc.unfreeze()
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.runtime import CollectorPauses, RobotConfig, RobotRuntime
+from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import ExpertSupervisor, make_supervisor
+from actors.ticks import CollectorPauses
 from fleet.schemas import Command, Correction, Heartbeat, RewardSignal, TrajectorySegment, decode, encode
 from fleet.sim.registry import make_env
 
