@@ -23,6 +23,7 @@ from typing import Any
 from actors.reload import HotReloader, ReloadConfig
 from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import SupervisorConfig, make_supervisor
+from fleet.client import robot_transport
 from fleet.settings import Settings
 from fleet.signing import SignedVersion, load_trusted_keys
 
@@ -59,28 +60,6 @@ def policy_loader(checkpoint: Path, signed: SignedVersion) -> Any:
 
     return VLAPolicy.from_checkpoint(
         checkpoint, expected_sha256=signed.weights_sha256, expected_config_sha256=signed.config_sha256, num_threads=1
-    )
-
-
-def robot_transport(settings: Settings, robot_id: str) -> Any:
-    """The robot's spooling transport: through the dashboard when `settings.ingest_url` is set, else Kafka."""
-    if settings.ingest_url is None:
-        from fleet.transport import KafkaTransport, TransportConfig
-
-        return KafkaTransport(TransportConfig.from_settings(settings, spool_name=robot_id))
-    from fleet.transport.http import HttpTransport, HttpTransportConfig
-
-    if settings.robot_token is None:
-        raise ValueError(f"robot {robot_id}: FLEET_INGEST_URL is set but FLEET_ROBOT_TOKEN is not")
-    return HttpTransport(
-        HttpTransportConfig(
-            url=settings.ingest_url,
-            robot_id=robot_id,
-            token=settings.robot_token.get_secret_value(),
-            spool_dir=settings.home / "spool" / robot_id,
-            spool_max_bytes=settings.spool_max_bytes,
-            spool_segment_bytes=min(HttpTransportConfig.spool_segment_bytes, settings.spool_max_bytes),
-        )
     )
 
 

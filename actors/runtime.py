@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,8 @@ from actors.priority import check_niceness
 from actors.reload import HotReloader
 from actors.supervisor import Supervisor
 from actors.ticks import GC_PAUSES, freeze_heap, thread_usage, usage_delta
-from fleet.schemas import Command, Correction, Heartbeat, LoopStats, Message, RewardSignal, TrajectorySegment
+from fleet.client.episode import EpisodeStream
+from fleet.schemas import Command, Heartbeat, LoopStats, Message
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +99,6 @@ class EpisodeResult:
     finished_at: float = 0.0  # wall clock when the episode ended
     started_at: float = 0.0  # wall clock when it began (after the env reset)
     task: str = ""  # the task it ran
-
-
-@dataclass
-class _Segment:
-    """Steps buffered for the next TrajectorySegment."""
-
-    start: int = 0
-    timestamps: list[float] = field(default_factory=list)
-    frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    proprio: list[np.ndarray] = field(default_factory=list)
-    actions: list[np.ndarray] = field(default_factory=list)
-    intervention: list[bool] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    version: str | None = None
-    missed_before: int = 0  # the runtime's missed-tick count when the segment began
 
 
 class RobotRuntime:
@@ -353,10 +339,13 @@ class RobotRuntime:
         self.policy.reset()
         if self.supervisor is not None:
             self.supervisor.reset()
-        segment, index, step = _Segment(missed_before=self.missed_total), 0, 0
-        takeover: list[np.ndarray] = []
-        takeover_start = 0
-        interventions = 0
+        stream = EpisodeStream(
+            self.publish, robot_id=cfg.robot_id, embodiment=cfg.embodiment, task=self.task,
+            instruction=self.instruction_override or self.env.instruction, episode_id=self.episode_id,
+            segment_steps=cfg.segment_steps, operator=getattr(self.supervisor, "name", "supervisor"),
+            channel=lambda: getattr(self.reloader, "channel", None), missed_ticks=self.missed_total,
+        )  # fmt: skip
+        step = 0
         success = done = False
         period = cfg.time_scale / cfg.control_hz  # wall seconds per tick
         self._maybe_swap()
@@ -389,22 +378,11 @@ class RobotRuntime:
             cursor += 1
             human = self.supervisor.step(obs, action) if self.supervisor is not None else None
             self.intervening = human is not None
-            if human is not None:
-                if not takeover:
-                    takeover_start, takeover_reason = step, getattr(self.supervisor, "reason", "")
-                takeover.append(human)
-                action = human
-                interventions += 1
-            elif takeover:
-                self._send_correction(takeover_start, takeover, chunk_version, takeover_reason)
-                takeover = []
-            if segment.version != chunk_version and segment.actions:
-                self._send_segment(segment, index, done=False, success=False)
-                segment, index = _Segment(start=step, missed_before=self.missed_total), index + 1
-            segment.version = chunk_version
-            self._record(segment, obs, action, human is not None)
-            next_obs, reward, terminated, truncated, info = self.env.step(action)
-            segment.rewards.append(float(reward))
+            stream.act(
+                obs["images"], obs["proprio"], action if human is None else human, version=chunk_version,
+                human=human is not None, reason=getattr(self.supervisor, "reason", ""), missed_ticks=self.missed_total,
+            )  # fmt: skip
+            next_obs, reward, terminated, truncated, info = self.env.step(action if human is None else human)
             step += 1
             done = bool(terminated or truncated)
             success = bool(info.get("success", False))
@@ -412,28 +390,27 @@ class RobotRuntime:
                 done, success = True, False
             obs = self._observe(next_obs)
             next_tick = self._tick(tick_start, period, next_tick)  # first: a segment holds its last step's tick
-            if len(segment.actions) >= cfg.segment_steps or done:
-                self._send_segment(segment, index, done=done, success=success)
-                segment, index = _Segment(start=step, missed_before=self.missed_total), index + 1
+            stream.result(float(reward), done=done, success=success, missed_ticks=self.missed_total)
             if self._stop.is_set():
                 break
-        if takeover:
-            self._send_correction(takeover_start, takeover, chunk_version, takeover_reason)
         if pending is not None:
             pending.cancel()
-        self.publish(
-            RewardSignal(
-                reward_id=f"{self.episode_id}-outcome", robot_id=cfg.robot_id, episode_id=self.episode_id,
-                source="sim", labeller="success-check", created_at=time.time(), success=success,
-            )
-        )  # fmt: skip
+        stream.finish(chunk_version, success=success)
+        self.segments_total += stream.segments
         log.info(
             "episode finished",
             extra={"robot": cfg.robot_id, "episode": self.episode_id, "version": chunk_version, "steps": step,
-                   "success": success, "interventions": interventions},
+                   "success": success, "interventions": stream.interventions},
         )  # fmt: skip
         return EpisodeResult(
-            self.episode_id, step, success, interventions, chunk_version, time.time(), started_at, self.task or ""
+            self.episode_id,
+            step,
+            success,
+            stream.interventions,
+            chunk_version,
+            time.time(),
+            started_at,
+            self.task or "",
         )
 
     def _switch_env(self, task: str) -> None:
@@ -520,44 +497,6 @@ class RobotRuntime:
         """Milliseconds of [start, end] each of the reloader's slow steps ran (HotReloader.busy_within), by step."""
         busy = getattr(self.reloader, "busy_within", None)
         return {name: round(s * 1000, 1) for name, s in busy(start, end).items()} if busy is not None else {}
-
-    def _record(self, segment: _Segment, obs: dict[str, Any], action: np.ndarray, human: bool) -> None:
-        segment.timestamps.append(time.time())
-        for camera, image in obs["images"].items():
-            segment.frames.setdefault(camera, []).append(image)
-        segment.proprio.append(np.asarray(obs["proprio"], dtype=np.float32))
-        segment.actions.append(np.asarray(action, dtype=np.float32))
-        segment.intervention.append(human)
-
-    def _send_segment(self, segment: _Segment, index: int, *, done: bool, success: bool) -> None:
-        cfg = self.config
-        assert self.episode_id is not None  # set when the episode began
-        self.publish(
-            TrajectorySegment(
-                robot_id=cfg.robot_id, embodiment=cfg.embodiment, task_id=self.task,
-                instruction=self.instruction_override or self.env.instruction, episode_id=self.episode_id,
-                segment_index=index, step_start=segment.start, model_version=segment.version,
-                created_at=time.time(), timestamps=np.asarray(segment.timestamps, dtype=np.float64),
-                frames={cam: np.stack(images) for cam, images in segment.frames.items()},
-                proprio=np.stack(segment.proprio), actions=np.stack(segment.actions),
-                intervention=np.asarray(segment.intervention, dtype=bool),
-                rewards=np.asarray(segment.rewards, dtype=np.float32), done=done, success=success,
-                missed_ticks=self.missed_total - segment.missed_before,
-            )
-        )  # fmt: skip
-        self.segments_total += 1
-
-    def _send_correction(self, start: int, actions: list[np.ndarray], version: str | None, reason: str) -> None:
-        cfg = self.config
-        assert self.episode_id is not None  # set when the episode began
-        self.publish(
-            Correction(
-                correction_id=f"{self.episode_id}-c{start}", robot_id=cfg.robot_id, embodiment=cfg.embodiment,
-                task_id=self.task, episode_id=self.episode_id, step_start=start, actions=np.stack(actions),
-                operator=getattr(self.supervisor, "name", "supervisor"), model_version=version, created_at=time.time(),
-                reason=reason[:200], channel=getattr(self.reloader, "channel", None),
-            )
-        )  # fmt: skip
 
 
 def _version_number(version: str | None) -> int:

@@ -174,7 +174,7 @@ def test_config_refuses_a_missing_token_or_a_url_without_a_scheme() -> None:
 
 
 def test_a_robot_with_an_ingest_url_posts_through_the_dashboard_and_needs_its_token(tmp_path: Path) -> None:
-    from actors.robot import robot_transport
+    from fleet.client import robot_transport
     from fleet.settings import Settings
 
     settings = Settings(home=tmp_path, ingest_url="http://127.0.0.1:1", robot_token="t0k")

@@ -1,0 +1,105 @@
+"""A real robot's side of fleet: stream its episodes, corrections and heartbeats; nothing else to import.
+
+    from fleet.client import RobotClient
+    client = RobotClient.from_settings("arm-1", "panda")   # FLEET_INGEST_URL + FLEET_ROBOT_TOKEN, or Kafka
+    episode = client.episode("pick", "pick up the red cube")
+    for each control tick:
+        episode.act(images, proprio, action, version=model_version, human=operator_drives)
+        ... the robot executes the action ...
+        episode.result(reward, done=done, success=success)
+    episode.finish(model_version, success=success)
+    client.heartbeat("running", model_version, loop=stats)
+    client.close()
+
+The robot posts through the dashboard over HTTPS (`fleet.transport.http`) or produces to Kafka; either way what it
+cannot deliver waits in its disk spool and is replayed in order. The client needs neither torch nor MLflow, a
+database or Ray (a test imports it and checks): the robot's own process stays small. The simulated fleet's control
+loop (actors/runtime.py) builds its messages with the same `EpisodeStream`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from fleet.client.episode import EpisodeStream
+from fleet.schemas import Heartbeat, LoopStats, Message
+from fleet.settings import Settings, get_settings
+from fleet.transport import publish
+
+State = Literal["starting", "idle", "running", "paused", "stopped", "out_of_rotation", "error"]
+
+
+def robot_transport(settings: Settings, robot_id: str) -> Any:
+    """The robot's spooling transport: through the dashboard when `settings.ingest_url` is set, else Kafka."""
+    if settings.ingest_url is None:
+        from fleet.transport import KafkaTransport, TransportConfig
+
+        return KafkaTransport(TransportConfig.from_settings(settings, spool_name=robot_id))
+    from fleet.transport.http import HttpTransport, HttpTransportConfig
+
+    if settings.robot_token is None:
+        raise ValueError(f"robot {robot_id}: FLEET_INGEST_URL is set but FLEET_ROBOT_TOKEN is not")
+    return HttpTransport(
+        HttpTransportConfig(
+            url=settings.ingest_url,
+            robot_id=robot_id,
+            token=settings.robot_token.get_secret_value(),
+            spool_dir=settings.home / "spool" / robot_id,
+            spool_max_bytes=settings.spool_max_bytes,
+            spool_segment_bytes=min(HttpTransportConfig.spool_segment_bytes, settings.spool_max_bytes),
+        )
+    )
+
+
+class RobotClient:
+    """One robot's connection to the fleet; see the module docstring."""
+
+    def __init__(self, robot_id: str, embodiment: str, transport: Any, *, segment_steps: int = 10) -> None:
+        self.robot_id, self.embodiment, self.transport = robot_id, embodiment, transport
+        self.segment_steps = segment_steps
+        self.current: EpisodeStream | None = None
+
+    @classmethod
+    def from_settings(
+        cls, robot_id: str, embodiment: str, settings: Settings | None = None, *, segment_steps: int = 10
+    ) -> RobotClient:
+        settings = settings or get_settings()
+        return cls(robot_id, embodiment, robot_transport(settings, robot_id), segment_steps=segment_steps)
+
+    def publish(self, message: Message) -> bool:
+        """Queue any fleet message of this robot's (never blocks)."""
+        return publish(self.transport, message)
+
+    def episode(self, task: str, instruction: str, *, operator: str = "operator") -> EpisodeStream:
+        """A new episode; its segments, corrections and outcome go out as the robot reports its steps."""
+        self.current = EpisodeStream(
+            self.publish, robot_id=self.robot_id, embodiment=self.embodiment, task=task, instruction=instruction,
+            episode_id=f"{self.robot_id}-{uuid.uuid4().hex[:10]}", segment_steps=self.segment_steps, operator=operator,
+        )  # fmt: skip
+        return self.current
+
+    def heartbeat(
+        self,
+        state: State,
+        model_version: str | None,
+        *,
+        loop: LoopStats,
+        error: str | None = None,
+        intervening: bool = False,
+    ) -> bool:
+        """Tell the dashboard how the robot is (send one every second or so)."""
+        current = self.current
+        return self.publish(
+            Heartbeat(
+                robot_id=self.robot_id, embodiment=self.embodiment, state=state, model_version=model_version,
+                task_id=current.task if current else None, episode_id=current.episode_id if current else None,
+                sent_at=time.time(), loop=loop, spooled_messages=getattr(self.transport.producer, "spooled", 0),
+                intervening=intervening, error=error,
+            )
+        )  # fmt: skip
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Send what is queued (for up to `timeout_s`); the rest stays in the spool for the next start."""
+        self.transport.close(timeout_s=timeout_s)
