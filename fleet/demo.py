@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -253,6 +254,12 @@ def main(config: DemoConfig) -> dict[str, Any]:
         console.print(f"dashboard: {settings.dashboard_url}  (user admin" + (f", password {password})" if password
                       else ", password as set before)"))  # fmt: skip
 
+    # The terminal shows the live table, the dashboard's address and real errors (a robot that fails raises in
+    # this process); the robots' own output (Ray worker lines, Kafka client warnings, download progress bars) goes
+    # to Ray's log files.
+    os.environ.setdefault("FLEET_RAY_LOG_TO_DRIVER", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the robots inherit it
+    console.print("[dim]robots' logs: /tmp/ray/session_latest/logs/; services': " + str(settings.log_dir) + "[/dim]")
     events: dict[tuple[str, float], tuple[float, str, bool, int]] = {}
     started = time.monotonic()
     fleet_config = FleetConfig(
