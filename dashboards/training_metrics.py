@@ -43,9 +43,9 @@ class LearnerMetrics:
     def read(self) -> dict[str, Any]:
         """Recent learner runs and the newest one's throughput and loss series (points: step, timestamp, value)."""
         self._probe()
-        from mlflow import MlflowClient
+        from fleet.mlflow_client import mlflow_client
 
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = mlflow_client(self.tracking_uri)
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
             return _empty()

@@ -97,18 +97,11 @@ class Registry:
     """MLflow-backed registry of this fleet's VLA versions."""
 
     def __init__(self, settings: Settings, *, sessions: sessionmaker[Session] | None | bool = True) -> None:
-        import os
+        from fleet.mlflow_client import mlflow_client
 
-        from mlflow import MlflowClient
-
-        # MLflow's client retries a dead server for minutes by default; robots and the learner poll and
-        # queue instead, so fail fast (an explicit MLFLOW_HTTP_REQUEST_* in the environment still wins).
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.settings = settings
         self.name = settings.model_name
-        self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        self.client = mlflow_client(settings.tracking_uri)
         # sessions=True: the DB from settings; None/False: no DB mirror (robots don't need one).
         self.sessions: sessionmaker[Session] | None = _db(settings) if sessions is True else (sessions or None)
         self._trusted: dict[str, Any] | None = None  # signing.load_trusted_keys(settings), read on first use

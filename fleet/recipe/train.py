@@ -197,11 +197,11 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 def _log_run(uri: str, config: StageConfig, tc: TrainConfig, stats: TrainStats, episodes: int) -> str:
     """One MLflow run per stage call: params, `losses/*` per log window, the model files as `checkpoint`."""
     from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
 
+    from fleet.mlflow_client import mlflow_client
     from fleet.policy.checkpoint import OPTIMIZER_FILE, OPTIMIZER_META_FILE
 
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
     tags = {"fleet.kind": config.stage, "fleet.run_dir": str(config.run_dir.resolve())}

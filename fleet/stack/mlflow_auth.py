@@ -49,14 +49,15 @@ def setup_users(
     """As the MLflow admin (MLFLOW_TRACKING_USERNAME / _PASSWORD): create the experiment and the registered model
     if absent, each service's user (or set its password again: rotation), and grant exactly SERVICE_PERMISSIONS.
     Returns service -> resource type -> permission granted."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from mlflow.server.auth.client import AuthServiceClient
 
     unknown = set(passwords) - set(SERVICE_PERMISSIONS)
     if unknown:
         raise ValueError(f"no MLflow permissions defined for {sorted(unknown)}; known: {sorted(SERVICE_PERMISSIONS)}")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    from fleet.mlflow_client import mlflow_client
+
+    client = mlflow_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     try:

@@ -1,0 +1,33 @@
+"""Each job of the loop in one place: checks on the code itself (issue #31's structure)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = ("fleet", "learner", "actors", "dashboards")
+
+
+def _calls(name: str) -> set[str]:
+    """Product files that call `name(...)` (a bare name or an attribute)."""
+    found = set()
+    for package in PRODUCT:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call):
+                    func = node.func
+                    called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                    if called == name:
+                        found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_one_place_makes_mlflow_clients() -> None:
+    assert _calls("MlflowClient") == {"fleet/mlflow_client.py"}
+
+
+def test_one_place_builds_episodes_from_segments_and_one_builds_segments_from_steps() -> None:
+    assert _calls("episode_from_segments") == {"fleet/recorder.py", "learner/ingest.py"}
+    assert _calls("TrajectorySegment") == {"fleet/client/episode.py"}
+    assert _calls("EpisodeStream") == {"fleet/client/__init__.py", "actors/runtime.py"}
