@@ -6,6 +6,8 @@ import logging
 
 import typer
 
+from fleet.defaults import DEFAULT_EMBODIMENTS
+
 app = typer.Typer(help="The simulated robot fleet (Ray actors).", no_args_is_help=True)
 
 
@@ -22,7 +24,9 @@ def run(
     scenario: str = typer.Option(
         "nominal", help="Deployment conditions of the robots' scenes: nominal, high-start, far-reach, new-task."
     ),
-    embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments, spread over the robots."),
+    embodiments: str = typer.Option(
+        ",".join(DEFAULT_EMBODIMENTS), help="Comma-separated embodiments, spread over the robots."
+    ),
     episodes: int | None = typer.Option(None, help="Episodes per robot (default: run for --duration)."),
     duration: float | None = typer.Option(None, help="Seconds to run (default: forever when --episodes unset)."),
     realtime: bool = typer.Option(False, help="Tick at the control rate instead of as fast as the sim runs."),

@@ -20,6 +20,7 @@ from typing import Any
 from actors.priority import set_niceness
 from actors.runtime import RobotConfig
 from actors.supervisor import SupervisorConfig, check_supervision
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ class FleetConfig:
     """A simulated fleet."""
 
     n: int = 4  # robots
-    tasks: tuple[str, ...] = ("pick", "push", "place")  # spread over the robots (_interleave)
-    embodiments: tuple[str, ...] = ("panda", "kuka")  # spread over the robots (_interleave)
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # spread over the robots (_interleave)
+    embodiments: tuple[str, ...] = DEFAULT_EMBODIMENTS  # spread over the robots (_interleave)
     scenario: str = "nominal"  # deployment conditions every robot's scenes follow (fleet.sim.scenarios)
     episodes: int | None = None  # episodes per robot (None: run for duration_s)
     duration_s: float | None = 60.0  # wall-clock budget (None: run for `episodes`)

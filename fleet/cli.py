@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from fleet.db.cli import app as db_app
+from fleet.defaults import DEFAULT_EMBODIMENTS
 from fleet.models_cli import app as models_app
 from fleet.recipe.cli import register as register_recipe
 from fleet.recorder_cli import register as register_recorder
@@ -73,7 +74,7 @@ def demo(
     robots: int = typer.Option(4, help="Simulated robots."),
     minutes: float = typer.Option(15.0, help="Fleet time to run."),
     tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
-    embodiments: str = typer.Option("panda,kuka", help="Comma-separated embodiments."),
+    embodiments: str = typer.Option(",".join(DEFAULT_EMBODIMENTS), help="Comma-separated embodiments."),
     scenario: str = typer.Option(
         "nominal", help="Deployment conditions of the fleet and the gate: nominal, high-start, far-reach, new-task."
     ),

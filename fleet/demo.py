@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleet.defaults import DEFAULT_EMBODIMENTS
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class DemoConfig:
 
     robots: int = 4  # simulated robots (Ray actors)
     tasks: tuple[str, ...] = ("pick", "push")  # tasks the fleet works on (and version 1 is trained on)
-    embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiments of the fleet
+    embodiments: tuple[str, ...] = DEFAULT_EMBODIMENTS  # embodiments of the fleet
     # Deployment conditions the fleet and the learner's gate run in (fleet.sim.scenarios). Version 1 learns from
     # demonstrations in the nominal conditions; a scenario with a new task also seeds it with that task's few demos.
     scenario: str = "nominal"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 from fleet.naming import lookup
 from fleet.policy.config import VLAConfig, debug_model_config
 from learner.gate import GateConfig
@@ -77,7 +78,11 @@ PRESETS: dict[str, LearnerConfig] = {
         name="demo",
         rllib=RLlibConfig(lr=1e-4, ema_decay=0.995),
         gate=GateConfig(
-            tasks=("pick", "push"), embodiments=("panda", "kuka"), episodes=5, min_improvement=0.05, confirm_episodes=5
+            tasks=("pick", "push"),
+            embodiments=DEFAULT_EMBODIMENTS,
+            episodes=5,
+            min_improvement=0.05,
+            confirm_episodes=5,
         ),
         batch_size=32,
         min_replay=256,
@@ -93,8 +98,8 @@ PRESETS: dict[str, LearnerConfig] = {
         name="online",
         rllib=RLlibConfig(lr=1e-4, ema_decay=0.995),
         gate=GateConfig(
-            tasks=("pick", "push", "place"),
-            embodiments=("panda", "kuka"),
+            tasks=DEFAULT_TASKS,
+            embodiments=DEFAULT_EMBODIMENTS,
             episodes=10,
             min_improvement=0.05,
             confirm_episodes=10,

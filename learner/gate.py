@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 from fleet.policy.base import Policy
 from fleet.policy.language import InstructionEmbedder
 from fleet.policy.model import VLAModel
@@ -32,12 +33,8 @@ log = logging.getLogger(__name__)
 class GateConfig:
     """Which held-out episodes decide a version's fate."""
 
-    tasks: tuple[str, ...] = (
-        "pick",
-        "push",
-        "place",
-    )  # sim tasks evaluated (pairs a task does not support are skipped)
-    embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiments evaluated
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # sim tasks evaluated (pairs a task does not support are skipped)
+    embodiments: tuple[str, ...] = DEFAULT_EMBODIMENTS  # embodiments evaluated
     scenario: str = "nominal"  # the deployment conditions the episodes run in (`fleet.sim.scenarios`)
     episodes: int = 10  # episodes per task × embodiment
     seed_offset: int = 1_000_000  # first held-out seed (robots and demos use small seeds)

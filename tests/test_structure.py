@@ -31,3 +31,17 @@ def test_one_place_builds_episodes_from_segments_and_one_builds_segments_from_st
     assert _calls("episode_from_segments") == {"fleet/recorder.py", "learner/ingest.py"}
     assert _calls("TrajectorySegment") == {"fleet/client/episode.py"}
     assert _calls("EpisodeStream") == {"fleet/client/__init__.py", "actors/runtime.py"}
+
+
+def test_the_default_tasks_and_arms_are_written_once() -> None:
+    """fleet.defaults holds them; everything else refers to it (TaskSpec's own list says which arms simulate a
+    task, a property of the PyBullet backend rather than a default choice)."""
+    literal = {("pick", "push", "place"), ("panda", "kuka")}
+    found = set()
+    for package in PRODUCT:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                constants = isinstance(node, ast.Tuple) and all(isinstance(e, ast.Constant) for e in node.elts)
+                if constants and tuple(e.value for e in node.elts) in literal:  # type: ignore[attr-defined]
+                    found.add(str(path.relative_to(ROOT)))
+    assert found == {"fleet/defaults.py", "fleet/sim/base.py"}

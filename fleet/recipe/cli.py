@@ -18,13 +18,14 @@ from pathlib import Path
 
 import typer
 
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 from fleet.recipe.evaluate import EXECUTE_STEPS
 
 demos_app = typer.Typer(help="Scripted demonstrations: collect them into an episode store.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the VLA: pre-train on all demos, post-train on one task.", no_args_is_help=True)
 
-TasksOption = typer.Option("pick,push,place", "--tasks", help="Comma-separated task ids.")
-EmbodimentsOption = typer.Option("panda,kuka", "--embodiments", help="Comma-separated embodiment ids.")
+TasksOption = typer.Option(",".join(DEFAULT_TASKS), "--tasks", help="Comma-separated task ids.")
+EmbodimentsOption = typer.Option(",".join(DEFAULT_EMBODIMENTS), "--embodiments", help="Comma-separated embodiment ids.")
 PresetOption = typer.Option("default", "--preset", help="Training preset: debug (2 steps, tiny model) or default.")
 StepsOption = typer.Option(None, "--steps", help="Override the preset's total optimizer steps.")
 DemoStoreOption = typer.Option(None, "--demos-dir", help="Demo episode store [default: <FLEET_HOME>/demos].")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 from fleet.episodes import Episode, EpisodeMeta, EpisodeStore
 
 MAX_TOP_UPS = 5  # rounds of extra seeds per cell when the expert failed some
@@ -23,8 +24,8 @@ class DemoConfig:
     """One `fleet demos collect` run."""
 
     out: Path  # episode store root the demonstrations are written to
-    tasks: tuple[str, ...] = ("pick", "push", "place")  # task ids (fleet.sim.TASKS)
-    embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiment ids; each must run every task
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # task ids (fleet.sim.TASKS)
+    embodiments: tuple[str, ...] = DEFAULT_EMBODIMENTS  # embodiment ids; each must run every task
     episodes: int = 50  # successful demonstrations per task x embodiment
     seed: int = 0  # first env seed of every cell (seeds seed, seed+1, ...)
     image_size: int = 64  # camera side in pixels (must match the model's image_size)

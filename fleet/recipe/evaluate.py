@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
+
 if TYPE_CHECKING:
     from fleet.episodes import Episode
     from fleet.policy.base import Policy
@@ -45,8 +47,8 @@ class EvalConfig:
 
     checkpoint: Path | None = None  # checkpoint directory to evaluate (or give `version`)
     version: str | None = None  # registry version to download and evaluate (sha256-verified)
-    tasks: tuple[str, ...] = ("pick", "push", "place")  # task ids
-    embodiments: tuple[str, ...] = ("panda", "kuka")  # embodiment ids
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # task ids
+    embodiments: tuple[str, ...] = DEFAULT_EMBODIMENTS  # embodiment ids
     scenario: str = "nominal"  # deployment conditions the episodes run in (`fleet.sim.scenarios`)
     episodes: int = 20  # episodes per task x embodiment
     seed: int = 100_000  # env seed of episode 0 (kept away from the demo seeds 0, 1, ...)

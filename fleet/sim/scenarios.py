@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 from fleet.naming import lookup
 
 DEFAULT_SCENARIO = "nominal"
@@ -55,8 +56,8 @@ class Scenario:
 
     name: str  # id used on every command line (`--scenario`)
     description: str  # one line for people: what differs from the demonstrations
-    tasks: tuple[str, ...] = ("pick", "push", "place")  # the tasks a fleet in this scenario works on
-    embodiments: tuple[str, ...] = ("panda", "kuka")  # the arms that run it
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # the tasks a fleet in this scenario works on
+    embodiments: tuple[str, ...] = DEFAULT_EMBODIMENTS  # the arms that run it
     layout: Layout = field(default_factory=Layout)  # where objects go
     home: tuple[float, float, float] = HOME  # the tool's start position, robot frame, metres
     home_jitter: float = HOME_JITTER  # +- uniform jitter of the start position per episode, metres
