@@ -32,6 +32,7 @@ from actors.reload import HotReloader
 from actors.supervisor import Supervisor
 from actors.ticks import GC_PAUSES, freeze_heap, thread_usage, usage_delta
 from fleet.client.episode import EpisodeStream
+from fleet.naming import version_number
 from fleet.schemas import Command, Heartbeat, LoopStats, Message
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ class RobotRuntime:
         if not refused:
             return None
         version, reason = next(reversed(refused.items()))
-        if _version_number(version) <= _version_number(self.version):
+        if _rank(version) <= _rank(self.version):
             return None
         return f"refused model v{version}: {reason}; still acting on v{self.version}"[:500]
 
@@ -499,9 +500,7 @@ class RobotRuntime:
         return {name: round(s * 1000, 1) for name, s in busy(start, end).items()} if busy is not None else {}
 
 
-def _version_number(version: str | None) -> int:
-    """Registry versions are increasing integers; anything else sorts first."""
-    try:
-        return int(version or "")
-    except ValueError:
-        return -1
+def _rank(version: str | None) -> int:
+    """Registry versions in order; anything else first."""
+    number = version_number(version)
+    return -1 if number is None else number

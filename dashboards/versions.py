@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from fleet.naming import version_number
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ def version_view(obj: Any) -> dict[str, Any]:
 
 def version_key(version: str) -> tuple[int, str]:
     """Numeric MLflow versions sort as numbers."""
-    return (int(version), "") if version.isdigit() else (1 << 62, version)
+    number = version_number(version)
+    return (number, "") if number is not None else (1 << 62, version)
 
 
 def call_registry(registry: RegistryClient | None, method: str, *args: Any, **kwargs: Any) -> Any:

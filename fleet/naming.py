@@ -1,4 +1,4 @@
-"""Name lookups with a "did you mean …?" hint: presets, tasks, embodiments, adapters."""
+"""Names: lookups with a "did you mean …?" hint (presets, tasks, embodiments, adapters) and model version numbers."""
 
 from __future__ import annotations
 
@@ -23,3 +23,9 @@ def lookup(table: Mapping[str, T], name: str, kind: str) -> T:
         return table[name]
     except KeyError:
         raise unknown(kind, name, table) from None
+
+
+def version_number(version: str | None) -> int | None:
+    """A registry version's number ("7" -> 7); None for anything else (a local checkpoint, no model). Registry
+    versions are increasing integers, so the numbers order them."""
+    return int(version) if version is not None and str(version).isdigit() else None

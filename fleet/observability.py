@@ -47,6 +47,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from fleet.naming import version_number
+
 log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry()  # fleet's own registry: nothing here touches prometheus_client's global one
@@ -141,11 +143,6 @@ def watch_robots(source: RobotSource) -> Callable[[], None]:
         _robot_sources.pop(key, None)
 
     return stop
-
-
-def version_number(version: str | None) -> float | None:
-    """Registry versions are integers ("7"); anything else (a local checkpoint, no model) has no number."""
-    return float(version) if version is not None and str(version).isdigit() else None
 
 
 class _StateCollector:

@@ -40,6 +40,7 @@ import torch
 
 from fleet import observability
 from fleet.canary import CANARY, Cohort
+from fleet.naming import version_number
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
@@ -382,7 +383,7 @@ class LearnerService:
         self.published.append(info)
         reason = f"eval/mean {mean:.3f} (production {production_mean})"
         observability.LEARNER_VERSIONS.labels("passed" if passed else "failed").inc()
-        if (number := observability.version_number(info.version)) is not None:
+        if (number := version_number(info.version)) is not None:
             observability.LEARNER_VERSION.set(number)
         log.info(
             "learner: published version %s (%s, gate %s)", info.version, reason, "passed" if passed else "failed",
@@ -519,7 +520,7 @@ class LearnerService:
         """The gate and the confirmation that judge candidates against `production`: the episodes of the seed block
         named by its version number (`GateConfig.reseed_on_promotion`; block 0 without it, or without production)."""
         config = self.config.gate
-        number = observability.version_number(production.version) if production is not None else None
+        number = version_number(production.version) if production is not None else None
         gate = seed_block(config, int(number) if config.reseed_on_promotion and number is not None else 0)
         return EvalGate(gate), EvalGate(confirmation(gate))
 
