@@ -29,7 +29,9 @@ def _group() -> None:
 
 @app.command("run")
 def run(
-    preset: Annotated[str, typer.Option(help="Named config: 'default' or 'debug'.")] = "default",
+    preset: Annotated[
+        str, typer.Option(help="Named config (learner.config.PRESETS): default, demo, online, latency, debug.")
+    ] = "default",
     init: Annotated[
         str | None, typer.Option(help="'production', 'scratch' or a checkpoint directory (default: the preset's).")
     ] = None,

@@ -41,29 +41,24 @@ class GateConfig:
     max_steps: int | None = None  # cut episodes short of the task's limit (debug presets); None = task limit
     min_success: float = 0.0  # eval/mean a version needs before it may be promoted at all
     # How much a candidate's eval/mean must exceed production's to be promoted. The gate is a small sample
-    # (a 60-episode mean has a standard error of ~0.06), so "any gain" promotes lucky draws: a noisy gate
-    # with no margin put a worse version in production in bench/online.py (fleet success 0.65 -> 0.4).
+    # (a 60-episode mean has a standard error of ~0.06), so "any gain" promotes lucky draws.
     min_improvement: float = 0.0
     # A candidate that passes on the gate's episodes is run again on this many *other* episodes per pair (seeds
     # from `seed_offset + SEED_BLOCK`), and so is production (once per version); it is promoted only if it
     # beats production there too, by `confirm_improvement`. The learner scores many versions on the same episodes
-    # and the best of them is mostly a lucky draw (bench/online.py: a version promoted at 0.88 against version 1's
-    # ~0.77 left the fleet's success where it was); fresh episodes do not share that luck (pooling them with the
+    # and the best of them is mostly a lucky draw; fresh episodes do not share that luck (pooling them with the
     # gate's would keep half of it). 0 = no confirmation.
     confirm_episodes: int = 0
     # How much the candidate must beat production by on the confirmation's episodes. No version was picked on
-    # them, so the score there is not inflated by selection and "better" is the test (strictly better at 0).
-    # Asking for the gate's margin again refused about half of the candidates truly that much better, on top of
-    # the gate's own misses (bench/online.py: rewards_only's v2-v7 passed the gate at 0.82-0.88 and
-    # scored 0.72-0.80 on the confirmation against version 1's 0.733, all refused at the 0.05 margin).
+    # them, so the score there is not inflated by selection and "better" is the test (strictly better at 0);
+    # asking for the gate's margin again would refuse many candidates truly that much better.
     confirm_improvement: float = 0.0
     # An episode that stops progressing (the supervisor would take over on the fleet) fails, as on the fleet.
     stop_when_stuck: bool = True
     # Candidates are scored against production on the seed block named by production's version number (`seed_block`),
     # and production is scored there again, once: a new production version moves the gate and the confirmation to
     # episodes no version was picked on. With fixed episodes the version promoted because it drew well on them sets
-    # the next bar with that luck (a winner's curse): bench/online.py once promoted v2 at 0.867 on the gate and
-    # nothing after it, as v3-v21 (0.82-0.92) needed 0.917. False = the same episodes for every version.
+    # the next bar with that luck (a winner's curse). False = the same episodes for every version.
     reseed_on_promotion: bool = True
     # Episodes of one pair run side by side, their chunks inferred in one batched forward (`run_lockstep`): the
     # model's forward is most of the gate's time on a CPU, and a batch of 10 costs far less per row than 10 single

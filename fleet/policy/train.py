@@ -9,7 +9,7 @@ A run directory holds `checkpoints/step_XXXXXXXX/`, each a full model checkpoint
 `train_state.json` (written last: a directory without it is ignored). Training resumes from the
 newest complete one. Batches, noise and augmentation at step s are drawn from generators seeded
 with (seed, s), so N steps in one go and k + (N - k) steps across a restart give the same weights.
-The online learner reuses `train_step` and the losses; this loop is the plain-torch path.
+The online learner (learner/rllib.py) shares the model's losses, not this loop.
 """
 
 from __future__ import annotations
