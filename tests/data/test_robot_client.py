@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer
 
 from fleet.client import RobotClient
 from fleet.episodes import episode_from_segments
-from fleet.schemas import Correction, Heartbeat, LoopStats, TrajectorySegment, decode
+from fleet.schemas import Correction, Heartbeat, LoopStats, TrajectorySegment
 from fleet.settings import Settings
 from fleet.transport import CORRECTIONS, HEARTBEATS, TRAJECTORIES, TransportConfig, ensure_topics
-from tests.faults.helpers import topic_ends
+from tests.faults.helpers import read_from, topic_ends
 from tests.faults.robots import TinyEnv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,19 +56,7 @@ def test_a_robot_streams_two_episodes_and_heartbeats_through_the_client(stack: S
     assert client.transport.flush(timeout_s=30)
     client.close()
 
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    from kafka import TopicPartition
-
-    parts = [TopicPartition(t, p) for t, p in start]
-    consumer.assign(parts)
-    for tp in parts:
-        consumer.seek(tp, start[(tp.topic, tp.partition)])
-    mine: list = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sum(isinstance(m, TrajectorySegment) for m in mine) < 6:
-        for records in consumer.poll(timeout_ms=1000).values():
-            mine += [decode(r.value) for r in records if r.key == robot.encode()]
-    consumer.close()
+    mine = read_from(kafka_bootstrap, start, robot)
     for episode_id in sent:
         segments = sorted((m for m in mine if isinstance(m, TrajectorySegment) and m.episode_id == episode_id),
                           key=lambda s: s.segment_index)  # fmt: skip

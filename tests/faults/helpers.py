@@ -160,3 +160,26 @@ class ChildService:
             os.killpg(self.proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=wait_s)
+
+
+def read_from(bootstrap: str, start: dict[tuple[str, int], int], key_prefix: str, *, timeout_s: float = 60.0) -> list:
+    """Every record after `start` (as `topic_ends` returned it) up to the topics' current ends whose key starts with
+    `key_prefix`, decoded (fleet.schemas.decode), duplicates included."""
+    from fleet.schemas import decode
+
+    ends = topic_ends(bootstrap, sorted({t for t, _ in start}))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    out: list = []
+    try:
+        parts = [TopicPartition(t, p) for t, p in start]
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, start[(tp.topic, tp.partition)])
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[(tp.topic, tp.partition)] for tp in parts):
+            assert time.monotonic() < deadline, "could not read the topics to their ends"
+            for records in consumer.poll(timeout_ms=1000).values():
+                out += [decode(r.value) for r in records if r.key is not None and r.key.decode().startswith(key_prefix)]
+    finally:
+        consumer.close()
+    return out

@@ -19,50 +19,23 @@ from typing import Any
 
 import httpx
 import pytest
-from kafka import KafkaConsumer
 
 from dashboards import crud
 from fleet.db import make_engine, session_factory
 from fleet.episodes import EpisodeStore
-from fleet.schemas import TrajectorySegment, decode
+from fleet.schemas import TrajectorySegment
 from fleet.settings import Settings
 from fleet.stack.process import free_port
 from fleet.transport import TRAJECTORIES
 from fleet.transport.http import HttpTransport, HttpTransportConfig
-from tests.faults.helpers import ChildService, group_stable, start_group_at_end, topic_ends, wait_for
+from tests.faults.helpers import ChildService, group_stable, read_from, start_group_at_end, topic_ends, wait_for
 from tests.faults.record import record_fault
-from tests.faults.robots import CountingTransport, SegmentId, tiny_robot
+from tests.faults.robots import CountingTransport, tiny_robot
 from tests.faults.test_broker_outage import _recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ROBOTS, STEPS, HZ = 4, 30, 20.0  # 30-step episodes (3 segments each) at 20 Hz: 8 segments/s in all
 BEFORE_S, DOWN_S, AFTER_S = 4.0, 10.0, 3.0
-
-
-def _kafka_copies(bootstrap: str, start: dict[tuple[str, int], int], prefix: str) -> list[SegmentId]:
-    """Every copy of our robots' segments on the trajectories topic from `start`, duplicates included."""
-    from kafka import TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    ends = topic_ends(bootstrap, [TRAJECTORIES])
-    ids: list[SegmentId] = []
-    try:
-        parts = [TopicPartition(t, p) for t, p in start]
-        consumer.assign(parts)
-        for tp in parts:
-            consumer.seek(tp, start[(tp.topic, tp.partition)])
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[(tp.topic, tp.partition)] for tp in parts):
-            assert time.monotonic() < deadline, "could not read the topic to its end"
-            for records in consumer.poll(timeout_ms=1000).values():
-                for r in records:
-                    if r.key is not None and r.key.decode().startswith(prefix):
-                        seg = decode(r.value, TrajectorySegment)
-                        assert isinstance(seg, TrajectorySegment)
-                        ids.append((seg.robot_id, seg.episode_id, seg.segment_index))
-    finally:
-        consumer.close()
-    return ids
 
 
 def test_dashboard_killed_while_4_robots_post_through_it(
@@ -160,7 +133,8 @@ def test_dashboard_killed_while_4_robots_post_through_it(
         recorder.stop()
         dashboard.stop()
 
-    copies = _kafka_copies(kafka_bootstrap, start, prefix)
+    copies = [(m.robot_id, m.episode_id, m.segment_index) for m in read_from(kafka_bootstrap, start, prefix)
+              if isinstance(m, TrajectorySegment)]  # fmt: skip
     rows, finished = _recorded(recorder_db, prefix)
     lost = len(set(produced) - set(copies))
     kept_twice = len(rows) - len(set(rows))
