@@ -96,4 +96,8 @@ def run(
         typer.echo(
             f"{r['robot_id']:<8} {r['task']:<6} {r['embodiment']:<6} v{r['version']}  "
             f"{r['successes']}/{r['episodes']} success, {r['interventions']} intervention steps"
+            + (f", restarted {r['restarts']}x" if r.get("restarts") else "")
+            + (" (lost: kept dying, given up)" if r.get("state") == "lost" else "")
         )
+    if any(r.get("state") == "lost" for r in results):
+        raise typer.Exit(code=1)  # the others ran to the end, but a script must see that a robot did not

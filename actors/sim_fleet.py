@@ -9,12 +9,14 @@ same call spreads robots over the nodes unchanged.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import itertools
 import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from actors.priority import set_niceness
@@ -189,6 +191,10 @@ class RobotActor:
         times = [t for v, t in list(self.handle.runtime.swaps) if v == version and t >= after]
         return max(times) if times else None
 
+    def pid(self) -> int:
+        """The robot's process (for an operator's py-spy, or a fault test's kill)."""
+        return os.getpid()
+
     def stop(self) -> None:
         self.stop_event.set()
 
@@ -237,16 +243,19 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     raise RuntimeError("could not start a local Ray node; see /tmp/ray/session_latest/logs")
 
 
-def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
-    """Create one Ray actor per robot (each fetches the production model before returning)."""
+def _actor_class(config: FleetConfig) -> Any:
     import ray
 
-    init_ray(config.address)
     # Ray's typed overloads of `remote` omit actor options such as max_concurrency; the call is Ray's documented one.
-    actor_cls = ray.remote(num_cpus=config.cpus_per_robot, max_concurrency=4)(RobotActor)  # type: ignore[call-overload]
+    return ray.remote(num_cpus=config.cpus_per_robot, max_concurrency=4)(RobotActor)  # type: ignore[call-overload]
+
+
+def _start_robot(settings: Settings, config: FleetConfig, robot: RobotConfig, name: str) -> Any:
     settings_dict = settings.model_dump(mode="json", exclude={"secret_key", "metrics_token"})  # robots need no secrets
-    actors = [
-        actor_cls.options(name=robot.robot_id, get_if_exists=False).remote(
+    return (
+        _actor_class(config)
+        .options(name=name, get_if_exists=False)
+        .remote(
             settings_dict,
             asdict(robot),
             config.poll_interval_s,
@@ -254,35 +263,144 @@ def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
             config.supervision,
             asdict(config.supervisor_config()),
         )
-        for robot in config.robots()
-    ]
+    )
+
+
+def start_fleet(settings: Settings, config: FleetConfig) -> list[Any]:
+    """Create one Ray actor per robot (each fetches the production model before returning)."""
+    import ray
+
+    init_ray(config.address)
+    actors = [_start_robot(settings, config, robot, robot.robot_id) for robot in config.robots()]
     ray.get([a.status.remote() for a in actors])  # surfaces start-up errors (e.g. no production model)
     return actors
 
 
+# Robot processes that die (a crashed simulator, an OOM kill, a lost Ray node) are replaced this many times each per
+# run; a robot that keeps dying is given up on, and the rest of the fleet goes on either way.
+MAX_RESTARTS = 3
+# A replacement draws its episodes from seed + restarts * RESEED_STRIDE: fresh episodes, not the dead one's again.
+RESEED_STRIDE = 100_003
+COUNTERS = ("episodes", "successes", "interventions", "ticks", "missed_ticks")  # summed over a robot's incarnations
+
+
+@dataclass
+class _Slot:
+    """One robot of the fleet as the driver keeps it: its current actor and what its dead incarnations did."""
+
+    robot: RobotConfig
+    actor: Any
+    run: Any  # the actor's `run` call (an ObjectRef)
+    status: dict[str, Any] | None = None  # the current actor's latest report
+    earlier: list[dict[str, Any]] = field(default_factory=list)  # each dead incarnation's last report
+    done: dict[str, Any] | None = None  # the final report, once run returned (or the robot was given up on)
+
+    def report(self) -> dict[str, Any]:
+        """The robot's report over all its incarnations (counters summed, recent episodes and swaps joined)."""
+        latest = self.done or self.status or (self.earlier[-1] if self.earlier else {"robot_id": self.robot.robot_id})
+        if not self.earlier:
+            return {**latest, "restarts": 0}
+        merged = dict(latest)
+        parts = [*self.earlier, *([] if latest is self.earlier[-1] else [latest])]
+        for key in COUNTERS:
+            merged[key] = sum(p.get(key, 0) for p in parts)
+        for key in ("recent", "swaps", "missed_log"):
+            merged[key] = [item for p in parts for item in p.get(key, [])]
+        merged["restarts"] = len(self.earlier)
+        return merged
+
+
 def run_fleet(settings: Settings, config: FleetConfig, *, on_progress: Any = None) -> list[dict[str, Any]]:
-    """Run the fleet to completion; `on_progress(statuses)` is called about once a second."""
+    """Run the fleet to completion; `on_progress(reports)` is called about once a second.
+
+    A robot whose process dies is replaced (`MAX_RESTARTS` times at most) for the rest of the run's episodes or
+    time, while the others keep acting; each report counts all of a robot's incarnations and says how often it
+    was restarted (`restarts`), and a robot given up on ends with state "lost".
+    """
     import ray
 
     from fleet.observability import watch_robots
 
     actors = start_fleet(settings, config)
-    runs = [a.run.remote(config.episodes, config.duration_s) for a in actors]
-    statuses: list[dict[str, Any]] = []
-    unwatch = watch_robots(lambda: statuses)  # this process's /metrics carries every actor's counters
+    deadline = None if config.duration_s is None else time.monotonic() + config.duration_s
+    slots = [
+        _Slot(robot, actor, actor.run.remote(config.episodes, config.duration_s))
+        for robot, actor in zip(config.robots(), actors, strict=True)
+    ]
+    reports: list[dict[str, Any]] = []
+    unwatch = watch_robots(lambda: reports)  # this process's /metrics carries every actor's counters
     try:
-        pending = list(runs)
-        while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
-            statuses = ray.get([a.status.remote() for a in actors])
+        while any(s.done is None for s in slots):
+            live = [s for s in slots if s.done is None]
+            ray.wait([s.run for s in live], num_returns=len(live), timeout=1.0)
+            asked = {id(s): s.actor.status.remote() for s in live}
+            ray.wait(list(asked.values()), num_returns=len(asked), timeout=2.0)  # one slow robot delays no report
+            for slot in live:
+                _check(settings, config, slot, asked[id(slot)], deadline)
+            reports = [s.report() for s in slots]
             if on_progress is not None:
-                on_progress(statuses)
-        return ray.get(runs)
+                on_progress(reports)
+        return [s.report() for s in slots]
     finally:
         unwatch()
-        for a in actors:
-            a.stop.remote()
-        ray.get([a.close.remote() for a in actors])
-        for a in actors:
-            ray.kill(a)
-        time.sleep(0.1)
+        _close([s.actor for s in slots])
+
+
+def _check(settings: Settings, config: FleetConfig, slot: _Slot, asked: Any, deadline: float | None) -> None:
+    """Take the robot's report and, when its run is over, its final one; replace it if its process died."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        slot.status = ray.get(asked, timeout=0)
+        finished, _ = ray.wait([slot.run], timeout=0)
+        if finished:
+            slot.done = ray.get(slot.run)
+    except GetTimeoutError:
+        return  # busy starting (a replacement fetching its model) or loaded: the last report stands
+    except RayActorError as err:
+        _replace(settings, config, slot, deadline, err)
+
+
+def _replace(settings: Settings, config: FleetConfig, slot: _Slot, deadline: float | None, err: Exception) -> None:
+    import ray
+
+    robot = slot.robot
+    slot.earlier.append(slot.status or {"robot_id": robot.robot_id, "task": robot.task,
+                                        "embodiment": robot.embodiment})  # fmt: skip
+    slot.status = None
+    with contextlib.suppress(Exception):
+        ray.kill(slot.actor, no_restart=True)
+    restarts = len(slot.earlier)
+    left_s = None if deadline is None else deadline - time.monotonic()
+    left_episodes = (
+        None if config.episodes is None else config.episodes - sum(e.get("episodes", 0) for e in slot.earlier)
+    )
+    over = (left_s is not None and left_s <= 0) or (left_episodes is not None and left_episodes <= 0)
+    if restarts > MAX_RESTARTS or over:
+        if not over:
+            log.error("robot %s died %d times; giving it up, the fleet goes on: %s", robot.robot_id, restarts, err,
+                      extra={"robot": robot.robot_id})  # fmt: skip
+        last = slot.earlier[-1]
+        slot.done = {"robot_id": robot.robot_id, "task": last.get("task", robot.task), "embodiment": robot.embodiment,
+                     "version": last.get("version"), "state": "stopped" if over else "lost"}  # fmt: skip
+        return
+    log.error("robot %s died; replacing it (restart %d of %d): %s", robot.robot_id, restarts, MAX_RESTARTS, err,
+              extra={"robot": robot.robot_id})  # fmt: skip
+    slot.robot = dataclasses.replace(robot, seed=robot.seed + RESEED_STRIDE)
+    slot.actor = _start_robot(settings, config, slot.robot, f"{robot.robot_id}-r{restarts}")
+    slot.run = slot.actor.run.remote(left_episodes, left_s)
+
+
+def _close(actors: list[Any]) -> None:
+    """Stop and close every robot that is still there (a dead one has nothing to close), then end the actors."""
+    import ray
+
+    for a in actors:
+        a.stop.remote()
+    for ref in [a.close.remote() for a in actors]:
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            ray.get(ref)
+    for a in actors:
+        ray.kill(a)
+    time.sleep(0.1)

@@ -89,3 +89,38 @@ def test_publish_refuse_and_rollback_reach_every_robot(stack: Settings) -> None:
             ray.kill(a)
     assert all(r["episodes"] >= 1 for r in results)
     assert all(r["state"] == "stopped" for r in results)
+
+
+def test_a_killed_robot_is_replaced_and_the_rest_of_the_fleet_keeps_acting(stack: Settings) -> None:
+    """kill -9 of one robot's Ray worker: `run_fleet` replaces that robot for its remaining episodes and returns
+    normally; the other robot never stops."""
+    import os
+    import signal
+
+    import ray
+
+    from actors.sim_fleet import run_fleet
+
+    settings = stack.model_copy(update={"model_name": f"vla-kill-{uuid.uuid4().hex[:6]}"})
+    registry = Registry(settings)
+    v1 = publish_model(registry, _model(1), parent_version=None)
+    registry.promote(v1.version, actor="test", role="admin", reason="seed")
+    prefix = f"kill{uuid.uuid4().hex[:4]}"
+    config = FleetConfig(n=2, tasks=("pick",), embodiments=("panda", "kuka"), episodes=12, duration_s=None,
+                         poll_interval_s=600, robot_prefix=prefix)  # fmt: skip
+    killed: dict[str, int] = {}
+
+    def progress(reports: list[dict]) -> None:
+        if not killed and all(r.get("episodes", 0) >= 1 for r in reports):
+            victim = ray.get_actor(f"{prefix}-0")
+            killed["pid"] = ray.get(victim.pid.remote())
+            killed["episodes"] = reports[0]["episodes"]
+            killed["other"] = reports[1]["episodes"]
+            os.kill(killed["pid"], signal.SIGKILL)
+
+    results = run_fleet(settings, config, on_progress=progress)
+    assert killed, "the robots never reported an episode"
+    victim, other = results
+    assert victim["restarts"] == 1 and victim["episodes"] == 12 and victim["state"] != "lost"
+    assert killed["episodes"] < 12  # it died with episodes to go; its replacement did them
+    assert other["restarts"] == 0 and other["episodes"] == 12 and other["state"] == "stopped"

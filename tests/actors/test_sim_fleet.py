@@ -34,3 +34,23 @@ def test_rotating_robots_keep_their_arm_and_work_through_every_task_it_can_do() 
     }  # ... all 6 over the episodes
     assert all(r.task in r.task_rotation and len(r.task_rotation) == 3 for r in robots)
     assert all(r.task_rotation == () for r in FleetConfig(n=4).robots())
+
+
+def test_a_replaced_robot_reports_every_incarnation_once() -> None:
+    from actors.sim_fleet import _Slot
+
+    robot = FleetConfig(n=1).robots()[0]
+    slot = _Slot(robot, actor=None, run=None)
+    first = {"robot_id": "sim-0", "episodes": 3, "successes": 2, "interventions": 5, "recent": [1, 2, 3], "swaps": []}
+    slot.status = first
+    assert slot.report() == {**first, "restarts": 0}
+    slot.earlier.append(first)  # the process died after that report
+    slot.status = None
+    assert slot.report()["episodes"] == 3 and slot.report()["restarts"] == 1  # not counted twice while it restarts
+    slot.status = {"robot_id": "sim-0", "episodes": 1, "successes": 1, "interventions": 0, "recent": [4], "swaps": []}
+    report = slot.report()
+    assert (report["episodes"], report["successes"], report["interventions"]) == (4, 3, 5)
+    assert report["recent"] == [1, 2, 3, 4] and report["restarts"] == 1
+    slot.earlier.append(slot.status)  # died again, and was given up on: what it did still counts
+    slot.status, slot.done = None, {"robot_id": "sim-0", "state": "lost"}
+    assert slot.report()["episodes"] == 4 and slot.report()["state"] == "lost" and slot.report()["restarts"] == 2
