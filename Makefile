@@ -23,5 +23,5 @@ lint: venv
 
 # Re-resolve requirements.lock from pyproject.toml (needs the uv that scripts/venv.sh installs).
 lock:
-	@$${XDG_CACHE_HOME:-$$HOME/.cache}/fleet/uv-0.13.8/bin/uv pip compile pyproject.toml --extra dev \
+	@$${XDG_CACHE_HOME:-$$HOME/.cache}/fleet/uv-0.13.8/bin/uv pip compile pyproject.toml --extra server --extra dev \
 		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu -o requirements.lock

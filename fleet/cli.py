@@ -10,8 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import typer
-from typer.core import TyperGroup
+try:
+    import typer
+    from typer.core import TyperGroup
+except ModuleNotFoundError as err:  # a robot's `fleet[client]` install carries no services
+    raise SystemExit(f"the fleet command runs fleet's services and needs pip install 'fleet[server]' ({err})") from err
 
 from fleet.db.cli import app as db_app
 from fleet.defaults import DEFAULT_EMBODIMENTS

@@ -3,6 +3,8 @@ it sends is what the recorder and the learner make episodes of."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -13,11 +15,12 @@ import pytest
 
 from fleet.client import RobotClient
 from fleet.episodes import episode_from_segments
-from fleet.schemas import Correction, Heartbeat, LoopStats, TrajectorySegment
+from fleet.schemas import Correction, Heartbeat, TrajectorySegment
 from fleet.settings import Settings
 from fleet.transport import CORRECTIONS, HEARTBEATS, TRAJECTORIES, TransportConfig, ensure_topics
+from tests.data import client_robot
+from tests.data.client_install import client_python
 from tests.faults.helpers import read_from, topic_ends
-from tests.faults.robots import TinyEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "mlflow", "sqlalchemy", "ray", "actors", "learner", "dashboards")
@@ -29,6 +32,22 @@ def test_the_client_imports_none_of_the_servers_dependencies() -> None:
     assert loaded.stdout.strip() == "[]", loaded.stdout
 
 
+def _check_received(kafka_bootstrap: str, start: dict, robot: str, sent: list[str]) -> None:
+    """What the recorder and the learner would read of `robot`'s two client_robot episodes is what it sent."""
+    mine = read_from(kafka_bootstrap, start, robot)
+    for episode_id in sent:
+        segments = sorted((m for m in mine if isinstance(m, TrajectorySegment) and m.episode_id == episode_id),
+                          key=lambda s: s.segment_index)  # fmt: skip
+        episode = episode_from_segments(segments)
+        assert (episode.meta.length, episode.meta.interventions, episode.meta.model_version) == (
+            client_robot.STEPS, len(client_robot.HUMAN), client_robot.VERSION)  # fmt: skip
+        np.testing.assert_array_equal(episode.proprio[:, 0], np.arange(client_robot.STEPS))
+        [correction] = [m for m in mine if isinstance(m, Correction) and m.episode_id == episode_id]
+        assert (correction.step_start, len(correction.actions)) == (client_robot.HUMAN.start, len(client_robot.HUMAN))
+    beats = [m for m in mine if isinstance(m, Heartbeat)]
+    assert [b.episode_id for b in beats] == sent and {b.model_version for b in beats} == {client_robot.VERSION}
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_a_robot_streams_two_episodes_and_heartbeats_through_the_client(stack: Settings, kafka_bootstrap: str,
@@ -37,33 +56,32 @@ def test_a_robot_streams_two_episodes_and_heartbeats_through_the_client(stack: S
     ensure_topics(TransportConfig.from_settings(stack))  # a fresh stack has none until a producer connects
     start = topic_ends(kafka_bootstrap, [TRAJECTORIES, CORRECTIONS, HEARTBEATS])
     client = RobotClient.from_settings(robot, "panda", stack.model_copy(update={"home": tmp_path}), segment_steps=10)
-    env = TinyEnv(steps=25)
-    loop = LoopStats(control_hz=10, ticks=25, missed_ticks=0, tick_ms_p50=1, tick_ms_p99=2, tick_ms_max=3)
-    sent = []
-    for k in range(2):
-        episode = client.episode("pick", "pick up the red cube")
-        sent.append(episode.episode_id)
-        obs, _ = env.reset(seed=k)
-        done = False
-        while not done:
-            human = 5 <= env.t < 8  # the operator drives three steps
-            action = np.full(4, 0.1 if human else 0.0, np.float32)
-            episode.act(obs["images"], obs["proprio"], action, version="7", human=human)
-            obs, reward, done, _, info = env.step(action)
-            episode.result(reward, done=done, success=info["success"])
-        episode.finish("7", success=True)
-        client.heartbeat("running", "7", loop=loop)
+    sent = client_robot.run(client)
     assert client.transport.flush(timeout_s=30)
     client.close()
+    _check_received(kafka_bootstrap, start, robot, sent)
 
-    mine = read_from(kafka_bootstrap, start, robot)
-    for episode_id in sent:
-        segments = sorted((m for m in mine if isinstance(m, TrajectorySegment) and m.episode_id == episode_id),
-                          key=lambda s: s.segment_index)  # fmt: skip
-        episode = episode_from_segments(segments)
-        assert (episode.meta.length, episode.meta.interventions, episode.meta.model_version) == (25, 3, "7")
-        np.testing.assert_array_equal(episode.proprio[:, 0], np.arange(25))
-        [correction] = [m for m in mine if isinstance(m, Correction) and m.episode_id == episode_id]
-        assert (correction.step_start, len(correction.actions)) == (5, 3)
-    beats = [m for m in mine if isinstance(m, Heartbeat)]
-    assert [b.episode_id for b in beats] == sent and {b.model_version for b in beats} == {"7"}
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_fleet_client_installs_without_torch_and_a_robot_streams_through_it(stack: Settings, kafka_bootstrap: str,
+                                                                            tmp_path: Path) -> None:  # fmt: skip
+    """`pip install "fleet[client]"` into an empty environment brings no torch, MLflow, database or Ray, and a robot
+    process running from that install alone streams its episodes to the fleet."""
+    python = client_python(tmp_path / "src")
+    for heavy in ("torch", "mlflow", "sqlalchemy", "ray", "typer"):
+        probe = subprocess.run([python, "-c", f"import {heavy}"], capture_output=True, text=True)
+        assert probe.returncode != 0, f"{heavy} is installed with fleet[client]"
+    command = subprocess.run([str(Path(python).parent / "fleet"), "--help"], capture_output=True, text=True)
+    assert command.returncode != 0 and "fleet[server]" in command.stderr  # says what to install, no traceback
+    robot = f"arm-{uuid.uuid4().hex[:6]}"
+    ensure_topics(TransportConfig.from_settings(stack))
+    start = topic_ends(kafka_bootstrap, [TRAJECTORIES, CORRECTIONS, HEARTBEATS])
+    script = tmp_path / "robot.py"  # outside the repository: `fleet` comes from the install, not the checkout
+    shutil.copy(Path(client_robot.__file__), script)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "FLEET_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "FLEET_HOME": str(tmp_path / "home")}  # fmt: skip
+    ran = subprocess.run([python, str(script), robot], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    _check_received(kafka_bootstrap, start, robot, ran.stdout.split())
