@@ -6,6 +6,7 @@ Code above the transport (recorder, learner, actors, dashboard) depends on `Tran
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,35 @@ TOPIC_FOR_KIND: dict[str, str] = {
 }
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+class Outstanding:
+    """The messages a spooling transport accepted and has not yet delivered or dropped, and a wait until there are
+    none. The Kafka producer and the HTTPS transport each keep one under their own lock; every method but the
+    constructor is called with that lock held."""
+
+    def __init__(self, lock: threading.Lock, count: int) -> None:
+        self.count = count  # found in the spool at start, then accepted minus delivered or dropped
+        self._drained = threading.Condition(lock)
+
+    def add(self) -> None:
+        self.count += 1
+
+    def release(self, count: int) -> None:
+        self.count -= count
+        if self.count <= 0:
+            self._drained.notify_all()
+
+    def wait(self, timeout_s: float, working: Callable[[], bool]) -> bool:
+        """True once nothing is outstanding; False after `timeout_s`, or at once when `working()` says the thread
+        that delivers has died (waiting on it would be waiting for nothing)."""
+        deadline = time.monotonic() + timeout_s
+        while self.count > 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or not working():
+                return False
+            self._drained.wait(min(left, 0.1))
+        return True
 
 
 class TransportError(RuntimeError):

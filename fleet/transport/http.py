@@ -40,6 +40,7 @@ from fleet.transport.base import (
     Delivery,
     DeliveryCallback,
     Headers,
+    Outstanding,
     ProducerStats,
     TransportError,
 )
@@ -102,8 +103,7 @@ class HttpTransport:
         self._queue: deque[_Item] = deque()
         self._wakeup = threading.Event()
         self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)
-        self._outstanding = self._spool.records  # accepted (or found spooled) and not yet delivered or dropped
+        self._outstanding = Outstanding(self._lock, self._spool.records)  # accepted and not yet delivered or dropped
         # Sender thread only:
         self._callbacks: dict[int, DeliveryCallback] = {}  # id of a spooled message -> its delivery callback
         self._next_id = 0
@@ -153,19 +153,13 @@ class HttpTransport:
                 log.error("HTTP transport queue full (%d): dropped a message for %s", self.config.queue_size, topic)
                 return False
             self._queue.append(_Item(topic, key, value, on_delivery))
-            self._outstanding += 1
+            self._outstanding.add()
         self._wakeup.set()
         return True
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout_s
         with self._lock:
-            while self._outstanding > 0:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._drained.wait(min(left, 0.1))
-        return True
+            return self._outstanding.wait(timeout_s, working=self._thread.is_alive)
 
     def consumer(
         self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
@@ -175,7 +169,7 @@ class HttpTransport:
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush for up to `timeout_s`; whatever is left stays in the spool for the next run."""
         if not self.flush(timeout_s):
-            log.warning("HTTP transport closing with %d messages undelivered; they stay spooled", self._outstanding)
+            log.warning("HTTP transport closing, %d messages undelivered stay spooled", self._outstanding.count)
         with self._lock:
             self._closing = True
         self._stop.set()
@@ -324,9 +318,7 @@ class HttpTransport:
 
     def _release(self, count: int) -> None:
         with self._lock:
-            self._outstanding -= count
-            if self._outstanding <= 0:
-                self._drained.notify_all()
+            self._outstanding.release(count)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -35,6 +35,7 @@ from fleet.transport.base import (
     Delivery,
     DeliveryCallback,
     Headers,
+    Outstanding,
     ProducerStats,
     TransportConfig,
     kafka_producer_options,
@@ -74,8 +75,7 @@ class SpoolingProducer:
             else MemorySpool(max_bytes=config.spool_max_bytes)
         )
         self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)  # notified when nothing is outstanding any more
-        self._outstanding = self._spool.records  # accepted (or found spooled) and not yet acked or dropped
+        self._outstanding = Outstanding(self._lock, self._spool.records)  # accepted and not yet delivered or dropped
         self._seq = 0
         # Below: producer thread only, no locks. In-flight futures are reaped in send order by polling
         # (`is_done`), which costs far less per message than registering callbacks on each future.
@@ -133,7 +133,7 @@ class SpoolingProducer:
             else:
                 self._seq += 1
                 self._queue.append(_Item(topic, key, value, list(headers) if headers else [], self._seq, on_delivery))
-                self._outstanding += 1
+                self._outstanding.add()
                 full = False
         if full:
             log.error("producer queue full (%d): dropped a message for %s key=%s", self.config.queue_size, topic, key)
@@ -143,19 +143,13 @@ class SpoolingProducer:
         return True
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout_s
         with self._lock:
-            while self._outstanding > 0:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._dead:
-                    return False
-                self._drained.wait(min(left, 0.1))
-        return True
+            return self._outstanding.wait(timeout_s, working=lambda: not self._dead)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush for up to `timeout_s`; whatever is left (queued or in flight) goes to the spool."""
         if not self.flush(timeout_s):
-            log.warning("producer closing with %d messages undelivered; they stay in the spool", self._outstanding)
+            log.warning("producer closing, %d messages undelivered stay in the spool", self._outstanding.count)
         with self._lock:
             self._closing = True
         self._stop.set()
@@ -356,9 +350,7 @@ class SpoolingProducer:
     def _release(self, count: int) -> None:
         if count:
             with self._lock:
-                self._outstanding -= count
-                if self._outstanding == 0:
-                    self._drained.notify_all()
+                self._outstanding.release(count)
 
     def _to_spool(self, items: list[_Item]) -> None:
         payloads = [
