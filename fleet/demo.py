@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.defaults import DEFAULT_EMBODIMENTS
+from fleet.naming import version_number
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,13 +146,16 @@ def _admin_password(settings: Settings) -> str | None:
     return password if result.returncode == 0 else None
 
 
-def summarize(statuses: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-version success rate and interventions per episode, and the rollout state."""
+Event = tuple[float, str, bool, int]  # an episode: (finished at, version, success, intervention steps)
+
+
+def summarize(statuses: list[dict[str, Any]], events: list[Event]) -> dict[str, Any]:
+    """Per-version success rate and interventions per episode over every episode that ran (`events`: a robot's
+    report carries only its latest episodes, so the demo collects them as they come), and the rollout state."""
     # "autonomous" = solved without any supervisor step: what the policy can do on its own
     per_version: dict[str, list[tuple[bool, int]]] = defaultdict(list)
-    for status in statuses:
-        for version, success, interventions, *_ in status.get("recent", []):
-            per_version[str(version)].append((bool(success), int(interventions)))
+    for _finished, version, success, interventions in events:
+        per_version[version].append((success, interventions))
     rollout: dict[str, int] = defaultdict(int)
     for status in statuses:
         rollout[str(status["version"])] += 1
@@ -163,11 +167,20 @@ def summarize(statuses: list[dict[str, Any]]) -> dict[str, Any]:
                 "autonomous_success": sum(s and i == 0 for s, i in rows) / len(rows),
                 "interventions_per_episode": sum(i for _, i in rows) / len(rows),
             }
-            for v, rows in sorted(per_version.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
+            for v, rows in sorted(per_version.items(), key=lambda kv: version_number(kv[0]) or 0)
         },
         "rollout": dict(rollout),
-        "episodes": sum(s["episodes"] for s in statuses),
+        "episodes": len(events),
     }
+
+
+def collect(events: dict[tuple[str, float], Event], statuses: list[dict[str, Any]]) -> list[Event]:
+    """Add the robots' latest episodes to `events` (keyed by robot and finish time, so a report seen twice counts
+    once); every episode so far, in order."""
+    for status in statuses:
+        for v, success, interventions, _steps, finished, *_ in status.get("recent", []):
+            events[(status["robot_id"], finished)] = (finished, str(v), bool(success), int(interventions))
+    return sorted(events.values())
 
 
 def _table(summary: dict[str, Any], elapsed_s: float, minutes: float) -> Any:
@@ -195,7 +208,7 @@ def _trailing_mean(values: Any, window: int) -> Any:
     return (sums[idx] - sums[lo]) / (idx - lo)
 
 
-def plot_learning_curve(events: list[tuple[float, str, bool, int]], path: Path, *, window: int = 20) -> Path:
+def plot_learning_curve(events: list[Event], path: Path, *, window: int = 20) -> Path:
     """Rolling success rate and interventions per episode over fleet time, coloured by version."""
     import matplotlib
 
@@ -261,7 +274,7 @@ def main(config: DemoConfig) -> dict[str, Any]:
     os.environ.setdefault("FLEET_RAY_LOG_TO_DRIVER", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the robots inherit it
     console.print("[dim]robots' logs: /tmp/ray/session_latest/logs/; services': " + str(settings.log_dir) + "[/dim]")
-    events: dict[tuple[str, float], tuple[float, str, bool, int]] = {}
+    events: dict[tuple[str, float], Event] = {}
     started = time.monotonic()
     fleet_config = FleetConfig(
         n=config.robots, tasks=config.fleet_tasks, embodiments=config.embodiments, duration_s=config.minutes * 60,
@@ -270,13 +283,11 @@ def main(config: DemoConfig) -> dict[str, Any]:
     with Live(console=console, refresh_per_second=2) as live:
 
         def progress(statuses: list[dict[str, Any]]) -> None:
-            for status in statuses:
-                for v, success, interventions, _steps, finished, *_ in status.get("recent", []):
-                    events[(status["robot_id"], finished)] = (finished, str(v), bool(success), int(interventions))
-            live.update(_table(summarize(statuses), time.monotonic() - started, config.minutes))
+            summary = summarize(statuses, collect(events, statuses))
+            live.update(_table(summary, time.monotonic() - started, config.minutes))
 
         results = run_fleet(settings, fleet_config, on_progress=progress)
-    summary = summarize(results)
+    summary = summarize(results, collect(events, results))
     curve = plot_learning_curve(list(events.values()), config.out / "learning_curve.png")
     (config.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     console.print(_table(summary, config.minutes * 60, config.minutes))
