@@ -11,7 +11,7 @@ Writes bench/results/cameras.json: per camera set, success per task × embodimen
 loss and the training throughput (steps/s; only comparable within one run, and only when the runs were not
 resumed). Command that produced the committed result:
 
-    .venv/bin/python bench/cameras.py --cache /tmp/s10/cameras
+    .venv/bin/python -m bench.cameras --cache /tmp/s10/cameras
 
 (the three runs had been trained by the same calls in scratch scripts of session 10, so this run found them
 done and evaluated them; their throughputs are the scratch runs' tqdm figures, in the note, not in the JSON).
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cameras.json")
     args = parser.parse_args(argv)
 
-    from online import pretrain_cached  # the benches run as scripts, so bench/ is on sys.path
-
+    from bench.online import pretrain_cached
     from fleet.policy.config import VLAConfig
     from fleet.recipe.evaluate import evaluate, format_table, mean_rate
 

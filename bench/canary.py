@@ -25,7 +25,7 @@ seeds no phase uses), so the JSON says how far apart the versions the A/B had to
 
 Writes bench/results/canary.json. Command:
 
-    .venv/bin/python bench/canary.py --robots 8 --fraction 0.25 --scenario high-start --time-scale 2
+    .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario high-start --time-scale 2
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from bench.online import CACHE, score, wilson  # noqa: E402
 from fleet.canary import CanaryPolicy, Cohort, EpisodeOutcome, compare, decide  # noqa: E402
 

@@ -22,12 +22,12 @@ fleet sends it: the issue's "baseline to >= 90% in 20 minutes" is then bound by 
 Writes bench/results/ceiling.json. Command that produced the committed result (session 18; its run directories were
 named ceiling-d50-lr<lr>-3000/ then, renamed since):
 
-    PYTHONPATH=. .venv/bin/python bench/ceiling.py --out /tmp/s18/ceiling.json
+    PYTHONPATH=. .venv/bin/python -m bench.ceiling --out /tmp/s18/ceiling.json
 
 and from the strong version 1 (bench/online.py's default: 300 demos, 20k steps), on twice its demonstrations,
 copied to bench/results/ceiling_strong_v1.json:
 
-    PYTHONPATH=. .venv/bin/python bench/ceiling.py --demos 300 --bc-steps 20000 --pool 600 --lrs 1e-4 3e-4 \
+    PYTHONPATH=. .venv/bin/python -m bench.ceiling --demos 300 --bc-steps 20000 --pool 600 --lrs 1e-4 3e-4 \
         --out /tmp/s18/ceiling-strong.json
 
 What it says (session 18): from the weak version 1 (50 demos per pair, 0.593), 3,000 updates on 300 demos per pair
@@ -49,9 +49,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from online import CACHE  # noqa: E402 (bench/ is on sys.path from the line above)
+from bench.online import CACHE
 
 if TYPE_CHECKING:
     from fleet.policy.train import TrainConfig
@@ -96,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from learning_probe import wide_eval
-    from online import cached_demos, version_one
 
+    from bench.learning_probe import wide_eval
+    from bench.online import cached_demos, version_one
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from fleet.recipe.train import load_episodes, select_demos

@@ -2,8 +2,8 @@
 
 Run against a broker started by `fleet up`, or let it start a throw-away stack::
 
-    .venv/bin/python bench/dashboard.py                 # Kafka from FLEET_* settings
-    .venv/bin/python bench/dashboard.py --start-stack   # temporary FLEET_HOME + a Kafka broker
+    .venv/bin/python -m bench.dashboard                 # Kafka from FLEET_* settings
+    .venv/bin/python -m bench.dashboard --start-stack   # temporary FLEET_HOME + a Kafka broker
 
 The dashboard runs in-process under uvicorn with its real heartbeat consumer; simulated robots
 publish `Heartbeat`s through fleet's Kafka transport (one producer thread for all robots). After

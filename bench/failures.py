@@ -17,7 +17,7 @@ pushing, to behind and above the hand, looking forward and down past the fingert
 each pair's rate here has a standard error of ~0.04-0.05, so the push gains are the clear part. The failures left
 are still stalls at step 7-23, 1-4 cm off (place/panda's median 2.5 cm in x). Command:
 
-    PYTHONPATH=. .venv/bin/python bench/failures.py --episodes 50
+    PYTHONPATH=. .venv/bin/python -m bench.failures --episodes 50
 
 Session 16's result (version 1 = 20k BC steps, the first wrist camera, 50 episodes per
 pair, after the suction fix below): 0.86. pick/panda and pick/kuka 0.98, place/kuka 0.96, place/panda 0.88; push is
@@ -38,7 +38,7 @@ bias rather than noise; on kuka the offsets are smaller and either way (7 of 20 
 policy then presses down or closes on nothing, rises and tries again: a policy that does not correct a small
 offset, which the demonstrations never show (the expert is lined up before it descends). Command then:
 
-    PYTHONPATH=. .venv/bin/python bench/failures.py --episodes 30
+    PYTHONPATH=. .venv/bin/python -m bench.failures --episodes 30
 
 Demonstrations that do show offsets make it worse (session 14, scratch scripts not in the tree).
 100 demonstrations per pair were collected DART-style: the executed action got Gaussian noise (std 0.3 on the
@@ -71,7 +71,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def run_episode(env: Any, policy: Any, task: str, seed: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ learner's key did not sign). `null` where the fault has no path to that outcome 
 the case's other measured counts are kept beside them. `all_zero` is true when every measured count is 0 and
 every test passed.
 
-    .venv/bin/python bench/faults.py
+    .venv/bin/python -m bench.faults
 
 writes bench/results/faults.json (a few minutes: each test starts the stack it needs).
 """

@@ -1,6 +1,6 @@
 """What the benches' plots share: headless pyplot, and one way to write a figure next to its JSON. Usage::
 
-    from figures import pyplot, save_figure  # the benches run as scripts, so bench/ is on sys.path
+    from bench.figures import pyplot, save_figure
     plt = pyplot()
     fig, ax = plt.subplots()
     ...

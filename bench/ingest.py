@@ -2,9 +2,9 @@
 
 Run against a broker started by `fleet up` (or any bootstrap)::
 
-    .venv/bin/python bench/ingest.py                       # bootstrap from FLEET_* settings
-    .venv/bin/python bench/ingest.py --bootstrap 127.0.0.1:29092   # the run in bench/results/ingest.json
-    .venv/bin/python bench/ingest.py --sizes               # encoded size of a 1-second 64×64 segment
+    .venv/bin/python -m bench.ingest                       # bootstrap from FLEET_* settings
+    .venv/bin/python -m bench.ingest --bootstrap 127.0.0.1:29092   # the run in bench/results/ingest.json
+    .venv/bin/python -m bench.ingest --sizes               # encoded size of a 1-second 64×64 segment
 
 Throughput: the same pre-serialized 1-second segment (10 steps, one 64×64 camera, ~3 KB) is sent
 `--segments` times, keyed over 8 robots, by (a) a raw `KafkaProducer` with the same options fleet

@@ -18,7 +18,7 @@ and runs a real-time simulated fleet (10 Hz ticks) on Ray. Then:
 
 Writes bench/results/latency.json. Command that produced the committed result:
 
-    .venv/bin/python bench/latency.py --robots 4 --rounds 10 --learner-minutes 5
+    .venv/bin/python -m bench.latency --robots 4 --rounds 10 --learner-minutes 5
 
 That run (session 9) has the robots at niceness -5 (`RobotConfig.niceness`; Ray starts actors at 15) and the
 MLflow server without its job runner: 0 missed ticks in 12,799 (0 in 160 swaps); an identical run before the

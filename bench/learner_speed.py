@@ -21,7 +21,7 @@ is cheaper than with a trained version: the baseline's in-thread gate costs it l
 
 Writes bench/results/learner_speed.json. The committed results (2 cores, 4 robots, random-init model):
 
-    .venv/bin/python bench/learner_speed.py --seconds 300 --evaluator-niceness 0
+    .venv/bin/python -m bench.learner_speed --seconds 300 --evaluator-niceness 0
 
 baseline 0.114 updates/s (two versions scored, 174 s each, the learner waiting), single_pass 0.642 (5.6x), encoder
 1.063 (9.3x), perception 2.959 (26x); but no arm with the evaluator scored a version within its 300 s: the gate's
@@ -30,7 +30,7 @@ bench/results/learner_speed_nice10.json, the same with the evaluator at niceness
 not exist yet, so that JSON has no evaluator_niceness key): 0.153 / 0.979 / 1.507 / 5.226 updates/s, no version
 scored either:
 
-    .venv/bin/python bench/learner_speed.py --seconds 180
+    .venv/bin/python -m bench.learner_speed --seconds 180
 """
 
 from __future__ import annotations

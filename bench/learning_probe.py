@@ -19,14 +19,14 @@ could say, not only its takeovers); `--no-autonomous` trains on demonstrations a
 Writes bench/results/learning_probe.json and .png (or `--out`). Commands that produced the committed results
 (written to /tmp, copied to bench/results/learning_probe.json and learning_probe_detach.json with their plots):
 
-    .venv/bin/python bench/learning_probe.py --rounds 4 --episodes 5 --updates 500 --cache /tmp/online-v2 \
+    .venv/bin/python -m bench.learning_probe --rounds 4 --episodes 5 --updates 500 --cache /tmp/online-v2 \
         --out /tmp/dag/probe-default.json
-    .venv/bin/python bench/learning_probe.py --rounds 4 --episodes 5 --updates 500 --detach-value \
+    .venv/bin/python -m bench.learning_probe --rounds 4 --episodes 5 --updates 500 --detach-value \
         --cache /tmp/online-v2 --out /tmp/dag/probe-detach.json
 
 and (session 9) the DAgger run, copied to bench/results/learning_probe_dagger.json and .png:
 
-    .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 20 --updates 500 --label all \
+    .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 20 --updates 500 --label all \
         --cache /tmp/online-v2 --out /tmp/s9/probe-dagger.json
 
 and (session 10) the wrist-camera version 1 (bench/cameras.py), copied to bench/results/learning_probe_wrist.json
@@ -34,7 +34,7 @@ and .png: gate 0.783 -> 0.833 -> 0.833 -> 0.80 over 1,500 updates on 120 supervi
 within the gate's noise, while the real loop's versions drift down to 0.65-0.73 over 2,500-3,000 updates
 (bench/online.py):
 
-    .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 20 --updates 500 --cache /tmp/online-v3 \
+    .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 20 --updates 500 --cache /tmp/online-v3 \
         --out /tmp/s10/probe.json
 
 and (session 11) the real loop's scale: 780 supervised episodes per round (2,340 in all, as many as 4 real-time
@@ -43,14 +43,14 @@ bench/results/learning_probe_scale.json and .png. It ran on the replay returns f
 steps before a takeover count as failures). Gate 0.783 -> 0.833 -> 0.867 -> 0.817: no drift at the real loop's
 scale of data and updates, unlike the real loop's versions (0.65-0.73 after 2,500-3,000 updates):
 
-    PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 130 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 130 --updates 1000 \
         --out /tmp/s11/probe-scale.json
 
 and (session 11, after c4d1a12) the same scale with every round also scored on 50 other held-out episodes per pair
 (300), copied to bench/results/learning_probe_eval.json and .png. Gate 0.783 -> 0.783 -> 0.833 -> 0.833, the 300
 episodes 0.790 -> 0.783 -> 0.763 -> 0.783: the weights do not get better, and the gate's +5 points are its noise:
 
-    PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 3 --episodes 130 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 130 --updates 1000 \
         --eval-episodes 50 --out /tmp/s11/probe-eval.json
 
 Per pair the 300 episodes show a trade, not a standstill: kuka gains (pick/kuka 0.84 -> 0.94-0.98) and panda losses
@@ -59,7 +59,7 @@ corrections only (`--no-autonomous`, copied to bench/results/learning_probe_eval
 panda losses come faster: 0.790 -> 0.747 -> 0.723, pick/panda 0.86 -> 0.72 -> 0.58, kuka still up; so the
 takeover corrections are what hurts the panda policy:
 
-    PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 2 --episodes 130 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 2 --episodes 130 --updates 1000 \
         --eval-episodes 50 --no-autonomous --out /tmp/s11/probe-eval-corr.json
 
 What they say: 2,000 updates (twice what the online learner makes in 10 minutes of fleet time) on 120
@@ -95,11 +95,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.online import CACHE
+
 ROOT = Path(__file__).resolve().parents[1]
 WIDE_SEEDS = 2_000_000  # first seed of the wide eval: far above the learner's gate blocks (version 500 reaches it)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from online import CACHE  # noqa: E402 (bench/ is on sys.path from the line above)
 
 
 class Supervised:
@@ -181,8 +180,8 @@ def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[
     cached version 1, as a seeded `VLAPolicy`, and the online gate's task × embodiment pairs. Returns (checkpoint
     directory, policy, pairs)."""
     import torch
-    from online import V1_BC_STEPS, V1_DEMOS, version_one
 
+    from bench.online import V1_BC_STEPS, V1_DEMOS, version_one
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from fleet.policy.policy import VLAPolicy
@@ -197,7 +196,7 @@ def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from figures import pyplot, save_figure
+    from bench.figures import pyplot, save_figure
 
     plt = pyplot()
 
@@ -243,8 +242,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from online import version_one
 
+    from bench.online import version_one
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from fleet.sim import make_env

@@ -389,7 +389,7 @@ def learner_rate(curves: dict[str, Any]) -> float | None:
 
 def baseline_rate(v1: Path, args: argparse.Namespace) -> dict[str, Any]:
     """bench/learner_speed.py's baseline arm (the loop before the evaluator) beside as many real-time robots."""
-    import learner_speed
+    from bench import learner_speed
 
     out = Path(tempfile.mkdtemp(prefix="fleet-online-speed-")) / "speed.json"
     argv = ["--seconds", str(args.baseline_seconds), "--robots", str(args.robots), "--arms", "baseline",
@@ -399,7 +399,7 @@ def baseline_rate(v1: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from figures import pyplot, save_figure
+    from bench.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4.2))

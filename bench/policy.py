@@ -2,7 +2,7 @@
 
 Run from the repository root (about 45 minutes on the 2-core machine; the machine is shared, so nice it):
 
-    nice -n 10 .venv/bin/python bench/policy.py
+    nice -n 10 .venv/bin/python -m bench.policy
 
 Writes `bench/results/policy.json` and one eval GIF per head x task x embodiment to `docs/rollouts/`.
 What it does, in order (the recipe's `default` presets, `fleet.recipe.train.STAGE_OVERRIDES`):
@@ -118,7 +118,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="fleet-bench-policy-"))
     started = time.perf_counter()
     phases: dict[str, float] = {}
-    out: dict = {"benchmark": "policy", "command": "nice -n 10 .venv/bin/python bench/policy.py"}
+    out: dict = {"benchmark": "policy", "command": "nice -n 10 .venv/bin/python -m bench.policy"}
 
     def save() -> None:
         out["seconds"] = {**phases, "total": round(time.perf_counter() - started, 1)}

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/policy_infer.py
+    .venv/bin/python -m bench.policy_infer
 
 Builds the default `VLAConfig` (flow-matching head, then the discrete-token head), feeds an observation of
 a Panda with a 64x64 image per camera of the config (front and wrist) through the full `Policy.infer` path
@@ -87,7 +87,7 @@ def main() -> dict:
     torch.set_num_threads(1)
     results = {
         "benchmark": "policy_infer",
-        "command": ".venv/bin/python bench/policy_infer.py",
+        "command": ".venv/bin/python -m bench.policy_infer",
         "target_ms_per_chunk": TARGET_MS,
         "calls": CALLS,
         "threads": torch.get_num_threads(),

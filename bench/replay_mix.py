@@ -24,9 +24,9 @@ a scratch copy of this loop and are not in the JSON: weight 1 for every autonomo
 0.78, weight 0 (they train the value head only) 0.777 / 0.773, weight 1 where the advantage is positive, else 0
 0.833 / 0.783. Commands (scratch runs first, then this bench):
 
-    PYTHONPATH=. .venv/bin/python bench/learning_probe.py --rounds 2 --episodes 0 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 2 --episodes 0 --updates 1000 \
         --eval-episodes 50 --out /tmp/s12/demo-only.json
-    PYTHONPATH=. .venv/bin/python bench/replay_mix.py --fractions 0.5 0.25
+    PYTHONPATH=. .venv/bin/python -m bench.replay_mix --fractions 0.5 0.25
 
 Session 14: should the corrections weigh more? An arm `F:I` also takes I of the offline rows from the fleet's
 intervention steps (`ReplayConfig.intervention_fraction`; the default draws demonstrations and interventions alike,
@@ -38,8 +38,8 @@ mostly finish a grasp the policy had lined up badly (one step that moves the too
 lift, as in the demonstrations), so there is little in them that the demonstrations lack. Commands (the first
 run's JSON and PNG copied to bench/results/replay_mix_interventions.*):
 
-    PYTHONPATH=. .venv/bin/python bench/replay_mix.py --fractions 0.25 0.25:0.5 --no-demos-arm --out /tmp/s14/mix.json
-    PYTHONPATH=. .venv/bin/python bench/replay_mix.py --fractions 0.25:0 --no-demos-arm --out /tmp/s14/mix0.json
+    PYTHONPATH=. .venv/bin/python -m bench.replay_mix --fractions 0.25 0.25:0.5 --no-demos-arm --out /tmp/s14/mix.json
+    PYTHONPATH=. .venv/bin/python -m bench.replay_mix --fractions 0.25:0 --no-demos-arm --out /tmp/s14/mix0.json
 """
 
 from __future__ import annotations
@@ -54,16 +54,14 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.online import CACHE
 
-from online import CACHE  # noqa: E402 (bench/ is on sys.path from the line above)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fleet_round(model: Any, pairs: list[tuple[str, str]], episodes: int, store_dir: Path) -> Path:
     """Version 1's supervised episodes (the probe's first round, same seeds), collected once into an EpisodeStore."""
-    from learning_probe import collect
-
+    from bench.learning_probe import collect
     from fleet.episodes import EpisodeStore
     from fleet.sim import make_env
 
@@ -135,7 +133,7 @@ def train_arm(
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from figures import pyplot, save_figure
+    from bench.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -169,9 +167,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from learning_probe import wide_eval
-    from online import V1_DEMOS, version_one
 
+    from bench.learning_probe import wide_eval
+    from bench.online import V1_DEMOS, version_one
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from learner.config import PRESETS

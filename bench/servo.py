@@ -49,7 +49,7 @@ What moved the gain (scratch scripts in /tmp, not in the tree; wide eval = 50 he
   which moved it behind the hand (see above).
 Command:
 
-    PYTHONPATH=. .venv/bin/python bench/servo.py
+    PYTHONPATH=. .venv/bin/python -m bench.servo
 """
 
 from __future__ import annotations
@@ -64,8 +64,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 OFFSETS = (-0.02, -0.01, 0.0, 0.01, 0.02)  # metres off the line-up point, for the gain
 PROBE_RANGE = 0.03  # the probe's offsets are uniform in ± this, metres
 RIDGE = 10.0  # the probe's ridge penalty (240 samples, half to fit, 256 keypoint features)

@@ -9,7 +9,7 @@ machine. Resets are timed separately (PyBullet rebuilds the world on each one).
 
 Results in bench/results/sim.json came from:
 
-    PYTHONPATH=. .venv/bin/python bench/sim.py --episodes 50
+    PYTHONPATH=. .venv/bin/python -m bench.sim --episodes 50
 """
 
 from __future__ import annotations

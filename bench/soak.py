@@ -28,7 +28,7 @@ Measured:
 
 Writes bench/results/soak.json and bench/results/soak.png. Command that produced the committed result:
 
-    .venv/bin/python bench/soak.py --robots 16 --minutes 10
+    .venv/bin/python -m bench.soak --robots 16 --minutes 10
 """
 
 from __future__ import annotations
@@ -494,7 +494,7 @@ def summarize(data: dict[str, Any], args: argparse.Namespace, home: Path, second
     rec = data["recorder_metrics"]
     return {
         "benchmark": "soak",
-        "command": " ".join([".venv/bin/python bench/soak.py", *sys.argv[1:]]),
+        "command": " ".join([".venv/bin/python -m bench.soak", *sys.argv[1:]]),
         "config": {"robots": args.robots, "minutes": args.minutes, "learner_preset": args.learner_preset,
                    "promote_every_s": args.promote_every_s, "warmup_s": args.warmup_s, "model": "debug_model_config",
                    "lag_every_s": args.lag_every_s, "rss_every_s": args.rss_every_s, "fleet": data["fleet_config"]},
@@ -542,7 +542,7 @@ def summarize(data: dict[str, Any], args: argparse.Namespace, home: Path, second
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from figures import pyplot, save_figure
+    from bench.figures import pyplot, save_figure
 
     plt = pyplot()
 

@@ -7,7 +7,7 @@ Wire format (``schema_version`` 1): one msgpack map per message holding ``kind``
 frame). Nothing is pickled; decoding never executes code and caps every array at 64 MiB.
 
 Size of a 1-second TrajectorySegment (10 steps at 10 Hz, one 64×64 RGB camera, panda: proprio 10,
-action 4; measured by ``python bench/ingest.py --sizes`` on frames rendered by PyBullet's tiny
+action 4; measured by ``python -m bench.ingest --sizes`` on frames rendered by PyBullet's tiny
 renderer, Panda arm over a plane): 3.2 KB with zstd frames (the default), 7.9 KB with PNG frames,
 124 KB raw (the frames alone are 122,880 B); 1.2 KB without frames. Random-noise frames
 (incompressible, worst case) stay at ~124 KB because the codec falls back to raw.

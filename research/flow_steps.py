@@ -4,7 +4,7 @@ inference) and how many actions of a chunk run before re-planning (`EXECUTE_STEP
 steps, 5 a second per robot). Scores one checkpoint, its weights unchanged, for each combination with the gate's
 rules on the same held-out seeds (paired), per scenario.
 
-    PYTHONPATH=. .venv/bin/python research/flow_steps.py --v1 <checkpoint> --steps 10,5,3 --execute 2 \
+    PYTHONPATH=. .venv/bin/python -m research.flow_steps --v1 <checkpoint> --steps 10,5,3 --execute 2 \
         --scenarios high-start,nominal --episodes 40 --out flow_steps.json
 """
 

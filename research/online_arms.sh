@@ -21,7 +21,7 @@ run() {  # run NAME bench-arguments...
   local name=$1; shift
   if [ -f "$OUT/$name.json" ]; then echo "$name: done"; return; fi
   echo "$name: running ($(date +%H:%M))"
-  .venv/bin/python bench/online.py "${COMMON[@]}" "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+  .venv/bin/python -m bench.online "${COMMON[@]}" "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
 }
 
 run full-1 --arms full --repeats full:1 --seed 11 --baseline-seconds 0
@@ -37,4 +37,4 @@ runs = [r for n in ('full-1', 'full-2') for r in json.load(open('$OUT/' + n + '.
 print(round(statistics.mean(r['supervisor_steps'] for r in runs)))")
 run offline_demos-1 --arms offline_demos --offline-steps "$steps" --seed 17 --baseline-seconds 0
 # the merge measures the learner loop before the evaluator (the baseline) beside as many real-time robots
-.venv/bin/python bench/online.py "${COMMON[@]}" --arms "" --baseline-seconds 300 --runs-from "$OUT"/*.json
+.venv/bin/python -m bench.online "${COMMON[@]}" --arms "" --baseline-seconds 300 --runs-from "$OUT"/*.json

@@ -12,7 +12,7 @@ fleet run will, and the scenario, the model or the update rule has to change fir
 3. every `--every` updates, the moving average is scored on `--episodes` held-out episodes per pair of the scenario
    (seeds 2,000,000+, the gate's rules: an episode that stalls fails).
 
-    PYTHONPATH=. .venv/bin/python research/scenario_ceiling.py --v1 /tmp/v1probe/run/checkpoints/step_00004000 \
+    PYTHONPATH=. .venv/bin/python -m research.scenario_ceiling --v1 /tmp/v1probe/run/checkpoints/step_00004000 \
         --v1-demos /tmp/v1probe/demos --freeze perception --updates 3000 --every 1000 --out /tmp/sc/perception.json
 """
 

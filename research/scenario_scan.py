@@ -2,7 +2,7 @@
 held-out episodes per pair, seeds 2,000,000+, an episode that stalls fails) on scenarios defined here, to pick a
 benchmark scenario on which version 1 scores 0.3-0.5 (issue #28) before any of them enters `fleet.sim.scenarios`.
 
-    PYTHONPATH=. .venv/bin/python research/scenario_scan.py --v1 <checkpoint> --only high-start,wide --out scan.json
+    PYTHONPATH=. .venv/bin/python -m research.scenario_scan --v1 <checkpoint> --only high-start,wide --out scan.json
 """
 
 from __future__ import annotations

@@ -45,3 +45,14 @@ def test_the_default_tasks_and_arms_are_written_once() -> None:
                 if constants and tuple(e.value for e in node.elts) in literal:  # type: ignore[attr-defined]
                     found.add(str(path.relative_to(ROOT)))
     assert found == {"fleet/defaults.py", "fleet/sim/base.py"}
+
+
+def test_benches_and_probes_are_modules_that_import_without_path_tricks() -> None:
+    """bench/ and research/ run as `python -m bench.<name>` / `python -m research.<name>` and import each other as
+    packages; none edits sys.path, and each imports as a module."""
+    import importlib
+
+    scripts = sorted(p for folder in ("bench", "research") for p in (ROOT / folder).glob("*.py"))
+    assert not [str(p.relative_to(ROOT)) for p in scripts if "sys.path" in p.read_text()]
+    for path in scripts:
+        importlib.import_module(f"{path.parent.name}.{path.stem}")
