@@ -31,6 +31,7 @@ from actors.priority import check_niceness
 from actors.reload import HotReloader
 from actors.supervisor import Supervisor
 from actors.ticks import GC_PAUSES, freeze_heap, thread_usage, usage_delta
+from fleet.chunks import EXECUTE_STEPS, PREFETCH_STEPS, ChunkSchedule
 from fleet.client.episode import EpisodeStream
 from fleet.naming import version_number
 from fleet.schemas import Command, Heartbeat, LoopStats, Message
@@ -60,11 +61,9 @@ class RobotConfig:
     # are unchanged, and fleet time is wall time / time_scale.
     time_scale: float = 1.0
     segment_steps: int = 10  # steps per TrajectorySegment (1 s at 10 Hz)
-    # The chunk schedule (fleet.recipe.evaluate.EXECUTE_STEPS / PREFETCH_STEPS, where it is measured; literals
-    # here so the robot does not import the recipe; a test keeps them equal): re-plan every 2 actions, the
-    # next chunk inferred 2 steps ahead.
-    execute_steps: int | None = 2  # actions executed per chunk before re-planning (None = the whole chunk)
-    prefetch_steps: int = 2  # start inferring the next chunk this many steps before the current one ends
+    # The chunk schedule (fleet.chunks, where it is measured; every evaluation uses the same).
+    execute_steps: int | None = EXECUTE_STEPS  # actions executed per chunk before re-planning (None = whole chunk)
+    prefetch_steps: int = PREFETCH_STEPS  # start inferring the next chunk this many steps before the current one ends
     heartbeat_interval_s: float = 1.0  # heartbeat period
     seed: int = 0  # episode seeds are seed * 100_000 + episode index
     reload_delay_s: float = 0.0  # wait after a new-version event before fetching it (ReloadConfig.event_delay_s)
@@ -355,28 +354,29 @@ class RobotRuntime:
             freeze_heap()
             GC_PAUSES.install()
             self._heap_frozen = True
-        cursor, pending, pending_step = 0, None, 0
-        end = min(len(chunk), cfg.execute_steps or len(chunk))  # the current chunk runs actions [cursor, end)
+        schedule = ChunkSchedule(cfg.execute_steps, cfg.prefetch_steps)  # the evaluations' schedule too
+        schedule.start(chunk)
+        pending = None  # the next chunk's inference, running in the worker thread
         next_tick = time.monotonic()
         while not done:
             tick_start = time.monotonic()
             if cfg.realtime:  # only a real-time tick can miss its deadline and report these counters
                 self._tick_usage = thread_usage()
-            if cursor >= end:
+            if schedule.exhausted:
                 if pending is None:
-                    pending, pending_step = self._infer(obs), step
+                    pending = self._infer(obs)
+                    schedule.requested()
                 waiting = time.monotonic()
                 chunk, chunk_version = pending.result()
                 self._waited_ms = (time.monotonic() - waiting) * 1000
-                # The chunk's action 0 was for the step it was inferred at; skip the steps already gone.
-                pending, cursor = None, min(step - pending_step, len(chunk) - 1)
-                end = min(len(chunk), cursor + (cfg.execute_steps or len(chunk)))
-            if pending is None and end - cursor <= cfg.prefetch_steps:  # also right after a switch: a full lead
+                pending = None
+                schedule.start(chunk)
+            if pending is None and schedule.due:
                 self._apply_commands()
                 self._maybe_swap()  # chunk boundary for inference: the next chunk comes from the new version
-                pending, pending_step = self._infer(obs), step
-            action = chunk[cursor]
-            cursor += 1
+                pending = self._infer(obs)
+                schedule.requested()
+            action = schedule.take()
             human = self.supervisor.step(obs, action) if self.supervisor is not None else None
             self.intervening = human is not None
             stream.act(

@@ -33,6 +33,10 @@ def test_one_place_builds_episodes_from_segments_and_one_builds_segments_from_st
     assert _calls("EpisodeStream") == {"fleet/client/__init__.py", "actors/runtime.py"}
 
 
+def test_robots_and_evaluations_run_chunks_on_one_schedule() -> None:
+    assert _calls("ChunkSchedule") == {"actors/runtime.py", "fleet/recipe/evaluate.py"}
+
+
 def test_the_default_tasks_and_arms_are_written_once() -> None:
     """fleet.defaults holds them; everything else refers to it (TaskSpec's own list says which arms simulate a
     task, a property of the PyBullet backend rather than a default choice)."""

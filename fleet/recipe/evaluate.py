@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fleet import chunks
 from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 
 if TYPE_CHECKING:
@@ -32,13 +33,8 @@ if TYPE_CHECKING:
 
 Rates = dict[str, dict[str, float]]  # task -> embodiment -> success rate in [0, 1]
 
-# The robots' chunk schedule (`actors.runtime.RobotConfig` keeps the same literals; a test keeps them equal).
-# Measured on the bench's version 1 (the eval gate: 30 held-out episodes per pair of pick/push/place x
-# panda/kuka): the whole 8-step chunk 0.53; re-planning every 4 steps 0.61, every 2 steps 0.66 with the next
-# chunk inferred 1 step ahead and 0.63 with 2 steps ahead. Two steps give inference 200 ms at 10 Hz (it takes
-# ~7 ms idle; a late one under load waited ~78 ms in bench/latency.py).
-EXECUTE_STEPS = 2  # actions executed per chunk before re-planning
-PREFETCH_STEPS = 2  # the next chunk is inferred this many steps before the current one runs out
+# The chunk schedule robots and evaluations share (measured and explained in fleet.chunks).
+EXECUTE_STEPS, PREFETCH_STEPS = chunks.EXECUTE_STEPS, chunks.PREFETCH_STEPS
 
 
 @dataclass(frozen=True)
@@ -74,24 +70,22 @@ class EvalConfig:
 
 
 class ChunkedController:
-    """Turns a chunking `Policy` into a per-step controller with the runtime's chunk/re-plan schedule."""
+    """Turns a chunking `Policy` into a per-step controller with the robots' chunk schedule (`fleet.chunks`),
+    inferring each chunk at once where a robot would start it in a worker thread."""
 
     def __init__(
         self, policy: Policy, *, execute_steps: int | None = EXECUTE_STEPS, prefetch_steps: int = PREFETCH_STEPS
     ) -> None:
         self.policy = policy
-        self.execute_steps = execute_steps
-        self.prefetch_steps = prefetch_steps
+        self.schedule = chunks.ChunkSchedule(execute_steps, prefetch_steps)
+        self.execute_steps, self.prefetch_steps = execute_steps, prefetch_steps
         self.inferences = 0
         self.reset()
 
     def reset(self) -> None:
         self.policy.reset()
-        self._chunk: np.ndarray | None = None
+        self.schedule.reset()
         self._pending: np.ndarray | None = None
-        self._cursor = self._end = 0  # next action of `_chunk` and the index it stops at
-        self._step = 0  # env steps of this episode so far
-        self._pending_step = 0  # the step whose observation `_pending` was inferred from
 
     def _infer(self, obs: Any) -> np.ndarray:
         # Nothing of this controller's state changes before `infer` returns: a policy may raise from it
@@ -100,29 +94,22 @@ class ChunkedController:
         self.inferences += 1
         return chunk
 
-    def _start(self, chunk: np.ndarray, skip: int) -> None:
-        """Run `chunk` from action `skip`: a chunk inferred k steps ago has k actions that are already past."""
-        self._chunk = chunk
-        self._cursor = min(skip, len(chunk) - 1)
-        self._end = min(len(chunk), self._cursor + (self.execute_steps or len(chunk)))
-
     def __call__(self, obs: Any) -> np.ndarray:
-        if self._chunk is None:
-            self._start(self._infer(obs), 0)
-        if self._cursor >= self._end:
+        schedule = self.schedule
+        if schedule.chunk is None:
+            first = self._infer(obs)
+            schedule.requested()
+            schedule.start(first)
+        if schedule.exhausted:
             if self._pending is None:
-                self._pending, self._pending_step = self._infer(obs), self._step
-            self._start(self._pending, self._step - self._pending_step)
+                self._pending = self._infer(obs)
+                schedule.requested()
+            schedule.start(self._pending)
             self._pending = None
-        # After a switch too, so a chunk run for no more than `prefetch_steps` steps still gets its full lead.
-        if self._pending is None and self._end - self._cursor <= self.prefetch_steps:
+        if self._pending is None and schedule.due:
             self._pending = self._infer(obs)  # the runtime starts this in a worker thread, from this observation
-            self._pending_step = self._step
-        assert self._chunk is not None
-        action = self._chunk[self._cursor]
-        self._cursor += 1
-        self._step += 1
-        return action
+            schedule.requested()
+        return np.asarray(schedule.take())
 
 
 class _ChunkNeeded(Exception):
