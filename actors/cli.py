@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -101,3 +102,35 @@ def run(
         )
     if any(r.get("state") == "lost" for r in results):
         raise typer.Exit(code=1)  # the others ran to the end, but a script must see that a robot did not
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port (openpi's default)."),
+    max_batch: int = typer.Option(16, help="Requests answered by one batched forward at most."),
+    batch_wait_ms: float = typer.Option(2.0, help="How long the first request of a batch waits for others."),
+    certfile: str | None = typer.Option(None, help="TLS certificate file (wss://); production needs it."),
+    keyfile: str | None = typer.Option(None, help="The TLS certificate's private key file."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without tokens (refused in production)."),
+) -> None:
+    """Serve the production version over openpi's websocket protocol (hot-reloaded as robots do)."""
+    from actors.robot import NoProductionModel
+    from actors.serve import ServeConfig
+    from actors.serve import serve as run_server
+    from fleet.observability import configure_logging
+    from fleet.settings import get_settings
+
+    settings = get_settings()
+    configure_logging("serve", logging.INFO, json=settings.log_format == "json")
+    try:
+        tls = {"certfile": Path(certfile) if certfile else None, "keyfile": Path(keyfile) if keyfile else None}
+        config = ServeConfig(host=host, port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms, **tls)
+        scheme = "wss" if certfile else "ws"
+        run_server(
+            settings, config, auth=not no_auth, on_ready=lambda at: typer.echo(f"serving on {scheme}://{host}:{at}")
+        )
+    except (NoProductionModel, ValueError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        pass

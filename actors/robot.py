@@ -24,6 +24,7 @@ from actors.reload import HotReloader, ReloadConfig
 from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import SupervisorConfig, make_supervisor
 from fleet.client import robot_transport
+from fleet.schemas import Command
 from fleet.settings import Settings
 from fleet.signing import SignedVersion, load_trusted_keys
 
@@ -63,37 +64,46 @@ def policy_loader(checkpoint: Path, signed: SignedVersion) -> Any:
     )
 
 
-def _listen(settings: Settings, runtime: RobotRuntime, reloader: HotReloader, stop: threading.Event) -> None:
-    """Consume fleet.models (wake the reloader) and this robot's fleet.commands until `stop`."""
-    from fleet.schemas import Command, SchemaError, decode
+def listen_for_events(
+    settings: Settings,
+    listener_id: str,
+    reloader: HotReloader,
+    stop: threading.Event,
+    on_command: Callable[[Command], None] | None,
+) -> None:
+    """Consume fleet.models (wake the reloader) and, with `on_command`, the fleet.commands keyed to `listener_id`
+    (a robot's id), until `stop`."""
+    from fleet.schemas import SchemaError, decode
     from fleet.transport import COMMANDS, MODELS, KafkaGroupConsumer, TransportConfig, TransportError
 
-    robot_id = runtime.config.robot_id
     started = time.time()
+    topics = [MODELS, COMMANDS] if on_command is not None else [MODELS]
     consumer = None
     while not stop.is_set():
         try:
             if consumer is None:
-                config = TransportConfig.from_settings(settings, client_id=f"robot-{robot_id}")
-                consumer = KafkaGroupConsumer(config, group_id=f"robot-{robot_id}", topics=[MODELS, COMMANDS])
+                config = TransportConfig.from_settings(settings, client_id=f"robot-{listener_id}")
+                consumer = KafkaGroupConsumer(config, group_id=f"robot-{listener_id}", topics=topics)
             records = consumer.poll(timeout_s=0.5, max_records=100)
         except (TransportError, Exception) as err:  # noqa: BLE001 - broker down: the alias poll still works
-            log.warning("robot listener: %s", err, extra={"robot": robot_id})
+            log.warning("model listener: %s", err, extra={"robot": listener_id})
             consumer = None
             stop.wait(2.0)
             continue
         for record in records:
             if record.topic == MODELS:
                 reloader.notify()
-            elif record.key is not None and record.key.decode(errors="replace") == robot_id:
+            elif (
+                on_command is not None and record.key is not None and record.key.decode(errors="replace") == listener_id
+            ):
                 try:
                     command = decode(record.value, Command)
                 except SchemaError as err:
-                    log.error("bad command ignored: %s", err, extra={"robot": robot_id})
+                    log.error("bad command ignored: %s", err, extra={"robot": listener_id})
                     continue
                 assert isinstance(command, Command)  # decode checked the kind
                 if command.created_at >= started - 5.0:  # commands from before this robot started are stale
-                    runtime.submit_command(command)
+                    on_command(command)
         if records:
             consumer.commit(records)
     if consumer is not None:
@@ -167,7 +177,10 @@ def build_robot(
     listener = None
     if listen:
         listener = threading.Thread(
-            target=_listen, args=(settings, runtime, reloader, stop), name=f"listen-{config.robot_id}", daemon=True
+            target=listen_for_events,
+            args=(settings, config.robot_id, reloader, stop, runtime.submit_command),
+            name=f"listen-{config.robot_id}",
+            daemon=True,
         )
         listener.start()
     # This process's /metrics (if it serves one) carries the robot's counters; a Ray fleet exports via its driver.

@@ -33,7 +33,6 @@ SESSION_COOKIE = "fleet_session"
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_PREFIX = "fleet_"
 ROBOT_PRODUCE = "robot:produce"  # send this token's robot's data (and only its robot's)
-MODELS_READ = "models:read"  # read model versions and aliases
 
 _hasher = PasswordHash.recommended()  # argon2id with the library's current parameters
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))  # verified against for unknown users: same timing
@@ -63,10 +62,6 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     except Exception:  # a malformed stored hash must read as a failed login, not a 500
         return False
     return ok and password_hash is not None
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_token() -> str:

@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from dashboards.auth import Principal, check_role, hash_password, hash_token, new_token, verify_password
+from dashboards.auth import Principal, check_role, hash_password, new_token, verify_password
 from dashboards.errors import BadRequest, Conflict, NotFound
 from fleet.db import ApiToken, AuditEntry, Robot, User, UserSession
+from fleet.db.tokens import hash_token
 
 ROBOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")  # fleet.schemas Id, within the robots table's 64
 
@@ -107,11 +108,6 @@ def revoke_token(session: Session, *, token_id: int) -> ApiToken:
 
 def list_tokens(session: Session) -> list[ApiToken]:
     return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
-
-
-def find_token(session: Session, *, plaintext: str) -> ApiToken | None:
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
-    return row if row is not None and row.revoked_at is None else None
 
 
 def audit(

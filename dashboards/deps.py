@@ -18,10 +18,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from dashboards import crud
 from dashboards.auth import (
     CSRF_HEADER,
-    MODELS_READ,
     ROBOT_PRODUCE,
     SESSION_COOKIE,
     Principal,
@@ -33,6 +31,7 @@ from dashboards.auth import (
 from dashboards.errors import Forbidden, Unauthorized
 from dashboards.services import Services
 from fleet.db import ApiToken, User, UserSession
+from fleet.db.tokens import MODELS_READ, find_token
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -53,7 +52,7 @@ SessionDep = Annotated[Session, Depends(get_db)]
 
 
 def _from_token(session: Session, token: str) -> Principal:
-    row = crud.find_token(session, plaintext=token)
+    row = find_token(session, plaintext=token)
     if row is None:
         raise Unauthorized("invalid or revoked API token")
     scopes = frozenset(row.scopes.split())

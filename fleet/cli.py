@@ -28,6 +28,7 @@ from fleet.stack.cli import register as register_stack
 # (a command group) or a function (one command).
 SERVICE_COMMANDS: dict[str, tuple[str, str]] = {
     "robots": ("actors.cli", "app"),
+    "serve": ("actors.cli", "serve"),
     "learner": ("learner.cli", "app"),
     "dashboard": ("dashboards.cli", "dashboard"),
     "users": ("dashboards.cli", "users_app"),

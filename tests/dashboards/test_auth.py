@@ -10,8 +10,9 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from dashboards import crud
-from dashboards.auth import hash_token, resolve_secret_key, role_at_least
+from dashboards.auth import resolve_secret_key, role_at_least
 from fleet.db import ApiToken, AuditEntry, User, UserSession
+from fleet.db.tokens import hash_token
 from fleet.settings import Settings
 from tests.dashboards.conftest import PASSWORD, Dash
 

@@ -742,7 +742,7 @@ def test_real_broker_every_breakage_on_every_topic_is_dead_lettered(kafka_bootst
 def test_real_broker_robot_listener_ignores_bad_commands_and_applies_the_next_good_one(
     kafka_bootstrap: str, stack: Any
 ) -> None:
-    from actors.robot import _listen
+    from actors.robot import listen_for_events
     from fleet.transport import KafkaTransport, TransportConfig, ensure_topics
 
     robot_id = f"fuzz-{uuid.uuid4().hex[:8]}"
@@ -751,7 +751,11 @@ def test_real_broker_robot_listener_ignores_bad_commands_and_applies_the_next_go
     runtime = SimpleNamespace(config=SimpleNamespace(robot_id=robot_id), submit_command=submitted.append)
     reloader = SimpleNamespace(notify=lambda: None)
     stop = threading.Event()
-    listener = threading.Thread(target=_listen, args=(stack, runtime, reloader, stop), daemon=True)
+    listener = threading.Thread(
+        target=listen_for_events,
+        args=(stack, runtime.config.robot_id, reloader, stop, runtime.submit_command),
+        daemon=True,
+    )
     listener.start()
     producer = KafkaTransport(TransportConfig(bootstrap=kafka_bootstrap, client_id=robot_id))
     try:
