@@ -19,7 +19,7 @@ from fleet.schemas import Correction, Heartbeat, TrajectorySegment
 from fleet.settings import Settings
 from fleet.transport import CORRECTIONS, HEARTBEATS, TRAJECTORIES, TransportConfig, ensure_topics
 from tests.data import client_robot
-from tests.data.client_install import client_python
+from tests.envs import client_python
 from tests.faults.helpers import read_from, topic_ends
 
 ROOT = Path(__file__).resolve().parents[2]
