@@ -87,6 +87,7 @@ class Batcher:
     def __init__(self, current: Callable[[], tuple[Any, str]], *, max_batch: int, wait_s: float) -> None:
         self.current, self.max_batch, self.wait_s = current, max_batch, wait_s
         self.batch_sizes: Counter[int] = Counter()  # how many requests each forward answered
+        self.clients = 0  # connections open now (the server counts them)
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serve-batcher", daemon=True)
@@ -110,7 +111,8 @@ class Batcher:
                 batch = [self._queue.get(timeout=0.2)]
             except queue.Empty:
                 continue
-            deadline = time.monotonic() + self.wait_s
+            # Waiting for company only pays when someone else may come: a lone client gets its chunk at once.
+            deadline = time.monotonic() + (self.wait_s if self.clients > 1 else 0.0)
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
@@ -202,6 +204,7 @@ class PolicyServer:
         from websockets.exceptions import ConnectionClosed
 
         await ws.send(packb(self.metadata()))
+        self.batcher.clients += 1  # only the event loop's thread changes it
         try:
             async for frame in ws:
                 if isinstance(frame, str):
@@ -222,6 +225,8 @@ class PolicyServer:
                 await ws.send(packb(reply))
         except ConnectionClosed:
             pass
+        finally:
+            self.batcher.clients -= 1
 
 
 class ProductionPolicy:
