@@ -13,7 +13,6 @@ A real robot uses the same function with its own `env` (driver) instead of the s
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from fleet.client import robot_transport
 from fleet.schemas import Command
 from fleet.settings import Settings
 from fleet.signing import SignedVersion, load_trusted_keys
+from fleet.transport import ConsumerThread
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,13 @@ class RobotHandle:
     runtime: RobotRuntime
     reloader: HotReloader
     transport: Any
-    listener: threading.Thread | None
-    stop_listener: threading.Event
+    listener: ConsumerThread | None  # model events and this robot's commands
     unwatch: Callable[[], None] = field(default=lambda: None)  # stops exporting the runtime's metrics
 
     def close(self) -> None:
         self.unwatch()
-        self.stop_listener.set()
         if self.listener is not None:
-            self.listener.join(timeout=10)
+            self.listener.stop(timeout_s=10)
         self.reloader.stop()
         self.transport.close(timeout_s=10)
 
@@ -68,33 +66,28 @@ def listen_for_events(
     settings: Settings,
     listener_id: str,
     reloader: HotReloader,
-    stop: threading.Event,
     on_command: Callable[[Command], None] | None,
-) -> None:
-    """Consume fleet.models (wake the reloader) and, with `on_command`, the fleet.commands keyed to `listener_id`
-    (a robot's id), until `stop`."""
+) -> ConsumerThread:
+    """A started thread consuming fleet.models (wakes the reloader) and, with `on_command`, the fleet.commands keyed
+    to `listener_id` (a robot's id). The broker down only delays a new version: the alias poll still finds it."""
     from fleet.schemas import SchemaError, decode
-    from fleet.transport import COMMANDS, MODELS, KafkaGroupConsumer, TransportConfig, TransportError
+    from fleet.transport import COMMANDS, MODELS, ConsumerThread, KafkaGroupConsumer, Record, TransportConfig
 
     started = time.time()
     topics = [MODELS, COMMANDS] if on_command is not None else [MODELS]
-    consumer = None
-    while not stop.is_set():
-        try:
-            if consumer is None:
-                config = TransportConfig.from_settings(settings, client_id=f"robot-{listener_id}")
-                consumer = KafkaGroupConsumer(config, group_id=f"robot-{listener_id}", topics=topics)
-            records = consumer.poll(timeout_s=0.5, max_records=100)
-        except (TransportError, Exception) as err:  # noqa: BLE001 - broker down: the alias poll still works
-            log.warning("model listener: %s", err, extra={"robot": listener_id})
-            consumer = None
-            stop.wait(2.0)
-            continue
+
+    def connect() -> KafkaGroupConsumer:
+        config = TransportConfig.from_settings(settings, client_id=f"robot-{listener_id}")
+        return KafkaGroupConsumer(config, group_id=f"robot-{listener_id}", topics=topics)
+
+    def handle(records: list[Record], consumer: KafkaGroupConsumer) -> None:
         for record in records:
             if record.topic == MODELS:
                 reloader.notify()
             elif (
-                on_command is not None and record.key is not None and record.key.decode(errors="replace") == listener_id
+                on_command is not None
+                and record.key is not None
+                and record.key.decode("utf-8", "replace") == listener_id
             ):
                 try:
                     command = decode(record.value, Command)
@@ -104,10 +97,10 @@ def listen_for_events(
                 assert isinstance(command, Command)  # decode checked the kind
                 if command.created_at >= started - 5.0:  # commands from before this robot started are stale
                     on_command(command)
-        if records:
-            consumer.commit(records)
-    if consumer is not None:
-        consumer.close()
+        consumer.commit(records)
+
+    return ConsumerThread(f"listen-{listener_id}", connect=connect, handle=handle, poll_timeout_s=0.5,
+                          max_records=100).start()  # fmt: skip
 
 
 def build_robot(
@@ -173,16 +166,7 @@ def build_robot(
     reloader.warmup = runtime.warm_up
     reloader.pace = runtime.wait_for_slack
     reloader.start()
-    stop = threading.Event()
-    listener = None
-    if listen:
-        listener = threading.Thread(
-            target=listen_for_events,
-            args=(settings, config.robot_id, reloader, stop, runtime.submit_command),
-            name=f"listen-{config.robot_id}",
-            daemon=True,
-        )
-        listener.start()
+    listener = listen_for_events(settings, config.robot_id, reloader, runtime.submit_command) if listen else None
     # This process's /metrics (if it serves one) carries the robot's counters; a Ray fleet exports via its driver.
     unwatch = watch_robots(lambda: [runtime.metrics()])
-    return RobotHandle(runtime, reloader, transport, listener, stop, unwatch)
+    return RobotHandle(runtime, reloader, transport, listener, unwatch)

@@ -309,16 +309,13 @@ def serve(
     try:
         server.run()
     finally:
-        listener.set()
+        listener.stop()
         batcher.stop()
         policy.close()
 
 
-def _listen_for_models(settings: Any, reloader: Any) -> threading.Event:
-    """Wake the reloader on `fleet.models` events (the alias poll remains the fallback); set the event to stop."""
+def _listen_for_models(settings: Any, reloader: Any) -> Any:
+    """Wake the reloader on `fleet.models` events (the alias poll remains the fallback); `.stop()` ends it."""
     from actors.robot import listen_for_events
 
-    stop = threading.Event()
-    threading.Thread(target=listen_for_events, args=(settings, "serve", reloader, stop, None),
-                     name="serve-models", daemon=True).start()  # fmt: skip
-    return stop
+    return listen_for_events(settings, "serve", reloader, None)

@@ -20,10 +20,7 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
 
-from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,10 +31,11 @@ from fleet.schemas import Correction, Heartbeat, Message, decode
 from fleet.transport import (
     CORRECTIONS,
     HEARTBEATS,
+    ConsumerThread,
+    KafkaGroupConsumer,
+    Record,
     TransportConfig,
-    assign_at_end,
     ensure_topics,
-    kafka_consumer_options,
 )
 
 log = logging.getLogger(__name__)
@@ -134,67 +132,36 @@ def write_corrections(session: Session, corrections: list[Correction]) -> int:
     return new
 
 
-class _ConsumerThread:
-    """A daemon thread polling one KafkaConsumer, reconnecting with bounded backoff."""
+class _Monitor:
+    """One of the dashboard's background readers: a `ConsumerThread` (reconnects with bounded backoff) plus
+    counting and skipping undecodable messages (the recorder owns dead-lettering)."""
 
     name = "consumer"
 
     def __init__(self, config: TransportConfig) -> None:
         self.config = config
         self.decode_errors = 0
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"dashboard-{self.name}", daemon=True)
+        self.thread = ConsumerThread(f"dashboard-{self.name}", connect=self._connect, handle=self._handle,
+                                     tick=self._tick)  # fmt: skip
+
+    @property
+    def connected(self) -> threading.Event:
+        return self.thread.connected
 
     def start(self) -> None:
-        self._thread.start()
+        self.thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
+        self.thread.stop(timeout_s)
 
-    def _consumer(self) -> KafkaConsumer:
+    def _connect(self) -> KafkaGroupConsumer:
         raise NotImplementedError
 
-    def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
+    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
         raise NotImplementedError
 
     def _tick(self) -> None:
         """Called after every poll (periodic work such as DB flushes)."""
-
-    def _run(self) -> None:
-        consumer: KafkaConsumer | None = None
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._consumer()
-                    self.connected.set()
-                    backoff = 0.5
-                batches = consumer.poll(timeout_ms=200, max_records=1000)
-                if batches:
-                    self._handle(consumer, batches)
-            except Exception as e:  # noqa: BLE001 - Kafka down, or anything else: a dead thread would freeze the view
-                log.log(
-                    logging.WARNING if isinstance(e, (KafkaError, OSError)) else logging.ERROR,
-                    "%s consumer: Kafka at %s not usable (%s: %s); retry in %.1f s",
-                    self.name,
-                    self.config.bootstrap,
-                    type(e).__name__,
-                    e,
-                    backoff,
-                    exc_info=not isinstance(e, (KafkaError, OSError)),
-                )
-                if consumer is not None:
-                    consumer.close()
-                    consumer = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            self._tick()
-        if consumer is not None:
-            consumer.close()
-        self._tick()
 
     def _decode(self, value: bytes, kind: type[Message]) -> Message | None:
         try:
@@ -206,7 +173,7 @@ class _ConsumerThread:
             return None
 
 
-class HeartbeatMonitor(_ConsumerThread):
+class HeartbeatMonitor(_Monitor):
     """Thread: poll heartbeats → FleetState + CommandTracker; flush robots to the DB periodically."""
 
     name = "heartbeats"
@@ -227,27 +194,19 @@ class HeartbeatMonitor(_ConsumerThread):
         self.flush_interval_s = flush_interval_s
         self._next_flush = time.monotonic() + flush_interval_s
 
-    def _consumer(self) -> KafkaConsumer:
+    def _connect(self) -> KafkaGroupConsumer:
         ensure_topics(self.config)
-        options = kafka_consumer_options(self.config, client_id=f"{self.config.client_id}-heartbeats")
-        consumer = KafkaConsumer(**options, group_id=None, enable_auto_commit=False)
-        try:
-            assign_at_end(consumer, HEARTBEATS)  # heartbeats sent from here on; raises (and is retried) on no metadata
-        except BaseException:
-            consumer.close()
-            raise
-        return consumer
+        return KafkaGroupConsumer(self.config, group_id=None, topics=[HEARTBEATS])  # what is sent from now on
 
-    def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
-        for records in batches.values():
-            for record in records:
-                hb = self._decode(record.value or b"", Heartbeat)
-                if isinstance(hb, Heartbeat):
-                    self.fleet.apply(hb)
-                    self.commands.observe(hb)
+    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
+        for record in records:
+            hb = self._decode(record.value, Heartbeat)
+            if isinstance(hb, Heartbeat):
+                self.fleet.apply(hb)
+                self.commands.observe(hb)
 
     def _tick(self) -> None:
-        if time.monotonic() < self._next_flush and not self._stop.is_set():
+        if time.monotonic() < self._next_flush and not self.thread.wait(0):
             return
         self._next_flush = time.monotonic() + self.flush_interval_s
         dirty = self.fleet.take_dirty()
@@ -260,7 +219,7 @@ class HeartbeatMonitor(_ConsumerThread):
             log.warning("could not write %d robots to the database: %s", len(dirty), e)
 
 
-class CorrectionsMonitor(_ConsumerThread):
+class CorrectionsMonitor(_Monitor):
     """Thread: poll `fleet.corrections` (consumer group) → rows of the review queue, then commit."""
 
     name = "corrections"
@@ -274,33 +233,26 @@ class CorrectionsMonitor(_ConsumerThread):
         self.retry_s = retry_s  # wait before re-reading a batch the DB refused
         self.written = 0  # new rows since start
 
-    def _consumer(self) -> KafkaConsumer:
+    def _connect(self) -> KafkaGroupConsumer:
         ensure_topics(self.config)
-        return KafkaConsumer(
-            CORRECTIONS,
-            **kafka_consumer_options(self.config, client_id=f"{self.config.client_id}-corrections"),
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # a new dashboard fills its queue with every correction still on the topic
-        )
+        # a new dashboard's group starts at the earliest offset: its queue gets every correction still on the topic
+        return KafkaGroupConsumer(self.config, group_id=self.group_id, topics=[CORRECTIONS])
 
-    def _handle(self, consumer: KafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
+    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
         corrections: list[Correction] = []
-        for records in batches.values():
-            for record in records:
-                c = self._decode(record.value or b"", Correction)
-                if isinstance(c, Correction):
-                    corrections.append(c)
+        for record in records:
+            c = self._decode(record.value, Correction)
+            if isinstance(c, Correction):
+                corrections.append(c)
         try:
             self.written += self._write(corrections)
         except Exception as e:  # the DB is down or refused: read the batch again later, commit nothing
             log.warning("could not write %d corrections to the database (%s); retry in %.1f s", len(corrections), e,
                         self.retry_s)  # fmt: skip
-            for tp, records in batches.items():
-                consumer.seek(tp, records[0].offset)
-            self._stop.wait(self.retry_s)
+            consumer.rewind(records)
+            self.thread.wait(self.retry_s)
             return
-        consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batches.items()})
+        consumer.commit(records)
 
     def _write(self, corrections: list[Correction]) -> int:
         for attempt in range(2):

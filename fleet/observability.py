@@ -115,7 +115,7 @@ class _Producer(Protocol):
 
 
 class _Consumer(Protocol):
-    group_id: str
+    group_id: str | None  # None: a live reader with no group (not tracked)
     lag: dict[tuple[str, int], int]  # (topic, partition) -> records behind the log end
 
 
@@ -177,6 +177,8 @@ def _transport_metrics() -> Iterator[Metric]:
     )  # fmt: skip
     per_topic: dict[tuple[str, str], int] = {}
     for consumer in list(_consumers):
+        if consumer.group_id is None:
+            continue
         for (topic, _partition), behind in dict(consumer.lag).items():
             per_topic[(consumer.group_id, topic)] = per_topic.get((consumer.group_id, topic), 0) + behind
     for (group, topic), behind in sorted(per_topic.items()):

@@ -33,6 +33,12 @@ def test_one_place_builds_episodes_from_segments_and_one_builds_segments_from_st
     assert _calls("EpisodeStream") == {"fleet/client/__init__.py", "actors/runtime.py"}
 
 
+def test_one_class_builds_kafka_consumers() -> None:
+    """Every service reads Kafka through fleet.transport's KafkaGroupConsumer (MessageLoop, the learner, the
+    ConsumerThreads of the dashboard and the robots' model events, the lag report)."""
+    assert _calls("KafkaConsumer") == {"fleet/transport/consumer.py"}
+
+
 def test_robots_and_evaluations_run_chunks_on_one_schedule() -> None:
     assert _calls("ChunkSchedule") == {"actors/runtime.py", "fleet/recipe/evaluate.py"}
 

@@ -34,12 +34,18 @@ from fleet.transport.base import (
     Transport,
     TransportConfig,
     TransportError,
-    assign_at_end,
     kafka_consumer_options,
     kafka_producer_options,
     kafka_security_options,
 )
-from fleet.transport.consumer import KafkaGroupConsumer, LoopStats, MessageLoop, dead_letter
+from fleet.transport.consumer import (
+    ConsumerThread,
+    KafkaGroupConsumer,
+    LoopStats,
+    MessageLoop,
+    assign_at_end,
+    dead_letter,
+)
 from fleet.transport.kafka import KafkaTransport, ensure_topics, topic_specs
 from fleet.transport.producer import SpoolingProducer
 from fleet.transport.spool import DiskSpool
@@ -62,6 +68,7 @@ __all__ = [
     "TOPIC_FOR_KIND",
     "TRAJECTORIES",
     "Consumer",
+    "ConsumerThread",
     "Delivery",
     "DeliveryCallback",
     "DiskSpool",

@@ -248,26 +248,6 @@ def kafka_consumer_options(config: TransportConfig, *, client_id: str) -> dict[s
     }
 
 
-def assign_at_end(consumer: Any, topic: str, *, timeout_s: float = 10.0) -> list[Any]:
-    """Assign `consumer` (no group) every partition of `topic` at its current end, so it reads only what is sent
-    from now on. Waits for the topic's partition metadata (a topic just created may have none for a moment); raises
-    `KafkaTimeoutError` if it has none after `timeout_s`, rather than assigning nothing and reading nothing."""
-    from kafka import TopicPartition
-    from kafka.errors import KafkaTimeoutError
-
-    deadline = time.monotonic() + timeout_s
-    while not (partitions := consumer.partitions_for_topic(topic)):
-        if time.monotonic() > deadline:
-            raise KafkaTimeoutError(f"no partition metadata for {topic} after {timeout_s:.0f} s")
-        time.sleep(0.2)
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:  # resolve the end offsets now, so everything sent from here on is seen
-        consumer.position(tp)
-    return tps
-
-
 def kafka_producer_options(config: TransportConfig) -> dict[str, Any]:
     """kafka-python settings shared by fleet's producer and the raw baseline in bench/ingest.py."""
     return {

@@ -12,6 +12,7 @@ with nothing committed, so the batch is redelivered to whoever takes over the pa
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from fleet import observability
@@ -55,24 +56,27 @@ class _StartAt(ConsumerRebalanceListener):
 
 
 class KafkaGroupConsumer:
-    """`Consumer` on kafka-python: manual commits, earliest offset for a new group.
+    """`Consumer` on kafka-python: manual commits, earliest offset for a new group. The one place fleet builds a
+    Kafka consumer: every service reads through it (`MessageLoop`, the learner, `ConsumerThread`s).
 
     `start_at` {(topic, partition): offset}: where to read each of those partitions whenever it is assigned,
     whatever the group committed. A service whose own checkpoint holds its offsets passes them, so the checkpoint
     wins even when the group's committed offsets are ahead of it (the learner falling back to an older checkpoint).
+    `group_id=None`: no group; every partition of `topics` is read from its current end (a live view such as the
+    dashboard's heartbeats, which needs only what is sent from now on), and nothing is committed.
     """
 
     def __init__(
         self,
         config: TransportConfig,
         *,
-        group_id: str,
+        group_id: str | None,
         topics: Sequence[str],
         start_at: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         try:
             self._consumer = KafkaConsumer(
-                **kafka_consumer_options(config, client_id=f"{config.client_id}-{group_id}"),
+                **kafka_consumer_options(config, client_id=f"{config.client_id}-{group_id or 'live'}"),
                 group_id=group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -82,7 +86,14 @@ class KafkaGroupConsumer:
                 fetch_max_bytes=max(52428800, config.max_request_bytes),
                 max_partition_fetch_bytes=config.max_request_bytes,
             )
-            self._consumer.subscribe(list(topics), listener=_StartAt(self._consumer, start_at or {}))
+            if group_id is not None:
+                self._consumer.subscribe(list(topics), listener=_StartAt(self._consumer, start_at or {}))
+            elif topics:
+                try:
+                    assign_at_end(self._consumer, *topics)
+                except BaseException:
+                    self._consumer.close()
+                    raise
         except KafkaError as e:
             raise TransportError(
                 f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up` or set FLEET_KAFKA_BOOTSTRAP"
@@ -129,8 +140,104 @@ class KafkaGroupConsumer:
         if offsets:
             self._consumer.commit(offsets)
 
+    def rewind(self, records: Sequence[Record]) -> None:
+        """Read `records` again from the next poll (their work could not be done now; nothing was committed)."""
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            first[(r.topic, r.partition)] = min(r.offset, first.get((r.topic, r.partition), r.offset))
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition), offset)
+
+    def end_offsets(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The log-end offset of each (topic, partition)."""
+        self._consumer.topics()  # load topic metadata first: end_offsets on a fresh client can miss it
+        ends = self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+def assign_at_end(consumer: KafkaConsumer, *topics: str, timeout_s: float = 10.0) -> list[TopicPartition]:
+    """Assign `consumer` (no group) every partition of `topics` at its current end, so it reads only what is sent
+    from now on. Waits for each topic's partition metadata (a topic just created may have none for a moment);
+    raises `KafkaTimeoutError` if one has none after `timeout_s`, rather than assigning nothing and reading nothing."""
+    deadline = time.monotonic() + timeout_s
+    assigned = []
+    for topic in topics:
+        while not (partitions := consumer.partitions_for_topic(topic)):
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"no partition metadata for {topic} after {timeout_s:.0f} s")
+            time.sleep(0.2)
+        assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_end(*assigned)
+    for tp in assigned:  # resolve the end offsets now, so everything sent from here on is seen
+        consumer.position(tp)
+    return assigned
+
+
+class ConsumerThread:
+    """A daemon thread reading through a `KafkaGroupConsumer` it (re)builds with `connect()`: each polled batch goes
+    to `handle(records, consumer)` (which commits what it is done with), `tick()` runs after every poll. Kafka
+    down, or anything else going wrong, closes the consumer and connects again with bounded backoff: the thread never
+    dies, since what reads through it (a live view, a robot's model events) must outlive a broker outage."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        connect: Callable[[], KafkaGroupConsumer],
+        handle: Callable[[list[Record], KafkaGroupConsumer], None],
+        tick: Callable[[], None] = lambda: None,
+        poll_timeout_s: float = 0.2,
+        max_records: int = 1000,
+    ) -> None:
+        self.name, self._connect, self._handle, self._tick = name, connect, handle, tick
+        self.poll_timeout_s, self.max_records = poll_timeout_s, max_records
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> ConsumerThread:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds` unless stopped (True: stopped)."""
+        return self._stop.wait(seconds)
+
+    def _run(self) -> None:
+        consumer: KafkaGroupConsumer | None = None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = self._connect()
+                    self.connected.set()
+                    backoff = 0.5
+                records = consumer.poll(timeout_s=self.poll_timeout_s, max_records=self.max_records)
+                if records:
+                    self._handle(records, consumer)
+            except Exception as e:  # noqa: BLE001 - Kafka down, or anything else: a dead thread would go silent
+                known = isinstance(e, KafkaError | OSError | TransportError)
+                log.log(logging.WARNING if known else logging.ERROR, "%s: Kafka not usable (%s: %s); retry in %.1f s",
+                        self.name, type(e).__name__, e, backoff, exc_info=not known)  # fmt: skip
+                if consumer is not None:
+                    consumer.close()
+                    consumer = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._tick()
+        if consumer is not None:
+            consumer.close()
+        self._tick()
 
 
 @dataclass

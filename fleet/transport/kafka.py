@@ -119,3 +119,40 @@ class KafkaTransport:
             producer, self._producer = self._producer, None
         if producer is not None:
             producer.close(timeout_s)
+
+
+def group_lag(config: TransportConfig, groups: Sequence[str]) -> list[dict[str, object]]:
+    """One row per (group, topic) of other processes' consumer groups: committed offset, end offset and lag summed
+    over partitions (a group's own lag, as it polls, is `KafkaGroupConsumer.lag`). TransportError when Kafka cannot
+    tell."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=config.bootstrap.split(","), client_id="fleet-lag",
+                                 bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
+                                 **kafka_security_options(config))  # fmt: skip
+    except KafkaError as e:
+        raise TransportError(f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up`") from None
+    reader = None
+    try:
+        reader = KafkaGroupConsumer(config, group_id=None, topics=())
+        rows: list[dict[str, object]] = []
+        for group in groups:
+            committed = admin.list_group_offsets(group).get(group, {})
+            if not committed:
+                continue
+            ends = reader.end_offsets([(tp.topic, tp.partition) for tp in committed])
+            per_topic: dict[str, dict[str, int]] = {}
+            for tp, meta in committed.items():
+                row = per_topic.setdefault(tp.topic, {"committed": 0, "end": 0, "lag": 0, "partitions": 0})
+                end, done = ends.get((tp.topic, tp.partition), 0), max(int(meta.offset), 0)
+                row["committed"] += done
+                row["end"] += end
+                row["lag"] += max(end - done, 0)
+                row["partitions"] += 1
+            rows.extend({"group": group, "topic": topic, **per_topic[topic]} for topic in sorted(per_topic))
+        return rows
+    except (KafkaError, KeyError) as e:
+        raise TransportError(f"could not read consumer offsets from {config.bootstrap}: {e!r}") from None
+    finally:
+        if reader is not None:
+            reader.close()
+        admin.close()

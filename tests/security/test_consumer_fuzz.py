@@ -20,7 +20,6 @@ Consumers and what they must do with each one:
 from __future__ import annotations
 
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -52,7 +51,7 @@ from fleet.schemas import (
     decode,
     encode,
 )
-from fleet.transport import COMMANDS, DEADLETTER, TOPIC_FOR_KIND, TOPICS, TRAJECTORIES, MessageLoop
+from fleet.transport import COMMANDS, DEADLETTER, TOPIC_FOR_KIND, TOPICS, TRAJECTORIES, MessageLoop, Record
 from tests.dashboards.factories import heartbeat
 from tests.data.factories import make_segment
 from tests.data.fakes import FakeTransport
@@ -542,26 +541,22 @@ def test_learner_survives_an_unhashable_schema_version() -> None:
     _assert_all_dead(transport, sent, "learner-fuzz")
 
 
-class _FakeKafkaRecord(SimpleNamespace):
-    pass
-
-
 class _FakeKafkaConsumer:
+    """What a monitor's handler does to its `KafkaGroupConsumer`: commit a batch, or rewind it to read it again."""
+
     def __init__(self) -> None:
         self.commits: list[Any] = []
         self.seeks: list[Any] = []
 
-    def commit(self, offsets: Any) -> None:
-        self.commits.append(offsets)
+    def commit(self, records: Any) -> None:
+        self.commits.append(records)
 
-    def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    def rewind(self, records: Any) -> None:
+        self.seeks.append(records)
 
 
-def _batches(topic: str, payloads: list[bytes]) -> dict[Any, list[Any]]:
-    from kafka import TopicPartition
-
-    return {TopicPartition(topic, 0): [_FakeKafkaRecord(value=p, offset=i) for i, p in enumerate(payloads)]}
+def _batches(topic: str, payloads: list[bytes]) -> list[Record]:
+    return [Record(topic, 0, i, None, p) for i, p in enumerate(payloads)]
 
 
 @pytest.fixture()
@@ -577,28 +572,28 @@ def sessions(tmp_path: Path, template_db: Path) -> Any:
 def test_dashboard_heartbeat_monitor_skips_every_breakage(sessions: Any) -> None:
     fleet = FleetState(offline_after_s=5)
     monitor = HeartbeatMonitor(
-        SimpleNamespace(bootstrap="unused:9", client_id="t"),  # type: ignore[arg-type]
+        SimpleNamespace(bootstrap="unused:9", client_id="t"),
         fleet=fleet,
         commands=CommandTracker(keep=10),
         sessions=sessions,
         flush_interval_s=0.01,
     )
     payloads = [p for _, _, p in DEAD]
-    monitor._handle(_FakeKafkaConsumer(), _batches("fleet.heartbeats", payloads))  # type: ignore[arg-type]
+    monitor._handle(_batches("fleet.heartbeats", payloads), _FakeKafkaConsumer())
     assert monitor.decode_errors == len(payloads) and fleet.robot_ids() == []
-    monitor._handle(_FakeKafkaConsumer(), _batches("fleet.heartbeats", [encode(heartbeat("robot-ok"))]))
+    monitor._handle(_batches("fleet.heartbeats", [encode(heartbeat("robot-ok"))]), _FakeKafkaConsumer())
     assert fleet.robot_ids() == ["robot-ok"]
 
 
 def test_dashboard_corrections_monitor_skips_every_breakage_and_commits(sessions: Any) -> None:
     monitor = CorrectionsMonitor(
-        SimpleNamespace(bootstrap="unused:9", client_id="t"),  # type: ignore[arg-type]
+        SimpleNamespace(bootstrap="unused:9", client_id="t"),
         sessions=sessions,
         group_id="g",
         retry_s=0.01,
     )
     consumer = _FakeKafkaConsumer()
-    monitor._handle(consumer, _batches("fleet.corrections", [p for _, _, p in DEAD]))  # type: ignore[arg-type]
+    monitor._handle(_batches("fleet.corrections", [p for _, _, p in DEAD]), consumer)
     assert monitor.decode_errors == len(DEAD)
     assert len(consumer.commits) == 1 and not consumer.seeks
 
@@ -627,7 +622,7 @@ def test_corrections_monitor_is_not_wedged_by_schema_valid_extremes(
     sessions: Any, changes: dict[str, Any], stored: bool
 ) -> None:
     monitor = CorrectionsMonitor(
-        SimpleNamespace(bootstrap="unused:9", client_id="t"),  # type: ignore[arg-type]
+        SimpleNamespace(bootstrap="unused:9", client_id="t"),
         sessions=sessions,
         group_id="g",
         retry_s=0.01,
@@ -635,7 +630,7 @@ def test_corrections_monitor_is_not_wedged_by_schema_valid_extremes(
     poison, good = _correction(**changes), _correction()
     assert isinstance(decode(encode(poison)), Correction)  # schema-valid: the monitor, not the decoder, must cope
     consumer = _FakeKafkaConsumer()
-    monitor._handle(consumer, _batches("fleet.corrections", [encode(poison), encode(good)]))  # type: ignore[arg-type]
+    monitor._handle(_batches("fleet.corrections", [encode(poison), encode(good)]), consumer)
     assert len(consumer.commits) == 1 and not consumer.seeks  # progress: the batch is done, not retried
     with sessions() as s:
         ids = set(s.scalars(select(CorrectionRow.id)))
@@ -646,7 +641,7 @@ def test_corrections_monitor_is_not_wedged_by_schema_valid_extremes(
 def test_heartbeat_flush_survives_schema_valid_extremes(sessions: Any) -> None:
     fleet = FleetState(offline_after_s=5)
     monitor = HeartbeatMonitor(
-        SimpleNamespace(bootstrap="unused:9", client_id="t"),  # type: ignore[arg-type]
+        SimpleNamespace(bootstrap="unused:9", client_id="t"),
         fleet=fleet,
         commands=CommandTracker(keep=10),
         sessions=sessions,
@@ -659,7 +654,7 @@ def test_heartbeat_flush_survives_schema_valid_extremes(sessions: Any) -> None:
         ),
         heartbeat("robot-ok"),
     ]
-    monitor._handle(_FakeKafkaConsumer(), _batches("fleet.heartbeats", [encode(h) for h in extremes]))
+    monitor._handle(_batches("fleet.heartbeats", [encode(h) for h in extremes]), _FakeKafkaConsumer())
     monitor._next_flush = 0.0
     monitor._tick()
     with sessions() as s:
@@ -748,15 +743,8 @@ def test_real_broker_robot_listener_ignores_bad_commands_and_applies_the_next_go
     robot_id = f"fuzz-{uuid.uuid4().hex[:8]}"
     ensure_topics(TransportConfig(bootstrap=kafka_bootstrap))
     submitted: list[Command] = []
-    runtime = SimpleNamespace(config=SimpleNamespace(robot_id=robot_id), submit_command=submitted.append)
     reloader = SimpleNamespace(notify=lambda: None)
-    stop = threading.Event()
-    listener = threading.Thread(
-        target=listen_for_events,
-        args=(stack, runtime.config.robot_id, reloader, stop, runtime.submit_command),
-        daemon=True,
-    )
-    listener.start()
+    listener = listen_for_events(stack, robot_id, reloader, submitted.append)
     producer = KafkaTransport(TransportConfig(bootstrap=kafka_bootstrap, client_id=robot_id))
     try:
         time.sleep(3.0)  # let the listener's group join (it starts at the earliest offset anyway)
@@ -769,9 +757,8 @@ def test_real_broker_robot_listener_ignores_bad_commands_and_applies_the_next_go
         deadline = time.monotonic() + 60
         while not submitted and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert listener.is_alive()
+        assert listener.connected.is_set()
     finally:
-        stop.set()
-        listener.join(timeout=15)
+        listener.stop(timeout_s=15)
         producer.close()
     assert [c.command_id for c in submitted] == ["cmd-good"]
