@@ -4,16 +4,24 @@
 # skipped, so after a stop the same command goes on where it was. The last step merges every run into
 # bench/results/online.json (re-scoring nothing).
 #
-#   V1=~/.cache/fleet/bench-online/cameras-2/v1-20k/checkpoints/step_00020000 bash research/online_arms.sh
+#   bash research/online_arms.sh
 #
-# V1 is version 1's checkpoint (sampled with 4 flow steps: bench.online.sampled_with). Run it alone on the machine:
-# the robots are real-time and Ray starts them at niceness 15, so any other job starves them.
+# V1 is version 1's checkpoint, sampled with 4 flow steps (bench.online.sampled_with); by default the one committed
+# in research/online/v1-20k-flow4 (bench.online.version_one(..., 300, 20000), scored in docs/research.md), so a
+# fresh machine does not pre-train it again. Its 300 demos per pair are collected (seed 0, deterministic) when
+# missing. Run it alone on the machine: the robots are real-time and Ray starts them at niceness 15, so any other
+# job starves them. Frozen arms run no learner, so they run at time scale 1 (bench/online.py's merge accepts that:
+# their episodes do not depend on it) and take half the wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-V1=${V1:?set V1 to version 1\'s checkpoint}
+V1=${V1:-research/online/v1-20k-flow4}
 DEMOS=${DEMOS:-$HOME/.cache/fleet/bench-online/cameras-2/demos}  # version 1's demonstrations (the learner's too)
 OUT=research/online
 mkdir -p "$OUT"
+[ -d "$DEMOS" ] || .venv/bin/python -c "
+from bench.online import CACHE, cached_demos
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
+cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
 COMMON=(--scenario high-start --robots 4 --minutes 30 --time-scale 2 --v1 "$V1" --v1-demos "$DEMOS" --learner-demos 300
         --freeze perception --learner-lr 1e-3 --final-episodes 50)
 
@@ -25,9 +33,9 @@ run() {  # run NAME bench-arguments...
 }
 
 run full-1 --arms full --repeats full:1 --seed 11 --baseline-seconds 0
-run frozen-1 --arms frozen --repeats frozen:1 --seed 12 --baseline-seconds 0
+run frozen-1 --arms frozen --repeats frozen:1 --seed 12 --baseline-seconds 0 --time-scale 1
 run full-2 --arms full --repeats full:1 --seed 13 --baseline-seconds 0
-run frozen-2 --arms frozen --repeats frozen:1 --seed 14 --baseline-seconds 0
+run frozen-2 --arms frozen --repeats frozen:1 --seed 14 --baseline-seconds 0 --time-scale 1
 run corrections_only-1 --arms corrections_only --seed 15 --baseline-seconds 0
 run rewards_only-1 --arms rewards_only --seed 16 --baseline-seconds 0
 # offline_demos spends the operator's steps of the full runs (their mean) on demonstrations before its run
