@@ -58,6 +58,10 @@ class VLAConfig:
     coord_channels: bool = True
     # FiLM-modulate every conv stage of the image encoder by the instruction embedding (RT-1).
     film: bool = True
+    # Gaussian noise (per dimension) added to the instruction embedding in training only, so the policy reads a
+    # neighbourhood of each sentence embedding rather than a handful of exact points: paraphrases it never trained
+    # on land near the ones it did. 0 = off (inference never adds it).
+    instruction_noise: float = 0.0
     # Spatial-softmax keypoints of the last conv stage, given to the trunk as one extra token (0 = none).
     keypoints: int = 16
     # Give the trunk the image's grid tokens too; False = only the keypoint token (robomimic-style: image
@@ -111,6 +115,8 @@ class VLAConfig:
             raise ValueError(f"VLAConfig.embodiments has duplicate names: {names}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"VLAConfig.cameras must be non-empty and unique, got {self.cameras}")
+        if self.instruction_noise < 0:
+            raise ValueError(f"VLAConfig.instruction_noise must be >= 0, got {self.instruction_noise}")
         if not self.conv_channels or any(c <= 0 for c in self.conv_channels):
             raise ValueError(f"VLAConfig.conv_channels must be positive, got {self.conv_channels}")
         if self.image_size <= 0 or self.image_size % self.image_downsample:

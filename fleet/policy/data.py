@@ -12,7 +12,7 @@ same targets the online learner trains the value head on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +65,7 @@ class _EpisodeArrays:
     returns: np.ndarray  # float32 (T,)
     intervention: np.ndarray  # bool (T,)
     embodiment_id: int
-    instruction: np.ndarray  # float32 (text_dim,)
+    instruction: np.ndarray  # float32 (texts, text_dim): the instruction and the other ways it is said in training
 
 
 class ChunkDataset:
@@ -79,7 +79,11 @@ class ChunkDataset:
         embedder: InstructionEmbedder,
         horizon: int = VALUE_HORIZON,
         failure_return: float = FAILURE_RETURN,
+        instructions: Callable[[Episode], Sequence[str]] | None = None,
+        seed: int = 0,
     ) -> None:
+        """`instructions(episode)`: the texts an episode's instruction is said in during training (instruction
+        augmentation: each sample draws one); None = the episode's own words only."""
         if horizon < 1 or failure_return >= -1.0:
             raise ValueError(f"horizon must be >= 1 and failure_return < -1, got {horizon}, {failure_return}")
         if embedder.name != config.text_encoder or embedder.dim != config.text_dim:
@@ -88,6 +92,8 @@ class ChunkDataset:
                 f" {config.text_encoder!r} ({config.text_dim}-d)"
             )
         self.config = config
+        self._instructions = instructions
+        self._rng = np.random.default_rng(seed)
         self._episodes: list[_EpisodeArrays] = []
         owners: list[np.ndarray] = []
         for episode in episodes:
@@ -131,9 +137,10 @@ class ChunkDataset:
         proprio[:, : dims.proprio_dim] = episode.proprio
         actions = np.zeros((n, c.max_action_dim), dtype=np.float32)
         actions[:, : dims.action_dim] = np.clip(episode.actions, -1.0, 1.0)
-        instruction = np.asarray(embedder.embed(meta.instruction), dtype=np.float32)
-        if instruction.shape != (c.text_dim,):
-            raise ValueError(f"embedder gives {instruction.shape}, the model needs ({c.text_dim},)")
+        texts = list(self._instructions(episode)) if self._instructions is not None else [meta.instruction]
+        instruction = np.stack([np.asarray(embedder.embed(text), dtype=np.float32) for text in texts])
+        if instruction.shape[1:] != (c.text_dim,):
+            raise ValueError(f"embedder gives {instruction.shape[1:]}, the model needs ({c.text_dim},)")
         return _EpisodeArrays(
             images=np.ascontiguousarray(np.stack(cams, axis=1)),
             proprio=proprio,
@@ -166,7 +173,8 @@ class ChunkDataset:
             t = int(self._step[i])
             idx, valid = chunk_indices(len(e.actions), np.array([t]), horizon)
             images.append(e.images[t])
-            instr.append(e.instruction)
+            instr.append(e.instruction[self._rng.integers(len(e.instruction))] if len(e.instruction) > 1
+                         else e.instruction[0])  # fmt: skip
             proprio.append(e.proprio[t])
             ids.append(e.embodiment_id)
             actions.append(e.actions[idx[0]])

@@ -185,6 +185,9 @@ class VLAModel(nn.Module):
         """The trunk's inputs: prefix tokens (B, 4, d) and image tokens (B, cameras, tokens per camera, d); the image
         tokens come from the batch's cached `image_tokens` when it has them."""
         text = batch["instruction_embedding"]
+        # Training forwards only: not inference, and not the features a learner caches (computed without grad).
+        if self.training and torch.is_grad_enabled() and self.config.instruction_noise > 0:
+            text = text + self.config.instruction_noise * torch.randn_like(text)
         cached = batch.get("image_tokens")
         image_tokens = cached.float() if cached is not None else self.encode_images(batch["images"], text)
         b = image_tokens.shape[0]

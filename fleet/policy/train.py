@@ -19,7 +19,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -238,11 +238,13 @@ def train(
     embedder: InstructionEmbedder | None = None,
     resume: bool = True,
     max_steps: int | None = None,
+    instructions: Callable[[Episode], Sequence[str]] | None = None,
 ) -> TrainStats:
     """Train (or continue training) a VLA on `episodes`, checkpointing into `run_dir`.
 
     `max_steps` stops this call early (with a checkpoint) after that many steps; the schedule is
-    still the one for `config.steps`, so a later call picks up exactly where this one stopped.
+    still the one for `config.steps`, so a later call picks up exactly where this one stopped. `instructions`:
+    the texts each episode's instruction is said in (instruction augmentation; `ChunkDataset`).
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -255,6 +257,8 @@ def train(
         embedder=embedder,
         horizon=config.value_horizon,
         failure_return=config.failure_return,
+        instructions=instructions,
+        seed=config.seed,
     )
 
     device = resolve_device(config.device)

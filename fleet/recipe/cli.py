@@ -121,6 +121,12 @@ def pretrain_command(
     tasks: str | None = typer.Option(None, "--tasks", help="Only these tasks [default: all in the store]."),
     embodiments: str | None = typer.Option(None, "--embodiments", help="Only these embodiments [default: all]."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
+    paraphrases: int = typer.Option(
+        0, "--paraphrases", help="Also say each demo's instruction this many other ways (training phrasings only)."
+    ),
+    instruction_noise: float | None = typer.Option(
+        None, "--instruction-noise", help="Gaussian noise on the instruction embedding in training [default: 0]."
+    ),
     register: bool = RegisterOption,
     promote: bool = PromoteOption,
     no_mlflow: bool = NoMlflowOption,
@@ -134,6 +140,7 @@ def pretrain_command(
             preset=preset, steps=steps, head=_head(head), tasks=_split(tasks) if tasks else None,
             embodiments=_split(embodiments) if embodiments else None, seed=seed, log_mlflow=not no_mlflow,
             register=register or promote, promote=promote, actor=f"cli:{getpass.getuser()}",
+            paraphrases=paraphrases, instruction_noise=instruction_noise,
         ),
         threads,
     )  # fmt: skip

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import time
 import urllib.request
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fleet.recipe.demos import load_episodes, select_demos
 
 if TYPE_CHECKING:
+    from fleet.episodes import Episode
     from fleet.policy.config import VLAConfig
     from fleet.policy.language import InstructionEmbedder
     from fleet.policy.train import TrainConfig, TrainStats
@@ -75,12 +78,18 @@ class StageConfig:
     promote: bool = False  # also point `production` at that version (implies register)
     actor: str = "recipe"  # who promotes, for the audit log
     progress: bool = True  # show a tqdm progress bar
+    # Instruction augmentation: each demo's instruction is also said in this many other ways in training (the
+    # task's own phrasings and fleet/sim/language/training.json, same colours and sides); 0 = its own words only.
+    paraphrases: int = 0
+    instruction_noise: float | None = None  # pretrain: VLAConfig.instruction_noise (None = the preset's)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_OVERRIDES:
             raise ValueError(f"StageConfig.stage must be 'pretrain' or 'posttrain', got {self.stage!r}")
         if self.steps is not None and self.steps <= 0:
             raise ValueError(f"StageConfig.steps must be positive, got {self.steps}")
+        if self.paraphrases < 0:
+            raise ValueError(f"StageConfig.paraphrases must be >= 0, got {self.paraphrases}")
         if self.stage == "posttrain":
             if not self.task or self.init is None:
                 raise ValueError("post-training needs --task and --init (a pre-trained checkpoint directory)")
@@ -118,6 +127,8 @@ def train_config(config: StageConfig) -> TrainConfig:
         model = config.model or base.model
         if config.head is not None:
             model = model.with_(action_head=config.head)
+        if config.instruction_noise is not None:
+            model = model.with_(instruction_noise=config.instruction_noise)
     else:
         assert config.init is not None
         model = load_checkpoint(config.init).config
@@ -127,6 +138,20 @@ def train_config(config: StageConfig) -> TrainConfig:
             )
         changes["init_checkpoint"] = str(config.init)
     return replace(base, model=model, **changes)
+
+
+def paraphrased(count: int, seed: int) -> Callable[[Episode], list[str]]:
+    """Each episode's instruction and `count` other ways of saying it (fleet.sim.language.paraphrases), drawn per
+    episode from `seed` and its id, so a resumed run says them the same way."""
+    from fleet.sim.language import paraphrases
+    from fleet.sim.tasks import TASKS
+
+    def texts(episode: Episode) -> list[str]:
+        meta = episode.meta
+        own = TASKS[meta.task].phrasings if meta.task in TASKS else ()
+        return paraphrases(meta.task, meta.instruction, own, count, seed=zlib.crc32(meta.episode_id.encode()) ^ seed)
+
+    return texts
 
 
 def run_stage(config: StageConfig, *, embedder: InstructionEmbedder | None = None) -> StageResult:
@@ -144,7 +169,8 @@ def run_stage(config: StageConfig, *, embedder: InstructionEmbedder | None = Non
     if not metas:
         raise ValueError(f"no successful demonstrations in {store.root}; run `fleet demos collect --out {store.root}`")
     episodes = load_episodes(store, metas)
-    stats = train(tc, episodes=episodes, run_dir=config.run_dir, embedder=embedder)
+    said = paraphrased(config.paraphrases, config.seed) if config.paraphrases else None
+    stats = train(tc, episodes=episodes, run_dir=config.run_dir, embedder=embedder, instructions=said)
     if stats.checkpoint is None:
         raise RuntimeError(f"training wrote no checkpoint into {config.run_dir}")
     tracking = _reachable_tracking_uri(config) if config.log_mlflow else None

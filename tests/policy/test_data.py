@@ -74,3 +74,36 @@ def test_random_shift_keeps_shape_and_content_nearby() -> None:
         for dy in range(-2, 3)
         for dx in range(-2, 3)
     )
+
+
+def test_instruction_augmentation_draws_each_sample_s_words_from_the_episode_s_paraphrases(
+    tiny_config: VLAConfig,
+) -> None:
+    from fleet.recipe.train import paraphrased
+
+    embedder = HashEmbedder()
+    episode = make_episode("panda", length=8, instruction="pick up the red cube")
+    said = paraphrased(4, seed=0)(episode)
+    assert said[0] == "pick up the red cube" and len(set(said)) == 5 and all("red" in s for s in said)
+    plain = ChunkDataset([episode], tiny_config, embedder=embedder)
+    augmented = ChunkDataset([episode], tiny_config, embedder=embedder, instructions=paraphrased(4, seed=0), seed=1)
+    own = torch.from_numpy(np.asarray(embedder.embed("pick up the red cube"), dtype=np.float32))
+    assert all(torch.equal(row, own) for row in plain.get_batch(np.arange(8))["instruction_embedding"])
+    rows = augmented.get_batch(np.repeat(np.arange(8), 8))["instruction_embedding"]
+    drawn = {tuple(row.tolist()) for row in rows}
+    assert len(drawn) == 5  # 64 draws of 5 ways of saying it: every one comes up
+    assert drawn == {tuple(np.asarray(embedder.embed(s), dtype=np.float32).tolist()) for s in said}
+
+
+def test_instruction_noise_perturbs_training_forwards_only(tiny_config: VLAConfig) -> None:
+    data = ChunkDataset([make_episode("panda", length=6)], tiny_config, embedder=HashEmbedder())
+    batch = {k: v for k, v in data.get_batch(np.arange(6)).items() if k != "intervention"}
+    torch.manual_seed(0)
+    model = VLAModel(tiny_config.with_(instruction_noise=0.5))
+    model.train()
+    a, b = model.tokens(batch)[0], model.tokens(batch)[0]
+    assert not torch.allclose(a[:, 1], b[:, 1])  # the text token moves with the noise
+    model.eval()
+    assert torch.equal(model.tokens(batch)[0], model.tokens(batch)[0])
+    with pytest.raises(ValueError, match="instruction_noise"):
+        tiny_config.with_(instruction_noise=-0.1)

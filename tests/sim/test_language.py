@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fleet.recipe.evaluate import evaluate
-from fleet.sim.language import held_out_data, load_instruction_set
+from fleet.sim.language import held_out_data, load_instruction_set, paraphrases, slots_of, training_phrasings
 from fleet.sim.registry import make_env
 from fleet.sim.tasks import COLORS, TASKS
 
@@ -33,6 +33,34 @@ def test_no_held_out_phrasing_or_colour_word_is_in_any_training_list() -> None:
     assert not any(
         name in _words(p).split() for name in names for p in (p for s in TASKS.values() for p in s.phrasings)
     )
+
+
+POLITE = {"the", "a", "please", "could", "you", "can", "it", "to", "of", "and", "that", "bit", "{color}", "{side}",
+          "{base}"}  # fmt: skip
+
+
+def test_the_training_bank_says_nothing_the_held_out_set_says() -> None:
+    """Instruction augmentation trains on training.json: none of its phrasings is a held-out one, says a held-out
+    one's content words with only politeness or order changed, or uses a held-out colour word."""
+    held, bank = held_out_data(), training_phrasings()
+    content = {task: {frozenset(_words(p).split()) - POLITE for p in ps} for task, ps in held["phrasings"].items()}
+    names = {w for words in held["color_words"].values() for w in words}
+    for task, phrasings in bank.items():
+        assert task in TASKS and len(phrasings) >= 10, task
+        for phrasing in phrasings:
+            assert set(re.findall(r"{(\w+)}", phrasing)) == set(TASKS[task].slots), phrasing  # same slots
+            assert frozenset(_words(phrasing).split()) - POLITE not in content.get(task, set()), phrasing
+            assert not names & set(_words(phrasing).split()), phrasing
+
+
+def test_paraphrases_keep_the_slot_values_and_leave_free_text_alone() -> None:
+    own = TASKS["push"].phrasings
+    said = own[1].format(color="red", side="left")
+    out = paraphrases("push", said, own, 5, seed=3)
+    assert out[0] == said and len(set(out)) == 6
+    assert all(slots_of("push", p, own) == {"color": "red", "side": "left"} for p in out)
+    assert paraphrases("push", said, own, 5, seed=3) == out  # the seed fixes the draw
+    assert paraphrases("pick", "wave at the camera", TASKS["pick"].phrasings, 5, seed=0) == ["wave at the camera"]
 
 
 @pytest.mark.parametrize("task", ["pick", "push", "place"])

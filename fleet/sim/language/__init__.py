@@ -1,4 +1,4 @@
-"""Instruction sets for evaluating language the policy was not trained on.
+"""Instruction sets for evaluating language the policy was not trained on, and paraphrases for training on more.
 
 An `InstructionSet` says every episode's instruction another way: per task, phrasings (templates with the task's
 slots, e.g. "could you pick the {color} cube up") and, optionally, other words for slot values ({"red": ["crimson",
@@ -13,12 +13,14 @@ training phrasings, its colour words). A file of one's own: `{"phrasings": {"pic
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 HELD_OUT = "held_out.json"
+TRAINING = "training.json"  # more phrasings for training only (instruction augmentation)
 NAMED = ("held-out", "held-out-colours")
 
 
@@ -70,3 +72,41 @@ def load_instruction_set(source: str | Path) -> InstructionSet:
     if not phrasings and not words:
         raise ValueError(f"instruction set {name}: give 'phrasings', 'color_words' or both")
     return InstructionSet(name, {t: tuple(v) for t, v in phrasings.items()}, {c: tuple(v) for c, v in words.items()})
+
+
+def training_phrasings() -> dict[str, tuple[str, ...]]:
+    """Per task, the shipped training-only phrasings (`training.json`)."""
+    data = json.loads(resources.files(__package__).joinpath(TRAINING).read_text())
+    return {task: tuple(templates) for task, templates in data["phrasings"].items()}
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """A regex matching `template` filled in, one named group per slot."""
+    parts = re.split(r"\{(\w+)\}", template)
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[a-z]+)" for i, p in enumerate(parts))
+    return re.compile(regex + "$")
+
+
+def slots_of(task: str, instruction: str, own: tuple[str, ...]) -> dict[str, str] | None:
+    """The slot values of an instruction said with one of the task's templates (`own` or the training bank);
+    None when no template says it (an operator's free text: it is left as it is)."""
+    for template in (*own, *training_phrasings().get(task, ())):
+        match = _pattern(template).match(instruction.strip().lower())
+        if match is not None:
+            return match.groupdict()
+    return None
+
+
+def paraphrases(task: str, instruction: str, own: tuple[str, ...], count: int, seed: int) -> list[str]:
+    """`instruction` and up to `count` other ways of saying it (same slot values, other templates of the task's own
+    and the training bank, drawn with `seed`); only the instruction itself when its slots cannot be read."""
+    import numpy as np
+
+    values = slots_of(task, instruction, own)
+    if values is None or count <= 0:
+        return [instruction]
+    said = instruction.strip().lower()
+    others = sorted({t.format(**values) for t in (*own, *training_phrasings().get(task, ()))} - {said})
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(len(others))[:count]
+    return [instruction, *(others[int(i)] for i in picked)]
