@@ -198,7 +198,8 @@ def eval_command(
         None,
         "--instructions",
         help="Say the instructions another way: held-out (phrasings never trained on), held-out-colours (other "
-        'colour names) or a JSON file {"phrasings": {task: [templates]}, "color_words": {colour: [words]}}.',
+        "colour names), held-out-object (the target painted a colour no demonstration had) or a JSON file "
+        '{"phrasings": {task: [templates]}, "color_words": {colour: [words]}, "new_object": {"name", "rgb"}}.',
     ),
 ) -> None:
     """Success rate per task x embodiment (seeded, deterministic), as a table and a JSON file."""

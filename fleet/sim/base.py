@@ -222,11 +222,14 @@ class EnvBase(gym.Env, abc.ABC):  # type: ignore[misc]
 
         `options={"phrasing": template, "words": {...}}` asks for the episode's instruction in other words (an
         evaluation of language the policy was not trained on): `template` uses the task's slots, filled with this
-        episode's values, each replaced by `words.get(value, value)` (e.g. {"red": "crimson"}). The scene is the
-        one `seed` gives either way."""
+        episode's values, each replaced by `words.get(value, value)` (e.g. {"red": "crimson"}).
+        `options={"new_object": {"name": "orange", "rgb": [r, g, b]}}` paints the task's target in a colour no
+        demonstration had and names it so (a scene that cannot: ValueError). The scene is the one `seed` gives
+        either way: the same layout, draws and other objects."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._slots: dict[str, str] = {}
+        self._new_object = (options or {}).get("new_object")
         self._instruction = self._reset_scene(self._rng)
         if options and options.get("phrasing"):
             self._instruction = self.rephrase(str(options["phrasing"]), options.get("words") or {})

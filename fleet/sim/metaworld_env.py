@@ -134,6 +134,8 @@ class MetaWorldEnv(EnvBase):
 
     # --- EnvBase hooks ---------------------------------------------------------------------------
     def _reset_scene(self, rng: np.random.Generator) -> str:
+        if getattr(self, "_new_object", None):
+            raise ValueError(f"Meta-World's {self.task.name} scene has no object to paint in a new colour")
         self._env.seed(int(rng.integers(2**31 - 1)))
         obs, _ = self._env.reset()
         self._state = np.asarray(obs, dtype=np.float64)

@@ -143,7 +143,8 @@ class PyBulletEnv(EnvBase):
         if self._used:
             self.scene, self.arm = self._build_world()
         self._used = True
-        slots = self.scene.reset(rng)
+        new = getattr(self, "_new_object", None)
+        slots = self.scene.reset(rng, target=(str(new["name"]), tuple(new["rgb"])) if new else None)
         self._slots = dict(slots)  # for `rephrase`
         instruction = self.task.instruction(rng, **slots)
         jitter = rng.uniform(-self.config.home_jitter, self.config.home_jitter, 3)

@@ -88,13 +88,20 @@ class TabletopScene(abc.ABC):
     def position(self, name: str) -> np.ndarray:
         return np.array(self.client.getBasePositionAndOrientation(self.movable[name])[0])
 
-    def reset(self, rng: np.random.Generator) -> dict[str, str]:
-        """Lay out a new episode; return the instruction's slot values."""
+    def reset(self, rng: np.random.Generator, target: tuple[str, tuple[float, ...]] | None = None) -> dict[str, str]:
+        """Lay out a new episode; return the instruction's slot values. `target` (name, rgb): the target cube in a
+        colour of its own instead of the palette's (same draws, so the same layout as without it)."""
         names = list(COLORS)
         picked = [names[i] for i in rng.permutation(len(names))[: self.n_cubes]]
+        rgbs: list[tuple[float, ...]] = [COLORS[color] for color in picked]
+        if target is not None:
+            name, rgb = target
+            if name in COLORS or len(rgb) != 3 or not all(0.0 <= float(v) <= 1.0 for v in rgb):
+                raise ValueError(f"a new object needs a colour name outside {sorted(COLORS)} and an rgb in [0, 1]")
+            picked[0], rgbs[0] = name, tuple(float(v) for v in rgb)
         self.colors = picked
-        for cube, color in zip(self.cubes, picked, strict=True):
-            self.client.changeVisualShape(cube, -1, rgbaColor=_jitter(COLORS[color], rng))
+        for cube, rgb_ in zip(self.cubes, rgbs, strict=True):
+            self.client.changeVisualShape(cube, -1, rgbaColor=_jitter(rgb_, rng))
         self.client.changeVisualShape(self.table, -1, rgbaColor=_jitter(TABLE_RGBA[:3], rng, 0.04))
         slots = self._layout(rng)
         self.start = {name: self.position(name) for name in self.movable}

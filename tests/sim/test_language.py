@@ -144,3 +144,26 @@ def test_the_scene_check_refuses_what_it_can_show_to_be_wrong_and_nothing_else()
     assert f"nothing {absent} on the table" in (refusal(f"put the {absent} cube in the tray", state) or "")
     assert "nothing pink" in (refusal("put the pink cube in the tray", state) or "")
     assert "no apples on the table" in (refusal("put the apples in the tray", state) or "")
+
+
+@pytest.mark.parametrize("task", ["pick", "place"])
+def test_a_new_object_is_painted_and_named_in_the_scene_the_seed_gives(task: str) -> None:
+    """held-out-object: the target in a colour no demonstration had, named so; everything else as the seed gives."""
+    new = load_instruction_set("held-out-object")
+    assert new.new_object is not None and new.new_object["name"] not in COLORS
+    env = make_env(task, "panda", seed=0)
+    obs, _ = env.reset(seed=11)
+    state = env.privileged_state()
+    obs_new, _ = env.reset(seed=11, options=new.options(task, 0, TASKS[task].phrasings))
+    state_new = env.privileged_state()
+    name = new.new_object["name"]
+    assert name in obs_new["instruction"].split() and state_new.objects["cube_0"].color == name
+    assert [o.color for k, o in state_new.objects.items() if k != "cube_0"] == [
+        o.color for k, o in state.objects.items() if k != "cube_0"
+    ]  # the other cubes keep their colours ...
+    for key, obj in state.objects.items():  # ... and every object its place
+        np.testing.assert_allclose(state_new.objects[key].position, obj.position)
+    assert env.check_instruction(obs_new["instruction"]) is None  # the runtime's scene check accepts it
+    assert not np.array_equal(obs["images"]["front"], obs_new["images"]["front"])  # it looks different
+    with pytest.raises(ValueError, match="new object"):
+        env.reset(seed=11, options={"new_object": {"name": "red", "rgb": [1, 0, 0]}})

@@ -21,7 +21,7 @@ from typing import Any
 
 HELD_OUT = "held_out.json"
 TRAINING = "training.json"  # more phrasings for training only (instruction augmentation)
-NAMED = ("held-out", "held-out-colours")
+NAMED = ("held-out", "held-out-colours", "held-out-object")
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,19 @@ class InstructionSet:
     name: str
     phrasings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # task -> templates (absent: the task's own)
     words: dict[str, tuple[str, ...]] = field(default_factory=dict)  # slot value -> other words for it
+    new_object: dict[str, Any] | None = None  # {"name", "rgb"}: the target in a colour no demonstration had
 
     def options(self, task: str, episode: int, own: tuple[str, ...]) -> dict[str, Any]:
         """`Env.reset` options for episode `episode` of `task` (`own`: the task's training phrasings, used when the
         set has none for it)."""
         templates = self.phrasings.get(task) or own
-        return {
+        options: dict[str, Any] = {
             "phrasing": templates[episode % len(templates)],
             "words": {value: others[episode % len(others)] for value, others in self.words.items()},
         }
+        if self.new_object is not None:
+            options["new_object"] = self.new_object
+        return options
 
 
 def held_out_data() -> dict[str, Any]:
@@ -51,7 +55,7 @@ def load_instruction_set(source: str | Path) -> InstructionSet:
     """A named set ("held-out", "held-out-colours") or a JSON file; ValueError with the reason for a bad one."""
     if str(source) in NAMED:
         held, name = held_out_data(), str(source)
-        part = "phrasings" if name == "held-out" else "color_words"
+        part = {"held-out": "phrasings", "held-out-colours": "color_words", "held-out-object": "new_object"}[name]
         data = {part: held[part]}
     else:
         path = Path(source)
@@ -60,7 +64,7 @@ def load_instruction_set(source: str | Path) -> InstructionSet:
         except (OSError, ValueError) as e:
             raise ValueError(f"instruction set {path}: cannot read it as JSON ({e})") from None
         name = path.stem
-    phrasings, words = data.get("phrasings", {}), data.get("color_words", {})
+    phrasings, words, new = data.get("phrasings", {}), data.get("color_words", {}), data.get("new_object")
     if not isinstance(phrasings, dict) or not all(
         isinstance(v, list) and v and all(isinstance(t, str) for t in v) for v in phrasings.values()
     ):
@@ -69,9 +73,13 @@ def load_instruction_set(source: str | Path) -> InstructionSet:
         isinstance(v, list) and v and all(isinstance(w, str) for w in v) for v in words.values()
     ):
         raise ValueError(f"instruction set {name}: 'color_words' must map each colour to a non-empty list of words")
-    if not phrasings and not words:
-        raise ValueError(f"instruction set {name}: give 'phrasings', 'color_words' or both")
-    return InstructionSet(name, {t: tuple(v) for t, v in phrasings.items()}, {c: tuple(v) for c, v in words.items()})
+    if new is not None and not (isinstance(new, dict) and isinstance(new.get("name"), str) and new["name"].isalpha()
+                                and isinstance(new.get("rgb"), list) and len(new["rgb"]) == 3):  # fmt: skip
+        raise ValueError(f'instruction set {name}: \'new_object\' must be {{"name": word, "rgb": [r, g, b]}}')
+    if not phrasings and not words and new is None:
+        raise ValueError(f"instruction set {name}: give 'phrasings', 'color_words', 'new_object' or some of them")
+    return InstructionSet(name, {t: tuple(v) for t, v in phrasings.items()}, {c: tuple(v) for c, v in words.items()},
+                          new)  # fmt: skip
 
 
 def training_phrasings() -> dict[str, tuple[str, ...]]:
