@@ -7,14 +7,14 @@
 #   bash research/online_arms.sh
 #
 # V1 is version 1's checkpoint, sampled with 4 flow steps (bench.online.sampled_with); by default the one committed
-# in research/online/v1-20k-flow4 (bench.online.version_one(..., 300, 20000), scored in docs/research.md), so a
+# in research/online/v1-10k-flow4 (bench.online.version_one(..., 300, 10000), scored in docs/research.md), so a
 # fresh machine does not pre-train it again. Its 300 demos per pair are collected (seed 0, deterministic) when
 # missing. Run it alone on the machine: the robots are real-time and Ray starts them at niceness 15, so any other
 # job starves them. Frozen arms run no learner, so they run at time scale 1 (bench/online.py's merge accepts that:
 # their episodes do not depend on it) and take half the wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-V1=${V1:-research/online/v1-20k-flow4}
+V1=${V1:-research/online/v1-10k-flow4}
 DEMOS=${DEMOS:-$HOME/.cache/fleet/bench-online/cameras-2/demos}  # version 1's demonstrations (the learner's too)
 OUT=research/online
 mkdir -p "$OUT"
