@@ -26,22 +26,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fleet.canary import CANARY, Cohort
+from fleet.registry_views import RobotRegistry
 from fleet.signing import SignedVersion, TrustedKeys, verify_version
 
 log = logging.getLogger(__name__)
-
-
-class RegistryView(Protocol):
-    """What the reloader needs from `fleet.registry.Registry`."""
-
-    name: str  # the registered model's name (signed into every version)
-
-    def version_for_alias(self, alias: str) -> Any: ...  # VersionInfo | None
-
-    def download(self, version: str, dest: Path | str) -> Path: ...
 
 
 # (checkpoint_dir, what the signature vouches for) -> a ready policy, raising on any verification failure; it must
@@ -100,7 +91,7 @@ class HotReloader:
         self,
         config: ReloadConfig,
         *,
-        registry: RegistryView,
+        registry: RobotRegistry,
         loader: PolicyLoader,
         keys: TrustedKeys,
         current_version: str | None = None,

@@ -25,10 +25,11 @@ from dashboards.review import EpisodeCache
 from dashboards.routes import API_ROUTERS, pages
 from dashboards.services import Services
 from dashboards.training_metrics import LearnerMetrics
-from dashboards.versions import RegistryClient, load_registry
+from dashboards.versions import load_registry
 from fleet import observability
 from fleet.db import make_engine, session_factory
 from fleet.episodes import EpisodeStore
+from fleet.registry_views import OperatorRegistry
 from fleet.settings import Settings, get_settings
 from fleet.transport import KafkaTransport, Transport, TransportConfig
 
@@ -42,7 +43,7 @@ def build_services(
     *,
     config: DashboardConfig,
     transport: Transport | None,
-    registry: RegistryClient | None,
+    registry: OperatorRegistry | None,
     connect: bool,
 ) -> Services:
     engine = make_engine(settings.db_url)
@@ -108,7 +109,7 @@ def create_app(
     *,
     config: DashboardConfig | None = None,
     transport: Transport | None = None,
-    registry: RegistryClient | None = None,
+    registry: OperatorRegistry | None = None,
     connect: bool = True,
 ) -> FastAPI:
     """The dashboard app. `connect=False` starts no Kafka consumer and builds no real clients (tests)."""

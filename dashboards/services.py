@@ -28,10 +28,10 @@ from dashboards.outbox import Outbox
 from dashboards.streams import StreamSlots
 from dashboards.throttle import LoginThrottle
 from dashboards.training_metrics import LearnerMetrics, learner_section
-from dashboards.versions import RegistryClient
 from fleet.db import Episode, Robot
 from fleet.episodes import EpisodeStore
 from fleet.registry import announce
+from fleet.registry_views import OperatorRegistry
 from fleet.rollout import CanaryController
 from fleet.schemas import Command, Message
 from fleet.settings import Settings
@@ -88,7 +88,7 @@ class Services:
     fleet: FleetState
     commands: CommandTracker
     transport: Transport | None  # None: publishing answers 503 (no broker configured)
-    registry: RegistryClient | None  # None: model routes answer 503
+    registry: OperatorRegistry | None  # None: model routes answer 503
     episodes: EpisodeStore
     transport_config: TransportConfig | None = None
     monitor: HeartbeatMonitor | None = None

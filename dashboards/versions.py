@@ -8,35 +8,18 @@ MLflow-style `tags` as a fallback) so the page keeps working while the registry 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from fleet.naming import version_number
+from fleet.registry_views import OperatorRegistry
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class RegistryClient(Protocol):
-    def list_versions(self) -> Sequence[Any]: ...
-
-    def get_version(self, version: str) -> Any: ...
-
-    def aliases(self) -> Mapping[str, str]: ...
-
-    def promote(self, version: str, *, actor: str, role: str, reason: str) -> Any: ...
-
-    def rollback(self, to_version: str | None = None, *, actor: str, role: str, reason: str) -> Any: ...
-
-    def pin(self, *, actor: str, role: str, reason: str) -> Any: ...
-
-    def unpin(self, *, actor: str, role: str, reason: str) -> Any: ...
-
-    def is_pinned(self) -> bool: ...
-
-
-def load_registry(settings: Settings) -> RegistryClient | None:
+def load_registry(settings: Settings) -> OperatorRegistry | None:
     """`fleet.registry.Registry(settings)`, or None (model routes answer 503) when it is unavailable."""
     try:
         from fleet.registry import Registry  # type: ignore[import-not-found,unused-ignore]
@@ -116,7 +99,7 @@ def version_key(version: str) -> tuple[int, str]:
     return (number, "") if number is not None else (1 << 62, version)
 
 
-def call_registry(registry: RegistryClient | None, method: str, *args: Any, **kwargs: Any) -> Any:
+def call_registry(registry: OperatorRegistry | None, method: str, *args: Any, **kwargs: Any) -> Any:
     """Call a registry method, turning its failures into dashboard errors (404 / 409 / 503)."""
     from dashboards.errors import Conflict, DashboardError, NotFound, Unavailable
 

@@ -608,3 +608,10 @@ def publish_model(
         )  # fmt: skip
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+if TYPE_CHECKING:  # the type checker holds Registry to every view of it (fleet.registry_views)
+    from fleet.registry_views import LearnerRegistry, OperatorRegistry, RobotRegistry
+
+    def _views(registry: Registry) -> tuple[RobotRegistry, LearnerRegistry, OperatorRegistry]:
+        return registry, registry, registry

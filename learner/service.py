@@ -40,11 +40,13 @@ import torch
 
 from fleet import observability
 from fleet.canary import CANARY, Cohort
+from fleet.mlflow_client import mlflow_client
 from fleet.naming import version_number
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
 from fleet.registry import PRODUCTION, PinnedError, Registry, RegistryError, VersionInfo, announce
+from fleet.registry_views import LearnerRegistry
 from fleet.schemas import SchemaError, decode
 from fleet.settings import Settings, get_settings
 from fleet.transport import (
@@ -116,7 +118,7 @@ class LearnerService:
         settings: Settings,
         embedder_factory: EmbedderFactory = default_embedder,
         transport: Transport | None = None,
-        registry: Registry | None = None,
+        registry: LearnerRegistry | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -131,6 +133,7 @@ class LearnerService:
             transport = KafkaTransport(transport_config, create_topics=False)
         self.transport = transport
         self.registry = registry or Registry(settings)
+        self.tracking = mlflow_client(settings.tracking_uri)  # the learner's own run: curves and metrics
         self.root = (config.run_dir or settings.home / "learner" / config.name) / "checkpoints"
         self.rng = np.random.default_rng(config.seed)
         self.last_stats: TrainingStats | None = None
@@ -209,7 +212,7 @@ class LearnerService:
 
     def _start_run(self) -> str | None:
         try:
-            client = self.registry.client
+            client = self.tracking
             experiment = client.get_experiment_by_name("fleet-learner")
             exp_id = experiment.experiment_id if experiment else client.create_experiment("fleet-learner")
             return client.create_run(
@@ -559,7 +562,7 @@ class LearnerService:
         extra = {f"charts/replay_{k}": float(v) for k, v in self.replay.sizes().items()}
         metrics = [Metric(k, float(v), now, step) for k, v in {**values, **extra}.items()]
         try:
-            self.registry.client.log_batch(self._run_id, metrics=metrics)
+            self.tracking.log_batch(self._run_id, metrics=metrics)
         except Exception as e:  # MLflow down: skip metrics for a while rather than stall every update on it
             self._metrics_at = time.monotonic() + RETRY_MAX_S
             log.warning("learner: metrics not logged (%s); next try in %.0f s", e, RETRY_MAX_S)
@@ -569,7 +572,7 @@ class LearnerService:
         self.consumer.close()
         if self._run_id is not None:
             try:
-                self.registry.client.set_terminated(self._run_id)
+                self.tracking.set_terminated(self._run_id)
             except Exception as e:
                 log.warning("learner: could not close the MLflow run (%s)", e)
         self.engine.shutdown()
