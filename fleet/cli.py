@@ -18,6 +18,7 @@ except ModuleNotFoundError as err:  # a robot's `fleet[client]` install carries 
 
 from fleet.db.cli import app as db_app
 from fleet.defaults import DEFAULT_EMBODIMENTS
+from fleet.export.cli import app as export_app
 from fleet.models_cli import app as models_app
 from fleet.recipe.cli import register as register_recipe
 from fleet.recorder_cli import register as register_recorder
@@ -69,6 +70,7 @@ app = typer.Typer(
 register_stack(app)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(export_app, name="export")
 register_recorder(app)
 register_recipe(app)
 

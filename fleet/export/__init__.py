@@ -1,0 +1,1 @@
+"""Recorded episodes in the formats other robot-learning tools read (LeRobotDataset v3.0)."""

@@ -1,0 +1,83 @@
+"""`fleet export lerobot`: recorded episodes as a LeRobotDataset v3.0, read back here with pyarrow and PyAV the way
+lerobot 0.6.1's reader does (research/lerobot_v3_format.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleet.episodes import Episode
+from fleet.export.lerobot import export, select
+from tests.policy.fakes import make_episode
+
+
+def _smooth(episode: Episode, shift: int) -> Episode:
+    """Frames H.264 keeps nearly exactly: gradients that move with the step."""
+    n = episode.meta.length
+    y, x = np.mgrid[0:64, 0:64]
+    frames = np.stack([np.stack([(x * 3 + t * 5 + shift) % 256, (y * 3 + shift) % 256, np.full_like(x, 40 + t * 4)],
+                                axis=-1) for t in range(n)]).astype(np.uint8)  # fmt: skip
+    intervention = np.zeros(n, dtype=bool)
+    intervention[2:4] = True
+    meta = dataclasses.replace(episode.meta, model_version="7", interventions=2)
+    return dataclasses.replace(episode, meta=meta, frames={"front": frames}, intervention=intervention)
+
+
+def _episodes() -> list[Episode]:
+    a = _smooth(make_episode("panda", length=12, seed=1, episode_id="a", instruction="pick up the red cube"), 0)
+    b = _smooth(make_episode("panda", length=7, seed=2, episode_id="b", instruction="lift the blue cube"), 60)
+    b = dataclasses.replace(b, timestamps=b.timestamps + 100.0)
+    return [a, b]
+
+
+def test_an_export_holds_every_value_where_lerobot_reads_it(tmp_path: Path) -> None:
+    import av
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    kind, episodes = select(_episodes(), embodiment=None, task=None, since=None)
+    summary = export(episodes, tmp_path / "ds", embodiment=kind)
+    root = summary.root
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert (info["codebase_version"], info["fps"], info["total_episodes"], info["total_frames"]) == ("v3.0", 10, 2, 19)
+    data = pq.read_table(root / "data" / "chunk-000" / "file-000.parquet").to_pydict()
+    declared = {k for k, f in info["features"].items() if f["dtype"] != "video"}
+    assert set(data) == declared  # exactly the declared non-video features: lerobot refuses extra columns
+    np.testing.assert_allclose(np.array(data["observation.state"]), np.concatenate([e.proprio for e in episodes]))
+    np.testing.assert_allclose(np.array(data["action"]), np.concatenate([e.actions for e in episodes]))
+    assert data["index"] == list(range(19)) and data["episode_index"] == [0] * 12 + [1] * 7
+    assert data["frame_index"][12:] == list(range(7)) and data["timestamp"][13] == pytest.approx(0.1)
+    assert data["is_intervention"][2:4] == [True, True] and sum(data["is_intervention"]) == 4
+    assert data["next.done"].count(True) == 2 and data["next.done"][11] and data["model_version"][0] == "7"
+    tasks = pd.read_parquet(root / "meta" / "tasks.parquet")
+    assert list(tasks.index) == ["pick up the red cube", "lift the blue cube"] and tasks.index.name == "task"
+    assert [tasks.index[i] for i in (data["task_index"][0], data["task_index"][-1])] == list(tasks.index)
+    meta = pq.read_table(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pydict()
+    assert meta["dataset_from_index"] == [0, 12] and meta["dataset_to_index"] == [12, 19]
+    assert meta["videos/observation.images.front/from_timestamp"] == [0.0, 1.2]
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    assert np.array(stats["observation.images.front"]["mean"]).shape == (3, 1, 1)
+    assert stats["action"]["count"] == [19] and "q99" in stats["observation.state"]
+
+    # the video: frame k at pts k / fps, each within H.264's error of the recorded one (lerobot checks 1e-4 s)
+    recorded = np.concatenate([e.frames["front"] for e in episodes])
+    with av.open(str(root / "videos" / "observation.images.front" / "chunk-000" / "file-000.mp4")) as container:
+        decoded = [(float(f.pts * f.time_base), f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    assert [round(t * 10) for t, _ in decoded] == list(range(19))
+    assert all(abs(t - k / 10) < 1e-4 for k, (t, _) in enumerate(decoded))
+    error = np.abs(np.stack([f for _, f in decoded]).astype(int) - recorded.astype(int))
+    assert error.mean() < 2.0, error.mean()
+
+
+def test_what_cannot_be_one_dataset_is_refused_with_the_reason() -> None:
+    mixed = [*_episodes(), make_episode("kuka", length=5, seed=3, episode_id="c")]
+    with pytest.raises(ValueError, match="several embodiments"):
+        select(mixed, embodiment=None, task=None, since=None)
+    assert len(select(mixed, embodiment="kuka", task=None, since=None)[1]) == 1
+    assert len(select(mixed, embodiment="panda", task=None, since=50.0)[1]) == 1  # started at 100 s
+    with pytest.raises(ValueError, match="no recorded episode"):
+        select(mixed, embodiment=None, task="push", since=None)
