@@ -32,14 +32,19 @@ def _uv(*args: str) -> None:
         raise RuntimeError(f"uv {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
 
 
-def cached_env(name: str, requirements: Sequence[str], *, constraints: Path | None = None) -> str:
-    """The interpreter of a venv holding `requirements` (resolved within `constraints`), created on first use."""
-    key = hashlib.sha256(repr(list(requirements)).encode() + (constraints.read_bytes() if constraints else b""))
+def cached_env(
+    name: str, requirements: Sequence[str], *, constraints: Path | None = None, interpreter: str | None = None
+) -> str:
+    """The interpreter of a venv holding `requirements` (resolved within `constraints`), created on first use with
+    `interpreter` (a path, or a version uv can find, e.g. "3.12"; default: this one)."""
+    key = hashlib.sha256(
+        repr([*requirements, interpreter]).encode() + (constraints.read_bytes() if constraints else b"")
+    )
     venv = CACHE / f"{name}-venv-{key.hexdigest()[:16]}"
     python = str(venv / "bin" / "python")
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
-        _uv("venv", "--quiet", "--python", sys.executable, str(venv))
+        _uv("venv", "--quiet", "--python", interpreter or sys.executable, str(venv))
         _uv("pip", "install", "--quiet", "--python", python, *(("-c", str(constraints)) if constraints else ()),
             *requirements)  # fmt: skip
         (venv / ".complete").touch()

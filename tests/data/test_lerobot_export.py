@@ -19,8 +19,9 @@ def _smooth(episode: Episode, shift: int) -> Episode:
     """Frames H.264 keeps nearly exactly: gradients that move with the step."""
     n = episode.meta.length
     y, x = np.mgrid[0:64, 0:64]
-    frames = np.stack([np.stack([(x * 3 + t * 5 + shift) % 256, (y * 3 + shift) % 256, np.full_like(x, 40 + t * 4)],
-                                axis=-1) for t in range(n)]).astype(np.uint8)  # fmt: skip
+    frames = np.stack(
+        [np.stack([x * 2 + t * 3 + shift, y * 3 + shift, np.full_like(x, 40 + t * 4)], axis=-1) for t in range(n)]
+    ).astype(np.uint8)  # fmt: skip  (no value passes 255: no hard edge)
     intervention = np.zeros(n, dtype=bool)
     intervention[2:4] = True
     meta = dataclasses.replace(episode.meta, model_version="7", interventions=2)
@@ -81,3 +82,37 @@ def test_what_cannot_be_one_dataset_is_refused_with_the_reason() -> None:
     assert len(select(mixed, embodiment="panda", task=None, since=50.0)[1]) == 1  # started at 100 s
     with pytest.raises(ValueError, match="no recorded episode"):
         select(mixed, embodiment=None, task="push", since=None)
+
+
+LEROBOT = ("lerobot==0.4.4",)  # reads LeRobotDataset v3.0 on Python 3.11 (0.5+ needs Python 3.12)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1500)  # the first run installs lerobot and its torch into a cached environment
+def test_lerobot_itself_loads_the_export_and_every_value_is_what_was_recorded(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.envs import cached_env
+
+    python = cached_env("lerobot", LEROBOT)
+    kind, episodes = select(_episodes(), embodiment=None, task=None, since=None)
+    root = export(episodes, tmp_path / "ds", embodiment=kind).root
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}  # fmt: skip
+    driver = Path(__file__).with_name("lerobot_driver.py")
+    ran = subprocess.run([python, str(driver), str(root)], capture_output=True, text=True, env=env, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    loaded = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert (loaded["len"], loaded["episodes"], loaded["fps"]) == (19, 2, 10)
+    steps = [(e, t) for e in episodes for t in range(e.meta.length)]
+    for i, (item, (episode, t)) in enumerate(zip(loaded["frames"], steps, strict=True)):
+        assert item["index"] == i and item["frame_index"] == t and item["task"] == episode.meta.instruction
+        assert item["timestamp"] == pytest.approx(t / 10, abs=1e-6)
+        np.testing.assert_array_equal(np.float32(item["observation.state"]), episode.proprio[t])
+        np.testing.assert_array_equal(np.float32(item["action"]), episode.actions[t])
+        assert item["next.reward"] == pytest.approx(float(episode.rewards[t]))
+        assert item["next.done"] == (t == episode.meta.length - 1)
+        assert item["is_intervention"] == bool(episode.intervention[t]) and item["model_version"] == "7"
+        image = np.asarray(item["observation.images.front"], dtype=int)
+        assert np.abs(image - episode.frames["front"][t].astype(int)).mean() < 2.0, (i, t)  # H.264, near-lossless
