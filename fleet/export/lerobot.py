@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +232,92 @@ def export(episodes: Sequence[Episode], out: Path, *, embodiment: str, robot_typ
     }  # fmt: skip
     (out / "meta" / "info.json").write_text(json.dumps(info, indent=1))
     return ExportSummary(out, embodiment, len(episodes), total, len(tasks), cameras)
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """Which LeRobot features become what in a fleet demonstration."""
+
+    embodiment: str  # fleet's arm the actions and states are for (their sizes must match it)
+    task: str  # fleet's task id of the episodes (LeRobot's task string becomes the instruction)
+    cameras: dict[str, str]  # fleet camera -> LeRobot video key, e.g. {"front": "observation.images.front"}
+    state: str = "observation.state"
+    action: str = "action"
+    reward: str | None = "next.reward"  # absent: 0 until the last step, 1 there when the episode counts as a success
+    intervention: str | None = "is_intervention"  # absent: no human steps
+
+
+def read_dataset(root: Path, mapping: FeatureMap, *, robot_id: str = "lerobot") -> Iterable[Episode]:
+    """The episodes of a LeRobotDataset v3.0 at `root` as fleet demonstrations (source "demo"); ValueError naming
+    what cannot be mapped, before any episode is produced."""
+    import pyarrow.parquet as pq
+
+    from fleet.episodes import EpisodeMeta
+
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
+        raise ValueError(f"{root} is not a LeRobot dataset: no meta/info.json")
+    info = json.loads(info_path.read_text())
+    if not str(info.get("codebase_version", "")).startswith("v3."):
+        raise ValueError(f"{root} is a LeRobot {info.get('codebase_version')} dataset; only v3.x reads here")
+    features, spec = info.get("features", {}), get_embodiment(mapping.embodiment)
+    problems = []
+    for key, size in ((mapping.state, spec.proprio_dim), (mapping.action, spec.action_dim)):
+        shape = features.get(key, {}).get("shape")
+        if shape != [size]:
+            problems.append(f"{key!r} has shape {shape}, {mapping.embodiment} needs [{size}]"
+                            if shape else f"no feature {key!r} (features: {sorted(features)})")  # fmt: skip
+    for camera, key in mapping.cameras.items():
+        if features.get(key, {}).get("dtype") != "video":
+            problems.append(f"camera {camera!r}: {key!r} is not a video feature of the dataset")
+    for optional in (mapping.reward, mapping.intervention):
+        if optional is not None and optional not in features:
+            problems.append(f"no feature {optional!r} (map it to none to go without)")
+    if problems:
+        raise ValueError(f"cannot map {root}: " + "; ".join(problems))
+    data = pq.read_table(sorted((root / "data").glob("*/*.parquet"))).to_pydict()  # the loader's own file order
+    episodes_meta = pq.read_table(sorted((root / "meta" / "episodes").glob("*/*.parquet"))).to_pydict()
+    videos = {camera: _read_videos(root, info, key, episodes_meta) for camera, key in mapping.cameras.items()}
+    tasks = pq.read_table(root / "meta" / "tasks.parquet").to_pandas()
+    instruction = {int(i): str(t) for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
+    rows = np.asarray(data["episode_index"])
+    for k, episode_index in enumerate(episodes_meta["episode_index"]):
+        at = np.flatnonzero(rows == episode_index)
+        n = len(at)
+        rewards = (np.asarray(data[mapping.reward], dtype=np.float32)[at] if mapping.reward
+                   else np.eye(1, n, n - 1, dtype=np.float32)[0])  # fmt: skip
+        success = bool(rewards.max() > 0) if n else False
+        meta = EpisodeMeta(
+            robot_id=robot_id, episode_id=f"lerobot-{int(episode_index):06d}", embodiment=mapping.embodiment,
+            task=mapping.task, instruction=instruction[int(np.asarray(data["task_index"])[at[0]])], model_version=None,
+            length=n, success=success, interventions=0, source="demo",
+        )  # fmt: skip
+        intervention = (np.asarray(data[mapping.intervention], dtype=bool)[at] if mapping.intervention
+                        else np.zeros(n, dtype=bool))  # fmt: skip
+        yield Episode(
+            meta=replace(meta, interventions=int(intervention.sum())),
+            timestamps=np.asarray(data["timestamp"], dtype=np.float64)[at],
+            proprio=np.asarray(data[mapping.state], dtype=np.float32)[at],
+            actions=np.asarray(data[mapping.action], dtype=np.float32)[at],
+            rewards=rewards, intervention=intervention,
+            frames={camera: frames[k] for camera, frames in videos.items()},
+        )  # fmt: skip
+
+
+def _read_videos(root: Path, info: dict[str, Any], key: str, episodes: dict[str, list[Any]]) -> list[np.ndarray]:
+    """Each episode's frames of one video feature, found by its file and start time as LeRobot finds them."""
+    import av
+
+    fps = int(info["fps"])
+    template = info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    decoded: dict[Path, np.ndarray] = {}
+    out = []
+    for k, length in enumerate(episodes["length"]):
+        path = root / template.format(video_key=key, chunk_index=episodes[f"videos/{key}/chunk_index"][k],
+                                      file_index=episodes[f"videos/{key}/file_index"][k])  # fmt: skip
+        if path not in decoded:
+            with av.open(str(path)) as container:
+                decoded[path] = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        start = int(round(float(episodes[f"videos/{key}/from_timestamp"][k]) * fps))
+        out.append(decoded[path][start : start + int(length)])
+    return out

@@ -87,6 +87,38 @@ def collect(
     typer.echo(f"wrote {written} demonstrations to {config.out}")
 
 
+@demos_app.command("import-lerobot")
+def import_lerobot(
+    dataset: str = typer.Argument(..., help="A LeRobotDataset v3 directory."),
+    embodiment: str = typer.Option(..., "--embodiment", help="Fleet's arm its states and actions are for."),
+    task: str = typer.Option(..., "--task", help="Fleet's task id of its episodes (its tasks become instructions)."),
+    camera: list[str] = typer.Option(  # noqa: B008 - typer's documented way of a repeated option
+        ..., "--camera", help="FLEET_CAMERA=VIDEO_KEY, once per camera, e.g. front=observation.images.top."
+    ),
+    state: str = typer.Option("observation.state", "--state", help="The state (proprio) feature."),
+    action: str = typer.Option("action", "--action", help="The action feature."),
+    reward: str = typer.Option("next.reward", "--reward", help="The reward feature, or none (success at the end)."),
+    intervention: str = typer.Option("is_intervention", "--intervention", help="Human-step flags, or none."),
+    out: Path | None = DemoOutOption,
+) -> None:
+    """Turn a LeRobot dataset into demonstrations for the recipe and the learner's replay."""
+    from fleet.episodes import EpisodeStore
+    from fleet.export.lerobot import FeatureMap, read_dataset
+
+    try:
+        pairs = [c.split("=", 1) for c in camera]
+        if any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+            raise ValueError(f"--camera takes FLEET_CAMERA=VIDEO_KEY, got {camera}")
+        mapping = FeatureMap(embodiment=embodiment, task=task, cameras=dict(pairs), state=state, action=action,
+                             reward=None if reward == "none" else reward,
+                             intervention=None if intervention == "none" else intervention)  # fmt: skip
+        store = EpisodeStore(out or _home() / "demos")
+        written = len([store.write(episode) for episode in read_dataset(Path(dataset), mapping)])
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        raise _fail(err) from None
+    typer.echo(f"imported {written} demonstrations into {store.root}")
+
+
 def _run_stage(config_kwargs: dict, threads: int) -> None:
     import logging
 

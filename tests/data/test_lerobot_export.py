@@ -116,3 +116,25 @@ def test_lerobot_itself_loads_the_export_and_every_value_is_what_was_recorded(tm
         assert item["is_intervention"] == bool(episode.intervention[t]) and item["model_version"] == "7"
         image = np.asarray(item["observation.images.front"], dtype=int)
         assert np.abs(image - episode.frames["front"][t].astype(int)).mean() < 2.0, (i, t)  # H.264, near-lossless
+
+
+def test_an_export_comes_back_as_the_same_demonstrations_and_a_foreign_dataset_gets_the_reason(tmp_path: Path) -> None:
+    from fleet.export.lerobot import FeatureMap, read_dataset
+
+    kind, episodes = select(_episodes(), embodiment=None, task=None, since=None)
+    root = export(episodes, tmp_path / "ds", embodiment=kind).root
+    mapping = FeatureMap(embodiment="panda", task="pick", cameras={"front": "observation.images.front"})
+    back = list(read_dataset(root, mapping))
+    assert [e.meta.length for e in back] == [12, 7] and all(e.meta.source == "demo" for e in back)
+    for got, sent in zip(back, episodes, strict=True):
+        assert got.meta.instruction == sent.meta.instruction and got.meta.interventions == 2
+        np.testing.assert_array_equal(got.proprio, sent.proprio)
+        np.testing.assert_array_equal(got.actions, sent.actions)
+        np.testing.assert_array_equal(got.intervention, sent.intervention)
+        assert np.abs(got.frames["front"].astype(int) - sent.frames["front"].astype(int)).mean() < 2.0
+    with pytest.raises(ValueError, match=r"'observation.state' has shape \[10\], kuka needs \[8\]"):
+        list(read_dataset(root, FeatureMap(embodiment="kuka", task="pick", cameras={})))
+    with pytest.raises(ValueError, match="not a video feature"):
+        list(read_dataset(root, FeatureMap(embodiment="panda", task="pick", cameras={"front": "action"})))
+    with pytest.raises(ValueError, match="not a LeRobot dataset"):
+        list(read_dataset(tmp_path, mapping))
