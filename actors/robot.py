@@ -6,7 +6,8 @@
     route to Kafka (its reloader then learns of new versions by polling the registry alone),
   * a `HotReloader` on the `production` alias, woken by `fleet.models` events, that loads only versions signed by a
     key in FLEET_TRUSTED_KEYS_FILE (the start-up model too),
-  * a listener that hands `fleet.commands` addressed to this robot to the runtime.
+  * a listener that hands `fleet.commands` addressed to this robot to the runtime (through the dashboard, a poll
+    of its command feed, for a robot posting over HTTPS).
 A real robot uses the same function with its own `env` (driver) instead of the simulator.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 from actors.reload import HotReloader, ReloadConfig
 from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import SupervisorConfig, make_supervisor
-from fleet.client import robot_transport
+from fleet.client import CommandPoller, robot_transport
 from fleet.schemas import Command
 from fleet.settings import Settings
 from fleet.signing import SignedVersion, load_trusted_keys
@@ -42,7 +43,7 @@ class RobotHandle:
     runtime: RobotRuntime
     reloader: HotReloader
     transport: Any
-    listener: ConsumerThread | None  # model events and this robot's commands
+    listener: ConsumerThread | CommandPoller | None  # model events and this robot's commands
     unwatch: Callable[[], None] = field(default=lambda: None)  # stops exporting the runtime's metrics
 
     def close(self) -> None:
@@ -134,7 +135,6 @@ def build_robot(
             return new_env, make_supervisor(new_env, supervision, supervisor_config)
 
     transport = robot_transport(settings, config.robot_id)
-    listen = listen and settings.ingest_url is None  # no Kafka to hear commands and model events on
     registry = Registry(settings, sessions=None)
     reloader = HotReloader(
         ReloadConfig(poll_interval_s=poll_interval_s, event_delay_s=config.reload_delay_s),
@@ -166,7 +166,11 @@ def build_robot(
     reloader.warmup = runtime.warm_up
     reloader.pace = runtime.wait_for_slack
     reloader.start()
-    listener = listen_for_events(settings, config.robot_id, reloader, runtime.submit_command) if listen else None
+    listener: ConsumerThread | CommandPoller | None = None
+    if listen and settings.ingest_url is None:
+        listener = listen_for_events(settings, config.robot_id, reloader, runtime.submit_command)
+    elif listen:  # no route to Kafka: its commands come from the dashboard (new versions: the registry poll)
+        listener = CommandPoller(transport, runtime.submit_command).start()
     # This process's /metrics (if it serves one) carries the robot's counters; a Ray fleet exports via its driver.
     unwatch = watch_robots(lambda: [runtime.metrics()])
     return RobotHandle(runtime, reloader, transport, listener, unwatch)

@@ -5,6 +5,10 @@ sees every heartbeat, so it reads all partitions without a consumer group (no of
 starting at the end: heartbeats are only worth their latest value, and the robots table carries the
 last known state across restarts. Dirty robots are written to the DB once per interval.
 
+`CommandFeed` keeps each robot's latest commands from `fleet.commands` (live, from the end, like heartbeats) for
+robots that cannot reach Kafka: they fetch theirs over HTTPS (`GET /api/v1/robots/{id}/commands`), whichever
+dashboard process or command line issued them.
+
 `CorrectionsMonitor` turns `fleet.corrections` into rows of the `corrections` table (the review
 queue). It is a consumer group (`DashboardConfig.corrections_group`, from the earliest offset on
 first start) that commits only after the rows are written, and the write is idempotent on the
@@ -16,6 +20,7 @@ broker with bounded backoff.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -27,8 +32,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from dashboards.fleet_state import CommandTracker, FleetState, RobotStatus
 from fleet.db import Correction as CorrectionRow
 from fleet.db import Robot
-from fleet.schemas import Correction, Heartbeat, Message, decode
+from fleet.schemas import Command, Correction, Heartbeat, Message, decode
 from fleet.transport import (
+    COMMANDS,
     CORRECTIONS,
     HEARTBEATS,
     ConsumerThread,
@@ -263,3 +269,33 @@ class CorrectionsMonitor(_Monitor):
                 if attempt:
                     raise
         return 0
+
+
+class CommandFeed(_Monitor):
+    """Thread: poll `fleet.commands` (live) → each robot's latest commands, for robots that fetch them over HTTPS."""
+
+    name = "commands"
+
+    def __init__(self, config: TransportConfig, *, keep: int = 50) -> None:
+        super().__init__(config)
+        self.keep = keep
+        self._by_robot: dict[str, collections.deque[Command]] = {}
+        self._lock = threading.Lock()
+
+    def _connect(self) -> KafkaGroupConsumer:
+        ensure_topics(self.config)
+        return KafkaGroupConsumer(self.config, group_id=None, topics=[COMMANDS])
+
+    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
+        for record in records:
+            self.add(self._decode(record.value, Command))
+
+    def add(self, command: Message | None) -> None:
+        if isinstance(command, Command):
+            with self._lock:
+                self._by_robot.setdefault(command.robot_id, collections.deque(maxlen=self.keep)).append(command)
+
+    def since(self, robot_id: str, after: float) -> list[Command]:
+        """The robot's commands created after `after` (its clock's seconds), oldest first."""
+        with self._lock:
+            return [c for c in self._by_robot.get(robot_id, ()) if c.created_at > after]

@@ -23,7 +23,7 @@ from dashboards.auth import SessionCodec
 from dashboards.config import DashboardConfig
 from dashboards.errors import Unavailable
 from dashboards.fleet_state import CommandStatus, CommandTracker, FleetState
-from dashboards.monitor import CorrectionsMonitor, HeartbeatMonitor
+from dashboards.monitor import CommandFeed, CorrectionsMonitor, HeartbeatMonitor
 from dashboards.outbox import Outbox
 from dashboards.streams import StreamSlots
 from dashboards.throttle import LoginThrottle
@@ -93,6 +93,7 @@ class Services:
     transport_config: TransportConfig | None = None
     monitor: HeartbeatMonitor | None = None
     corrections_monitor: CorrectionsMonitor | None = None
+    command_feed: CommandFeed | None = None  # robots without Kafka fetch their commands from it
     canary: CanaryController | None = None  # the background controller, when `config.canary_interval_s` > 0
     learner_metrics: LearnerMetrics | None = None  # None: the Training page says MLflow is not configured
     _stats: _TTLCache = field(init=False)
@@ -140,6 +141,8 @@ class Services:
                 self.transport_config, sessions=self.sessions, group_id=self.config.corrections_group
             )
             self.corrections_monitor.start()
+            self.command_feed = CommandFeed(self.transport_config)
+            self.command_feed.start()
             if self.config.canary_interval_s > 0 and hasattr(self.registry, "canary"):
                 self.canary = self.canary_controller().start(self.config.canary_interval_s)
 
@@ -147,7 +150,7 @@ class Services:
         if self.canary is not None:
             self.canary.stop()
         self.outbox.stop()
-        for monitor in (self.monitor, self.corrections_monitor):
+        for monitor in (self.monitor, self.corrections_monitor, self.command_feed):
             if monitor is not None:
                 monitor.stop()
         if self.transport is not None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from dashboards.api_models import error_responses
 from dashboards.deps import RobotProducer, ServicesDep
-from dashboards.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
+from dashboards.errors import BadRequest, Forbidden, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from fleet.schemas import Correction, Heartbeat, RewardSignal, SchemaError, TrajectorySegment, decode
 
 router = APIRouter(tags=["robots"])
@@ -83,3 +83,12 @@ async def post_message(robot_id: str, request: Request, services: ServicesDep, r
     return MessageAccepted(
         kind=message.KIND, topic=stored.topic, robot_id=robot_id, partition=stored.partition, offset=stored.offset
     )
+
+
+@router.get("/robots/{robot_id}/commands", responses=error_responses(503))
+def robot_commands(robot_id: str, services: ServicesDep, robot: RobotProducer, after: float = 0.0) -> Any:
+    """This robot's commands created after `after` (seconds, its own clock), oldest first: how a robot that posts
+    through the dashboard hears its operators (a Kafka robot consumes `fleet.commands` itself)."""
+    if services.command_feed is None:
+        raise Unavailable("this dashboard does not follow fleet.commands (no broker configured)")
+    return {"commands": [c.model_dump(mode="json") for c in services.command_feed.since(robot_id, after)]}

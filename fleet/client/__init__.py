@@ -19,6 +19,8 @@ loop (actors/runtime.py) builds its messages with the same `EpisodeStream`.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from typing import Any, Literal
@@ -27,6 +29,8 @@ from fleet.client.episode import EpisodeStream
 from fleet.schemas import Heartbeat, LoopStats, Message
 from fleet.settings import Settings, get_settings
 from fleet.transport import publish
+
+log = logging.getLogger(__name__)
 
 State = Literal["starting", "idle", "running", "paused", "stopped", "out_of_rotation", "error"]
 
@@ -103,3 +107,44 @@ class RobotClient:
     def close(self, timeout_s: float = 10.0) -> None:
         """Send what is queued (for up to `timeout_s`); the rest stays in the spool for the next start."""
         self.transport.close(timeout_s=timeout_s)
+
+
+class CommandPoller:
+    """Hands a robot posting through the dashboard its operators' commands (pause, resume, stop, assign a task):
+    asks the dashboard every `interval_s` for the ones created since the last it saw (a robot on Kafka consumes
+    `fleet.commands` itself). Commands from before the robot started are stale and skipped, as on Kafka."""
+
+    def __init__(self, transport: Any, on_command: Any, *, interval_s: float = 1.0) -> None:
+        self.transport, self.on_command, self.interval_s = transport, on_command, interval_s
+        self.after = time.time() - 5.0  # the Kafka listener's grace for commands issued just before start
+        self._seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commands-poll", daemon=True)
+
+    def start(self) -> CommandPoller:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def poll(self) -> int:
+        """One request; how many new commands were handed over."""
+        new = 0
+        for command in self.transport.commands(self.after):
+            if command.command_id not in self._seen:
+                self._seen.add(command.command_id)
+                self.on_command(command)
+                new += 1
+            # Commands may come from several dashboards' clocks, slightly out of order: ask again for the last 30 s
+            # of them and let the ids say which are new.
+            self.after = max(self.after, command.created_at - 30.0)
+        return new
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - a bad answer must not end the robot's only way to hear commands
+                log.exception("command poll failed")

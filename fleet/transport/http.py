@@ -35,6 +35,7 @@ from urllib.parse import quote
 import httpx
 import msgpack
 
+from fleet.schemas import Command
 from fleet.transport.base import (
     Consumer,
     Delivery,
@@ -160,6 +161,27 @@ class HttpTransport:
     def flush(self, timeout_s: float = 30.0) -> bool:
         with self._lock:
             return self._outstanding.wait(timeout_s, working=self._thread.is_alive)
+
+    def commands(self, after: float) -> list[Command]:
+        """This robot's commands created after `after` (its clock's seconds), from the dashboard's feed of
+        `fleet.commands`, oldest first; [] while the dashboard cannot answer (the next poll asks again)."""
+        url = f"{self.config.url.rstrip('/')}/api/v1/robots/{quote(self.config.robot_id, safe='')}/commands"
+        try:
+            response = self._client.get(url, params={"after": repr(after)}, headers=self._headers)
+        except httpx.HTTPError as e:
+            log.debug("commands not fetched: %s", e, extra={"robot": self.config.robot_id})
+            return []
+        if response.status_code != 200:
+            log.warning("commands not fetched: %s %s", response.status_code, _detail(response),
+                        extra={"robot": self.config.robot_id})  # fmt: skip
+            return []
+        out = []
+        for raw in response.json().get("commands", []):
+            try:
+                out.append(Command.model_validate(raw))
+            except ValueError as e:  # a feed entry this robot cannot read: skipped, the others still apply
+                log.error("bad command from the dashboard skipped: %s", e, extra={"robot": self.config.robot_id})
+        return out
 
     def consumer(
         self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None

@@ -51,6 +51,7 @@ ROUTES: list[tuple[str, str, dict | None, str]] = [
     ("GET", "/api/v1/models/curve.svg", None, "viewer+robot"),
     ("GET", "/api/v1/models/{version}", None, "viewer+robot"),
     ("POST", "/api/v1/robots/{robot_id}/messages", None, "robot"),  # only robot-1's own token; no body: 415
+    ("GET", "/api/v1/robots/{robot_id}/commands", None, "robot"),  # only robot-1's own token; no feed here: 503
     ("GET", "/api/v1/audit", None, "viewer"),
     ("GET", "/api/v1/training", None, "viewer"),
     ("GET", "/api/v1/auth/me", None, "any"),
