@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.reload import HotReloader, ReloadConfig
+from actors.reload import HotReloader, ReloadConfig, Swap
 from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import SupervisorConfig, make_supervisor
 from fleet.client import CommandPoller, robot_transport
@@ -61,6 +61,19 @@ def policy_loader(checkpoint: Path, signed: SignedVersion) -> Any:
     return VLAPolicy.from_checkpoint(
         checkpoint, expected_sha256=signed.weights_sha256, expected_config_sha256=signed.config_sha256, num_threads=1
     )
+
+
+def first_version(reloader: HotReloader, who: str) -> Swap:
+    """The version to start with, loaded and verified as every later one is (NoProductionModel saying why not)."""
+    first = reloader.check_once()
+    if first is None:
+        reason = reloader.stats.last_error or "no version has the production alias"
+        raise NoProductionModel(
+            f"{who}: no usable production model ({reason}). "
+            "Run `make demo` (registers version 1) or `fleet models promote VERSION`."
+        )
+    reloader.take_ready()
+    return first
 
 
 def listen_for_events(
@@ -143,15 +156,11 @@ def build_robot(
         keys=keys,
         robot_id=config.robot_id,
     )
-    first = reloader.check_once()
-    if first is None:
+    try:
+        first = first_version(reloader, f"robot {config.robot_id}")
+    except NoProductionModel:
         transport.close(timeout_s=1)
-        reason = reloader.stats.last_error or "no version has the production alias"
-        raise NoProductionModel(
-            f"robot {config.robot_id}: no usable production model ({reason}). "
-            "Run `make demo` (registers version 1) or `fleet models promote VERSION`."
-        )
-    reloader.take_ready()
+        raise
     runtime = RobotRuntime(
         config,
         env=env,

@@ -34,25 +34,31 @@ from fleet.client.openpi import ProtocolError, packb, unpackb
 
 log = logging.getLogger(__name__)
 
-KEYS = ("images", "proprio", "instruction", "embodiment")
-
 
 class BadObservation(ValueError):
     """A request that is not an observation this model can act on (the reason goes back to the client)."""
 
 
 def to_observation(message: Any) -> dict[str, Any]:
-    """Fleet's observation from a request: openpi's "prompt" stands for "instruction"; "task" is optional."""
+    """Fleet's observation from a request: openpi's "prompt" stands for "instruction"; "task" is optional. The
+    batcher checks the rest against the model (`fleet.policy.base.check_observation`)."""
     if not isinstance(message, Mapping):
         raise BadObservation(f"a request is a map of observation fields, got {type(message).__name__}")
     obs = dict(message)
     if "instruction" not in obs and "prompt" in obs:
         obs["instruction"] = obs.pop("prompt")
-    missing = [k for k in KEYS if k not in obs]
-    if missing:
-        raise BadObservation(f"observation is missing {missing} (fields: images, proprio, instruction, embodiment)")
     obs.setdefault("task", "")
     return obs
+
+
+def metadata(config: Any, version: str) -> dict[str, Any]:
+    """What a client is told on connecting: the version served and the shapes the model takes and gives."""
+    return {
+        "server": "fleet", "model_version": version, "cameras": list(config.cameras),
+        "image_size": config.image_size, "action_horizon": config.chunk_size,
+        "embodiments": {e.name: {"action_dim": e.action_dim, "proprio_dim": e.proprio_dim}
+                        for e in config.embodiments},
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -235,17 +241,13 @@ class ProductionPolicy:
 
     def __init__(self, settings: Any, *, poll_interval_s: float = 10.0, name: str = "serve") -> None:
         from actors.reload import HotReloader, ReloadConfig
-        from actors.robot import NoProductionModel, policy_loader
+        from actors.robot import first_version, policy_loader
         from fleet.registry import Registry
         from fleet.signing import load_trusted_keys
 
         self.reloader = HotReloader(ReloadConfig(poll_interval_s=poll_interval_s), registry=Registry(settings),
                                     loader=policy_loader, keys=load_trusted_keys(settings), robot_id=name)  # fmt: skip
-        first = self.reloader.check_once()
-        if first is None:
-            reason = self.reloader.stats.last_error or "no version has the production alias"
-            raise NoProductionModel(f"nothing to serve: {reason}")
-        self.reloader.take_ready()
+        first = first_version(self.reloader, "fleet serve")
         self.policy, self.version = first.policy, first.version
         self.reloader.warmup = lambda policy: policy.infer_many([])
         self.reloader.start()
@@ -258,13 +260,7 @@ class ProductionPolicy:
         return self.policy, self.version
 
     def metadata(self) -> dict[str, Any]:
-        config = self.policy.config
-        return {
-            "server": "fleet", "model_version": self.version, "cameras": list(config.cameras),
-            "image_size": config.image_size, "action_horizon": config.chunk_size,
-            "embodiments": {e.name: {"action_dim": e.action_dim, "proprio_dim": e.proprio_dim}
-                            for e in config.embodiments},
-        }  # fmt: skip
+        return metadata(self.policy.config, self.version)
 
     def close(self) -> None:
         self.reloader.stop()
@@ -299,8 +295,10 @@ def serve(
         raise ValueError("production serves only over TLS: give --certfile and --keyfile")
     if settings.env == "production" and not auth:
         raise ValueError("production serves only to clients with a token")
+    from actors.robot import listen_for_events
+
     policy = ProductionPolicy(settings)
-    listener = _listen_for_models(settings, policy.reloader)
+    listener = listen_for_events(settings, "serve", policy.reloader, None)  # model events wake the reloader
     batcher = Batcher(policy.current, max_batch=config.max_batch, wait_s=config.batch_wait_ms / 1000).start()
     server = PolicyServer(config, batcher, metadata=policy.metadata,
                           authorize=token_check(settings) if auth else (lambda _token: None))  # fmt: skip
@@ -312,10 +310,3 @@ def serve(
         listener.stop()
         batcher.stop()
         policy.close()
-
-
-def _listen_for_models(settings: Any, reloader: Any) -> Any:
-    """Wake the reloader on `fleet.models` events (the alias poll remains the fallback); `.stop()` ends it."""
-    from actors.robot import listen_for_events
-
-    return listen_for_events(settings, "serve", reloader, None)

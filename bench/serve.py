@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from actors.serve import Batcher, PolicyServer, ServeConfig
+    from actors.serve import Batcher, PolicyServer, ServeConfig, metadata
     from fleet.policy.config import VLAConfig
     from fleet.policy.language import default_embedder
     from fleet.policy.model import VLAModel
@@ -117,10 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"in process: p50 {percentile(baseline, 50)} ms", flush=True)
 
     batcher = Batcher(lambda: (policy, "bench"), max_batch=16, wait_s=0.002).start()
-    metadata = {"model_version": "bench", "cameras": list(policy.config.cameras),
-                "embodiments": {e.name: {"action_dim": e.action_dim, "proprio_dim": e.proprio_dim}
-                                for e in policy.config.embodiments}}  # fmt: skip
-    server = PolicyServer(ServeConfig(port=0), batcher, metadata=lambda: metadata, authorize=lambda _token: None)
+    hello = metadata(policy.config, "bench")
+    server = PolicyServer(ServeConfig(port=0), batcher, metadata=lambda: hello, authorize=lambda _token: None)
     threading.Thread(target=server.run, daemon=True).start()
     assert server.ready.wait(30) and server.port is not None
     context = multiprocessing.get_context("spawn")

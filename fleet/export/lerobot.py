@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ from fleet.embodiments import get_embodiment
 from fleet.episodes import Episode
 
 CODEBASE_VERSION = "v3.0"
-DATA = "data/chunk-000/file-000.parquet"
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"  # LeRobot's templates (info.json has them)
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+DATA = DATA_PATH.format(chunk_index=0, file_index=0)  # an export is one file of each
 EPISODES = "meta/episodes/chunk-000/file-000.parquet"
-VIDEO = "videos/{key}/chunk-000/file-000.mp4"
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 DEFAULT_FEATURES = {name: {"dtype": dtype, "shape": [1], "names": None} for name, dtype in (
     ("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"), ("index", "int64"),
@@ -142,15 +143,16 @@ def export(episodes: Sequence[Episode], out: Path, *, embodiment: str, robot_typ
         return np.concatenate([getattr(e, name) for e in episodes])
 
     state, action = column("proprio").astype(np.float32), column("actions").astype(np.float32)
+    reward, intervention = column("rewards").astype(np.float32), column("intervention").astype(bool)
     frame_index = np.concatenate([np.arange(n) for n in lengths]).astype(np.int64)
     done = np.zeros(total, dtype=bool)
     done[starts[1:] - 1] = True
     table = pa.table({
         "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(state.ravel()), spec.proprio_dim),
         "action": pa.FixedSizeListArray.from_arrays(pa.array(action.ravel()), spec.action_dim),
-        "next.reward": pa.array(column("rewards").astype(np.float32)),
+        "next.reward": pa.array(reward),
         "next.done": pa.array(done),
-        "is_intervention": pa.array(column("intervention").astype(bool)),
+        "is_intervention": pa.array(intervention),
         "model_version": pa.array([e.meta.model_version or "" for e in episodes for _ in range(e.meta.length)]),
         "timestamp": pa.array((frame_index / fps).astype(np.float32)),
         "frame_index": pa.array(frame_index),
@@ -174,16 +176,15 @@ def export(episodes: Sequence[Episode], out: Path, *, embodiment: str, robot_typ
     }  # fmt: skip
     stats: dict[str, Any] = {
         "observation.state": _stats(state), "action": _stats(action),
-        "next.reward": _stats(table["next.reward"].to_numpy()[:, None]),
-        "next.done": _stats(done[:, None].astype(np.float64)),
-        "is_intervention": _stats(table["is_intervention"].to_numpy(zero_copy_only=False)[:, None].astype(float)),
+        "next.reward": _stats(reward[:, None]), "next.done": _stats(done[:, None]),
+        "is_intervention": _stats(intervention[:, None]),
         **{name: _stats(table[name].to_numpy()[:, None]) for name in DEFAULT_FEATURES},
     }  # fmt: skip
     video_columns: dict[str, Any] = {}
     for camera in cameras:
         key = f"observation.images.{camera}"
         frames = np.concatenate([e.frames[camera] for e in episodes])
-        _write_video(out / VIDEO.format(key=key), frames, fps)
+        _write_video(out / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0), frames, fps)
         features[key] = {
             "dtype": "video", "shape": [int(size[0]), int(size[1]), 3], "names": ["height", "width", "channels"],
             "info": {"video.height": int(size[0]), "video.width": int(size[1]), "video.codec": "h264",
@@ -226,8 +227,8 @@ def export(episodes: Sequence[Episode], out: Path, *, embodiment: str, robot_typ
         "total_episodes": len(episodes), "total_frames": total, "total_tasks": len(tasks),
         "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": fps,
         "splits": {"train": f"0:{len(episodes)}"},
-        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4" if cameras else None,
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if cameras else None,
         "features": features,
     }  # fmt: skip
     (out / "meta" / "info.json").write_text(json.dumps(info, indent=1))
@@ -280,27 +281,23 @@ def read_dataset(root: Path, mapping: FeatureMap, *, robot_id: str = "lerobot") 
     videos = {camera: _read_videos(root, info, key, episodes_meta) for camera, key in mapping.cameras.items()}
     tasks = pq.read_table(root / "meta" / "tasks.parquet").to_pandas()
     instruction = {int(i): str(t) for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
-    rows = np.asarray(data["episode_index"])
+    rows, task_of = np.asarray(data["episode_index"]), np.asarray(data["task_index"])
+    timestamps = np.asarray(data["timestamp"], dtype=np.float64)
+    state, action = np.asarray(data[mapping.state], dtype=np.float32), np.asarray(data[mapping.action], np.float32)
+    reward = np.asarray(data[mapping.reward], dtype=np.float32) if mapping.reward else None
+    human = np.asarray(data[mapping.intervention], dtype=bool) if mapping.intervention else np.zeros(len(rows), bool)
     for k, episode_index in enumerate(episodes_meta["episode_index"]):
         at = np.flatnonzero(rows == episode_index)
         n = len(at)
-        rewards = (np.asarray(data[mapping.reward], dtype=np.float32)[at] if mapping.reward
-                   else np.eye(1, n, n - 1, dtype=np.float32)[0])  # fmt: skip
-        success = bool(rewards.max() > 0) if n else False
+        rewards = reward[at] if reward is not None else np.eye(1, n, n - 1, dtype=np.float32)[0]
         meta = EpisodeMeta(
             robot_id=robot_id, episode_id=f"lerobot-{int(episode_index):06d}", embodiment=mapping.embodiment,
-            task=mapping.task, instruction=instruction[int(np.asarray(data["task_index"])[at[0]])], model_version=None,
-            length=n, success=success, interventions=0, source="demo",
+            task=mapping.task, instruction=instruction[int(task_of[at[0]])], model_version=None, length=n,
+            success=bool(n and rewards.max() > 0), interventions=int(human[at].sum()), source="demo",
         )  # fmt: skip
-        intervention = (np.asarray(data[mapping.intervention], dtype=bool)[at] if mapping.intervention
-                        else np.zeros(n, dtype=bool))  # fmt: skip
         yield Episode(
-            meta=replace(meta, interventions=int(intervention.sum())),
-            timestamps=np.asarray(data["timestamp"], dtype=np.float64)[at],
-            proprio=np.asarray(data[mapping.state], dtype=np.float32)[at],
-            actions=np.asarray(data[mapping.action], dtype=np.float32)[at],
-            rewards=rewards, intervention=intervention,
-            frames={camera: frames[k] for camera, frames in videos.items()},
+            meta=meta, timestamps=timestamps[at], proprio=state[at], actions=action[at], rewards=rewards,
+            intervention=human[at], frames={camera: frames[k] for camera, frames in videos.items()},
         )  # fmt: skip
 
 
@@ -309,7 +306,7 @@ def _read_videos(root: Path, info: dict[str, Any], key: str, episodes: dict[str,
     import av
 
     fps = int(info["fps"])
-    template = info.get("video_path") or "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    template = info.get("video_path") or VIDEO_PATH
     decoded: dict[Path, np.ndarray] = {}
     out = []
     for k, length in enumerate(episodes["length"]):

@@ -93,7 +93,8 @@ class HttpTransport:
     def __init__(self, config: HttpTransportConfig, *, client: httpx.Client | None = None) -> None:
         self.config = config
         self.stats = ProducerStats()
-        self.endpoint = f"{config.url.rstrip('/')}/api/v1/robots/{quote(config.robot_id, safe='')}/messages"
+        self._robot_url = f"{config.url.rstrip('/')}/api/v1/robots/{quote(config.robot_id, safe='')}"
+        self.endpoint = f"{self._robot_url}/messages"
         self._client = client or httpx.Client(timeout=config.timeout_s)
         self._headers = {"Authorization": f"Bearer {config.token}", "Content-Type": "application/msgpack"}
         self._spool: Spool = (
@@ -165,9 +166,10 @@ class HttpTransport:
     def commands(self, after: float) -> list[Command]:
         """This robot's commands created after `after` (its clock's seconds), from the dashboard's feed of
         `fleet.commands`, oldest first; [] while the dashboard cannot answer (the next poll asks again)."""
-        url = f"{self.config.url.rstrip('/')}/api/v1/robots/{quote(self.config.robot_id, safe='')}/commands"
         try:
-            response = self._client.get(url, params={"after": repr(after)}, headers=self._headers)
+            response = self._client.get(
+                f"{self._robot_url}/commands", params={"after": repr(after)}, headers=self._headers
+            )
         except httpx.HTTPError as e:
             log.debug("commands not fetched: %s", e, extra={"robot": self.config.robot_id})
             return []

@@ -12,11 +12,14 @@ training phrasings, its colour words). A file of one's own: `{"phrasings": {"pic
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 HELD_OUT = "held_out.json"
@@ -82,12 +85,14 @@ def load_instruction_set(source: str | Path) -> InstructionSet:
                           new)  # fmt: skip
 
 
-def training_phrasings() -> dict[str, tuple[str, ...]]:
-    """Per task, the shipped training-only phrasings (`training.json`)."""
+@functools.cache
+def training_phrasings() -> Mapping[str, tuple[str, ...]]:
+    """Per task, the shipped training-only phrasings (`training.json`), read once (augmentation asks per episode)."""
     data = json.loads(resources.files(__package__).joinpath(TRAINING).read_text())
-    return {task: tuple(templates) for task, templates in data["phrasings"].items()}
+    return MappingProxyType({task: tuple(templates) for task, templates in data["phrasings"].items()})
 
 
+@functools.cache
 def _pattern(template: str) -> re.Pattern[str]:
     """A regex matching `template` filled in, one named group per slot."""
     parts = re.split(r"\{(\w+)\}", template)
