@@ -29,7 +29,10 @@ from schemathesis import GenerationMode
 from schemathesis.transport.serialization import serialize_binary
 
 from dashboards import crud
+from dashboards.monitor import CommandFeed
+from fleet.schemas import Command
 from fleet.settings import Settings
+from fleet.transport import TransportConfig
 from tests.dashboards.conftest import Dash, make_dash
 from tests.dashboards.factories import add_correction, add_episode, heartbeat, store_episode
 
@@ -73,6 +76,11 @@ def sdash(tmp_path_factory: pytest.TempPathFactory, template_db: Path, password_
         d.tokens["spare_id"] = str(spare.id)
         s.commit()
     store_episode(d.services.episodes)
+    # a dashboard with a broker follows fleet.commands; the feed is fed directly here (no broker in this test;
+    # tests/faults/test_dashboard_kill.py runs it against a real one)
+    d.services.command_feed = CommandFeed(TransportConfig(bootstrap="unused:9"))
+    d.services.command_feed.add(Command(command_id="cmd-1", robot_id="robot-1", action="pause", issued_by="op",
+                                        created_at=1.0))  # fmt: skip
     yield d
     d.services.stop()
 
