@@ -24,6 +24,18 @@ UV = CACHE / "uv-0.13.8" / "bin" / "uv"  # installed by scripts/venv.sh
 LOCK = ROOT / "requirements.lock"
 
 
+def interpreter_for(version: str) -> str:
+    """The path of an installed Python `version` (e.g. "3.12"): on PATH, or under pyenv's root (its shims answer only
+    for the active version). No download: a machine without one fails the caller with this error."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    installed = sorted(root.glob(f"{version}.*")) if root.is_dir() else []
+    candidates = [shutil.which(f"python{version}"), *(str(p / "bin" / f"python{version}") for p in installed)]
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "--version"], capture_output=True).returncode == 0:
+            return candidate
+    raise RuntimeError(f"no Python {version} on this machine (looked on PATH and in {root})")
+
+
 def _uv(*args: str) -> None:
     env = {**os.environ, "UV_CACHE_DIR": str(CACHE / "uv-cache")}
     env.pop("VIRTUAL_ENV", None)
@@ -36,7 +48,7 @@ def cached_env(
     name: str, requirements: Sequence[str], *, constraints: Path | None = None, interpreter: str | None = None
 ) -> str:
     """The interpreter of a venv holding `requirements` (resolved within `constraints`), created on first use with
-    `interpreter` (a path, or a version uv can find, e.g. "3.12"; default: this one)."""
+    Python `interpreter` (a version such as "3.12", found by `interpreter_for`; default: this one)."""
     key = hashlib.sha256(
         repr([*requirements, interpreter]).encode() + (constraints.read_bytes() if constraints else b"")
     )
@@ -44,7 +56,8 @@ def cached_env(
     python = str(venv / "bin" / "python")
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
-        _uv("venv", "--quiet", "--python", interpreter or sys.executable, str(venv))
+        python_ = interpreter_for(interpreter) if interpreter else sys.executable
+        _uv("venv", "--quiet", "--python", python_, "--python-preference", "only-system", str(venv))
         _uv("pip", "install", "--quiet", "--python", python, *(("-c", str(constraints)) if constraints else ()),
             *requirements)  # fmt: skip
         (venv / ".complete").touch()

@@ -84,18 +84,23 @@ def test_what_cannot_be_one_dataset_is_refused_with_the_reason() -> None:
         select(mixed, embodiment=None, task="push", since=None)
 
 
-LEROBOT = ("lerobot==0.4.4",)  # reads LeRobotDataset v3.0 on Python 3.11 (0.5+ needs Python 3.12)
+# Both read LeRobotDataset v3.0: the last release for Python 3.11 and the current one (0.5+ need Python 3.12, which
+# these machines carry beside 3.11; a machine without it fails here, it does not skip).
+LEROBOTS = [("lerobot==0.4.4", None), ("lerobot[dataset]==0.6.1", "3.12")]  # 0.6 reads datasets with its extra
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(1500)  # the first run installs lerobot and its torch into a cached environment
-def test_lerobot_itself_loads_the_export_and_every_value_is_what_was_recorded(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("lerobot", "interpreter"), LEROBOTS, ids=["0.4.4-py3.11", "0.6.1-py3.12"])
+def test_lerobot_itself_loads_the_export_and_every_value_is_what_was_recorded(
+    tmp_path: Path, lerobot: str, interpreter: str | None
+) -> None:
     import os
     import subprocess
 
     from tests.envs import cached_env
 
-    python = cached_env("lerobot", LEROBOT)
+    python = cached_env("lerobot", (lerobot,), interpreter=interpreter)
     kind, episodes = select(_episodes(), embodiment=None, task=None, since=None)
     root = export(episodes, tmp_path / "ds", embodiment=kind).root
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
