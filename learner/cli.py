@@ -71,6 +71,13 @@ def run(
             "becomes production; the canary controller decides on the fleet's episodes. Default: the preset's."
         ),
     ] = None,
+    paraphrases: Annotated[
+        int | None,
+        typer.Option(
+            help="Instruction augmentation: train each episode in one of its instruction and up to this many "
+            "paraphrases (the training phrase bank), drawn per episode. Default: the preset's."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
     """Consume the fleet stream and publish gated model versions until Ctrl-C / SIGTERM."""
@@ -80,7 +87,7 @@ def run(
 
     config = learner_config(
         preset, init=init, run_dir=run_dir, demos=demos, max_demos=max_demos, autonomous=autonomous, lr=lr,
-        freeze=freeze, scenario=scenario, canary_fraction=canary_fraction,
+        freeze=freeze, scenario=scenario, canary_fraction=canary_fraction, paraphrases=paraphrases,
     )  # fmt: skip
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
@@ -104,6 +111,7 @@ def learner_config(
     freeze: str | None = None,
     scenario: str | None = None,
     canary_fraction: float | None = None,
+    paraphrases: int | None = None,
 ) -> LearnerConfig:
     """The preset with the command line's overrides; a bad preset or value is a `typer.BadParameter` naming it."""
     from learner.config import get_preset
@@ -127,8 +135,15 @@ def learner_config(
         if not 0.0 <= canary_fraction <= 1.0:
             raise typer.BadParameter("must be in [0, 1]", param_hint="--canary-fraction")
         changes["canary_fraction"] = canary_fraction
+    replay = config.replay
     if not autonomous:
-        changes["replay"] = dataclasses.replace(config.replay, autonomous=False)
+        replay = dataclasses.replace(replay, autonomous=False)
+    if paraphrases is not None:
+        if paraphrases < 0:
+            raise typer.BadParameter("must be at least 0", param_hint="--paraphrases")
+        replay = dataclasses.replace(replay, paraphrases=paraphrases)
+    if replay != config.replay:
+        changes["replay"] = replay
     rllib = config.rllib
     for option, value in (("lr", lr), ("freeze", freeze)):
         if value is not None:

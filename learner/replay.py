@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from fleet.episodes import Episode, EpisodeStore
 from fleet.policy.config import VLAConfig
 from fleet.policy.data import FAILURE_RETURN, VALUE_HORIZON, chunk_indices, recap_returns
 from fleet.policy.language import InstructionEmbedder
+from fleet.sim.language import paraphrased
 
 if TYPE_CHECKING:
     from learner.features import FrozenFeatures
@@ -82,6 +84,11 @@ class ReplayConfig:
     failure_return: float = FAILURE_RETURN  # value target of every step of a failed episode (below any success)
     autonomous: bool = True  # train on autonomous fleet steps (AWR); False = corrections only (HG-DAgger)
     takeover_is_failure: bool = True  # autonomous steps that end in a takeover get the failure return (RLIF)
+    # Instruction augmentation: each episode added is said in one of its instruction and up to this many
+    # paraphrases (fleet.sim.language.paraphrased, the training bank), drawn once per episode from its id, so the
+    # fleet's own episodes keep teaching language, not only the phrasings robots were given. Once per episode, not
+    # per sample: a frozen part's cached features read the instruction, and must be those of the words trained on.
+    paraphrases: int = 0
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.horizon < 1:
@@ -94,6 +101,8 @@ class ReplayConfig:
             raise ValueError("ReplayConfig.max_intervention_fraction must be in [0, 1]")
         if self.failure_return >= -1.0:
             raise ValueError("ReplayConfig.failure_return must be < -1 (below every successful return)")
+        if self.paraphrases < 0:
+            raise ValueError(f"ReplayConfig.paraphrases must be >= 0, got {self.paraphrases}")
 
 
 def sample_weights(
@@ -178,6 +187,7 @@ class ReplayBuffer:
         self._refs: Counter[EpisodeKey] = Counter()
         self._buffers: dict[str, deque[tuple[EpisodeKey, int]]] = {s: deque() for s in SOURCES}
         self._text: dict[str, np.ndarray] = {}
+        self._said = paraphrased(config.paraphrases, seed=0) if config.paraphrases else None
         self.encoded_total = 0  # steps whose frozen features were computed (each once, when first sampled)
 
     # --- adding ----------------------------------------------------------------------------------
@@ -254,7 +264,7 @@ class ReplayBuffer:
             robot_id=meta.robot_id,
             episode_id=meta.episode_id,
             source="demo" if meta.source == "demo" else "fleet",
-            instruction=meta.instruction,
+            instruction=self._instruction(episode),
             embodiment_id=embodiment_id,
             observation=self.features.column if self.features is not None else "images",
             images=images,
@@ -448,6 +458,13 @@ class ReplayBuffer:
                 e.encoded = np.zeros(e.length, dtype=bool)
             e.features[t], e.encoded[t] = row, True
         self.encoded_total += len(todo)
+
+    def _instruction(self, episode: Episode) -> str:
+        """The words an episode is trained with: its own, or one of its paraphrases (`ReplayConfig.paraphrases`)."""
+        if self._said is None:
+            return episode.meta.instruction
+        texts = self._said(episode)
+        return texts[zlib.crc32(f"said:{episode.meta.episode_id}".encode()) % len(texts)]
 
     def _embedding(self, text: str) -> np.ndarray:
         vec = self._text.get(text)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import time
 import urllib.request
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from fleet.recipe.demos import load_episodes, select_demos
 
 if TYPE_CHECKING:
-    from fleet.episodes import Episode
     from fleet.policy.config import VLAConfig
     from fleet.policy.language import InstructionEmbedder
     from fleet.policy.train import TrainConfig, TrainStats
@@ -140,24 +137,11 @@ def train_config(config: StageConfig) -> TrainConfig:
     return replace(base, model=model, **changes)
 
 
-def paraphrased(count: int, seed: int) -> Callable[[Episode], list[str]]:
-    """Each episode's instruction and `count` other ways of saying it (fleet.sim.language.paraphrases), drawn per
-    episode from `seed` and its id, so a resumed run says them the same way."""
-    from fleet.sim.language import paraphrases
-    from fleet.sim.tasks import TASKS
-
-    def texts(episode: Episode) -> list[str]:
-        meta = episode.meta
-        own = TASKS[meta.task].phrasings if meta.task in TASKS else ()
-        return paraphrases(meta.task, meta.instruction, own, count, seed=zlib.crc32(meta.episode_id.encode()) ^ seed)
-
-    return texts
-
-
 def run_stage(config: StageConfig, *, embedder: InstructionEmbedder | None = None) -> StageResult:
     """Train one stage into `config.run_dir` (resuming), log it to MLflow, optionally register/promote it."""
     from fleet.episodes import EpisodeStore
     from fleet.policy.train import train
+    from fleet.sim.language import paraphrased
 
     tc = train_config(config)
     store = EpisodeStore(config.demos)

@@ -14,8 +14,9 @@ from learner.config import PRESETS
 
 def test_overrides_change_only_their_fields() -> None:
     base = PRESETS["online"]
-    config = learner_config("online", lr=3e-4, demos=Path("/data/demos"), autonomous=False)
+    config = learner_config("online", lr=3e-4, demos=Path("/data/demos"), autonomous=False, paraphrases=6)
     assert config.rllib.lr == 3e-4 and base.rllib.lr != 3e-4
+    assert (config.replay.paraphrases, base.replay.paraphrases) == (6, 0)
     assert config.rllib.ema_decay == base.rllib.ema_decay  # the rest of the optimizer config is the preset's
     assert (config.demos, config.load_demos, config.replay.autonomous) == (Path("/data/demos"), True, False)
     assert config.gate == base.gate and config.batch_size == base.batch_size
@@ -27,6 +28,12 @@ def test_a_bad_learning_rate_is_refused_naming_the_option(lr: float) -> None:
     with pytest.raises(typer.BadParameter) as error:
         learner_config("online", lr=lr)
     assert error.value.param_hint == "--lr" and "lr" in str(error.value)
+
+
+def test_a_negative_paraphrase_count_is_refused_naming_the_option() -> None:
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("online", paraphrases=-1)
+    assert error.value.param_hint == "--paraphrases"
 
 
 def test_the_command_refuses_a_bad_learning_rate_before_starting_anything() -> None:

@@ -285,3 +285,21 @@ def test_frozen_features_replace_the_images_once_a_batch_samples_the_step() -> N
     np.testing.assert_allclose(replay.sample(4, np.random.default_rng(0))["image_tokens"], batch["image_tokens"])
     with pytest.raises(ValueError, match="another model config"):
         ReplayBuffer(ReplayConfig(), MODEL.with_(d_model=64), embedder=HashEmbedder(), features=features)
+
+
+def test_paraphrases_say_each_episode_in_one_of_its_instruction_s_phrasings_once_for_good() -> None:
+    from fleet.sim.language import paraphrased
+
+    plain, _ = _replay()
+    augmented, _ = _replay(paraphrases=4)
+    episodes = [make_episode(length=6, seed=i, episode_id=f"ep-{i}") for i in range(12)]
+    said = [augmented.add_episode(e).instruction for e in episodes]  # type: ignore[union-attr]
+    assert [plain.add_episode(e).instruction for e in episodes] == ["pick up the red cube"] * 12  # type: ignore[union-attr]
+    assert all(s in paraphrased(4, seed=0)(e) for s, e in zip(said, episodes, strict=True))  # its own paraphrases
+    assert len(set(said)) >= 3 and all("red cube" in s or "red" in s for s in said)  # other words, same cube
+    assert [augmented.add_episode(e).instruction for e in episodes] == said  # a re-sent episode: the same words
+    batch = augmented.sample(64, np.random.default_rng(0))
+    embedded = {augmented._embedding(s).tobytes() for s in said}
+    assert {row.tobytes() for row in batch["instruction_embedding"]} <= embedded  # batches carry those words
+    with pytest.raises(ValueError, match="paraphrases"):
+        ReplayConfig(paraphrases=-1)

@@ -79,7 +79,7 @@ def test_random_shift_keeps_shape_and_content_nearby() -> None:
 def test_instruction_augmentation_draws_each_sample_s_words_from_the_episode_s_paraphrases(
     tiny_config: VLAConfig,
 ) -> None:
-    from fleet.recipe.train import paraphrased
+    from fleet.sim.language import paraphrased
 
     embedder = HashEmbedder()
     episode = make_episode("panda", length=8, instruction="pick up the red cube")

@@ -15,12 +15,16 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleet.episodes import Episode
 
 HELD_OUT = "held_out.json"
 TRAINING = "training.json"  # more phrasings for training only (instruction augmentation)
@@ -123,3 +127,16 @@ def paraphrases(task: str, instruction: str, own: tuple[str, ...], count: int, s
     rng = np.random.default_rng(seed)
     picked = rng.permutation(len(others))[:count]
     return [instruction, *(others[int(i)] for i in picked)]
+
+
+def paraphrased(count: int, seed: int) -> Callable[[Episode], list[str]]:
+    """Each episode's instruction and `count` other ways of saying it (`paraphrases`, with its task's own phrasings),
+    drawn per episode from `seed` and its id: a resumed run, or another process, says them the same way."""
+    from fleet.sim.tasks import TASKS
+
+    def texts(episode: Episode) -> list[str]:
+        meta = episode.meta
+        own = TASKS[meta.task].phrasings if meta.task in TASKS else ()
+        return paraphrases(meta.task, meta.instruction, own, count, seed=zlib.crc32(meta.episode_id.encode()) ^ seed)
+
+    return texts
