@@ -37,8 +37,15 @@ class Settings(BaseSettings):
     # --- Kafka ---
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
-    # Bootstrap servers for clients; defaults to the local broker.
+    # Bootstrap servers for clients; defaults to the local broker(s).
     kafka_bootstrap: str | None = None
+    # Brokers `fleet up` starts locally, each a KRaft broker and controller: 1, or 3 for a cluster that keeps every
+    # topic on 3 brokers (min.insync.replicas 2, so one broker may die with nothing lost). Broker i (from 0)
+    # listens on kafka_port + 2i and its controller on kafka_controller_port + 2i.
+    kafka_brokers: int = Field(default=1, ge=1, le=9)
+    # Replicas of each fleet topic; None = the brokers' own default.replication.factor (the local cluster's: 3 of 3
+    # brokers, 1 for a single broker), so every service creates topics alike without being told the cluster's size.
+    kafka_replication_factor: int | None = Field(default=None, ge=1)
     # JVM heap for the local broker; this machine class has 2 cores and the broker shares them.
     kafka_heap: str = "512m"
     # Partitions per fleet topic (keyed by robot id, so one robot's messages stay ordered).
@@ -128,6 +135,8 @@ class Settings(BaseSettings):
             port = getattr(self, name)
             if not 0 < port < 65536:
                 raise ValueError(f"FLEET_{name.upper()}={port} is not a TCP port (1-65535)")
+        if max(self.kafka_node_ports(self.kafka_brokers - 1)) > 65535:
+            raise ValueError(f"FLEET_KAFKA_BROKERS={self.kafka_brokers}: the last broker's ports pass 65535")
         if self.env == "production":
             # What every service needs. The database URL and the dashboard's secret key are asked for where they
             # are used (`db_url`, dashboards.auth.resolve_secret_key): a robot is given neither.
@@ -166,9 +175,14 @@ class Settings(BaseSettings):
         return self
 
     # Derived values: what clients use.
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """(client, controller) ports of local broker `node` (0-based)."""
+        return self.kafka_port + 2 * node, self.kafka_controller_port + 2 * node
+
     @property
     def bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap or f"{self.host}:{self.kafka_port}"
+        local = (f"{self.host}:{self.kafka_node_ports(i)[0]}" for i in range(self.kafka_brokers))
+        return self.kafka_bootstrap or ",".join(local)
 
     @property
     def tracking_uri(self) -> str:

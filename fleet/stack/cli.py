@@ -23,12 +23,21 @@ def _quiet_clients() -> None:
 
 def up(
     timeout: float = typer.Option(90.0, help="Seconds to wait for every service to become healthy."),
+    kafka_brokers: int | None = typer.Option(
+        None,
+        min=1,
+        max=9,
+        help="Kafka brokers to start (3: a cluster keeping each topic on 3 brokers, any one may die). Default: "
+        "FLEET_KAFKA_BROKERS (1). Export FLEET_KAFKA_BROKERS for the other commands too (`fleet down`, status).",
+    ),
 ) -> None:
-    """Start the local stack (Kafka KRaft node, MLflow server, database migrations); idempotent."""
+    """Start the local stack (Kafka KRaft node(s), MLflow server, database migrations); idempotent."""
     from fleet.stack import launcher
 
     _quiet_clients()
     settings = get_settings()
+    if kafka_brokers is not None:
+        settings = settings.model_copy(update={"kafka_brokers": kafka_brokers})
     started = time.monotonic()
     try:
         rows = launcher.up(settings, timeout_s=timeout, progress=True)

@@ -1,4 +1,7 @@
-"""The local Kafka broker: Apache Kafka 4.4 in KRaft mode (one node, broker + controller), loopback only.
+"""The local Kafka broker(s): Apache Kafka 4.4 in KRaft mode, loopback only. One node (broker + controller) by
+default; `FLEET_KAFKA_BROKERS=3` (`fleet up --kafka-brokers 3`) starts three such nodes that form one cluster (a
+controller quorum of three, every fleet topic on three brokers, min.insync.replicas 2: producers' acks=all then
+survive the loss of any one broker with nothing lost). The nodes share one cluster id, kept in the stack's home.
 
 The broker runs from the official jars on Maven Central, pinned with sha256 in `kafka-jars.txt`
 (regenerate with `scripts/lock_kafka_jars.sh`). They are fetched once over HTTPS into the user's
@@ -124,13 +127,16 @@ def check_java() -> str:
     return java
 
 
-def _server_properties(settings: Settings, data_dir: Path) -> str:
-    host, port, cport = settings.host, settings.kafka_port, settings.kafka_controller_port
+def _server_properties(settings: Settings, data_dir: Path, node: int = 0) -> str:
+    host, n = settings.host, settings.kafka_brokers
+    port, cport = settings.kafka_node_ports(node)
+    voters = ",".join(f"{i + 1}@{host}:{settings.kafka_node_ports(i)[1]}" for i in range(n))
+    replicas, min_isr = min(3, n), 2 if n >= 3 else 1  # fleet topics take the default (TransportConfig)
     return "\n".join(
         [
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{host}:{cport}",
+            f"node.id={node + 1}",
+            f"controller.quorum.voters={voters}",
             f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
             f"advertised.listeners=PLAINTEXT://{host}:{port}",
             "controller.listener.names=CONTROLLER",
@@ -138,12 +144,14 @@ def _server_properties(settings: Settings, data_dir: Path) -> str:
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             f"log.dirs={data_dir}",
             f"num.partitions={settings.kafka_partitions}",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={replicas}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={replicas}",
             "offsets.topic.num.partitions=8",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             "num.network.threads=2",
@@ -173,22 +181,31 @@ logger.started.level = INFO
 
 
 class KafkaService:
-    """Start, stop and probe the local single-node KRaft broker."""
+    """Start, stop and probe one local KRaft node (`node` of `settings.kafka_brokers`, from 0)."""
 
-    name = "kafka"
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, node: int = 0) -> None:
+        if not 0 <= node < settings.kafka_brokers:
+            raise ValueError(f"broker {node} of {settings.kafka_brokers}: no such node")
         self.settings = settings
-        self.dir = settings.home / "kafka"
+        self.node = node
+        # One broker keeps the single-node layout (kafka/); a cluster's nodes are kafka-1/, kafka-2/, ...: another
+        # cluster, not the single broker's data with new peers.
+        self.name = "kafka" if settings.kafka_brokers == 1 else f"kafka-{node + 1}"
+        self.dir = settings.home / self.name
         self.data_dir = self.dir / "data"
+
+    @classmethod
+    def cluster(cls, settings: Settings) -> list[KafkaService]:
+        """Every local node `settings` asks for."""
+        return [cls(settings, node) for node in range(settings.kafka_brokers)]
 
     @property
     def address(self) -> str:
-        return f"{self.settings.host}:{self.settings.kafka_port}"
+        return f"{self.settings.host}:{self.settings.kafka_node_ports(self.node)[0]}"
 
     @property
     def ports(self) -> list[int]:
-        return [self.settings.kafka_port, self.settings.kafka_controller_port]
+        return list(self.settings.kafka_node_ports(self.node))
 
     def process(self, java: str = "java", libs: Path | None = None) -> ManagedProcess:
         libs = libs or self.settings.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
@@ -214,18 +231,28 @@ class KafkaService:
         java = check_java()
         libs = ensure_jars(self.settings, progress=progress)
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "server.properties").write_text(_server_properties(self.settings, self.data_dir))
+        (self.dir / "server.properties").write_text(_server_properties(self.settings, self.data_dir, self.node))
         (self.dir / "log4j2.properties").write_text(_LOG4J2)
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             result = subprocess.run(
-                [java, "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+                [java, "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "-t",
+                 self._cluster_id(),
                  "-c", str(self.dir / "server.properties")],
                 capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             if result.returncode != 0:
                 raise StackError(f"formatting Kafka storage in {self.data_dir} failed:\n{result.stderr[-2000:]}")
         return self.process(java, libs)
+
+    def _cluster_id(self) -> str:
+        """A new id for one broker; the cluster's shared one (created by its first node to format) for several."""
+        if self.settings.kafka_brokers == 1:
+            return _cluster_id()
+        path = self.settings.home / "kafka-cluster.id"
+        if not path.exists():
+            path.write_text(_cluster_id())
+        return path.read_text().strip()
 
     def healthy(self, timeout_s: float = 3.0) -> bool:
         """True when the broker answers a metadata request."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from fleet.settings import Settings
@@ -47,17 +48,15 @@ class ServiceStatus:
 
 
 def services(settings: Settings) -> list[KafkaService | MlflowService]:
-    return [KafkaService(settings), MlflowService(settings)]
+    return [*KafkaService.cluster(settings), MlflowService(settings)]
 
 
 def _check_ports(service: KafkaService | MlflowService, settings: Settings) -> None:
     for port in service.ports:
         if port_in_use(settings.host, port):
-            env = {
-                settings.kafka_port: "FLEET_KAFKA_PORT",
-                settings.kafka_controller_port: "FLEET_KAFKA_CONTROLLER_PORT",
-                settings.mlflow_port: "FLEET_MLFLOW_PORT",
-            }.get(port, "the FLEET_*_PORT setting")
+            env = {settings.mlflow_port: "FLEET_MLFLOW_PORT"}.get(
+                port, "FLEET_KAFKA_PORT / FLEET_KAFKA_CONTROLLER_PORT (broker i uses each + 2i)"
+            )
             raise StackError(
                 f"port {port} on {settings.host} is in use by another process, so {service.name} cannot start: "
                 f"stop that process (`ss -ltnp | grep :{port}` shows it) or choose another port with {env}"
@@ -136,6 +135,11 @@ def down(settings: Settings, *, log=print) -> None:  # noqa: ANN001
             log(f"{service.name}: stopped")
         else:
             log(f"{service.name}: not running")
+    # Brokers started with another FLEET_KAFKA_BROKERS (`fleet up --kafka-brokers 3`, then a plain `fleet down`)
+    known = {service.name for service in services(settings)}
+    for pid_file in sorted(settings.run_dir.glob("kafka*.pid")):
+        if pid_file.stem not in known and ManagedProcess(pid_file.stem, [], settings.run_dir, Path()).stop():
+            log(f"{pid_file.stem}: stopped")
 
 
 def status(settings: Settings) -> list[ServiceStatus]:

@@ -145,7 +145,7 @@ class TransportConfig:
     bootstrap: str  # host:port[,host:port] of the brokers
     client_id: str = "fleet"  # shows up in broker logs and metrics
     partitions: int = 4  # partitions per topic when fleet creates them (keyed by robot id)
-    replication_factor: int = 1  # 1 for the single local broker; 3 in a production cluster
+    replication_factor: int | None = None  # replicas per topic; None = the brokers' default.replication.factor
     compression: str | None = "lz4"  # frames are already zstd'd; lz4 is cheap on the rest of the payload
     linger_ms: int = 5  # batch window: trades ≤5 ms latency for far fewer requests
     batch_size: int = 256 * 1024  # max bytes per partition batch
@@ -170,7 +170,7 @@ class TransportConfig:
     def __post_init__(self) -> None:
         if not self.bootstrap:
             raise ValueError("TransportConfig.bootstrap is empty: run `fleet up` or set FLEET_KAFKA_BOOTSTRAP")
-        if self.partitions < 1 or self.replication_factor < 1:
+        if self.partitions < 1 or (self.replication_factor is not None and self.replication_factor < 1):
             raise ValueError("partitions and replication_factor must be >= 1")
         if self.queue_size < 1 or self.spool_max_bytes < self.spool_segment_bytes:
             raise ValueError("queue_size must be >= 1 and spool_max_bytes >= spool_segment_bytes")
@@ -193,6 +193,7 @@ class TransportConfig:
         base: dict[str, object] = {
             "bootstrap": s.bootstrap_servers,
             "partitions": s.kafka_partitions,
+            "replication_factor": s.kafka_replication_factor,
             "security_protocol": s.kafka_security_protocol,
             "sasl_mechanism": s.kafka_sasl_mechanism,
             "sasl_username": s.kafka_sasl_username,

@@ -35,7 +35,7 @@ def topic_specs(config: TransportConfig) -> dict[str, dict[str, object]]:
         configs: dict[str, str] = dict(big) if topic in (TRAJECTORIES, DEADLETTER) else {}
         specs[topic] = {
             "num_partitions": config.partitions,
-            "replication_factor": config.replication_factor,
+            "replication_factor": config.replication_factor or -1,  # -1: the brokers' default
             "configs": configs,
         }
     return specs

@@ -7,6 +7,7 @@ so a test leaves nothing behind even when it fails half-way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -17,18 +18,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from fleet.schemas import TrajectorySegment, decode
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.kafka import KafkaService
 from fleet.stack.mlflow_server import MlflowService
 from fleet.stack.process import ManagedProcess
-from fleet.transport import TransportConfig, ensure_topics
+from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig, ensure_topics
+from learner.service import TOPICS as LEARNER_TOPICS
 from tests.data.test_integration import wait_for
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ChildService",
+    "StreamReader",
     "group_stable",
     "kill_service",
     "restart_stack",
@@ -183,3 +190,35 @@ def read_from(bootstrap: str, start: dict[tuple[str, int], int], key_prefix: str
     finally:
         consumer.close()
     return out
+
+
+class StreamReader(threading.Thread):
+    """A consumer-group member on the learner's topics (as `LearnerService` polls them) keeping our segment ids."""
+
+    def __init__(self, bootstrap: str, group_id: str, prefix: str) -> None:
+        super().__init__(name="learner-reader", daemon=True)
+        self.config = TransportConfig(bootstrap=bootstrap, client_id=f"{prefix}-reader")
+        self.group_id, self.prefix = group_id, prefix.encode()
+        self.ids: list[tuple[str, str, int]] = []  # every record read, duplicates included
+        self.errors = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        consumer = KafkaTransport(self.config).consumer(group_id=self.group_id, topics=LEARNER_TOPICS)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    records = consumer.poll(timeout_s=0.5, max_records=500)
+                    for r in records:
+                        if r.topic == TRAJECTORIES and r.key is not None and r.key.startswith(self.prefix):
+                            seg = decode(r.value, TrajectorySegment)
+                            assert isinstance(seg, TrajectorySegment)
+                            self.ids.append((seg.robot_id, seg.episode_id, seg.segment_index))
+                    if records:
+                        consumer.commit(records)
+                except KafkaError as e:  # broker down: the learner retries the same way
+                    self.errors += 1
+                    log.info("reader: %s", e)
+                    time.sleep(0.5)
+        finally:
+            consumer.close()

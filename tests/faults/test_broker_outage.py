@@ -16,20 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaError
 from sqlalchemy import func, select
 
 from fleet.db import Episode as EpisodeRow
 from fleet.db import Segment as SegmentRow
 from fleet.db import make_engine, session_factory
 from fleet.episodes import EpisodeStore
-from fleet.schemas import TrajectorySegment, decode
 from fleet.settings import Settings
 from fleet.stack.kafka import KafkaService
 from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig
 from learner.service import TOPICS as LEARNER_TOPICS
 from tests.faults.helpers import (
     ChildService,
+    StreamReader,
     group_stable,
     kill_service,
     restart_stack,
@@ -43,38 +42,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 log = logging.getLogger(__name__)
 ROBOTS, STEPS, HZ = 8, 30, 50.0  # 8 robots, 30-step episodes (3 segments), 50 Hz: 40 segments/s in all
 BEFORE_S, OUTAGE_S, AFTER_S = 3.0, 30.0, 3.0
-
-
-class StreamReader(threading.Thread):
-    """A consumer-group member on the learner's topics (as `LearnerService` polls them) keeping our segment ids."""
-
-    def __init__(self, bootstrap: str, group_id: str, prefix: str) -> None:
-        super().__init__(name="learner-reader", daemon=True)
-        self.config = TransportConfig(bootstrap=bootstrap, client_id=f"{prefix}-reader")
-        self.group_id, self.prefix = group_id, prefix.encode()
-        self.ids: list[SegmentId] = []  # every record read, duplicates included
-        self.errors = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        consumer = KafkaTransport(self.config).consumer(group_id=self.group_id, topics=LEARNER_TOPICS)
-        try:
-            while not self.stopping.is_set():
-                try:
-                    records = consumer.poll(timeout_s=0.5, max_records=500)
-                    for r in records:
-                        if r.topic == TRAJECTORIES and r.key is not None and r.key.startswith(self.prefix):
-                            seg = decode(r.value, TrajectorySegment)
-                            assert isinstance(seg, TrajectorySegment)
-                            self.ids.append((seg.robot_id, seg.episode_id, seg.segment_index))
-                    if records:
-                        consumer.commit(records)
-                except KafkaError as e:  # broker down: the learner retries the same way
-                    self.errors += 1
-                    log.info("reader: %s", e)
-                    time.sleep(0.5)
-        finally:
-            consumer.close()
 
 
 def _recorded(db_url: str, prefix: str) -> tuple[list[SegmentId], int]:

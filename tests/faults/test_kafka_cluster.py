@@ -1,0 +1,167 @@
+"""A three-broker Kafka cluster (`fleet up --kafka-brokers 3`): one broker SIGKILLed while 16 robots stream, and
+nothing is lost, nothing doubled, no robot stops acting.
+
+The cluster is started the way `fleet up` starts it (`launcher.services`: three KRaft nodes from the same jars, a
+controller quorum of three) on free ports in a temporary home. Sixteen real `RobotRuntime`s (real-time control loops
+on a physics-free env) publish through their own spooling Kafka transports; a consumer in the learner's way (a
+group member on the learner's topics, committing) reads alongside. One broker is killed mid-stream for good: until
+the controller fences it (~9 s) writes to the partitions it led wait in the robots' spools, then every partition
+has a leader and two in-sync replicas (min.insync.replicas 2), so acks=all writes go on with one broker gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from fleet.settings import Settings
+from fleet.stack import launcher
+from fleet.stack.kafka import KafkaService
+from fleet.stack.process import port_in_use
+from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig, ensure_topics
+from learner.service import TOPICS as LEARNER_TOPICS
+from tests.faults.helpers import StreamReader, group_stable, kill_service, start_group_at_end, wait_for
+from tests.faults.robots import CountingTransport, tiny_robot
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+BROKERS, ROBOTS, STEPS, HZ = 3, 16, 30, 20.0  # 16 robots, 30-step episodes (3 segments), 20 Hz: 32 segments/s
+BEFORE_S, AFTER_S = 4.0, 5.0
+
+
+def _port_block(size: int) -> int:
+    """A base port with `size` free ports from it (the cluster's nodes take base + 0 .. base + 2 * brokers - 1)."""
+    for base in range(21000, 60000, 97):
+        if not any(port_in_use("127.0.0.1", base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    base = _port_block(2 * BROKERS)
+    settings = Settings(
+        home=tmp_path_factory.mktemp("kafka-cluster"),
+        kafka_brokers=BROKERS,
+        kafka_port=base,
+        kafka_controller_port=base + 1,
+        kafka_heap="384m",
+    )
+    nodes = KafkaService.cluster(settings)
+    assert [s.name for s in launcher.services(settings)] == ["kafka-1", "kafka-2", "kafka-3", "mlflow"]
+    try:
+        for node in nodes:  # what `fleet up` does for each (jars, config, storage formatted with the shared id)
+            node.prepare().start()
+        wait_for(
+            lambda: all(n.healthy(timeout_s=2.0) for n in nodes), 180, f"{BROKERS} brokers (logs: {settings.log_dir})"
+        )
+        yield settings
+    finally:
+        for node in nodes:
+            node.process().stop()
+
+
+def _replicas(bootstrap: str, topic: str) -> tuple[list[int], list[int]]:
+    """(replica counts, in-sync replica counts) per partition of `topic`; empty while no broker answers (an admin
+    client that first tries the dead broker gives up on it)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    except KafkaError:
+        return [], []
+    try:
+        (described,) = admin.describe_topics([topic])
+        parts = described["partitions"]
+        return [len(p["replica_nodes"]) for p in parts], [len(p["isr_nodes"]) for p in parts]
+    except KafkaError:
+        return [], []
+    finally:
+        admin.close()
+
+
+def test_one_broker_of_three_killed_while_16_robots_stream(
+    cluster: Settings, tmp_path: Path, record_property: Any
+) -> None:
+    bootstrap = cluster.bootstrap_servers
+    assert bootstrap.count(",") == BROKERS - 1  # clients know every broker
+    ensure_topics(TransportConfig.from_settings(cluster))
+    replicas, in_sync = _replicas(bootstrap, TRAJECTORIES)
+    assert replicas == [3] * cluster.kafka_partitions and in_sync == replicas  # the brokers' default: all three
+
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    reader_group = f"learner-{prefix}"
+    start_group_at_end(bootstrap, reader_group, LEARNER_TOPICS)
+    reader = StreamReader(bootstrap, reader_group, prefix)
+    reader.start()
+    wait_for(lambda: group_stable(bootstrap, reader_group), 60, "the reader to join its group")
+
+    robot_settings = cluster.model_copy(update={"home": tmp_path / "robots"})
+    transports = [
+        CountingTransport(KafkaTransport(TransportConfig.from_settings(robot_settings, spool_name=rid, client_id=rid)))
+        for rid in (f"{prefix}-r{i}" for i in range(ROBOTS))
+    ]
+    runtimes = [tiny_robot(t.transport.config.client_id, t, control_hz=HZ, steps=STEPS) for t in transports]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=rt.run, kwargs={"stop": stop}, name=f"robot-{i}") for i, rt in enumerate(runtimes)
+    ]
+    victim = KafkaService(cluster, node=1)
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(BEFORE_S)
+        killed = kill_service(victim)
+        expected = [2] * cluster.kafka_partitions  # the controller fences the dead broker (~9 s), ISRs shrink
+        wait_for(lambda: _replicas(bootstrap, TRAJECTORIES)[1] == expected, 90, "the dead broker to leave the ISRs")
+        shrunk = time.monotonic()
+        time.sleep(AFTER_S)  # and the robots go on writing to the two brokers left
+        stop.set()  # robots finish their current episode, so every episode sent is complete
+        for t in threads:
+            t.join(timeout=60)
+        for t in transports:
+            assert t.transport.flush(timeout_s=120), f"{t.transport.config.client_id}: not acknowledged"
+        stats = [t.transport.stats for t in transports]
+        produced = [seg for t in transports for seg in t.segments]
+        wait_for(lambda: len(set(reader.ids)) >= len(produced), 120, "the learner-side reader to catch up")
+        time.sleep(2)  # let a late duplicate (if any) surface before counting
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        for t in transports:
+            t.transport.close(timeout_s=5)
+        reader.stopping.set()
+        reader.join(timeout=30)
+        with contextlib.suppress(Exception):
+            victim.prepare().start()  # the module's cluster is whole again for whatever runs next
+
+    after = sum(ts >= killed for t in transports for ts in t.segment_times)
+    after_shrink = sum(ts >= shrunk for t in transports for ts in t.segment_times)
+    episodes = {(r, e) for r, e, _ in produced}
+    # The robots: acting throughout (also once the ISRs shrank to the two brokers left), nothing refused or dropped.
+    assert after_shrink > 0, "robots stopped producing once a broker died"
+    assert len(produced) == len(set(produced)) and len(episodes) * STEPS // 10 == len(produced)
+    assert sum(t.refused for t in transports) == 0 and [f for t in transports for f in t.failed] == []
+    assert sum(t.acked for t in transports) == sum(t.sends for t in transports)
+    # The learner's consumer group (its coordinator may have been on the dead broker): every segment, once.
+    assert set(reader.ids) == set(produced)
+    assert len(reader.ids) == len(produced), f"{len(reader.ids) - len(produced)} duplicates reached the learner"
+    outcome = {
+        "brokers": BROKERS,
+        "robots": ROBOTS,
+        "segments": len(produced),
+        "segments_after_kill": after,
+        "segments_after_isr_shrink": after_shrink,
+        "spooled": sum(s.spooled for s in stats),
+        "max_send_ms": round(max(t.max_send_s for t in transports) * 1000, 2),
+        "reader_errors": reader.errors,
+    }
+    record_property("outcome", outcome)
+    print("OUTCOME", outcome)
