@@ -164,7 +164,7 @@ def latency(bootstrap: str, frames: np.ndarray, rate: float, duration_s: float, 
 
     transport = KafkaTransport(TransportConfig(bootstrap=bootstrap, client_id="bench-recorder"))
     config = RecorderConfig(store_dir=root / "store", staging_dir=root / "staging", group_id=f"bench-{tag}")
-    _start_at_end(bootstrap, config.group_id)
+    start_at_end(bootstrap, config.group_id)
     recorder = Recorder(config, transport=transport, index=index, on_segment=on_segment)
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(stop.is_set,))
@@ -192,7 +192,7 @@ def latency(bootstrap: str, frames: np.ndarray, rate: float, duration_s: float, 
     return [1000 * v for v in recorded.values()]
 
 
-def _start_at_end(bootstrap: str, group_id: str) -> None:
+def start_at_end(bootstrap: str, group_id: str) -> None:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 

@@ -1,0 +1,318 @@
+"""Scale: 10, 100 and 1,000 synthetic robots against the recorder and the learner's ingest (issue #34).
+
+A synthetic robot replays one recorded segment (10 steps of two 64x64 cameras, panda) at 10 Hz: one segment a
+second, its ids, step offsets and timestamps rewritten per send, no simulator and no model, so 1,000 of them fit on
+this machine. `--producers` processes each drive a share of the robots through one fleet `KafkaTransport` (spooling,
+acks=all) in time order, each robot a phase of its own in the second; a producer that falls behind its schedule
+says so (`producer_lag_p99_s`).
+
+Downstream, as in production: `--recorders` processes of the product's `Recorder` in one consumer group (episode
+store and DB index; PostgreSQL when there is more than one, else SQLite), each timing produce -> recorded
+(`created_at` to durably staged), and one process of the learner's ingest (`learner.ingest.Ingest` into a
+`ReplayBuffer` of the default model, its own consumer group) counting the episodes it assembled. Every second the
+bench reads both groups' lag from Kafka.
+
+Each size runs `--seconds` (1,000 robots: 300, the issue's five minutes) after a warm-up. Reported per size:
+`segments_per_s` (recorded, over the measured window), `produce_to_record_p50_ms` / `p99_ms`, `max_lag_records`
+(recorder and learner groups), `learner_episodes_per_s`, the CPU share of each kind of process, and
+`first_bottleneck`: the first of the producers (behind schedule), the recorders (lag growing) or the learner's
+ingest (lag growing) that did not keep up, else "none". Writes bench/results/scale.json.
+
+    FLEET_DATABASE_URL=$(bash scripts/postgres.sh) .venv/bin/python -m bench.scale --robots 10,100,1000 \
+        --seconds 60,60,300 --producers 2 --recorders 2 --partitions 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "scale.json"
+HZ, STEPS = 10, 10  # a segment a second
+EPISODE_SEGMENTS = 10  # 10-second episodes
+
+
+def _template() -> dict[str, Any]:
+    """The recorded segment's wire body (msgpack map), frames already compressed: rewritten per send."""
+    import msgpack
+
+    from bench.ingest import frames_64, segment
+    from fleet.schemas import encode
+
+    frames, _ = frames_64(STEPS)
+    seg = segment("scale-0", "ep-0", 0, frames, done=False)
+    seg = seg.model_copy(update={"frames": {"front": frames, "wrist": frames[:, ::-1].copy()}})
+    return dict(msgpack.unpackb(encode(seg), raw=False))
+
+
+def robot_worker(bootstrap: str, robots: list[str], start_at: float, seconds: float, out: str) -> None:
+    """Send one segment per robot per second from `start_at` for `seconds`, in time order (one producer)."""
+    import msgpack
+
+    from fleet.schemas import encode_array
+    from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig
+
+    body = _template()
+    spool = Path(out).with_suffix(".spool")
+    transport = KafkaTransport(TransportConfig(bootstrap=bootstrap, client_id=Path(out).stem, spool_dir=spool))
+    n, lags, sent = len(robots), [], 0
+    total = int(seconds) * n
+    for k in range(total):
+        s, j = divmod(k, n)  # second s, robot j (phase j / n of the second)
+        due = start_at + s + j / n
+        wait = due - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        now = time.time()
+        lags.append(now - due)
+        episode, index = divmod(s, EPISODE_SEGMENTS)
+        done = index == EPISODE_SEGMENTS - 1
+        body.update(robot_id=robots[j], episode_id=f"ep-{episode}", segment_index=index, step_start=index * STEPS,
+                    created_at=now, done=done, success=done,
+                    timestamps=encode_array(now - (STEPS - 1 - np.arange(STEPS)) / HZ))  # fmt: skip
+        sent += transport.send(TRAJECTORIES, msgpack.packb(body, use_bin_type=True), key=robots[j])
+    transport.flush(120)
+    stats = transport.stats
+    transport.close()
+    shutil.rmtree(spool, ignore_errors=True)
+    Path(out).write_text(json.dumps({"sent": sent, "lag_p99_s": float(np.percentile(lags, 99)) if lags else 0.0,
+                                     "dropped": stats.dropped, "spooled": stats.spooled}))  # fmt: skip
+
+
+def recorder_worker(bootstrap: str, group: str, db_url: str, home: str, stop: Any, out: str) -> None:
+    """The product's recorder in this process; records (received time, produce -> staged latency) per segment."""
+    from fleet.db import make_engine, session_factory
+    from fleet.recorder import Recorder, RecorderConfig
+    from fleet.recorder_db import SqlEpisodeIndex
+    from fleet.transport import KafkaTransport, TransportConfig
+
+    seen: list[tuple[float, float]] = []
+
+    def on_segment(seg: Any) -> None:
+        now = time.time()
+        seen.append((now, now - seg.created_at))
+
+    transport = KafkaTransport(TransportConfig(bootstrap=bootstrap, client_id=Path(out).stem))
+    config = RecorderConfig(store_dir=Path(home) / "episodes", staging_dir=Path(out).with_suffix(".staging"),
+                            group_id=group)  # fmt: skip
+    index = SqlEpisodeIndex(session_factory(make_engine(db_url)))
+    recorder = Recorder(config, transport=transport, index=index, on_segment=on_segment)
+    recorder.run(stop.is_set)
+    recorder.close()
+    transport.close()
+    Path(out).write_text(json.dumps(seen))
+
+
+def ingest_worker(bootstrap: str, group: str, stop: Any, out: str) -> None:
+    """The learner's ingest: its consumer group on the trajectories, episodes assembled into a default replay."""
+    from fleet.policy.config import VLAConfig
+    from fleet.policy.language import default_embedder
+    from fleet.schemas import SchemaError, decode
+    from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig
+    from learner.ingest import Ingest
+    from learner.replay import ReplayBuffer, ReplayConfig
+
+    # 20,000 steps per buffer (~0.5 GB of frames): the oldest leave first, as in a long-running learner
+    replay = ReplayBuffer(ReplayConfig(capacity=20_000), VLAConfig(), embedder=default_embedder())
+    ingest = Ingest(replay)
+    consumer = KafkaTransport(TransportConfig(bootstrap=bootstrap, client_id="scale-ingest")).consumer(
+        group_id=group, topics=[TRAJECTORIES]
+    )
+    added: list[float] = []
+    while not stop.is_set():
+        records = consumer.poll(timeout_s=0.5, max_records=500)
+        for record in records:
+            before = ingest.episodes_added
+            try:
+                ingest.handle(decode(record.value))
+            except SchemaError:
+                continue
+            if ingest.episodes_added > before:
+                added.append(time.time())
+        if records:
+            consumer.commit(records)
+    consumer.close()
+    Path(out).write_text(json.dumps(added))
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def run_size(args: argparse.Namespace, bootstrap: str, robots: int, seconds: float, work: Path) -> dict[str, Any]:
+    from bench.ingest import start_at_end
+    from fleet.db.migrate import upgrade
+    from fleet.transport import TransportConfig
+    from fleet.transport.kafka import group_lag
+
+    tag = uuid.uuid4().hex[:6]
+    db_url = args.database_url or f"sqlite:///{work / f'{tag}.db'}"
+    upgrade(db_url)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    groups = {"recorder": f"recorder-{tag}", "learner": f"learner-{tag}"}
+    for group in groups.values():
+        start_at_end(bootstrap, group)  # an earlier size's segments are not this run's
+    consumers = [
+        ctx.Process(
+            target=recorder_worker,
+            args=(bootstrap, groups["recorder"], db_url, str(work / tag), stop, str(work / f"rec-{tag}-{i}.json")),
+        )  # fmt: skip
+        for i in range(args.recorders)
+    ] + [ctx.Process(target=ingest_worker, args=(bootstrap, groups["learner"], stop, str(work / f"ing-{tag}.json")))]
+    for p in consumers:
+        p.start()
+    time.sleep(args.warmup)  # the consumers join their groups
+    start_at = time.time() + 5.0
+    ids = [f"scale-{tag}-{i:04d}" for i in range(robots)]
+    producers = [
+        ctx.Process(
+            target=robot_worker,
+            args=(bootstrap, ids[k :: args.producers], start_at, seconds, str(work / f"prod-{tag}-{k}.json")),
+        )  # fmt: skip
+        for k in range(args.producers)
+    ]
+    for p in producers:
+        p.start()
+    config = TransportConfig(bootstrap=bootstrap)
+    lags: dict[str, list[int]] = {name: [] for name in groups}
+    cpu0 = {p.pid: _cpu_seconds(p.pid) for p in producers + consumers if p.pid}
+    cpu_last = dict(cpu0)  # a process's CPU time, read while it lives
+    t0 = time.time()
+    while any(p.is_alive() for p in producers):
+        time.sleep(1.0)
+        cpu_last.update({pid: v for pid in cpu_last if (v := _cpu_seconds(pid)) > 0})
+        for row in group_lag(config, list(groups.values())):
+            name = "recorder" if row["group"] == groups["recorder"] else "learner"
+            lags[name].append(int(row["lag"]))  # type: ignore[call-overload]
+        print(f"\r{robots} robots: {time.time() - start_at:5.0f}/{seconds:.0f} s  lag recorder "
+              f"{lags['recorder'][-1] if lags['recorder'] else '-'}  learner "
+              f"{lags['learner'][-1] if lags['learner'] else '-'}   ", end="", flush=True)  # fmt: skip
+    wall = time.time() - t0
+    cpu = {pid: cpu_last[pid] - c for pid, c in cpu0.items()}
+    drain_until = time.time() + args.drain
+    while time.time() < drain_until and any((v[-1] if v else 1) > 0 for v in lags.values()):
+        time.sleep(1.0)
+        for row in group_lag(config, list(groups.values())):
+            lags["recorder" if row["group"] == groups["recorder"] else "learner"].append(int(row["lag"]))  # type: ignore[call-overload]
+    stop.set()
+    for p in producers + consumers:
+        p.join(timeout=120)
+    print()
+    produced = [json.loads((work / f"prod-{tag}-{k}.json").read_text()) for k in range(args.producers)]
+    seen = [tuple(x) for i in range(args.recorders) for x in json.loads((work / f"rec-{tag}-{i}.json").read_text())]
+    episodes = json.loads((work / f"ing-{tag}.json").read_text())
+    window = (start_at + args.settle, start_at + seconds)  # the measured window: after the fleet settled in
+    in_window = [lat for t, lat in seen if window[0] <= t < window[1]]
+    span = window[1] - window[0]
+    kinds = {"producers": producers, "recorders": consumers[:-1], "learner_ingest": consumers[-1:]}
+    share = {kind: round(sum(cpu[p.pid] for p in ps if p.pid) / wall, 2) for kind, ps in kinds.items()}
+    producer_lag = max(p["lag_p99_s"] for p in produced)
+    rising = {name: len(v) > 4 and v[-1] > 2 * robots and v[-1] > v[len(v) // 2] for name, v in lags.items()}
+    bottleneck = ("producers" if producer_lag > 1.0 else "recorders" if rising["recorder"]
+                  else "learner_ingest" if rising["learner"] else "none")  # fmt: skip
+    sent = sum(p["sent"] for p in produced)
+    return {
+        "robots": robots,
+        "seconds": seconds,
+        "segments_sent": sent,
+        "segments_recorded": len(seen),
+        "segments_per_s": round(len(in_window) / span, 1),
+        "offered_segments_per_s": robots,
+        "produce_to_record_p50_ms": round(1000 * float(np.percentile(in_window, 50)), 1) if in_window else None,
+        "produce_to_record_p99_ms": round(1000 * float(np.percentile(in_window, 99)), 1) if in_window else None,
+        "max_lag_records": {name: max(v, default=0) for name, v in lags.items()},
+        "learner_episodes_per_s": round(sum(window[0] <= t < window[1] for t in episodes) / span, 2),
+        "producer_lag_p99_s": round(producer_lag, 3),
+        "dropped": sum(p["dropped"] for p in produced),
+        "cpu_cores": share,
+        "first_bottleneck": bottleneck,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--robots", default="10,100,1000")
+    parser.add_argument("--seconds", default="60,60,300", help="per size (the measured part of each run)")
+    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--recorders", type=int, default=2)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--kafka-brokers", type=int, default=1)
+    parser.add_argument("--database-url", default=os.environ.get("FLEET_DATABASE_URL"))
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds for the consumers to join")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds of each run left out of its figures")
+    parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the groups to catch up")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.robots.split(",")]
+    seconds = [float(x) for x in args.seconds.split(",")]
+    if len(sizes) != len(seconds):
+        parser.error("--robots and --seconds need as many values")
+    if args.recorders > 1 and not (args.database_url or "").startswith("postgresql"):
+        parser.error("more than one recorder needs PostgreSQL: FLEET_DATABASE_URL=$(bash scripts/postgres.sh)")
+
+    from fleet.settings import Settings
+    from fleet.stack.kafka import KafkaService
+    from fleet.stack.process import isolated_env
+    from fleet.transport import TransportConfig, ensure_topics
+
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
+        work = Path(tmp)
+        env = isolated_env(work / "home")
+        base = int(env["FLEET_KAFKA_PORT"])
+        settings = Settings(home=work / "home", kafka_port=base, kafka_controller_port=base + 1,
+                            kafka_brokers=args.kafka_brokers, kafka_partitions=args.partitions)  # fmt: skip
+        nodes = KafkaService.cluster(settings)
+        try:
+            for node in nodes:
+                node.prepare().start()
+            deadline = time.time() + 180
+            while not all(n.healthy(timeout_s=2.0) for n in nodes):
+                if time.time() > deadline:
+                    raise SystemExit(f"Kafka not healthy; logs in {settings.log_dir}")
+                time.sleep(1.0)
+            ensure_topics(TransportConfig.from_settings(settings))
+            rows = [run_size(args, settings.bootstrap_servers, n, s, work) for n, s in zip(sizes, seconds, strict=True)]
+        finally:
+            for node in nodes:
+                node.process().stop()
+    result = {
+        "benchmark": "scale",
+        "command": "bench/scale.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "database_url")
+        ),  # fmt: skip
+        "database": "postgresql" if (args.database_url or "").startswith("postgresql") else "sqlite",
+        "robots": sizes,
+        "segments_per_s": {str(r["robots"]): r["segments_per_s"] for r in rows},
+        "produce_to_record_p99_ms": {str(r["robots"]): r["produce_to_record_p99_ms"] for r in rows},
+        "max_lag_records": max(max(r["max_lag_records"].values()) for r in rows),
+        "runs": rows,
+        "seconds": round(time.time() - started, 1),
+        "cpu_count": os.cpu_count(),
+        "median_cpu_cores": {k: statistics.median(r["cpu_cores"][k] for r in rows) for k in rows[0]["cpu_cores"]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
