@@ -90,7 +90,7 @@ def broker(
         for k, v in compose["services"]["kafka"]["environment"].items()
         if k.startswith("KAFKA_") and k not in NOT_BROKER_SETTINGS
     }
-    props.update(  # addresses and paths only; security settings stay exactly as compose has them
+    props.update(  # addresses, paths and replication only; security settings stay exactly as compose has them
         {
             "listeners": f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
             "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{port}",
@@ -102,6 +102,12 @@ def broker(
             "group.initial.rebalance.delay.ms": "0",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
+            # one node of compose's three-broker cluster: replication as a lone broker can hold it
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
         }
     )
     (home / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))

@@ -128,6 +128,27 @@ def test_kafka_brokers_require_sasl_and_acls() -> None:
     assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]).lower() == "false"
 
 
+def test_kafka_is_a_three_broker_cluster_every_client_knows() -> None:
+    compose = _compose()
+    services = compose["services"]
+    brokers = {name: services[name]["environment"] for name in ("kafka", "kafka-2", "kafka-3")}
+    assert sorted(env["KAFKA_NODE_ID"] for env in brokers.values()) == [1, 2, 3]
+    voters = {f"{env['KAFKA_NODE_ID']}@{name}:9093" for name, env in brokers.items()}
+    for name, env in brokers.items():
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters  # one quorum of all three
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"SASL_PLAINTEXT://{name}:9092"
+        assert (env["KAFKA_DEFAULT_REPLICATION_FACTOR"], env["KAFKA_MIN_INSYNC_REPLICAS"]) == (3, 2)
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 3 and env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == 2
+        assert env["CLUSTER_ID"] == brokers["kafka"]["CLUSTER_ID"]  # formatted as one cluster
+    assert len({services[name]["volumes"][0] for name in brokers}) == 3  # each its own log dirs
+    everyone = {"kafka:9092", "kafka-2:9092", "kafka-3:9092"}
+    clients = [name for name, svc in services.items() if "FLEET_KAFKA_BOOTSTRAP" in (svc.get("environment") or {})]
+    assert {"kafka-setup", "recorder", "learner", "actors", "dashboard"} <= set(clients)
+    for name in clients:  # any two brokers are enough to start
+        assert set(services[name]["environment"]["FLEET_KAFKA_BOOTSTRAP"].split(",")) == everyone, name
+    assert {f"kafka{s}" for s in ("", "-2", "-3")} <= set(services["kafka-setup"]["depends_on"])
+
+
 def test_every_fleet_service_has_its_own_scram_user_from_env() -> None:
     services = _compose()["services"]
     users = set()
