@@ -62,6 +62,11 @@ class VLAConfig:
     # neighbourhood of each sentence embedding rather than a handful of exact points: paraphrases it never trained
     # on land near the ones it did. 0 = off (inference never adds it).
     instruction_noise: float = 0.0
+    # Gaussian noise (std, in the proprio's own units: metres, radians, gripper opening) added to the proprioception
+    # in training only. With exact proprio a policy can replay the demonstrations' paths from where the arm is and
+    # barely look at the offset between tool and object in its cameras; noisy proprio makes the image the reliable
+    # cue. 0 = off (inference never adds it).
+    proprio_noise: float = 0.0
     # Spatial-softmax keypoints of the last conv stage, given to the trunk as one extra token (0 = none).
     keypoints: int = 16
     # Give the trunk the image's grid tokens too; False = only the keypoint token (robomimic-style: image
@@ -115,6 +120,8 @@ class VLAConfig:
             raise ValueError(f"VLAConfig.embodiments has duplicate names: {names}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"VLAConfig.cameras must be non-empty and unique, got {self.cameras}")
+        if self.proprio_noise < 0:
+            raise ValueError(f"VLAConfig.proprio_noise must be >= 0, got {self.proprio_noise}")
         if self.instruction_noise < 0:
             raise ValueError(f"VLAConfig.instruction_noise must be >= 0, got {self.instruction_noise}")
         if not self.conv_channels or any(c <= 0 for c in self.conv_channels):

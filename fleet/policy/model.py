@@ -186,8 +186,12 @@ class VLAModel(nn.Module):
         tokens come from the batch's cached `image_tokens` when it has them."""
         text = batch["instruction_embedding"]
         # Training forwards only: not inference, and not the features a learner caches (computed without grad).
-        if self.training and torch.is_grad_enabled() and self.config.instruction_noise > 0:
-            text = text + self.config.instruction_noise * torch.randn_like(text)
+        proprio = batch["proprio"]
+        if self.training and torch.is_grad_enabled():
+            if self.config.instruction_noise > 0:
+                text = text + self.config.instruction_noise * torch.randn_like(text)
+            if self.config.proprio_noise > 0:
+                proprio = proprio + self.config.proprio_noise * torch.randn_like(proprio)
         cached = batch.get("image_tokens")
         image_tokens = cached.float() if cached is not None else self.encode_images(batch["images"], text)
         b = image_tokens.shape[0]
@@ -197,7 +201,7 @@ class VLAModel(nn.Module):
             [
                 self.embodiment_embedding(ids),
                 self.text_proj(text),
-                self.proprio_norm(self.proprio_in(batch["proprio"], ids)),
+                self.proprio_norm(self.proprio_in(proprio, ids)),
                 self.value_token.expand(b, -1, -1)[:, 0],
             ],
             dim=1,

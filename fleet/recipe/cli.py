@@ -159,6 +159,9 @@ def pretrain_command(
     instruction_noise: float | None = typer.Option(
         None, "--instruction-noise", help="Gaussian noise on the instruction embedding in training [default: 0]."
     ),
+    proprio_noise: float | None = typer.Option(
+        None, "--proprio-noise", help="Gaussian noise (std, proprio units) on the proprioception in training [0]."
+    ),
     register: bool = RegisterOption,
     promote: bool = PromoteOption,
     no_mlflow: bool = NoMlflowOption,
@@ -172,7 +175,7 @@ def pretrain_command(
             preset=preset, steps=steps, head=_head(head), tasks=_split(tasks) if tasks else None,
             embodiments=_split(embodiments) if embodiments else None, seed=seed, log_mlflow=not no_mlflow,
             register=register or promote, promote=promote, actor=f"cli:{getpass.getuser()}",
-            paraphrases=paraphrases, instruction_noise=instruction_noise,
+            paraphrases=paraphrases, instruction_noise=instruction_noise, proprio_noise=proprio_noise,
         ),
         threads,
     )  # fmt: skip

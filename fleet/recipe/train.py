@@ -79,6 +79,7 @@ class StageConfig:
     # task's own phrasings and fleet/sim/language/training.json, same colours and sides); 0 = its own words only.
     paraphrases: int = 0
     instruction_noise: float | None = None  # pretrain: VLAConfig.instruction_noise (None = the preset's)
+    proprio_noise: float | None = None  # pretrain: VLAConfig.proprio_noise (None = the preset's)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_OVERRIDES:
@@ -126,6 +127,8 @@ def train_config(config: StageConfig) -> TrainConfig:
             model = model.with_(action_head=config.head)
         if config.instruction_noise is not None:
             model = model.with_(instruction_noise=config.instruction_noise)
+        if config.proprio_noise is not None:
+            model = model.with_(proprio_noise=config.proprio_noise)
     else:
         assert config.init is not None
         model = load_checkpoint(config.init).config

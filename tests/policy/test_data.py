@@ -95,15 +95,20 @@ def test_instruction_augmentation_draws_each_sample_s_words_from_the_episode_s_p
     assert drawn == {tuple(np.asarray(embedder.embed(s), dtype=np.float32).tolist()) for s in said}
 
 
-def test_instruction_noise_perturbs_training_forwards_only(tiny_config: VLAConfig) -> None:
+@pytest.mark.parametrize(("option", "token"), [("instruction_noise", 1), ("proprio_noise", 2)])
+def test_input_noise_perturbs_training_forwards_only(tiny_config: VLAConfig, option: str, token: int) -> None:
     data = ChunkDataset([make_episode("panda", length=6)], tiny_config, embedder=HashEmbedder())
     batch = {k: v for k, v in data.get_batch(np.arange(6)).items() if k != "intervention"}
     torch.manual_seed(0)
-    model = VLAModel(tiny_config.with_(instruction_noise=0.5))
+    model = VLAModel(tiny_config.with_(**{option: 0.5}))
     model.train()
     a, b = model.tokens(batch)[0], model.tokens(batch)[0]
-    assert not torch.allclose(a[:, 1], b[:, 1])  # the text token moves with the noise
+    assert not torch.allclose(a[:, token], b[:, token])  # its token (text 1, proprio 2) moves with the noise
+    others = [i for i in range(4) if i not in (token, 3)]
+    assert torch.equal(a[:, others], b[:, others])  # the other prefix tokens do not
+    with torch.no_grad():  # what a learner caches as frozen features: no noise
+        assert torch.equal(model.tokens(batch)[0], model.tokens(batch)[0])
     model.eval()
     assert torch.equal(model.tokens(batch)[0], model.tokens(batch)[0])
-    with pytest.raises(ValueError, match="instruction_noise"):
-        tiny_config.with_(instruction_noise=-0.1)
+    with pytest.raises(ValueError, match=option):
+        tiny_config.with_(**{option: -0.1})
