@@ -8,11 +8,10 @@ replay); do `updates_per_poll` RLlib updates once replay holds `min_replay` step
 `checkpoint_every_updates` updates or `checkpoint_every_s` seconds (with new data) write a
 checkpoint with the consumed offsets, commit those offsets to Kafka, run the eval gate, publish a
 version (tags: parent_version, data_offsets, correction_ids, eval/…, gate_passed; alias
-`candidate`), promote it to `production` if it beats production's eval/mean (never while pinned; with
-`GateConfig.confirm_episodes`, also on that many other held-out episodes per pair), and announce both on
-`fleet.models`. The gate's episodes run in the evaluator's worker process (`learner.evaluator`): the publication
-waits for its scores while the updates go on. Candidates and production are scored on the same episodes, which
-move to a fresh seed block each time production changes (`GateConfig.reseed_on_promotion`). After
+`candidate`), promote it to `production` if it beats production (`learner.judge`: the gate and its
+confirmation, on episodes that move to a fresh seed block each time production changes; never while pinned), and
+announce both on `fleet.models`. The gate's episodes run in the evaluator's worker process (`learner.evaluator`):
+the publication waits for its scores while the updates go on. Training curves go to MLflow (`learner.metrics`). After
 `restart_after_regressions` versions in a row scored below production on the gate (by more than its margin),
 training goes on from production's weights. A restart loads the newest checkpoint (weights, AdamW state,
 offsets), skips every record below its offsets, re-handles what was still waiting, and publishes the
@@ -29,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +37,6 @@ import torch
 
 from fleet import observability
 from fleet.canary import CANARY, Cohort
-from fleet.mlflow_client import mlflow_client
 from fleet.naming import version_number
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.policy.language import InstructionEmbedder, default_embedder
@@ -66,46 +62,16 @@ from learner.checkpoints import MODEL_DIR, LearnerState
 from learner.config import LearnerConfig
 from learner.evaluator import EmbedderFactory, Evaluator, Pending
 from learner.features import FrozenFeatures
-from learner.gate import EvalGate, beats, confirmation, seed_block
 from learner.ingest import Ingest
+from learner.judge import Judge
+from learner.metrics import Throughput, TrainingRun
 from learner.replay import ReplayBuffer
 from learner.rllib import MODULE_ID, TrainingStats, VLALearner
 
 log = logging.getLogger(__name__)
 TOPICS = (TRAJECTORIES, CORRECTIONS, REWARDS, REVIEWS)
-RETRY_BASE_S, RETRY_MAX_S = 2.0, 15.0  # backoff of publication retries (and of metric logging) while MLflow is down
+RETRY_BASE_S, RETRY_MAX_S = 2.0, 15.0  # backoff of publication retries while MLflow is down
 PENDING_POLL_S = 1.0  # how often a publication waiting on the evaluator looks again
-
-
-class Throughput:
-    """Updates and samples per second of wall clock between metric logs (the dashboard's throughput curves).
-
-    The clock starts at the first update, so start-up and waiting for `min_replay` don't count; after
-    that, polls, checkpoints and the eval gate do, because together they limit how fast the policy improves.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._since: float | None = None
-        self._updates = 0
-        self._samples = 0
-
-    def start(self) -> None:
-        if self._since is None:
-            self._since = self.clock()
-
-    def count(self, samples: int) -> None:
-        self.start()
-        self._updates += 1
-        self._samples += samples
-
-    def rates(self) -> dict[str, float]:
-        """`charts/updates_per_s` and `charts/samples_per_s` since the last call (or the first update)."""
-        now = self.clock()
-        elapsed = max(now - (self._since if self._since is not None else now), 1e-9)
-        out = {"charts/updates_per_s": self._updates / elapsed, "charts/samples_per_s": self._samples / elapsed}
-        self._since, self._updates, self._samples = now, 0, 0
-        return out
 
 
 class LearnerService:
@@ -133,8 +99,10 @@ class LearnerService:
             transport = KafkaTransport(transport_config, create_topics=False)
         self.transport = transport
         self.registry = registry or Registry(settings)
-        self.tracking = mlflow_client(settings.tracking_uri)  # the learner's own run: curves and metrics
         self.root = (config.run_dir or settings.home / "learner" / config.name) / "checkpoints"
+        self.judge = Judge(
+            config, evaluator=self.evaluator, registry=self.registry, versions_dir=self.root.parent / "versions"
+        )
         self.rng = np.random.default_rng(config.seed)
         self.last_stats: TrainingStats | None = None
         self.published: list[VersionInfo] = []
@@ -158,8 +126,7 @@ class LearnerService:
         self._since_ckpt = 0
         self._ckpt_time = time.monotonic()
         self.throughput = Throughput()
-        self._metrics_at = 0.0  # monotonic time before which metrics are not sent (after a failure)
-        self._run_id = self._start_run()
+        self.metrics = TrainingRun(settings.tracking_uri, preset=config.name)  # curves on the Training page
         # Checkpoint waiting to be published, and the retry schedule while the registry is unreachable.
         self._unpublished: Path | None = None
         self._publish_failures, self._publish_at = 0, 0.0
@@ -193,7 +160,7 @@ class LearnerService:
         if self.config.init == "production":
             info = self.registry.version_for_alias(PRODUCTION)
             if info is not None:
-                model, parent = self._load_version(info), info.version
+                model, parent = self.judge.load_version(info), info.version
                 log.info("learner: starting from production version %s", info.version, extra={"version": info.version})
         elif self.config.init != "scratch":
             model = load_checkpoint(self.config.init)
@@ -209,18 +176,6 @@ class LearnerService:
             return
         count = self.replay.add_demos(root, limit=self.config.max_demo_episodes)
         log.info("learner: %d demonstration episodes loaded from %s", count, root)
-
-    def _start_run(self) -> str | None:
-        try:
-            client = self.tracking
-            experiment = client.get_experiment_by_name("fleet-learner")
-            exp_id = experiment.experiment_id if experiment else client.create_experiment("fleet-learner")
-            return client.create_run(
-                exp_id, tags={"fleet.kind": "learner", "fleet.preset": self.config.name}
-            ).info.run_id
-        except Exception as e:  # metrics are best-effort; training must not stop for them
-            log.warning("learner: no MLflow run for training metrics (%s)", e)
-            return None
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -244,7 +199,8 @@ class LearnerService:
                 if self.state.updates % self.config.log_every == 0:
                     rates = self.throughput.rates()
                     observability.LEARNER_UPDATE_RATE.set(rates["charts/updates_per_s"])
-                    self._log_metrics({**self.last_stats.to_log_dict(), **rates})
+                    extra = {f"charts/replay_{k}": float(v) for k, v in self.replay.sizes().items()}
+                    self.metrics.log({**self.last_stats.to_log_dict(), **rates, **extra}, step=self.state.updates)
         if self._unpublished is not None:
             self._try_publish()
         elif self._checkpoint_due():
@@ -350,25 +306,15 @@ class LearnerService:
         state, _ = checkpoints.load_state(directory)
         production = self.registry.version_for_alias(PRODUCTION)
         self._after_canary(production)
-        gate_episodes = self._gates(production)[0]
-        signature = gate_episodes.signature()
-        if not state.gate or state.gate_signature != signature:  # once per checkpoint and production's episodes
-            state.gate = self.evaluator.score(directory / MODEL_DIR, gate_episodes.config).tags()
-            state.gate_signature = signature
-            checkpoints.write_state(directory, state)
-        mean = float(state.gate["eval/mean"])
-        production_mean = self._production_mean(production)
-        gate = self.config.gate
-        passed = beats(mean, production_mean, min_success=gate.min_success, min_improvement=gate.min_improvement)
-        if passed and gate.confirm_episodes and production is not None and production_mean is not None:
-            passed = self._confirmed(directory, state, mean, production_mean, production)
+        verdict = self.judge.judge(directory, state, production)
+        mean, production_mean, passed = verdict.mean, verdict.production_mean, verdict.passed
         tags = {
             "data_offsets": json.dumps(state.window, sort_keys=True),
             "correction_ids": str(state.correction_ids),
             "episodes": str(state.episodes),
             "updates": str(state.updates),
             "learner_preset": self.config.name,
-            "gate_config": signature,
+            "gate_config": verdict.signature,
             "gate_passed": "true" if passed else "false",
             **state.gate,
         }
@@ -456,7 +402,7 @@ class LearnerService:
     def _restart_from(self, production: VersionInfo, why: str) -> bool:
         """Load production's weights into training with a cold optimizer; False (logged) when they do not fit."""
         try:
-            model = self._load_version(production)
+            model = self.judge.load_version(production)
             if model.config != self.engine.model_config:
                 raise ValueError("its architecture differs from the learner's")
             if self.features is not None and not self.features.matches(model):
@@ -474,107 +420,10 @@ class LearnerService:
         )  # fmt: skip
         return True
 
-    def _confirmed(
-        self, directory: Path, state: LearnerState, mean: float, production_mean: float, production: VersionInfo
-    ) -> bool:
-        """The confirmation stage (`GateConfig.confirm_episodes`): the candidate beat production on the gate's
-        episodes; it must beat it on the confirmation's episodes too (by `confirm_improvement`). The candidate's
-        confirmation score is kept in the checkpoint (and its version's tags as confirm/...)."""
-        if "confirm/mean" not in state.gate:
-            scores = self.evaluator.score(directory / MODEL_DIR, self._gates(production)[1].config).tags()
-            state.gate.update({"confirm/" + k.removeprefix("eval/"): v for k, v in scores.items()})
-            checkpoints.write_state(directory, state)
-        gate = self.config.gate
-        candidate = float(state.gate["confirm/mean"])
-        incumbent = self._production_score(production, confirm=True)
-        confirmed = beats(candidate, incumbent, min_success=gate.min_success, min_improvement=gate.confirm_improvement)
-        log.info(
-            "learner: confirmation %s: %.3f against production v%s's %.3f on the confirmation episodes",
-            "passed" if confirmed else "failed", candidate, production.version, incumbent,
-            extra={"version": production.version},
-        )  # fmt: skip
-        return confirmed
-
-    def _production_mean(self, production: VersionInfo | None) -> float | None:
-        """Production's success on *this* gate: its tag when it was gated the same way, else evaluated now.
-
-        A production version without comparable eval tags (version 1 from behaviour cloning, or a gate
-        that changed) is run through the same held-out episodes, so a candidate must beat it fairly.
-        """
-        if production is None:
-            return None
-        return self._production_score(production, confirm=False)
-
-    def _production_score(self, production: VersionInfo, *, confirm: bool) -> float:
-        """Production's mean on the gate's (or the confirmation's) episodes: its tag when it was scored the same
-        way, else evaluated now (once per version)."""
-        gates = self._gates(production)
-        key, gate = ("confirm/mean", gates[1]) if confirm else ("eval/mean", gates[0])
-        if production.tags.get("gate_config") == gates[0].signature() and key in production.tags:
-            return float(production.tags[key])
-        cache = self.__dict__.setdefault("_production_eval_cache", {})
-        if (production.version, key) not in cache:
-            score = self.evaluator.score(self._version_dir(production), gate.config).mean
-            cache[(production.version, key)] = score
-            log.info("learner: production v%s scores %.3f on %s", production.version, score, key.split("/")[0])
-        return cache[(production.version, key)]
-
-    def _gates(self, production: VersionInfo | None) -> tuple[EvalGate, EvalGate]:
-        """The gate and the confirmation that judge candidates against `production`: the episodes of the seed block
-        named by its version number (`GateConfig.reseed_on_promotion`; block 0 without it, or without production)."""
-        config = self.config.gate
-        number = version_number(production.version) if production is not None else None
-        gate = seed_block(config, int(number) if config.reseed_on_promotion and number is not None else 0)
-        return EvalGate(gate), EvalGate(confirmation(gate))
-
-    def _version_dir(self, info: VersionInfo) -> Path:
-        """A registered version's checkpoint under the run directory (for the evaluator), downloaded and verified
-        against its signature once (as robots do: nothing is scored or trained on that a trusted key did not sign)."""
-        target = self.root.parent / "versions" / info.version
-        marker = target / ".verified"
-        if not marker.is_file():
-            signed = self.registry.verify(info)  # raises SignatureError on an unsigned or foreign version
-            shutil.rmtree(target, ignore_errors=True)
-            path = self.registry.download(info.version, target / "download")
-            load_checkpoint(  # raises on a bad or foreign checkpoint
-                path, expected_sha256=signed.weights_sha256, expected_config_sha256=signed.config_sha256
-            )
-            marker.write_text(str(path.relative_to(target)))
-        return target / marker.read_text()
-
-    def _load_version(self, info: VersionInfo) -> VLAModel:
-        """A registered version's weights, downloaded to a temporary directory and verified against its signature."""
-        signed = self.registry.verify(info)
-        with tempfile.TemporaryDirectory(prefix="fleet-learner-") as tmp:
-            return load_checkpoint(
-                self.registry.download(info.version, tmp),
-                expected_sha256=signed.weights_sha256,
-                expected_config_sha256=signed.config_sha256,
-            )
-
-    def _log_metrics(self, values: dict[str, float]) -> None:
-        if self._run_id is None or time.monotonic() < self._metrics_at:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        step = self.state.updates
-        extra = {f"charts/replay_{k}": float(v) for k, v in self.replay.sizes().items()}
-        metrics = [Metric(k, float(v), now, step) for k, v in {**values, **extra}.items()]
-        try:
-            self.tracking.log_batch(self._run_id, metrics=metrics)
-        except Exception as e:  # MLflow down: skip metrics for a while rather than stall every update on it
-            self._metrics_at = time.monotonic() + RETRY_MAX_S
-            log.warning("learner: metrics not logged (%s); next try in %.0f s", e, RETRY_MAX_S)
-
     def close(self) -> None:
         self.evaluator.close()
         self.consumer.close()
-        if self._run_id is not None:
-            try:
-                self.tracking.set_terminated(self._run_id)
-            except Exception as e:
-                log.warning("learner: could not close the MLflow run (%s)", e)
+        self.metrics.close()
         self.engine.shutdown()
         self.transport.close()
 

@@ -100,7 +100,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         first.close()  # killed: whatever it consumed after v1 is not in any checkpoint
 
     registry = Registry(settings)
-    logged = registry.client.get_run(first._run_id).data.metrics  # what the dashboard's Training page reads
+    logged = registry.client.get_run(first.metrics.run_id).data.metrics  # what the dashboard's Training page reads
     assert logged["charts/updates_per_s"] > 0 and logged["charts/samples_per_s"] >= logged["charts/updates_per_s"]
     assert "losses/action" in logged
     v1 = registry.get_version(v1.version)
@@ -129,19 +129,19 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         ckpt = checkpoints.list_checkpoints(config.run_dir / "checkpoints")[-1]
         state, _ = checkpoints.load_state(ckpt)
         assert "confirm/mean" not in state.gate
-        assert not _settled(lambda: second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version)))
+        assert not _settled(lambda: second.judge.confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version)))
         assert float(state.gate["confirm/mean"]) == 0.0 and "confirm/pick/panda" in state.gate
         assert checkpoints.load_state(ckpt)[0].gate["confirm/mean"] == state.gate["confirm/mean"]  # kept
-        second._production_eval_cache[(v1.version, "confirm/mean")] = -1.0  # a worse production: confirmed
-        assert second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version))
+        second.judge.production_scores[(v1.version, "confirm/mean")] = -1.0  # a worse production: confirmed
+        assert second.judge.confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version))
         # On the confirmation's fresh episodes "better" is enough: not the gate's margin again, unless asked for.
-        second._production_eval_cache[(v1.version, "confirm/mean")] = -0.03
+        second.judge.production_scores[(v1.version, "confirm/mean")] = -0.03
         margins = {"min_improvement": 0.05}
         for confirm_improvement, confirmed in ((0.0, True), (0.05, False)):
             gate = dataclasses.replace(config.gate, confirm_improvement=confirm_improvement, **margins)
-            second.config = dataclasses.replace(config, gate=gate)
-            assert second._confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version)) is confirmed
-        second.config = config
+            second.judge.config = dataclasses.replace(config, gate=gate)
+            assert second.judge.confirmed(ckpt, state, 1.0, 0.0, registry.get_version(v1.version)) is confirmed
+        second.judge.config = config
         # The safety rail (restart_after_regressions=2): a version at production's score is not a regression;
         # after two in a row below it, training goes on from production's weights with a cold optimizer.
         production = registry.version_for_alias(PRODUCTION)
@@ -166,7 +166,7 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
     block_offset = config.gate.seed_offset + 2 * SEED_BLOCK * int(v1.version)
     assert json.loads(v2.tags["gate_config"])["seed_offset"] == block_offset
     assert json.loads(v1.tags["gate_config"])["seed_offset"] == config.gate.seed_offset
-    assert (v1.version, "eval/mean") in second._production_eval_cache
+    assert (v1.version, "eval/mean") in second.judge.production_scores
     assert registry.aliases()[PRODUCTION] == v1.version
 
     # The two versions' data: contiguous and non-overlapping on every partition both saw.

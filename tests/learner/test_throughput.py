@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.service import Throughput
+from learner.metrics import Throughput
 
 
 class Clock:
