@@ -14,7 +14,6 @@ A real robot uses the same function with its own `env` (driver) instead of the s
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,10 @@ from typing import Any
 from actors.reload import HotReloader, ReloadConfig, Swap
 from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import SupervisorConfig, make_supervisor
-from fleet.client import CommandPoller, robot_transport
+from fleet.client import CommandPoller, Listener, listen_for_commands, robot_transport
 from fleet.schemas import Command
 from fleet.settings import Settings
 from fleet.signing import SignedVersion, load_trusted_keys
-from fleet.transport import ConsumerThread
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ class RobotHandle:
     runtime: RobotRuntime
     reloader: HotReloader
     transport: Any
-    listener: ConsumerThread | CommandPoller | None  # model events and this robot's commands
+    listener: Listener | CommandPoller | None  # model events and this robot's commands
     unwatch: Callable[[], None] = field(default=lambda: None)  # stops exporting the runtime's metrics
 
     def close(self) -> None:
@@ -81,40 +79,10 @@ def listen_for_events(
     listener_id: str,
     reloader: HotReloader,
     on_command: Callable[[Command], None] | None,
-) -> ConsumerThread:
+) -> Listener:
     """A started thread consuming fleet.models (wakes the reloader) and, with `on_command`, the fleet.commands keyed
     to `listener_id` (a robot's id). The broker down only delays a new version: the alias poll still finds it."""
-    from fleet.schemas import SchemaError, decode
-    from fleet.transport import COMMANDS, MODELS, ConsumerThread, KafkaGroupConsumer, Record, TransportConfig
-
-    started = time.time()
-    topics = [MODELS, COMMANDS] if on_command is not None else [MODELS]
-
-    def connect() -> KafkaGroupConsumer:
-        config = TransportConfig.from_settings(settings, client_id=f"robot-{listener_id}")
-        return KafkaGroupConsumer(config, group_id=f"robot-{listener_id}", topics=topics)
-
-    def handle(records: list[Record], consumer: KafkaGroupConsumer) -> None:
-        for record in records:
-            if record.topic == MODELS:
-                reloader.notify()
-            elif (
-                on_command is not None
-                and record.key is not None
-                and record.key.decode("utf-8", "replace") == listener_id
-            ):
-                try:
-                    command = decode(record.value, Command)
-                except SchemaError as err:
-                    log.error("bad command ignored: %s", err, extra={"robot": listener_id})
-                    continue
-                assert isinstance(command, Command)  # decode checked the kind
-                if command.created_at >= started - 5.0:  # commands from before this robot started are stale
-                    on_command(command)
-        consumer.commit(records)
-
-    return ConsumerThread(f"listen-{listener_id}", connect=connect, handle=handle, poll_timeout_s=0.5,
-                          max_records=100).start()  # fmt: skip
+    return listen_for_commands(settings, listener_id, on_command, on_model=reloader.notify)
 
 
 def build_robot(
@@ -175,7 +143,7 @@ def build_robot(
     reloader.warmup = runtime.warm_up
     reloader.pace = runtime.wait_for_slack
     reloader.start()
-    listener: ConsumerThread | CommandPoller | None = None
+    listener: Listener | CommandPoller | None = None
     if listen and settings.ingest_url is None:
         listener = listen_for_events(settings, config.robot_id, reloader, runtime.submit_command)
     elif listen:  # no route to Kafka: its commands come from the dashboard (new versions: the registry poll)

@@ -9,7 +9,8 @@
         episode.result(reward, done=done, success=success)
     episode.finish(model_version, success=success)
     client.heartbeat("running", model_version, loop=stats)
-    client.close()
+    listener = client.listen(on_command)    # operators' pause / resume / stop / assign, on a background thread
+    listener.stop(); client.close()
 
 The robot posts through the dashboard over HTTPS (`fleet.transport.http`) or produces to Kafka; either way what it
 cannot deliver waits in its disk spool and is replayed in order. The client needs neither torch nor MLflow, a
@@ -23,10 +24,11 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 from fleet.client.episode import EpisodeStream
-from fleet.schemas import Heartbeat, LoopStats, Message
+from fleet.schemas import Command, Heartbeat, LoopStats, Message
 from fleet.settings import Settings, get_settings
 from fleet.transport import publish
 
@@ -57,12 +59,69 @@ def robot_transport(settings: Settings, robot_id: str) -> Any:
     )
 
 
+class Listener(Protocol):
+    """A background thread handing over what the fleet tells a robot; `stop()` ends it."""
+
+    def stop(self, timeout_s: float = 5.0) -> None: ...
+
+
+def listen_for_commands(
+    settings: Settings,
+    robot_id: str,
+    on_command: Callable[[Command], None] | None,
+    *,
+    on_model: Callable[[], None] | None = None,
+) -> Listener:
+    """A started thread consuming `fleet.commands` keyed to `robot_id` (with `on_command`) and, with `on_model`,
+    calling it on every `fleet.models` announcement (a new version to look at). Commands from before the listener
+    started are stale and skipped; an undecodable one is logged and skipped. The broker down only delays them: the
+    thread reconnects (`ConsumerThread`)."""
+    from fleet.schemas import SchemaError, decode
+    from fleet.transport import COMMANDS, MODELS, ConsumerThread, KafkaGroupConsumer, Record, TransportConfig
+
+    started = time.time()
+    topics = [t for t, wanted in ((MODELS, on_model), (COMMANDS, on_command)) if wanted is not None]
+
+    def connect() -> KafkaGroupConsumer:
+        config = TransportConfig.from_settings(settings, client_id=f"robot-{robot_id}")
+        return KafkaGroupConsumer(config, group_id=f"robot-{robot_id}", topics=topics)
+
+    def handle(records: list[Record], consumer: KafkaGroupConsumer) -> None:
+        for record in records:
+            if record.topic == MODELS and on_model is not None:
+                on_model()
+            elif (
+                on_command is not None and record.key is not None and record.key.decode("utf-8", "replace") == robot_id
+            ):
+                try:
+                    command = decode(record.value, Command)
+                except SchemaError as err:
+                    log.error("bad command ignored: %s", err, extra={"robot": robot_id})
+                    continue
+                assert isinstance(command, Command)  # decode checked the kind
+                if command.created_at >= started - 5.0:  # commands from before this robot started are stale
+                    on_command(command)
+        consumer.commit(records)
+
+    return ConsumerThread(f"listen-{robot_id}", connect=connect, handle=handle, poll_timeout_s=0.5,
+                          max_records=100).start()  # fmt: skip
+
+
 class RobotClient:
     """One robot's connection to the fleet; see the module docstring."""
 
-    def __init__(self, robot_id: str, embodiment: str, transport: Any, *, segment_steps: int = 10) -> None:
+    def __init__(
+        self,
+        robot_id: str,
+        embodiment: str,
+        transport: Any,
+        *,
+        segment_steps: int = 10,
+        settings: Settings | None = None,
+    ) -> None:
         self.robot_id, self.embodiment, self.transport = robot_id, embodiment, transport
         self.segment_steps = segment_steps
+        self.settings = settings  # where a Kafka robot's command listener connects (None: the environment's)
         self.current: EpisodeStream | None = None
 
     @classmethod
@@ -70,7 +129,16 @@ class RobotClient:
         cls, robot_id: str, embodiment: str, settings: Settings | None = None, *, segment_steps: int = 10
     ) -> RobotClient:
         settings = settings or get_settings()
-        return cls(robot_id, embodiment, robot_transport(settings, robot_id), segment_steps=segment_steps)
+        transport = robot_transport(settings, robot_id)
+        return cls(robot_id, embodiment, transport, segment_steps=segment_steps, settings=settings)
+
+    def listen(self, on_command: Callable[[Command], None]) -> Listener:
+        """Hand each new command of this robot's operators (pause, resume, stop, assign a task) to `on_command`, once,
+        from a background thread: asked of the dashboard every second for a robot posting through it, consumed from
+        `fleet.commands` for a robot on Kafka. `stop()` the returned listener before `close()`."""
+        if hasattr(self.transport, "commands"):  # HttpTransport: the dashboard keeps each robot's commands
+            return CommandPoller(self.transport, on_command).start()
+        return listen_for_commands(self.settings or get_settings(), self.robot_id, on_command)
 
     def publish(self, message: Message) -> bool:
         """Queue any fleet message of this robot's (never blocks)."""

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -15,12 +16,21 @@ import pytest
 
 from fleet.client import RobotClient
 from fleet.episodes import episode_from_segments
-from fleet.schemas import Correction, Heartbeat, TrajectorySegment
+from fleet.schemas import Command, Correction, Heartbeat, TrajectorySegment
 from fleet.settings import Settings
-from fleet.transport import CORRECTIONS, HEARTBEATS, TRAJECTORIES, TransportConfig, ensure_topics
+from fleet.transport import (
+    COMMANDS,
+    CORRECTIONS,
+    HEARTBEATS,
+    TRAJECTORIES,
+    KafkaTransport,
+    TransportConfig,
+    ensure_topics,
+    publish,
+)
 from tests.data import client_robot
 from tests.envs import client_python
-from tests.faults.helpers import read_from, topic_ends
+from tests.faults.helpers import group_stable, read_from, topic_ends, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "mlflow", "sqlalchemy", "ray", "actors", "learner", "dashboards")
@@ -60,6 +70,36 @@ def test_a_robot_streams_two_episodes_and_heartbeats_through_the_client(stack: S
     assert client.transport.flush(timeout_s=30)
     client.close()
     _check_received(kafka_bootstrap, start, robot, sent)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_robot_on_kafka_hears_its_own_commands_through_the_client(stack: Settings, tmp_path: Path) -> None:
+    robot = f"arm-{uuid.uuid4().hex[:6]}"
+    ensure_topics(TransportConfig.from_settings(stack))  # as `fleet up` leaves them: a group starts at their end
+    client = RobotClient.from_settings(robot, "panda", stack.model_copy(update={"home": tmp_path}))
+    heard: list[Command] = []
+    listener = client.listen(heard.append)
+    operator = KafkaTransport(TransportConfig.from_settings(stack, client_id="test-operator"))
+    try:
+
+        def command(robot_id: str, action: str) -> Command:
+            return Command(command_id=uuid.uuid4().hex, robot_id=robot_id, action=action, issued_by="op",  # type: ignore[arg-type]
+                           created_at=time.time())  # fmt: skip
+
+        wait_for(lambda: group_stable(stack.bootstrap_servers, f"robot-{robot}"), 60, "the listener to join")
+        for sent in (command("someone-else", "stop"), command(robot, "pause"), command(robot, "resume")):
+            publish(operator, sent)
+        operator.send(COMMANDS, b"\xc1 not msgpack", key=robot)  # logged and skipped, the listener goes on
+        publish(operator, command(robot, "stop"))
+        assert operator.flush(timeout_s=30)
+        wait_for(lambda: len(heard) >= 3, 30, "the robot's three commands")
+        time.sleep(1.0)  # nothing else arrives
+        assert [c.action for c in heard] == ["pause", "resume", "stop"] and {c.robot_id for c in heard} == {robot}
+    finally:
+        listener.stop()
+        operator.close()
+        client.close()
 
 
 @pytest.mark.integration

@@ -103,6 +103,8 @@ def group_stable(bootstrap: str, group_id: str) -> bool:
     try:
         group = admin.describe_groups([group_id])[group_id]
         return group.get("group_state") == "Stable" and bool(group.get("members"))
+    except KafkaError:  # no coordinator yet (a fresh broker's offsets topic is still being created)
+        return False
     finally:
         admin.close()
 
