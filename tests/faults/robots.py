@@ -119,3 +119,47 @@ def tiny_robot(robot_id: str, transport: CountingTransport, *, control_hz: float
         publish=transport.publish,
         spooled=lambda: transport.transport.producer.spooled,
     )
+
+
+class TinyFleet:
+    """`count` tiny real-time robots `<prefix>-r<i>`, each on its own spooling Kafka transport (spool under
+    `settings.home`) seen through a `CountingTransport`, each run on a thread until `stop()`."""
+
+    def __init__(self, settings: Any, prefix: str, count: int, *, control_hz: float, steps: int) -> None:
+        from fleet.transport import TransportConfig
+
+        ids = [f"{prefix}-r{i}" for i in range(count)]
+        self.transports = [
+            CountingTransport(KafkaTransport(TransportConfig.from_settings(settings, spool_name=rid, client_id=rid)))
+            for rid in ids
+        ]
+        runtimes = [
+            tiny_robot(rid, t, control_hz=control_hz, steps=steps) for rid, t in zip(ids, self.transports, strict=True)
+        ]
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=rt.run, kwargs={"stop": self._stop}, name=f"robot-{i}")
+                        for i, rt in enumerate(runtimes)]  # fmt: skip
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Robots finish their current episode (every episode sent is complete) and their threads end."""
+        self._stop.set()
+        for t in self.threads:
+            if t.is_alive() or t.ident is not None:
+                t.join(timeout=timeout_s)
+
+    def close(self) -> None:
+        self.stop()
+        for t in self.transports:
+            t.transport.close(timeout_s=5)
+
+    @property
+    def produced(self) -> list[SegmentId]:
+        return [seg for t in self.transports for seg in t.segments]
+
+    def sent_since(self, moment: float) -> int:
+        """Segments the robots handed over at or after `moment` (time.monotonic())."""
+        return sum(ts >= moment for t in self.transports for ts in t.segment_times)

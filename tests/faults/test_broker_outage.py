@@ -24,7 +24,7 @@ from fleet.db import make_engine, session_factory
 from fleet.episodes import EpisodeStore
 from fleet.settings import Settings
 from fleet.stack.kafka import KafkaService
-from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig
+from fleet.transport import TRAJECTORIES
 from learner.service import TOPICS as LEARNER_TOPICS
 from tests.faults.helpers import (
     ChildService,
@@ -36,7 +36,7 @@ from tests.faults.helpers import (
     wait_for,
 )
 from tests.faults.record import record_fault
-from tests.faults.robots import CountingTransport, SegmentId, tiny_robot
+from tests.faults.robots import SegmentId, TinyFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 log = logging.getLogger(__name__)
@@ -86,20 +86,13 @@ def test_broker_killed_for_30_s_while_8_robots_stream(
     wait_for(lambda: group_stable(kafka_bootstrap, recorder_group), 60, "the recorder to join its group")
     wait_for(lambda: group_stable(kafka_bootstrap, reader_group), 60, "the reader to join its group")
 
-    robot_settings = stack.model_copy(update={"home": tmp_path / "robots"})  # spools under <tmp>/robots/spool/
-    transports = [
-        CountingTransport(KafkaTransport(TransportConfig.from_settings(robot_settings, spool_name=rid, client_id=rid)))
-        for rid in (f"{prefix}-r{i}" for i in range(ROBOTS))
-    ]
-    runtimes = [tiny_robot(t.transport.config.client_id, t, control_hz=HZ, steps=STEPS) for t in transports]
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=rt.run, kwargs={"stop": stop}, name=f"robot-{i}") for i, rt in enumerate(runtimes)
-    ]
+    fleet = TinyFleet(
+        stack.model_copy(update={"home": tmp_path / "robots"}), prefix, ROBOTS, control_hz=HZ, steps=STEPS
+    )
+    transports = fleet.transports  # spools under <tmp>/robots/spool/
     broker = KafkaService(stack)
     try:
-        for t in threads:
-            t.start()
+        fleet.start()
         time.sleep(BEFORE_S)
         killed = kill_service(broker)
         peak_spooled = 0
@@ -108,16 +101,14 @@ def test_broker_killed_for_30_s_while_8_robots_stream(
             time.sleep(0.5)
         back = restart_stack(stack)
         time.sleep(AFTER_S)
-        stop.set()  # robots finish their current episode, so every episode sent is complete
-        for t in threads:
-            t.join(timeout=30)
+        fleet.stop()  # robots finish their current episode, so every episode sent is complete
         stopped = time.monotonic()
         for t in transports:
             assert t.transport.flush(timeout_s=120), f"{t.transport.config.client_id}: spool not drained"
         drained = time.monotonic()
         stats = [t.transport.stats for t in transports]  # kept: closing the transport drops its producer
 
-        produced = [seg for t in transports for seg in t.segments]
+        produced = fleet.produced
         episodes = {(r, e) for r, e, _ in produced}
         store = EpisodeStore(tmp_path / "recorder" / "episodes")
 
@@ -128,11 +119,7 @@ def test_broker_killed_for_30_s_while_8_robots_stream(
         wait_for(lambda: len(set(reader.ids)) >= len(produced), 60, "the learner-side reader to catch up")
         time.sleep(2)  # let a late duplicate (if any) surface before counting
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        for t in transports:
-            t.transport.close(timeout_s=5)
+        fleet.close()
         reader.stopping.set()
         reader.join(timeout=30)
         supervising.set()
@@ -151,7 +138,7 @@ def test_broker_killed_for_30_s_while_8_robots_stream(
     )
 
     # The robots: never blocked, nothing refused or dropped, everything acknowledged.
-    during = sum(killed <= ts < back for t in transports for ts in t.segment_times)
+    during = fleet.sent_since(killed) - fleet.sent_since(back)
     max_send_ms = max(t.max_send_s for t in transports) * 1000
     assert len(produced) == len(set(produced)), "a robot sent a segment twice"
     assert len(episodes) * STEPS // 10 == len(produced), "an episode was sent incomplete"

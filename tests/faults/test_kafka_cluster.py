@@ -12,7 +12,6 @@ has a leader and two in-sync replicas (min.insync.replicas 2), so acks=all write
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,10 +26,10 @@ from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.kafka import KafkaService
 from fleet.stack.process import port_in_use
-from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig, ensure_topics
+from fleet.transport import TRAJECTORIES, TransportConfig, ensure_topics
 from learner.service import TOPICS as LEARNER_TOPICS
 from tests.faults.helpers import StreamReader, group_stable, kill_service, start_group_at_end, wait_for
-from tests.faults.robots import CountingTransport, tiny_robot
+from tests.faults.robots import TinyFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 BROKERS, ROBOTS, STEPS, HZ = 3, 16, 30, 20.0  # 16 robots, 30-step episodes (3 segments), 20 Hz: 32 segments/s
@@ -102,48 +101,34 @@ def test_one_broker_of_three_killed_while_16_robots_stream(
     reader.start()
     wait_for(lambda: group_stable(bootstrap, reader_group), 60, "the reader to join its group")
 
-    robot_settings = cluster.model_copy(update={"home": tmp_path / "robots"})
-    transports = [
-        CountingTransport(KafkaTransport(TransportConfig.from_settings(robot_settings, spool_name=rid, client_id=rid)))
-        for rid in (f"{prefix}-r{i}" for i in range(ROBOTS))
-    ]
-    runtimes = [tiny_robot(t.transport.config.client_id, t, control_hz=HZ, steps=STEPS) for t in transports]
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=rt.run, kwargs={"stop": stop}, name=f"robot-{i}") for i, rt in enumerate(runtimes)
-    ]
+    fleet = TinyFleet(
+        cluster.model_copy(update={"home": tmp_path / "robots"}), prefix, ROBOTS, control_hz=HZ, steps=STEPS
+    )
+    transports = fleet.transports
     victim = KafkaService(cluster, node=1)
     try:
-        for t in threads:
-            t.start()
+        fleet.start()
         time.sleep(BEFORE_S)
         killed = kill_service(victim)
         expected = [2] * cluster.kafka_partitions  # the controller fences the dead broker (~9 s), ISRs shrink
         wait_for(lambda: _replicas(bootstrap, TRAJECTORIES)[1] == expected, 90, "the dead broker to leave the ISRs")
         shrunk = time.monotonic()
         time.sleep(AFTER_S)  # and the robots go on writing to the two brokers left
-        stop.set()  # robots finish their current episode, so every episode sent is complete
-        for t in threads:
-            t.join(timeout=60)
+        fleet.stop(timeout_s=60)
         for t in transports:
             assert t.transport.flush(timeout_s=120), f"{t.transport.config.client_id}: not acknowledged"
         stats = [t.transport.stats for t in transports]
-        produced = [seg for t in transports for seg in t.segments]
+        produced = fleet.produced
         wait_for(lambda: len(set(reader.ids)) >= len(produced), 120, "the learner-side reader to catch up")
         time.sleep(2)  # let a late duplicate (if any) surface before counting
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        for t in transports:
-            t.transport.close(timeout_s=5)
+        fleet.close()
         reader.stopping.set()
         reader.join(timeout=30)
         with contextlib.suppress(Exception):
             victim.prepare().start()  # the module's cluster is whole again for whatever runs next
 
-    after = sum(ts >= killed for t in transports for ts in t.segment_times)
-    after_shrink = sum(ts >= shrunk for t in transports for ts in t.segment_times)
+    after, after_shrink = fleet.sent_since(killed), fleet.sent_since(shrunk)
     episodes = {(r, e) for r, e, _ in produced}
     # The robots: acting throughout (also once the ISRs shrank to the two brokers left), nothing refused or dropped.
     assert after_shrink > 0, "robots stopped producing once a broker died"
