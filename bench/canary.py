@@ -23,9 +23,10 @@ Both versions are scored on `--score-episodes` held-out episodes per task x embo
 seeds no phase uses), so the JSON says how far apart the versions the A/B had to tell apart really are. By default
 `--worse` is `--better` with noise added to its action head (`sabotaged`: a checkpoint that loads and acts, badly).
 
-Writes bench/results/canary.json. Command:
+Writes bench/results/canary.json. Commands (first choose the sabotage scale that puts --worse ~20 points below):
 
-    .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario high-start --time-scale 2
+    .venv/bin/python -m bench.canary --calibrate 0.5,1,2 --score-episodes 50 --out /tmp/canary-calibration.json
+    .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario high-start --time-scale 2 --worse sabotage:S
 """
 
 from __future__ import annotations
@@ -201,13 +202,24 @@ def aa_runs(episodes: list[dict[str, Any]], robots: list[str], fraction: float, 
     return runs
 
 
+def calibrate(better: Path, scales: list[float], args: argparse.Namespace) -> dict[str, Any]:
+    """`better` and its sabotaged copies scored on the same held-out episodes (`--score-episodes` per pair)."""
+    scoring = argparse.Namespace(**{**vars(args), "final_episodes": args.score_episodes})
+    rows = {"better": score(better, scoring)}
+    print(f"better: {rows['better']['mean']:.3f}", flush=True)
+    for scale in scales:
+        rows[f"sabotage:{scale:g}"] = score(sabotaged(better, scale), scoring)
+        print(f"sabotage:{scale:g}: {rows[f'sabotage:{scale:g}']['mean']:.3f}", flush=True)
+    return {"benchmark": "canary-calibration", "better": str(better), "scenario": args.scenario, "scores": rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--better",
         type=Path,
-        default=FINALS / "high-start-full-0-v8" / "checkpoint",
-        help="the better version (default: bench/online.py's high-start full arm's final version)",
+        default=FINALS / "high-start-full-0-v21" / "checkpoint",
+        help="the better version (default: the final version of research/online/full-1, bench/online.py's full arm)",
     )
     parser.add_argument(
         "--worse",
@@ -228,11 +240,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phases", default="regression,improvement,aa")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "canary.json")
+    parser.add_argument(
+        "--calibrate",
+        default=None,
+        help="only score --better and sabotage:SCALE for each of these comma-separated scales on the held-out "
+        "episodes (to choose --worse), printed and written to --out",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     began = time.time()
     better = args.better
+    if args.calibrate:
+        calibration = calibrate(better, [float(x) for x in args.calibrate.split(",")], args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(calibration, indent=1) + "\n")
+        return
     worse = (
         sabotaged(better, float(args.worse.split(":")[1])) if args.worse.startswith("sabotage:") else Path(args.worse)
     )
