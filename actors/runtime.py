@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,11 +34,24 @@ from actors.ticks import GC_PAUSES, freeze_heap, thread_usage, usage_delta
 from fleet.chunks import EXECUTE_STEPS, PREFETCH_STEPS, ChunkSchedule
 from fleet.client.episode import EpisodeStream
 from fleet.naming import version_number
+from fleet.policy.base import Observation, Policy
 from fleet.schemas import Command, Heartbeat, LoopStats, Message
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Message], Any]
+
+
+class RobotEnv(Protocol):
+    """What the control loop needs of a robot's environment: a simulator (`fleet.sim.base.Env`) or a real robot's
+    driver (docs/real-robot.md). One that holds resources may also have `close()`, called when it is put away."""
+
+    @property
+    def instruction(self) -> str: ...  # what the current episode asks, in words
+
+    def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]: ...
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -108,14 +121,14 @@ class RobotRuntime:
         self,
         config: RobotConfig,
         *,
-        env: Any,
-        policy: Any,
+        env: RobotEnv,
+        policy: Policy,
         model_version: str | None,
         publish: Publish,
         reloader: HotReloader | None = None,
         supervisor: Supervisor | None = None,
         spooled: Callable[[], int] = lambda: 0,
-        env_factory: Callable[[str], tuple[Any, Supervisor | None]] | None = None,
+        env_factory: Callable[[str], tuple[RobotEnv, Supervisor | None]] | None = None,
     ) -> None:
         self.config = config
         # Builds (env, supervisor) for another task when an operator reassigns the robot (None: fixed task).
@@ -134,13 +147,13 @@ class RobotRuntime:
         rotation = list(config.task_rotation)
         start = rotation.index(config.task) if rotation else 0
         self._rotation = rotation[start:] + rotation[:start]  # the next episode's task is _rotation[episodes % n]
-        self._parked: dict[str, tuple[Any, Supervisor | None]] = {}  # rotation: envs of the other tasks, kept
+        self._parked: dict[str, tuple[RobotEnv, Supervisor | None]] = {}  # rotation: envs of the other tasks, kept
         self.instruction_override: str | None = None
         self.episode_id: str | None = None
         self.episodes = 0
         self.swaps: list[tuple[str, float]] = []  # (version, time) of each applied swap
         self.intervening = False  # the supervisor drove the latest step
-        self.last_obs: dict[str, Any] | None = None  # latest observation (warms up a standby policy)
+        self.last_obs: Observation | None = None  # latest observation (warms up a standby policy)
         self.ticks_total = 0  # control ticks run since start
         self.missed_total = 0  # ticks that overran their deadline since start (real-time mode)
         # The latest missed ticks: {"at": wall-clock time, "late_ms": how late the tick started, "work_ms": its
@@ -319,7 +332,7 @@ class RobotRuntime:
                 "swapped", extra={"robot": self.config.robot_id, "episode": self.episode_id, "version": swap.version}
             )
 
-    def _infer(self, obs: dict[str, Any]) -> Future[np.ndarray]:
+    def _infer(self, obs: Observation) -> Future[np.ndarray]:
         policy, version = self.policy, self.version
         return self._executor.submit(lambda: (np.asarray(policy.infer(obs), dtype=np.float32), version))  # type: ignore[arg-type,return-value]
 
@@ -440,7 +453,7 @@ class RobotRuntime:
                 env.close()
         self._parked.clear()
 
-    def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
+    def _observe(self, obs: Observation) -> Observation:
         if self.instruction_override:
             obs = {**obs, "instruction": self.instruction_override}
         self.last_obs = obs
@@ -460,7 +473,7 @@ class RobotRuntime:
         with self._slack:
             self._slack.wait_for(lambda: self._slack_until - time.monotonic() >= need_s, timeout=timeout_s)
 
-    def warm_up(self, policy: Any) -> None:
+    def warm_up(self, policy: Policy) -> None:
         """One throw-away inference on the latest observation (called by the reloader's thread)."""
         if self.last_obs is not None:
             policy.infer(self.last_obs)

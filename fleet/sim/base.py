@@ -120,6 +120,9 @@ class Env(Protocol):
     embodiment: EmbodimentSpec  # action / proprio sizes
     max_steps: int  # time limit of an episode, env steps
 
+    @property
+    def instruction(self) -> str: ...  # what the current episode asks, in words
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Observation, dict]: ...
 
     def step(self, action: ArrayLike) -> tuple[Observation, float, bool, bool, dict[str, Any]]: ...
