@@ -195,6 +195,12 @@ class RobotActor:
         """The robot's process (for an operator's py-spy, or a fault test's kill)."""
         return os.getpid()
 
+    def node(self) -> str:
+        """The Ray node this robot runs on."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def stop(self) -> None:
         self.stop_event.set()
 
@@ -254,7 +260,9 @@ def _start_robot(settings: Settings, config: FleetConfig, robot: RobotConfig, na
     settings_dict = settings.model_dump(mode="json", exclude={"secret_key", "metrics_token"})  # robots need no secrets
     return (
         _actor_class(config)
-        .options(name=name, get_if_exists=False)
+        # Spread over the cluster's nodes: one node lost takes as few robots as it can with it (run_fleet replaces
+        # them on the nodes left); on one machine, the same as the default.
+        .options(name=name, get_if_exists=False, scheduling_strategy="SPREAD")
         .remote(
             settings_dict,
             asdict(robot),
