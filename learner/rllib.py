@@ -138,8 +138,18 @@ class VLARLModule(TorchRLModule):
         return {Columns.ACTIONS: actions, Columns.VF_PREDS: values}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        # Nothing here: the loss runs the one forward pass (values for the advantages included).
-        return {}
+        """The weighted loss's one forward pass (values for the advantages included). It runs here, inside the
+        module's forward, so that data-parallel learners (DDP, `num_learners` > 1) see every parameter it uses."""
+        config = self.model_config
+        assert isinstance(config, dict)
+        kinds, model_batch = batch["kind"].long(), _model_batch(batch)
+        returns = model_batch["returns"]
+
+        def weigh(values: torch.Tensor) -> torch.Tensor:
+            beta, max_weight = config["awr_beta"], config["awr_max_weight"]
+            return sample_weights(kinds, returns, values, beta=beta, max_weight=max_weight)
+
+        return dict(self.vla.loss(model_batch, weights=weigh))
 
 
 def _model_batch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -230,16 +240,8 @@ class VLATorchLearner(TorchLearner):
     def compute_loss_for_module(
         self, *, module_id: str, config: AlgorithmConfig, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
-        assert isinstance(config, VLAAlgorithmConfig)
-        module = self._vla_module(module_id)
-        kinds = batch["kind"].long()
-        model_batch = _model_batch(batch)
-        returns = model_batch["returns"]
-
-        def weigh(values: torch.Tensor) -> torch.Tensor:
-            return sample_weights(kinds, returns, values, beta=config.awr_beta, max_weight=config.awr_max_weight)
-
-        out = module.vla.loss(model_batch, weights=weigh)
+        out = fwd_out  # the module's forward_train computed the loss (see VLARLModule._forward_train)
+        kinds, returns = batch["kind"].long(), batch["returns"].float()
         values, weights = out["value"], out["weights"]
         autonomous = kinds == AUTONOMOUS
         advantage = (returns - values)[autonomous]
@@ -262,8 +264,6 @@ class VLAAlgorithmConfig(AlgorithmConfig):
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class)
         self.vla_weight_decay = 1e-4  # AdamW weight decay (RLlibConfig.weight_decay)
-        self.awr_beta = 0.5  # RLlibConfig.awr_beta
-        self.awr_max_weight = 20.0  # RLlibConfig.awr_max_weight
         self.ema_decay = 0.0  # RLlibConfig.ema_decay
         self.warmup_updates = 0  # RLlibConfig.warmup_updates
 
@@ -278,20 +278,29 @@ def build_algorithm_config(config: RLlibConfig, model_config: VLAConfig) -> VLAA
     """The RLlib config for `model_config` (spaces are placeholders: RLlib requires them, the VLA ignores them)."""
     algo = VLAAlgorithmConfig()
     algo.vla_weight_decay = config.weight_decay
-    algo.awr_beta = config.awr_beta
-    algo.awr_max_weight = config.awr_max_weight
     algo.ema_decay = config.ema_decay
     algo.warmup_updates = config.warmup_updates
     box = gym.spaces.Box(-1.0, 1.0, (model_config.max_action_dim,), np.float32)
     algo.environment(observation_space=box, action_space=box)
-    algo.framework("torch", torch_skip_nan_gradients=config.skip_nan_gradient_checks)
+    # Data-parallel learners (num_learners > 1) wrap the module in DDP: a batch that holds one embodiment, or no
+    # intervention rows, leaves other embodiments' adapters without a gradient, which DDP must expect.
+    algo.framework(
+        "torch",
+        torch_skip_nan_gradients=config.skip_nan_gradient_checks,
+        torch_ddp_kwargs={"find_unused_parameters": True},
+    )
     algo.training(lr=config.lr, grad_clip=config.grad_clip, grad_clip_by="global_norm")
     algo.rl_module(
         rl_module_spec=RLModuleSpec(
             module_class=VLARLModule,
             observation_space=box,
             action_space=box,
-            model_config={"vla": model_config.to_dict(), "freeze": config.freeze},
+            model_config={
+                "vla": model_config.to_dict(),
+                "freeze": config.freeze,
+                "awr_beta": config.awr_beta,
+                "awr_max_weight": config.awr_max_weight,
+            },  # fmt: skip
         )
     )
     algo.learners(

@@ -176,3 +176,45 @@ def test_the_learning_rate_warms_up_on_every_fresh_optimizer() -> None:
         assert {id(p) for n, p in module.named_parameters() if "norm" in n or n.endswith("bias")} <= no_decay
     finally:
         learner.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_two_data_parallel_learners_train_as_one_on_the_same_batches() -> None:
+    """`num_learners=2`: two Ray learner actors, each on half of every batch, gradients averaged (DDP). On batches
+    whose halves weigh alike (one embodiment, every chunk step valid, the deterministic discrete head), the policy
+    they train is the one a single learner trains on the whole batches."""
+    from fleet.policy.model import VLAModel
+    from learner.replay import DEMO
+
+    model = debug_model_config(text_encoder=FAKE_ENCODER, action_head="discrete")
+    replay = ReplayBuffer(ReplayConfig(), model, embedder=HashEmbedder())
+    for i in range(4):
+        replay.add_episode(make_episode(length=20, seed=i, episode_id=f"e{i}"))
+    batches = [replay.sample(16, np.random.default_rng(i)) for i in range(6)]
+    for batch in batches:
+        batch["action_mask"][:] = True  # equal counts in each half: the mean of the halves' means is the batch's
+        assert set(batch["kind"].tolist()) == {DEMO}
+    one = VLALearner(RLlibConfig(lr=1e-2), model_config=model)
+    two = VLALearner(RLlibConfig(lr=1e-2, num_learners=2), model_config=model)
+    try:
+        start = one.get_state_dict()
+        two.set_state_dict(start)
+        for batch in batches:
+            one.update(batch)
+            two.update(batch)
+        held_out = {k: torch.from_numpy(np.asarray(v)) for k, v in replay.sample(64, np.random.default_rng(99)).items()
+                    if k != "kind"}  # fmt: skip
+
+        def loss(state: dict[str, torch.Tensor]) -> float:
+            vla = VLAModel(model)
+            vla.load_state_dict(state)
+            with torch.no_grad():
+                return float(vla.eval().loss(held_out)["loss/total"])
+
+        before, after_one, after_two = loss(start), loss(one.get_state_dict()), loss(two.get_state_dict())
+    finally:
+        one.shutdown()
+        two.shutdown()
+    assert before - after_one > 0.05  # it learned something
+    assert after_two == pytest.approx(after_one, rel=1e-5)  # the same policy
