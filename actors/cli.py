@@ -31,7 +31,13 @@ def run(
     episodes: int | None = typer.Option(None, help="Episodes per robot (default: run for --duration)."),
     duration: float | None = typer.Option(None, help="Seconds to run (default: forever when --episodes unset)."),
     realtime: bool = typer.Option(False, help="Tick at the control rate instead of as fast as the sim runs."),
-    address: str | None = typer.Option(None, help="Ray cluster address to join (default: start a local one)."),
+    address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        "--address",
+        help="Ray cluster to join (host:port or auto; default: RAY_ADDRESS, else a local Ray node). Robots spread "
+        "over its nodes; one lost is started again on the others.",
+    ),
     seed: int = typer.Option(0, help="Base seed; robot i uses seed + i."),
     rotate_tasks: bool = typer.Option(
         False, help="Each robot works through every task its arm can do, one episode each (covers the whole grid)."

@@ -235,6 +235,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     # Actor output (progress bars, warnings) is forwarded to this process unless FLEET_RAY_LOG_TO_DRIVER=0
     # (the test suite turns it off so pytest's summary stays the last thing printed).
     to_driver = os.environ.get("FLEET_RAY_LOG_TO_DRIVER", "1") != "0"
+    address = address or os.environ.get("RAY_ADDRESS")  # Ray's own variable for the cluster to join
     if address:
         ray.init(address=address, log_to_driver=to_driver)
         return
