@@ -307,6 +307,10 @@ def run_arm(
             shutil.copy(home / "learner.log", args.cache / "logs" / f"{arm}-{repeat}.log")
         ray.shutdown()
         launcher.down(settings, log=lambda _m: None)
+        if args.keep_stream:  # the run's Kafka log (every segment, correction, reward): offline probes replay it
+            kept = args.cache / "runs" / f"{args.scenario}-{arm}-{repeat}-seed{seed}"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(home / "kafka", kept / "kafka")
         shutil.rmtree(home, ignore_errors=True)  # the run's Kafka log, MLflow store, spool (~100 MB)
     return {"arm": arm, "repeat": repeat, "seed": seed, "events": sorted(events.values()), "versions": versions,
             "learner": curves, "production": production.version, "final_dir": str(final)}  # fmt: skip
@@ -465,6 +469,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=100, help="episodes in the trailing success mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument(
+        "--keep-stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep each run's Kafka log under <cache>/runs/ (the fleet's data, for offline probes)",
+    )
     parser.add_argument("--runs-from", type=Path, nargs="+", default=[], help="earlier results whose runs to merge")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online.json")
     args = parser.parse_args(argv)
