@@ -12,9 +12,12 @@ Importing this package does not import PyBullet; `make_env` does.
 
 from fleet.sim.base import Env, EnvBase, ObjectState, Observation, SimState, TaskSpec
 from fleet.sim.experts import ScriptedExpert, make_expert
+from fleet.sim.plugins import load_plugins, register_task
 from fleet.sim.registry import BACKENDS, get_task, make_env
 from fleet.sim.rollout import collect_demos, expert_rollout, rollout, save_gif
 from fleet.sim.tasks import COLORS, TASKS
+
+load_plugins()  # FLEET_TASK_PLUGINS: tasks registered from outside fleet (fleet.sim.plugins)
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +33,8 @@ __all__ = [
     "collect_demos",
     "expert_rollout",
     "get_task",
+    "load_plugins",
+    "register_task",
     "make_env",
     "make_expert",
     "rollout",
