@@ -199,12 +199,6 @@ class EnvBase(gym.Env, abc.ABC):  # type: ignore[misc]
         """Env steps taken in the current episode."""
         return self._steps
 
-    def check_instruction(self, instruction: str) -> str | None:
-        """Why `instruction` cannot be carried out in the current scene (fleet.sim.grounding), or None."""
-        from fleet.sim.grounding import refusal
-
-        return refusal(instruction, self.privileged_state())
-
     def rephrase(self, template: str, words: dict[str, str]) -> str:
         """This episode's instruction as `template` says it (see `reset`); ValueError for a template that does not
         fit the task or a character instructions may not hold."""

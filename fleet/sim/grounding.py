@@ -10,10 +10,19 @@ is refused. Anything it does not recognise passes: it refuses what it can show t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from fleet.sim.base import SimState
 from fleet.sim.language import held_out_data
 from fleet.sim.tasks import COLORS
+
+
+class Scene(Protocol):
+    """What the check reads of a scene (`fleet.sim.base.SimState` has it): its task and its objects' colours."""
+
+    task: str
+    objects: Mapping[str, Any]  # name -> an object with `.color`
+
 
 # Colours no scene paints: naming one names nothing on the table.
 OTHER_COLOURS = ("orange", "pink", "black", "white", "brown", "grey", "gray", "cyan", "magenta")
@@ -34,7 +43,7 @@ def _colour_words() -> dict[str, str]:
 COLOUR_WORDS = _colour_words()
 
 
-def refusal(instruction: str, state: SimState) -> str | None:
+def refusal(instruction: str, state: Scene) -> str | None:
     """Why `instruction` cannot be carried out in `state`'s scene, or None when nothing in it says so."""
     words = re.findall(r"[a-z]+", instruction.lower())
     present = {o.color for o in state.objects.values() if o.color}
@@ -47,6 +56,14 @@ def refusal(instruction: str, state: SimState) -> str | None:
     return None
 
 
-def _holds(state: SimState) -> str:
+def _holds(state: Scene) -> str:
     names = sorted(state.objects)
     return ", ".join(names) if names else "no movable objects"
+
+
+class Grounded:
+    """For a simulated env (it has `privileged_state()`): `check_instruction`, the runtime's scene check."""
+
+    def check_instruction(self, instruction: str) -> str | None:
+        """Why `instruction` cannot be carried out in the current scene, or None."""
+        return refusal(instruction, self.privileged_state())  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ import numpy as np
 
 from fleet.embodiments import EmbodimentSpec
 from fleet.sim.base import CAMERAS, EnvBase, ObjectState, SimState, TaskSpec, check_cameras
+from fleet.sim.grounding import Grounded
 
 # fleet task id -> (Meta-World env name, Meta-World scripted policy class)
 METAWORLD_TASKS: dict[str, tuple[str, str]] = {
@@ -88,7 +89,7 @@ def _import_metaworld() -> Any:
     return metaworld, mujoco
 
 
-class MetaWorldEnv(EnvBase):
+class MetaWorldEnv(Grounded, EnvBase):  # Grounded: the runtime's check of operators' instructions
     """One Meta-World task on the Sawyer arm, behind fleet's env interface."""
 
     def __init__(

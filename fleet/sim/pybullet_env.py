@@ -21,6 +21,7 @@ from pybullet_utils.bullet_client import BulletClient
 
 from fleet.embodiments import EmbodimentSpec
 from fleet.sim.base import CAMERAS, EnvBase, Observation, SimState, TaskSpec, check_cameras
+from fleet.sim.grounding import Grounded
 from fleet.sim.pybullet_robots import ArmLimits, KukaSuctionArm, PandaArm, PyBulletArm
 from fleet.sim.pybullet_scene import SCENES, TabletopScene
 from fleet.sim.scenarios import HOME, HOME_JITTER, Layout
@@ -86,7 +87,7 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-class PyBulletEnv(EnvBase):
+class PyBulletEnv(Grounded, EnvBase):  # Grounded: the runtime's check of operators' instructions
     """A tabletop task on a Panda (parallel gripper) or a KUKA iiwa (suction), simulated by PyBullet."""
 
     def __init__(
