@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=50, help="scenario demos per task x embodiment")
     parser.add_argument("--freeze", default="perception", choices=("none", "encoder", "perception"))
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch", type=int, default=None, help="samples per update (default: the online preset's)")
     parser.add_argument("--updates", type=int, default=3000)
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=20, help="held-out episodes per pair per score")
@@ -100,7 +101,7 @@ def main() -> None:
     while done < args.updates:
         t0 = time.monotonic()
         for _ in range(min(args.every, args.updates - done)):
-            engine.update(replay.sample(preset.batch_size, rng))
+            engine.update(replay.sample(args.batch or preset.batch_size, rng))
             done += 1
         spent += time.monotonic() - t0
         score(done, spent)
