@@ -22,7 +22,8 @@ from typing import Any
 from actors.reload import HotReloader, ReloadConfig, Swap
 from actors.runtime import RobotConfig, RobotRuntime
 from actors.supervisor import SupervisorConfig, make_supervisor
-from fleet.client import CommandPoller, Listener, listen_for_commands, robot_transport
+from fleet.client import Listener, listen_for_commands, robot_transport
+from fleet.client import listen as listen_to_fleet
 from fleet.schemas import Command
 from fleet.settings import Settings
 from fleet.signing import SignedVersion, load_trusted_keys
@@ -41,7 +42,7 @@ class RobotHandle:
     runtime: RobotRuntime
     reloader: HotReloader
     transport: Any
-    listener: Listener | CommandPoller | None  # model events and this robot's commands
+    listener: Listener | None  # model events and this robot's commands
     unwatch: Callable[[], None] = field(default=lambda: None)  # stops exporting the runtime's metrics
 
     def close(self) -> None:
@@ -143,11 +144,11 @@ def build_robot(
     reloader.warmup = runtime.warm_up
     reloader.pace = runtime.wait_for_slack
     reloader.start()
-    listener: Listener | CommandPoller | None = None
-    if listen and settings.ingest_url is None:
-        listener = listen_for_events(settings, config.robot_id, reloader, runtime.submit_command)
-    elif listen:  # no route to Kafka: its commands come from the dashboard (new versions: the registry poll)
-        listener = CommandPoller(transport, runtime.submit_command).start()
+    listener = (
+        listen_to_fleet(settings, config.robot_id, transport, runtime.submit_command, on_model=reloader.notify)
+        if listen
+        else None
+    )
     # This process's /metrics (if it serves one) carries the robot's counters; a Ray fleet exports via its driver.
     unwatch = watch_robots(lambda: [runtime.metrics()])
     return RobotHandle(runtime, reloader, transport, listener, unwatch)

@@ -107,6 +107,22 @@ def listen_for_commands(
                           max_records=100).start()  # fmt: skip
 
 
+def listen(
+    settings: Settings,
+    robot_id: str,
+    transport: Any,
+    on_command: Callable[[Command], None],
+    *,
+    on_model: Callable[[], None] | None = None,
+) -> Listener:
+    """A started listener handing each new command of `robot_id`'s operators to `on_command`, for the robot's own
+    `transport`: asked of the dashboard every second for a robot posting through it (new versions then come from
+    the registry poll alone), else consumed from `fleet.commands` (with `on_model` on each `fleet.models` event)."""
+    if hasattr(transport, "commands"):  # HttpTransport: the dashboard keeps each robot's commands
+        return CommandPoller(transport, on_command).start()
+    return listen_for_commands(settings, robot_id, on_command, on_model=on_model)
+
+
 class RobotClient:
     """One robot's connection to the fleet; see the module docstring."""
 
@@ -136,9 +152,7 @@ class RobotClient:
         """Hand each new command of this robot's operators (pause, resume, stop, assign a task) to `on_command`, once,
         from a background thread: asked of the dashboard every second for a robot posting through it, consumed from
         `fleet.commands` for a robot on Kafka. `stop()` the returned listener before `close()`."""
-        if hasattr(self.transport, "commands"):  # HttpTransport: the dashboard keeps each robot's commands
-            return CommandPoller(self.transport, on_command).start()
-        return listen_for_commands(self.settings or get_settings(), self.robot_id, on_command)
+        return listen(self.settings or get_settings(), self.robot_id, self.transport, on_command)
 
     def publish(self, message: Message) -> bool:
         """Queue any fleet message of this robot's (never blocks)."""
