@@ -268,7 +268,7 @@ def main() -> None:
         parser.error("more than one recorder needs PostgreSQL: FLEET_DATABASE_URL=$(bash scripts/postgres.sh)")
 
     from fleet.settings import Settings
-    from fleet.stack.kafka import KafkaService
+    from fleet.stack.launcher import kafka_only
     from fleet.stack.process import isolated_env
     from fleet.transport import TransportConfig, ensure_topics
 
@@ -279,20 +279,9 @@ def main() -> None:
         base = int(env["FLEET_KAFKA_PORT"])
         settings = Settings(home=work / "home", kafka_port=base, kafka_controller_port=base + 1,
                             kafka_brokers=args.kafka_brokers, kafka_partitions=args.partitions)  # fmt: skip
-        nodes = KafkaService.cluster(settings)
-        try:
-            for node in nodes:
-                node.prepare().start()
-            deadline = time.time() + 180
-            while not all(n.healthy(timeout_s=2.0) for n in nodes):
-                if time.time() > deadline:
-                    raise SystemExit(f"Kafka not healthy; logs in {settings.log_dir}")
-                time.sleep(1.0)
+        with kafka_only(settings):
             ensure_topics(TransportConfig.from_settings(settings))
             rows = [run_size(args, settings.bootstrap_servers, n, s, work) for n, s in zip(sizes, seconds, strict=True)]
-        finally:
-            for node in nodes:
-                node.process().stop()
     result = {
         "benchmark": "scale",
         "command": "bench/scale.py "

@@ -47,7 +47,7 @@ def read_stream(kafka_dir: Path, ingest: Any) -> int:
     """Start a broker on a copy of `kafka_dir` and hand every message of the learner's topics to `ingest`."""
     from fleet.schemas import SchemaError, decode
     from fleet.settings import Settings
-    from fleet.stack.kafka import KafkaService
+    from fleet.stack.launcher import kafka_only
     from fleet.stack.process import isolated_env
     from fleet.transport import KafkaTransport, TransportConfig
     from learner.service import TOPICS
@@ -57,32 +57,25 @@ def read_stream(kafka_dir: Path, ingest: Any) -> int:
     env = isolated_env(home)
     settings = Settings(home=home, kafka_port=int(env["FLEET_KAFKA_PORT"]),
                         kafka_controller_port=int(env["FLEET_KAFKA_CONTROLLER_PORT"]))  # fmt: skip
-    broker = KafkaService(settings)
-    broker.prepare().start()
     try:
-        deadline = time.monotonic() + 120
-        while not broker.healthy(timeout_s=2.0):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the kept broker did not start; see {settings.log_dir}")
-            time.sleep(1.0)
-        config = TransportConfig.from_settings(settings, client_id="fleet-replay")
-        transport = KafkaTransport(config, create_topics=False)
-        consumer = transport.consumer(group_id="fleet-replay", topics=TOPICS)  # a new group: from the beginning
-        handled, idle, give_up = 0, 0, time.monotonic() + 300
-        while (idle < 10 or not handled) and time.monotonic() < give_up:  # ten empty polls after data: all read
-            records = consumer.poll(timeout_s=1.0, max_records=500)
-            idle = 0 if records else idle + 1
-            for record in records:
-                try:
-                    ingest.handle(decode(record.value))
-                    handled += 1
-                except SchemaError:
-                    continue
-        consumer.close()
-        transport.close()
-        return handled
+        with kafka_only(settings, timeout_s=120):
+            config = TransportConfig.from_settings(settings, client_id="fleet-replay")
+            transport = KafkaTransport(config, create_topics=False)
+            consumer = transport.consumer(group_id="fleet-replay", topics=TOPICS)  # a new group: from the beginning
+            handled, idle, give_up = 0, 0, time.monotonic() + 300
+            while (idle < 10 or not handled) and time.monotonic() < give_up:  # ten empty polls after data: all read
+                records = consumer.poll(timeout_s=1.0, max_records=500)
+                idle = 0 if records else idle + 1
+                for record in records:
+                    try:
+                        ingest.handle(decode(record.value))
+                        handled += 1
+                    except SchemaError:
+                        continue
+            consumer.close()
+            transport.close()
+            return handled
     finally:
-        broker.process().stop()
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -8,7 +8,9 @@ slowest service (MLflow, ~10-15 s).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -118,6 +120,25 @@ def up(settings: Settings, *, timeout_s: float = 90.0, progress: bool = False, l
         if pending:
             time.sleep(0.5)
     return status(settings)
+
+
+@contextlib.contextmanager
+def kafka_only(settings: Settings, *, timeout_s: float = 180.0) -> Iterator[list[KafkaService]]:
+    """Kafka's local node(s) alone, as `up` starts them (jars, config, storage formatted once), healthy within
+    `timeout_s`, and stopped on leaving: the broker a bench, a probe or a fault test needs without MLflow."""
+    nodes = KafkaService.cluster(settings)
+    try:
+        for node in nodes:
+            node.prepare().start()
+        deadline = time.monotonic() + timeout_s
+        while not all(node.healthy(timeout_s=2.0) for node in nodes):
+            if time.monotonic() > deadline:
+                raise StackError(f"Kafka not healthy after {timeout_s:.0f} s; see logs in {settings.log_dir}")
+            time.sleep(0.5)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.process().stop()
 
 
 # Fleet services started in the background by `fleet demo` (pid files in the run dir); stopped first.

@@ -54,18 +54,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         kafka_controller_port=base + 1,
         kafka_heap="384m",
     )
-    nodes = KafkaService.cluster(settings)
     assert [s.name for s in launcher.services(settings)] == ["kafka-1", "kafka-2", "kafka-3", "mlflow"]
-    try:
-        for node in nodes:  # what `fleet up` does for each (jars, config, storage formatted with the shared id)
-            node.prepare().start()
-        wait_for(
-            lambda: all(n.healthy(timeout_s=2.0) for n in nodes), 180, f"{BROKERS} brokers (logs: {settings.log_dir})"
-        )
+    with launcher.kafka_only(settings):  # what `fleet up` does for each node (storage formatted with the shared id)
         yield settings
-    finally:
-        for node in nodes:
-            node.process().stop()
 
 
 def _replicas(bootstrap: str, topic: str) -> tuple[list[int], list[int]]:
