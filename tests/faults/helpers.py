@@ -205,6 +205,15 @@ class StreamReader(threading.Thread):
         self.errors = 0
         self.stopping = threading.Event()
 
+    def wait_for_all(self, produced: Sequence[tuple[str, str, int]], timeout_s: float) -> None:
+        """Until every produced segment was read, then 2 s more so a late duplicate (if any) is counted too."""
+        wait_for(lambda: len(set(self.ids)) >= len(produced), timeout_s, "the learner-side reader to catch up")
+        time.sleep(2)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+
     def run(self) -> None:
         consumer = KafkaTransport(self.config).consumer(group_id=self.group_id, topics=LEARNER_TOPICS)
         try:
