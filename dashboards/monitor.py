@@ -14,8 +14,9 @@ queue). It is a consumer group (`DashboardConfig.corrections_group`, from the ea
 first start) that commits only after the rows are written, and the write is idempotent on the
 correction id, so redeliveries, restarts and several dashboard processes never duplicate a row.
 
-Both count and skip undecodable messages (the recorder owns dead-lettering) and retry an unusable
-broker with bounded backoff.
+Each is a `MessageLoop` that reads beside the streams' owners: it counts and skips undecodable messages (the
+recorder owns dead-lettering), and its `ConsumerThread` rebuilds it with bounded backoff when the broker, or the
+database a batch is written to, is unusable.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from dashboards.fleet_state import CommandTracker, FleetState, RobotStatus
 from fleet.db import Correction as CorrectionRow
 from fleet.db import Robot
-from fleet.schemas import Command, Correction, Heartbeat, Message, decode
+from fleet.schemas import Command, Correction, Heartbeat, Message, SchemaError
 from fleet.transport import (
     COMMANDS,
     CORRECTIONS,
     HEARTBEATS,
     ConsumerThread,
-    KafkaGroupConsumer,
+    KafkaTransport,
+    MessageLoop,
     Record,
+    Transport,
     TransportConfig,
     ensure_topics,
 )
@@ -139,20 +142,27 @@ def write_corrections(session: Session, corrections: list[Correction]) -> int:
 
 
 class _Monitor:
-    """One of the dashboard's background readers: a `ConsumerThread` (reconnects with bounded backoff) plus
-    counting and skipping undecodable messages (the recorder owns dead-lettering)."""
+    """One of the dashboard's background readers: a `MessageLoop` over its topic that skips what it cannot use,
+    stepped by a `ConsumerThread` (rebuilt with bounded backoff after any failure)."""
 
     name = "consumer"
+    topic = ""
+    kind: type[Message] = Message
+    group_id: str | None = None  # None: every partition from its end, nothing committed (a live view)
 
     def __init__(self, config: TransportConfig) -> None:
         self.config = config
-        self.decode_errors = 0
-        self.thread = ConsumerThread(f"dashboard-{self.name}", connect=self._connect, handle=self._handle,
-                                     tick=self._tick)  # fmt: skip
+        self.loop: MessageLoop | None = None
+        self.thread = ConsumerThread(f"dashboard-{self.name}", connect=self._connect, tick=self._tick)
 
     @property
     def connected(self) -> threading.Event:
         return self.thread.connected
+
+    @property
+    def decode_errors(self) -> int:
+        """Messages of the current loop skipped as undecodable or not of this topic's kind."""
+        return 0 if self.loop is None else self.loop.stats.skipped
 
     def start(self) -> None:
         self.thread.start()
@@ -160,29 +170,37 @@ class _Monitor:
     def stop(self, timeout_s: float = 5.0) -> None:
         self.thread.stop(timeout_s)
 
-    def _connect(self) -> KafkaGroupConsumer:
+    def _connect(self) -> MessageLoop:
+        ensure_topics(self.config)
+        return self.reader(KafkaTransport(self.config, create_topics=False))
+
+    def reader(self, transport: Transport) -> MessageLoop:
+        """This monitor's loop on `transport` (the real one from the thread; tests pass their own)."""
+        self.loop = MessageLoop(
+            transport, group_id=self.group_id, topics=[self.topic], handler=self._checked, before_commit=self._flush,
+            poll_timeout_s=0.2, max_records=1000, dead_letters=False, dedup_capacity=0,
+        )  # fmt: skip
+        return self.loop
+
+    def _checked(self, message: Message, record: Record) -> None:
+        if not isinstance(message, self.kind):
+            raise SchemaError(f"{message.KIND} message on {record.topic}")
+        self._handle(message)
+
+    def _handle(self, message: Message) -> None:
         raise NotImplementedError
 
-    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
-        raise NotImplementedError
+    def _flush(self) -> None:
+        """After every batch, before its commit (a batch's database write)."""
 
     def _tick(self) -> None:
         """Called after every poll (periodic work such as DB flushes)."""
-
-    def _decode(self, value: bytes, kind: type[Message]) -> Message | None:
-        try:
-            return decode(value, kind)
-        except Exception as e:  # SchemaError, or a decoder bug on a hostile payload: skip it, never die on it
-            self.decode_errors += 1
-            if self.decode_errors in (1, 100) or self.decode_errors % 10_000 == 0:
-                log.warning("skipping an undecodable %s message (%d so far): %s", self.name, self.decode_errors, e)
-            return None
 
 
 class HeartbeatMonitor(_Monitor):
     """Thread: poll heartbeats → FleetState + CommandTracker; flush robots to the DB periodically."""
 
-    name = "heartbeats"
+    name, topic, kind = "heartbeats", HEARTBEATS, Heartbeat
 
     def __init__(
         self,
@@ -200,16 +218,10 @@ class HeartbeatMonitor(_Monitor):
         self.flush_interval_s = flush_interval_s
         self._next_flush = time.monotonic() + flush_interval_s
 
-    def _connect(self) -> KafkaGroupConsumer:
-        ensure_topics(self.config)
-        return KafkaGroupConsumer(self.config, group_id=None, topics=[HEARTBEATS])  # what is sent from now on
-
-    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
-        for record in records:
-            hb = self._decode(record.value, Heartbeat)
-            if isinstance(hb, Heartbeat):
-                self.fleet.apply(hb)
-                self.commands.observe(hb)
+    def _handle(self, message: Message) -> None:
+        assert isinstance(message, Heartbeat)
+        self.fleet.apply(message)
+        self.commands.observe(message)
 
     def _tick(self) -> None:
         if time.monotonic() < self._next_flush and not self.thread.wait(0):
@@ -226,39 +238,33 @@ class HeartbeatMonitor(_Monitor):
 
 
 class CorrectionsMonitor(_Monitor):
-    """Thread: poll `fleet.corrections` (consumer group) → rows of the review queue, then commit."""
+    """Thread: poll `fleet.corrections` (consumer group) → rows of the review queue, then commit. A database that
+    refuses the batch stops the loop with nothing committed: the thread reads the batch again once it reconnects."""
 
-    name = "corrections"
+    name, topic, kind = "corrections", CORRECTIONS, Correction
 
-    def __init__(
-        self, config: TransportConfig, *, sessions: sessionmaker[Session], group_id: str, retry_s: float = 2.0
-    ) -> None:
+    def __init__(self, config: TransportConfig, *, sessions: sessionmaker[Session], group_id: str) -> None:
         super().__init__(config)
         self.sessions = sessions
-        self.group_id = group_id
-        self.retry_s = retry_s  # wait before re-reading a batch the DB refused
+        self.group_id = group_id  # a new dashboard's group starts at the earliest offset: every correction still kept
         self.written = 0  # new rows since start
+        self._batch: list[Correction] = []
 
-    def _connect(self) -> KafkaGroupConsumer:
-        ensure_topics(self.config)
-        # a new dashboard's group starts at the earliest offset: its queue gets every correction still on the topic
-        return KafkaGroupConsumer(self.config, group_id=self.group_id, topics=[CORRECTIONS])
+    def reader(self, transport: Transport) -> MessageLoop:
+        self._batch = []  # what a failed loop had polled is read again
+        return super().reader(transport)
 
-    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
-        corrections: list[Correction] = []
-        for record in records:
-            c = self._decode(record.value, Correction)
-            if isinstance(c, Correction):
-                corrections.append(c)
+    def _handle(self, message: Message) -> None:
+        assert isinstance(message, Correction)
+        self._batch.append(message)
+
+    def _flush(self) -> None:
+        corrections, self._batch = self._batch, []
         try:
             self.written += self._write(corrections)
-        except Exception as e:  # the DB is down or refused: read the batch again later, commit nothing
-            log.warning("could not write %d corrections to the database (%s); retry in %.1f s", len(corrections), e,
-                        self.retry_s)  # fmt: skip
-            consumer.rewind(records)
-            self.thread.wait(self.retry_s)
-            return
-        consumer.commit(records)
+        except Exception as e:
+            log.warning("could not write %d corrections to the database (%s)", len(corrections), e)
+            raise
 
     def _write(self, corrections: list[Correction]) -> int:
         for attempt in range(2):
@@ -274,7 +280,7 @@ class CorrectionsMonitor(_Monitor):
 class CommandFeed(_Monitor):
     """Thread: poll `fleet.commands` (live) → each robot's latest commands, for robots that fetch them over HTTPS."""
 
-    name = "commands"
+    name, topic, kind = "commands", COMMANDS, Command
 
     def __init__(self, config: TransportConfig, *, keep: int = 50) -> None:
         super().__init__(config)
@@ -282,18 +288,13 @@ class CommandFeed(_Monitor):
         self._by_robot: dict[str, collections.deque[Command]] = {}
         self._lock = threading.Lock()
 
-    def _connect(self) -> KafkaGroupConsumer:
-        ensure_topics(self.config)
-        return KafkaGroupConsumer(self.config, group_id=None, topics=[COMMANDS])
+    def _handle(self, message: Message) -> None:
+        assert isinstance(message, Command)
+        self.add(message)
 
-    def _handle(self, records: list[Record], consumer: KafkaGroupConsumer) -> None:
-        for record in records:
-            self.add(self._decode(record.value, Command))
-
-    def add(self, command: Message | None) -> None:
-        if isinstance(command, Command):
-            with self._lock:
-                self._by_robot.setdefault(command.robot_id, collections.deque(maxlen=self.keep)).append(command)
+    def add(self, command: Command) -> None:
+        with self._lock:
+            self._by_robot.setdefault(command.robot_id, collections.deque(maxlen=self.keep)).append(command)
 
     def since(self, robot_id: str, after: float) -> list[Command]:
         """The robot's commands created after `after` (its clock's seconds), oldest first."""

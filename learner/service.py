@@ -29,7 +29,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from fleet.policy.language import InstructionEmbedder, default_embedder
 from fleet.policy.model import VLAModel
 from fleet.registry import PRODUCTION, PinnedError, Registry, RegistryError, VersionInfo, announce
 from fleet.registry_views import LearnerRegistry
-from fleet.schemas import SchemaError, decode
+from fleet.schemas import Message, SchemaError
 from fleet.settings import Settings, get_settings
 from fleet.transport import (
     CORRECTIONS,
@@ -51,10 +51,11 @@ from fleet.transport import (
     REWARDS,
     TRAJECTORIES,
     KafkaTransport,
+    MessageLoop,
     Record,
+    Rejected,
     Transport,
     TransportConfig,
-    dead_letter,
     ensure_topics,
 )
 from learner import checkpoints
@@ -137,9 +138,13 @@ class LearnerService:
             self._try_publish()
         # No commit here (the group is not joined yet). The checkpoint's offsets are where reading starts, whatever
         # the group committed: ahead of them (a torn newest checkpoint fell back to this one) they rewind the
-        # consumer; behind them (a commit lost in a crash) `_consume` skips what this checkpoint already has.
+        # consumer; behind them (a commit lost in a crash, a rebalance that hands a partition back) `_consume`
+        # skips what this checkpoint already has. Offsets are committed with the checkpoint, not per batch.
         start_at = {(t, int(p)): o for t, parts in self.state.offsets.items() for p, o in parts.items()}
-        self.consumer = self.transport.consumer(group_id=config.group_id, topics=TOPICS, start_at=start_at)
+        self.loop = MessageLoop(
+            self.transport, group_id=config.group_id, topics=TOPICS, handler=self._ingest, start_at=start_at,
+            poll_timeout_s=config.poll_timeout_s, max_records=config.max_poll_records, commit_each_batch=False,
+        )  # fmt: skip
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -185,9 +190,7 @@ class LearnerService:
 
     def step(self) -> None:
         """One poll, its updates, and a checkpoint + publish when one is due."""
-        records = self.consumer.poll(timeout_s=self.config.poll_timeout_s, max_records=self.config.max_poll_records)
-        for record in records:
-            self._consume(record)
+        self._consume(self.loop.poll())
         if len(self.replay) >= self.config.min_replay:
             for _ in range(self.config.updates_per_poll):
                 self.throughput.start()
@@ -206,24 +209,26 @@ class LearnerService:
         elif self._checkpoint_due():
             self.checkpoint_and_publish()
 
-    def _consume(self, record: Record) -> None:
-        partition = str(record.partition)
-        resume_at = self.state.offsets.get(record.topic, {}).get(partition)
-        if resume_at is not None and record.offset < resume_at:
-            return  # already in a checkpoint: never trained twice
+    def _consume(self, records: Sequence[Record]) -> None:
+        """Ingest what no checkpoint has yet (dead-lettering what ingest refuses) and note how far each partition is
+        read: the offsets the next checkpoint holds."""
+        fresh = [r for r in records if r.offset >= self.state.offsets.get(r.topic, {}).get(str(r.partition), -1)]
+        self.loop.process(fresh)  # never trained twice
+        for record in fresh:
+            partition = str(record.partition)
+            self.state.offsets.setdefault(record.topic, {})[partition] = record.offset + 1
+            span = self.window.setdefault(record.topic, {}).setdefault(partition, [record.offset, record.offset])
+            span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
+
+    def _ingest(self, message: Message, record: Record) -> None:
         try:
-            self.ingest.handle(decode(record.value))
-            observability.LEARNER_INGESTED.labels(record.topic).inc()
-        except SchemaError as e:
-            log.warning("learner: dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, e)
-            dead_letter(self.transport, record, str(e), group_id=self.config.group_id)
-        except Exception as e:  # noqa: BLE001 - a valid message ingest cannot take must not stop the learner
-            reason = f"learner could not ingest it: {type(e).__name__}: {e}"
-            log.exception("learner: dead-lettering %s/%d@%d", record.topic, record.partition, record.offset)
-            dead_letter(self.transport, record, reason, group_id=self.config.group_id, category="episode_rejected")
-        self.state.offsets.setdefault(record.topic, {})[partition] = record.offset + 1
-        span = self.window.setdefault(record.topic, {}).setdefault(partition, [record.offset, record.offset])
-        span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
+            self.ingest.handle(message)
+        except SchemaError:
+            raise
+        except Exception as e:  # a valid message ingest cannot take must not stop the learner: park it with why
+            log.exception("learner: cannot ingest %s/%d@%d", record.topic, record.partition, record.offset)
+            raise Rejected(f"learner could not ingest it: {type(e).__name__}: {e}", "episode_rejected") from e
+        observability.LEARNER_INGESTED.labels(record.topic).inc()
 
     def _checkpoint_due(self) -> bool:
         if self._since_ckpt == 0 or (self.config.require_new_data and not self.window):
@@ -297,9 +302,9 @@ class LearnerService:
             for topic, parts in self.state.offsets.items()
             for partition, offset in parts.items()
         ]
-        try:
-            self.consumer.commit(marks)
-        except Exception as e:  # the checkpoint holds the truth; a failed commit only means more skipping later
+        try:  # the checkpoint holds the truth; a failed commit only means more skipping later
+            self.loop.commit(marks)
+        except Exception as e:  # noqa: BLE001 - a broken connection (not a KafkaError) does not stop the learner
             log.warning("learner: offset commit failed (%s); the checkpoint's offsets still apply on restart", e)
 
     def _publish(self, directory: Path) -> VersionInfo:
@@ -422,7 +427,7 @@ class LearnerService:
 
     def close(self) -> None:
         self.evaluator.close()
-        self.consumer.close()
+        self.loop.close()
         self.metrics.close()
         self.engine.shutdown()
         self.transport.close()

@@ -39,6 +39,17 @@ def test_one_class_builds_kafka_consumers() -> None:
     assert _calls("KafkaConsumer") == {"fleet/transport/consumer.py"}
 
 
+def test_every_stream_is_read_by_one_loop() -> None:
+    """The recorder, the learner, the dashboard's views and the robots' listeners all read by a MessageLoop (decode,
+    dead-letter or skip, dedup, commit in one place); nothing else asks a consumer for records or decodes a dead
+    letter's worth of bytes on its own."""
+    assert _calls("MessageLoop") == {
+        "fleet/recorder.py", "learner/service.py", "dashboards/monitor.py", "fleet/client/__init__.py",
+    }  # fmt: skip
+    assert _calls("consumer") == {"fleet/transport/consumer.py"}  # transport.consumer(...): only the loop's
+    assert _calls("dead_letter") <= {"fleet/transport/consumer.py", "fleet/recorder.py"}  # + an episode's segments
+
+
 def test_robots_and_evaluations_run_chunks_on_one_schedule() -> None:
     assert _calls("ChunkSchedule") == {"actors/runtime.py", "fleet/recipe/evaluate.py"}
 

@@ -76,35 +76,25 @@ def listen_for_commands(
     calling it on every `fleet.models` announcement (a new version to look at). Commands from before the listener
     started are stale and skipped; an undecodable one is logged and skipped. The broker down only delays them: the
     thread reconnects (`ConsumerThread`)."""
-    from fleet.schemas import SchemaError, decode
-    from fleet.transport import COMMANDS, MODELS, ConsumerThread, KafkaGroupConsumer, Record, TransportConfig
+    from fleet.transport import COMMANDS, MODELS, ConsumerThread, KafkaTransport, MessageLoop, Record, TransportConfig
 
     started = time.time()
     topics = [t for t, wanted in ((MODELS, on_model), (COMMANDS, on_command)) if wanted is not None]
 
-    def connect() -> KafkaGroupConsumer:
+    def handle(message: Message, record: Record) -> None:
+        if record.topic == MODELS and on_model is not None:
+            on_model()
+        elif on_command is not None and isinstance(message, Command) and message.robot_id == robot_id:
+            fresh = message.created_at >= started - 5.0  # commands from before this robot started are stale
+            if fresh:
+                on_command(message)
+
+    def connect() -> MessageLoop:
         config = TransportConfig.from_settings(settings, client_id=f"robot-{robot_id}")
-        return KafkaGroupConsumer(config, group_id=f"robot-{robot_id}", topics=topics)
+        return MessageLoop(KafkaTransport(config, create_topics=False), group_id=f"robot-{robot_id}", topics=topics,
+                           handler=handle, poll_timeout_s=0.5, max_records=100, dead_letters=False)  # fmt: skip
 
-    def handle(records: list[Record], consumer: KafkaGroupConsumer) -> None:
-        for record in records:
-            if record.topic == MODELS and on_model is not None:
-                on_model()
-            elif (
-                on_command is not None and record.key is not None and record.key.decode("utf-8", "replace") == robot_id
-            ):
-                try:
-                    command = decode(record.value, Command)
-                except SchemaError as err:
-                    log.error("bad command ignored: %s", err, extra={"robot": robot_id})
-                    continue
-                assert isinstance(command, Command)  # decode checked the kind
-                if command.created_at >= started - 5.0:  # commands from before this robot started are stale
-                    on_command(command)
-        consumer.commit(records)
-
-    return ConsumerThread(f"listen-{robot_id}", connect=connect, handle=handle, poll_timeout_s=0.5,
-                          max_records=100).start()  # fmt: skip
+    return ConsumerThread(f"listen-{robot_id}", connect=connect).start()
 
 
 def listen(

@@ -43,6 +43,7 @@ from fleet.transport.consumer import (
     KafkaGroupConsumer,
     LoopStats,
     MessageLoop,
+    Rejected,
     assign_at_end,
     dead_letter,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "KafkaTransport",
     "LoopStats",
     "MessageLoop",
+    "Rejected",
     "ProducerStats",
     "Record",
     "SpoolingProducer",

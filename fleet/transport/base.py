@@ -129,10 +129,11 @@ class Transport(Protocol):
         ...
 
     def consumer(
-        self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
+        self, *, group_id: str | None, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
     ) -> Consumer:
         """A group member reading `topics`; `start_at` {(topic, partition): offset} overrides the group's committed
-        offsets for those partitions whenever they are assigned (a service whose checkpoint holds its offsets)."""
+        offsets for those partitions whenever they are assigned (a service whose checkpoint holds its offsets).
+        `group_id=None`: no group, every partition read from its current end, nothing committed (a live view)."""
         ...
 
     def close(self, timeout_s: float = 10.0) -> None: ...

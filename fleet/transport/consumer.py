@@ -1,12 +1,13 @@
-"""Consuming: a Kafka consumer-group member, and the decode → handle → dead-letter → commit loop.
+"""Consuming: a Kafka consumer-group member, and the one decode → handle → dead-letter → commit loop.
 
 `MessageLoop` is what services build on. For each polled batch it decodes every record
 (`fleet.schemas.decode`); a payload that is not a valid message, or that the handler rejects
-with `SchemaError`, is sent to `fleet.deadletter` with the reason, the original bytes and headers
-naming its source topic/partition/offset. Redelivered copies (same `dedup_key`) are skipped. Offsets
-are committed only after every record of the batch is handled and every dead letter acknowledged;
-a handler failure of any other kind is retried with backoff and, if it persists, stops the loop
-with nothing committed, so the batch is redelivered to whoever takes over the partitions.
+with `SchemaError` or `Rejected`, is sent to `fleet.deadletter` with the reason, the original bytes and headers
+naming its source topic/partition/offset (or, by a reader that does not own the stream, skipped). Redelivered
+copies (same `dedup_key`) are skipped. Offsets are committed only after every record of the batch is handled and
+every dead letter acknowledged; a handler failure of any other kind is retried with backoff and, if it persists,
+stops the loop with nothing committed, so the batch is redelivered to whoever takes over the partitions.
+`ConsumerThread` steps a loop in the background and rebuilds it after any failure (the dashboard, robot listeners).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class _StartAt(ConsumerRebalanceListener):
 
 class KafkaGroupConsumer:
     """`Consumer` on kafka-python: manual commits, earliest offset for a new group. The one place fleet builds a
-    Kafka consumer: every service reads through it (`MessageLoop`, the learner, `ConsumerThread`s).
+    Kafka consumer: every service reads through it by a `MessageLoop`.
 
     `start_at` {(topic, partition): offset}: where to read each of those partitions whenever it is assigned,
     whatever the group committed. A service whose own checkpoint holds its offsets passes them, so the checkpoint
@@ -140,14 +141,6 @@ class KafkaGroupConsumer:
         if offsets:
             self._consumer.commit(offsets)
 
-    def rewind(self, records: Sequence[Record]) -> None:
-        """Read `records` again from the next poll (their work could not be done now; nothing was committed)."""
-        first: dict[tuple[str, int], int] = {}
-        for r in records:
-            first[(r.topic, r.partition)] = min(r.offset, first.get((r.topic, r.partition), r.offset))
-        for (topic, partition), offset in first.items():
-            self._consumer.seek(TopicPartition(topic, partition), offset)
-
     def end_offsets(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The log-end offset of each (topic, partition)."""
         self._consumer.topics()  # load topic metadata first: end_offsets on a fresh client can miss it
@@ -177,69 +170,6 @@ def assign_at_end(consumer: KafkaConsumer, *topics: str, timeout_s: float = 10.0
     return assigned
 
 
-class ConsumerThread:
-    """A daemon thread reading through a `KafkaGroupConsumer` it (re)builds with `connect()`: each polled batch goes
-    to `handle(records, consumer)` (which commits what it is done with), `tick()` runs after every poll. Kafka
-    down, or anything else going wrong, closes the consumer and connects again with bounded backoff: the thread never
-    dies, since what reads through it (a live view, a robot's model events) must outlive a broker outage."""
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        connect: Callable[[], KafkaGroupConsumer],
-        handle: Callable[[list[Record], KafkaGroupConsumer], None],
-        tick: Callable[[], None] = lambda: None,
-        poll_timeout_s: float = 0.2,
-        max_records: int = 1000,
-    ) -> None:
-        self.name, self._connect, self._handle, self._tick = name, connect, handle, tick
-        self.poll_timeout_s, self.max_records = poll_timeout_s, max_records
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> ConsumerThread:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to `seconds` unless stopped (True: stopped)."""
-        return self._stop.wait(seconds)
-
-    def _run(self) -> None:
-        consumer: KafkaGroupConsumer | None = None
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                if consumer is None:
-                    consumer = self._connect()
-                    self.connected.set()
-                    backoff = 0.5
-                records = consumer.poll(timeout_s=self.poll_timeout_s, max_records=self.max_records)
-                if records:
-                    self._handle(records, consumer)
-            except Exception as e:  # noqa: BLE001 - Kafka down, or anything else: a dead thread would go silent
-                known = isinstance(e, KafkaError | OSError | TransportError)
-                log.log(logging.WARNING if known else logging.ERROR, "%s: Kafka not usable (%s: %s); retry in %.1f s",
-                        self.name, type(e).__name__, e, backoff, exc_info=not known)  # fmt: skip
-                if consumer is not None:
-                    consumer.close()
-                    consumer = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            self._tick()
-        if consumer is not None:
-            consumer.close()
-        self._tick()
-
-
 @dataclass
 class LoopStats:
     """Counters of one MessageLoop."""
@@ -247,6 +177,7 @@ class LoopStats:
     handled: int = 0  # records decoded and passed to the handler
     duplicates: int = 0  # redelivered copies skipped
     dead_lettered: int = 0  # records sent to fleet.deadletter
+    skipped: int = 0  # records a reader could not use and passed over (`dead_letters=False`)
     commits: int = 0  # successful offset commits
     commit_failures: int = 0  # commits refused (broker down, rebalance); covered by the next commit
 
@@ -262,6 +193,8 @@ class _Seen:
         return key in self._keys
 
     def add(self, key: tuple[str, ...]) -> None:
+        if not self._capacity:
+            return
         self._keys[key] = None
         if len(self._keys) > self._capacity:
             self._keys.popitem(last=False)
@@ -286,14 +219,32 @@ def dead_letter(transport: Transport, record: Record, reason: str, *, group_id: 
     observability.DEAD_LETTERS.labels(group_id, category).inc()
 
 
+class Rejected(Exception):
+    """A handler's refusal of one message it cannot use although it decoded (an episode whose segments do not line
+    up, a message its store refuses): the loop dead-letters it under `category`, as it does a `SchemaError` under
+    "invalid", instead of retrying it."""
+
+    def __init__(self, reason: str, category: str = "invalid") -> None:
+        super().__init__(reason)
+        self.category = category
+
+
 class MessageLoop:
-    """Poll → decode → handle → dead-letter → commit, for one consumer group."""
+    """Poll → decode → handle → dead-letter → commit, for one consumer group: every service reads Kafka through one.
+
+    An owner of a stream (the recorder, the learner; `dead_letters=True`) sends what it cannot decode or its handler
+    rejects to `fleet.deadletter`; a reader beside the owner (a dashboard view, a robot's listener) logs and skips
+    it, since the owner already parks it. `commit_each_batch=False`: the service commits with `commit(records)` when
+    its own state holds them (the learner, with its checkpoint); `group_id=None` reads from the end and commits
+    nothing (a live view). `step()` is one poll's whole cycle; a service that needs the records between the handling
+    and the commit calls `poll()` and `process()` itself.
+    """
 
     def __init__(
         self,
         transport: Transport,
         *,
-        group_id: str,
+        group_id: str | None,
         topics: Sequence[str],
         handler: Handler,
         before_commit: Callable[[], None] | None = None,
@@ -301,6 +252,9 @@ class MessageLoop:
         max_records: int = 500,
         handler_attempts: int = 5,
         dedup_capacity: int = 200_000,
+        start_at: Mapping[tuple[str, int], int] | None = None,
+        commit_each_batch: bool = True,
+        dead_letters: bool = True,
     ) -> None:
         self.transport = transport
         self.group_id = group_id
@@ -309,31 +263,44 @@ class MessageLoop:
         self.poll_timeout_s = poll_timeout_s
         self.max_records = max_records
         self.handler_attempts = handler_attempts
+        self.commit_each_batch = commit_each_batch and group_id is not None
+        self.dead_letters = dead_letters
         self.stats = LoopStats()
         self._seen = _Seen(dedup_capacity)
-        self._consumer = transport.consumer(group_id=group_id, topics=topics)
+        self._consumer = transport.consumer(group_id=group_id, topics=topics, start_at=start_at)
 
     def step(self) -> int:
         """Process one polled batch; returns how many records it held."""
-        records = self._consumer.poll(timeout_s=self.poll_timeout_s, max_records=self.max_records)
+        records = self.poll()
         if not records:
             return 0
-        dead = 0
-        for record in records:
-            dead += self._process(record)
+        dead = self.process(records)
         if dead and not self.transport.flush(timeout_s=60.0):
             raise TransportError(f"{dead} dead letters not acknowledged; not committing (batch will be redelivered)")
         if self.before_commit is not None:
             self.before_commit()
+        if self.commit_each_batch:
+            self.commit(records)
+        return len(records)
+
+    def poll(self) -> list[Record]:
+        return self._consumer.poll(timeout_s=self.poll_timeout_s, max_records=self.max_records)
+
+    def process(self, records: Sequence[Record]) -> int:
+        """Decode and handle each record; returns how many went to the dead-letter topic (not yet acknowledged)."""
+        return sum(self._process(record) for record in records)
+
+    def commit(self, records: Sequence[Record]) -> bool:
+        """Commit offsets past `records` (processed durably by now); False when the broker refused it."""
         try:
             self._consumer.commit(records)
-            self.stats.commits += 1
         except KafkaError as e:
-            # The batch is processed durably; an uncommitted batch is only redelivered (and deduplicated),
-            # and the next successful commit covers these offsets.
+            # An uncommitted batch is only redelivered (and deduplicated); the next successful commit covers it.
             self.stats.commit_failures += 1
             log.warning("offset commit for group %s failed (%s); the next commit covers it", self.group_id, e)
-        return len(records)
+            return False
+        self.stats.commits += 1
+        return True
 
     def run(self, stop: Callable[[], bool]) -> None:
         """Loop until `stop()` is true; commits happen inside `step`."""
@@ -359,6 +326,8 @@ class MessageLoop:
                 break
             except SchemaError as e:
                 return self._dead(record, str(e))
+            except Rejected as e:
+                return self._dead(record, str(e), e.category)
             except Exception as e:
                 if attempt == self.handler_attempts:
                     raise
@@ -379,11 +348,69 @@ class MessageLoop:
         return 0
 
     def _dead(self, record: Record, reason: str, category: str = "invalid") -> int:
-        log.warning(
-            "dead-lettering %s/%d@%d (key=%r): %s", record.topic, record.partition, record.offset, record.key, reason,
-            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                   "group": self.group_id, "reason": category},
-        )  # fmt: skip
-        dead_letter(self.transport, record, reason, group_id=self.group_id, category=category)
+        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                 "group": self.group_id, "reason": category}  # fmt: skip
+        if not self.dead_letters:  # the stream's owner parks it; a reader only says so, now and then
+            self.stats.skipped += 1
+            if self.stats.skipped in (1, 100) or self.stats.skipped % 10_000 == 0:
+                log.warning("skipping %s/%d@%d (%d so far): %s", record.topic, record.partition, record.offset,
+                            self.stats.skipped, reason, extra=where)  # fmt: skip
+            return 0
+        log.warning("dead-lettering %s/%d@%d (key=%r): %s", record.topic, record.partition, record.offset, record.key,
+                    reason, extra=where)  # fmt: skip
+        dead_letter(self.transport, record, reason, group_id=self.group_id or "", category=category)
         self.stats.dead_lettered += 1
         return 1
+
+
+class ConsumerThread:
+    """A daemon thread stepping a `MessageLoop` it (re)builds with `connect()`, `tick()` after every step. Kafka
+    down, or anything else going wrong (a batch's database write refused included), closes the loop and connects
+    again with bounded backoff, so the uncommitted batch is read again: the thread never dies, since what reads
+    through it (a live view, a robot's commands and model events) must outlive a broker or database outage."""
+
+    def __init__(
+        self, name: str, *, connect: Callable[[], MessageLoop], tick: Callable[[], None] = lambda: None
+    ) -> None:
+        self.name, self._connect, self._tick = name, connect, tick
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> ConsumerThread:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds` unless stopped (True: stopped)."""
+        return self._stop.wait(seconds)
+
+    def _run(self) -> None:
+        loop: MessageLoop | None = None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if loop is None:
+                    loop = self._connect()
+                    self.connected.set()
+                    backoff = 0.5
+                loop.step()
+            except Exception as e:  # noqa: BLE001 - Kafka down, or anything else: a dead thread would go silent
+                known = isinstance(e, KafkaError | OSError | TransportError)
+                log.log(logging.WARNING if known else logging.ERROR, "%s: %s: %s; reconnecting in %.1f s", self.name,
+                        type(e).__name__, e, backoff, exc_info=not known)  # fmt: skip
+                if loop is not None:
+                    loop.close()
+                    loop = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._tick()
+        if loop is not None:
+            loop.close()
+        self._tick()

@@ -186,7 +186,7 @@ class HttpTransport:
         return out
 
     def consumer(
-        self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
+        self, *, group_id: str | None, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
     ) -> Consumer:
         raise TransportError("a robot posting through the dashboard has no Kafka consumer")
 

@@ -110,7 +110,7 @@ class KafkaTransport:
         return self._producer is None or self._producer.flush(timeout_s)
 
     def consumer(
-        self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
+        self, *, group_id: str | None, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
     ) -> KafkaGroupConsumer:
         return KafkaGroupConsumer(self.config, group_id=group_id, topics=topics, start_at=start_at)
 

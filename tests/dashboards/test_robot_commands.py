@@ -12,10 +12,11 @@ import httpx
 from dashboards import crud
 from dashboards.monitor import CommandFeed
 from fleet.client import CommandPoller
-from fleet.schemas import Command, encode
-from fleet.transport import COMMANDS, Record
+from fleet.schemas import Command
+from fleet.transport import COMMANDS, publish
 from fleet.transport.http import HttpTransport, HttpTransportConfig
 from tests.dashboards.conftest import Dash
+from tests.data.fakes import FakeTransport
 
 
 def _command(robot_id: str, action: str, created_at: float, n: int) -> Command:
@@ -34,10 +35,12 @@ def test_each_robot_fetches_only_its_own_commands_since_it_last_asked(dash: Dash
     feed = CommandFeed(SimpleNamespace(bootstrap="unused:9", client_id="t"))  # type: ignore[arg-type]
     dash.services.command_feed = feed
     now = time.time()
-    records = [Record(COMMANDS, 0, i, c.robot_id.encode(), encode(c)) for i, c in enumerate(
-        [_command("arm-1", "pause", now - 2, 1), _command("arm-2", "stop", now - 1, 2),
-         _command("arm-1", "resume", now, 3)])] + [Record(COMMANDS, 0, 9, b"arm-1", b"\xc1 not msgpack")]  # fmt: skip
-    feed._handle(records, consumer=None)  # type: ignore[arg-type]
+    transport = FakeTransport()
+    for c in [_command("arm-1", "pause", now - 2, 1), _command("arm-2", "stop", now - 1, 2),
+              _command("arm-1", "resume", now, 3)]:  # fmt: skip
+        publish(transport, c)
+    transport.send(COMMANDS, b"\xc1 not msgpack", key="arm-1")
+    assert feed.reader(transport).step() == 4
     assert feed.decode_errors == 1  # skipped, the others stand
 
     arm1 = {"Authorization": f"Bearer {_token(dash, 'arm-1')}"}

@@ -32,7 +32,7 @@ class FakeConsumer:
     def __init__(
         self,
         broker: FakeBroker,
-        group_id: str,
+        group_id: str | None,
         topics: Sequence[str],
         start_at: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
@@ -88,7 +88,7 @@ class FakeTransport:
         return True
 
     def consumer(
-        self, *, group_id: str, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
+        self, *, group_id: str | None, topics: Sequence[str], start_at: Mapping[tuple[str, int], int] | None = None
     ) -> FakeConsumer:
         consumer = FakeConsumer(self.broker, group_id, topics, start_at)
         self.consumers.append(consumer)

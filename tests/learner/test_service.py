@@ -190,9 +190,9 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         reread: list[tuple[str, str, int]] = []
         while third.state.offsets != newest_state.offsets:
             assert time.monotonic() < deadline, f"re-read up to {third.state.offsets}, not {newest_state.offsets}"
-            for record in third.consumer.poll(timeout_s=0.5, max_records=100):  # consume only: no updates needed
-                third._consume(record)
-                reread.append((record.topic, str(record.partition), record.offset))
+            records = third.loop.poll()  # consume only: no updates needed
+            third._consume(records)
+            reread += [(record.topic, str(record.partition), record.offset) for record in records]
     finally:
         third.close()
     torn_window = {

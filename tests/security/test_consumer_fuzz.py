@@ -51,7 +51,7 @@ from fleet.schemas import (
     decode,
     encode,
 )
-from fleet.transport import COMMANDS, DEADLETTER, TOPIC_FOR_KIND, TOPICS, TRAJECTORIES, MessageLoop, Record
+from fleet.transport import COMMANDS, DEADLETTER, TOPIC_FOR_KIND, TOPICS, TRAJECTORIES, MessageLoop
 from tests.dashboards.factories import heartbeat
 from tests.data.factories import make_segment
 from tests.data.fakes import FakeTransport
@@ -506,7 +506,8 @@ def _learner(transport: FakeTransport, handled: list[Message]) -> Any:
     service.window = {}
     service.ingest = SimpleNamespace(handle=handled.append)
     service.transport = transport
-    service.config = SimpleNamespace(group_id="learner-fuzz")
+    service.loop = MessageLoop(transport, group_id="learner-fuzz", topics=(), handler=service._ingest,
+                               commit_each_batch=False)  # fmt: skip
     return service
 
 
@@ -522,8 +523,7 @@ def test_learner_dead_letters_every_breakage_and_advances() -> None:
     sent = _send_corpus(transport, REFUSED, topic_of=_learner_topic)
     service = _learner(transport, handled)
     for (_topic, _p), log in sorted(transport.broker.logs.items()):
-        for record in log:
-            service._consume(record)
+        service._consume(log)
     assert not handled
     _assert_all_dead(transport, sent, "learner-fuzz")
     for (topic, partition), log in transport.broker.logs.items():
@@ -536,27 +536,18 @@ def test_learner_survives_an_unhashable_schema_version() -> None:
     sent = _send_corpus(transport, UNHASHABLE, topic_of=_learner_topic)
     service = _learner(transport, handled)
     for (_topic, _p), log in sorted(transport.broker.logs.items()):
-        for record in log:
-            service._consume(record)
+        service._consume(log)
     _assert_all_dead(transport, sent, "learner-fuzz")
 
 
-class _FakeKafkaConsumer:
-    """What a monitor's handler does to its `KafkaGroupConsumer`: commit a batch, or rewind it to read it again."""
-
-    def __init__(self) -> None:
-        self.commits: list[Any] = []
-        self.seeks: list[Any] = []
-
-    def commit(self, records: Any) -> None:
-        self.commits.append(records)
-
-    def rewind(self, records: Any) -> None:
-        self.seeks.append(records)
-
-
-def _batches(topic: str, payloads: list[bytes]) -> list[Record]:
-    return [Record(topic, 0, i, None, p) for i, p in enumerate(payloads)]
+def _read(monitor: Any, topic: str, payloads: list[bytes]) -> Any:
+    """One step of a monitor's own loop over `payloads` on `topic`; the loop (its stats) and the transport."""
+    transport = FakeTransport()
+    for payload in payloads:
+        transport.send(topic, payload, key="robot-f")
+    loop = monitor.reader(transport)
+    assert loop.step() == len(payloads)
+    return loop, transport
 
 
 @pytest.fixture()
@@ -579,23 +570,19 @@ def test_dashboard_heartbeat_monitor_skips_every_breakage(sessions: Any) -> None
         flush_interval_s=0.01,
     )
     payloads = [p for _, _, p in DEAD]
-    monitor._handle(_batches("fleet.heartbeats", payloads), _FakeKafkaConsumer())
+    _, transport = _read(monitor, "fleet.heartbeats", payloads)
     assert monitor.decode_errors == len(payloads) and fleet.robot_ids() == []
-    monitor._handle(_batches("fleet.heartbeats", [encode(heartbeat("robot-ok"))]), _FakeKafkaConsumer())
+    assert not transport.broker.records(DEADLETTER)  # a reader skips; the stream's owner dead-letters
+    _read(monitor, "fleet.heartbeats", [encode(heartbeat("robot-ok"))])
     assert fleet.robot_ids() == ["robot-ok"]
 
 
 def test_dashboard_corrections_monitor_skips_every_breakage_and_commits(sessions: Any) -> None:
-    monitor = CorrectionsMonitor(
-        SimpleNamespace(bootstrap="unused:9", client_id="t"),
-        sessions=sessions,
-        group_id="g",
-        retry_s=0.01,
-    )
-    consumer = _FakeKafkaConsumer()
-    monitor._handle(_batches("fleet.corrections", [p for _, _, p in DEAD]), consumer)
+    monitor = CorrectionsMonitor(SimpleNamespace(bootstrap="unused:9", client_id="t"), sessions=sessions, group_id="g")
+    loop, transport = _read(monitor, "fleet.corrections", [p for _, _, p in DEAD])
     assert monitor.decode_errors == len(DEAD)
-    assert len(consumer.commits) == 1 and not consumer.seeks
+    committed = sum(o for (group, topic, _), o in transport.broker.committed.items() if group == "g")
+    assert loop.stats.commits == 1 and committed == len(DEAD)
 
 
 def _correction(**changes: Any) -> Correction:
@@ -621,17 +608,11 @@ def _correction(**changes: Any) -> Correction:
 def test_corrections_monitor_is_not_wedged_by_schema_valid_extremes(
     sessions: Any, changes: dict[str, Any], stored: bool
 ) -> None:
-    monitor = CorrectionsMonitor(
-        SimpleNamespace(bootstrap="unused:9", client_id="t"),
-        sessions=sessions,
-        group_id="g",
-        retry_s=0.01,
-    )
+    monitor = CorrectionsMonitor(SimpleNamespace(bootstrap="unused:9", client_id="t"), sessions=sessions, group_id="g")
     poison, good = _correction(**changes), _correction()
     assert isinstance(decode(encode(poison)), Correction)  # schema-valid: the monitor, not the decoder, must cope
-    consumer = _FakeKafkaConsumer()
-    monitor._handle(_batches("fleet.corrections", [encode(poison), encode(good)]), consumer)
-    assert len(consumer.commits) == 1 and not consumer.seeks  # progress: the batch is done, not retried
+    loop, _ = _read(monitor, "fleet.corrections", [encode(poison), encode(good)])
+    assert loop.stats.commits == 1  # progress: the batch is done, not retried
     with sessions() as s:
         ids = set(s.scalars(select(CorrectionRow.id)))
     assert good.correction_id in ids
@@ -654,7 +635,7 @@ def test_heartbeat_flush_survives_schema_valid_extremes(sessions: Any) -> None:
         ),
         heartbeat("robot-ok"),
     ]
-    monitor._handle(_batches("fleet.heartbeats", [encode(h) for h in extremes]), _FakeKafkaConsumer())
+    _read(monitor, "fleet.heartbeats", [encode(h) for h in extremes])
     monitor._next_flush = 0.0
     monitor._tick()
     with sessions() as s:
