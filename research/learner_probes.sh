@@ -19,6 +19,8 @@ probe() {  # probe NAME arguments...
 }
 
 probe high-start-encoder-lr1e-3 --freeze encoder --lr 1e-3        # the trunk trains too (cached image tokens)
+probe high-start-encoder-d200 --freeze encoder --lr 1e-3 --demos 200  # four times the ideal data: data-bound?
+probe high-start-encoder-lr3e-4 --freeze encoder --lr 3e-4        # a lower rate: a lower noise floor?
 probe high-start-perception-lr3e-4 --freeze perception --lr 3e-4  # a lower rate: a lower noise floor?
 probe high-start-perception-b64 --freeze perception --lr 1e-3 --batch 64
 probe high-start-none-lr3e-4 --freeze none --lr 3e-4              # everything trains (the slowest update)
