@@ -11,6 +11,10 @@ the steps executed while it was inferred, are skipped. At each chunk boundary â€
 the runtime applies a pending hot-reload swap and pending operator commands. Everything leaves
 through a non-blocking transport: segments every `segment_steps`, a `Correction` per takeover, a
 `RewardSignal` per episode, a `Heartbeat` every `heartbeat_interval_s` from its own thread.
+
+Over 400 lines because the control loop and what happens at its chunk boundaries (hot-reload swap, operator
+commands, supervisor hand-over, segment flush) share one tick's state; apart, that state would cross modules every
+tick.
 """
 
 from __future__ import annotations

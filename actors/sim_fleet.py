@@ -4,6 +4,9 @@
 embodiment grid (a small fleet covers as many tasks and embodiments as it can), runs them until
 `episodes` each or `duration_s`, and returns per-robot summaries. On a multi-node Ray cluster the
 same call spreads robots over the nodes unchanged.
+
+Over 400 lines because the fleet's config, its Ray actor, placement over nodes and the restart of lost robots are
+one Ray program.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ rollback sets it. Publishing order guarantees nothing half-registered is served:
 uploaded first, the version is created with all its tags and then signed (the signature names its version number),
 and only then does an alias point at it.
 Every alias move and pin is mirrored into the DB (`model_versions`, `deployments`) and audited.
+
+Over 400 lines because `Registry` is one MLflow client's whole contract (publish, verify, aliases, pins,
+rollbacks, lineage tags) and its methods share one set of retry and tag helpers; each service sees only its slice
+through `fleet.registry_views`.
 """
 
 from __future__ import annotations

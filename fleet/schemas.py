@@ -17,6 +17,9 @@ version bump); removing or changing the meaning of a field bumps ``schema_versio
 whose ``kind`` or ``schema_version`` this reader does not know, or that fails validation, raises
 :class:`SchemaError` (the consumer dead-letters it). Array shapes are checked against
 :mod:`fleet.embodiments` (proprio/action sizes) and against each other (same T everywhere).
+
+Over 400 lines because the wire contract is in one place: every message and its codec, so a change is read
+against all of it.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ a batch of 32 meets only a few steps it has not seen. A step no batch samples is
 
 Reviews (`apply_review`): reject removes a correction's steps from every buffer; relabel replaces
 their actions and/or the episode's success (and so the returns).
+
+Over 400 lines because the three buffers, their batch shares and the chunk labels all read the same stored
+arrays: a sample's layout is defined once, here.
 """
 
 from __future__ import annotations

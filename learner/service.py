@@ -21,6 +21,9 @@ Publishing never stops training: when the registry is unreachable the checkpoint
 time: no new checkpoint is taken until it is published, so its data window stays exact) and is
 retried with backoff (2 s doubling to 15 s, each failure logged). `Registry.publish` is idempotent by
 sha256: a version an interrupted attempt already registered is completed, never registered twice.
+
+Over 400 lines because the loop, publication and the restart rail are each a few methods on one service's state;
+the gate (`learner.judge`), its evaluator and the curves (`learner.metrics`) live apart.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def test_every_stream_is_read_by_one_loop() -> None:
     dead-letter or skip, dedup, commit in one place); nothing else asks a consumer for records or decodes a dead
     letter's worth of bytes on its own."""
     assert _calls("MessageLoop") == {
-        "fleet/recorder.py", "learner/service.py", "dashboards/monitor.py", "fleet/client/__init__.py",
+        "fleet/recorder.py", "learner/service.py", "dashboards/monitor.py", "fleet/client/__init__.py", "fleet/demo.py",
     }  # fmt: skip
     assert _calls("consumer") == {"fleet/transport/consumer.py"}  # transport.consumer(...): only the loop's
     assert _calls("dead_letter") <= {"fleet/transport/consumer.py", "fleet/recorder.py"}  # + an episode's segments
@@ -77,3 +77,14 @@ def test_benches_and_probes_are_modules_that_import_without_path_tricks() -> Non
     assert not [str(p.relative_to(ROOT)) for p in scripts if "sys.path" in p.read_text()]
     for path in scripts:
         importlib.import_module(f"{path.parent.name}.{path.stem}")
+
+
+def test_a_product_file_over_400_lines_says_why_at_the_top() -> None:
+    long = {}
+    for package in PRODUCT:
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            if text.count("\n") > 400:
+                long[str(path.relative_to(ROOT))] = ast.get_docstring(ast.parse(text)) or ""
+    unexplained = sorted(name for name, doc in long.items() if "Over 400 lines because" not in doc)
+    assert long and not unexplained, unexplained

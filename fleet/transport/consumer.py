@@ -8,6 +8,9 @@ copies (same `dedup_key`) are skipped. Offsets are committed only after every re
 every dead letter acknowledged; a handler failure of any other kind is retried with backoff and, if it persists,
 stops the loop with nothing committed, so the batch is redelivered to whoever takes over the partitions.
 `ConsumerThread` steps a loop in the background and rebuilds it after any failure (the dashboard, robot listeners).
+
+Over 400 lines because the group member, the one loop built on it and the thread that steps it are what every
+service reads Kafka by; kept together so there is one place to read.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ States of the producer thread:
   any new message goes direct (so per-key order holds; new messages queue behind the spool).
 A message whose delivery fails after kafka-python's own retries is spooled again, which can put it
 behind newer ones; consumers order by (episode, segment index) and drop duplicates.
+
+Over 400 lines because the producer thread's states (up, down, replay) share the in-flight and spool state and
+its transitions only make sense read together.
 """
 
 from __future__ import annotations
