@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from pathlib import Path
 
 import typer
@@ -80,10 +82,17 @@ def run(
         typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
 
+    terminal, last_line = sys.stdout.isatty(), [0.0]
+
     def progress(statuses: list[dict]) -> None:
         done = sum(s["episodes"] for s in statuses)
         versions = sorted({str(s["version"]) for s in statuses})
-        typer.echo(f"\r{done} episodes, versions running: {', '.join(versions)}", nl=False)
+        line = f"{done} episodes, versions running: {', '.join(versions)}"
+        if terminal:  # one line, rewritten in place
+            typer.echo(f"\r{line}", nl=False)
+        elif time.monotonic() - last_line[0] >= 30.0:  # a log file (a background service): a line now and then
+            last_line[0] = time.monotonic()
+            typer.echo(line)
 
     metrics = serve_metrics(settings.metrics_port_robots, settings.metrics_bind_host, service="robots")
     try:

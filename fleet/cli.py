@@ -93,7 +93,7 @@ def demo(
     import logging
 
     from fleet.demo import DemoConfig, main
-    from fleet.observability import configure_logging, serve_metrics
+    from fleet.observability import configure_logging
     from fleet.settings import get_settings
     from fleet.stack.errors import StackError
 
@@ -108,12 +108,8 @@ def demo(
     except (KeyError, ValueError) as err:
         typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-    metrics = serve_metrics(settings.metrics_port_robots, settings.metrics_bind_host, service="robots")  # the fleet
     try:
         main(config)
     except StackError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
-    finally:
-        if metrics is not None:
-            metrics.close()

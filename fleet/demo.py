@@ -5,9 +5,9 @@
    embodiment, behaviour-cloned into the VLA, published and promoted.
 3. The learner (`fleet learner run --preset demo`) and the dashboard (`fleet dashboard`) as
    background services (stopped by `fleet down`), an admin user with a fresh random password.
-4. A simulated fleet on Ray that acts, gets corrected by the scripted supervisor, streams to
-   Kafka and hot-reloads every version the learner promotes; a live table shows success rate and
-   interventions per version, versions published and which robot runs which version.
+4. A simulated fleet on Ray (`fleet robots run`, a background service too) that acts, gets corrected by the
+   scripted supervisor, streams to Kafka and hot-reloads every version the learner promotes; a live table, read
+   off the fleet's streams, shows success rate and interventions per version and which robot runs which version.
 5. `demo/learning_curve.png`: success and interventions per episode over fleet time, per version.
 """
 
@@ -19,15 +19,21 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.defaults import DEFAULT_EMBODIMENTS
 from fleet.naming import version_number
 from fleet.settings import Settings
+
+if TYPE_CHECKING:
+    from fleet.schemas import Message
+    from fleet.stack.process import ManagedProcess
+    from fleet.transport import MessageLoop
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +134,30 @@ def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
 
 def start_service(settings: Settings, name: str, argv: list[str]) -> int:
     """A background fleet service that `fleet down` stops (pid file in the run dir)."""
+    return _service(settings, name, argv).start()
+
+
+def _service(settings: Settings, name: str, argv: list[str]) -> ManagedProcess:
     from fleet.stack.process import ManagedProcess
 
-    proc = ManagedProcess(
+    return ManagedProcess(
         name, [sys.executable, "-m", "fleet", *argv], settings.run_dir, settings.log_dir / f"{name}.log"
     )
-    return proc.start()
+
+
+def _robots_service(settings: Settings, config: DemoConfig) -> ManagedProcess:
+    """`fleet robots run` for the demo's fleet, for its minutes."""
+    return _service(settings, "robots", [
+        "robots", "run", "--n", str(config.robots), "--tasks", ",".join(config.fleet_tasks),
+        "--embodiments", ",".join(config.embodiments), "--scenario", config.scenario,
+        "--duration", str(config.minutes * 60),
+    ])  # fmt: skip
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit code of this process's child `pid`, or None while it runs."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
 
 
 def _admin_password(settings: Settings) -> str | None:
@@ -149,16 +173,70 @@ def _admin_password(settings: Settings) -> str | None:
 Event = tuple[float, str, bool, int]  # an episode: (finished at, version, success, intervention steps)
 
 
-def summarize(statuses: list[dict[str, Any]], events: list[Event]) -> dict[str, Any]:
-    """Per-version success rate and interventions per episode over every episode that ran (`events`: a robot's
-    report carries only its latest episodes, so the demo collects them as they come), and the rollout state."""
+class FleetWatch:
+    """What the demo shows, read off the fleet's own streams as the dashboard reads them: every episode that ends
+    (the version that acted most of it, as the episode store counts it; success; intervention steps) from
+    `fleet.trajectories`, and the version each robot runs from `fleet.heartbeats`. It reads from the streams' end,
+    so it starts before the robots."""
+
+    def __init__(self, settings: Settings) -> None:
+        from fleet.transport import ConsumerThread
+
+        self.settings = settings
+        self.events: list[Event] = []
+        self.running: dict[str, str | None] = {}  # robot -> version in its latest heartbeat
+        self._open: dict[
+            tuple[str, str], tuple[Counter[str | None], int]
+        ] = {}  # episode -> steps by version, interventions
+        self._lock = threading.Lock()
+        self.thread = ConsumerThread("demo-watch", connect=self._connect)
+
+    def _connect(self) -> MessageLoop:
+        from fleet.transport import (
+            HEARTBEATS,
+            TRAJECTORIES,
+            KafkaTransport,
+            MessageLoop,
+            TransportConfig,
+            ensure_topics,
+        )
+
+        config = TransportConfig.from_settings(self.settings, client_id="demo")
+        ensure_topics(config)
+        transport = KafkaTransport(config, create_topics=False)
+        return MessageLoop(transport, group_id=None, topics=[TRAJECTORIES, HEARTBEATS], handler=self.handle,
+                           dead_letters=False, dedup_capacity=0)  # fmt: skip
+
+    def handle(self, message: Message, record: object = None) -> None:
+        from fleet.episodes import acting_version
+        from fleet.schemas import Heartbeat, TrajectorySegment
+
+        with self._lock:
+            if isinstance(message, Heartbeat):
+                self.running[message.robot_id] = message.model_version
+            elif isinstance(message, TrajectorySegment):
+                key = (message.robot_id, message.episode_id)
+                steps, interventions = self._open.pop(key, (Counter(), 0))
+                steps[message.model_version] += message.length
+                interventions += int(message.intervention.sum())
+                if not message.done:
+                    self._open[key] = (steps, interventions)
+                    return
+                version = acting_version(steps)
+                self.events.append((message.created_at, str(version), message.success, interventions))
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            return summarize(sorted(self.events), self.running)
+
+
+def summarize(events: list[Event], running: dict[str, str | None]) -> dict[str, Any]:
+    """Per-version success rate and interventions per episode over every episode that ran (`events`), and how
+    many robots run each version (`running`: robot -> version)."""
     # "autonomous" = solved without any supervisor step: what the policy can do on its own
     per_version: dict[str, list[tuple[bool, int]]] = defaultdict(list)
     for _finished, version, success, interventions in events:
         per_version[version].append((success, interventions))
-    rollout: dict[str, int] = defaultdict(int)
-    for status in statuses:
-        rollout[str(status["version"])] += 1
     return {
         "versions": {
             v: {
@@ -169,18 +247,9 @@ def summarize(statuses: list[dict[str, Any]], events: list[Event]) -> dict[str, 
             }
             for v, rows in sorted(per_version.items(), key=lambda kv: version_number(kv[0]) or 0)
         },
-        "rollout": dict(rollout),
+        "rollout": dict(Counter(str(v) for v in running.values())),
         "episodes": len(events),
     }
-
-
-def collect(events: dict[tuple[str, float], Event], statuses: list[dict[str, Any]]) -> list[Event]:
-    """Add the robots' latest episodes to `events` (keyed by robot and finish time, so a report seen twice counts
-    once); every episode so far, in order."""
-    for status in statuses:
-        for v, success, interventions, _steps, finished, *_ in status.get("recent", []):
-            events[(status["robot_id"], finished)] = (finished, str(v), bool(success), int(interventions))
-    return sorted(events.values())
 
 
 def _table(summary: dict[str, Any], elapsed_s: float, minutes: float) -> Any:
@@ -249,8 +318,8 @@ def main(config: DemoConfig) -> dict[str, Any]:
     from rich.console import Console
     from rich.live import Live
 
-    from actors.sim_fleet import FleetConfig, run_fleet
     from fleet.stack import launcher
+    from fleet.stack.errors import StackError
 
     console = Console()
     settings = Settings()
@@ -268,27 +337,37 @@ def main(config: DemoConfig) -> dict[str, Any]:
         console.print(f"dashboard: {settings.dashboard_url}  (user admin" + (f", password {password})" if password
                       else ", password as set before)"))  # fmt: skip
 
-    # The terminal shows the live table, the dashboard's address and real errors (a robot that fails raises in
-    # this process); the robots' own output (Ray worker lines, Kafka client warnings, download progress bars) goes
-    # to Ray's log files.
+    # The fleet is a service like the others (`fleet robots run`, stopped by `fleet down`); the terminal shows the
+    # live table, read off the fleet's streams, the dashboard's address and real errors. The robots' own output
+    # (Ray worker lines, Kafka client warnings, download progress bars) goes to their log files.
     os.environ.setdefault("FLEET_RAY_LOG_TO_DRIVER", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the robots inherit it
-    console.print("[dim]robots' logs: /tmp/ray/session_latest/logs/; services': " + str(settings.log_dir) + "[/dim]")
-    events: dict[tuple[str, float], Event] = {}
+    console.print(f"[dim]logs: {settings.log_dir} (robots: robots.log and /tmp/ray/session_latest/logs/)[/dim]")
+    watch = FleetWatch(settings)
+    watch.thread.start()
+    if not watch.thread.connected.wait(60):
+        raise StackError("the demo cannot read the fleet's streams from Kafka; see `fleet status`")
+    robots = _robots_service(settings, config)
+    robots.stop()  # a fleet left from an earlier demo makes way for this one
+    pid = robots.start()
     started = time.monotonic()
-    fleet_config = FleetConfig(
-        n=config.robots, tasks=config.fleet_tasks, embodiments=config.embodiments, duration_s=config.minutes * 60,
-        poll_interval_s=10.0, scenario=config.scenario,
-    )  # fmt: skip
-    with Live(console=console, refresh_per_second=2) as live:
-
-        def progress(statuses: list[dict[str, Any]]) -> None:
-            summary = summarize(statuses, collect(events, statuses))
-            live.update(_table(summary, time.monotonic() - started, config.minutes))
-
-        results = run_fleet(settings, fleet_config, on_progress=progress)
-    summary = summarize(results, collect(events, results))
-    curve = plot_learning_curve(list(events.values()), config.out / "learning_curve.png")
+    try:
+        with Live(console=console, refresh_per_second=2) as live:
+            while (code := _exit_code(pid)) is None:
+                live.update(_table(watch.summary(), time.monotonic() - started, config.minutes))
+                time.sleep(1.0)
+            time.sleep(3.0)  # the last segments on their way
+    except KeyboardInterrupt:
+        robots.stop()
+        raise
+    finally:
+        watch.thread.stop()
+    if code != 0:
+        raise StackError(
+            f"the robots stopped with exit code {code}; the end of {robots.log_path}:\n{robots.log_tail()}"
+        )
+    summary = watch.summary()
+    curve = plot_learning_curve(sorted(watch.events), config.out / "learning_curve.png")
     (config.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     console.print(_table(summary, config.minutes * 60, config.minutes))
     console.print(f"learning curve: {curve}; the stack, learner and dashboard keep running: `fleet down` stops them")

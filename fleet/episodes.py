@@ -28,7 +28,7 @@ import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,6 +169,12 @@ class EpisodeError(ValueError):
     """Segments that do not make one episode (a gap in the steps, columns that do not fit together)."""
 
 
+def acting_version(steps_by_version: Mapping[str | None, int]) -> str | None:
+    """The version an episode belongs to: the one that acted most of its steps (a version over None, scripted, on
+    a tie). A robot that hot-reloads mid-episode runs two; the episode counts for the one that did most of it."""
+    return max(steps_by_version, key=lambda v: (steps_by_version[v], v is not None))
+
+
 def episode_from_segments(
     segments: Sequence[TrajectorySegment], *, success: bool | None = None, source: str = "fleet"
 ) -> Episode:
@@ -190,7 +196,7 @@ def episode_from_segments(
     steps_by_version: Counter[str | None] = Counter()
     for seg in segments:
         steps_by_version[seg.model_version] += seg.length
-    version = max(steps_by_version, key=lambda v: (steps_by_version[v], v is not None))
+    version = acting_version(steps_by_version)
     intervention = np.concatenate([s.intervention for s in segments])
     meta = EpisodeMeta(
         robot_id=first.robot_id,
