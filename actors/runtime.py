@@ -341,27 +341,10 @@ class RobotRuntime:
         return self._executor.submit(lambda: (np.asarray(policy.infer(obs), dtype=np.float32), version))  # type: ignore[arg-type,return-value]
 
     def run_episode(self) -> EpisodeResult:
+        """One episode: the control loop, one action a tick, a new chunk inferred ahead of need."""
         cfg = self.config
-        seed = cfg.seed * 100_000 + self.episodes
-        self.episodes += 1
-        self.episode_id = f"{cfg.robot_id}-{uuid.uuid4().hex[:10]}"
-        if self._rotation:
-            self.task = self._rotation[(self.episodes - 1) % len(self._rotation)]
-        if self.task != self._env_task and self.env_factory is not None:
-            self._switch_env(self.task)
-        obs, _ = self.env.reset(seed=seed)
-        self._check_instruction()
+        obs, stream = self._begin_episode()
         started_at = time.time()
-        obs = self._observe(obs)
-        self.policy.reset()
-        if self.supervisor is not None:
-            self.supervisor.reset()
-        stream = EpisodeStream(
-            self.publish, robot_id=cfg.robot_id, embodiment=cfg.embodiment, task=self.task,
-            instruction=self.instruction_override or self.env.instruction, episode_id=self.episode_id,
-            segment_steps=cfg.segment_steps, operator=getattr(self.supervisor, "name", "supervisor"),
-            channel=lambda: getattr(self.reloader, "channel", None), missed_ticks=self.missed_total,
-        )  # fmt: skip
         step = 0
         success = done = False
         period = cfg.time_scale / cfg.control_hz  # wall seconds per tick
@@ -420,16 +403,31 @@ class RobotRuntime:
             extra={"robot": cfg.robot_id, "episode": self.episode_id, "version": chunk_version, "steps": step,
                    "success": success, "interventions": stream.interventions},
         )  # fmt: skip
-        return EpisodeResult(
-            self.episode_id,
-            step,
-            success,
-            stream.interventions,
-            chunk_version,
-            time.time(),
-            started_at,
-            self.task or "",
-        )
+        return EpisodeResult(stream.episode_id, step, success, stream.interventions, chunk_version, time.time(),
+                             started_at, self.task or "")  # fmt: skip
+
+    def _begin_episode(self) -> tuple[Observation, EpisodeStream]:
+        """Next task (rotation), reset env, policy and supervisor; the first observation and the episode's stream."""
+        cfg = self.config
+        seed = cfg.seed * 100_000 + self.episodes
+        self.episodes += 1
+        self.episode_id = f"{cfg.robot_id}-{uuid.uuid4().hex[:10]}"
+        if self._rotation:
+            self.task = self._rotation[(self.episodes - 1) % len(self._rotation)]
+        if self.task != self._env_task and self.env_factory is not None:
+            self._switch_env(self.task)
+        obs, _ = self.env.reset(seed=seed)
+        self._check_instruction()
+        self.policy.reset()
+        if self.supervisor is not None:
+            self.supervisor.reset()
+        stream = EpisodeStream(
+            self.publish, robot_id=cfg.robot_id, embodiment=cfg.embodiment, task=self.task,
+            instruction=self.instruction_override or self.env.instruction, episode_id=self.episode_id,
+            segment_steps=cfg.segment_steps, operator=getattr(self.supervisor, "name", "supervisor"),
+            channel=lambda: getattr(self.reloader, "channel", None), missed_ticks=self.missed_total,
+        )  # fmt: skip
+        return self._observe(obs), stream
 
     def _switch_env(self, task: str) -> None:
         assert self.env_factory is not None
