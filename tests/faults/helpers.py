@@ -21,15 +21,19 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from fleet.registry import VersionInfo
 from fleet.schemas import TrajectorySegment, decode
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.kafka import KafkaService
 from fleet.stack.mlflow_server import MlflowService
 from fleet.stack.process import ManagedProcess
-from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig, ensure_topics
+from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig, ensure_topics, publish
 from learner.service import TOPICS as LEARNER_TOPICS
 from tests.data.test_integration import wait_for
+from tests.learner.fakes import correction, segments
+
+Partition = tuple[str, int]
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +237,48 @@ class StreamReader(threading.Thread):
                     time.sleep(0.5)
         finally:
             consumer.close()
+
+
+class Feeder(threading.Thread):
+    """Streams one episode (two segments and a correction) every `interval_s`, round-robin over robots."""
+
+    def __init__(self, settings: Settings, prefix: str, *, robots: int = 4, interval_s: float = 0.5) -> None:
+        super().__init__(name="feeder", daemon=True)
+        self.transport = KafkaTransport(TransportConfig.from_settings(settings, client_id=f"{prefix}-feeder"))
+        self.robots = [f"{prefix}-r{i}" for i in range(robots)]
+        self.interval_s = interval_s
+        self.episodes = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval_s):
+            robot = self.robots[self.episodes % len(self.robots)]
+            episode = f"{robot}-e{self.episodes}"
+            for segment in segments(robot, episode, lengths=(5, 5), intervention=(2, 4), seed=self.episodes):
+                publish(self.transport, segment)
+            publish(self.transport, correction(robot, episode, f"c-{episode}", 2, 2))
+            self.episodes += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+        assert self.transport.flush(timeout_s=30)
+        self.transport.close()
+
+
+def tiles(versions: list[VersionInfo], start: dict[Partition, int], end: dict[Partition, int]) -> int:
+    """Assert the versions' data windows cover [start, end) of every partition exactly once; returns the count."""
+    covered = 0
+    for (topic, partition), first in start.items():
+        spans = sorted(
+            tuple(v.data_offsets[topic][str(partition)])
+            for v in versions
+            if str(partition) in v.data_offsets.get(topic, {})
+        )
+        expected_next = first
+        for lo, hi in spans:
+            assert lo == expected_next, f"{topic}/{partition}: window {lo}..{hi} after {expected_next - 1}"
+            expected_next = hi + 1
+        assert expected_next == end[(topic, partition)], f"{topic}/{partition}: consumed up to {expected_next - 1}"
+        covered += expected_next - first
+    return covered

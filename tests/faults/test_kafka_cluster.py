@@ -1,5 +1,6 @@
 """A three-broker Kafka cluster (`fleet up --kafka-brokers 3`): one broker SIGKILLed while 16 robots stream, and
-nothing is lost, nothing doubled, no robot stops acting.
+nothing is lost, nothing doubled, no robot stops acting; another SIGKILLed while the learner trains, and the learner
+goes on publishing versions whose data windows tile what was fed (nothing lost, nothing trained twice).
 
 The cluster is started the way `fleet up` starts it (`launcher.services`: three KRaft nodes from the same jars, a
 controller quorum of three) on free ports in a temporary home. Sixteen real `RobotRuntime`s (real-time control loops
@@ -22,13 +23,25 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from fleet.registry import Registry
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.kafka import KafkaService
 from fleet.stack.process import port_in_use
 from fleet.transport import TRAJECTORIES, TransportConfig, ensure_topics
+from learner import checkpoints
 from learner.service import TOPICS as LEARNER_TOPICS
-from tests.faults.helpers import StreamReader, group_stable, kill_service, start_group_at_end, wait_for
+from tests.faults.helpers import (
+    ChildService,
+    Feeder,
+    StreamReader,
+    group_stable,
+    kill_service,
+    start_group_at_end,
+    tiles,
+    topic_ends,
+    wait_for,
+)
 from tests.faults.robots import TinyFleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -137,5 +150,69 @@ def test_one_broker_of_three_killed_while_16_robots_stream(
         "max_send_ms": round(max(t.max_send_s for t in transports) * 1000, 2),
         "reader_errors": reader.errors,
     }
+    record_property("outcome", outcome)
+    print("OUTCOME", outcome)
+
+
+def test_another_broker_killed_while_the_learner_trains(
+    cluster: Settings, stack: Settings, mlflow_uri: str, tmp_path: Path, record_property: Any
+) -> None:
+    """`fleet learner run --preset debug` on the cluster (the session's MLflow for its versions) while a feeder
+    streams episodes; a broker dies after its first versions. Its lineage is the proof: the versions' `data_offsets`
+    windows tile the fed offsets exactly, and versions keep coming after the kill."""
+    bootstrap = cluster.bootstrap_servers
+    prefix = f"cl{uuid.uuid4().hex[:6]}"
+    settings = stack.model_copy(update={"model_name": f"vla-{prefix}", "kafka_bootstrap": bootstrap})
+    ensure_topics(TransportConfig.from_settings(settings))
+    registry = Registry(settings, sessions=None)
+    start = start_group_at_end(bootstrap, "learner", LEARNER_TOPICS)  # the group `fleet learner run` uses
+    run_dir = tmp_path / "run"
+    env = {
+        "FLEET_MODEL_NAME": settings.model_name,
+        "FLEET_METRICS_PORT_LEARNER": "0",
+        "FLEET_KAFKA_BOOTSTRAP": bootstrap,
+    }
+    learner = ChildService(["fleet", "learner", "run", "--preset", "debug", "--run-dir", str(run_dir)], env=env,
+                           log_path=tmp_path / "learner.log")  # fmt: skip
+    feeder = Feeder(settings, prefix)
+    victim = KafkaService(cluster, node=2)  # not the node the first test killed
+    try:
+        learner.start()
+        feeder.start()
+        wait_for(lambda: len(registry.list_versions()) >= 2 or not learner.alive(), 150, "two versions")
+        assert learner.alive(), learner.log_tail()
+        kill_service(victim)
+        expected = [2] * cluster.kafka_partitions
+        wait_for(lambda: _replicas(bootstrap, TRAJECTORIES)[1] == expected, 90, "the dead broker to leave the ISRs")
+        at_shrink = len(registry.list_versions())
+        wait_for(lambda: len(registry.list_versions()) >= at_shrink + 2 or not learner.alive(), 150, "new versions")
+        assert learner.alive(), learner.log_tail()
+        feeder.stop()
+        end = topic_ends(bootstrap, LEARNER_TOPICS)
+
+        def caught_up() -> bool:
+            done = checkpoints.list_checkpoints(run_dir / "checkpoints")
+            state = checkpoints.load_state(done[-1])[0] if done else None
+            return (
+                state is not None
+                and state.published_version is not None
+                and all(state.offsets.get(t, {}).get(str(p), start[(t, p)]) == o for (t, p), o in end.items())
+            )
+
+        wait_for(caught_up, 150, "the learner to publish everything fed")
+        assert learner.stop() == 0, learner.log_tail()
+    finally:
+        feeder.stopping.set()
+        learner.kill()
+        with contextlib.suppress(Exception):
+            victim.prepare().start()
+
+    versions = registry.list_versions()
+    fed = {tp: o for tp, o in start.items() if end[tp] > o}
+    records = tiles(versions, fed, end)  # every record in exactly one version's window: none lost, none twice
+    assert records == sum(end[tp] - o for tp, o in fed.items()) == feeder.episodes * 3  # and none doubled on the log
+    assert [v.parent_version for v in versions] == [None] + [v.version for v in versions[:-1]]
+    outcome = {"records": records, "episodes": feeder.episodes, "versions": len(versions),
+               "versions_after_isr_shrink": len(versions) - at_shrink}  # fmt: skip
     record_property("outcome", outcome)
     print("OUTCOME", outcome)

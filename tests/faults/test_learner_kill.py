@@ -11,7 +11,6 @@ learner's update count (the optimizer resumed).
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,64 +22,15 @@ import torch
 from safetensors.numpy import load_file
 
 from fleet.policy.config import debug_model_config
-from fleet.registry import Registry, VersionInfo
+from fleet.registry import Registry
 from fleet.settings import Settings
-from fleet.transport import KafkaTransport, TransportConfig, publish
 from learner import checkpoints
 from learner.checkpoints import OPTIMIZER_DIR, LearnerState
 from learner.replay import ReplayBuffer, ReplayConfig
 from learner.rllib import MODULE_ID, RLlibConfig, VLALearner
 from learner.service import TOPICS as LEARNER_TOPICS
-from tests.faults.helpers import ChildService, start_group_at_end, topic_ends, wait_for
-from tests.learner.fakes import correction, segments
+from tests.faults.helpers import ChildService, Feeder, start_group_at_end, tiles, topic_ends, wait_for
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder, make_episode
-
-Partition = tuple[str, int]
-
-
-class Feeder(threading.Thread):
-    """Streams one episode (two segments and a correction) every `interval_s`, round-robin over robots."""
-
-    def __init__(self, settings: Settings, prefix: str, *, robots: int = 4, interval_s: float = 0.5) -> None:
-        super().__init__(name="feeder", daemon=True)
-        self.transport = KafkaTransport(TransportConfig.from_settings(settings, client_id=f"{prefix}-feeder"))
-        self.robots = [f"{prefix}-r{i}" for i in range(robots)]
-        self.interval_s = interval_s
-        self.episodes = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval_s):
-            robot = self.robots[self.episodes % len(self.robots)]
-            episode = f"{robot}-e{self.episodes}"
-            for segment in segments(robot, episode, lengths=(5, 5), intervention=(2, 4), seed=self.episodes):
-                publish(self.transport, segment)
-            publish(self.transport, correction(robot, episode, f"c-{episode}", 2, 2))
-            self.episodes += 1
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
-        assert self.transport.flush(timeout_s=30)
-        self.transport.close()
-
-
-def _tiles(versions: list[VersionInfo], start: dict[Partition, int], end: dict[Partition, int]) -> int:
-    """Assert the versions' data windows cover [start, end) of every partition exactly once; returns the count."""
-    covered = 0
-    for (topic, partition), first in start.items():
-        spans = sorted(
-            tuple(v.data_offsets[topic][str(partition)])
-            for v in versions
-            if str(partition) in v.data_offsets.get(topic, {})
-        )
-        expected_next = first
-        for lo, hi in spans:
-            assert lo == expected_next, f"{topic}/{partition}: window {lo}..{hi} after {expected_next - 1}"
-            expected_next = hi + 1
-        assert expected_next == end[(topic, partition)], f"{topic}/{partition}: consumed up to {expected_next - 1}"
-        covered += expected_next - first
-    return covered
 
 
 @pytest.mark.integration
@@ -135,7 +85,7 @@ def test_learner_sigkilled_while_training_resumes_without_training_a_record_twic
     last_dir = checkpoints.list_checkpoints(run_dir / "checkpoints")[-1]
     last, _ = checkpoints.load_state(last_dir)
     fed = {tp: o for tp, o in start.items() if end[tp] > o}
-    records = _tiles(versions, fed, end)  # every record in exactly one version's window
+    records = tiles(versions, fed, end)  # every record in exactly one version's window
     assert records == sum(end[tp] - o for tp, o in fed.items()) == feeder.episodes * 3
     assert [v.parent_version for v in versions] == [None] + [v.version for v in versions[:-1]]
     assert len({v.sha256 for v in versions}) == len(versions), "a checkpoint was registered twice"
