@@ -26,6 +26,7 @@ from actors.priority import set_niceness
 from actors.runtime import RobotConfig
 from actors.supervisor import SupervisorConfig, check_supervision
 from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
+from fleet.placement import ROBOT_NODES
 from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,11 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     raise RuntimeError("could not start a local Ray node; see /tmp/ray/session_latest/logs")
 
 
+# Robots spread over the cluster's nodes but the learner's (fleet.placement): one node lost takes as few robots as it
+# can with it (run_fleet replaces them on the nodes left); on one machine, the same as the default.
+ROBOT_PLACEMENT: dict[str, Any] = {"scheduling_strategy": "SPREAD", "label_selector": ROBOT_NODES}
+
+
 def _actor_class(config: FleetConfig) -> Any:
     import ray
 
@@ -264,9 +270,7 @@ def _start_robot(settings: Settings, config: FleetConfig, robot: RobotConfig, na
     settings_dict = settings.model_dump(mode="json", exclude={"secret_key", "metrics_token"})  # robots need no secrets
     return (
         _actor_class(config)
-        # Spread over the cluster's nodes: one node lost takes as few robots as it can with it (run_fleet replaces
-        # them on the nodes left); on one machine, the same as the default.
-        .options(name=name, get_if_exists=False, scheduling_strategy="SPREAD")
+        .options(name=name, get_if_exists=False, **ROBOT_PLACEMENT)
         .remote(
             settings_dict,
             asdict(robot),

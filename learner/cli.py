@@ -78,6 +78,20 @@ def run(
             "paraphrases (the training phrase bank), drawn per episode. Default: the preset's."
         ),
     ] = None,
+    num_learners: Annotated[
+        int | None,
+        typer.Option(
+            help="Data-parallel learners as Ray actors (DDP) on the Ray cluster (RAY_ADDRESS, else a local node); "
+            "0: one learner in this process. Default: the preset's."
+        ),
+    ] = None,
+    learner_node: Annotated[
+        bool,
+        typer.Option(
+            help="Put the data-parallel learners on the node(s) offering the fleet_learner resource, which robots "
+            "stay off (fleet.placement)."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
     """Consume the fleet stream and publish gated model versions until Ctrl-C / SIGTERM."""
@@ -88,6 +102,7 @@ def run(
     config = learner_config(
         preset, init=init, run_dir=run_dir, demos=demos, max_demos=max_demos, autonomous=autonomous, lr=lr,
         freeze=freeze, scenario=scenario, canary_fraction=canary_fraction, paraphrases=paraphrases,
+        num_learners=num_learners, learner_node=learner_node,
     )  # fmt: skip
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
@@ -112,6 +127,8 @@ def learner_config(
     scenario: str | None = None,
     canary_fraction: float | None = None,
     paraphrases: int | None = None,
+    num_learners: int | None = None,
+    learner_node: bool = False,
 ) -> LearnerConfig:
     """The preset with the command line's overrides; a bad preset or value is a `typer.BadParameter` naming it."""
     from learner.config import get_preset
@@ -145,12 +162,13 @@ def learner_config(
     if replay != config.replay:
         changes["replay"] = replay
     rllib = config.rllib
-    for option, value in (("lr", lr), ("freeze", freeze)):
+    placement = {"num_learners": num_learners, "learner_node": learner_node or None}
+    for option, value in (("lr", lr), ("freeze", freeze), *placement.items()):
         if value is not None:
             try:
-                rllib = dataclasses.replace(rllib, **{option: value})  # type: ignore[arg-type]  # lr or freeze
+                rllib = dataclasses.replace(rllib, **{option: value})  # type: ignore[arg-type]
             except ValueError as e:
-                raise typer.BadParameter(str(e), param_hint=f"--{option}") from None
+                raise typer.BadParameter(str(e), param_hint=f"--{option.replace('_', '-')}") from None
     if rllib != config.rllib:
         changes["rllib"] = rllib
     if scenario is not None:

@@ -47,6 +47,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
+from fleet.placement import LEARNER_RESOURCE
 from fleet.policy.config import VLAConfig
 from fleet.policy.model import FREEZE_LEVELS, Freeze, VLAModel
 from fleet.policy.train import ADAM_BETAS, parameter_groups
@@ -72,6 +73,10 @@ class RLlibConfig:
     awr_max_weight: float = 20.0  # clip of exp(A / beta), so one lucky step cannot dominate a batch
     num_learners: int = 0  # 0 = one in-process learner (CPU); N > 0 = N remote data-parallel learners (needs Ray)
     num_gpus_per_learner: float = 0.0  # GPUs per learner when num_learners > 0
+    # Each remote learner asks for one unit of the learner node's resource (fleet.placement), so the learners run on
+    # the node kept for them and robots on the others; needs num_learners > 0 (an in-process learner runs where the
+    # learner service was started).
+    learner_node: bool = False
     skip_nan_gradient_checks: bool = False  # True saves ~10% per update but applies NaN gradients (NOTES)
     seed: int = 0  # seeds torch before the module is built (same initial weights per seed)
     ema_decay: float = 0.0  # > 0: keep (and publish) a moving average of the weights, w <- d * w + (1 - d) * new
@@ -88,6 +93,8 @@ class RLlibConfig:
             raise ValueError("RLlibConfig: awr_beta must be positive and awr_max_weight >= 1")
         if self.num_learners < 0 or self.num_gpus_per_learner < 0:
             raise ValueError("RLlibConfig: num_learners and num_gpus_per_learner must be >= 0")
+        if self.learner_node and self.num_learners < 1:
+            raise ValueError("RLlibConfig: learner_node places remote learners; set num_learners >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"RLlibConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -306,6 +313,7 @@ def build_algorithm_config(config: RLlibConfig, model_config: VLAConfig) -> VLAA
     algo.learners(
         num_learners=config.num_learners,
         num_gpus_per_learner=config.num_gpus_per_learner,
+        custom_resources_per_learner={LEARNER_RESOURCE: 1} if config.learner_node else {},
         learner_class=VLATorchLearner,
     )
     algo.debugging(seed=config.seed)

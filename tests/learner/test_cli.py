@@ -61,3 +61,14 @@ def test_canary_fraction_sends_better_versions_to_a_canary_first_and_refuses_a_s
     with pytest.raises(typer.BadParameter) as error:
         learner_config("online", canary_fraction=1.5)
     assert error.value.param_hint == "--canary-fraction"
+
+
+def test_data_parallel_learners_go_to_the_learner_node_only_when_there_are_remote_ones() -> None:
+    config = learner_config("online", num_learners=2, learner_node=True)
+    assert (config.rllib.num_learners, config.rllib.learner_node) == (2, True)
+    with pytest.raises(typer.BadParameter) as error:  # an in-process learner runs where it was started
+        learner_config("online", learner_node=True)
+    assert error.value.param_hint == "--learner-node" and "num_learners" in str(error.value)
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("online", num_learners=-1)
+    assert error.value.param_hint == "--num-learners"
