@@ -23,6 +23,7 @@ probe high-start-encoder-lr1e-3 --freeze encoder --lr 1e-3        # the trunk tr
 V1_20K=${V1_20K:-$HOME/.cache/fleet/bench-online/cameras-2/v1-20k/checkpoints/step_00020000}
 probe high-start-v1-20k-encoder --v1 "$V1_20K" --freeze encoder --lr 1e-3
 probe high-start-v1-20k-encoder-d200 --v1 "$V1_20K" --freeze encoder --lr 1e-3 --demos 200  # and data-bound?
+probe high-start-v1-20k-encoder-lr3e-4 --v1 "$V1_20K" --freeze encoder --lr 3e-4  # a lower noise floor?
 probe high-start-encoder-d200 --freeze encoder --lr 1e-3 --demos 200  # four times the ideal data: data-bound?
 probe high-start-encoder-lr3e-4 --freeze encoder --lr 3e-4        # a lower rate: a lower noise floor?
 probe high-start-perception-lr3e-4 --freeze perception --lr 3e-4  # a lower rate: a lower noise floor?
