@@ -282,3 +282,16 @@ def tiles(versions: list[VersionInfo], start: dict[Partition, int], end: dict[Pa
         assert expected_next == end[(topic, partition)], f"{topic}/{partition}: consumed up to {expected_next - 1}"
         covered += expected_next - first
     return covered
+
+
+def published_up_to(run_dir: Path, start: dict[Partition, int], end: dict[Partition, int]) -> bool:
+    """Whether the learner's newest checkpoint under `run_dir` is published and has read every partition to `end`."""
+    from learner import checkpoints
+
+    done = checkpoints.list_checkpoints(run_dir / "checkpoints")
+    state = checkpoints.load_state(done[-1])[0] if done else None
+    return (
+        state is not None
+        and state.published_version is not None
+        and all(state.offsets.get(t, {}).get(str(p), start[(t, p)]) == o for (t, p), o in end.items())
+    )

@@ -29,7 +29,6 @@ from fleet.stack import launcher
 from fleet.stack.kafka import KafkaService
 from fleet.stack.process import port_in_use
 from fleet.transport import TRAJECTORIES, TransportConfig, ensure_topics
-from learner import checkpoints
 from learner.service import TOPICS as LEARNER_TOPICS
 from tests.faults.helpers import (
     ChildService,
@@ -37,6 +36,7 @@ from tests.faults.helpers import (
     StreamReader,
     group_stable,
     kill_service,
+    published_up_to,
     start_group_at_end,
     tiles,
     topic_ends,
@@ -190,16 +190,7 @@ def test_another_broker_killed_while_the_learner_trains(
         feeder.stop()
         end = topic_ends(bootstrap, LEARNER_TOPICS)
 
-        def caught_up() -> bool:
-            done = checkpoints.list_checkpoints(run_dir / "checkpoints")
-            state = checkpoints.load_state(done[-1])[0] if done else None
-            return (
-                state is not None
-                and state.published_version is not None
-                and all(state.offsets.get(t, {}).get(str(p), start[(t, p)]) == o for (t, p), o in end.items())
-            )
-
-        wait_for(caught_up, 150, "the learner to publish everything fed")
+        wait_for(lambda: published_up_to(run_dir, start, end), 150, "the learner to publish everything fed")
         assert learner.stop() == 0, learner.log_tail()
     finally:
         feeder.stopping.set()

@@ -29,7 +29,7 @@ from learner.checkpoints import OPTIMIZER_DIR, LearnerState
 from learner.replay import ReplayBuffer, ReplayConfig
 from learner.rllib import MODULE_ID, RLlibConfig, VLALearner
 from learner.service import TOPICS as LEARNER_TOPICS
-from tests.faults.helpers import ChildService, Feeder, start_group_at_end, tiles, topic_ends, wait_for
+from tests.faults.helpers import ChildService, Feeder, published_up_to, start_group_at_end, tiles, topic_ends, wait_for
 from tests.policy.fakes import FAKE_ENCODER, HashEmbedder, make_episode
 
 
@@ -65,16 +65,7 @@ def test_learner_sigkilled_while_training_resumes_without_training_a_record_twic
         feeder.stop()
         end = topic_ends(kafka_bootstrap, LEARNER_TOPICS)
 
-        def caught_up() -> bool:
-            done = checkpoints.list_checkpoints(run_dir / "checkpoints")
-            state = checkpoints.load_state(done[-1])[0] if done else None
-            return (
-                state is not None
-                and state.published_version is not None
-                and all(state.offsets.get(t, {}).get(str(p), start[(t, p)]) == o for (t, p), o in end.items())
-            )
-
-        wait_for(caught_up, 120, "the restarted learner to publish everything fed")
+        wait_for(lambda: published_up_to(run_dir, start, end), 120, "the restarted learner to publish everything fed")
         assert second.stop() == 0, second.log_tail()
     finally:
         feeder.stopping.set()
