@@ -12,18 +12,25 @@
 # missing. Run it alone on the machine: the robots are real-time and Ray starts them at niceness 15, so any other
 # job starves them. Frozen arms run no learner, so they run at time scale 1 (bench/online.py's merge accepts that:
 # their episodes do not depend on it) and take half the wall time.
+#
+# A second series from another version 1 and learner goes to its own folder, e.g. the 20k-step version 1 (committed in
+# research/online/v1-20k-flow4) with the image encoder frozen (research/learner_probes.sh's finding):
+#
+#   V1=research/online/v1-20k-flow4 OUT=research/online-v1-20k FREEZE=encoder bash research/online_arms.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V1=${V1:-research/online/v1-10k-flow4}
 DEMOS=${DEMOS:-$HOME/.cache/fleet/bench-online/cameras-2/demos}  # version 1's demonstrations (the learner's too)
-OUT=research/online
+OUT=${OUT:-research/online}
+FREEZE=${FREEZE:-perception}  # what the learner holds fixed (fleet learner run --freeze)
+LR=${LR:-1e-3}
 mkdir -p "$OUT"
 [ -d "$DEMOS" ] || .venv/bin/python -c "
 from bench.online import CACHE, cached_demos
 from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
 COMMON=(--scenario high-start --robots 4 --minutes 30 --time-scale 2 --v1 "$V1" --v1-demos "$DEMOS" --learner-demos 300
-        --freeze perception --learner-lr 1e-3 --final-episodes 50)
+        --freeze "$FREEZE" --learner-lr "$LR" --final-episodes 50)
 
 run() {  # run NAME bench-arguments...
   local name=$1; shift
