@@ -50,7 +50,7 @@ class DemoConfig:
     scenario: str = "nominal"
     # Version 1 is the recipe's pre-training stage on scripted demos. Measured with 300 demos per pair on
     # 6 pairs, front camera only: mean success 3% after 2.5k steps, 20% after 5k, 62% after 10k; with the
-    # wrist camera 85% after 10k (bench/cameras.py). 100 demos per pair and 4k steps (~7 min here with both
+    # wrist camera 85% after 10k (research/cameras.py). 100 demos per pair and 4k steps (~7 min here with both
     # cameras) start the demo's fleet at ~64% autonomous success, with room to learn.
     demos_per_pair: int = 100  # scripted demonstrations per task × embodiment for version 1
     bc_steps: int = 4000  # pre-training (behaviour-cloning) steps for version 1

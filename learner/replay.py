@@ -75,13 +75,13 @@ class ReplayConfig:
     capacity: int = 50_000  # steps per source buffer; the oldest steps leave first (FIFO per source)
     # Share of each batch from the online buffer. RLPD / HIL-SERL use 0.5 for RL from scratch; continuing a
     # BC-trained VLA, half the batch from its own fleet steps dilutes the demonstrations it still learns from:
-    # bench/replay_mix.py, 2,000 updates on the same 780 supervised episodes, 300-episode eval from 0.79:
-    # 0.5 -> 0.77, 0.25 -> 0.857, demonstrations alone 0.84 (bench/results/replay_mix.json).
+    # research/replay_mix.py, 2,000 updates on the same 780 supervised episodes, 300-episode eval from 0.79:
+    # 0.5 -> 0.77, 0.25 -> 0.857, demonstrations alone 0.84 (research/replay_mix/replay_mix.json).
     online_fraction: float = 0.25
     intervention_fraction: float | None = None  # share of the offline part from interventions; None = uniform
     # With `intervention_fraction` None, the most of the offline part interventions may take: corrections pile up
     # over a run (late in a 20-minute run they outnumbered the demonstrations), and corrections alone pulled
-    # pick/panda from 0.86 to 0.58 (bench/learning_probe.py --no-autonomous), so demonstrations keep a floor.
+    # pick/panda from 0.86 to 0.58 (research/learning_probe.py --no-autonomous), so demonstrations keep a floor.
     max_intervention_fraction: float = 0.5
     horizon: int = VALUE_HORIZON  # steps that normalize -(steps to success) into [-1, 0] (as in pre-training)
     failure_return: float = FAILURE_RETURN  # value target of every step of a failed episode (below any success)

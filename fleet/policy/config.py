@@ -48,7 +48,7 @@ class VLAConfig:
     # Camera names read from `obs["images"]`, each encoded by the shared image encoder. The wrist camera sees the
     # fingertips and the named cube below them. With its first mount (straight above the tool) and the same 300
     # demos per pair of pick/push/place x panda/kuka and 10k steps, front alone scored 0.53 mean success on 180
-    # held-out episodes, wrist alone 0.84, both 0.85 (bench/cameras.py).
+    # held-out episodes, wrist alone 0.84, both 0.85 (research/cameras.py).
     cameras: tuple[str, ...] = ("front", "wrist")
     # Square image side in pixels; must be divisible by 2 ** (len(conv_channels) + 1).
     image_size: int = 64

@@ -217,7 +217,7 @@ class PyBulletEnv(Grounded, EnvBase):  # Grounded: the runtime's check of operat
     def place_tool(self, position: ArrayLike) -> Observation:
         """Put the tool at `position` (world xyz, metres; pointing down, gripper open) mid-episode, without
         simulating the way there, and return the new observation. For probes that ask what a policy does from
-        a chosen state (bench/servo.py); the objects stay where they are."""
+        a chosen state (research/servo.py); the objects stay where they are."""
         target = np.asarray(position, dtype=np.float64)
         if target.shape != (3,) or not np.all(np.isfinite(target)):
             raise ValueError(f"tool position must be 3 finite numbers (x, y, z metres), got {target.tolist()}")

@@ -120,7 +120,8 @@ def test_loss_api_with_per_sample_weights(tiny_config: VLAConfig) -> None:
 
 @pytest.mark.parametrize("detach", [False, True])
 def test_a_detached_value_loss_trains_the_value_head_only(tiny_config: VLAConfig, detach: bool) -> None:
-    # `value_detach_trunk` (bench/learning_probe.py --detach-value): return targets must not move the action features.
+    # `value_detach_trunk` (research/learning_probe.py --detach-value): return targets must not move the action
+    # features.
     model = VLAModel(tiny_config.with_(value_detach_trunk=detach))
     model.loss(_mixed_batch(tiny_config))["loss/value"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.value_head.parameters())

@@ -16,50 +16,53 @@ out of the question. In rounds, it
 `--label all` also labels every step the policy drove with the expert's action (DAgger: all a supervisor
 could say, not only its takeovers); `--no-autonomous` trains on demonstrations and corrections only.
 
-Writes bench/results/learning_probe.json and .png (or `--out`). Commands that produced the committed results
-(written to /tmp, copied to bench/results/learning_probe.json and learning_probe_detach.json with their plots):
+Writes research/learning_probe/learning_probe.json and .png (or `--out`). Commands that produced the committed results
+(written to /tmp, copied to research/learning_probe/learning_probe.json and learning_probe_detach.json with their
+plots):
 
-    .venv/bin/python -m bench.learning_probe --rounds 4 --episodes 5 --updates 500 --cache /tmp/online-v2 \
+    .venv/bin/python -m research.learning_probe --rounds 4 --episodes 5 --updates 500 --cache /tmp/online-v2 \
         --out /tmp/dag/probe-default.json
-    .venv/bin/python -m bench.learning_probe --rounds 4 --episodes 5 --updates 500 --detach-value \
+    .venv/bin/python -m research.learning_probe --rounds 4 --episodes 5 --updates 500 --detach-value \
         --cache /tmp/online-v2 --out /tmp/dag/probe-detach.json
 
-and (session 9) the DAgger run, copied to bench/results/learning_probe_dagger.json and .png:
+and (session 9) the DAgger run, copied to research/learning_probe/learning_probe_dagger.json and .png:
 
-    .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 20 --updates 500 --label all \
+    .venv/bin/python -m research.learning_probe --rounds 3 --episodes 20 --updates 500 --label all \
         --cache /tmp/online-v2 --out /tmp/s9/probe-dagger.json
 
-and (session 10) the wrist-camera version 1 (bench/cameras.py), copied to bench/results/learning_probe_wrist.json
-and .png: gate 0.783 -> 0.833 -> 0.833 -> 0.80 over 1,500 updates on 120 supervised episodes per round, flat
-within the gate's noise, while the real loop's versions drift down to 0.65-0.73 over 2,500-3,000 updates
+and (session 10) the wrist-camera version 1 (research/cameras.py), copied to
+research/learning_probe/learning_probe_wrist.json and .png: gate 0.783 -> 0.833 -> 0.833 -> 0.80 over 1,500 updates
+on 120 supervised episodes per round, flat within the gate's noise, while the real loop's versions drift down to
+0.65-0.73 over 2,500-3,000 updates
 (bench/online.py):
 
-    .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 20 --updates 500 --cache /tmp/online-v3 \
+    .venv/bin/python -m research.learning_probe --rounds 3 --episodes 20 --updates 500 --cache /tmp/online-v3 \
         --out /tmp/s10/probe.json
 
 and (session 11) the real loop's scale: 780 supervised episodes per round (2,340 in all, as many as 4 real-time
 robots run in 20 minutes) and 3,000 updates (as many as the online learner makes in those 20 minutes), copied to
-bench/results/learning_probe_scale.json and .png. It ran on the replay returns from before c4d1a12 (autonomous
+research/learning_probe/learning_probe_scale.json and .png. It ran on the replay returns from before c4d1a12 (autonomous
 steps before a takeover count as failures). Gate 0.783 -> 0.833 -> 0.867 -> 0.817: no drift at the real loop's
 scale of data and updates, unlike the real loop's versions (0.65-0.73 after 2,500-3,000 updates):
 
-    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 130 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m research.learning_probe --rounds 3 --episodes 130 --updates 1000 \
         --out /tmp/s11/probe-scale.json
 
 and (session 11, after c4d1a12) the same scale with every round also scored on 50 other held-out episodes per pair
-(300), copied to bench/results/learning_probe_eval.json and .png. Gate 0.783 -> 0.783 -> 0.833 -> 0.833, the 300
-episodes 0.790 -> 0.783 -> 0.763 -> 0.783: the weights do not get better, and the gate's +5 points are its noise:
+(300), copied to research/learning_probe/learning_probe_eval.json and .png. Gate 0.783 -> 0.783 -> 0.833 -> 0.833,
+the 300 episodes 0.790 -> 0.783 -> 0.763 -> 0.783: the weights do not get better, and the gate's +5 points are its
+noise:
 
-    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 3 --episodes 130 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m research.learning_probe --rounds 3 --episodes 130 --updates 1000 \
         --eval-episodes 50 --out /tmp/s11/probe-eval.json
 
 Per pair the 300 episodes show a trade, not a standstill: kuka gains (pick/kuka 0.84 -> 0.94-0.98) and panda losses
 (push/panda 0.70 -> 0.54-0.62, place/panda 0.74 -> 0.60-0.72) cancel. Trained on demonstrations and takeover
-corrections only (`--no-autonomous`, copied to bench/results/learning_probe_eval_corrections.json and .png) the
-panda losses come faster: 0.790 -> 0.747 -> 0.723, pick/panda 0.86 -> 0.72 -> 0.58, kuka still up; so the
+corrections only (`--no-autonomous`, copied to research/learning_probe/learning_probe_eval_corrections.json and
+.png) the panda losses come faster: 0.790 -> 0.747 -> 0.723, pick/panda 0.86 -> 0.72 -> 0.58, kuka still up; so the
 takeover corrections are what hurts the panda policy:
 
-    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 2 --episodes 130 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m research.learning_probe --rounds 2 --episodes 130 --updates 1000 \
         --eval-episodes 50 --no-autonomous --out /tmp/s11/probe-eval-corr.json
 
 What they say: 2,000 updates (twice what the online learner makes in 10 minutes of fleet time) on 120
@@ -176,9 +179,9 @@ def studied_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def studied_policy(checkpoint: Path | None, cache: Path, threads: int) -> tuple[Path, Any, list[tuple[str, str]]]:
-    """What a probe of one version studies (bench/failures.py, bench/servo.py): `checkpoint`, or else bench/online.py's
-    cached version 1, as a seeded `VLAPolicy`, and the online gate's task × embodiment pairs. Returns (checkpoint
-    directory, policy, pairs)."""
+    """What a probe of one version studies (research/failures.py, research/servo.py): `checkpoint`, or else
+    bench/online.py's cached version 1, as a seeded `VLAPolicy`, and the online gate's task × embodiment pairs.
+    Returns (checkpoint directory, policy, pairs)."""
     import torch
 
     from bench.online import V1_BC_STEPS, V1_DEMOS, version_one
@@ -238,7 +241,7 @@ def main() -> None:
     parser.add_argument("--bc-steps", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (nothing else runs beside it)")
     parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "learning_probe.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "research" / "learning_probe" / "learning_probe.json")
     args = parser.parse_args()
 
     import torch
@@ -305,7 +308,7 @@ def main() -> None:
         env.close()
     result = {
         "benchmark": "learning_probe",
-        "command": " ".join(["bench/learning_probe.py", *sys.argv[1:]]),
+        "command": " ".join(["research/learning_probe.py", *sys.argv[1:]]),
         "config": {"rounds": args.rounds, "episodes_per_pair": args.episodes, "updates_per_round": args.updates,
                    "lr": rllib.lr, "ema_decay": rllib.ema_decay, "batch_size": preset.batch_size,
                    "label": args.label, "autonomous": args.autonomous, "detach_value": args.detach_value,

@@ -12,22 +12,22 @@ This bench gives that many updates the best data a learner could hope for and as
    the post-training stage's schedule (`fleet.recipe.train.STAGE_OVERRIDES["posttrain"]`: warm-up, cosine decay
    to 10%; the online learner keeps its rate constant and publishes a moving average), at each of `--lrs`;
 3. version 1 and every fine-tuned model are scored on the probes' wide eval (`learning_probe.wide_eval`:
-   `--episodes` held-out episodes per pair, seeds 2,000,000+, the online gate's rules; bench/failures.py's seeds).
+   `--episodes` held-out episodes per pair, seeds 2,000,000+, the online gate's rules; research/failures.py's seeds).
 
 If this does not reach 0.9, no learner of this model reaches 0.9 within 20 minutes of fleet time here, whatever the
 fleet sends it: the issue's "baseline to >= 90% in 20 minutes" is then bound by the learner's compute on 2 cores
 (`num_learners` GPUs lift it, learner/rllib.py), not by what the loop feeds it. Runs are cached under `--cache`
 (ceiling-<version 1's run>-pool<pool>-lr<lr>-<updates>/), so a re-run only evaluates.
 
-Writes bench/results/ceiling.json. Command that produced the committed result (session 18; its run directories were
+Writes research/ceiling/ceiling.json. Command that produced the committed result (session 18; its run directories were
 named ceiling-d50-lr<lr>-3000/ then, renamed since):
 
-    PYTHONPATH=. .venv/bin/python -m bench.ceiling --out /tmp/s18/ceiling.json
+    PYTHONPATH=. .venv/bin/python -m research.ceiling --out /tmp/s18/ceiling.json
 
 and from the strong version 1 (bench/online.py's default: 300 demos, 20k steps), on twice its demonstrations,
-copied to bench/results/ceiling_strong_v1.json:
+copied to research/ceiling/ceiling_strong_v1.json:
 
-    PYTHONPATH=. .venv/bin/python -m bench.ceiling --demos 300 --bc-steps 20000 --pool 600 --lrs 1e-4 3e-4 \
+    PYTHONPATH=. .venv/bin/python -m research.ceiling --demos 300 --bc-steps 20000 --pool 600 --lrs 1e-4 3e-4 \
         --out /tmp/s18/ceiling-strong.json
 
 What it says (session 18): from the weak version 1 (50 demos per pair, 0.593), 3,000 updates on 300 demos per pair
@@ -90,17 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=50, help="held-out episodes per task × embodiment")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (nothing else runs beside it)")
     parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ceiling.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "research" / "ceiling" / "ceiling.json")
     args = parser.parse_args(argv)
 
     import torch
 
-    from bench.learning_probe import wide_eval
     from bench.online import cached_demos, version_one
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from fleet.recipe.train import load_episodes, select_demos
     from learner.config import PRESETS
+    from research.learning_probe import wide_eval
 
     torch.set_num_threads(args.threads)
     started = time.monotonic()
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"lr": lr, "updates": args.updates, **scored(checkpoint), "steps_per_s": round(steps_per_s, 2)})
     result = {
         "benchmark": "ceiling",
-        "command": "bench/ceiling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "research/ceiling.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "version_1": {"demos_per_pair": args.demos, "bc_steps": args.bc_steps, **initial},
         "fine_tune": {
             "demos_per_pair": args.pool,

@@ -7,9 +7,9 @@ episodes per task × embodiment (seeds 2,000,000+, the probes' wide eval) on the
 failure, the supervisor would have taken over). Per failed episode it records the step at which progress stopped
 and the tool's xy offset from the target object there (centimetres; for push the y offset is the gap behind the
 block, so only x says whether the tool is lined up), the step the watch ended it, the distance still to go
-(`REMAINING`, metres) and what the tool held. Writes bench/results/failures.json (or `--out`) and prints a table.
+(`REMAINING`, metres) and what the tool held. Writes research/failures/failures.json (or `--out`) and prints a table.
 
-Session 17's result (bench/results/failures.json; version 1 = 20k BC steps, pre-trained again after the wrist
+Session 17's result (research/failures/failures.json; version 1 = 20k BC steps, pre-trained again after the wrist
 camera moved from straight above the fingertips, where the Panda's closed fingers filled its whole view while
 pushing, to behind and above the hand, looking forward and down past the fingertips): 0.92, from 0.86. push/panda
 0.62 -> 0.90, push/kuka 0.74 -> 0.88, pick/panda 0.98, pick/kuka 1.00, place/kuka 0.92 (0.96), place/panda 0.84
@@ -17,7 +17,7 @@ pushing, to behind and above the hand, looking forward and down past the fingert
 each pair's rate here has a standard error of ~0.04-0.05, so the push gains are the clear part. The failures left
 are still stalls at step 7-23, 1-4 cm off (place/panda's median 2.5 cm in x). Command:
 
-    PYTHONPATH=. .venv/bin/python -m bench.failures --episodes 50
+    PYTHONPATH=. .venv/bin/python -m research.failures --episodes 50
 
 Session 16's result (version 1 = 20k BC steps, the first wrist camera, 50 episodes per
 pair, after the suction fix below): 0.86. pick/panda and pick/kuka 0.98, place/kuka 0.96, place/panda 0.88; push is
@@ -38,13 +38,13 @@ bias rather than noise; on kuka the offsets are smaller and either way (7 of 20 
 policy then presses down or closes on nothing, rises and tries again: a policy that does not correct a small
 offset, which the demonstrations never show (the expert is lined up before it descends). Command then:
 
-    PYTHONPATH=. .venv/bin/python -m bench.failures --episodes 30
+    PYTHONPATH=. .venv/bin/python -m research.failures --episodes 30
 
 Demonstrations that do show offsets make it worse (session 14, scratch scripts not in the tree).
 100 demonstrations per pair were collected DART-style: the executed action got Gaussian noise (std 0.3 on the
 translation), while the recorded label stayed the expert's clean action. 591 of 600 succeeded, 18k steps beside
 the 29k of version 1's demonstrations. 2,000 updates on both took version 1 from 0.79 to 0.47 on the 300 held-out
-episodes (pick/kuka 0.16, place/kuka 0.16); the demonstrations alone give 0.84 (bench/replay_mix.py).
+episodes (pick/kuka 0.16, place/kuka 0.16); the demonstrations alone give 0.84 (research/replay_mix.py).
 
 The suspect was the expert's recovery off its path, which backs off: more than 2 cm out of line below hover
 height it rises to hover first (`_pick`), and after a missed grasp it opens and rises. Rising adds distance to go,
@@ -53,8 +53,8 @@ clear the cube's top, gave the same: 598 of 600 noisy demonstrations, 0.483 afte
 is not the whole story. The noise's size is: at std 0.1 (600 of 600 succeeded) the same 1,000 updates give 0.823,
 against 0.807 for the demonstrations alone (standard error ~0.023: no harm and no clear gain). At std 0.3 the tool
 likely never settles near the cube and the clean labels flip between "descend" and "line up" from step to step
-(not measured). The DAgger probe (bench/learning_probe.py --label all: 0.73 -> 0.37) and the corrections' share
-(bench/replay_mix.py: half from interventions 0.777) also found the expert's labels off its path no help to this
+(not measured). The DAgger probe (research/learning_probe.py --label all: 0.73 -> 0.37) and the corrections' share
+(research/replay_mix.py: half from interventions 0.777) also found the expert's labels off its path no help to this
 policy.
 """
 
@@ -110,7 +110,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=30, help="held-out episodes per task × embodiment")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "failures.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "research" / "failures" / "failures.json")
     studied_arguments(parser)
     args = parser.parse_args()
 
@@ -140,7 +140,7 @@ def main() -> None:
         }
     result = {
         "benchmark": "failures",
-        "command": " ".join(["bench/failures.py", *sys.argv[1:]]),
+        "command": " ".join(["research/failures.py", *sys.argv[1:]]),
         "config": {"checkpoint": str(checkpoint), "episodes_per_pair": args.episodes, "seed_offset": WIDE_SEEDS},
         "success": round(float(np.mean([p["success"] for p in pairs.values()])), 3),
         "pairs": pairs,

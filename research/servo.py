@@ -1,6 +1,6 @@
 """Does the policy steer by what it sees? Its response to a small offset at the point where the expert lines up.
 
-bench/failures.py found version 1's failures are stalls 1-4 cm off the cube: the tool comes down beside it and
+research/failures.py found version 1's failures are stalls 1-4 cm off the cube: the tool comes down beside it and
 does not correct. This measures why, per task × embodiment, on held-out seeds (the probes' wide eval):
 
 - **servo gain**: the tool is put at the expert's line-up point (over the cube at hover height for pick and place,
@@ -12,11 +12,11 @@ does not correct. This measures why, per task × embodiment, on held-out seeds (
   keypoint token (all cameras), and one from the trunk's mean token, to the xy offset (uniform in ±3 cm), fitted
   on half the seeds; R² and mean error on the other half.
 
-Session 17's result (bench/results/servo.json, version 1 pre-trained again with the wrist camera behind the hand,
+Session 17's result (research/servo/servo.json, version 1 pre-trained again with the wrist camera behind the hand,
 looking past the fingertips): mean gain 0.15 (pick/place x 0.07-0.12, y 0.15-0.24; push/panda 0.26, push/kuka
 0.05), keypoint R² 0.93-0.98 (push y 0.79-0.86). push/panda's wrist camera now sees the block past the closed
 fingers (its R² from none to 0.96 / 0.86, its gain from 0.00 to 0.26), and the pair's success went 0.62 -> 0.90
-(bench/failures.py); elsewhere the policy still mostly comes down where it was heading.
+(research/failures.py); elsewhere the policy still mostly comes down where it was heading.
 
 Session 16's result (version 1 now 20k BC steps, the first wrist camera): mean gain 0.183 (pick/place x
 0.22-0.34, y 0.09-0.29; push/kuka 0.03, push/panda 0.00), keypoint R² 0.97-0.99 as before (push/panda none).
@@ -27,7 +27,7 @@ not use it. The keypoint token gives the offset with held-out R² 0.97-0.99 (0.8
 mean token 0.88-0.97, yet the policy's gain is 0.18-0.24 on pick and place (x; y 0.11-0.15), 0.09 on push/kuka and
 0.00 on push/panda (mean 0.147): it comes down where it was heading. Push on panda is blind besides: the expert
 pushes with the fingers closed, and the wrist camera, 6 cm above the fingertips, then sees nothing but the two
-fingers (R² below 0; bench/results/servo_wrist.png, row 3). Its 0.52-0.70 success is the worst pair's.
+fingers (R² below 0; research/servo/servo_wrist.png, row 3). Its 0.52-0.70 success is the worst pair's.
 
 What moved the gain (scratch scripts in /tmp, not in the tree; wide eval = 50 held-out episodes per pair):
 - Fine-tuning version 1 for 2,000 updates did not, whatever the data: 900 extra demonstrations that start at the
@@ -49,7 +49,7 @@ What moved the gain (scratch scripts in /tmp, not in the tree; wide eval = 50 he
   which moved it behind the hand (see above).
 Command:
 
-    PYTHONPATH=. .venv/bin/python -m bench.servo
+    PYTHONPATH=. .venv/bin/python -m research.servo
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10, help="held-out episodes per pair for the gain")
     parser.add_argument("--probe-seeds", type=int, default=60, help="held-out episodes per pair for the probe")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "servo.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "research" / "servo" / "servo.json")
     studied_arguments(parser)
     args = parser.parse_args()
 
@@ -197,7 +197,7 @@ def main() -> None:
     gains = [axis["gain"] for pair in pairs.values() for axis in pair["gain"].values()]
     result = {
         "benchmark": "servo",
-        "command": " ".join(["bench/servo.py", *sys.argv[1:]]),
+        "command": " ".join(["research/servo.py", *sys.argv[1:]]),
         "config": {"checkpoint": str(checkpoint), "seeds": args.seeds, "probe_seeds": args.probe_seeds,
                    "offsets_cm": [o * 100 for o in OFFSETS], "probe_range_cm": PROBE_RANGE * 100,
                    "seed_offset": WIDE_SEEDS},

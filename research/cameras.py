@@ -7,11 +7,11 @@ batches), and scores each on the same held-out episodes (`fleet.recipe.evaluate`
 seed 100,000, on the robots' chunk schedule). Demos and runs are cached under `--cache`; a re-run resumes /
 reuses them.
 
-Writes bench/results/cameras.json: per camera set, success per task × embodiment, the mean, the final action
+Writes research/cameras/cameras.json: per camera set, success per task × embodiment, the mean, the final action
 loss and the training throughput (steps/s; only comparable within one run, and only when the runs were not
 resumed). Command that produced the committed result:
 
-    .venv/bin/python -m bench.cameras --cache /tmp/s10/cameras
+    .venv/bin/python -m research.cameras --cache /tmp/s10/cameras
 
 (the three runs had been trained by the same calls in scratch scripts of session 10, so this run found them
 done and evaluated them; their throughputs are the scratch runs' tqdm figures, in the note, not in the JSON).
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=30, help="held-out episodes per task × embodiment")
     cache = Path.home() / ".cache" / "fleet" / "bench-cameras" / f"cameras-{CAMERA_REVISION}"
     parser.add_argument("--cache", type=Path, default=cache)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cameras.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "research" / "cameras" / "cameras.json")
     args = parser.parse_args(argv)
 
     from bench.online import pretrain_cached
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown camera sets {unknown}; known: {list(CAMERA_SETS)}")
     result: dict = {
-        "command": "bench/cameras.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "research/cameras.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "demos_per_pair": args.demos,
         "steps": args.steps,
         "episodes_per_pair": args.episodes,

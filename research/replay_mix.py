@@ -1,6 +1,6 @@
 """How much of each learner batch should come from the fleet's own steps? One fixed round of fleet data, several mixes.
 
-bench/learning_probe.py (session 11) found the learner's weights flat on 300 held-out episodes while the learner
+research/learning_probe.py (session 11) found the learner's weights flat on 300 held-out episodes while the learner
 took half of each batch from the fleet (`ReplayConfig.online_fraction` 0.5, as RLPD / HIL-SERL do for RL from
 scratch). This bench asks whether that mix is the cause. It
 
@@ -14,9 +14,9 @@ scratch). This bench asks whether that mix is the cause. It
    2,000,000+, the probe's wide eval: 300 episodes, a standard error of ~0.023 on the mean).
 
 Arms: `demos` (the demonstrations alone: does more behaviour cloning help by itself?) and `online=F` for each F in
-`--fractions`. Writes bench/results/replay_mix.json and .png (or `--out`).
+`--fractions`. Writes research/replay_mix/replay_mix.json and .png (or `--out`).
 
-Session 12's result (bench/results/replay_mix.json) from version 1's 0.79, after 1,000 / 2,000 updates: demos
+Session 12's result (research/replay_mix/replay_mix.json) from version 1's 0.79, after 1,000 / 2,000 updates: demos
 alone 0.807 / 0.84 (version 1 is not done learning from its demonstrations), online 0.5 0.797 / 0.77, online 0.25
 0.823 / 0.857 (the scratch runs before it printed the same, but 0.83 for demos alone at 2,000). So the learner's
 default became 0.25 (ReplayConfig). Three other weightings of the fleet's autonomous steps at 0.5 were tried with
@@ -24,22 +24,23 @@ a scratch copy of this loop and are not in the JSON: weight 1 for every autonomo
 0.78, weight 0 (they train the value head only) 0.777 / 0.773, weight 1 where the advantage is positive, else 0
 0.833 / 0.783. Commands (scratch runs first, then this bench):
 
-    PYTHONPATH=. .venv/bin/python -m bench.learning_probe --rounds 2 --episodes 0 --updates 1000 \
+    PYTHONPATH=. .venv/bin/python -m research.learning_probe --rounds 2 --episodes 0 --updates 1000 \
         --eval-episodes 50 --out /tmp/s12/demo-only.json
-    PYTHONPATH=. .venv/bin/python -m bench.replay_mix --fractions 0.5 0.25
+    PYTHONPATH=. .venv/bin/python -m research.replay_mix --fractions 0.5 0.25
 
 Session 14: should the corrections weigh more? An arm `F:I` also takes I of the offline rows from the fleet's
 intervention steps (`ReplayConfig.intervention_fraction`; the default draws demonstrations and interventions alike,
 and interventions are ~8% of those rows). At online 0.25, after 1,000 / 2,000 updates: the default 0.823 / 0.857
 (the same numbers as session 12: the bench is deterministic), half the offline rows from interventions 0.793 /
-0.777 (bench/results/replay_mix_interventions.json), none 0.83 / 0.827 (a second run, printed to /tmp). Weighting
+0.777 (research/replay_mix/replay_mix_interventions.json), none 0.83 / 0.827 (a second run, printed to /tmp). Weighting
 the corrections up makes version 1 worse; leaving them out changes nothing measurable. The human's takeovers
 mostly finish a grasp the policy had lined up badly (one step that moves the tool over the cube, then descend and
 lift, as in the demonstrations), so there is little in them that the demonstrations lack. Commands (the first
-run's JSON and PNG copied to bench/results/replay_mix_interventions.*):
+run's JSON and PNG copied to research/replay_mix/replay_mix_interventions.*):
 
-    PYTHONPATH=. .venv/bin/python -m bench.replay_mix --fractions 0.25 0.25:0.5 --no-demos-arm --out /tmp/s14/mix.json
-    PYTHONPATH=. .venv/bin/python -m bench.replay_mix --fractions 0.25:0 --no-demos-arm --out /tmp/s14/mix0.json
+    PYTHONPATH=. .venv/bin/python -m research.replay_mix --fractions 0.25 0.25:0.5 --no-demos-arm \
+        --out /tmp/s14/mix.json
+    PYTHONPATH=. .venv/bin/python -m research.replay_mix --fractions 0.25:0 --no-demos-arm --out /tmp/s14/mix0.json
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def fleet_round(model: Any, pairs: list[tuple[str, str]], episodes: int, store_dir: Path) -> Path:
     """Version 1's supervised episodes (the probe's first round, same seeds), collected once into an EpisodeStore."""
-    from bench.learning_probe import collect
     from fleet.episodes import EpisodeStore
     from fleet.sim import make_env
+    from research.learning_probe import collect
 
     done = store_dir / "COMPLETE"
     if done.exists():
@@ -163,17 +164,17 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=50, help="held-out episodes per pair per score")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "replay_mix.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "research" / "replay_mix" / "replay_mix.json")
     args = parser.parse_args()
 
     import torch
 
-    from bench.learning_probe import wide_eval
     from bench.online import V1_DEMOS, version_one
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.policy.language import default_embedder
     from learner.config import PRESETS
     from learner.gate import EvalGate
+    from research.learning_probe import wide_eval
 
     torch.set_num_threads(args.threads)
     started = time.monotonic()
@@ -192,7 +193,7 @@ def main() -> None:
         arms[name] = train_arm(name, float(online), model, wide, fleet, args, share)
     result = {
         "benchmark": "replay_mix",
-        "command": " ".join(["bench/replay_mix.py", *sys.argv[1:]]),
+        "command": " ".join(["research/replay_mix.py", *sys.argv[1:]]),
         "config": {"episodes_per_pair": args.episodes, "updates": args.updates, "eval_episodes_per_pair":
                    args.eval_episodes, "fleet_round": json.loads((fleet / "COMPLETE").read_text()), "v1": str(v1)},
         "initial_eval": round(initial, 3),
