@@ -18,6 +18,14 @@ Each size runs `--seconds` (1,000 robots: 300, the issue's five minutes) after a
 `first_bottleneck`: the first of the producers (behind schedule), the recorders (lag growing) or the learner's
 ingest (lag growing) that did not keep up, else "none". Writes bench/results/scale.json.
 
+Faults, in the same run: `--kafka-brokers 3 --kill-broker-at S` SIGKILLs the third broker S seconds into each size's
+run (replication 3, `min.insync.replicas` 2: writes go on with two) and restarts it for the next size; each run
+reports `segments_lost` (acknowledged by the brokers, never recorded) and the top level `broker_killed_lost`.
+`--ray-node-loss N` then runs N simulated robots (the product's `run_fleet`, a tiny random model as production) on a
+two-node Ray test cluster and removes the node under some of them once every robot has finished an episode:
+`ray_node_lost_robots_recovered` is how many of those were started again on the node left and finished, out of how
+many were lost.
+
     FLEET_DATABASE_URL=$(bash scripts/postgres.sh) .venv/bin/python -m bench.scale --robots 10,100,1000 \
         --seconds 60,60,300 --producers 2 --recorders 2 --partitions 8
 """
@@ -25,10 +33,12 @@ ingest (lag growing) that did not keep up, else "none". Writes bench/results/sca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -155,12 +165,14 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def run_size(args: argparse.Namespace, bootstrap: str, robots: int, seconds: float, work: Path) -> dict[str, Any]:
+def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: float, work: Path) -> dict[str, Any]:
     from bench.ingest import start_at_end
     from fleet.db.migrate import upgrade
+    from fleet.stack.kafka import KafkaService
     from fleet.transport import TransportConfig
     from fleet.transport.kafka import group_lag
 
+    bootstrap = settings.bootstrap_servers
     tag = uuid.uuid4().hex[:6]
     db_url = args.database_url or f"sqlite:///{work / f'{tag}.db'}"
     upgrade(db_url)
@@ -190,6 +202,8 @@ def run_size(args: argparse.Namespace, bootstrap: str, robots: int, seconds: flo
     ]
     for p in producers:
         p.start()
+    victim = None if args.kill_broker_at is None else KafkaService(settings, node=args.kafka_brokers)
+    killed_at: float | None = None
     config = TransportConfig(bootstrap=bootstrap)
     lags: dict[str, list[int]] = {name: [] for name in groups}
     cpu0 = {p.pid: _cpu_seconds(p.pid) for p in producers + consumers if p.pid}
@@ -197,6 +211,11 @@ def run_size(args: argparse.Namespace, bootstrap: str, robots: int, seconds: flo
     t0 = time.time()
     while any(p.is_alive() for p in producers):
         time.sleep(1.0)
+        if victim is not None and killed_at is None and time.time() - start_at >= args.kill_broker_at:
+            pid = victim.process().pid()  # SIGKILL, for good: the rest of the run goes on with the brokers left
+            if pid is not None:
+                os.killpg(pid, signal.SIGKILL)
+                killed_at = time.time() - start_at
         cpu_last.update({pid: v for pid in cpu_last if (v := _cpu_seconds(pid)) > 0})
         for row in group_lag(config, list(groups.values())):
             name = "recorder" if row["group"] == groups["recorder"] else "learner"
@@ -228,6 +247,12 @@ def run_size(args: argparse.Namespace, bootstrap: str, robots: int, seconds: flo
     bottleneck = ("producers" if producer_lag > 1.0 else "recorders" if rising["recorder"]
                   else "learner_ingest" if rising["learner"] else "none")  # fmt: skip
     sent = sum(p["sent"] for p in produced)
+    if victim is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(victim.process().pid() or -1, os.WNOHANG)
+        victim.process().pid_path.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            victim.prepare().start()  # whole again for the next size
     return {
         "robots": robots,
         "seconds": seconds,
@@ -243,7 +268,54 @@ def run_size(args: argparse.Namespace, bootstrap: str, robots: int, seconds: flo
         "dropped": sum(p["dropped"] for p in produced),
         "cpu_cores": share,
         "first_bottleneck": bottleneck,
+        "broker_killed_at_s": None if killed_at is None else round(killed_at, 1),
+        # acknowledged by the brokers yet never recorded, once both groups drained (each recorded at most once)
+        "segments_lost": sent - sum(p["dropped"] for p in produced) - len(seen),
     }
+
+
+def ray_node_loss(settings: Any, robots: int, episodes: int) -> dict[str, Any]:
+    """`robots` simulated robots (the product's `run_fleet`, a tiny random model as production) on a two-node Ray test
+    cluster; once every robot has finished an episode the node under some of them goes away. How many of those were
+    started again on the node left and finished their episodes."""
+    import ray
+    import torch
+    from ray.cluster_utils import Cluster
+
+    from actors.sim_fleet import FleetConfig, run_fleet
+    from fleet.policy.config import debug_model_config
+    from fleet.policy.model import VLAModel
+    from fleet.registry import Registry, publish_model
+
+    registry = Registry(settings)
+    torch.manual_seed(0)
+    v1 = publish_model(registry, VLAModel(debug_model_config()), parent_version=None)
+    registry.promote(v1.version, actor="bench", role="admin", reason="scale bench")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    config = FleetConfig(n=robots, tasks=("pick",), episodes=episodes, duration_s=None, poll_interval_s=600,
+                         robot_prefix="scale", address=cluster.address)  # fmt: skip
+    lost: list[str] = []
+
+    def progress(reports: list[dict]) -> None:
+        if lost or not all(r.get("episodes", 0) >= 1 for r in reports):
+            return
+        nodes = {r["robot_id"]: ray.get(ray.get_actor(r["robot_id"]).node.remote()) for r in reports}
+        lost.extend(sorted(rid for rid, node in nodes.items() if node == worker.node_id))
+        cluster.remove_node(worker)
+        print(f"ray: node removed under {len(lost)} of {robots} robots", flush=True)
+
+    try:
+        results = run_fleet(settings, config, on_progress=progress)
+    finally:
+        ray.shutdown()
+        with contextlib.suppress(Exception):
+            cluster.shutdown()
+    by_robot = {r["robot_id"]: r for r in results}
+    recovered = [r for r in lost if by_robot[r]["restarts"] >= 1 and by_robot[r]["episodes"] == episodes]
+    return {"robots": robots, "episodes": episodes, "on_lost_node": len(lost), "recovered": len(recovered),
+            "others_finished": sum(by_robot[r]["episodes"] == episodes for r in by_robot if r not in lost)}  # fmt: skip
 
 
 def main() -> None:
@@ -258,8 +330,23 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds for the consumers to join")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of each run left out of its figures")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the groups to catch up")
+    parser.add_argument(
+        "--kill-broker-at",
+        type=float,
+        default=None,
+        help="seconds into each size's run to SIGKILL the last broker (needs --kafka-brokers 3)",
+    )
+    parser.add_argument(
+        "--ray-node-loss",
+        type=int,
+        default=0,
+        help="then this many simulated robots on a two-node Ray cluster, one node removed under them",
+    )
+    parser.add_argument("--ray-episodes", type=int, default=5, help="episodes per robot of the Ray phase")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.kill_broker_at is not None and args.kafka_brokers < 3:
+        parser.error("--kill-broker-at needs --kafka-brokers 3 (replication 3, min.insync.replicas 2)")
     sizes = [int(x) for x in args.robots.split(",")]
     seconds = [float(x) for x in args.seconds.split(",")]
     if len(sizes) != len(seconds):
@@ -268,8 +355,9 @@ def main() -> None:
         parser.error("more than one recorder needs PostgreSQL: FLEET_DATABASE_URL=$(bash scripts/postgres.sh)")
 
     from fleet.settings import Settings
+    from fleet.stack import launcher
     from fleet.stack.launcher import kafka_only
-    from fleet.stack.process import isolated_env
+    from fleet.stack.process import free_port, isolated_env
     from fleet.transport import TransportConfig, ensure_topics
 
     started = time.time()
@@ -281,7 +369,16 @@ def main() -> None:
                             kafka_brokers=args.kafka_brokers, kafka_partitions=args.partitions)  # fmt: skip
         with kafka_only(settings):
             ensure_topics(TransportConfig.from_settings(settings))
-            rows = [run_size(args, settings.bootstrap_servers, n, s, work) for n, s in zip(sizes, seconds, strict=True)]
+            rows = [run_size(args, settings, n, s, work) for n, s in zip(sizes, seconds, strict=True)]
+        ray_phase = None
+        if args.ray_node_loss:  # its own single-broker stack with MLflow: the robots fetch production from it
+            ray_settings = Settings(home=work / "ray", kafka_port=free_port(), kafka_controller_port=free_port(),
+                                    mlflow_port=free_port())  # fmt: skip
+            launcher.up(ray_settings, timeout_s=180, log=lambda _m: None)
+            try:
+                ray_phase = ray_node_loss(ray_settings, args.ray_node_loss, args.ray_episodes)
+            finally:
+                launcher.down(ray_settings, log=lambda _m: None)
     result = {
         "benchmark": "scale",
         "command": "bench/scale.py "
@@ -298,6 +395,12 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "median_cpu_cores": {k: statistics.median(r["cpu_cores"][k] for r in rows) for k in rows[0]["cpu_cores"]},
     }
+    killed = [r for r in rows if r["broker_killed_at_s"] is not None]
+    if killed:  # one of three brokers SIGKILLed mid-run: segments acknowledged and never recorded
+        result["broker_killed_lost"] = sum(r["segments_lost"] for r in killed)
+    if ray_phase is not None:  # robots on the lost Ray node, started again elsewhere and finished / all of them
+        result["ray_node_lost_robots_recovered"] = f"{ray_phase['recovered']}/{ray_phase['on_lost_node']}"
+        result["ray_node_loss"] = ray_phase
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
