@@ -203,41 +203,33 @@ def scrape(url: str) -> dict[str, float]:
 
 
 class KafkaLag:
-    """Log end − committed offset per consumer group (what `fleet dashboard`'s Training page shows)."""
+    """Log end − committed offset per consumer group, read as `fleet dashboard`'s Training page reads it
+    (`fleet.transport.kafka.group_lag`), and a topic's record count."""
 
     def __init__(self, settings: Any) -> None:
-        from kafka import KafkaConsumer
-        from kafka.admin import KafkaAdminClient
+        from fleet.transport import KafkaGroupConsumer, TransportConfig
 
-        servers = settings.bootstrap_servers
-        self.admin = KafkaAdminClient(bootstrap_servers=servers, client_id="soak-lag")
-        self.consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, client_id="soak-lag")
+        self.config = TransportConfig.from_settings(settings, client_id="soak-lag")
+        self.reader = KafkaGroupConsumer(self.config, group_id=None, topics=())
 
     def lag(self, group: str) -> int | None:
         """None before the group's first commit, or when the broker does not answer this time."""
-        from kafka.errors import KafkaError
+        from fleet.transport import TransportError
+        from fleet.transport.kafka import group_lag
 
         try:
-            committed = self.admin.list_group_offsets(group).get(group, {})
-            if not committed:
-                return None
-            for topic in {tp.topic for tp in committed}:  # end_offsets needs the topics' metadata first
-                self.consumer.partitions_for_topic(topic)
-            ends = self.consumer.end_offsets(list(committed))
-        except (KafkaError, KeyError) as err:  # kafka-python raises KeyError for partitions it has no metadata of
-            logging.getLogger(__name__).warning("lag of %s not read: %r", group, err)
+            rows = group_lag(self.config, [group])
+        except TransportError as err:
+            logging.getLogger(__name__).warning("lag of %s not read: %s", group, err)
             return None
-        return sum(max(int(ends.get(tp, 0)) - max(int(m.offset), 0), 0) for tp, m in committed.items())
+        return sum(int(row["lag"]) for row in rows) if rows else None  # type: ignore[call-overload]
 
     def records(self, topic: str) -> int:
-        from kafka import TopicPartition
-
-        parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic) or []]
-        return int(sum(self.consumer.end_offsets(parts).values()))
+        ends = self.reader.end_offsets([(topic, p) for p in range(self.config.partitions)])
+        return int(sum(ends.values()))
 
     def close(self) -> None:
-        self.consumer.close()
-        self.admin.close()
+        self.reader.close()
 
 
 def recorded_keys(settings: Any, prefix: str) -> list[Key]:
