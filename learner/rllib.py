@@ -28,6 +28,10 @@ success swings with the last few hundred steps (0.45 / 0.53 / 0.32 / 0.44 / 0.35
 0.33 / 0.48 / 0.36 / 0.53 on the fleet's corrections at 1e-4) where the 0.995 average holds (0.55 / 0.55 /
 0.52 / 0.53 / 0.64; 0.49 / 0.47 / 0.54 / 0.57): a version published from raw weights is mostly a draw of
 that noise.
+
+Over 400 lines because RLlib's pieces for the VLA (its config, RLModule, TorchLearner, AlgorithmConfig) and
+the small engine the learner service drives must agree on one batch layout and one loss; apart, each would restate
+them.
 """
 
 from __future__ import annotations
