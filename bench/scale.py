@@ -165,12 +165,22 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _lag_rows(config: Any, groups: dict[str, str]) -> list[dict[str, object]]:
+    """The groups' lag rows; none this second when the admin client reached no broker (one was just killed)."""
+    from fleet.transport import TransportError
+    from fleet.transport.kafka import group_lag
+
+    try:
+        return group_lag(config, list(groups.values()))
+    except TransportError:
+        return []
+
+
 def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: float, work: Path) -> dict[str, Any]:
     from bench.ingest import start_at_end
     from fleet.db.migrate import upgrade
     from fleet.stack.kafka import KafkaService
     from fleet.transport import TransportConfig
-    from fleet.transport.kafka import group_lag
 
     bootstrap = settings.bootstrap_servers
     tag = uuid.uuid4().hex[:6]
@@ -202,7 +212,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
     ]
     for p in producers:
         p.start()
-    victim = None if args.kill_broker_at is None else KafkaService(settings, node=args.kafka_brokers)
+    victim = None if args.kill_broker_at is None else KafkaService(settings, node=args.kafka_brokers - 1)  # the last
     killed_at: float | None = None
     config = TransportConfig(bootstrap=bootstrap)
     lags: dict[str, list[int]] = {name: [] for name in groups}
@@ -217,7 +227,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
                 os.killpg(pid, signal.SIGKILL)
                 killed_at = time.time() - start_at
         cpu_last.update({pid: v for pid in cpu_last if (v := _cpu_seconds(pid)) > 0})
-        for row in group_lag(config, list(groups.values())):
+        for row in _lag_rows(config, groups):
             name = "recorder" if row["group"] == groups["recorder"] else "learner"
             lags[name].append(int(row["lag"]))  # type: ignore[call-overload]
         print(f"\r{robots} robots: {time.time() - start_at:5.0f}/{seconds:.0f} s  lag recorder "
@@ -228,7 +238,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
     drain_until = time.time() + args.drain
     while time.time() < drain_until and any((v[-1] if v else 1) > 0 for v in lags.values()):
         time.sleep(1.0)
-        for row in group_lag(config, list(groups.values())):
+        for row in _lag_rows(config, groups):
             lags["recorder" if row["group"] == groups["recorder"] else "learner"].append(int(row["lag"]))  # type: ignore[call-overload]
     stop.set()
     for p in producers + consumers:
