@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from fleet.defaults import DEFAULT_EMBODIMENTS
+from fleet.sim.scenarios import SCENARIO_NAMES
 
 app = typer.Typer(help="The simulated robot fleet (Ray actors).", no_args_is_help=True)
 
@@ -25,7 +26,7 @@ def run(
         None, help="Comma-separated task ids, spread over the robots [default: the scenario's]."
     ),
     scenario: str = typer.Option(
-        "nominal", help="Deployment conditions of the robots' scenes: nominal, high-start, far-reach, new-task."
+        "nominal", help=f"Deployment conditions of the robots' scenes: {SCENARIO_NAMES}."
     ),
     embodiments: str = typer.Option(
         ",".join(DEFAULT_EMBODIMENTS), help="Comma-separated embodiments, spread over the robots."

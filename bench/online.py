@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fleet.defaults import DEFAULT_TASKS
 from fleet.sim.base import CAMERA_REVISION
 
 if TYPE_CHECKING:
@@ -438,7 +439,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", default="far-reach")
+    parser.add_argument("--scenario", default="raised-bench")
     parser.add_argument("--robots", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=30.0, help="fleet time per run")
     parser.add_argument(
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--repeats", default="full:2,frozen:2", help="runs per arm, arm:n (others: 1)")
-    parser.add_argument("--tasks", nargs="+", default=["pick", "push", "place"])
+    parser.add_argument("--tasks", nargs="+", default=None, help="the fleet's tasks (default: the scenario's)")
     parser.add_argument("--embodiments", nargs="+", default=["panda", "kuka"])
     parser.add_argument("--demos", type=int, default=V1_DEMOS, help="scripted demos per task × embodiment, version 1")
     parser.add_argument("--bc-steps", type=int, default=V1_BC_STEPS, help="pre-training steps of version 1")
@@ -487,10 +488,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
     started = time.monotonic()
+    from fleet.sim.scenarios import get_scenario
+
+    args.tasks = args.tasks or list(get_scenario(args.scenario).tasks)
     tasks, embodiments = tuple(args.tasks), tuple(args.embodiments)
     if (args.v1 is None) != (args.v1_demos is None):
         parser.error("give --v1 and --v1-demos together (or neither: version 1 is pre-trained and cached)")
-    v1 = args.v1 or version_one(args.cache, tasks, embodiments, args.demos, args.bc_steps)
+    # Version 1 is pre-trained on every task it ships with, whichever of them the scenario's fleet works on.
+    v1 = args.v1 or version_one(args.cache, DEFAULT_TASKS, embodiments, args.demos, args.bc_steps)
     from fleet.policy.config import VLAConfig
 
     args.flow_steps = args.flow_steps or VLAConfig().flow_steps

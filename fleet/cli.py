@@ -22,6 +22,7 @@ from fleet.export.cli import app as export_app
 from fleet.models_cli import app as models_app
 from fleet.recipe.cli import register as register_recipe
 from fleet.recorder_cli import register as register_recorder
+from fleet.sim.scenarios import SCENARIO_NAMES
 from fleet.stack.cli import register as register_stack
 
 # The services' sub-commands, by name: `fleet/` is the foundation every service imports, so it imports none of
@@ -82,7 +83,7 @@ def demo(
     tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
     embodiments: str = typer.Option(",".join(DEFAULT_EMBODIMENTS), help="Comma-separated embodiments."),
     scenario: str = typer.Option(
-        "nominal", help="Deployment conditions of the fleet and the gate: nominal, high-start, far-reach, new-task."
+        "nominal", help=f"Deployment conditions of the fleet and the gate: {SCENARIO_NAMES}."
     ),
     bc_steps: int | None = typer.Option(
         None, help="Behaviour-cloning steps for version 1, when there is no production model [default: DemoConfig]."

@@ -17,6 +17,12 @@
 # research/online/v1-20k-flow4) with the image encoder frozen (research/learner_probes.sh's finding):
 #
 #   V1=research/online/v1-20k-flow4 OUT=research/online-v1-20k FREEZE=encoder bash research/online_arms.sh
+#
+# The `raised-bench` series (pick and place on a bench 6 cm above the demonstrations' table; 4 pairs, so 75 held-out
+# episodes each make the 300), with the robots on the wall clock:
+#
+#   V1=research/online/v1-20k-flow4 OUT=research/online-raised-bench FREEZE=encoder SCENARIO=raised-bench \
+#     TIME_SCALE=1 FINAL=75 bash research/online_arms.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V1=${V1:-research/online/v1-10k-flow4}
@@ -24,13 +30,16 @@ DEMOS=${DEMOS:-$HOME/.cache/fleet/bench-online/cameras-2/demos}  # version 1's d
 OUT=${OUT:-research/online}
 FREEZE=${FREEZE:-perception}  # what the learner holds fixed (fleet learner run --freeze)
 LR=${LR:-1e-3}
+SCENARIO=${SCENARIO:-high-start}
+TIME_SCALE=${TIME_SCALE:-2}  # wall seconds per fleet second for the arms with a learner
+FINAL=${FINAL:-50}  # held-out episodes per task x embodiment for each final version
 mkdir -p "$OUT"
 [ -d "$DEMOS" ] || .venv/bin/python -c "
 from bench.online import CACHE, cached_demos
 from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
-COMMON=(--scenario high-start --robots 4 --minutes 30 --time-scale 2 --v1 "$V1" --v1-demos "$DEMOS" --learner-demos 300
-        --freeze "$FREEZE" --learner-lr "$LR" --final-episodes 50)
+COMMON=(--scenario "$SCENARIO" --robots 4 --minutes 30 --time-scale "$TIME_SCALE" --v1 "$V1" --v1-demos "$DEMOS"
+        --learner-demos 300 --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL")
 
 run() {  # run NAME bench-arguments...
   local name=$1; shift

@@ -20,6 +20,7 @@ import typer
 
 from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 from fleet.recipe.evaluate import EXECUTE_STEPS
+from fleet.sim.scenarios import SCENARIO_NAMES
 
 demos_app = typer.Typer(help="Scripted demonstrations: collect them into an episode store.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the VLA: pre-train on all demos, post-train on one task.", no_args_is_help=True)
@@ -219,7 +220,7 @@ def eval_command(
     scenario: str = typer.Option(
         "nominal",
         "--scenario",
-        help="Deployment conditions: nominal, high-start, far-reach, new-task (fleet.sim.scenarios).",
+        help=f"Deployment conditions: {SCENARIO_NAMES} (fleet.sim.scenarios).",
     ),
     episodes: int = typer.Option(20, "--episodes", help="Episodes per task x embodiment."),
     seed: int = typer.Option(100_000, "--seed", help="Env seed of the first episode."),

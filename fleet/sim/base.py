@@ -109,6 +109,7 @@ class SimState:
     goal: dict[str, Any] = field(default_factory=dict)  # task-specific goal, e.g. {"direction": 1.0}
     success: bool = False  # the task's success check on this state
     action_scale: tuple[float, float] = (0.03, 0.25)  # metres / radians one unit of action moves the tool per step
+    table_z: float = 0.0  # height of the surface the objects stand on, metres (a scenario's raised bench)
     backend_state: np.ndarray | None = None  # the backend's full state vector, for backend-specific experts
 
 

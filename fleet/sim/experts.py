@@ -46,7 +46,7 @@ def _grasp_height(state: SimState, centre_z: float, half: float) -> float:
     """Tool height that grasps a cube: its centre for fingers, its top face (pressed in) for suction."""
     if state.embodiment == "kuka":
         return centre_z + half - 0.006
-    return max(centre_z, 0.015)
+    return max(centre_z, state.table_z + 0.015)
 
 
 def _pick(state: SimState, name: str, *, in_place: bool = False) -> Plan:
@@ -93,9 +93,10 @@ def _carry_to(state: SimState, name: str, goal_xy: np.ndarray, release_z: float,
     xy_err = float(np.linalg.norm(obj.position[:2] - goal_xy))
     tool_goal = _above(goal_xy + offset[:2], release_z + offset[2])
     if xy_err > tolerance:
-        if ee[2] < TRAVEL_Z - 0.03 and xy_err > tolerance + 0.015:
-            return Plan(_above(ee, TRAVEL_Z), close=True)  # lift clear before travelling
-        return Plan(_above(tool_goal, max(ee[2], TRAVEL_Z) if xy_err > tolerance + 0.015 else ee[2]), close=True)
+        travel = state.table_z + TRAVEL_Z
+        if ee[2] < travel - 0.03 and xy_err > tolerance + 0.015:
+            return Plan(_above(ee, travel), close=True)  # lift clear before travelling
+        return Plan(_above(tool_goal, max(ee[2], travel) if xy_err > tolerance + 0.015 else ee[2]), close=True)
     if obj.position[2] > release_z + 0.006:
         return Plan(tool_goal, close=True, speed=0.6)
     return Plan(ee.copy(), close=False)
@@ -103,14 +104,14 @@ def _carry_to(state: SimState, name: str, goal_xy: np.ndarray, release_z: float,
 
 def _retreat(state: SimState) -> Plan:
     ee = state.ee_position
-    return Plan(_above(ee, max(ee[2], TRAVEL_Z)), close=False)
+    return Plan(_above(ee, max(ee[2], state.table_z + TRAVEL_Z)), close=False)
 
 
 def pick_plan(state: SimState, *, in_place: bool = False) -> Plan:
     target = state.target
     if state.held == target:
         ee = state.ee_position
-        return Plan(_above(ee, 0.16), close=True)
+        return Plan(_above(ee, state.table_z + 0.16), close=True)
     return _pick(state, target, in_place=in_place)
 
 
@@ -153,20 +154,21 @@ def push_plan(state: SimState, *, in_place: bool = False) -> Plan:
     ee = state.ee_position
     d = float(state.goal["direction"])
     close = state.embodiment == "panda"  # closed fingers make a stiff pusher; suction stays off
+    push_z, hover, travel = (state.table_z + z for z in (PUSH_Z, HOVER, TRAVEL_Z))  # over the surface
     if state.held is not None:
-        return Plan(_above(ee, TRAVEL_Z), close=False)
+        return Plan(_above(ee, travel), close=False)
     gap = d * (obj.position[1] - ee[1])  # distance of the tool behind the block's centre, along the push
     lined_up = abs(ee[0] - obj.position[0]) < 0.015
-    if ee[2] < PUSH_Z + 0.02 and lined_up and 0.0 < gap < obj.half_size + 0.06:
-        return Plan(np.array([obj.position[0], ee[1] + d * 0.03, PUSH_Z]), close=close, speed=0.7)
+    if ee[2] < push_z + 0.02 and lined_up and 0.0 < gap < obj.half_size + 0.06:
+        return Plan(np.array([obj.position[0], ee[1] + d * 0.03, push_z]), close=close, speed=0.7)
     start = push_start(state)
     xy_err = float(np.linalg.norm(ee[:2] - start))
     if xy_err > 0.012:
         near_block = np.linalg.norm(ee[:2] - obj.position[:2]) < 0.08
-        if ee[2] < HOVER - 0.02 and near_block:
-            return Plan(_above(ee, HOVER), close=close)  # rise before crossing over the block
-        return Plan(_above(start, max(HOVER, min(ee[2], TRAVEL_Z))), close=close)
-    return Plan(_above(start, PUSH_Z), close=close)
+        if ee[2] < hover - 0.02 and near_block:
+            return Plan(_above(ee, hover), close=close)  # rise before crossing over the block
+        return Plan(_above(start, max(hover, min(ee[2], travel))), close=close)
+    return Plan(_above(start, push_z), close=close)
 
 
 def _tool_to(state: SimState, name: str) -> float:
@@ -187,7 +189,7 @@ def _remaining_into(state: SimState, name: str, goal_xy: np.ndarray, rest_z: flo
 def pick_remaining(state: SimState, start: SimState) -> float:
     obj = state.objects[state.target]
     lift = float(state.goal.get("lift", 0.06))
-    return _tool_to(state, state.target) + max(0.0, lift - (float(obj.position[2]) - obj.half_size))
+    return _tool_to(state, state.target) + max(0.0, lift - (float(obj.position[2]) - obj.half_size - state.table_z))
 
 
 def push_remaining(state: SimState, start: SimState) -> float:

@@ -212,6 +212,7 @@ class PyBulletEnv(Grounded, EnvBase):  # Grounded: the runtime's check of operat
             goal=dict(self.scene.goal),
             success=self.scene.success(held),
             action_scale=(self.config.limits.max_translation, self.config.limits.max_rotation),
+            table_z=self.scene.table_z,
         )
 
     def place_tool(self, position: ArrayLike) -> Observation:

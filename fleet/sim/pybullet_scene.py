@@ -1,8 +1,9 @@
 """PyBullet tabletop scenes: the objects of each task, their randomized layout and the success checks.
 
 Every object is an untextured primitive (boxes), which keeps PyBullet's CPU renderer fast. The table
-top is the plane z = 0 in the robot base frame; the workspace lies in front of the robot
-(x 0.42..0.66 m, y -0.18..0.18 m). One scene class per task id in `fleet.sim.tasks.TASKS`.
+top is the plane z = 0 in the robot base frame (a scenario may stand everything on a bench `Layout.table_z` high);
+the workspace lies in front of the robot (x 0.42..0.66 m, y -0.18..0.18 m). One scene class per task id in
+`fleet.sim.tasks.TASKS`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TRAY_RGBA = (0.78, 0.66, 0.47, 1.0)
 TRAY_INNER_HALF = 0.07  # half of the tray's inner width, metres
 TRAY_FLOOR = 0.006  # tray floor thickness, metres
 TRAY_WALL = (0.01, 0.035)  # tray wall thickness and height, metres
+BENCH = ((0.30, 0.90), (-0.45, 0.45))  # a raised bench's x and y extent, metres: the workspace, clear of the robot
 
 
 def _box(client: BulletClient, half: tuple[float, float, float], rgba: tuple[float, ...], mass: float) -> int:
@@ -64,6 +66,13 @@ class TabletopScene(abc.ABC):
         self.layout = layout or Layout()
         self.table = _box(client, (1.2, 1.2, 0.01), TABLE_RGBA, 0.0)
         client.resetBasePositionAndOrientation(self.table, (0.45, 0.0, -0.01), (0, 0, 0, 1))
+        self.table_z = float(self.layout.table_z)  # the surface the objects stand on
+        self.bench: int | None = None
+        if self.table_z > 0:
+            (x0, x1), (y0, y1) = BENCH
+            self.bench = _box(client, ((x1 - x0) / 2, (y1 - y0) / 2, self.table_z / 2), TABLE_RGBA, 0.0)
+            centre = ((x0 + x1) / 2, (y0 + y1) / 2, self.table_z / 2)
+            client.resetBasePositionAndOrientation(self.bench, centre, (0, 0, 0, 1))
         self.cubes = [_box(client, (CUBE_HALF,) * 3, (1, 1, 1, 1), 0.1) for _ in range(self.n_cubes)]
         for cube in self.cubes:
             client.changeDynamics(cube, -1, lateralFriction=1.0, spinningFriction=0.001)
@@ -102,7 +111,10 @@ class TabletopScene(abc.ABC):
         self.colors = picked
         for cube, rgb_ in zip(self.cubes, rgbs, strict=True):
             self.client.changeVisualShape(cube, -1, rgbaColor=_jitter(rgb_, rng))
-        self.client.changeVisualShape(self.table, -1, rgbaColor=_jitter(TABLE_RGBA[:3], rng, 0.04))
+        table_rgba = _jitter(TABLE_RGBA[:3], rng, 0.04)
+        for surface in (self.table, self.bench):  # a bench takes the table's colour: the same draws as without it
+            if surface is not None:
+                self.client.changeVisualShape(surface, -1, rgbaColor=table_rgba)
         slots = self._layout(rng)
         self.start = {name: self.position(name) for name in self.movable}
         return slots
@@ -126,10 +138,10 @@ class TabletopScene(abc.ABC):
     def _place_cubes(self, rng: np.random.Generator, taken: list[tuple[np.ndarray, float]], ok: Any = None) -> None:
         for i, cube in enumerate(self.cubes):
             xy = self._sample_xy(rng, taken, 0.045, ok if i > 0 else None)
-            self._place(cube, xy, CUBE_HALF, float(rng.uniform(-math.pi / 4, math.pi / 4)))
+            self._place(cube, xy, self.table_z + CUBE_HALF, float(rng.uniform(-math.pi / 4, math.pi / 4)))
 
     def on_table(self, name: str) -> bool:
-        return bool(self.position(name)[2] < CUBE_HALF + 0.01)
+        return bool(self.position(name)[2] < self.table_z + CUBE_HALF + 0.01)
 
     @abc.abstractmethod
     def _layout(self, rng: np.random.Generator) -> dict[str, str]:
@@ -156,10 +168,11 @@ class PushScene(TabletopScene):
             along = direction * (xy[1] - target_xy[1])
             return bool(abs(xy[0] - target_xy[0]) > 0.08 or not -0.12 < along < 0.22)
 
-        self._place(self.cubes[0], target_xy, CUBE_HALF, float(rng.uniform(-math.pi / 4, math.pi / 4)))
+        z = self.table_z + CUBE_HALF
+        self._place(self.cubes[0], target_xy, z, float(rng.uniform(-math.pi / 4, math.pi / 4)))
         for cube in self.cubes[1:]:
             xy = self._sample_xy(rng, taken, 0.045, clear_of_path)
-            self._place(cube, xy, CUBE_HALF, float(rng.uniform(-math.pi / 4, math.pi / 4)))
+            self._place(cube, xy, z, float(rng.uniform(-math.pi / 4, math.pi / 4)))
         self.goal = {"direction": direction, "distance": self.distance}
         return {"color": self.colors[0], "side": "left" if direction > 0 else "right"}
 
@@ -179,7 +192,7 @@ class PickScene(TabletopScene):
         return {"color": self.colors[0]}
 
     def success(self, held: str | None) -> bool:
-        return bool(held == self.target and self.position(self.target)[2] - CUBE_HALF >= self.lift)
+        return bool(held == self.target and self.position(self.target)[2] - CUBE_HALF - self.table_z >= self.lift)
 
 
 class PlaceScene(TabletopScene):
@@ -194,16 +207,17 @@ class PlaceScene(TabletopScene):
     def _layout(self, rng: np.random.Generator) -> dict[str, str]:
         taken: list[tuple[np.ndarray, float]] = []
         tray_xy = self._sample_xy(rng, taken, TRAY_INNER_HALF + TRAY_WALL[0] + 0.02)
-        self._place(self.tray, tray_xy, 0.0, 0.0)
+        self._place(self.tray, tray_xy, self.table_z, 0.0)
         self._place_cubes(rng, taken)
         self.client.changeVisualShape(self.tray, -1, rgbaColor=_jitter(TRAY_RGBA[:3], rng, 0.05))
-        self.goal = {"tray": np.array([tray_xy[0], tray_xy[1], TRAY_FLOOR]), "tray_inner_half": TRAY_INNER_HALF}
+        floor = self.table_z + TRAY_FLOOR
+        self.goal = {"tray": np.array([tray_xy[0], tray_xy[1], floor]), "tray_inner_half": TRAY_INNER_HALF}
         return {"color": self.colors[0]}
 
     def success(self, held: str | None) -> bool:
         pos = self.position(self.target)
         inside = np.all(np.abs(pos[:2] - self.goal["tray"][:2]) < TRAY_INNER_HALF - 0.005)
-        resting = pos[2] < TRAY_FLOOR + CUBE_HALF + 0.01
+        resting = pos[2] < self.goal["tray"][2] + CUBE_HALF + 0.01
         return bool(inside and resting and held is None)
 
 

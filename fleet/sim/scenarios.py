@@ -16,6 +16,8 @@ start poses: rlvla.github.io, arXiv 2505.19789). A scenario names such condition
     far-reach   objects farther out and wider to the sides (x 0.56-0.74 m, |y| <= 0.24 m; the demonstrations:
                 x 0.42-0.66, |y| <= 0.18) and the tool starting higher and nearer the base (home 0.42, 0, 0.28 +- 6 cm;
                 the demonstrations: 0.52, 0, 0.22 +- 4 cm): an execution shift on the tasks version 1 knows
+    raised-bench  pick and place on a bench 6 cm above the demonstrations' table (objects where they put them,
+                the tool starting where it did): every height the policy learnt is off by the bench
     new-task    stacking, a task version 1 never saw, seeded with 20 demonstrations per embodiment
 
 Only the PyBullet embodiments ("panda", "kuka") run scenarios other than `nominal`.
@@ -42,12 +44,17 @@ class Layout:
     x_range: tuple[float, float] = X_RANGE  # cubes and the tray, metres (robot frame)
     y_range: tuple[float, float] = Y_RANGE
     push_x_range: tuple[float, float] = (0.45, 0.63)  # the pushed block (its sideways room is set by the task)
+    # Height of the work surface above the demonstrations' table top, metres: > 0 puts a bench of that height on the
+    # table under the workspace (not under the robot, whose base stays where it was), and everything stands on it.
+    table_z: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("x_range", "y_range", "push_x_range"):
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"Layout.{name} must be (low, high) with low < high, got {(lo, hi)}")
+        if not 0.0 <= self.table_z <= 0.10:
+            raise ValueError(f"Layout.table_z must be in [0, 0.10] metres, got {self.table_z}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,12 @@ SCENARIOS: dict[str, Scenario] = {
             home_jitter=0.06,
         ),
         Scenario(
+            "raised-bench",
+            "the work surface 6 cm higher than the demonstrations' table (a bench on it), pick and place",
+            tasks=("pick", "place"),
+            layout=Layout(table_z=0.06),
+        ),
+        Scenario(
             "new-task",
             "stacking one cube on another, a task version 1 never saw, seeded with 20 demonstrations per arm",
             tasks=("stack",),
@@ -104,6 +117,9 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     )
 }
+
+
+SCENARIO_NAMES = ", ".join(SCENARIOS)  # for command-line help
 
 
 def get_scenario(name: str | Scenario) -> Scenario:

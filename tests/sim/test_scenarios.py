@@ -76,6 +76,25 @@ def test_high_start_moves_only_the_tools_start_above_and_behind_the_demonstratio
     assert np.mean([s.ee_position[0] for s in high]) < np.mean([s.ee_position[0] for s in nominal]) - 0.05
 
 
+def test_raised_bench_stands_the_same_scene_higher_and_judges_it_from_the_bench() -> None:
+    bench = SCENARIOS["raised-bench"].layout.table_z
+    assert bench > 0.03
+    states = {}
+    for scenario in ("raised-bench", "nominal"):
+        env = make_env("place", "panda", seed=0, scenario=scenario)
+        try:
+            states[scenario] = [(env.reset(seed=s), env.privileged_state())[1] for s in range(4)]
+        finally:
+            env.close()
+    for raised, nominal in zip(states["raised-bench"], states["nominal"], strict=True):
+        assert raised.table_z == bench and nominal.table_z == 0.0
+        for name, obj in raised.objects.items():  # the same place on the table, the bench's height higher
+            np.testing.assert_allclose(obj.position, nominal.objects[name].position + [0, 0, bench], atol=2e-3)
+        np.testing.assert_allclose(raised.goal["tray"], nominal.goal["tray"] + [0, 0, bench], atol=1e-9)
+        assert not raised.success and not nominal.success
+    assert SCENARIOS["raised-bench"].tasks == ("pick", "place")
+
+
 def test_the_nominal_scenario_is_the_default_env_bit_for_bit() -> None:
     plain, nominal = make_env("push", "kuka", seed=3), make_env("push", "kuka", seed=3, scenario="nominal")
     try:
@@ -88,7 +107,15 @@ def test_the_nominal_scenario_is_the_default_env_bit_for_bit() -> None:
 
 @pytest.mark.parametrize(
     ("scenario", "task"),
-    [("high-start", "push"), ("far-reach", "pick"), ("far-reach", "place"), ("new-task", "stack")],
+    [
+        ("high-start", "push"),
+        ("far-reach", "pick"),
+        ("far-reach", "place"),
+        ("new-task", "stack"),
+        ("raised-bench", "pick"),
+        ("raised-bench", "place"),
+        ("raised-bench", "push"),
+    ],
 )
 @pytest.mark.parametrize("embodiment", ["panda", "kuka"])
 def test_the_scripted_supervisor_solves_every_scenario(scenario: str, task: str, embodiment: str) -> None:
