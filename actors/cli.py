@@ -25,9 +25,7 @@ def run(
     tasks: str | None = typer.Option(
         None, help="Comma-separated task ids, spread over the robots [default: the scenario's]."
     ),
-    scenario: str = typer.Option(
-        "nominal", help=f"Deployment conditions of the robots' scenes: {SCENARIO_NAMES}."
-    ),
+    scenario: str = typer.Option("nominal", help=f"Deployment conditions of the robots' scenes: {SCENARIO_NAMES}."),
     embodiments: str = typer.Option(
         ",".join(DEFAULT_EMBODIMENTS), help="Comma-separated embodiments, spread over the robots."
     ),

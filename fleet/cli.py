@@ -82,9 +82,7 @@ def demo(
     minutes: float = typer.Option(15.0, help="Fleet time to run."),
     tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
     embodiments: str = typer.Option(",".join(DEFAULT_EMBODIMENTS), help="Comma-separated embodiments."),
-    scenario: str = typer.Option(
-        "nominal", help=f"Deployment conditions of the fleet and the gate: {SCENARIO_NAMES}."
-    ),
+    scenario: str = typer.Option("nominal", help=f"Deployment conditions of the fleet and the gate: {SCENARIO_NAMES}."),
     bc_steps: int | None = typer.Option(
         None, help="Behaviour-cloning steps for version 1, when there is no production model [default: DemoConfig]."
     ),
