@@ -51,7 +51,8 @@ def run(
     takeover_rules: str = typer.Option(
         "stall",
         help="When the scripted expert takes over: stall (no progress for 1 s), regress (heading away from "
-        "the goal), comma-separated; each correction records which fired.",
+        "the goal), deviate (moving otherwise than the expert would for 3 steps), comma-separated; each "
+        "correction records which fired.",
     ),
     correct_in_place: bool = typer.Option(
         False, help="The expert lines a misaligned approach up from where the tool is instead of starting over."

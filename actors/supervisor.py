@@ -5,11 +5,14 @@ wrong, as a human watching it would. For the tabletop tasks progress is `fleet.s
 (metres of tool and object travel still to go), and `SupervisorConfig.rules` say what counts as going
 wrong: "stall", it has not fallen below its best by `progress` metres for `stall_steps` steps (the robot is
 stuck, lost, or busy with the wrong object); "regress", it has risen `regress` metres above its best (the robot
-heads away from its goal, which an operator sees before the robot stalls). The supervisor then drives for
-`takeover_steps` steps, or hands back sooner once the task has progressed `handback_progress` metres (the robot
-is on track again), and gives the policy a fresh window. Those steps are marked in the intervention mask and
-sent as `Correction`s, each with the `reason` its rule gave. A policy that is getting on with the task, however
-differently from the expert, is left alone: its episode stays autonomous and its success is its own.
+heads away from its goal, which an operator sees before the robot stalls); "deviate", the robot's commanded motion
+has differed from what the operator would command (the expert's) by more than `deviation` for `patience` steps in a
+row (it is heading for the wrong place, coming down beside the cube, before any distance is lost). The
+supervisor then drives for `takeover_steps` steps, or hands back sooner once the task has progressed
+`handback_progress` metres (the robot is on track again), and gives the policy a fresh window. Those steps are
+marked in the intervention mask and sent as `Correction`s, each with the `reason` its rule gave. A policy that is
+getting on with the task, however differently from the expert, is left alone (unless "deviate" asks it to move as
+the operator would): its episode stays autonomous and its success is its own.
 
 Tasks without a progress measure (backends with their own experts) fall back to disagreement with the
 expert: off course for `patience` steps in a row, or no end-effector motion for `stall_steps`.
@@ -44,7 +47,7 @@ class Supervisor(Protocol):
 
 
 SUPERVISION = ("takeover", "stop", "off")  # make_supervisor's modes
-RULES = ("stall", "regress")  # what makes the supervisor take over (SupervisorConfig.rules)
+RULES = ("stall", "regress", "deviate")  # what makes the supervisor take over (SupervisorConfig.rules)
 
 
 def check_supervision(mode: str) -> None:
@@ -63,7 +66,11 @@ class SupervisorConfig:
     progress: float = 0.005  # metres the remaining distance must fall below its best to count as progress
     takeover_steps: int = 10  # steps the human drives once it has taken over
     disagreement: float = 0.6  # fallback: L2 distance between policy and expert translation counted as off course
-    patience: int = 3  # fallback: consecutive off-course steps before taking over
+    patience: int = 3  # "deviate" and the fallback: consecutive off-course steps before taking over
+    # "deviate": the L2 distance (action units, each axis in [-1, 1]) between the policy's and the expert's translation
+    # counted as off course. At 1.0, version 1 deviated in 1 of 12 nominal pick / place episodes it solved and in all
+    # 12 on raised-bench, 1-4 steps before it came down beside the cube (at 0.6: in 8 of the 12 nominal ones).
+    deviation: float = 1.0
     stall_motion: float = 0.05  # fallback: summed |translation command| over the stall window counted as a stall
     rules: tuple[str, ...] = ("stall",)  # what counts as going wrong (RULES; see the module docstring)
     regress: float = 0.03  # "regress": metres REMAINING may rise above its best before the supervisor steps in
@@ -85,8 +92,8 @@ class SupervisorConfig:
         unknown = sorted(set(self.rules) - set(RULES))
         if not self.rules or unknown:
             raise ValueError(f"SupervisorConfig.rules must name some of {RULES}, got {self.rules}")
-        if self.regress <= 0 or self.handback_progress < 0:
-            raise ValueError("SupervisorConfig: regress must be > 0 and handback_progress >= 0")
+        if self.regress <= 0 or self.handback_progress < 0 or self.deviation <= 0:
+            raise ValueError("SupervisorConfig: regress and deviation must be > 0, handback_progress >= 0")
 
 
 class ExpertSupervisor:
@@ -124,7 +131,8 @@ class ExpertSupervisor:
             if self._left == 0 and self.config.handback_progress and self._watch is not None:
                 self._watch.restart()  # it followed the human's steps too (`_back_on_track`)
             return self._expert(obs)
-        reason = self._watch_rules() if self._watch is not None else self._off_course(obs, policy_action)
+        watched = self._watch is not None
+        reason = self._watch_rules(obs, policy_action) if watched else self._off_course(obs, policy_action)
         if reason is None:
             return None
         self.reason = reason
@@ -136,7 +144,7 @@ class ExpertSupervisor:
         self._left = self.config.takeover_steps - 1
         return self._expert(obs)
 
-    def _watch_rules(self) -> str | None:
+    def _watch_rules(self, obs: Any, policy_action: np.ndarray) -> str | None:
         """The first of the configured rules that fires on this step's state, as a reason; None when none does."""
         cfg, watch = self.config, self._watch
         stalled = watch.update(self.env.privileged_state())
@@ -144,7 +152,15 @@ class ExpertSupervisor:
             return f"stall: no progress for {watch.idle} steps, {100 * watch.current:.1f} cm still to go"
         if "regress" in cfg.rules and watch.current - watch.best > cfg.regress:
             return f"regress: {100 * (watch.current - watch.best):.1f} cm farther from the goal than its best"
+        if "deviate" in cfg.rules and self._disagrees(obs, policy_action, cfg.deviation) >= cfg.patience:
+            return f"deviate: {self._off} steps away from the operator's direction"
         return None
+
+    def _disagrees(self, obs: Any, policy_action: np.ndarray, limit: float) -> int:
+        """Consecutive steps (this one included) the policy's translation was more than `limit` off the expert's."""
+        gap = float(np.linalg.norm(np.asarray(policy_action)[:3] - self._expert(obs)[:3]))
+        self._off = self._off + 1 if gap > limit else 0
+        return self._off
 
     def _back_on_track(self) -> bool:
         """`handback_progress`: the task has progressed that far since the takeover (checked while driving)."""
@@ -159,8 +175,7 @@ class ExpertSupervisor:
     def _off_course(self, obs: Any, policy_action: np.ndarray) -> str | None:
         """Fallback: the policy disagrees with the expert for `patience` steps, or barely moves; the reason, or None."""
         cfg = self.config
-        expert = self._expert(obs)
-        self._off = self._off + 1 if float(np.linalg.norm(policy_action[:3] - expert[:3])) > cfg.disagreement else 0
+        self._disagrees(obs, policy_action, cfg.disagreement)
         self._motion.append(float(np.abs(policy_action[:3]).sum()))
         if self._off >= cfg.patience:
             return f"off course: {self._off} steps away from the expert's direction"

@@ -13,6 +13,7 @@ Variants (changes to the preset's `ReplayConfig`):
   no-demos           no demonstrations of version 1 in replay (the fleet's data alone)
   corrections-first  interventions up to 80% of the offline part (preset: uniform, capped at 50%)
   no-autonomous      corrections and demonstrations only (HG-DAgger)
+  no-corrections     the fleet's autonomous steps and the demonstrations (no takeover's steps imitated)
   online-half        half of each batch from the fleet's steps (preset: a quarter)
 
     python -m research.fleet_replay --run ~/.cache/fleet/bench-online/cameras-2/runs/high-start-full-1-seed20013 \
@@ -39,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-demos": {},  # demonstrations are left out below, not by a replay setting
     "corrections-first": {"max_intervention_fraction": 0.8},
     "no-autonomous": {"autonomous": False},
+    "no-corrections": {"intervention_fraction": 0.0},
     "online-half": {"online_fraction": 0.5},
 }
 

@@ -153,6 +153,25 @@ def test_the_regress_rule_steps_in_before_the_stall_and_says_why() -> None:
         env.close()
 
 
+def test_the_deviate_rule_steps_in_while_the_robot_heads_for_the_wrong_place_and_leaves_the_expert_alone() -> None:
+    env = make_env("pick", "kuka")
+    try:
+        regress = ExpertSupervisor(env, SupervisorConfig(rules=("stall", "regress")))
+        late, _ = _run(env, regress, _wrong_cube(env), seed=5)
+        deviate = ExpertSupervisor(env, SupervisorConfig(rules=("stall", "deviate")))
+        driven, success = _run(env, deviate, _wrong_cube(env), seed=5)
+        assert driven[0] < late[0] and success, (driven[0], late[0])
+        assert deviate.reason.startswith("deviate: 3 steps")
+        watching = ExpertSupervisor(env, SupervisorConfig(rules=("stall", "deviate")))
+        expert = make_expert(env)
+        driven, success = _run(env, watching, lambda obs: expert.act_on_state(env.privileged_state()), seed=5)
+        assert driven == [] and success  # moving as the operator would: never taken over
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="deviation must be > 0"):
+        SupervisorConfig(deviation=0.0)
+
+
 def test_the_human_hands_back_once_the_robot_is_on_track() -> None:
     env = make_env("pick", "panda")
     still = np.zeros(env.embodiment.action_dim, dtype=np.float32)
@@ -170,7 +189,7 @@ def test_the_human_hands_back_once_the_robot_is_on_track() -> None:
 def test_rules_are_checked() -> None:
     with pytest.raises(ValueError, match="rules must name some of"):
         SupervisorConfig(rules=("panic",))
-    with pytest.raises(ValueError, match="regress must be > 0"):
+    with pytest.raises(ValueError, match="regress and deviation must be > 0"):
         SupervisorConfig(regress=0.0)
 
 
