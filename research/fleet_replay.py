@@ -14,6 +14,7 @@ Variants (changes to the preset's `ReplayConfig`):
   corrections-first  interventions up to 80% of the offline part (preset: uniform, capped at 50%)
   no-autonomous      corrections and demonstrations only (HG-DAgger)
   no-corrections     the fleet's autonomous steps and the demonstrations (no takeover's steps imitated)
+  corrections-only   the takeovers' steps alone (no demonstrations, no autonomous steps)
   online-half        half of each batch from the fleet's steps (preset: a quarter)
 
     python -m research.fleet_replay --run ~/.cache/fleet/bench-online/cameras-2/runs/high-start-full-1-seed20013 \
@@ -41,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "corrections-first": {"max_intervention_fraction": 0.8},
     "no-autonomous": {"autonomous": False},
     "no-corrections": {"intervention_fraction": 0.0},
+    "corrections-only": {"autonomous": False},  # and no demonstrations (below)
     "online-half": {"online_fraction": 0.5},
 }
 
@@ -123,7 +125,7 @@ def main() -> None:
     replay_config = dataclasses.replace(preset.replay, **VARIANTS[args.variant])
     replay = ReplayBuffer(replay_config, model.config, embedder=embedder, features=features)
     demos = 0
-    if args.v1_demos is not None and args.variant != "no-demos":
+    if args.v1_demos is not None and args.variant not in ("no-demos", "corrections-only"):
         demos = replay.add_demos(args.v1_demos, limit=args.max_demos)
     ingest = Ingest(replay)
     messages = read_stream(args.run / "kafka", ingest)
