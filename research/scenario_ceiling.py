@@ -30,6 +30,56 @@ import numpy as np
 WIDE_SEEDS = 2_000_000
 
 
+def takeover_episodes(model: Any, embedder: Any, args: argparse.Namespace, tasks: tuple, embodiments: tuple) -> list:
+    """`--demos` episodes per pair of version 1 in the scenario with the operator (`--takeovers`) stepping in."""
+    episodes = [e for task in tasks for emb in embodiments for e in _pair_takeovers(model, embedder, args, task, emb)]
+    taken = sum(int(e.intervention.sum()) for e in episodes)
+    print(f"takeovers: {len(episodes)} episodes, {taken} operator steps", flush=True)
+    return episodes
+
+
+def _pair_takeovers(model: Any, embedder: Any, args: argparse.Namespace, task: str, embodiment: str) -> list:
+    from actors.supervisor import ExpertSupervisor, SupervisorConfig
+    from fleet.policy.policy import VLAPolicy
+    from fleet.recipe.evaluate import ChunkedController
+    from fleet.sim.registry import make_env
+    from fleet.sim.rollout import rollout
+
+    env = make_env(task, embodiment, seed=0, scenario=args.scenario)
+    robot = ChunkedController(VLAPolicy(model, embedder=embedder, seed=0))
+    rules = tuple(args.takeovers.split(","))
+    operator = ExpertSupervisor(env, SupervisorConfig(rules=rules, correct_in_place=not args.start_over))
+    now: dict[str, Any] = {}
+
+    def takeover(env_: Any, obs: Any, t: int) -> bool:  # the robot's action and the operator's, once per step
+        if t == 0:
+            robot.reset()
+            operator.reset()
+        now["policy"] = robot(obs)
+        now["human"] = operator.step(obs, now["policy"])
+        return now["human"] is not None
+
+    try:
+        return [rollout(env, lambda obs: now["policy"], seed=500_000 + k, robot_id="probe",
+                        supervisor=lambda obs: now["human"], takeover=takeover) for k in range(args.demos)]  # fmt: skip
+    finally:
+        env.close()
+
+
+def _spans(mask: np.ndarray) -> list[tuple[str, int, int]]:
+    """(correction id, first step, steps) of each run of operator steps in an intervention mask."""
+    spans, t = [], 0
+    while t < len(mask):
+        if mask[t]:
+            start = t
+            while t < len(mask) and mask[t]:
+                t += 1
+            spans.append((f"c{start}", start, t - start))
+        else:
+            t += 1
+    return spans
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--v1", type=Path, required=True, help="version 1's checkpoint directory")
@@ -45,6 +95,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=20, help="held-out episodes per pair per score")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--takeovers",
+        default=None,
+        help="instead of scripted demos: version 1's own episodes (seeds 500,000+) "
+        "with the operator taking over by these rules (e.g. stall,deviate), only the takeovers' steps learnt",
+    )
+    parser.add_argument("--start-over", action="store_true", help="the operator starts over instead of in place")
     parser.add_argument("--work", type=Path, default=Path("/tmp/scenario-ceiling"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -65,7 +122,7 @@ def main() -> None:
     started = time.monotonic()
     tasks, embodiments = tuple(args.tasks.split(",")), tuple(args.embodiments.split(","))
     demo_dir = args.work / f"demos-{args.scenario}-{args.demos}"
-    if not (demo_dir / ".done").exists():
+    if not args.takeovers and not (demo_dir / ".done").exists():
         store = EpisodeStore(demo_dir)
         for task in tasks:
             for embodiment in embodiments:
@@ -78,8 +135,14 @@ def main() -> None:
     engine.set_state_dict(model.state_dict())
     embedder = default_embedder()
     features = FrozenFeatures(model, args.freeze) if args.freeze != "none" else None
-    replay = ReplayBuffer(preset.replay, model.config, embedder=embedder, features=features)
-    added = replay.add_demos(demo_dir)
+    replay_config = dataclasses.replace(preset.replay, autonomous=False) if args.takeovers else preset.replay
+    replay = ReplayBuffer(replay_config, model.config, embedder=embedder, features=features)
+    if args.takeovers:
+        added = 0
+        for episode in takeover_episodes(model, embedder, args, tasks, embodiments):
+            added += replay.add_episode(episode, corrections=_spans(episode.intervention)) is not None
+    else:
+        added = replay.add_demos(demo_dir)
     if args.v1_demos is not None:
         added += replay.add_demos(args.v1_demos)
     gate = EvalGate(
