@@ -48,7 +48,8 @@ def _pair_takeovers(model: Any, embedder: Any, args: argparse.Namespace, task: s
     env = make_env(task, embodiment, seed=0, scenario=args.scenario)
     robot = ChunkedController(VLAPolicy(model, embedder=embedder, seed=0))
     rules = tuple(args.takeovers.split(","))
-    operator = ExpertSupervisor(env, SupervisorConfig(rules=rules, correct_in_place=not args.start_over))
+    config = SupervisorConfig(rules=rules, correct_in_place=not args.start_over, takeover_steps=args.takeover_steps)
+    operator = ExpertSupervisor(env, config)
     now: dict[str, Any] = {}
 
     def takeover(env_: Any, obs: Any, t: int) -> bool:  # the robot's action and the operator's, once per step
@@ -102,6 +103,7 @@ def main() -> None:
         "with the operator taking over by these rules (e.g. stall,deviate), only the takeovers' steps learnt",
     )
     parser.add_argument("--start-over", action="store_true", help="the operator starts over instead of in place")
+    parser.add_argument("--takeover-steps", type=int, default=10, help="steps the operator drives per takeover")
     parser.add_argument("--work", type=Path, default=Path("/tmp/scenario-ceiling"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
