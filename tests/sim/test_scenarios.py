@@ -57,14 +57,20 @@ def test_far_reach_moves_objects_and_start_poses_outside_the_demonstrations_rang
     assert np.mean([t[2] for t in tools["far-reach"]]) > np.mean([t[2] for t in tools["nominal"]]) + 0.03
 
 
-def test_high_start_moves_only_the_tools_start_above_and_behind_the_demonstrations() -> None:
+def _start_states(task: str, embodiment: str, scenarios: tuple[str, ...], episodes: int) -> dict[str, list]:
+    """Each scenario's first state of episodes (seeds 0..episodes-1), for comparing scenarios episode by episode."""
     states = {}
-    for scenario in ("high-start", "nominal"):
-        env = make_env("pick", "kuka", seed=0, scenario=scenario)
+    for scenario in scenarios:
+        env = make_env(task, embodiment, seed=0, scenario=scenario)
         try:
-            states[scenario] = [(env.reset(seed=s), env.privileged_state())[1] for s in range(8)]
+            states[scenario] = [(env.reset(seed=s), env.privileged_state())[1] for s in range(episodes)]
         finally:
             env.close()
+    return states
+
+
+def test_high_start_moves_only_the_tools_start_above_and_behind_the_demonstrations() -> None:
+    states = _start_states("pick", "kuka", ("high-start", "nominal"), 8)
     high, nominal = states["high-start"], states["nominal"]
     # the same objects in the same places, episode for episode ...
     for h, n in zip(high, nominal, strict=True):
@@ -79,13 +85,7 @@ def test_high_start_moves_only_the_tools_start_above_and_behind_the_demonstratio
 def test_raised_bench_stands_the_same_scene_higher_and_judges_it_from_the_bench() -> None:
     bench = SCENARIOS["raised-bench"].layout.table_z
     assert bench > 0.03
-    states = {}
-    for scenario in ("raised-bench", "nominal"):
-        env = make_env("place", "panda", seed=0, scenario=scenario)
-        try:
-            states[scenario] = [(env.reset(seed=s), env.privileged_state())[1] for s in range(4)]
-        finally:
-            env.close()
+    states = _start_states("place", "panda", ("raised-bench", "nominal"), 4)
     for raised, nominal in zip(states["raised-bench"], states["nominal"], strict=True):
         assert raised.table_z == bench and nominal.table_z == 0.0
         for name, obj in raised.objects.items():  # the same place on the table, the bench's height higher
