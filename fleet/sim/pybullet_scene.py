@@ -66,7 +66,6 @@ class TabletopScene(abc.ABC):
         self.layout = layout or Layout()
         self.table = _box(client, (1.2, 1.2, 0.01), TABLE_RGBA, 0.0)
         client.resetBasePositionAndOrientation(self.table, (0.45, 0.0, -0.01), (0, 0, 0, 1))
-        self.table_z = float(self.layout.table_z)  # the surface the objects stand on
         self.bench: int | None = None
         if self.table_z > 0:
             (x0, x1), (y0, y1) = BENCH
@@ -80,6 +79,11 @@ class TabletopScene(abc.ABC):
         self.target = "cube_0"
         self.goal: dict[str, Any] = {}
         self.start: dict[str, np.ndarray] = {}
+
+    @property
+    def table_z(self) -> float:
+        """Height of the surface the objects stand on, metres (the layout's bench; 0 on the table)."""
+        return float(self.layout.table_z)
 
     @property
     def movable(self) -> dict[str, int]:
