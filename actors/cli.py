@@ -51,7 +51,9 @@ def run(
     takeover_rules: str = typer.Option(
         "stall",
         help="When the scripted expert takes over: stall (no progress for 1 s), regress (heading away from "
-        "the goal), deviate (moving otherwise than the expert would for 3 steps), comma-separated; each "
+        "the goal), deviate (moving otherwise than the expert would for 3 steps), misaligned (low and off to the "
+        "side of the target for 3 steps, e.g. coming down beside the cube), struggling (drives whole episodes of a "
+        "task the robot has been failing, as often as it fails), comma-separated; each "
         "correction records which fired.",
     ),
     correct_in_place: bool = typer.Option(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,8 @@ def build_robot(
     from fleet.transport import publish
 
     keys = load_trusted_keys(settings)  # first: production without FLEET_TRUSTED_KEYS_FILE stops here
+    if supervisor_config is not None:  # each robot draws its own "struggling" episodes
+        supervisor_config = replace(supervisor_config, seed=config.seed)
     env_factory = None
     if env is None:
         from fleet.sim.registry import make_env

@@ -396,6 +396,8 @@ class RobotRuntime:
                 break
         if pending is not None:
             pending.cancel()
+        if self.supervisor is not None and done:
+            self.supervisor.finish(success)  # what "struggling" judges the robot's next episodes of this task by
         stream.finish(chunk_version, success=success)
         self.segments_total += stream.segments
         log.info(

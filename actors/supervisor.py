@@ -7,7 +7,14 @@ wrong: "stall", it has not fallen below its best by `progress` metres for `stall
 stuck, lost, or busy with the wrong object); "regress", it has risen `regress` metres above its best (the robot
 heads away from its goal, which an operator sees before the robot stalls); "deviate", the robot's commanded motion
 has differed from what the operator would command (the expert's) by more than `deviation` for `patience` steps in a
-row (it is heading for the wrong place, coming down beside the cube, before any distance is lost). The
+row (it is heading for the wrong place, coming down beside the cube, before any distance is lost); "misaligned", the
+tool has been low and off to the side of where the task needs it (`fleet.sim.experts.off_target`: coming down beside
+the cube, lowering a held cube away from its goal) without rising for `patience` steps, which an operator sees
+however the robot's motion differs from the expert's in style; "struggling", per episode rather than per step: the robot
+has succeeded on its own in a fraction r of its last `window` episodes of this task, and the operator drives the whole
+next episode with probability 1 - r (Fleet-DAgger's allocation: human time goes to the robots likely to fail, and
+falls away as they stop failing; the episodes driven are demonstrations in the scenario the fleet meets), at most
+`max_drive` of them. The
 supervisor then drives for `takeover_steps` steps, or hands back sooner once the task has progressed
 `handback_progress` metres (the robot is on track again), and gives the policy a fresh window. Those steps are
 marked in the intervention mask and sent as `Correction`s, each with the `reason` its rule gave. A policy that is
@@ -45,9 +52,12 @@ class Supervisor(Protocol):
 
     def step(self, obs: Any, policy_action: np.ndarray) -> np.ndarray | None: ...
 
+    def finish(self, success: bool) -> None: ...  # the episode ended (success as the task judged it)
+
 
 SUPERVISION = ("takeover", "stop", "off")  # make_supervisor's modes
-RULES = ("stall", "regress", "deviate")  # what makes the supervisor take over (SupervisorConfig.rules)
+# What makes the supervisor take over (SupervisorConfig.rules; see the module docstring).
+RULES = ("stall", "regress", "deviate", "misaligned", "struggling")
 
 
 def check_supervision(mode: str) -> None:
@@ -74,6 +84,14 @@ class SupervisorConfig:
     stall_motion: float = 0.05  # fallback: summed |translation command| over the stall window counted as a stall
     rules: tuple[str, ...] = ("stall",)  # what counts as going wrong (RULES; see the module docstring)
     regress: float = 0.03  # "regress": metres REMAINING may rise above its best before the supervisor steps in
+    # "struggling": the robot's own success on a task is estimated over its last `window` episodes of it (no takeover
+    # in them); until it has any, the operator drives with probability 1 - `prior`; never more than `max_drive` of the
+    # episodes, so the robot keeps showing what it can do on its own (the estimate would stick at 0 otherwise).
+    # `seed` seeds those draws.
+    window: int = 10
+    prior: float = 0.5
+    max_drive: float = 0.75
+    seed: int = 0
     # > 0: hand back as soon as the task has progressed this many metres since the takeover (on track again),
     # at the latest after `takeover_steps`; 0: always drive `takeover_steps` steps.
     handback_progress: float = 0.0
@@ -87,8 +105,10 @@ class SupervisorConfig:
         return cls(**{**raw, "rules": tuple(raw.get("rules", cls.rules))})
 
     def __post_init__(self) -> None:
-        if min(self.stall_steps, self.takeover_steps, self.patience) <= 0 or self.progress < 0:
-            raise ValueError("SupervisorConfig: stall_steps, takeover_steps, patience > 0 and progress >= 0")
+        if min(self.stall_steps, self.takeover_steps, self.patience, self.window) <= 0 or self.progress < 0:
+            raise ValueError("SupervisorConfig: stall_steps, takeover_steps, patience, window > 0 and progress >= 0")
+        if not (0.0 <= self.prior <= 1.0 and 0.0 <= self.max_drive < 1.0):
+            raise ValueError("SupervisorConfig: prior must be in [0, 1], max_drive in [0, 1)")
         unknown = sorted(set(self.rules) - set(RULES))
         if not self.rules or unknown:
             raise ValueError(f"SupervisorConfig.rules must name some of {RULES}, got {self.rules}")
@@ -110,18 +130,42 @@ class ExpertSupervisor:
         self.env = env
         self.expert = make_expert(env, in_place=self.config.correct_in_place)
         self._watch = _progress_watch(env, self.config)
+        self._own: deque[bool] = deque(maxlen=self.config.window)  # the robot's own recent outcomes on this task
+        self._rng = np.random.default_rng(self.config.seed)
+        self._driving = False  # "struggling": the operator drives this whole episode
         self.reset()
+
+    @property
+    def own_success(self) -> float:
+        """The robot's estimated success on its own at this env's task ("struggling")."""
+        return float(np.mean(self._own)) if self._own else self.config.prior
+
+    def finish(self, success: bool) -> None:
+        if not self._driving:  # an episode the operator drove says nothing of the robot's own skill
+            self._own.append(success and not self._taken)
 
     def reset(self) -> None:
         if self._watch is not None:
             self._watch.reset()
         self._off = 0
+        self._low = 0
         self._left = 0
         self._taken_at = float("inf")  # REMAINING when the current takeover began
         self._motion: deque[float] = deque(maxlen=self.config.stall_steps)
         self.reason = ""
+        drive = min(self.config.max_drive, 1.0 - self.own_success)
+        self._driving = "struggling" in self.config.rules and self._rng.random() < drive
+        self._taken = self._driving  # any takeover this episode
+        if self._driving:
+            self.reason = (
+                f"struggling: {self.own_success:.0%} of its last episodes of this task succeeded on its own"
+                if self._own
+                else "struggling: no episode of this task on its own yet"
+            )
 
     def step(self, obs: Any, policy_action: np.ndarray) -> np.ndarray | None:
+        if self._driving:
+            return self._expert(obs)
         if self._left > 0:
             self._left -= 1
             if self._back_on_track():
@@ -135,11 +179,11 @@ class ExpertSupervisor:
         reason = self._watch_rules(obs, policy_action) if watched else self._off_course(obs, policy_action)
         if reason is None:
             return None
-        self.reason = reason
+        self.reason, self._taken = reason, True
         if self._watch is not None:
             self._taken_at = self._watch.current
             self._watch.restart()  # the policy gets a fresh window when the human hands back
-        self._off = 0
+        self._off = self._low = 0
         self._motion.clear()
         self._left = self.config.takeover_steps - 1
         return self._expert(obs)
@@ -154,7 +198,17 @@ class ExpertSupervisor:
             return f"regress: {100 * (watch.current - watch.best):.1f} cm farther from the goal than its best"
         if "deviate" in cfg.rules and self._disagrees(obs, policy_action, cfg.deviation) >= cfg.patience:
             return f"deviate: {self._off} steps away from the operator's direction"
+        if "misaligned" in cfg.rules and self._misaligned(policy_action) >= cfg.patience:
+            return f"misaligned: {self._low} steps low and off to the side of the target"
         return None
+
+    def _misaligned(self, policy_action: np.ndarray) -> int:
+        """Consecutive steps (this one included) the tool was off target (`off_target`) and not rising."""
+        from fleet.sim.experts import off_target
+
+        rising = float(np.asarray(policy_action)[2]) > 0.0
+        self._low = self._low + 1 if off_target(self.env.privileged_state()) and not rising else 0
+        return self._low
 
     def _disagrees(self, obs: Any, policy_action: np.ndarray, limit: float) -> int:
         """Consecutive steps (this one included) the policy's translation was more than `limit` off the expert's."""
@@ -204,6 +258,9 @@ class StallStop:
         if self._watch is not None:
             self._watch.reset()
         self.stopped = False
+
+    def finish(self, success: bool) -> None:
+        pass  # its decisions are per step only
 
     def step(self, obs: Any, policy_action: np.ndarray) -> None:
         if self._watch is not None and not self.stopped:

@@ -48,7 +48,8 @@ def _pair_takeovers(model: Any, embedder: Any, args: argparse.Namespace, task: s
     env = make_env(task, embodiment, seed=0, scenario=args.scenario)
     robot = ChunkedController(VLAPolicy(model, embedder=embedder, seed=0))
     rules = tuple(args.takeovers.split(","))
-    config = SupervisorConfig(rules=rules, correct_in_place=not args.start_over, takeover_steps=args.takeover_steps)
+    config = SupervisorConfig(rules=rules, correct_in_place=not args.start_over, takeover_steps=args.takeover_steps,
+                              deviation=args.deviation)  # fmt: skip
     operator = ExpertSupervisor(env, config)
     now: dict[str, Any] = {}
 
@@ -104,6 +105,10 @@ def main() -> None:
     )
     parser.add_argument("--start-over", action="store_true", help="the operator starts over instead of in place")
     parser.add_argument("--takeover-steps", type=int, default=10, help="steps the operator drives per takeover")
+    parser.add_argument(
+        "--deviation", type=float, default=1.0, help="the deviate rule's threshold (tiny: drives from the start)"
+    )
+    parser.add_argument("--save", type=Path, default=None, help="write the final moving average's checkpoint here")
     parser.add_argument("--work", type=Path, default=Path("/tmp/scenario-ceiling"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -111,7 +116,7 @@ def main() -> None:
     import torch
 
     from fleet.episodes import EpisodeStore
-    from fleet.policy.checkpoint import load_checkpoint
+    from fleet.policy.checkpoint import load_checkpoint, save_checkpoint
     from fleet.policy.language import default_embedder
     from fleet.sim.rollout import collect_demos
     from learner.config import PRESETS
@@ -178,6 +183,8 @@ def main() -> None:
         "updates_per_s": round(done / spent, 2) if spent else None,
         "seconds": round(time.monotonic() - started, 1),
     }  # fmt: skip
+    if args.save is not None:
+        save_checkpoint(engine.to_model(ema=True), args.save)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     engine.shutdown()

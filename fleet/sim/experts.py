@@ -36,6 +36,9 @@ class Plan:
     position: np.ndarray  # tool target, world xyz, metres
     close: bool  # gripper closed / suction on
     speed: float = 1.0  # fraction of the maximum step size
+    # The tool is low and off to the side of where the task needs it, so the demonstrations' expert rises before it
+    # moves on (come down beside the cube, a held cube lowered away from its goal): what `off_target` reports.
+    realign: bool = False
 
 
 def _above(xy: np.ndarray, z: float) -> np.ndarray:
@@ -75,7 +78,7 @@ def _pick(state: SimState, name: str, *, in_place: bool = False) -> Plan:
                 return Plan(_above(ee, clear), close=False)  # just clear of the cube
             return Plan(_above(obj.position, min(ee[2], obj.position[2] + HOVER)), close=False)  # line up here
         if ee[2] < obj.position[2] + HOVER - 0.02 and xy_err > 0.02:
-            return Plan(_above(ee, obj.position[2] + HOVER), close=False)  # rise before travelling
+            return Plan(_above(ee, obj.position[2] + HOVER), close=False, realign=True)  # rise before travelling
         return Plan(_above(obj.position, max(min(ee[2], obj.position[2] + HOVER), grasp_z)), close=False)
     if ee[2] > grasp_z + 0.008:
         return Plan(_above(obj.position, grasp_z), close=False, speed=0.7)
@@ -95,7 +98,7 @@ def _carry_to(state: SimState, name: str, goal_xy: np.ndarray, release_z: float,
     if xy_err > tolerance:
         travel = state.table_z + TRAVEL_Z
         if ee[2] < travel - 0.03 and xy_err > tolerance + 0.015:
-            return Plan(_above(ee, travel), close=True)  # lift clear before travelling
+            return Plan(_above(ee, travel), close=True, realign=True)  # lift clear before travelling
         return Plan(_above(tool_goal, max(ee[2], travel) if xy_err > tolerance + 0.015 else ee[2]), close=True)
     if obj.position[2] > release_z + 0.006:
         return Plan(tool_goal, close=True, speed=0.6)
@@ -166,7 +169,7 @@ def push_plan(state: SimState, *, in_place: bool = False) -> Plan:
     if xy_err > 0.012:
         near_block = np.linalg.norm(ee[:2] - obj.position[:2]) < 0.08
         if ee[2] < hover - 0.02 and near_block:
-            return Plan(_above(ee, hover), close=close)  # rise before crossing over the block
+            return Plan(_above(ee, hover), close=close, realign=True)  # rise before crossing over the block
         return Plan(_above(start, max(hover, min(ee[2], travel))), close=close)
     return Plan(_above(start, push_z), close=close)
 
@@ -290,6 +293,13 @@ PLANNERS: dict[str, Callable[..., Plan]] = {  # (state, *, in_place=False) -> Pl
     "place": place_plan,
     "stack": stack_plan,
 }
+
+
+def off_target(state: SimState) -> bool:
+    """The tool is low and off to the side of where the task needs it (`Plan.realign`): coming down beside the cube,
+    or lowering a held cube away from its goal. False for tasks without a planner."""
+    plan = PLANNERS.get(state.task)
+    return plan is not None and plan(state).realign
 
 
 def plan_to_action(state: SimState, plan: Plan, action_dim: int) -> np.ndarray:

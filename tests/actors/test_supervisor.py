@@ -172,6 +172,82 @@ def test_the_deviate_rule_steps_in_while_the_robot_heads_for_the_wrong_place_and
         SupervisorConfig(deviation=0.0)
 
 
+def _beside_cube(env, offset: float = 0.06):
+    """A policy that lines up and comes down `offset` metres beside the cube (the expert's plan for a moved cube)."""
+    from dataclasses import replace
+
+    expert = make_expert(env)
+
+    def policy(obs):
+        state = env.privileged_state()
+        cube = state.objects[state.target]
+        moved = replace(cube, position=cube.position + np.array([offset, 0.0, 0.0]))
+        return expert.act_on_state(replace(state, objects={**state.objects, state.target: moved}))
+
+    return policy
+
+
+def test_the_misaligned_rule_steps_in_as_the_tool_comes_down_beside_the_cube() -> None:
+    env = make_env("pick", "panda")
+    try:
+        stall = ExpertSupervisor(env, SupervisorConfig(rules=("stall",)))
+        late, _ = _run(env, stall, _beside_cube(env), seed=2)
+        misaligned = ExpertSupervisor(env, SupervisorConfig(rules=("stall", "misaligned")))
+        driven, success = _run(env, misaligned, _beside_cube(env), seed=2)
+        assert success and driven and (not late or driven[0] < late[0]), (driven, late)
+        assert misaligned.reason.startswith("misaligned: 3 steps")
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(("task", "embodiment"), PAIRS)
+def test_the_misaligned_rule_leaves_a_policy_that_lines_up_first_alone(task: str, embodiment: str) -> None:
+    env = make_env(task, embodiment)
+    try:
+        supervisor = ExpertSupervisor(env, SupervisorConfig(rules=("stall", "misaligned")))
+        expert = make_expert(env, noise_std=0.1, seed=0)
+        for seed in (0, 1):
+            driven, success = _run(env, supervisor, expert, seed)
+            assert success and driven == [], f"{task}/{embodiment} seed {seed}: took over at steps {driven}"
+    finally:
+        env.close()
+
+
+def _episodes(env, supervisor: ExpertSupervisor, policy, n: int) -> list[tuple[list[int], bool, str]]:
+    """`n` episodes in a row, the supervisor told each outcome (as the robot runtime tells it), with its reason."""
+    results = []
+    for seed in range(n):
+        driven, success = _run(env, supervisor, policy, seed)
+        supervisor.finish(success)
+        results.append((driven, success, supervisor.reason))
+    return results
+
+
+def test_the_struggling_rule_drives_whole_episodes_of_a_failing_robot_and_none_of_a_good_one() -> None:
+    env = make_env("pick", "panda")
+    still = np.zeros(env.embodiment.action_dim, dtype=np.float32)
+    config = SupervisorConfig(rules=("struggling",), window=3)
+    try:
+        failing = ExpertSupervisor(env, config)
+        results = _episodes(env, failing, lambda obs: still, 12)
+        whole = [bool(driven) and driven[0] == 0 and success for driven, success, _ in results]
+        assert 6 <= sum(whole) <= 11, whole  # up to max_drive (3 in 4) once it has failed
+        assert failing.own_success == 0.0
+        last = len(whole) - 1 - whole[::-1].index(True)
+        assert results[last][2].startswith("struggling: 0% of its last episodes"), results[last]
+        good = ExpertSupervisor(env, config)
+        expert = make_expert(env)
+        results = _episodes(env, good, lambda obs: expert.act_on_state(env.privileged_state()), 8)
+        first_own = next(k for k, (driven, _, _) in enumerate(results) if driven == [])
+        assert all(driven == [] and success for driven, success, _ in results[first_own:]), results
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="prior must be in"):
+        SupervisorConfig(prior=1.5)
+    with pytest.raises(ValueError, match="max_drive in"):
+        SupervisorConfig(max_drive=1.0)
+
+
 def test_the_human_hands_back_once_the_robot_is_on_track() -> None:
     env = make_env("pick", "panda")
     still = np.zeros(env.embodiment.action_dim, dtype=np.float32)
