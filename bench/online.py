@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the learner's --max-demos: version 1's demonstrations it loads (default: all)",
     )
-    parser.add_argument("--takeover-rules", default="stall,deviate", help="what makes the operator take over")
+    parser.add_argument("--takeover-rules", default="stall,struggling", help="what makes the operator take over")
     parser.add_argument("--correct-in-place", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--offline-steps", type=int, default=None, help="offline_demos' budget (default: full's)")
     parser.add_argument("--final-episodes", type=int, default=50, help="held-out episodes per pair, final versions")

@@ -16,6 +16,8 @@ Variants (changes to the preset's `ReplayConfig`):
   no-corrections     the fleet's autonomous steps and the demonstrations (no takeover's steps imitated)
   corrections-only   the takeovers' steps alone (no demonstrations, no autonomous steps)
   online-half        half of each batch from the fleet's steps (preset: a quarter)
+  no-recoveries      takeovers that began mid-episode dropped (as if rejected in review); whole episodes the
+                     operator drove ("struggling") kept
 
     python -m research.fleet_replay --run ~/.cache/fleet/bench-online/cameras-2/runs/high-start-full-1-seed20013 \
         --v1 research/online/v1-10k-flow4 --v1-demos ~/.cache/fleet/bench-online/cameras-2/demos \
@@ -44,6 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-corrections": {"intervention_fraction": 0.0},
     "corrections-only": {"autonomous": False},  # and no demonstrations (below)
     "online-half": {"online_fraction": 0.5},
+    "no-recoveries": {},  # the mid-episode takeovers are dropped below, not by a replay setting
 }
 
 
@@ -81,6 +84,13 @@ def read_stream(kafka_dir: Path, ingest: Any) -> int:
             return handled
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _recovery(episode: Any, t: int) -> bool:
+    """Step `t` of a stored episode belongs to a takeover that began after the episode's first step."""
+    if episode is None or not episode.intervention[t]:
+        return False
+    return not episode.intervention[0]  # whole-episode drives start at step 0; a mid-episode takeover never does
 
 
 def main() -> None:
@@ -129,6 +139,9 @@ def main() -> None:
         demos = replay.add_demos(args.v1_demos, limit=args.max_demos)
     ingest = Ingest(replay)
     messages = read_stream(args.run / "kafka", ingest)
+    if args.variant == "no-recoveries":  # one pass over every step (rejecting each correction would be one each)
+        dropped = replay._drop_where(lambda key, t: _recovery(replay.episode(*key), t))
+        print(f"dropped {dropped} steps of mid-episode takeovers", flush=True)
     print(f"replay: {replay.sizes()} ({messages} messages, {ingest.episodes_added} fleet episodes, {demos} demos)",
           flush=True)  # fmt: skip
     tasks, embodiments = tuple(args.tasks.split(",")), tuple(args.embodiments.split(","))

@@ -19,10 +19,12 @@
 #   V1=research/online/v1-20k-flow4 OUT=research/online-v1-20k FREEZE=encoder bash research/online_arms.sh
 #
 # The `raised-bench` series (pick and place on a bench 6 cm above the demonstrations' table; 4 pairs, so 75 held-out
-# episodes each make the 300), with the robots on the wall clock:
+# episodes each make the 300), with the robots on the wall clock and the operator driving whole episodes of the tasks
+# a robot keeps failing (research/online-raised-bench-struggling; the stall,regress and stall,deviate runs are in
+# research/online-raised-bench):
 #
-#   V1=research/online/v1-20k-flow4 OUT=research/online-raised-bench FREEZE=encoder SCENARIO=raised-bench \
-#     TIME_SCALE=1 FINAL=75 RULES=stall,deviate bash research/online_arms.sh
+#   V1=research/online/v1-20k-flow4 OUT=research/online-raised-bench-struggling FREEZE=encoder SCENARIO=raised-bench \
+#     TIME_SCALE=1 FINAL=75 RULES=stall,struggling LR=3e-4 bash research/online_arms.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V1=${V1:-research/online/v1-10k-flow4}
