@@ -205,9 +205,10 @@ def offline_demo_store(cache: Path, v1_demos: Path, args: argparse.Namespace, st
     from fleet.episodes import EpisodeStore
     from fleet.sim.rollout import collect_demos
 
-    root = cache / f"offline-{args.scenario}-{steps}"
+    with_v1 = args.learner_demos != 0  # --learner-demos 0: the learner reads the scenario's demonstrations only
+    root = cache / f"offline-{args.scenario}-{steps}{'' if with_v1 else '-scenario-only'}"
     store = EpisodeStore(root)
-    for robot in v1_demos.iterdir():  # version 1's demonstrations, linked rather than copied
+    for robot in v1_demos.iterdir() if with_v1 else ():  # version 1's demonstrations, linked rather than copied
         link = root / robot.name
         if robot.is_dir() and not link.exists():
             root.mkdir(parents=True, exist_ok=True)
@@ -262,7 +263,7 @@ def run_arm(
             argv += ["--lr", str(args.learner_lr)] if args.learner_lr is not None else []
             argv += ["--freeze", args.freeze] if args.freeze else []
             # The cap is on version 1's share: every scenario demonstration of offline_demos is loaded beside it.
-            argv += ["--max-demos", str(args.learner_demos + extra_demos)] if args.learner_demos else []
+            argv += ["--max-demos", str(args.learner_demos + extra_demos)] if args.learner_demos is not None else []
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         fleet = FleetConfig(
             n=args.robots, tasks=tuple(args.tasks), embodiments=tuple(args.embodiments), scenario=args.scenario,
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         "--learner-demos",
         type=int,
         default=None,
-        help="the learner's --max-demos: version 1's demonstrations it loads (default: all)",
+        help="the learner's --max-demos: version 1's demonstrations it loads (default: all; 0: none)",
     )
     parser.add_argument("--takeover-rules", default="stall,struggling", help="what makes the operator take over")
     parser.add_argument("--correct-in-place", action=argparse.BooleanOptionalAction, default=True)

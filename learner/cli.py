@@ -43,7 +43,8 @@ def run(
         int | None,
         typer.Option(
             help="Load at most this many demonstrations, spread evenly over task x embodiment (each costs the "
-            "learner's start-up a forward of its frames when perception is frozen). Default: all."
+            "learner's start-up a forward of its frames when perception is frozen). Default: all; 0: none, the "
+            "fleet's own data alone."
         ),
     ] = None,
     autonomous: Annotated[
@@ -144,9 +145,11 @@ def learner_config(
         changes["run_dir"] = run_dir
     if demos is not None:
         changes["demos"], changes["load_demos"] = demos, True
-    if max_demos is not None:
+    if max_demos == 0:  # the fleet's own data alone: demonstrations of other conditions can hold a scenario back
+        changes["load_demos"] = False
+    elif max_demos is not None:
         if max_demos < 1:
-            raise typer.BadParameter("must be at least 1", param_hint="--max-demos")
+            raise typer.BadParameter("must be at least 0", param_hint="--max-demos")
         changes["max_demo_episodes"] = max_demos
     if canary_fraction is not None:
         if not 0.0 <= canary_fraction <= 1.0:

@@ -25,6 +25,11 @@
 #
 #   V1=research/online/v1-20k-flow4 OUT=research/online-raised-bench-struggling FREEZE=encoder SCENARIO=raised-bench \
 #     TIME_SCALE=1 FINAL=75 RULES=stall,struggling LR=3e-4 bash research/online_arms.sh
+#
+# and without version 1's `nominal` demonstrations in the learner's replay (research/fleet_replay's no-demos finding):
+#
+#   V1=research/online/v1-20k-flow4 OUT=research/online-raised-bench-no-demos FREEZE=encoder SCENARIO=raised-bench \
+#     TIME_SCALE=1 FINAL=75 RULES=stall,struggling LR=3e-4 LEARNER_DEMOS=0 bash research/online_arms.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V1=${V1:-research/online/v1-10k-flow4}
@@ -36,13 +41,14 @@ SCENARIO=${SCENARIO:-high-start}
 TIME_SCALE=${TIME_SCALE:-2}  # wall seconds per fleet second for the arms with a learner
 FINAL=${FINAL:-50}  # held-out episodes per task x embodiment for each final version
 RULES=${RULES:-stall,regress}  # what makes the operator take over (the high-start series ran stall,regress)
+LEARNER_DEMOS=${LEARNER_DEMOS:-300}  # version 1's demonstrations the learner keeps in replay (0: none)
 mkdir -p "$OUT"
 [ -d "$DEMOS" ] || .venv/bin/python -c "
 from bench.online import CACHE, cached_demos
 from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
 COMMON=(--scenario "$SCENARIO" --robots 4 --minutes 30 --time-scale "$TIME_SCALE" --v1 "$V1" --v1-demos "$DEMOS"
-        --learner-demos 300 --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL" --takeover-rules "$RULES")
+        --learner-demos "$LEARNER_DEMOS" --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL" --takeover-rules "$RULES")
 
 run() {  # run NAME bench-arguments...
   local name=$1; shift

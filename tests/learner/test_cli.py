@@ -36,6 +36,16 @@ def test_a_negative_paraphrase_count_is_refused_naming_the_option() -> None:
     assert error.value.param_hint == "--paraphrases"
 
 
+def test_max_demos_caps_the_demonstrations_and_zero_loads_none() -> None:
+    capped = learner_config("online", demos=Path("/data/demos"), max_demos=300)
+    assert (capped.load_demos, capped.max_demo_episodes) == (True, 300)
+    none = learner_config("online", demos=Path("/data/demos"), max_demos=0)
+    assert none.load_demos is False  # the fleet's own data alone
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("online", max_demos=-1)
+    assert error.value.param_hint == "--max-demos"
+
+
 def test_the_command_refuses_a_bad_learning_rate_before_starting_anything() -> None:
     result = CliRunner().invoke(app, ["run", "--preset", "online", "--lr", "0"])
     assert result.exit_code == 2  # usage error: no consumer, no metrics server, no training
