@@ -191,23 +191,24 @@ class ExpertSupervisor:
     def _watch_rules(self, obs: Any, policy_action: np.ndarray) -> str | None:
         """The first of the configured rules that fires on this step's state, as a reason; None when none does."""
         cfg, watch = self.config, self._watch
-        stalled = watch.update(self.env.privileged_state())
+        state = self.env.privileged_state()  # one query of the simulator per step, for every rule
+        stalled = watch.update(state)
         if "stall" in cfg.rules and stalled:
             return f"stall: no progress for {watch.idle} steps, {100 * watch.current:.1f} cm still to go"
         if "regress" in cfg.rules and watch.current - watch.best > cfg.regress:
             return f"regress: {100 * (watch.current - watch.best):.1f} cm farther from the goal than its best"
         if "deviate" in cfg.rules and self._disagrees(obs, policy_action, cfg.deviation) >= cfg.patience:
             return f"deviate: {self._off} steps away from the operator's direction"
-        if "misaligned" in cfg.rules and self._misaligned(policy_action) >= cfg.patience:
+        if "misaligned" in cfg.rules and self._misaligned(state, policy_action) >= cfg.patience:
             return f"misaligned: {self._low} steps low and off to the side of the target"
         return None
 
-    def _misaligned(self, policy_action: np.ndarray) -> int:
+    def _misaligned(self, state: Any, policy_action: np.ndarray) -> int:
         """Consecutive steps (this one included) the tool was off target (`off_target`) and not rising."""
         from fleet.sim.experts import off_target
 
         rising = float(np.asarray(policy_action)[2]) > 0.0
-        self._low = self._low + 1 if off_target(self.env.privileged_state()) and not rising else 0
+        self._low = self._low + 1 if off_target(state) and not rising else 0
         return self._low
 
     def _disagrees(self, obs: Any, policy_action: np.ndarray, limit: float) -> int:
