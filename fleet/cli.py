@@ -17,7 +17,6 @@ except ModuleNotFoundError as err:  # a robot's `fleet[client]` install carries 
     raise SystemExit(f"the fleet command runs fleet's services and needs pip install 'fleet[server]' ({err})") from err
 
 from fleet.db.cli import app as db_app
-from fleet.defaults import DEFAULT_EMBODIMENTS
 from fleet.export.cli import app as export_app
 from fleet.models_cli import app as models_app
 from fleet.recipe.cli import register as register_recipe
@@ -78,14 +77,22 @@ register_recipe(app)
 
 @app.command("demo")
 def demo(
-    robots: int = typer.Option(4, help="Simulated robots."),
-    minutes: float = typer.Option(15.0, help="Fleet time to run."),
-    tasks: str = typer.Option("pick,push", help="Comma-separated tasks."),
-    embodiments: str = typer.Option(",".join(DEFAULT_EMBODIMENTS), help="Comma-separated embodiments."),
-    scenario: str = typer.Option("nominal", help=f"Deployment conditions of the fleet and the gate: {SCENARIO_NAMES}."),
-    bc_steps: int | None = typer.Option(
-        None, help="Behaviour-cloning steps for version 1, when there is no production model [default: DemoConfig]."
+    robots: int | None = typer.Option(None, help="Simulated robots [default: DemoConfig, 4]."),
+    minutes: float | None = typer.Option(None, help="Fleet time to run, on the wall clock [default: 15]."),
+    tasks: str | None = typer.Option(
+        None, help="Comma-separated tasks version 1 knows; the fleet works on those the scenario has [default: all]."
     ),
+    embodiments: str | None = typer.Option(None, help="Comma-separated embodiments [default: all PyBullet arms]."),
+    scenario: str | None = typer.Option(
+        None, help=f"Deployment conditions of the fleet and the gate: {SCENARIO_NAMES} [default: raised-bench]."
+    ),
+    takeover_rules: str | None = typer.Option(
+        None, help="When the scripted operator takes over (as fleet robots run) [default: stall,struggling]."
+    ),
+    pretrain: bool = typer.Option(
+        False, help="Pre-train version 1 here on freshly collected demos instead of using the shipped one."
+    ),
+    bc_steps: int | None = typer.Option(None, help="Behaviour-cloning steps for a version 1 pre-trained here."),
     dashboard: bool = typer.Option(True, help="Start the dashboard too."),
 ) -> None:
     """The whole loop: stack, version 1, learner, dashboard, a simulated fleet; ends with a learning curve."""
@@ -100,10 +107,15 @@ def demo(
     configure_logging("demo", logging.WARNING, json=settings.log_format == "json")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
-    steps: dict[str, Any] = {} if bc_steps is None else {"bc_steps": bc_steps}
+    given: dict[str, Any] = {
+        "robots": robots, "minutes": minutes, "scenario": scenario, "bc_steps": bc_steps,
+        "tasks": split(tasks) if tasks is not None else None,
+        "embodiments": split(embodiments) if embodiments is not None else None,
+        "takeover_rules": split(takeover_rules) if takeover_rules is not None else None,
+    }  # fmt: skip
     try:
-        config = DemoConfig(robots=robots, minutes=minutes, tasks=split(tasks), embodiments=split(embodiments),
-                            dashboard=dashboard, scenario=scenario, **steps)  # fmt: skip
+        config = DemoConfig(dashboard=dashboard, pretrain=pretrain,
+                            **{k: v for k, v in given.items() if v is not None})  # fmt: skip
     except (KeyError, ValueError) as err:
         typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None

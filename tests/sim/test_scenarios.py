@@ -132,13 +132,16 @@ def test_the_gate_fleet_learner_and_demo_take_the_scenario() -> None:
     assert EvalGate(gate).signature() != EvalGate(GateConfig()).signature()  # scores are compared per scenario
     robots = FleetConfig(n=3, scenario="far-reach").robots()
     assert {r.scenario for r in robots} == {"far-reach"}
-    far = learner_config("demo", scenario="far-reach")
-    assert far.gate.scenario == "far-reach" and far.gate.tasks == ("pick", "push")  # the preset's tasks it has
+    bench = learner_config("demo", scenario="raised-bench")
+    assert bench.gate.scenario == "raised-bench" and bench.gate.tasks == ("pick", "place")  # the preset's it has
     new = learner_config("demo", scenario="new-task")
     assert new.gate.tasks == ("stack",)  # a new task: the scenario's own
     demo = DemoConfig(scenario="new-task")
-    assert demo.fleet_tasks == ("stack",) and demo.seed_demos() == {"pick": 100, "push": 100, "stack": 20}
-    assert DemoConfig(scenario="far-reach").fleet_tasks == ("pick", "push")
-    assert dataclasses.replace(DemoConfig(), scenario="nominal").seed_demos() == {"pick": 100, "push": 100}
+    assert demo.fleet_tasks == ("stack",) and demo.seed_demos() == {"pick": 100, "push": 100, "place": 100, "stack": 20}
+    assert demo.version_one is None  # the shipped version 1 never saw stacking: the demo trains one
+    assert DemoConfig().fleet_tasks == ("pick", "place") and DemoConfig().version_one is not None
+    assert DemoConfig(pretrain=True).version_one is None
+    assert DemoConfig(embodiments=("panda", "sawyer")).version_one is None
+    assert dataclasses.replace(DemoConfig(), tasks=("pick", "push")).seed_demos() == {"pick": 100, "push": 100}
     with pytest.raises(ValueError, match="PyBullet arms only"):
         make_env("mw-reach", "sawyer", scenario="far-reach")
