@@ -50,11 +50,15 @@ cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
 COMMON=(--scenario "$SCENARIO" --robots 4 --minutes 30 --time-scale "$TIME_SCALE" --v1 "$V1" --v1-demos "$DEMOS"
         --learner-demos "$LEARNER_DEMOS" --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL" --takeover-rules "$RULES")
 
+STOP_AFTER=${STOP_AFTER:-}  # a run's name: stop once it is done (to free the machine between runs)
+
 run() {  # run NAME bench-arguments...
   local name=$1; shift
-  if [ -f "$OUT/$name.json" ]; then echo "$name: done"; return; fi
-  echo "$name: running ($(date +%H:%M))"
-  .venv/bin/python -m bench.online "${COMMON[@]}" "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+  if [ -f "$OUT/$name.json" ]; then echo "$name: done"; else
+    echo "$name: running ($(date +%H:%M))"
+    .venv/bin/python -m bench.online "${COMMON[@]}" "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+  fi
+  if [ "$name" = "$STOP_AFTER" ]; then echo "stopping after $name"; exit 0; fi
 }
 
 run full-1 --arms full --repeats full:1 --seed 11 --baseline-seconds 0
