@@ -214,7 +214,7 @@ class ReplayBuffer:
             stored.correction_ids[start:stop] = [cid] * max(0, stop - start)
         self._set_returns(stored)  # after the corrections: a takeover changes the steps before it
         if stored.key in self._episodes:  # a re-sent episode replaces the old copy (idempotent on the key)
-            self._drop_where(lambda key, _t: key == stored.key)
+            self.drop_where(lambda key, _t: key == stored.key)
         self._episodes[stored.key] = stored
         for t in range(stored.length):
             if stored.source == "demo":
@@ -302,7 +302,9 @@ class ReplayBuffer:
             del self._refs[key]
             self._episodes.pop(key, None)
 
-    def _drop_where(self, predicate: Callable[[EpisodeKey, int], bool]) -> int:
+    def drop_where(self, predicate: Callable[[EpisodeKey, int], bool]) -> int:
+        """Drop every sampled step (episode, t) `predicate` holds for, from every source; returns how many. A
+        re-sent episode and a rejected correction leave this way; probes use it to replay part of a run."""
         dropped = 0
         for source, buffer in self._buffers.items():
             kept: deque[tuple[EpisodeKey, int]] = deque()
@@ -370,7 +372,7 @@ class ReplayBuffer:
         if decision == "approve":
             return 0
         if decision == "reject":
-            return self._drop_where(lambda key, t: self._episodes[key].correction_ids[t] == correction_id)
+            return self.drop_where(lambda key, t: self._episodes[key].correction_ids[t] == correction_id)
         if decision != "relabel":
             raise ValueError(f"unknown review decision {decision!r} (approve, reject, relabel)")
         touched = 0

@@ -140,7 +140,7 @@ def main() -> None:
     ingest = Ingest(replay)
     messages = read_stream(args.run / "kafka", ingest)
     if args.variant == "no-recoveries":  # one pass over every step (rejecting each correction would be one each)
-        dropped = replay._drop_where(lambda key, t: _recovery(replay.episode(*key), t))
+        dropped = replay.drop_where(lambda key, t: _recovery(replay.episode(*key), t))
         print(f"dropped {dropped} steps of mid-episode takeovers", flush=True)
     print(f"replay: {replay.sizes()} ({messages} messages, {ingest.episodes_added} fleet episodes, {demos} demos)",
           flush=True)  # fmt: skip
