@@ -28,11 +28,16 @@ learner's rates are per wall second.
 What is reported per arm (`arms.<name>`, runs of one arm pooled; `runs` keeps each run):
 - `final_success`, `final_ci95`: the version in production when the run ended, scored on `--final-episodes`
   held-out episodes per task x embodiment of the scenario (seeds FINAL_SEEDS+, which no robot, demo or gate uses;
-  the gate's rules: an episode the operator would have taken over fails), pooled over the arm's runs; Wilson 95%
-  interval. Every arm is scored on the same episodes, and version 1 once (`initial_success`).
+  the gate's rules: an episode the operator would have taken over fails), pooled over the arm's runs (version 1's
+  episodes once); Wilson 95% interval; `final_per_run` each run's. Every arm is scored on the same episodes, and
+  version 1 once (`initial_success`).
 - `fleet_first`, `fleet_last`: the fleet's autonomous success (no takeover) over the first and last 10% of the
   episodes (in order of starting); `interventions_first` / `interventions_last`: takeover steps per episode there.
 - `minutes_to_85`: the first fleet minute at which the trailing `--window` episodes' autonomous success reached 0.85.
+  Under the `struggling` rule the operator still drives 1 - r of a robot's episodes at its own success r, and those
+  count as not autonomous, so the fleet's figure sits near r * r and this stays unset below r ~0.92;
+  `minutes_to_final` is the fleet minute the final version was published (0 for version 1), what the learner took
+  to make what the arm is scored on.
 - `supervisor_steps`: the operator's steps (takeover steps on the fleet, plus demonstration steps for
   offline_demos); `rohe`: return on human effort as Fleet-DAgger (Hoque et al. 2022) defines it, the fleet's
   successes over 1 + the operator's steps (here per 1,000 steps).
@@ -371,14 +376,19 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in runs if r.get(key) is not None]
         return round(float(np.mean(values)), 3) if values else None
 
-    wins, n = sum(r["final"]["successes"] for r in runs), sum(r["final"]["episodes"] for r in runs)
+    # Runs that end on version 1 (frozen, or a learner that promoted nothing) score the same weights on the same
+    # episodes: counted once, or the interval would shrink on duplicated episodes.
+    scored = {"1" if r["production"] == "1" else str(i): r["final"] for i, r in enumerate(runs)}.values()
+    wins, n = sum(f["successes"] for f in scored), sum(f["episodes"] for f in scored)
     steps = [r["supervisor_steps"] for r in runs]
     reached = [r["minutes_to_85"] for r in runs]
+    published = [max(0.0, next(v["minutes"] for v in r["versions"] if v["version"] == r["production"])) for r in runs]
     return {
         "runs": len(runs),
         "final_success": round(wins / n, 3), "final_ci95": wilson(wins, n),
         "final_per_run": [r["final"]["mean"] for r in runs],
         "minutes_to_85": None if any(m is None for m in reached) else round(float(np.mean(reached)), 2),
+        "minutes_to_final": round(float(np.mean(published)), 2),
         "interventions_first": mean("interventions_first"), "interventions_last": mean("interventions_last"),
         "fleet_first": mean("fleet_first"), "fleet_last": mean("fleet_last"),
         "supervisor_steps": round(float(np.mean(steps)), 1),
