@@ -27,6 +27,15 @@ Writes bench/results/canary.json. Commands (first choose the sabotage scale that
 
     .venv/bin/python -m bench.canary --calibrate 0.5,1,2 --score-episodes 50 --out /tmp/canary-calibration.json
     .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario high-start --time-scale 2 --worse sabotage:S
+
+or versions the online benchmark's learner made (its final versions, cached under <cache>/finals/ by bench/online.py),
+where a gap of the issue's size exists: on raised-bench (held-out, 300 episodes each) the struggling series' v4 0.807,
+the stall,deviate run's v30 0.597 (21 points worse), version 1 0.467 and the stall,regress run's v18 0.630 (16 better):
+
+    F=~/.cache/fleet/bench-online/cameras-2/finals
+    .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario raised-bench --tasks pick place \
+      --better $F/raised-bench-full-0-v4/checkpoint --worse $F/raised-bench-full-0-v30/checkpoint \
+      --improve-from $F/raised-bench-frozen-0-v1/checkpoint --improve-to $F/raised-bench-full-0-v18/checkpoint
 """
 
 from __future__ import annotations
@@ -227,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         default="sabotage:0.5",
         help="a checkpoint, or sabotage:SCALE for --better with noise on its action head",
     )
+    parser.add_argument("--improve-from", type=Path, default=None, help="production in the improvement phase "
+                        "(default: --worse), for a gap other than the regression's")  # fmt: skip
+    parser.add_argument("--improve-to", type=Path, default=None, help="its canary (default: --better)")
     parser.add_argument("--robots", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=0.25)
     parser.add_argument("--scenario", default="high-start")
@@ -259,19 +271,28 @@ def main(argv: list[str] | None = None) -> None:
     worse = (
         sabotaged(better, float(args.worse.split(":")[1])) if args.worse.startswith("sabotage:") else Path(args.worse)
     )
+    improve_from, improve_to = args.improve_from or worse, args.improve_to or better
     scoring = argparse.Namespace(**{**vars(args), "final_episodes": args.score_episodes})
-    scores = {"better": score(better, scoring), "worse": score(worse, scoring)}
+    checkpoints = {"better": better, "worse": worse, "improve_from": improve_from, "improve_to": improve_to}
+    scored: dict[Path, dict[str, Any]] = {}
+    for path in checkpoints.values():
+        scored[path] = scored.get(path) or score(path, scoring)
+    scores = {role: {**scored[path], "checkpoint": str(path)} for role, path in checkpoints.items()}
     gap = scores["better"]["mean"] - scores["worse"]["mean"]
-    print(f"held-out: better {scores['better']['mean']:.3f}, worse {scores['worse']['mean']:.3f}", flush=True)
+    improvement_gap = scores["improve_to"]["mean"] - scores["improve_from"]["mean"]
+    print("held-out: " + ", ".join(f"{role} {row['mean']:.3f}" for role, row in scores.items()), flush=True)
     phases = {}
     for name in args.phases.split(","):
-        production, canary = {"regression": (better, worse), "improvement": (worse, better), "aa": (better, None)}[name]
+        production, canary = {
+            "regression": (better, worse), "improvement": (improve_from, improve_to), "aa": (better, None),
+        }[name]  # fmt: skip
         phases[name] = run_phase(name, production, canary, args)
     result: dict[str, Any] = {
         "benchmark": "canary", "command": "bench/canary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "robots": args.robots, "fraction": args.fraction, "scenario": args.scenario, "time_scale": args.time_scale,
         "policy": dataclasses.asdict(CanaryPolicy()),
-        "held_out": scores, "held_out_gap": round(gap, 4), "phases": phases,
+        "held_out": scores, "held_out_gap": round(gap, 4), "improvement_gap": round(improvement_gap, 4),
+        "phases": phases,
     }  # fmt: skip
     if "regression" in phases:
         result["regression_detect_minutes"] = phases["regression"].get("detect_minutes")
@@ -291,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     result["seconds"] = round(time.time() - began, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict | list) or k == "held_out_gap"}))
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict | list)}))
 
 
 if __name__ == "__main__":
