@@ -299,7 +299,8 @@ def main(config: DemoConfig) -> dict[str, Any]:
     settings = Settings()
     for row in launcher.up(settings, progress=True, log=lambda m: console.print(f"[dim]{m}[/dim]")):
         console.print(row.line())
-    version = ensure_version_one(settings, config)
+    version = ensure_version_one(settings, shipped=config.version_one, demos=config.seed_demos(),
+                                 embodiments=config.embodiments, bc_steps=config.bc_steps)  # fmt: skip
     console.print(f"production model: v{version}")
 
     start_service(settings, "recorder", ["record"])

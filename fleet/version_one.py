@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fleet.settings import Settings
-
-if TYPE_CHECKING:
-    from fleet.demo import DemoConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +25,11 @@ def shipped_provenance() -> dict[str, Any]:
     return dict(json.loads((SHIPPED_VERSION_ONE / "provenance.json").read_text()))
 
 
-def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
-    """The production version, creating version 1 (the shipped one, or demos → behaviour cloning) if none.
+def ensure_version_one(
+    settings: Settings, *, shipped: Path | None, demos: dict[str, int], embodiments: tuple[str, ...], bc_steps: int
+) -> str:
+    """The production version, creating version 1 if none: the `shipped` checkpoint, or (None) `demos` scripted
+    demonstrations per task (x each of `embodiments`) behaviour-cloned for `bc_steps` steps.
 
     A production version no trusted key signed (a home from before versions were signed) counts as none: robots
     would refuse it, so a signed one is published and promoted in its place.
@@ -50,7 +50,6 @@ def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
 
     from fleet.policy.checkpoint import load_checkpoint
 
-    shipped = config.version_one
     if shipped is not None:
         made = shipped_provenance()
         print(f"version 1: the shipped one ({made['demos_per_pair']} scripted demos per task x arm, "
@@ -58,31 +57,32 @@ def ensure_version_one(settings: Settings, config: DemoConfig) -> str:
         model = load_checkpoint(shipped)
         tags = {"origin": "behaviour cloning on scripted demos (shipped)", "demos": str(made["demos_per_pair"])}
     else:
-        model, tags = _pretrain_version_one(settings, config)
+        model, tags = _pretrain_version_one(settings, demos, embodiments, bc_steps)
     info = publish_model(registry, model, parent_version=None, actor="demo", tags=tags)
     registry.promote(info.version, actor="demo", role="admin", reason="version 1 from demonstrations")
     return info.version
 
 
-def _pretrain_version_one(settings: Settings, config: DemoConfig) -> tuple[Any, dict[str, str]]:
-    """Version 1 trained here: scripted demos of the demo's tasks (collected once), behaviour-cloned."""
+def _pretrain_version_one(
+    settings: Settings, wanted: dict[str, int], embodiments: tuple[str, ...], bc_steps: int
+) -> tuple[Any, dict[str, str]]:
+    """Version 1 trained here: scripted demos of each task (collected once), behaviour-cloned."""
     from fleet.episodes import EpisodeStore
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.recipe.train import StageConfig, run_stage
     from fleet.sim.rollout import collect_demos
 
     store = EpisodeStore(settings.home / "demos")
-    wanted = config.seed_demos()
     for task, count in wanted.items():
-        for embodiment in config.embodiments:
+        for embodiment in embodiments:
             have = sum(1 for _, e in store.list() if e.startswith(f"{task}-{embodiment}-"))
             if have < count:
                 print(f"collecting {count} scripted demos: {task} × {embodiment}")
                 collect_demos(store, task=task, embodiment=embodiment, episodes=count, seed=0)
-    print(f"pre-training version 1 on {len(store.list())} demos ({config.bc_steps} steps)")
+    print(f"pre-training version 1 on {len(store.list())} demos ({bc_steps} steps)")
     stage = StageConfig(
-        stage="pretrain", demos=store.root, run_dir=settings.home / "train" / "v1-pretrain", steps=config.bc_steps,
-        tasks=tuple(wanted), embodiments=config.embodiments, tracking_uri=settings.tracking_uri,
+        stage="pretrain", demos=store.root, run_dir=settings.home / "train" / "v1-pretrain", steps=bc_steps,
+        tasks=tuple(wanted), embodiments=embodiments, tracking_uri=settings.tracking_uri,
     )  # fmt: skip
     model = load_checkpoint(run_stage(stage).checkpoint)
     return model, {"origin": "behaviour cloning on scripted demos", "demos": str(len(store.list()))}

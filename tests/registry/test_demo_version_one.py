@@ -27,11 +27,15 @@ def test_the_shipped_version_one_is_what_its_provenance_says() -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_the_demo_publishes_the_shipped_version_one_signed_and_once(registry: Registry) -> None:
-    version = ensure_version_one(registry.settings, DemoConfig())
+    demo = DemoConfig()
+    plan = {"shipped": demo.version_one, "demos": demo.seed_demos(), "embodiments": demo.embodiments,
+            "bc_steps": demo.bc_steps}  # fmt: skip
+    assert plan["shipped"] == SHIPPED_VERSION_ONE
+    version = ensure_version_one(registry.settings, **plan)
     production = registry.version_for_alias(PRODUCTION)
     assert production is not None and production.version == version
     registry.verify(production)  # signed by the key robots trust
     assert production.tags["origin"] == "behaviour cloning on scripted demos (shipped)"
     assert production.sha256 == hashlib.sha256((SHIPPED_VERSION_ONE / "model.safetensors").read_bytes()).hexdigest()
-    assert ensure_version_one(registry.settings, DemoConfig()) == version  # a second demo continues it
+    assert ensure_version_one(registry.settings, **plan) == version  # a second demo continues it
     assert [v.version for v in registry.list_versions()] == [version]
