@@ -17,6 +17,7 @@ except ModuleNotFoundError as err:  # a robot's `fleet[client]` install carries 
     raise SystemExit(f"the fleet command runs fleet's services and needs pip install 'fleet[server]' ({err})") from err
 
 from fleet.db.cli import app as db_app
+from fleet.demo import DemoConfig
 from fleet.export.cli import app as export_app
 from fleet.models_cli import app as models_app
 from fleet.recipe.cli import register as register_recipe
@@ -77,28 +78,40 @@ register_recipe(app)
 
 @app.command("demo")
 def demo(
-    robots: int | None = typer.Option(None, help="Simulated robots [default: DemoConfig, 4]."),
-    minutes: float | None = typer.Option(None, help="Fleet time to run, on the wall clock [default: 15]."),
-    tasks: str | None = typer.Option(
-        None, help="Comma-separated tasks version 1 knows; the fleet works on those the scenario has [default: all]."
+    robots: int | None = typer.Option(None, help="Simulated robots.", show_default=str(DemoConfig.robots)),
+    minutes: float | None = typer.Option(
+        None, help="Fleet time to run, on the wall clock.", show_default=f"{DemoConfig.minutes:g}"
     ),
-    embodiments: str | None = typer.Option(None, help="Comma-separated embodiments [default: all PyBullet arms]."),
+    tasks: str | None = typer.Option(
+        None,
+        help="Comma-separated tasks version 1 knows; the fleet works on those the scenario has.",
+        show_default=",".join(DemoConfig.tasks),
+    ),
+    embodiments: str | None = typer.Option(
+        None, help="Comma-separated embodiments.", show_default=",".join(DemoConfig.embodiments)
+    ),
     scenario: str | None = typer.Option(
-        None, help=f"Deployment conditions of the fleet and the gate: {SCENARIO_NAMES} [default: raised-bench]."
+        None,
+        help=f"Deployment conditions of the fleet and the gate: {SCENARIO_NAMES}.",
+        show_default=DemoConfig.scenario,
     ),
     takeover_rules: str | None = typer.Option(
-        None, help="When the scripted operator takes over (as fleet robots run) [default: stall,struggling]."
+        None,
+        help="When the scripted operator takes over (as fleet robots run).",
+        show_default=",".join(DemoConfig.takeover_rules),
     ),
     pretrain: bool = typer.Option(
         False, help="Pre-train version 1 here on freshly collected demos instead of using the shipped one."
     ),
-    bc_steps: int | None = typer.Option(None, help="Behaviour-cloning steps for a version 1 pre-trained here."),
+    bc_steps: int | None = typer.Option(
+        None, help="Behaviour-cloning steps for a version 1 pre-trained here.", show_default=str(DemoConfig.bc_steps)
+    ),
     dashboard: bool = typer.Option(True, help="Start the dashboard too."),
 ) -> None:
     """The whole loop: stack, version 1, learner, dashboard, a simulated fleet; ends with a learning curve."""
     import logging
 
-    from fleet.demo import DemoConfig, main
+    from fleet.demo import main
     from fleet.observability import configure_logging
     from fleet.settings import get_settings
     from fleet.stack.errors import StackError
