@@ -109,7 +109,7 @@ def _engine(arm: str, model_config: Any) -> Any:
         def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             with torch.no_grad():
                 self.vla.predict_value(_model_batch(batch))
-            return {}
+            return super()._forward_train(batch, **kwargs)  # the loss's own forward, as every arm's
 
     config = dataclasses.replace(get_preset("online").rllib, freeze=FREEZE[arm])  # type: ignore[arg-type]
     engine = VLALearner(config, model_config=model_config)
