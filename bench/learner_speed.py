@@ -126,11 +126,19 @@ def _engine(arm: str, model_config: Any) -> Any:
 
 
 def run_arm(
-    arm: str, model: Any, demos: list[Any], seconds: float, workdir: Path, *, niceness: int = 0
+    arm: str,
+    model: Any,
+    demos: list[Any],
+    seconds: float,
+    workdir: Path,
+    *,
+    niceness: int = 0,
+    scenario: str = "nominal",
 ) -> dict[str, Any]:
     """The learner's loop for `seconds`: updates, and a scored checkpoint on the `online` preset's cadence."""
     from fleet.policy.checkpoint import save_checkpoint
     from fleet.policy.language import default_embedder
+    from fleet.sim.scenarios import get_scenario
     from learner.config import get_preset
     from learner.evaluator import Evaluator, Pending
     from learner.features import FrozenFeatures
@@ -138,6 +146,11 @@ def run_arm(
     from learner.replay import ReplayBuffer
 
     preset = get_preset("online")
+    # The gate in the fleet's scenario, as `fleet learner run --scenario` sets it: its cost follows how long the
+    # version's episodes run there (a version that fails runs to the stall or the time limit).
+    conditions = get_scenario(scenario)
+    tasks = tuple(t for t in preset.gate.tasks if t in conditions.tasks) or conditions.tasks
+    gate = dataclasses.replace(preset.gate, scenario=conditions.name, tasks=tasks)
     engine = _engine(arm, model.config)
     engine.set_state_dict(model.state_dict())
     freeze = FREEZE[arm]
@@ -162,7 +175,7 @@ def run_arm(
             if not waiting and (since >= preset.checkpoint_every_updates or now - last >= preset.checkpoint_every_s):
                 directory = workdir / f"{arm}-{updates}"
                 save_checkpoint(engine.to_model(ema=True), directory)
-                waiting = [(directory, preset.gate), (directory, confirmation(preset.gate))]
+                waiting = [(directory, gate), (directory, confirmation(gate))]
                 since, last = 0, now
             while waiting:
                 try:
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demos", type=int, default=5, help="scripted demonstrations per task x embodiment in replay")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained version (default: random init)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from " + ", ".join(ARMS))
+    parser.add_argument("--scenario", default="nominal", help="the scenario the gate scores versions in")
     parser.add_argument("--evaluator-niceness", type=int, default=0, help="the evaluator worker's niceness")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -227,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for arm in arms:
                 t0, l0, w0 = ticks.value, late.value, time.monotonic()
-                results[arm] = run_arm(arm, model, demos, args.seconds, work, niceness=args.evaluator_niceness)
+                results[arm] = run_arm(
+                    arm, model, demos, args.seconds, work, niceness=args.evaluator_niceness, scenario=args.scenario
+                )
                 wall = time.monotonic() - w0
                 results[arm]["robot_ticks_per_s"] = round((ticks.value - t0) / wall, 2)
                 results[arm]["robot_late_ticks"] = late.value - l0
@@ -241,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         arm["ratio"] = round(arm["updates_per_s"] / base, 2) if base else None
     out = {
         "robots": args.robots, "seconds_per_arm": args.seconds, "demos_per_pair": args.demos,
-        "checkpoint": str(args.checkpoint) if args.checkpoint else "random init", "torch_threads": 1,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else "random init", "scenario": args.scenario,
+        "torch_threads": 1,
         "evaluator_niceness": args.evaluator_niceness,
         "arms": results,
     }  # fmt: skip

@@ -409,7 +409,7 @@ def baseline_rate(v1: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(tempfile.mkdtemp(prefix="fleet-online-speed-")) / "speed.json"
     argv = ["--seconds", str(args.baseline_seconds), "--robots", str(args.robots), "--arms", "baseline",
-            "--checkpoint", str(v1), "--out", str(out)]  # fmt: skip
+            "--checkpoint", str(v1), "--scenario", args.scenario, "--out", str(out)]  # fmt: skip
     learner_speed.main(argv)
     return json.loads(out.read_text())["arms"]["baseline"]
 
