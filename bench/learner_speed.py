@@ -138,19 +138,15 @@ def run_arm(
     """The learner's loop for `seconds`: updates, and a scored checkpoint on the `online` preset's cadence."""
     from fleet.policy.checkpoint import save_checkpoint
     from fleet.policy.language import default_embedder
-    from fleet.sim.scenarios import get_scenario
-    from learner.config import get_preset
+    from learner.cli import learner_config
     from learner.evaluator import Evaluator, Pending
     from learner.features import FrozenFeatures
     from learner.gate import confirmation
     from learner.replay import ReplayBuffer
 
-    preset = get_preset("online")
     # The gate in the fleet's scenario, as `fleet learner run --scenario` sets it: its cost follows how long the
     # version's episodes run there (a version that fails runs to the stall or the time limit).
-    conditions = get_scenario(scenario)
-    tasks = tuple(t for t in preset.gate.tasks if t in conditions.tasks) or conditions.tasks
-    gate = dataclasses.replace(preset.gate, scenario=conditions.name, tasks=tasks)
+    preset = learner_config("online", scenario=scenario)
     engine = _engine(arm, model.config)
     engine.set_state_dict(model.state_dict())
     freeze = FREEZE[arm]
@@ -175,7 +171,7 @@ def run_arm(
             if not waiting and (since >= preset.checkpoint_every_updates or now - last >= preset.checkpoint_every_s):
                 directory = workdir / f"{arm}-{updates}"
                 save_checkpoint(engine.to_model(ema=True), directory)
-                waiting = [(directory, gate), (directory, confirmation(gate))]
+                waiting = [(directory, preset.gate), (directory, confirmation(preset.gate))]
                 since, last = 0, now
             while waiting:
                 try:

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import subprocess
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     from fleet.schemas import Message
     from fleet.stack.process import ManagedProcess
     from fleet.transport import MessageLoop
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
