@@ -70,7 +70,7 @@ run rewards_only-1 --arms rewards_only --seed 16 --baseline-seconds 0
 # offline_demos spends the operator's steps of the full runs (their mean) on demonstrations before its run
 steps=$(.venv/bin/python -c "
 import json, statistics
-runs = [r for n in ('full-1', 'full-2') for r in json.load(open('$OUT/' + n + '.json'))['arms']['full']['runs']]
+runs = [r for n in ('full-1', 'full-2') for r in json.load(open('$OUT/' + n + '.json'))['runs'] if r['arm'] == 'full']
 print(round(statistics.mean(r['supervisor_steps'] for r in runs)))")
 run offline_demos-1 --arms offline_demos --offline-steps "$steps" --seed 17 --baseline-seconds 0
 # the merge measures the learner loop before the evaluator (the baseline) beside as many real-time robots
