@@ -4,7 +4,8 @@ Four robot processes act at 10 Hz for the whole run (PyBullet, front + wrist 64x
 robots' chunk schedule: the CPU a real-time robot takes here), while the learner's loop runs in each arm in turn:
 
     baseline     the update and loop before the evaluator: a second, no-grad value forward per update
-                 (re-created here as `TwoPassModule`) and the gate on the learner's thread
+                 (re-created here as `TwoPassModule`) and the gate on the learner's thread, its episodes one
+                 at a time (`GateConfig.lanes` 1, as before the evaluator batched them)
     single_pass  one forward per update (advantages from the loss's own values); the gate in the evaluator's process
     encoder      + the image encoder frozen, its tokens cached at ingest (`--freeze encoder`)
     perception   + all but the action expert and the value head frozen (`--freeze perception`)
@@ -157,6 +158,9 @@ def run_arm(
         replay.add_episode(episode)
     ingest_s = time.monotonic() - started
     evaluator = Evaluator(default_embedder, process=arm != "baseline", niceness=niceness)
+    # The gate before the evaluator ran a pair's episodes one after the other, one forward per chunk; the lanes that
+    # batch them (`GateConfig.lanes`) came with the evaluator, so the baseline re-creates the gate without them.
+    gate = dataclasses.replace(preset.gate, lanes=1) if arm == "baseline" else preset.gate
     rng = np.random.default_rng(0)
     updates = since = 0
     waiting: list[tuple[Path, Any]] = []  # the publication's (checkpoint, gate) scores still to come
@@ -171,7 +175,7 @@ def run_arm(
             if not waiting and (since >= preset.checkpoint_every_updates or now - last >= preset.checkpoint_every_s):
                 directory = workdir / f"{arm}-{updates}"
                 save_checkpoint(engine.to_model(ema=True), directory)
-                waiting = [(directory, preset.gate), (directory, confirmation(preset.gate))]
+                waiting = [(directory, gate), (directory, confirmation(gate))]
                 since, last = 0, now
             while waiting:
                 try:

@@ -41,9 +41,11 @@ What is reported per arm (`arms.<name>`, runs of one arm pooled; `runs` keeps ea
 - `supervisor_steps`: the operator's steps (takeover steps on the fleet, plus demonstration steps for
   offline_demos); `rohe`: return on human effort as Fleet-DAgger (Hoque et al. 2022) defines it, the fleet's
   successes over 1 + the operator's steps (here per 1,000 steps).
-- `learner_updates_per_s` (the learning arms' learners beside the robots, from their own `charts/updates_per_s`)
-  and `learner_updates_per_s_baseline` (the learner loop before the evaluator, `bench/learner_speed.py`'s baseline arm,
-  measured in this invocation beside as many real-time robots for `--baseline-seconds`).
+- `learner_updates_per_s` and `learner_updates_per_s_baseline`: `bench/learner_speed.py` run in this invocation,
+  `--baseline-seconds` per arm beside as many real-time robots: the arms' learner (its arm for `--freeze`, the gate in
+  the evaluator's process) and the loop before the evaluator (its baseline arm), in one run on the same robots
+  (`learner_speed` holds its JSON). `learner_updates_per_s_fleet`: the learning arms' own `charts/updates_per_s`
+  beside the fleet's robots, mean over their runs (another run, other robots: not a ratio's other side).
 
 Writes bench/results/online.json and online.png (learning curves). `--runs-from` merges earlier invocations' runs
 (session-sized pieces of one experiment) and re-scores nothing. Earlier versions of this bench (nominal scenes only,
@@ -403,15 +405,23 @@ def learner_rate(curves: dict[str, Any]) -> float | None:
     return round(float(np.mean([v for _, v in points])), 3) if points else None
 
 
-def baseline_rate(v1: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """bench/learner_speed.py's baseline arm (the loop before the evaluator) beside as many real-time robots."""
-    from bench import learner_speed
+# bench/learner_speed.py's arm that runs the learning arms' engine (`--freeze`), the gate in the evaluator's process
+SPEED_ARM = {"none": "single_pass", "encoder": "encoder", "perception": "perception"}
 
+
+def learner_speed(v1: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """bench/learner_speed.py in one invocation beside as many real-time robots: its baseline arm (the loop before
+    the evaluator) and the arm of this bench's learner (`--freeze`), so the two rates share robots and machine."""
+    from bench import learner_speed as speed
+    from learner.config import get_preset
+
+    arm = SPEED_ARM[args.freeze or get_preset("online").rllib.freeze]
     out = Path(tempfile.mkdtemp(prefix="fleet-online-speed-")) / "speed.json"
-    argv = ["--seconds", str(args.baseline_seconds), "--robots", str(args.robots), "--arms", "baseline",
-            "--checkpoint", str(v1), "--scenario", args.scenario, "--out", str(out)]  # fmt: skip
-    learner_speed.main(argv)
-    return json.loads(out.read_text())["arms"]["baseline"]
+    argv = ["--seconds", str(args.baseline_seconds), "--robots", str(args.robots),
+            "--arms", f"baseline,{arm}", "--checkpoint", str(v1), "--scenario", args.scenario,
+            "--out", str(out)]  # fmt: skip
+    speed.main(argv)
+    return json.loads(out.read_text())
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -477,7 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--correct-in-place", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--offline-steps", type=int, default=None, help="offline_demos' budget (default: full's)")
     parser.add_argument("--final-episodes", type=int, default=50, help="held-out episodes per pair, final versions")
-    parser.add_argument("--baseline-seconds", type=float, default=300.0, help="0: skip the baseline learner")
+    parser.add_argument(
+        "--baseline-seconds", type=float, default=300.0, help="learner_speed per arm (baseline, ours); 0: skip"
+    )
     parser.add_argument("--window", type=int, default=100, help="episodes in the trailing success mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=CACHE)
@@ -529,7 +541,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"version 1 ({v1}) on {args.final_episodes} held-out episodes per pair of {args.scenario}", flush=True)
         initial = score(v1, args)
         print(f"  version 1: {initial['mean']} {initial['ci95']}", flush=True)
-    baseline = baseline_rate(v1, args) if args.baseline_seconds > 0 else None
+    speed = learner_speed(v1, args) if args.baseline_seconds > 0 else None
+    speed_arms = speed["arms"] if speed else {}
 
     def write() -> dict[str, Any]:
         """The result so far (after every run, so a stopped invocation keeps the runs it finished)."""
@@ -551,9 +564,10 @@ def main(argv: list[str] | None = None) -> None:
                        "window": args.window, "success": "autonomous (no takeover)"},
             "initial_success": initial,
             "arms": by_arm,
-            "learner_updates_per_s": round(float(np.mean(rates)), 3) if rates else None,
-            "learner_updates_per_s_baseline": baseline["updates_per_s"] if baseline else None,
-            "learner_baseline": baseline,
+            "learner_updates_per_s": next((a["updates_per_s"] for n, a in speed_arms.items() if n != "baseline"), None),
+            "learner_updates_per_s_baseline": speed_arms.get("baseline", {}).get("updates_per_s"),
+            "learner_updates_per_s_fleet": round(float(np.mean(rates)), 3) if rates else None,
+            "learner_speed": speed,
             "runs": runs,
             "seconds": round(time.monotonic() - started, 1),
         }  # fmt: skip
