@@ -40,7 +40,9 @@ What is reported per arm (`arms.<name>`, runs of one arm pooled; `runs` keeps ea
   to make what the arm is scored on.
 - `supervisor_steps`: the operator's steps (takeover steps on the fleet, plus demonstration steps for
   offline_demos); `rohe`: return on human effort as Fleet-DAgger (Hoque et al. 2022) defines it, the fleet's
-  successes over 1 + the operator's steps (here per 1,000 steps).
+  successes over 1 + the operator's steps (here per 1,000 steps), every success counted, the ones the operator
+  helped to as well, as its benchmark counts them (BerkeleyAutomation/ifl_benchmark); `rohe_autonomous` counts only
+  the episodes nobody took over.
 - `learner_updates_per_s` and `learner_updates_per_s_baseline`: `bench/learner_speed.py` run in this invocation,
   `--baseline-seconds` per arm beside as many real-time robots: the arms' learner (its arm for `--freeze`, the gate in
   the evaluator's process) and the loop before the evaluator (its baseline arm), in one run on the same robots
@@ -343,6 +345,15 @@ def score(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(result.seconds, 1)}  # fmt: skip
 
 
+def rohe(fleet: dict[str, Any], supervisor_steps: int) -> dict[str, float | None]:
+    """Return on human effort per 1,000 operator steps: `rohe` as Fleet-DAgger counts it (every success, the ones
+    the operator helped to as well), `rohe_autonomous` with only the episodes nobody took over."""
+    per = 1000 / (1 + supervisor_steps)
+    everything = fleet.get("all_successes")
+    return {"rohe": None if everything is None else round(per * everything, 2),
+            "rohe_autonomous": round(per * fleet.get("successes", 0), 2)}  # fmt: skip
+
+
 def fleet_summary(events: list[Event], window: int) -> dict[str, Any]:
     """The fleet's own curve of one run: success and takeover steps early and late, minutes to 0.85, per minute."""
     if not events:
@@ -364,6 +375,7 @@ def fleet_summary(events: list[Event], window: int) -> dict[str, Any]:
         "minutes_to_85": round(reached[0], 2) if reached else None,
         "supervisor_steps": int(interventions.sum()),
         "successes": int(autonomous.sum()),
+        "all_successes": int(sum(e[2] for e in events)),
         "per_minute": [{"minute": int(m), "success": round(float(autonomous[b].mean()), 3), "episodes": int(b.sum())}
                        for m in np.unique(bins) for b in [bins == m]],  # fmt: skip
         "curve": {"minutes": minutes.round(3).tolist(), "success": trailing.round(3).tolist(),
@@ -394,7 +406,7 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "interventions_first": mean("interventions_first"), "interventions_last": mean("interventions_last"),
         "fleet_first": mean("fleet_first"), "fleet_last": mean("fleet_last"),
         "supervisor_steps": round(float(np.mean(steps)), 1),
-        "rohe": mean("rohe"),
+        "rohe": mean("rohe"), "rohe_autonomous": mean("rohe_autonomous"),
         "learner_updates_per_s": mean("learner_updates_per_s"),
     }  # fmt: skip
 
@@ -535,6 +547,8 @@ def main(argv: list[str] | None = None) -> None:
         same = {k: earlier["config"].get(k, 1.0) for k in keys}
         if same != {k: vars(args)[k] for k in keys}:
             parser.error(f"--runs-from {path} was run with {same}; give the same options")
+        for run in earlier["runs"]:  # one definition for every run, whenever it was made
+            run.update(rohe(run["fleet"], run["supervisor_steps"]))
         runs += earlier["runs"]
         initial = initial or earlier["initial_success"]
     if initial is None:
@@ -601,7 +615,7 @@ def main(argv: list[str] | None = None) -> None:
                 **{k: fleet.get(k) for k in ("fleet_first", "fleet_last", "interventions_first", "interventions_last",
                                               "minutes_to_85")},
                 "supervisor_steps": steps, "offline_demo_steps": offline_steps,
-                "rohe": round(1000 * fleet.get("successes", 0) / (1 + steps), 2),
+                **rohe(fleet, steps),
                 "learner_updates_per_s": learner_rate(run["learner"]),
             })  # fmt: skip
             print(f"  final {final['mean']} {final['ci95']}, fleet {fleet.get('fleet_first')} -> "
