@@ -132,6 +132,25 @@ def test_reset_optimizer_forgets_the_moments_and_training_goes_on(engine: VLALea
     assert np.isfinite(engine.update(batch).loss_total)
 
 
+def test_a_batch_whose_gradient_is_not_finite_is_skipped_whole_and_training_goes_on(engine: VLALearner) -> None:
+    batch = _batch()
+    engine.update(batch)
+    before = engine.get_state_dict()
+
+    def moments() -> list[torch.Tensor]:
+        [optimizers] = engine._each_learner(lambda lr: [o for _, o in lr.get_optimizers_for_module(MODULE_ID)])
+        return [s["exp_avg"].clone() for s in optimizers[0].state.values()]
+
+    kept = moments()
+    skipped = engine._each_learner(lambda lr: lr.skipped_updates)[0]
+    engine.update({**batch, "actions": np.full_like(batch["actions"], np.nan)})
+    assert engine._each_learner(lambda lr: lr.skipped_updates) == [skipped + 1]
+    assert all(torch.equal(engine.get_state_dict()[k], v) for k, v in before.items())
+    assert all(torch.equal(a, b) for a, b in zip(moments(), kept, strict=True))
+    engine.update(batch)
+    assert any(not torch.equal(engine.get_state_dict()[k], v) for k, v in before.items())
+
+
 @pytest.mark.parametrize("freeze", ["encoder", "perception"])
 def test_a_frozen_part_trains_on_cached_features_and_never_moves(freeze: str) -> None:
     learner = VLALearner(RLlibConfig(lr=1e-3, freeze=freeze), model_config=MODEL)  # type: ignore[arg-type]
