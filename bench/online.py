@@ -46,8 +46,9 @@ What is reported per arm (`arms.<name>`, runs of one arm pooled; `runs` keeps ea
 - `learner_updates_per_s` and `learner_updates_per_s_baseline`: `bench/learner_speed.py` run in this invocation,
   `--baseline-seconds` per arm beside as many real-time robots: the arms' learner (its arm for `--freeze`, the gate in
   the evaluator's process) and the loop before the evaluator (its baseline arm), in one run on the same robots
-  (`learner_speed` holds its JSON). `learner_updates_per_s_fleet`: the learning arms' own `charts/updates_per_s`
-  beside the fleet's robots, mean over their runs (another run, other robots: not a ratio's other side).
+  (`learner_speed` holds its JSON; `--speed-from` takes one such run instead). `learner_updates_per_s_fleet`: the
+  learning arms' own `charts/updates_per_s` beside the fleet's robots, mean over their runs (another run, other
+  robots: not a ratio's other side).
 
 Writes bench/results/online.json and online.png (learning curves). `--runs-from` merges earlier invocations' runs
 (session-sized pieces of one experiment) and re-scores nothing. Earlier versions of this bench (nominal scenes only,
@@ -421,13 +422,19 @@ def learner_rate(curves: dict[str, Any]) -> float | None:
 SPEED_ARM = {"none": "single_pass", "encoder": "encoder", "perception": "perception"}
 
 
+def speed_arm(args: argparse.Namespace) -> str:
+    """bench/learner_speed.py's arm for this bench's learner (`--freeze`, else the `online` preset's)."""
+    from learner.config import get_preset
+
+    return SPEED_ARM[args.freeze or get_preset("online").rllib.freeze]
+
+
 def learner_speed(v1: Path, args: argparse.Namespace) -> dict[str, Any]:
     """bench/learner_speed.py in one invocation beside as many real-time robots: its baseline arm (the loop before
     the evaluator) and the arm of this bench's learner (`--freeze`), so the two rates share robots and machine."""
     from bench import learner_speed as speed
-    from learner.config import get_preset
 
-    arm = SPEED_ARM[args.freeze or get_preset("online").rllib.freeze]
+    arm = speed_arm(args)
     out = Path(tempfile.mkdtemp(prefix="fleet-online-speed-")) / "speed.json"
     argv = ["--seconds", str(args.baseline_seconds), "--robots", str(args.robots),
             "--arms", f"baseline,{arm}", "--checkpoint", str(v1), "--scenario", args.scenario,
@@ -502,6 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--baseline-seconds", type=float, default=300.0, help="learner_speed per arm (baseline, ours); 0: skip"
     )
+    parser.add_argument(
+        "--speed-from", type=Path, default=None, help="a bench/learner_speed.py result (same robots, --v1, scenario)"
+    )
     parser.add_argument("--window", type=int, default=100, help="episodes in the trailing success mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=CACHE)
@@ -555,7 +565,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"version 1 ({v1}) on {args.final_episodes} held-out episodes per pair of {args.scenario}", flush=True)
         initial = score(v1, args)
         print(f"  version 1: {initial['mean']} {initial['ci95']}", flush=True)
-    speed = learner_speed(v1, args) if args.baseline_seconds > 0 else None
+    if args.speed_from:
+        speed = json.loads(args.speed_from.read_text())
+        setting = {"robots": args.robots, "checkpoint": str(v1), "scenario": args.scenario}
+        if (theirs := {k: speed.get(k) for k in setting}) != setting or "baseline" not in speed["arms"]:
+            parser.error(f"--speed-from {args.speed_from} measured {theirs} (arms {list(speed['arms'])}); "
+                         f"it needs {setting} and a baseline arm")  # fmt: skip
+        speed["arms"] = {k: v for k, v in speed["arms"].items() if k in ("baseline", speed_arm(args))}
+    else:
+        speed = learner_speed(v1, args) if args.baseline_seconds > 0 else None
     speed_arms = speed["arms"] if speed else {}
 
     def write() -> dict[str, Any]:
