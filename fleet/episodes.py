@@ -1,6 +1,6 @@
 """The episode store: one directory per episode, one `.npy` file per column, JSON metadata.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     <root>/<robot_id>/<episode_id>/
         meta.json            EpisodeMeta (robot, embodiment, task, instruction, model version, length,
@@ -10,12 +10,15 @@ Layout (format version 1)::
         actions.npy          float32 (T, A)          action executed at each step
         rewards.npy          float32 (T,)            step reward
         intervention.npy     bool    (T,)            True where a human (supervisor) drove the step
-        frames/<camera>.npy  uint8   (T, H, W, 3)    RGB frames per camera
+        frames/<camera>.npy.zst  uint8 (T, H, W, 3)  RGB frames per camera: a `.npy` file, zstd-compressed
 
-Everything is plain NumPy `.npy` loaded with `allow_pickle=False`, so reading a store never
-executes code. Episodes are written to a temporary directory and renamed into place, so a reader
-never sees half an episode. Used by the recorder (from the Kafka stream), by `fleet demos collect`
-(scripted demonstrations) and by training (`iter_episodes`).
+Everything is plain NumPy `.npy` loaded with `allow_pickle=False`, so reading a store never executes code. Frames
+are compressed because they are almost all of an episode's bytes: two 64x64 cameras take 24.6 kB a step raw and
+~0.4 kB compressed (rendered scenes are flat), and compressing ten steps costs ~0.04 ms here, far less than writing
+their raw bytes (a fleet of 1,000 robots at 10 Hz records 10,000 steps a second: ~250 MB/s raw). Format version 1
+(frames as plain `frames/<camera>.npy`) is still read. Episodes are written to a temporary directory and renamed
+into place, so a reader never sees half an episode. Used by the recorder (from the Kafka stream), by `fleet demos
+collect` (scripted demonstrations) and by training (`iter_episodes`).
 
 `episode_from_segments` is the one rule that turns a robot's trajectory segments into an episode: the recorder (for
 the store and the DB) and the learner (for replay) both use it, so an episode is the same episode in both.
@@ -23,6 +26,7 @@ the store and the DB) and the learner (for replay) both use it, so an episode is
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -34,11 +38,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import zstandard
 
 if TYPE_CHECKING:
     from fleet.schemas import TrajectorySegment
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: frames/<camera>.npy uncompressed
+_FRAMES_SUFFIX = {1: ".npy", 2: ".npy.zst"}
+_ZSTD_LEVEL = 3
 _COLUMNS = {
     "timestamps": np.float64,
     "proprio": np.float32,
@@ -94,6 +102,21 @@ class Episode:
                 )
 
 
+def _compressed_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(buffer.getvalue())
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A zstd-compressed `.npy` file, never unpickled."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(path.read_bytes())
+    except zstandard.ZstdError as e:
+        raise ValueError(f"{path}: not a zstd-compressed .npy file ({e})") from None
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
 class EpisodeStore:
     """Directory-backed episode store (see module docstring for the layout)."""
 
@@ -120,9 +143,9 @@ class EpisodeStore:
             for name, dtype in _COLUMNS.items():
                 np.save(tmp / f"{name}.npy", np.asarray(getattr(episode, name), dtype=dtype), allow_pickle=False)
             for camera, frames in episode.frames.items():
-                np.save(tmp / "frames" / f"{camera}.npy", frames, allow_pickle=False)
+                (tmp / "frames" / f"{camera}{_FRAMES_SUFFIX[FORMAT_VERSION]}").write_bytes(_compressed_npy(frames))
             with open(tmp / "meta.json", "w") as f:
-                json.dump(asdict(meta), f, indent=1)
+                json.dump({**asdict(meta), "format_version": FORMAT_VERSION}, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
             if final.exists():
@@ -136,8 +159,11 @@ class EpisodeStore:
     def read_meta(self, robot_id: str, episode_id: str) -> EpisodeMeta:
         with open(self.path(robot_id, episode_id) / "meta.json") as f:
             raw = json.load(f)
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"episode {robot_id}/{episode_id}: unsupported format_version {raw.get('format_version')}")
+        if raw.get("format_version") not in READABLE_VERSIONS:
+            raise ValueError(
+                f"episode {robot_id}/{episode_id}: unsupported format_version {raw.get('format_version')}"
+                f" (this fleet reads {list(READABLE_VERSIONS)})"
+            )
         return EpisodeMeta(**raw)
 
     def read(self, robot_id: str, episode_id: str, *, frames: bool = True) -> Episode:
@@ -146,8 +172,10 @@ class EpisodeStore:
         columns = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in _COLUMNS}
         cams: dict[str, np.ndarray] = {}
         if frames:
-            for file in sorted((directory / "frames").glob("*.npy")):
-                cams[file.stem] = np.load(file, allow_pickle=False)
+            suffix = _FRAMES_SUFFIX[meta.format_version]
+            for file in sorted((directory / "frames").glob(f"*{suffix}")):
+                camera = file.name[: -len(suffix)]
+                cams[camera] = _load_npy(file) if meta.format_version >= 2 else np.load(file, allow_pickle=False)
         return Episode(meta=meta, frames=cams, **columns)
 
     def list(self) -> list[tuple[str, str]]:
