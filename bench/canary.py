@@ -36,6 +36,9 @@ the stall,deviate run's v30 0.597 (21 points worse), version 1 0.467 and the sta
     .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario raised-bench --tasks pick place \
       --better $F/raised-bench-full-0-v4/checkpoint --worse $F/raised-bench-full-0-v30/checkpoint \
       --improve-from $F/raised-bench-frozen-0-v1/checkpoint --improve-to $F/raised-bench-full-0-v18/checkpoint
+
+That takes up to two hours of a machine left to it; `--phases regression,improvement --out A.json` and then
+`--phases aa --phases-from A.json` (the same other options) run it in two pieces and write one result.
 """
 
 from __future__ import annotations
@@ -222,6 +225,14 @@ def calibrate(better: Path, scales: list[float], args: argparse.Namespace) -> di
     return {"benchmark": "canary-calibration", "better": str(better), "scenario": args.scenario, "scores": rows}
 
 
+def _setting(args: argparse.Namespace, checkpoints: dict[str, Path]) -> dict[str, Any]:
+    """What results must share to be merged (`--phases-from`): the fleet, the rollout's look and the versions."""
+    return {
+        "robots": args.robots, "fraction": args.fraction, "scenario": args.scenario, "time_scale": args.time_scale,
+        "look_s": args.look_s, "versions": {role: str(path) for role, path in checkpoints.items()},
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -253,6 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "canary.json")
     parser.add_argument(
+        "--phases-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="earlier results (the same options) whose phases and held-out scores to keep: a phase found there is "
+        "not run again, so the bench can run in session-sized pieces",
+    )
+    parser.add_argument(
         "--calibrate",
         default=None,
         help="only score --better and sabotage:SCALE for each of these comma-separated scales on the held-out "
@@ -274,22 +293,29 @@ def main(argv: list[str] | None = None) -> None:
     improve_from, improve_to = args.improve_from or worse, args.improve_to or better
     scoring = argparse.Namespace(**{**vars(args), "final_episodes": args.score_episodes})
     checkpoints = {"better": better, "worse": worse, "improve_from": improve_from, "improve_to": improve_to}
+    phases: dict[str, Any] = {}
     scored: dict[Path, dict[str, Any]] = {}
+    for earlier_path in args.phases_from:
+        earlier = json.loads(earlier_path.read_text())
+        mine = _setting(args, checkpoints)
+        if (theirs := {k: earlier.get(k) for k in mine}) != mine:
+            parser.error(f"--phases-from {earlier_path} was run with {theirs}; give the same options ({mine})")
+        phases.update(earlier["phases"])
+        scored.update({Path(row["checkpoint"]): row for row in earlier["held_out"].values()})
     for path in checkpoints.values():
         scored[path] = scored.get(path) or score(path, scoring)
     scores = {role: {**scored[path], "checkpoint": str(path)} for role, path in checkpoints.items()}
     gap = scores["better"]["mean"] - scores["worse"]["mean"]
     improvement_gap = scores["improve_to"]["mean"] - scores["improve_from"]["mean"]
     print("held-out: " + ", ".join(f"{role} {row['mean']:.3f}" for role, row in scores.items()), flush=True)
-    phases = {}
-    for name in args.phases.split(","):
+    for name in [p for p in args.phases.split(",") if p not in phases]:
         production, canary = {
             "regression": (better, worse), "improvement": (improve_from, improve_to), "aa": (better, None),
         }[name]  # fmt: skip
         phases[name] = run_phase(name, production, canary, args)
     result: dict[str, Any] = {
         "benchmark": "canary", "command": "bench/canary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "robots": args.robots, "fraction": args.fraction, "scenario": args.scenario, "time_scale": args.time_scale,
+        **_setting(args, checkpoints),
         "policy": dataclasses.asdict(CanaryPolicy()),
         "held_out": scores, "held_out_gap": round(gap, 4), "improvement_gap": round(improvement_gap, 4),
         "phases": phases,
