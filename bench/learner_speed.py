@@ -18,20 +18,23 @@ the mean seconds from a checkpoint to its scores, the ingest seconds (features c
 ticks per second and late ticks (> 50 ms past due). The robots run at niceness -5, as the fleet's do.
 
 With a random-init model (the default; `--checkpoint DIR` loads a trained one) episodes stall early, so the gate
-is cheaper than with a trained version: the baseline's in-thread gate costs it less here than on the fleet.
+is cheaper than with a trained version: the baseline's in-thread gate costs it less here than on the fleet. The
+replay holds demonstrations only, all encoded once after the first batches: the fleet's learner also ingests ~40
+new steps a second and encodes each the first time a batch samples it, which this bench leaves out (the online
+arms' own rates, `bench/online.py`'s `learner_updates_per_s_fleet`, include it).
 
-Writes bench/results/learner_speed.json. The committed results (2 cores, 4 robots, random-init model):
+Writes bench/results/learner_speed.json. The committed results (2 cores, 4 robots, the online benchmark's version 1
+and scenario, the gate 10 + 10 episodes per pair of raised-bench):
 
-    .venv/bin/python -m bench.learner_speed --seconds 300 --evaluator-niceness 0
+    .venv/bin/python -m bench.learner_speed --checkpoint research/online/v1-20k-flow4 --scenario raised-bench \
+        --seconds 300 --arms baseline,single_pass,encoder,perception
 
-baseline 0.114 updates/s (two versions scored, 174 s each, the learner waiting), single_pass 0.642 (5.6x), encoder
-1.063 (9.3x), perception 2.959 (26x); but no arm with the evaluator scored a version within its 300 s: the gate's
-120 episodes get ~a third of a core beside 4 robots (~1.3 cores) and the learner, and need longer than that. And
-bench/results/learner_speed_nice10.json, the same with the evaluator at niceness 10 and 180 s per arm (the option did
-not exist yet, so that JSON has no evaluator_niceness key): 0.153 / 0.979 / 1.507 / 5.226 updates/s, no version
-scored either:
-
-    .venv/bin/python -m bench.learner_speed --seconds 180
+baseline 1.989 updates/s (3 versions scored, 34.5 s each on the learner's thread), single_pass 3.476 (1.75x),
+encoder 6.647 (3.34x, the online arms' learner), perception 21.53 (10.8x); every arm with the evaluator scored 6-8
+versions, ~35 s each. Alone, one update costs 237 ms (baseline), 106 ms (encoder), 31 ms (perception). Earlier, with
+a random-init model (`--seconds 300 --evaluator-niceness 0`): 0.114 / 0.642 / 1.063 / 2.959, no version scored
+by an arm with the evaluator within its 300 s (that JSON is in git history; `learner_speed_nice10.json` the same at
+niceness 10).
 """
 
 from __future__ import annotations
