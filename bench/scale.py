@@ -20,7 +20,8 @@ ingest (lag growing) that did not keep up, else "none". Writes bench/results/sca
 
 Faults, in the same run: `--kafka-brokers 3 --kill-broker-at S` SIGKILLs the third broker S seconds into each size's
 run (replication 3, `min.insync.replicas` 2: writes go on with two) and restarts it for the next size; each run
-reports `segments_lost` (acknowledged by the brokers, never recorded) and the top level `broker_killed_lost`.
+reports `segments_lost` (acknowledged by the brokers, never recorded, and not in the recorders' backlog either:
+`segments_backlog` is what they had not read when the drain gave up) and the top level `broker_killed_lost`.
 `--ray-node-loss N` then runs N simulated robots (the product's `run_fleet`, a tiny random model as production) on a
 two-node Ray test cluster and removes the node under some of them once every robot has finished an episode:
 `ray_node_lost_robots_recovered` is how many of those were started again on the node left and finished, out of how
@@ -240,6 +241,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
         time.sleep(1.0)
         for row in _lag_rows(config, groups):
             lags["recorder" if row["group"] == groups["recorder"] else "learner"].append(int(row["lag"]))  # type: ignore[call-overload]
+    backlog = lags["recorder"][-1] if lags["recorder"] else 0
     stop.set()
     for p in producers + consumers:
         p.join(timeout=120)
@@ -279,8 +281,11 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
         "cpu_cores": share,
         "first_bottleneck": bottleneck,
         "broker_killed_at_s": None if killed_at is None else round(killed_at, 1),
-        # acknowledged by the brokers yet never recorded, once both groups drained (each recorded at most once)
-        "segments_lost": sent - sum(p["dropped"] for p in produced) - len(seen),
+        # Still in Kafka when the drain gave up: the recorders' group had not read them yet (not lost, late).
+        "segments_backlog": backlog,
+        # acknowledged by the brokers, never recorded and no longer in the recorders' backlog (each recorded at most
+        # once); a batch recorded but not yet committed counts in both, so this is floored at 0
+        "segments_lost": max(0, sent - sum(p["dropped"] for p in produced) - len(seen) - backlog),
     }
 
 
