@@ -295,9 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = {"better": better, "worse": worse, "improve_from": improve_from, "improve_to": improve_to}
     phases: dict[str, Any] = {}
     scored: dict[Path, dict[str, Any]] = {}
+    mine = _setting(args, checkpoints)
     for earlier_path in args.phases_from:
         earlier = json.loads(earlier_path.read_text())
-        mine = _setting(args, checkpoints)
         if (theirs := {k: earlier.get(k) for k in mine}) != mine:
             parser.error(f"--phases-from {earlier_path} was run with {theirs}; give the same options ({mine})")
         phases.update(earlier["phases"])
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         phases[name] = run_phase(name, production, canary, args)
     result: dict[str, Any] = {
         "benchmark": "canary", "command": "bench/canary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        **_setting(args, checkpoints),
+        **mine,
         "policy": dataclasses.asdict(CanaryPolicy()),
         "held_out": scores, "held_out_gap": round(gap, 4), "improvement_gap": round(improvement_gap, 4),
         "phases": phases,

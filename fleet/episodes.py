@@ -32,7 +32,7 @@ import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: frames/<camera>.npy uncompressed
-_FRAMES_SUFFIX = {1: ".npy", 2: ".npy.zst"}
-_ZSTD_LEVEL = 3
 _COLUMNS = {
     "timestamps": np.float64,
     "proprio": np.float32,
@@ -103,18 +101,33 @@ class Episode:
 
 
 def _compressed_npy(array: np.ndarray) -> bytes:
+    from fleet.schemas import zstd_contexts
+
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(buffer.getvalue())
+    return zstd_contexts()[0].compress(buffer.getvalue())
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_compressed_npy(path: Path) -> np.ndarray:
     """A zstd-compressed `.npy` file, never unpickled."""
+    from fleet.schemas import zstd_contexts
+
     try:
-        raw = zstandard.ZstdDecompressor().decompress(path.read_bytes())
+        raw = zstd_contexts()[1].decompress(path.read_bytes())
     except zstandard.ZstdError as e:
         raise ValueError(f"{path}: not a zstd-compressed .npy file ({e})") from None
     return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+# Each readable format version's frames: the file suffix after the camera's name, and how such a file is read.
+_FRAMES: dict[int, tuple[str, Callable[[Path], np.ndarray]]] = {
+    1: (".npy", _load_npy),
+    2: (".npy.zst", _load_compressed_npy),
+}
 
 
 class EpisodeStore:
@@ -143,7 +156,7 @@ class EpisodeStore:
             for name, dtype in _COLUMNS.items():
                 np.save(tmp / f"{name}.npy", np.asarray(getattr(episode, name), dtype=dtype), allow_pickle=False)
             for camera, frames in episode.frames.items():
-                (tmp / "frames" / f"{camera}{_FRAMES_SUFFIX[FORMAT_VERSION]}").write_bytes(_compressed_npy(frames))
+                (tmp / "frames" / f"{camera}{_FRAMES[FORMAT_VERSION][0]}").write_bytes(_compressed_npy(frames))
             with open(tmp / "meta.json", "w") as f:
                 json.dump({**asdict(meta), "format_version": FORMAT_VERSION}, f, indent=1)
                 f.flush()
@@ -172,10 +185,9 @@ class EpisodeStore:
         columns = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in _COLUMNS}
         cams: dict[str, np.ndarray] = {}
         if frames:
-            suffix = _FRAMES_SUFFIX[meta.format_version]
+            suffix, load = _FRAMES[meta.format_version]
             for file in sorted((directory / "frames").glob(f"*{suffix}")):
-                camera = file.name[: -len(suffix)]
-                cams[camera] = _load_npy(file) if meta.format_version >= 2 else np.load(file, allow_pickle=False)
+                cams[file.name[: -len(suffix)]] = load(file)
         return Episode(meta=meta, frames=cams, **columns)
 
     def list(self) -> list[tuple[str, str]]:

@@ -53,7 +53,8 @@ class SchemaError(ValueError):
 _local = threading.local()  # zstd contexts are not thread-safe; one pair per thread
 
 
-def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+def zstd_contexts() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    """This thread's zstd compressor (level 3) and decompressor: the wire's codec, and the episode store's."""
     if not hasattr(_local, "zstd"):
         _local.zstd = (zstandard.ZstdCompressor(level=_ZSTD_LEVEL), zstandard.ZstdDecompressor())
     return _local.zstd
@@ -102,7 +103,7 @@ def encode_array(arr: np.ndarray, *, codec: FrameCodec | None = None) -> dict[st
         return {**head, "codec": "png", "data": pngs}
     raw = arr.tobytes()
     if codec != "raw" and len(raw) >= _ZSTD_MIN_BYTES:
-        packed = _zstd()[0].compress(raw)
+        packed = zstd_contexts()[0].compress(raw)
         if codec == "zstd" or len(packed) <= 0.9 * len(raw):
             return {**head, "codec": "zstd", "data": packed}
     return {**head, "codec": "raw", "data": raw}
@@ -125,7 +126,7 @@ def decode_array(obj: dict[str, Any]) -> np.ndarray:
         raise SchemaError("array data must be bytes")
     if codec == "zstd":
         try:
-            data = _zstd()[1].decompress(data, max_output_size=max(nbytes, 1))
+            data = zstd_contexts()[1].decompress(data, max_output_size=max(nbytes, 1))
         except zstandard.ZstdError as e:
             raise SchemaError(f"array zstd data is corrupt: {e}") from None
     elif codec != "raw":

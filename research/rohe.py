@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.online import CACHE
+from bench.online import CACHE, rohe
 from research.fleet_replay import read_stream
 
 
@@ -28,7 +28,6 @@ class Episodes:
     """Collects what each episode's segments say (the `ingest` that `read_stream` hands messages to)."""
 
     def __init__(self) -> None:
-        self.steps: dict[tuple[str, str], int] = defaultdict(int)
         self.takeover_steps: dict[tuple[str, str], int] = defaultdict(int)
         self.success: dict[tuple[str, str], bool] = {}
 
@@ -38,7 +37,6 @@ class Episodes:
         if not isinstance(message, TrajectorySegment):
             return
         key = (message.robot_id, message.episode_id)
-        self.steps[key] += message.length
         self.takeover_steps[key] += int(message.intervention.sum())
         if message.done:
             self.success[key] = bool(message.success)
@@ -71,8 +69,7 @@ def main() -> None:
             row = {
                 "run": f"{path.name}:{name}", **stream, "run_episodes": fleet["episodes"],
                 "run_autonomous_successes": fleet["successes"], "supervisor_steps": steps,
-                "rohe": round(1000 * stream["all_successes"] / (1 + steps), 2),
-                "rohe_autonomous": round(1000 * fleet["successes"] / (1 + steps), 2),
+                **rohe({**fleet, "all_successes": stream["all_successes"]}, steps),
             }  # fmt: skip
             print(json.dumps(row), flush=True)
             same = (stream["episodes"], stream["autonomous_successes"], stream["takeover_steps"]) == (
