@@ -3,10 +3,13 @@
 Four robot processes act at 10 Hz for the whole run (PyBullet, front + wrist 64x64 cameras, the VLA on the
 robots' chunk schedule: the CPU a real-time robot takes here), while the learner's loop runs in each arm in turn:
 
-    baseline     the update and loop before the evaluator: a second, no-grad value forward per update
-                 (re-created here as `TwoPassModule`) and the gate on the learner's thread, its episodes one
-                 at a time (`GateConfig.lanes` 1, as before the evaluator batched them)
-    single_pass  one forward per update (advantages from the loss's own values); the gate in the evaluator's process
+    baseline     the update and loop before the evaluator: a second, no-grad value forward per update and the
+                 stock `nn.MultiheadAttention` (re-created here as `TwoPassModule`), and the gate on the
+                 learner's thread, its episodes one at a time (`GateConfig.lanes` 1, as before the evaluator
+                 batched them). The optimizer's later savings (fused AdamW, one foreach moving average, one
+                 foreach norm for the clip and the finite check) are kept in every arm, the baseline's included.
+    single_pass  one forward per update (advantages from the loss's own values), batch-first attention; the gate in
+                 the evaluator's process
     encoder      + the image encoder frozen, its tokens cached at ingest (`--freeze encoder`)
     perception   + all but the action expert and the value head frozen (`--freeze perception`)
 
@@ -104,11 +107,19 @@ def _engine(arm: str, model_config: Any) -> Any:
     """The arm's update engine (the `online` preset's optimizer); the baseline with its second value forward."""
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+    from fleet.policy.encoders import BatchFirstAttention
     from learner.config import get_preset
     from learner.rllib import VLALearner, VLARLModule, _model_batch, build_algorithm_config
 
     class TwoPassModule(VLARLModule):
-        """The update before the evaluator: values for the advantages from a second, no-grad forward."""
+        """The update before the evaluator: values for the advantages from a second, no-grad forward, and the stock
+        attention (`BatchFirstAttention` computes the same from the same parameters, with fewer copies)."""
+
+        def setup(self) -> None:
+            super().setup()
+            for module in self.vla.modules():
+                if type(module) is BatchFirstAttention:
+                    module.__class__ = torch.nn.MultiheadAttention
 
         def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             with torch.no_grad():

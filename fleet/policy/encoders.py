@@ -128,10 +128,14 @@ class EmbodimentLinear(nn.Module):
             e = present[0]
             y = self.adapters[self.names[e]](x[..., : self.in_dims[e]])
             return F.pad(y, (0, self.out_width - self.out_dims[e]))
-        out = x.new_zeros(*x.shape[:-1], self.out_width)
+        out: Tensor | None = None
         for e in present:
             rows = embodiment_ids == e
-            out[rows, ..., : self.out_dims[e]] = self.adapters[self.names[e]](x[rows][..., : self.in_dims[e]])
+            y = self.adapters[self.names[e]](x[rows][..., : self.in_dims[e]])
+            if out is None:  # the adapters' dtype (bfloat16 under autocast), not the input's
+                out = y.new_zeros(*x.shape[:-1], self.out_width)
+            out[rows, ..., : self.out_dims[e]] = y
+        assert out is not None
         return out
 
 
@@ -162,6 +166,55 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
     return emb
 
 
+class BatchFirstAttention(nn.MultiheadAttention):
+    """`nn.MultiheadAttention` (same parameters, same checkpoints) computed batch-first end to end.
+
+    The stock module turns batch-first inputs sequence-first, splits the packed q/k/v projection by indexing and
+    turns the result back: in training, each of those is a copy forward and a zero-filled buffer plus copies
+    backward, ~15% of a learner update on this CPU with the model's short sequences (38 tokens). Here the packed
+    projection is viewed as (3, B, heads, L, head_dim) and unbound, so the backward stacks the three gradients once.
+    Masks and attention weights go to the stock path (the model uses neither).
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        stock = need_weights or key_padding_mask is not None or attn_mask is not None or is_causal
+        if stock or not self.batch_first or not self._qkv_same_embed_dim or key is not value:
+            return super().forward(
+                query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+            )  # fmt: skip
+        b, length, width = query.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if query is key:  # self-attention: one packed projection
+            qkv = F.linear(query, weight, bias).view(b, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+        else:  # cross-attention: queries from `query`, keys and values from `key`
+            q_bias, kv_bias = (None, None) if bias is None else (bias[:width], bias[width:])
+            q = F.linear(query, weight[:width], q_bias).view(b, length, heads, head_dim).transpose(1, 2)
+            kv = F.linear(key, weight[width:], kv_bias).view(b, key.shape[1], 2, heads, head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(b, length, width)), None
+
+
+def _batch_first_attention(module: nn.Module) -> None:
+    """Swap every stock attention inside `module` for `BatchFirstAttention` (same parameters, in place)."""
+    for attention in module.modules():
+        if type(attention) is nn.MultiheadAttention:
+            attention.__class__ = BatchFirstAttention
+
+
 def encoder_stack(config: VLAConfig, layers: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
         config.d_model,
@@ -172,7 +225,9 @@ def encoder_stack(config: VLAConfig, layers: int) -> nn.TransformerEncoder:
         batch_first=True,
         norm_first=True,
     )
-    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(config.d_model), enable_nested_tensor=False)
+    stack = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(config.d_model), enable_nested_tensor=False)
+    _batch_first_attention(stack)
+    return stack
 
 
 def decoder_stack(config: VLAConfig, layers: int) -> nn.TransformerDecoder:
@@ -186,4 +241,6 @@ def decoder_stack(config: VLAConfig, layers: int) -> nn.TransformerDecoder:
         batch_first=True,
         norm_first=True,
     )
-    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(config.d_model))
+    stack = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(config.d_model))
+    _batch_first_attention(stack)
+    return stack

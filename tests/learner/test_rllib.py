@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -149,6 +150,26 @@ def test_a_batch_whose_gradient_is_not_finite_is_skipped_whole_and_training_goes
     assert all(torch.equal(a, b) for a, b in zip(moments(), kept, strict=True))
     engine.update(batch)
     assert any(not torch.equal(engine.get_state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("scale", [1e-3, 50.0], ids=["under", "over"])
+def test_the_clip_is_rllibs_global_norm_clip(engine: VLALearner, scale: float) -> None:
+    from ray.rllib.utils.torch_utils import clip_gradients
+
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 5) * scale, torch.randn(3) * scale, torch.randn(2, 2, 2) * scale]
+    expected = {i: g.clone() for i, g in enumerate(grads)}
+    expected_norm = clip_gradients(expected, grad_clip=1.0, grad_clip_by="global_norm")
+
+    def clip(learner: Any) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        ours = {i: g.clone() for i, g in enumerate(grads)}
+        return learner._clip_by_global_norm(ours, grad_clip=1.0, grad_clip_by="global_norm"), ours
+
+    [(norm, ours)] = engine._each_learner(clip)
+    torch.testing.assert_close(norm, expected_norm)
+    for i in ours:
+        torch.testing.assert_close(ours[i], expected[i])
+    engine._each_learner(lambda lr: setattr(lr, "_grad_norm", None))  # this norm belongs to no update
 
 
 @pytest.mark.parametrize("freeze", ["encoder", "perception"])
