@@ -11,6 +11,7 @@ robots' chunk schedule: the CPU a real-time robot takes here), while the learner
     single_pass  one forward per update (advantages from the loss's own values), batch-first attention; the gate in
                  the evaluator's process
     encoder      + the image encoder frozen, its tokens cached at ingest (`--freeze encoder`)
+    encoder_bf16 + the update's matmuls in bfloat16 (`--precision bf16`: autocast, fp32 weights and attention)
     perception   + all but the action expert and the value head frozen (`--freeze perception`)
 
 Each arm: replay holds `--demos` scripted demonstrations per task x embodiment (real frames); updates of the
@@ -56,8 +57,10 @@ from typing import Any
 import numpy as np
 import torch
 
-ARMS = ("baseline", "single_pass", "encoder", "perception")
-FREEZE = {"baseline": "none", "single_pass": "none", "encoder": "encoder", "perception": "perception"}
+ARMS = ("baseline", "single_pass", "encoder", "encoder_bf16", "perception")
+FREEZE = {"baseline": "none", "single_pass": "none", "encoder": "encoder", "encoder_bf16": "encoder",
+          "perception": "perception"}  # fmt: skip
+PRECISION = {"encoder_bf16": "bf16"}  # the others: fp32
 PAIRS = (("pick", "panda"), ("push", "kuka"), ("place", "panda"), ("pick", "kuka"))  # one per robot
 LATE_S = 0.05
 ROBOT_NICENESS = -5
@@ -126,7 +129,8 @@ def _engine(arm: str, model_config: Any) -> Any:
                 self.vla.predict_value(_model_batch(batch))
             return super()._forward_train(batch, **kwargs)  # the loss's own forward, as every arm's
 
-    config = dataclasses.replace(get_preset("online").rllib, freeze=FREEZE[arm])  # type: ignore[arg-type]
+    precision = PRECISION.get(arm, "fp32")
+    config = dataclasses.replace(get_preset("online").rllib, freeze=FREEZE[arm], precision=precision)  # type: ignore[arg-type]
     engine = VLALearner(config, model_config=model_config)
     if arm == "baseline":
         engine.group.shutdown()
@@ -207,6 +211,7 @@ def run_arm(
         "updates": updates, "seconds": round(elapsed, 1), "updates_per_s": round(updates / elapsed, 3),
         "versions_scored": len(scored), "scoring_s": round(float(np.mean(scored)), 1) if scored else None,
         "ingest_s": round(ingest_s, 1), "replay_steps": len(replay), "freeze": freeze,
+        "precision": PRECISION.get(arm, "fp32"),
     }  # fmt: skip
 
 

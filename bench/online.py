@@ -272,6 +272,7 @@ def run_arm(
             argv += ["--no-autonomous"] if arm == "corrections_only" else []
             argv += ["--lr", str(args.learner_lr)] if args.learner_lr is not None else []
             argv += ["--freeze", args.freeze] if args.freeze else []
+            argv += ["--precision", args.learner_precision] if args.learner_precision else []
             # The cap is on version 1's share: every scenario demonstration of offline_demos is loaded beside it.
             argv += ["--max-demos", str(args.learner_demos + extra_demos)] if args.learner_demos is not None else []
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
@@ -320,7 +321,9 @@ def run_arm(
         ray.shutdown()
         launcher.down(settings, log=lambda _m: None)
         if args.keep_stream:  # the run's Kafka log (every segment, correction, reward): offline probes replay it
-            kept = args.cache / "runs" / f"{args.scenario}-{arm}-{repeat}-seed{seed}"
+            kept = (
+                args.cache / "runs" / stream_name(args.scenario, arm, repeat, seed, args.freeze, args.learner_precision)
+            )
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(home / "kafka", kept / "kafka")
         shutil.rmtree(home, ignore_errors=True)  # the run's Kafka log, MLflow store, spool (~100 MB)
@@ -412,6 +415,15 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def stream_name(scenario: str, arm: str, repeat: int, seed: int, freeze: str | None, precision: str | None) -> str:
+    """The folder of a run's kept Kafka log under <cache>/runs/: the learner's settings in the name, so runs of two
+    learners on the same seed do not overwrite each other (None: the `online` preset's)."""
+    from learner.config import get_preset
+
+    preset = get_preset("online").rllib
+    return f"{scenario}-{arm}-{repeat}-seed{seed}-{freeze or preset.freeze}-{precision or preset.precision}"
+
+
 def learner_rate(curves: dict[str, Any]) -> float | None:
     """The learner's mean updates per second over a run (its own `charts/updates_per_s`, logged as it trains)."""
     points = curves.get("charts/updates_per_s") or []
@@ -423,10 +435,19 @@ SPEED_ARM = {"none": "single_pass", "encoder": "encoder", "perception": "percept
 
 
 def speed_arm(args: argparse.Namespace) -> str:
-    """bench/learner_speed.py's arm for this bench's learner (`--freeze`, else the `online` preset's)."""
+    """bench/learner_speed.py's arm for this bench's learner (`--freeze` and `--learner-precision`, else the
+    `online` preset's)."""
     from learner.config import get_preset
 
-    return SPEED_ARM[args.freeze or get_preset("online").rllib.freeze]
+    preset = get_preset("online").rllib
+    arm = SPEED_ARM[args.freeze or preset.freeze]
+    if (args.learner_precision or preset.precision) == "bf16":
+        if arm != "encoder":
+            raise SystemExit(
+                "bench/learner_speed.py measures bf16 with the image encoder frozen only (--freeze encoder)"
+            )
+        arm = "encoder_bf16"
+    return arm
 
 
 def learner_speed(v1: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -496,6 +517,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flow-steps", type=int, default=None, help="version 1 sampling steps (default: VLAConfig)")
     parser.add_argument("--learner-lr", type=float, default=None, help="the learner's lr (default: the preset's)")
     parser.add_argument("--freeze", default=None, help="the learner's --freeze (default: the preset's)")
+    parser.add_argument(
+        "--learner-precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="the learner's --precision (default: the preset's)",
+    )
     parser.add_argument(
         "--learner-demos",
         type=int,
@@ -589,6 +616,7 @@ def main(argv: list[str] | None = None) -> None:
                        "time_scale": args.time_scale, "tasks": tasks,
                        "embodiments": embodiments, "v1": str(v1), "demos_per_pair": args.demos,
                        "bc_steps": args.bc_steps, "flow_steps": args.flow_steps, "learner_lr": args.learner_lr,
+                       "learner_precision": args.learner_precision,
                        "freeze": args.freeze,
                        "learner_demos": args.learner_demos,
                        "takeover_rules": args.takeover_rules,

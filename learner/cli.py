@@ -58,6 +58,13 @@ def run(
             "'perception' (all but the action expert and value head). Default: the preset's."
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="The update's matmuls: 'fp32' or 'bf16' (autocast; ~12% cheaper updates on CPUs with AMX, slower "
+            "on CPUs without native bfloat16). Default: the preset's."
+        ),
+    ] = None,
     scenario: Annotated[
         str | None,
         typer.Option(
@@ -102,7 +109,7 @@ def run(
 
     config = learner_config(
         preset, init=init, run_dir=run_dir, demos=demos, max_demos=max_demos, autonomous=autonomous, lr=lr,
-        freeze=freeze, scenario=scenario, canary_fraction=canary_fraction, paraphrases=paraphrases,
+        freeze=freeze, precision=precision, scenario=scenario, canary_fraction=canary_fraction, paraphrases=paraphrases,
         num_learners=num_learners, learner_node=learner_node,
     )  # fmt: skip
     settings = get_settings()
@@ -125,6 +132,7 @@ def learner_config(
     autonomous: bool = True,
     lr: float | None = None,
     freeze: str | None = None,
+    precision: str | None = None,
     scenario: str | None = None,
     canary_fraction: float | None = None,
     paraphrases: int | None = None,
@@ -166,7 +174,7 @@ def learner_config(
         changes["replay"] = replay
     rllib = config.rllib
     placement = {"num_learners": num_learners, "learner_node": learner_node or None}
-    for option, value in (("lr", lr), ("freeze", freeze), *placement.items()):
+    for option, value in (("lr", lr), ("freeze", freeze), ("precision", precision), *placement.items()):
         if value is not None:
             try:
                 rllib = dataclasses.replace(rllib, **{option: value})  # type: ignore[arg-type]

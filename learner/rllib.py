@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +65,10 @@ _OBSERVATION_COLUMNS = ("images", "image_tokens", "memory")  # a batch carries o
 _MODEL_COLUMNS = ("instruction_embedding", "proprio", "embodiment_id", "actions", "action_mask")
 
 
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class RLlibConfig:
     """How RLlib updates the VLA."""
@@ -88,10 +92,16 @@ class RLlibConfig:
     # What the updates hold fixed (`fleet.policy.model.Freeze`): "none", "encoder" (2x cheaper updates) or
     # "perception" (only the action expert and value head train). Batches must then carry the cached features.
     freeze: Freeze = "none"
+    # The update's matmuls: "fp32", or "bf16" (autocast: bfloat16 matmuls, fp32 weights, optimizer, attention and
+    # reductions). On a CPU with AMX (Xeon 4th gen and later) bf16 matmuls run ~6x faster at the VLA's sizes and an
+    # update with the image encoder frozen costs ~12% less; on CPUs without native bf16 it is slower.
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE_LEVELS:
             raise ValueError(f"RLlibConfig.freeze must be one of {FREEZE_LEVELS}, got {self.freeze!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"RLlibConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_updates < 0:
             raise ValueError("RLlibConfig: lr and grad_clip must be positive, weight_decay and warmup_updates >= 0")
         if self.awr_beta <= 0 or self.awr_max_weight < 1:
@@ -159,8 +169,13 @@ class VLARLModule(TorchRLModule):
 
         def weigh(values: torch.Tensor) -> torch.Tensor:
             beta, max_weight = config["awr_beta"], config["awr_max_weight"]
-            return sample_weights(kinds, returns, values, beta=beta, max_weight=max_weight)
+            return sample_weights(kinds, returns, values.float(), beta=beta, max_weight=max_weight)
 
+        if config.get("precision", "fp32") == "bf16":
+            device = next(self.vla.parameters()).device.type
+            with torch.autocast(device, dtype=torch.bfloat16):
+                out = self.vla.loss(model_batch, weights=weigh)
+            return {k: v.float() for k, v in out.items()}  # losses, values and weights in fp32 from here
         return dict(self.vla.loss(model_batch, weights=weigh))
 
 
@@ -345,6 +360,7 @@ def build_algorithm_config(config: RLlibConfig, model_config: VLAConfig) -> VLAA
             model_config={
                 "vla": model_config.to_dict(),
                 "freeze": config.freeze,
+                "precision": config.precision,
                 "awr_beta": config.awr_beta,
                 "awr_max_weight": config.awr_max_weight,
             },  # fmt: skip

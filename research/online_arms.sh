@@ -42,13 +42,15 @@ TIME_SCALE=${TIME_SCALE:-2}  # wall seconds per fleet second for the arms with a
 FINAL=${FINAL:-50}  # held-out episodes per task x embodiment for each final version
 RULES=${RULES:-stall,regress}  # what makes the operator take over (the high-start series ran stall,regress)
 LEARNER_DEMOS=${LEARNER_DEMOS:-300}  # version 1's demonstrations the learner keeps in replay (0: none)
+PRECISION=${PRECISION:-fp32}  # the learner's update matmuls (fleet learner run --precision)
 mkdir -p "$OUT"
 [ -d "$DEMOS" ] || .venv/bin/python -c "
 from bench.online import CACHE, cached_demos
 from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
 COMMON=(--scenario "$SCENARIO" --robots 4 --minutes 30 --time-scale "$TIME_SCALE" --v1 "$V1" --v1-demos "$DEMOS"
-        --learner-demos "$LEARNER_DEMOS" --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL" --takeover-rules "$RULES")
+        --learner-demos "$LEARNER_DEMOS" --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL" --takeover-rules "$RULES"
+        --learner-precision "$PRECISION")
 
 STOP_AFTER=${STOP_AFTER:-}  # a run's name: stop once it is done (to free the machine between runs)
 

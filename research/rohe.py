@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.online import CACHE, rohe
+from bench.online import CACHE, rohe, stream_name
 from research.fleet_replay import read_stream
 
 
@@ -60,7 +60,9 @@ def main() -> None:
     for path in args.runs:
         result = json.loads(path.read_text())
         for run in result["runs"]:
-            name = f"{result['scenario']}-{run['arm']}-{run['repeat']}-seed{run['seed']}"
+            config = result.get("config", {})
+            name = stream_name(result["scenario"], run["arm"], run["repeat"], run["seed"], config.get("freeze"),
+                               config.get("learner_precision"))  # fmt: skip
             episodes = Episodes()
             read_stream(args.cache / "runs" / name / "kafka", episodes)
             stream = episodes.summary()

@@ -204,7 +204,11 @@ class BatchFirstAttention(nn.MultiheadAttention):
             q = F.linear(query, weight[:width], q_bias).view(b, length, heads, head_dim).transpose(1, 2)
             kv = F.linear(key, weight[width:], kv_bias).view(b, key.shape[1], 2, heads, head_dim)
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        with torch.autocast(q.device.type, enabled=False):  # fp32 even under autocast: CPU bf16 SDPA's backward is
+            # ~10x slower than fp32's at these sizes (38 tokens, head_dim 32)
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), dropout_p=self.dropout if self.training else 0.0
+            ).to(q.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, length, width)), None
 
 

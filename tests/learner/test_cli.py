@@ -65,6 +65,14 @@ def test_freeze_sets_what_the_updates_hold_fixed_and_refuses_an_unknown_part() -
     assert error.value.param_hint == "--freeze" and "perception" in str(error.value)
 
 
+def test_precision_sets_the_updates_matmuls_and_refuses_an_unknown_one() -> None:
+    assert learner_config("online").rllib.precision == "fp32"
+    assert learner_config("online", precision="bf16").rllib.precision == "bf16"
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("online", precision="fp8")
+    assert error.value.param_hint == "--precision" and "bf16" in str(error.value)
+
+
 def test_canary_fraction_sends_better_versions_to_a_canary_first_and_refuses_a_share_outside_0_to_1() -> None:
     assert learner_config("online", canary_fraction=0.25).canary_fraction == 0.25
     assert PRESETS["online"].canary_fraction == 0.0

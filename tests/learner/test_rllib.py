@@ -172,6 +172,24 @@ def test_the_clip_is_rllibs_global_norm_clip(engine: VLALearner, scale: float) -
     engine._each_learner(lambda lr: setattr(lr, "_grad_norm", None))  # this norm belongs to no update
 
 
+def test_bf16_updates_keep_fp32_weights_and_learn_what_fp32_updates_learn() -> None:
+    batch = _batch()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        learner = VLALearner(RLlibConfig(lr=1e-3, seed=3, precision=precision), model_config=MODEL)  # type: ignore[arg-type]
+        try:
+            stats = [learner.update(batch) for _ in range(30)]
+            assert all(v.dtype == torch.float32 for v in learner.get_state_dict().values() if v.is_floating_point())
+            losses[precision] = (stats[0].loss_action, stats[-1].loss_action)
+        finally:
+            learner.shutdown()
+    for first, last in losses.values():
+        assert np.isfinite(last) and last < 0.7 * first  # both fit the batch
+    assert losses["bf16"][1] == pytest.approx(losses["fp32"][1], rel=0.3)
+    with pytest.raises(ValueError, match="precision"):
+        RLlibConfig(precision="fp16")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("freeze", ["encoder", "perception"])
 def test_a_frozen_part_trains_on_cached_features_and_never_moves(freeze: str) -> None:
     learner = VLALearner(RLlibConfig(lr=1e-3, freeze=freeze), model_config=MODEL)  # type: ignore[arg-type]
