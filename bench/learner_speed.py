@@ -27,18 +27,21 @@ replay holds demonstrations only, all encoded once after the first batches: the 
 new steps a second and encodes each the first time a batch samples it, which this bench leaves out (the online
 arms' own rates, `bench/online.py`'s `learner_updates_per_s_fleet`, include it).
 
-Writes bench/results/learner_speed.json. The committed results (2 cores, 4 robots, the online benchmark's version 1
-and scenario, the gate 10 + 10 episodes per pair of raised-bench):
+Writes bench/results/learner_speed.json. The committed results (2 cores with AMX, 4 robots, the online benchmark's
+version 1 and scenario, the gate 10 + 10 episodes per pair of raised-bench):
 
     .venv/bin/python -m bench.learner_speed --checkpoint research/online/v1-20k-flow4 --scenario raised-bench \
-        --seconds 300 --arms baseline,single_pass,encoder,perception
+        --seconds 300 --arms baseline,single_pass,encoder,encoder_bf16,perception
 
-baseline 1.989 updates/s (3 versions scored, 34.5 s each on the learner's thread), single_pass 3.476 (1.75x),
-encoder 6.647 (3.34x, the online arms' learner), perception 21.53 (10.8x); every arm with the evaluator scored 6-8
-versions, ~35 s each. Alone, one update costs 237 ms (baseline), 106 ms (encoder), 31 ms (perception). Earlier, with
-a random-init model (`--seconds 300 --evaluator-niceness 0`): 0.114 / 0.642 / 1.063 / 2.959, no version scored
-by an arm with the evaluator within its 300 s (that JSON is in git history; `learner_speed_nice10.json` the same at
-niceness 10).
+baseline 2.515 updates/s (5 versions scored, 21.3 s each on the learner's thread), single_pass 4.516 (1.80x),
+encoder 8.831 (3.51x, the fp32 learner of the online arms' runs), encoder_bf16 10.905 (4.34x), perception 25.52
+(10.15x); every arm with the evaluator scored 8-12 versions, ~24 s each. An earlier run of the same command on the
+same machine (without encoder_bf16): baseline 2.515, single_pass 4.445, encoder 9.297 (3.70x), perception 30.31:
+the fleet's arms vary by ~5% from run to run. Alone (no robots), one update costs ~180 ms (baseline's module), 78 ms
+(encoder), 69 ms (encoder_bf16), 22 ms (perception). On the earlier machine without AMX (session 32's run, in git
+history): baseline 1.989, encoder 6.647 (3.34x). With a random-init model (`--seconds 300 --evaluator-niceness 0`):
+0.114 / 0.642 / 1.063 / 2.959, no version scored by an arm with the evaluator within its 300 s
+(`learner_speed_nice10.json` the same at niceness 10).
 """
 
 from __future__ import annotations
