@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fleet import observability
 from fleet.episodes import EpisodeError, EpisodeStore, episode_from_segments
-from fleet.recorder_db import EpisodeIndex, SegmentRow
+from fleet.recorder_db import EpisodeIndex, FinishedEpisode, SegmentRow
 from fleet.recorder_staging import SegmentStaging
 from fleet.schemas import Message, SchemaError, TrajectorySegment, decode
 from fleet.transport import TRAJECTORIES, MessageLoop, Record, Transport, dead_letter
@@ -137,7 +137,7 @@ class Recorder:
     def recover(self) -> int:
         """Finish episodes fully staged before a crash; index the rest. Returns episodes finished."""
         finished = [key for key in self.staging.episodes() if (p := self._load(key)) is not None and p.complete()]
-        self._cleanup([key for key in finished if self._finalize(key)])
+        self._finish(finished)
         return len(finished)
 
     def step(self) -> int:
@@ -241,7 +241,25 @@ class Recorder:
         rows = [r for r in self._rows if (r.robot_id, r.episode_id) not in complete]
         if rows and self.index is not None:
             self.index.segments_received(rows)
-        self._cleanup([key for key in sorted(complete) if self._finalize(key)])
+        self._finish(sorted(complete))
+
+    def _finish(self, keys: list[tuple[str, str]]) -> None:
+        """Write complete episodes to the store, then index them in one DB transaction, then drop their staging."""
+        finished = [f for key in keys if (f := self._finalize(key)) is not None]
+        if finished and self.index is not None:
+            self.index.episodes_finished(finished)
+        for f in finished:
+            meta = f.meta
+            self.episodes_recorded += 1
+            observability.RECORDER_EPISODES.labels(self.config.group_id).inc()
+            log.info(
+                "recorded episode robot=%s episode=%s version=%s steps=%d segments=%d success=%s interventions=%d",
+                meta.robot_id, meta.episode_id, meta.model_version, meta.length, len(f.rows), meta.success,
+                meta.interventions,
+                extra={"robot": meta.robot_id, "episode": meta.episode_id, "version": meta.model_version,
+                       "steps": meta.length},
+            )  # fmt: skip
+        self._cleanup([(f.meta.robot_id, f.meta.episode_id) for f in finished])
 
     def _cleanup(self, finished: list[tuple[str, str]]) -> None:
         """Drop the staging logs of episodes now in the store, once the store's files are on disk."""
@@ -252,8 +270,8 @@ class Recorder:
             self.staging.remove(*key)
             self._pending.pop(key, None)
 
-    def _finalize(self, key: tuple[str, str]) -> bool:
-        """Write a complete episode to the store and the DB; False when it was rejected instead."""
+    def _finalize(self, key: tuple[str, str]) -> FinishedEpisode | None:
+        """Write a complete episode to the store; None when it was rejected instead."""
         robot_id, episode_id = key
         staged = self.staging.load(robot_id, episode_id)
         segs = [decode(staged[i]["value"], TrajectorySegment) for i in sorted(staged)]
@@ -262,20 +280,10 @@ class Recorder:
             episode = episode_from_segments(segments)
         except EpisodeError as e:
             self._reject(key, staged, str(e))
-            return False
-        meta, version, step = episode.meta, episode.meta.model_version, episode.meta.length
+            return None
         path = self.store.write(episode)
-        if self.index is not None:
-            rows = [_row(seg, staged[seg.segment_index]) for seg in segments]
-            self.index.episode_finished(meta, rows, store_path=str(path))
-        self.episodes_recorded += 1
-        observability.RECORDER_EPISODES.labels(self.config.group_id).inc()
-        log.info(
-            "recorded episode robot=%s episode=%s version=%s steps=%d segments=%d success=%s interventions=%d",
-            robot_id, episode_id, version, step, len(segments), meta.success, meta.interventions,
-            extra={"robot": robot_id, "episode": episode_id, "version": version, "steps": step},
-        )  # fmt: skip
-        return True
+        rows = [_row(seg, staged[seg.segment_index]) for seg in segments]
+        return FinishedEpisode(episode.meta, rows, str(path))
 
     def _reject(self, key: tuple[str, str], staged: dict[int, dict], reason: str) -> None:
         robot_id, episode_id = key

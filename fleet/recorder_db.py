@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet.db.models import Episode, Robot, Segment
@@ -38,30 +38,46 @@ class SegmentRow:
     received_at: float  # unix seconds
 
 
+@dataclass(frozen=True)
+class FinishedEpisode:
+    """An episode now in the episode store: its metadata, its segments and where the store holds it."""
+
+    meta: EpisodeMeta
+    rows: Sequence[SegmentRow]
+    store_path: str
+
+
 class EpisodeIndex(Protocol):
     """Where the recorder puts metadata (the DB in production; a fake in unit tests)."""
 
     def segments_received(self, rows: Sequence[SegmentRow]) -> None: ...
 
-    def episode_finished(self, meta: EpisodeMeta, rows: Sequence[SegmentRow], *, store_path: str) -> None: ...
+    def episodes_finished(self, finished: Sequence[FinishedEpisode]) -> None: ...
 
 
 def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _episode(session: Session, row: SegmentRow) -> Episode:
-    """Get or create the robot and episode rows a segment belongs to."""
-    robot = session.get(Robot, row.robot_id)
-    if robot is None:
-        robot = Robot(id=row.robot_id, embodiment=row.embodiment, task=row.task)
-        session.add(robot)
-    robot.last_seen_at = _ts(row.received_at)
-    episode = session.scalars(
-        select(Episode).where(Episode.robot_id == row.robot_id, Episode.episode_id == row.episode_id)
-    ).one_or_none()
-    if episode is None:
-        episode = Episode(
+def _episodes(session: Session, rows: Sequence[SegmentRow]) -> dict[tuple[str, str], Episode]:
+    """Get or create the robot and episode rows of `rows`' segments, in a few statements for the whole batch."""
+    first: dict[str, SegmentRow] = {}
+    last_seen: dict[str, float] = {}
+    for row in rows:
+        first.setdefault(row.robot_id, row)
+        last_seen[row.robot_id] = max(last_seen.get(row.robot_id, row.received_at), row.received_at)
+    robots = {r.id: r for r in session.scalars(select(Robot).where(Robot.id.in_(list(first))))}
+    for robot_id, row in first.items():
+        robot = robots.get(robot_id)
+        if robot is None:
+            robot = Robot(id=robot_id, embodiment=row.embodiment, task=row.task)
+            session.add(robot)
+        robot.last_seen_at = _ts(last_seen[robot_id])
+    firsts = {(row.robot_id, row.episode_id): row for row in reversed(rows)}  # each episode's first row
+    found = session.scalars(select(Episode).where(tuple_(Episode.robot_id, Episode.episode_id).in_(list(firsts))))
+    episodes = {(e.robot_id, e.episode_id): e for e in found}
+    new = [
+        Episode(
             robot_id=row.robot_id,
             episode_id=row.episode_id,
             embodiment=row.embodiment,
@@ -70,57 +86,72 @@ def _episode(session: Session, row: SegmentRow) -> Episode:
             model_version=row.model_version,
             started_at=_ts(row.received_at),
         )
-        session.add(episode)
-        session.flush()
-    return episode
+        for key, row in firsts.items()
+        if key not in episodes
+    ]
+    if new:
+        session.add_all(new)
+        session.flush()  # their ids, in one multi-row insert
+        episodes.update({(e.robot_id, e.episode_id): e for e in new})
+    return episodes
 
 
 def record_segments(session: Session, *, rows: Sequence[SegmentRow]) -> int:
-    """Index received segments (idempotent on robot, episode, segment); returns rows inserted."""
-    inserted = 0
-    episodes: dict[tuple[str, str], tuple[Episode, set[int]]] = {}
+    """Index received segments (idempotent on robot, episode, segment); returns rows inserted.
+
+    A handful of statements per call, however many rows: a polled batch of a 1,000-robot fleet holds segments of
+    hundreds of episodes, and a query per segment made the database the recorder's main cost."""
+    if not rows:
+        return 0
+    episodes = _episodes(session, rows)
+    pks = {key: episode.id for key, episode in episodes.items()}
+    found = session.execute(
+        select(Segment.episode_pk, Segment.segment_index).where(Segment.episode_pk.in_(list(pks.values())))
+    )
+    have = {(pk, index) for pk, index in found}
+    values = []
     for row in rows:
-        key = (row.robot_id, row.episode_id)
-        if key not in episodes:
-            episode = _episode(session, row)
-            have = set(session.scalars(select(Segment.segment_index).where(Segment.episode_pk == episode.id)))
-            episodes[key] = (episode, have)
-        episode, have = episodes[key]
-        if row.segment_index in have:
+        key = (pks[(row.robot_id, row.episode_id)], row.segment_index)
+        if key in have:
             continue
-        have.add(row.segment_index)
-        session.add(
-            Segment(
-                episode_pk=episode.id,
-                robot_id=row.robot_id,
-                segment_index=row.segment_index,
-                num_steps=row.num_steps,
-                interventions=row.interventions,
-                model_version=row.model_version,
-                kafka_partition=row.kafka_partition,
-                kafka_offset=row.kafka_offset,
-                received_at=_ts(row.received_at),
-            )
+        have.add(key)
+        values.append(
+            {
+                "episode_pk": key[0],
+                "robot_id": row.robot_id,
+                "segment_index": row.segment_index,
+                "num_steps": row.num_steps,
+                "interventions": row.interventions,
+                "model_version": row.model_version,
+                "kafka_partition": row.kafka_partition,
+                "kafka_offset": row.kafka_offset,
+                "received_at": _ts(row.received_at),
+            }
         )
-        inserted += 1
-    return inserted
+    if values:
+        session.execute(insert(Segment), values)
+    return len(values)
 
 
-def record_episode_meta(session: Session, *, meta: EpisodeMeta, rows: Sequence[SegmentRow], store_path: str) -> None:
-    """Mark an episode complete (idempotent): its segments, length, outcome and where the store holds it."""
-    record_segments(session, rows=rows)
-    episode = session.scalars(
-        select(Episode).where(Episode.robot_id == meta.robot_id, Episode.episode_id == meta.episode_id)
-    ).one()
-    episode.model_version = meta.model_version
-    episode.length = meta.length
-    episode.success = meta.success
-    episode.interventions = meta.interventions
-    episode.missed_ticks = meta.missed_ticks
-    episode.source = meta.source
-    episode.store_path = store_path
-    if episode.ended_at is None:
-        episode.ended_at = _ts(max(r.received_at for r in rows))
+def record_episodes_meta(session: Session, finished: Sequence[FinishedEpisode]) -> None:
+    """Mark episodes complete (idempotent): their segments, length, outcome and where the store holds them."""
+    if not finished:
+        return
+    record_segments(session, rows=[row for f in finished for row in f.rows])
+    keys = [(f.meta.robot_id, f.meta.episode_id) for f in finished]
+    found = session.scalars(select(Episode).where(tuple_(Episode.robot_id, Episode.episode_id).in_(keys)))
+    episodes = {(e.robot_id, e.episode_id): e for e in found}
+    for f, key in zip(finished, keys, strict=True):
+        episode, meta = episodes[key], f.meta
+        episode.model_version = meta.model_version
+        episode.length = meta.length
+        episode.success = meta.success
+        episode.interventions = meta.interventions
+        episode.missed_ticks = meta.missed_ticks
+        episode.source = meta.source
+        episode.store_path = f.store_path
+        if episode.ended_at is None:
+            episode.ended_at = _ts(max(r.received_at for r in f.rows))
 
 
 class SqlEpisodeIndex:
@@ -133,6 +164,6 @@ class SqlEpisodeIndex:
         with self._sessions.begin() as session:
             record_segments(session, rows=rows)
 
-    def episode_finished(self, meta: EpisodeMeta, rows: Sequence[SegmentRow], *, store_path: str) -> None:
-        with self._sessions.begin() as session:
-            record_episode_meta(session, meta=meta, rows=rows, store_path=store_path)
+    def episodes_finished(self, finished: Sequence[FinishedEpisode]) -> None:
+        with self._sessions.begin() as session:  # one transaction for every episode a polled batch finished
+            record_episodes_meta(session, finished)

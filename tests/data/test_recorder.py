@@ -15,9 +15,8 @@ from fleet.db import Episode as EpisodeRow
 from fleet.db import Segment as SegmentRowModel
 from fleet.db import make_engine, session_factory
 from fleet.db.migrate import upgrade
-from fleet.episodes import EpisodeMeta
 from fleet.recorder import Recorder, RecorderConfig
-from fleet.recorder_db import SegmentRow, SqlEpisodeIndex
+from fleet.recorder_db import FinishedEpisode, SegmentRow, SqlEpisodeIndex
 from fleet.schemas import Command, encode
 from fleet.transport import DEADLETTER, TRAJECTORIES, publish
 from tests.data.factories import make_segment
@@ -101,7 +100,7 @@ def test_restart_mid_episode_neither_loses_nor_duplicates(tmp_path: Path, sessio
 
 
 class FlakyIndex:
-    """An EpisodeIndex whose first `fail` episode_finished calls raise (a DB outage mid-batch)."""
+    """An EpisodeIndex whose first `fail` episodes_finished calls raise (a DB outage mid-batch)."""
 
     def __init__(self, inner: SqlEpisodeIndex, fail: int) -> None:
         self.inner, self.fail = inner, fail
@@ -109,11 +108,11 @@ class FlakyIndex:
     def segments_received(self, rows: Sequence[SegmentRow]) -> None:
         self.inner.segments_received(rows)
 
-    def episode_finished(self, meta: EpisodeMeta, rows: Sequence[SegmentRow], *, store_path: str) -> None:
+    def episodes_finished(self, finished: Sequence[FinishedEpisode]) -> None:
         if self.fail:
             self.fail -= 1
             raise ConnectionError("database went away")
-        self.inner.episode_finished(meta, rows, store_path=store_path)
+        self.inner.episodes_finished(finished)
 
 
 def test_crash_between_store_write_and_db_is_finished_on_restart(

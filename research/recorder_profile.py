@@ -1,0 +1,79 @@
+"""Where a recorder's CPU goes per segment (issue #34: the recorders are the 1,000-robot fleet's first bottleneck).
+
+Feeds `--robots` x `--seconds` synthetic segments (bench/scale.py's recorded two-camera segment, one a second per
+robot, 10-segment episodes) through the product's `Recorder` from an in-memory broker (no Kafka: what is left is
+fleet's own work per segment) into an SQLite index, under cProfile, and prints segments per CPU second and the
+functions that take the time:
+
+    PYTHONPATH=. .venv/bin/python -m research.recorder_profile --robots 200 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from bench.scale import EPISODE_SEGMENTS, HZ, STEPS, _template
+from fleet.schemas import encode_array
+from fleet.transport import TRAJECTORIES
+from tests.data.fakes import FakeTransport
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--robots", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--max-records", type=int, default=500)
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+
+    from fleet.db import make_engine, session_factory
+    from fleet.db.migrate import upgrade
+    from fleet.recorder import Recorder, RecorderConfig
+    from fleet.recorder_db import SqlEpisodeIndex
+
+    work = Path(tempfile.mkdtemp(prefix="fleet-recorder-profile-"))
+    transport = FakeTransport()
+    body = _template()
+    now = time.time()
+    for s in range(args.seconds):
+        for j in range(args.robots):
+            episode, index = divmod(s, EPISODE_SEGMENTS)
+            done = index == EPISODE_SEGMENTS - 1
+            body.update(robot_id=f"r{j}", episode_id=f"ep-{episode}", segment_index=index, step_start=index * STEPS,
+                        created_at=now, done=done, success=done,
+                        timestamps=encode_array(now - (STEPS - 1 - np.arange(STEPS)) / HZ))  # fmt: skip
+            transport.send(TRAJECTORIES, msgpack.packb(body, use_bin_type=True), key=f"r{j}")
+    url = f"sqlite:///{work / 'fleet.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    config = RecorderConfig(store_dir=work / "episodes", staging_dir=work / "staging", max_records=args.max_records)
+    recorder = Recorder(config, transport=transport, index=SqlEpisodeIndex(session_factory(engine)))
+    segments = args.robots * args.seconds
+    profile = cProfile.Profile()
+    cpu = time.process_time()
+    profile.enable()
+    while recorder.step():
+        pass
+    profile.disable()
+    cpu = time.process_time() - cpu
+    print(f"{segments} segments, {recorder.episodes_recorded} episodes: {cpu:.1f} s CPU, "
+          f"{1000 * cpu / segments:.2f} ms a segment ({segments / cpu:.0f} segments per CPU second)")  # fmt: skip
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.top)
+    print(out.getvalue())
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(args.top)
+    print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
