@@ -236,6 +236,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
               f"{lags['learner'][-1] if lags['learner'] else '-'}   ", end="", flush=True)  # fmt: skip
     wall = time.time() - t0
     cpu = {pid: cpu_last[pid] - c for pid, c in cpu0.items()}
+    running = {name: list(v) for name, v in lags.items()}  # the lag while the fleet sent, before the drain
     drain_until = time.time() + args.drain
     while time.time() < drain_until and any((v[-1] if v else 1) > 0 for v in lags.values()):
         time.sleep(1.0)
@@ -255,7 +256,8 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
     kinds = {"producers": producers, "recorders": consumers[:-1], "learner_ingest": consumers[-1:]}
     share = {kind: round(sum(cpu[p.pid] for p in ps if p.pid) / wall, 2) for kind, ps in kinds.items()}
     producer_lag = max(p["lag_p99_s"] for p in produced)
-    rising = {name: len(v) > 4 and v[-1] > 2 * robots and v[-1] > v[len(v) // 2] for name, v in lags.items()}
+    # Judged on the lag while the fleet sent: after it stops, the drain empties a backlog that was still growing.
+    rising = {name: len(v) > 4 and v[-1] > 2 * robots and v[-1] > v[len(v) // 2] for name, v in running.items()}
     bottleneck = ("producers" if producer_lag > 1.0 else "recorders" if rising["recorder"]
                   else "learner_ingest" if rising["learner"] else "none")  # fmt: skip
     sent = sum(p["sent"] for p in produced)
