@@ -37,8 +37,8 @@ baseline 2.515 updates/s (5 versions scored, 21.3 s each on the learner's thread
 encoder 8.831 (3.51x, the fp32 learner of the online arms' runs), encoder_bf16 10.905 (4.34x), perception 25.52
 (10.15x); every arm with the evaluator scored 8-12 versions, ~24 s each. An earlier run of the same command on the
 same machine (without encoder_bf16): baseline 2.515, single_pass 4.445, encoder 9.297 (3.70x), perception 30.31:
-the fleet's arms vary by ~5% from run to run. Alone (no robots), one update costs ~180 ms (single_pass), 78 ms
-(encoder), 69 ms (encoder_bf16), 22 ms (perception). On the earlier machine without AMX (session 32's run, in git
+the arms vary 5-15% from run to run. Alone (no robots), one update costs ~180 ms (single_pass), 78 ms
+(encoder), 69 ms (encoder_bf16), 22 ms (perception). On session 32's machine (its run in git
 history): baseline 1.989, encoder 6.647 (3.34x). With a random-init model (`--seconds 300 --evaluator-niceness 0`):
 0.114 / 0.642 / 1.063 / 2.959, no version scored by an arm with the evaluator within its 300 s
 (`learner_speed_nice10.json` the same at niceness 10).
