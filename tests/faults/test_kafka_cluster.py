@@ -179,7 +179,7 @@ def test_another_broker_killed_while_the_learner_trains(
     try:
         learner.start()
         feeder.start()
-        wait_for(lambda: len(registry.list_versions()) >= 2 or not learner.alive(), 150, "two versions")
+        wait_for(lambda: len(registry.list_versions()) >= 2 or not learner.alive(), 300, "two versions")
         assert learner.alive(), learner.log_tail()
         kill_service(victim)
         expected = [2] * cluster.kafka_partitions

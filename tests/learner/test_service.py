@@ -89,6 +89,9 @@ def test_learner_publishes_lineage_and_resumes_without_retraining(
         restart_after_regressions=2,
         gate=dataclasses.replace(get_preset("debug").gate, confirm_episodes=1),
         evaluator_process=True,  # the product's evaluator worker, not the debug preset's inline gate
+        # One poll takes everything produced before the start, corrections included, so the first version's window
+        # holds them however fast the updates run.
+        max_poll_records=100_000,
     )
     robots = [f"robot-{suffix}-{i}" for i in range(4)]
     _produce(settings, robots, "a")
