@@ -101,8 +101,11 @@ def record_segments(session: Session, *, rows: Sequence[SegmentRow]) -> int:
 
     A handful of statements per call, however many rows: a polled batch of a 1,000-robot fleet holds segments of
     hundreds of episodes, and a query per segment made the database the recorder's main cost."""
-    if not rows:
-        return 0
+    return _index_segments(session, rows)[1] if rows else 0
+
+
+def _index_segments(session: Session, rows: Sequence[SegmentRow]) -> tuple[dict[tuple[str, str], Episode], int]:
+    """`record_segments` for non-empty `rows`; also returns their episodes' rows by (robot, episode)."""
     episodes = _episodes(session, rows)
     pks = {key: episode.id for key, episode in episodes.items()}
     found = session.execute(
@@ -130,19 +133,16 @@ def record_segments(session: Session, *, rows: Sequence[SegmentRow]) -> int:
         )
     if values:
         session.execute(insert(Segment), values)
-    return len(values)
+    return episodes, len(values)
 
 
 def record_episodes_meta(session: Session, finished: Sequence[FinishedEpisode]) -> None:
     """Mark episodes complete (idempotent): their segments, length, outcome and where the store holds them."""
     if not finished:
         return
-    record_segments(session, rows=[row for f in finished for row in f.rows])
-    keys = [(f.meta.robot_id, f.meta.episode_id) for f in finished]
-    found = session.scalars(select(Episode).where(tuple_(Episode.robot_id, Episode.episode_id).in_(keys)))
-    episodes = {(e.robot_id, e.episode_id): e for e in found}
-    for f, key in zip(finished, keys, strict=True):
-        episode, meta = episodes[key], f.meta
+    episodes, _ = _index_segments(session, [row for f in finished for row in f.rows])  # every episode has a row
+    for f in finished:
+        episode, meta = episodes[(f.meta.robot_id, f.meta.episode_id)], f.meta
         episode.model_version = meta.model_version
         episode.length = meta.length
         episode.success = meta.success
