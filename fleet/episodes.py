@@ -1,6 +1,6 @@
 """The episode store: one directory per episode, one `.npy` file per column, JSON metadata.
 
-Layout (format version 2)::
+Layout (format version 3)::
 
     <root>/<robot_id>/<episode_id>/
         meta.json            EpisodeMeta (robot, embodiment, task, instruction, model version, length,
@@ -11,14 +11,18 @@ Layout (format version 2)::
         rewards.npy          float32 (T,)            step reward
         intervention.npy     bool    (T,)            True where a human (supervisor) drove the step
         frames/<camera>.npy.zst  uint8 (T, H, W, 3)  RGB frames per camera: a `.npy` file, zstd-compressed
+                             (one or more zstd frames whose contents, concatenated, are the file)
 
 Everything is plain NumPy `.npy` loaded with `allow_pickle=False`, so reading a store never executes code. Frames
 are compressed because they are almost all of an episode's bytes: two 64x64 cameras take 24.6 kB a step raw and
 ~0.4 kB compressed (rendered scenes are flat), and compressing ten steps costs ~0.04 ms here, far less than writing
-their raw bytes (a fleet of 1,000 robots at 10 Hz records 10,000 steps a second: ~250 MB/s raw). Format version 1
-(frames as plain `frames/<camera>.npy`) is still read. Episodes are written to a temporary directory and renamed
-into place, so a reader never sees half an episode. Used by the recorder (from the Kafka stream), by `fleet demos
-collect` (scripted demonstrations) and by training (`iter_episodes`).
+their raw bytes (a fleet of 1,000 robots at 10 Hz records 10,000 steps a second: ~250 MB/s raw). The recorder
+writes robots' frames as they came off the wire (`ZstdFrames`: one zstd frame per segment after the `.npy` header's),
+so an episode's pixels are never decompressed and compressed again on the way in. Format versions 1 (frames as plain
+`frames/<camera>.npy`) and 2 (each frames file one zstd frame) are still read; version 3 differs only in allowing
+several frames, which a version-2 reader would cut short, hence the new number. Episodes are written to a temporary
+directory and renamed into place, so a reader never sees half an episode. Used by the recorder (from the Kafka
+stream), by `fleet demos collect` (scripted demonstrations) and by training (`iter_episodes`).
 
 `episode_from_segments` is the one rule that turns a robot's trajectory segments into an episode: the recorder (for
 the store and the DB) and the learner (for replay) both use it, so an episode is the same episode in both.
@@ -43,8 +47,8 @@ import zstandard
 if TYPE_CHECKING:
     from fleet.schemas import TrajectorySegment
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: frames/<camera>.npy uncompressed
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: frames/<camera>.npy uncompressed; 2: each frames file one zstd frame
 _COLUMNS = {
     "timestamps": np.float64,
     "proprio": np.float32,
@@ -108,12 +112,39 @@ def _compressed_npy(array: np.ndarray) -> bytes:
     return zstd_contexts()[0].compress(buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class ZstdFrames:
+    """A camera's uint8 (T, H, W, 3) frames as zstd frames whose contents, concatenated, are the array's bytes in C
+    order: how robots send them (one frame per segment), so they are stored without recompressing."""
+
+    shape: tuple[int, ...]
+    chunks: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 4 or self.shape[-1] != 3 or 0 in self.shape:
+            raise ValueError(f"frames must have shape (T, H, W, 3), got {self.shape}")
+        sizes = [zstandard.frame_content_size(chunk) for chunk in self.chunks]
+        if any(size < 0 for size in sizes) or sum(sizes) != int(np.prod(self.shape)):
+            raise ValueError(
+                f"zstd frames hold {sizes} B (unknown: -1), frames of shape {self.shape} need {np.prod(self.shape)} B"
+            )
+
+    def npy_zst(self) -> bytes:
+        from fleet.schemas import zstd_contexts
+
+        header = io.BytesIO()
+        descr = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(header, descr)
+        return zstd_contexts()[0].compress(header.getvalue()) + b"".join(self.chunks)
+
+
 def _load_compressed_npy(path: Path) -> np.ndarray:
-    """A zstd-compressed `.npy` file, never unpickled."""
+    """A zstd-compressed `.npy` file (one zstd frame or several in a row), never unpickled."""
     from fleet.schemas import zstd_contexts
 
     try:
-        raw = zstd_contexts()[1].decompress(path.read_bytes())
+        with open(path, "rb") as f, zstd_contexts()[1].stream_reader(f, read_across_frames=True) as reader:
+            raw = reader.read()
     except zstandard.ZstdError as e:
         raise ValueError(f"{path}: not a zstd-compressed .npy file ({e})") from None
     return np.load(io.BytesIO(raw), allow_pickle=False)
@@ -127,6 +158,7 @@ def _load_npy(path: Path) -> np.ndarray:
 _FRAMES: dict[int, tuple[str, Callable[[Path], np.ndarray]]] = {
     1: (".npy", _load_npy),
     2: (".npy.zst", _load_compressed_npy),
+    3: (".npy.zst", _load_compressed_npy),
 }
 
 
@@ -145,9 +177,20 @@ class EpisodeStore:
     def exists(self, robot_id: str, episode_id: str) -> bool:
         return (self.path(robot_id, episode_id) / "meta.json").is_file()
 
-    def write(self, episode: Episode) -> Path:
-        """Write an episode atomically; writing the same episode again replaces it (idempotent)."""
+    def write(self, episode: Episode, *, compressed_frames: Mapping[str, ZstdFrames] | None = None) -> Path:
+        """Write an episode atomically; writing the same episode again replaces it (idempotent).
+
+        `compressed_frames` are cameras given as zstd frames instead of arrays in `episode.frames` (the recorder's).
+        """
         meta = episode.meta
+        compressed = dict(compressed_frames or {})
+        for camera, zf in compressed.items():
+            if camera in episode.frames:
+                raise ValueError(f"episode {meta.episode_id}: camera {camera!r} given both as an array and compressed")
+            if zf.shape[0] != meta.length:
+                raise ValueError(
+                    f"episode {meta.episode_id}: camera {camera!r} has {zf.shape[0]} frames for {meta.length} steps"
+                )
         final = self.path(meta.robot_id, meta.episode_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{meta.episode_id}-{uuid.uuid4().hex[:8]}"
@@ -155,8 +198,11 @@ class EpisodeStore:
         try:
             for name, dtype in _COLUMNS.items():
                 np.save(tmp / f"{name}.npy", np.asarray(getattr(episode, name), dtype=dtype), allow_pickle=False)
+            suffix = _FRAMES[FORMAT_VERSION][0]
             for camera, frames in episode.frames.items():
-                (tmp / "frames" / f"{camera}{_FRAMES[FORMAT_VERSION][0]}").write_bytes(_compressed_npy(frames))
+                (tmp / "frames" / f"{camera}{suffix}").write_bytes(_compressed_npy(frames))
+            for camera, zf in compressed.items():
+                (tmp / "frames" / f"{camera}{suffix}").write_bytes(zf.npy_zst())
             with open(tmp / "meta.json", "w") as f:
                 json.dump({**asdict(meta), "format_version": FORMAT_VERSION}, f, indent=1)
                 f.flush()

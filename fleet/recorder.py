@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet import observability
-from fleet.episodes import EpisodeError, EpisodeStore, episode_from_segments
+from fleet.episodes import EpisodeError, EpisodeStore, ZstdFrames, episode_from_segments
 from fleet.recorder_db import EpisodeIndex, FinishedEpisode, SegmentRow
 from fleet.recorder_staging import SegmentStaging
-from fleet.schemas import Message, SchemaError, TrajectorySegment, decode
+from fleet.schemas import Message, SchemaError, TrajectorySegment, decode, decode_segment_keeping_frames
 from fleet.transport import TRAJECTORIES, MessageLoop, Record, Transport, dead_letter
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,20 @@ def _row(seg: TrajectorySegment, staged: dict) -> SegmentRow:
         kafka_offset=staged.get("offset"),
         received_at=float(staged.get("received_at", time.time())),
     )
+
+
+def _episode_frames(
+    parts: list[tuple[TrajectorySegment, dict[str, tuple[tuple[int, ...], bytes]]]], length: int
+) -> dict[str, ZstdFrames]:
+    """Each camera's frames over the episode's segments, as the segments' zstd frames in order."""
+    cameras = {camera: shape[1:] for camera, (shape, _) in parts[0][1].items()}
+    for seg, frames in parts:
+        if {camera: shape[1:] for camera, (shape, _) in frames.items()} != cameras:
+            raise EpisodeError(f"segment {seg.segment_index}'s cameras differ from the first segment's")
+    return {
+        camera: ZstdFrames((length, *size), tuple(frames[camera][1] for _, frames in parts))
+        for camera, size in cameras.items()
+    }
 
 
 class Recorder:
@@ -274,14 +288,15 @@ class Recorder:
         """Write a complete episode to the store; None when it was rejected instead."""
         robot_id, episode_id = key
         staged = self.staging.load(robot_id, episode_id)
-        segs = [decode(staged[i]["value"], TrajectorySegment) for i in sorted(staged)]
-        segments: list[TrajectorySegment] = [s for s in segs if isinstance(s, TrajectorySegment)]
-        try:
+        try:  # frames stay as the robots compressed them: the store concatenates their zstd frames
+            parts = [decode_segment_keeping_frames(staged[i]["value"]) for i in sorted(staged)]
+            segments = [seg for seg, _ in parts]
             episode = episode_from_segments(segments)
-        except EpisodeError as e:
+            frames = _episode_frames(parts, episode.meta.length)
+        except ValueError as e:  # EpisodeError, SchemaError, or ZstdFrames' sizes
             self._reject(key, staged, str(e))
             return None
-        path = self.store.write(episode)
+        path = self.store.write(episode, compressed_frames=frames)
         rows = [_row(seg, staged[seg.segment_index]) for seg in segments]
         return FinishedEpisode(episode.meta, rows, str(path))
 

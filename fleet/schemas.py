@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -41,6 +42,7 @@ MAX_ARRAY_BYTES = 64 * 1024 * 1024  # decoded size cap per array: a forged shape
 _ZSTD_LEVEL = 3
 _ZSTD_MIN_BYTES = 128  # below this, compression never pays for its frame header
 _DTYPES = {"|b1", "|u1", "<i4", "<i8", "<f2", "<f4", "<f8"}  # the only dtypes accepted from the wire
+_FRAME_DTYPE = np.dtype(np.uint8).str  # "|u1", as encode_array names frames' dtype
 FrameCodec = Literal["zstd", "png", "raw"]
 
 
@@ -81,6 +83,7 @@ def _array(dtype: type, ndim: int | None = None) -> Any:
 
 F32 = Annotated[np.ndarray, _array(np.float32)]
 F64 = Annotated[np.ndarray, _array(np.float64, 1)]
+CAMERA_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # also a file name in the episode store
 Mask = Annotated[np.ndarray, _array(np.bool_, 1)]
 Frames = Annotated[np.ndarray, _array(np.uint8, 4)]
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]  # safe as a path component
@@ -126,7 +129,8 @@ def decode_array(obj: dict[str, Any]) -> np.ndarray:
         raise SchemaError("array data must be bytes")
     if codec == "zstd":
         try:
-            data = zstd_contexts()[1].decompress(data, max_output_size=max(nbytes, 1))
+            # exactly one zstd frame: the episode store concatenates robots' frames as they came (fleet.episodes)
+            data = zstd_contexts()[1].decompress(data, max_output_size=max(nbytes, 1), allow_extra_data=False)
         except zstandard.ZstdError as e:
             raise SchemaError(f"array zstd data is corrupt: {e}") from None
     elif codec != "raw":
@@ -220,7 +224,7 @@ class TrajectorySegment(Message):
     model_version: str | None  # registry version that produced the actions; None = scripted / human
     created_at: float  # producer wall clock (s) when the segment was closed; used for latency
     timestamps: F64  # (T,) wall-clock seconds of each step
-    frames: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], Frames]  # camera -> (T, H, W, 3)
+    frames: dict[Annotated[str, Field(pattern=CAMERA_NAME)], Frames]  # camera -> (T, H, W, 3)
     proprio: F32  # (T, P) proprioceptive state before each action
     actions: F32  # (T, A) action executed at each step
     intervention: Mask  # (T,) True where a human drove the step
@@ -468,14 +472,52 @@ def encode(message: Message, *, frame_codec: FrameCodec = "zstd") -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(data: bytes, expected: type[Message] | None = None) -> Message:
-    """Parse bytes into the message they hold; SchemaError says what is wrong with a bad payload."""
+def _unpack(data: bytes) -> dict[str, Any]:
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise SchemaError(f"payload is not msgpack ({len(data)} B): {type(e).__name__}: {e}") from None
     if not isinstance(body, dict):
         raise SchemaError(f"payload is a msgpack {type(body).__name__}, expected a map")
+    return body
+
+
+def decode(data: bytes, expected: type[Message] | None = None) -> Message:
+    """Parse bytes into the message they hold; SchemaError says what is wrong with a bad payload."""
+    return _validate(_unpack(data), expected)
+
+
+def decode_segment_keeping_frames(data: bytes) -> tuple[TrajectorySegment, dict[str, tuple[tuple[int, ...], bytes]]]:
+    """A trajectory segment whose frames stay compressed: the segment without frames, and per camera the frames'
+    shape and one zstd frame holding their bytes.
+
+    For a consumer that stores frames without looking at them (the recorder writes robots' zstd frames into the
+    episode store as they came): frames the robot sent zstd-compressed are not decompressed; raw or PNG ones are
+    decoded and compressed. The bytes are trusted to be a segment `decode` accepted (the recorder stages only those),
+    so the frames are checked for their shapes, not decompressed to prove they decode.
+    """
+    body = _unpack(data)
+    wire = body.get("frames")
+    if not isinstance(wire, dict):
+        raise SchemaError("trajectory_segment: frames must be a map of camera -> array")
+    body["frames"] = {}
+    seg = _validate(body, TrajectorySegment)
+    assert isinstance(seg, TrajectorySegment)
+    frames: dict[str, tuple[tuple[int, ...], bytes]] = {}
+    for camera, obj in wire.items():
+        if not isinstance(camera, str) or not re.fullmatch(CAMERA_NAME, camera):
+            raise SchemaError(f"camera name {camera!r} does not match {CAMERA_NAME}")
+        shape = obj.get("shape") if isinstance(obj, dict) else None
+        if not isinstance(shape, list) or len(shape) != 4 or shape[0] != seg.length or shape[-1] != 3:
+            raise SchemaError(f"camera {camera!r} frames have shape {shape}, expected ({seg.length}, H, W, 3)")
+        if obj.get("codec") == "zstd" and obj.get("dtype") == _FRAME_DTYPE and isinstance(obj.get("data"), bytes):
+            frames[camera] = (tuple(shape), obj["data"])
+        else:
+            frames[camera] = (tuple(shape), zstd_contexts()[0].compress(decode_array(obj).tobytes()))
+    return seg, frames
+
+
+def _validate(body: dict[str, Any], expected: type[Message] | None) -> Message:
     kind, version = body.get("kind"), body.get("schema_version")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:

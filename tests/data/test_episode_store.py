@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
-from fleet.episodes import FORMAT_VERSION, Episode, EpisodeMeta, EpisodeStore
+from fleet.episodes import FORMAT_VERSION, Episode, EpisodeMeta, EpisodeStore, ZstdFrames
+from fleet.schemas import zstd_contexts
 
 
 def _episode(steps: int = 30) -> Episode:
@@ -68,5 +70,43 @@ def test_an_unknown_format_or_a_corrupt_frames_file_is_refused_with_the_reason(t
         store.read("sim-1", "ep-7")
     meta = json.loads((directory / "meta.json").read_text())
     (directory / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
-    with pytest.raises(ValueError, match=r"unsupported format_version 99 \(this fleet reads \[1, 2\]\)"):
+    with pytest.raises(ValueError, match=r"unsupported format_version 99 \(this fleet reads \[1, 2, 3\]\)"):
         store.read_meta("sim-1", "ep-7")
+
+
+def _chunks(frames: np.ndarray, steps_per_chunk: int) -> tuple[bytes, ...]:
+    compress = zstd_contexts()[0].compress
+    return tuple(compress(frames[t : t + steps_per_chunk].tobytes()) for t in range(0, len(frames), steps_per_chunk))
+
+
+def test_frames_given_as_zstd_frames_per_segment_are_stored_as_they_came_and_read_back_exactly(tmp_path: Path) -> None:
+    episode = _episode()
+    arrays = episode.frames
+    compressed = {camera: ZstdFrames(frames.shape, _chunks(frames, 10)) for camera, frames in arrays.items()}
+    store = EpisodeStore(tmp_path)
+    directory = store.write(replace(episode, frames={}), compressed_frames=compressed)
+    stored = (directory / "frames" / "front.npy.zst").read_bytes()
+    assert stored.endswith(b"".join(compressed["front"].chunks))  # the robots' bytes, not recompressed
+    back = store.read("sim-1", "ep-7")
+    assert back.meta.format_version == FORMAT_VERSION == 3
+    for camera, frames in arrays.items():
+        np.testing.assert_array_equal(back.frames[camera], frames)
+
+
+def test_zstd_frames_that_do_not_hold_the_frames_shape_are_refused(tmp_path: Path) -> None:
+    frames = _episode().frames["front"]
+    with pytest.raises(ValueError, match=r"zstd frames hold .* need 368640 B"):
+        ZstdFrames(frames.shape, _chunks(frames[:20], 10))
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(frames.tobytes())
+    with pytest.raises(ValueError, match=r"unknown: -1"):
+        ZstdFrames(frames.shape, (unsized,))
+    with pytest.raises(ValueError, match=r"shape \(T, H, W, 3\)"):
+        ZstdFrames((30, 64, 64), _chunks(frames, 10))
+    episode = _episode()
+    zf = ZstdFrames(frames.shape, _chunks(frames, 10))
+    with pytest.raises(ValueError, match="given both as an array and compressed"):
+        EpisodeStore(tmp_path).write(episode, compressed_frames={"front": zf})
+    short = ZstdFrames(frames[:20].shape, _chunks(frames[:20], 10))
+    with pytest.raises(ValueError, match="has 20 frames for 30 steps"):
+        EpisodeStore(tmp_path).write(replace(episode, frames={}), compressed_frames={"front": short})
+    assert EpisodeStore(tmp_path).list() == []

@@ -26,7 +26,9 @@ from fleet.schemas import (
     SchemaError,
     TrajectorySegment,
     decode,
+    decode_segment_keeping_frames,
     encode,
+    zstd_contexts,
 )
 from tests.data.factories import make_segment
 
@@ -243,6 +245,7 @@ def test_unknown_schema_version_is_a_schema_error() -> None:
         (lambda b: b["frames"]["front"].update(shape=[10, 2**20, 2**20, 3]), "exceeds"),
         (lambda b: b["actions"].update(dtype="|O"), "dtype"),
         (lambda b: b["actions"].update(codec="zstd", data=b"garbage"), "zstd data is corrupt"),
+        (lambda b: b["frames"]["front"].update(data=b["frames"]["front"]["data"] * 2), "unused data"),
         (lambda b: b["actions"].update(codec="raw", data=b"\0\0\xc0\x7f" * 40), "NaN"),
         (lambda b: b.update(robot_id="../../etc"), "robot_id"),
         (lambda b: b.pop("episode_id"), "episode_id"),
@@ -288,3 +291,35 @@ def test_one_second_64px_segment_is_compact() -> None:
     assert sum(f.nbytes for f in seg.frames.values()) == 122_880
     assert len(encode(seg)) < 5_000
     assert len(encode(seg, frame_codec="png")) < 10_000
+
+
+@pytest.mark.parametrize("codec", ["zstd", "png", "raw"])
+def test_a_segment_decoded_keeping_its_frames_compressed_equals_the_decoded_one(codec: str) -> None:
+    seg = make_segment(size=16, steps=5, cameras=("front", "wrist"))
+    wire = encode(seg, frame_codec=codec)  # type: ignore[arg-type]
+    kept, frames = decode_segment_keeping_frames(wire)
+    assert kept.frames == {}
+    assert kept.model_dump(exclude={"frames"}).keys() == seg.model_dump(exclude={"frames"}).keys()
+    np.testing.assert_array_equal(kept.proprio, seg.proprio)
+    assert sorted(frames) == ["front", "wrist"]
+    for camera, (shape, chunk) in frames.items():
+        assert shape == seg.frames[camera].shape
+        raw = zstd_contexts()[1].decompress(chunk)
+        np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(shape), seg.frames[camera])
+    if codec == "zstd":  # passed through as the robot compressed it
+        assert frames["front"][1] == _body(seg)["frames"]["front"]["data"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda b: b["frames"]["front"].update(shape=[4, 16, 16, 3]), r"expected \(5, H, W, 3\)"),
+        (lambda b: b["frames"].update({"../x": b["frames"]["front"]}), "camera name"),
+        (lambda b: b.update(frames=[]), "frames must be a map"),
+    ],
+)
+def test_a_segment_kept_compressed_still_refuses_frames_that_do_not_fit(mutate: Any, match: str) -> None:
+    body = _body(make_segment(size=16, steps=5))
+    mutate(body)
+    with pytest.raises(SchemaError, match=match):
+        decode_segment_keeping_frames(_pack(body))
