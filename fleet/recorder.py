@@ -132,7 +132,7 @@ class Recorder:
         self.store = EpisodeStore(config.store_dir)
         self.staging = SegmentStaging(config.staging_dir)
         self.index = index  # None = store only (no DB)
-        self.on_segment = on_segment  # called once a segment is durably staged (bench latency, metrics)
+        self.on_segment = on_segment  # called, frames left out, once a segment is durably staged (bench latency)
         self.episodes_recorded = 0
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._rows: list[SegmentRow] = []  # segment rows of the current batch, indexed before commit
@@ -198,7 +198,7 @@ class Recorder:
                 received_at=now,
             )
             pending.segments[seg.segment_index] = (seg.step_start, seg.length, seg.done)
-            self._staged.append(seg)
+            self._staged.append(seg.model_copy(update={"frames": {}}))  # a batch's pixels are not held until its sync
         staged = {"partition": record.partition, "offset": record.offset, "received_at": time.time()}
         self._rows.append(_row(seg, staged))
         self._touched.add(key)
