@@ -510,11 +510,21 @@ def decode_segment_keeping_frames(data: bytes) -> tuple[TrajectorySegment, dict[
         shape = obj.get("shape") if isinstance(obj, dict) else None
         if not isinstance(shape, list) or len(shape) != 4 or shape[0] != seg.length or shape[-1] != 3:
             raise SchemaError(f"camera {camera!r} frames have shape {shape}, expected ({seg.length}, H, W, 3)")
-        if obj.get("codec") == "zstd" and obj.get("dtype") == _FRAME_DTYPE and isinstance(obj.get("data"), bytes):
-            frames[camera] = (tuple(shape), obj["data"])
+        data = obj.get("data")
+        passes = obj.get("codec") == "zstd" and obj.get("dtype") == _FRAME_DTYPE and isinstance(data, bytes)
+        if passes and _zstd_content_size(data) == math.prod(shape):  # an encoder may leave the size out
+            frames[camera] = (tuple(shape), data)
         else:
             frames[camera] = (tuple(shape), zstd_contexts()[0].compress(decode_array(obj).tobytes()))
     return seg, frames
+
+
+def _zstd_content_size(data: bytes) -> int:
+    """The content size a zstd frame's header states; -1 when it states none or `data` is no zstd frame."""
+    try:
+        return int(zstandard.frame_content_size(data))
+    except zstandard.ZstdError:
+        return -1
 
 
 def _validate(body: dict[str, Any], expected: type[Message] | None) -> Message:

@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -308,6 +309,15 @@ def test_a_segment_decoded_keeping_its_frames_compressed_equals_the_decoded_one(
         np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(shape), seg.frames[camera])
     if codec == "zstd":  # passed through as the robot compressed it
         assert frames["front"][1] == _body(seg)["frames"]["front"]["data"]
+
+
+def test_zstd_frames_without_their_size_in_the_header_are_compressed_again_when_kept() -> None:
+    seg = make_segment(size=16, steps=5)
+    body = _body(seg)
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(seg.frames["front"].tobytes())
+    body["frames"]["front"]["data"] = unsized
+    _, frames = decode_segment_keeping_frames(_pack(body))
+    assert zstandard.frame_content_size(frames["front"][1]) == seg.frames["front"].nbytes
 
 
 @pytest.mark.parametrize(
