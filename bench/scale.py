@@ -224,9 +224,10 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
         time.sleep(1.0)
         if victim is not None and killed_at is None and time.time() - start_at >= args.kill_broker_at:
             pid = victim.process().pid()  # SIGKILL, for good: the rest of the run goes on with the brokers left
-            if pid is not None:
-                os.killpg(pid, signal.SIGKILL)
-                killed_at = time.time() - start_at
+            if pid is None:
+                raise RuntimeError(f"broker {victim.node + 1} is not running to be killed: {_kafka_log(settings)}")
+            os.killpg(pid, signal.SIGKILL)
+            killed_at = time.time() - start_at
         cpu_last.update({pid: v for pid in cpu_last if (v := _cpu_seconds(pid)) > 0})
         for row in _lag_rows(config, groups):
             name = "recorder" if row["group"] == groups["recorder"] else "learner"
@@ -265,8 +266,12 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
         with contextlib.suppress(ChildProcessError):
             os.waitpid(victim.process().pid() or -1, os.WNOHANG)
         victim.process().pid_path.unlink(missing_ok=True)
-        with contextlib.suppress(Exception):
-            victim.prepare().start()  # whole again for the next size
+        victim.prepare().start()  # whole again for the next size
+        deadline = time.time() + 120
+        while not victim.healthy():
+            if time.time() > deadline or victim.process().pid() is None:
+                raise RuntimeError(f"broker {victim.node + 1} did not come back after the kill: {_kafka_log(settings)}")
+            time.sleep(1.0)
     return {
         "robots": robots,
         "seconds": seconds,
@@ -289,6 +294,13 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
         # once); a batch recorded but not yet committed counts in both, so this is floored at 0
         "segments_lost": max(0, sent - sum(p["dropped"] for p in produced) - len(seen) - backlog),
     }
+
+
+def _kafka_log(settings: Any) -> str:
+    """The brokers' log's last lines (the bench's home is deleted when it ends)."""
+    path = settings.log_dir / "kafka.log"
+    lines = path.read_text(errors="replace").splitlines()[-40:] if path.exists() else ["(no log)"]
+    return f"{path}, last lines:\n" + "\n".join(lines)
 
 
 def ray_node_loss(settings: Any, robots: int, episodes: int) -> dict[str, Any]:
