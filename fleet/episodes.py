@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import uuid
@@ -124,10 +125,9 @@ class ZstdFrames:
         if len(self.shape) != 4 or self.shape[-1] != 3 or 0 in self.shape:
             raise ValueError(f"frames must have shape (T, H, W, 3), got {self.shape}")
         sizes = [zstandard.frame_content_size(chunk) for chunk in self.chunks]
-        if any(size < 0 for size in sizes) or sum(sizes) != int(np.prod(self.shape)):
-            raise ValueError(
-                f"zstd frames hold {sizes} B (unknown: -1), frames of shape {self.shape} need {np.prod(self.shape)} B"
-            )
+        need = math.prod(self.shape)
+        if any(size < 0 for size in sizes) or sum(sizes) != need:
+            raise ValueError(f"zstd frames hold {sizes} B (unknown: -1), frames of shape {self.shape} need {need} B")
 
     def npy_zst(self) -> bytes:
         from fleet.schemas import zstd_contexts
