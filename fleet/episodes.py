@@ -177,10 +177,14 @@ class EpisodeStore:
     def exists(self, robot_id: str, episode_id: str) -> bool:
         return (self.path(robot_id, episode_id) / "meta.json").is_file()
 
-    def write(self, episode: Episode, *, compressed_frames: Mapping[str, ZstdFrames] | None = None) -> Path:
+    def write(
+        self, episode: Episode, *, compressed_frames: Mapping[str, ZstdFrames] | None = None, durable: bool = True
+    ) -> Path:
         """Write an episode atomically; writing the same episode again replaces it (idempotent).
 
         `compressed_frames` are cameras given as zstd frames instead of arrays in `episode.frames` (the recorder's).
+        `durable=False` leaves out the fsync of its metadata: for a caller that flushes the disks itself before it
+        lets go of another copy (the recorder, whose staging log holds the episode until then).
         """
         meta = episode.meta
         compressed = dict(compressed_frames or {})
@@ -205,8 +209,9 @@ class EpisodeStore:
                 (tmp / "frames" / f"{camera}{suffix}").write_bytes(zf.npy_zst())
             with open(tmp / "meta.json", "w") as f:
                 json.dump({**asdict(meta), "format_version": FORMAT_VERSION}, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)

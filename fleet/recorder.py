@@ -5,8 +5,9 @@ shapes, consistency with the episode's earlier segments) and appends its origina
 episode's staging log (`fleet.recorder_staging`). Per polled batch: the touched logs are fsync'd
 (group commit), the segments are indexed in the DB, finished episodes are written, and only then are
 the offsets committed. When an episode's last segment (`done`) and every segment before it are
-staged, the episode is assembled in segment order, written atomically to the `EpisodeStore`,
-completed in the DB, flushed to disk, and its staging log removed.
+staged, the episode is assembled in segment order, written atomically to the `EpisodeStore` and
+completed in the DB; its staging log is removed once a flush of the disks that began after the write
+has ended (`_Flusher`, off the loop: a host's whole page cache, with brokers beside, can take long).
 
 Idempotent on (robot, episode, segment): a redelivered segment finds itself staged (or its episode
 finished) and changes nothing. A restart resumes from the committed offsets and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,6 +118,65 @@ def _episode_frames(
     }
 
 
+class _Flusher:
+    """Flushes the disks (`sync`, default `os.sync`) on a thread of its own, so a batch does not wait for it.
+
+    `written()` after writing files returns a ticket; the files are durable once `flushed` >= that ticket (a flush
+    starts after the ticket was taken). At most one flush runs; requests made meanwhile share the next one."""
+
+    def __init__(self, sync: Callable[[], None] = os.sync) -> None:
+        self._sync = sync
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._written = 0  # tickets handed out
+        self.flushed = 0  # every ticket up to this one is on disk
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def written(self) -> int:
+        with self._lock:
+            self._written += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="recorder-flush", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+            return self._written
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._written == self.flushed and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                ticket = self._written
+            try:
+                self._sync()
+            except OSError as e:  # tried again at the next request; the staging logs stay meanwhile
+                log.error("recorder flush failed: %s", e)
+                time.sleep(1.0)
+                continue
+            with self._lock:
+                self.flushed = max(self.flushed, ticket)
+
+    def flush_now(self) -> None:
+        """Flush on this thread: every ticket handed out so far is on disk when it returns."""
+        with self._lock:
+            ticket = self._written
+        self._sync()
+        with self._lock:
+            self.flushed = max(self.flushed, ticket)
+
+    def close(self) -> None:
+        """Stop the thread, then flush what is written."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush_now()
+
+
 class Recorder:
     """Consumes `fleet.trajectories` and records episodes (one instance per consumer-group member)."""
 
@@ -126,6 +187,7 @@ class Recorder:
         transport: Transport,
         index: EpisodeIndex | None,
         on_segment: Callable[[TrajectorySegment], None] | None = None,
+        sync: Callable[[], None] = os.sync,
     ) -> None:
         self.config = config
         self.transport = transport
@@ -138,6 +200,8 @@ class Recorder:
         self._rows: list[SegmentRow] = []  # segment rows of the current batch, indexed before commit
         self._touched: set[tuple[str, str]] = set()
         self._staged: list[TrajectorySegment] = []  # staged in this batch, durable after the batch's sync
+        self._flusher = _Flusher(sync)  # makes written episodes durable, off the loop
+        self._unflushed: dict[tuple[str, str], int] = {}  # episode written -> its flush ticket (staging log kept)
         self.loop = MessageLoop(
             transport,
             group_id=config.group_id,
@@ -162,8 +226,15 @@ class Recorder:
         while not stop():
             self.step()
 
+    def flush(self) -> None:
+        """Make every episode written so far durable now and drop their staging logs."""
+        self._flusher.flush_now()
+        self._drop_flushed()
+
     def close(self) -> None:
         self.loop.close()
+        self._flusher.close()
+        self._drop_flushed()
         self.staging.close()
 
     # --- per record ---------------------------------------------------------------------------
@@ -276,13 +347,21 @@ class Recorder:
         self._cleanup([(f.meta.robot_id, f.meta.episode_id) for f in finished])
 
     def _cleanup(self, finished: list[tuple[str, str]]) -> None:
-        """Drop the staging logs of episodes now in the store, once the store's files are on disk."""
-        if not finished:
-            return
-        os.sync()  # one flush for every episode of the batch; EpisodeStore.write does not fsync its arrays
-        for key in finished:
+        """Episodes now in the store: their staging logs go once the store's files are on disk (`_drop_flushed`)."""
+        if finished:
+            ticket = self._flusher.written()  # one flush for every episode of the batch
+            for key in finished:
+                self._unflushed[key] = ticket
+                self._pending.pop(key, None)
+        self._drop_flushed()
+
+    def _drop_flushed(self) -> None:
+        """Remove the staging logs of stored episodes a finished flush covers. An episode staged again meanwhile
+        (a redelivered segment) keeps its log: it will be finished again, with a later ticket."""
+        flushed = self._flusher.flushed
+        for key in [k for k, ticket in self._unflushed.items() if ticket <= flushed and k not in self._pending]:
             self.staging.remove(*key)
-            self._pending.pop(key, None)
+            del self._unflushed[key]
 
     def _finalize(self, key: tuple[str, str]) -> FinishedEpisode | None:
         """Write a complete episode to the store; None when it was rejected instead."""
@@ -296,7 +375,8 @@ class Recorder:
         except ValueError as e:  # EpisodeError, SchemaError, or ZstdFrames' sizes
             self._reject(key, staged, str(e))
             return None
-        path = self.store.write(episode, compressed_frames=frames)
+        # not fsync'd here: the staging log keeps the episode until the flusher's flush covers the store's files
+        path = self.store.write(episode, compressed_frames=frames, durable=False)
         rows = [_row(seg, staged[seg.segment_index]) for seg in segments]
         return FinishedEpisode(episode.meta, rows, str(path))
 

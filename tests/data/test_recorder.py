@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -74,6 +76,7 @@ def test_shuffled_and_duplicated_segments_make_whole_ordered_episodes(
         rows = s.scalars(select(EpisodeRow)).all()
         assert len(rows) == 6 and all(r.ended_at is not None and r.length == 20 and r.success for r in rows)
         assert {r.missed_ticks for r in rows} == {3}
+    recorder.flush()  # the staging logs go once the store's files are flushed
     assert not list((tmp_path / "staging").glob("*/*"))
     assert not transport.broker.records(DEADLETTER)
 
@@ -136,7 +139,39 @@ def test_crash_between_store_write_and_db_is_finished_on_restart(
         assert s.scalar(select(func.count()).select_from(SegmentRowModel)) == 3
         [row] = s.scalars(select(EpisodeRow)).all()
         assert row.ended_at is not None and row.length == 15
+    restarted.flush()
     assert not list((tmp_path / "staging").glob("*/*"))
+
+
+def test_staging_logs_stay_until_a_flush_after_the_store_write_has_ended(tmp_path: Path) -> None:
+    """The disks are flushed off the recorder's loop: batches go on while a flush hangs, and a stored episode's
+    staging log (its only durable copy until then) is removed only after a flush that began after its write."""
+    started, release = threading.Event(), threading.Event()
+    flushes: list[int] = []
+
+    def slow_sync() -> None:
+        started.set()
+        assert release.wait(30)
+        flushes.append(len(list((tmp_path / "store").glob("*/*/meta.json"))))
+
+    transport = FakeTransport()
+    recorder = Recorder(_config(tmp_path), transport=transport, index=None, sync=slow_sync)
+    for e in range(2):
+        for i in range(3):
+            publish(transport, make_segment("robot-0", f"ep-{e}", i, steps=5, segments_per_episode=3, size=8))
+        _drain(recorder)  # returns although the flush of ep-0 hangs
+        assert started.wait(30)
+    assert recorder.store.list() == [("robot-0", "ep-0"), ("robot-0", "ep-1")]
+    assert sorted(p.stem for p in (tmp_path / "staging").glob("*/*")) == ["ep-0", "ep-1"]
+    release.set()
+    deadline = time.time() + 30
+    while recorder._flusher.flushed < 2 and time.time() < deadline:  # the hung flush, then one for ep-1's write
+        time.sleep(0.01)
+    publish(transport, make_segment("robot-1", "ep-0", 0, steps=5, segments_per_episode=3, size=8))
+    _drain(recorder)  # the next batch drops the logs both flushes covered
+    assert [p.parent.name for p in (tmp_path / "staging").glob("*/*")] == ["robot-1"]
+    assert flushes == [2, 2]
+    recorder.close()
 
 
 def test_inconsistent_or_late_segments_are_dead_lettered(tmp_path: Path) -> None:
