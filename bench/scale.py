@@ -4,7 +4,9 @@ A synthetic robot replays one recorded segment (10 steps of two 64x64 cameras, p
 second, its ids, step offsets and timestamps rewritten per send, no simulator and no model, so 1,000 of them fit on
 this machine. `--producers` processes each drive a share of the robots through one fleet `KafkaTransport` (spooling,
 acks=all) in time order, each robot a phase of its own in the second; a producer that falls behind its schedule
-says so (`producer_lag_p99_s`).
+says so (`producer_lag_p99_s`). They stand in for robots on computers of their own, so they run at niceness
+`--producer-nice` (10): the services measured get this machine's cores first, and what the robots' stand-ins then
+cannot get shows as their lag, not as the services' latency.
 
 Downstream, as in production: `--recorders` processes of the product's `Recorder` in one consumer group (episode
 store and DB index; PostgreSQL when there is more than one, else SQLite), each timing produce -> recorded
@@ -14,9 +16,10 @@ bench reads both groups' lag from Kafka.
 
 Each size runs `--seconds` (1,000 robots: 300, the issue's five minutes) after a warm-up. Reported per size:
 `segments_per_s` (recorded, over the measured window), `produce_to_record_p50_ms` / `p99_ms`, `max_lag_records`
-(recorder and learner groups), `learner_episodes_per_s`, the CPU share of each kind of process, and
-`first_bottleneck`: the first of the producers (behind schedule), the recorders (lag growing) or the learner's
-ingest (lag growing) that did not keep up, else "none". Writes bench/results/scale.json.
+(recorder and learner groups), `learner_episodes_per_s`, the CPU share of each kind of process (brokers too),
+`machine_busy` (the share of all cores in use), the p99 in each 10 s of the run, and `first_bottleneck`: the first
+of the producers (behind schedule), the recorders (lag growing) or the learner's ingest (lag growing) that did not
+keep up, else "none". Writes bench/results/scale.json.
 
 Faults, in the same run: `--kafka-brokers 3 --kill-broker-at S` SIGKILLs the third broker S seconds into each size's
 run (replication 3, `min.insync.replicas` 2: writes go on with two) and restarts it for the next size; each run
@@ -67,9 +70,12 @@ def _template() -> dict[str, Any]:
     return dict(msgpack.unpackb(encode(seg), raw=False))
 
 
-def robot_worker(bootstrap: str, robots: list[str], start_at: float, seconds: float, out: str) -> None:
-    """Send one segment per robot per second from `start_at` for `seconds`, in time order (one producer)."""
+def robot_worker(bootstrap: str, robots: list[str], start_at: float, seconds: float, out: str, nice: int) -> None:
+    """Send one segment per robot per second from `start_at` for `seconds`, in time order (one producer), at
+    niceness `nice`."""
     import msgpack
+
+    os.nice(nice)
 
     from fleet.schemas import encode_array
     from fleet.transport import TRAJECTORIES, KafkaTransport, TransportConfig
@@ -166,6 +172,26 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot (/proc/stat; idle and iowait count as not busy)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def _busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return round((after[0] - before[0]) / max(1, after[1] - before[1]), 3)
+
+
+def _p99_by(seen: list[tuple[float, float]], start_at: float, seconds: float, step: float) -> list[float | None]:
+    """p99 latency (ms) of the segments recorded in each `step` seconds from `start_at` (None: none recorded)."""
+    buckets: list[list[float]] = [[] for _ in range(int(np.ceil(seconds / step)))]
+    for t, lat in seen:
+        if 0 <= (k := int((t - start_at) // step)) < len(buckets):
+            buckets[k].append(lat)
+    return [round(1000 * float(np.percentile(b, 99)), 1) if b else None for b in buckets]
+
+
 def _lag_rows(config: Any, groups: dict[str, str]) -> list[dict[str, object]]:
     """The groups' lag rows; none this second when the admin client reached no broker (one was just killed)."""
     from fleet.transport import TransportError
@@ -204,12 +230,10 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
     time.sleep(args.warmup)  # the consumers join their groups
     start_at = time.time() + 5.0
     ids = [f"scale-{tag}-{i:04d}" for i in range(robots)]
+    shares = [(ids[k :: args.producers], str(work / f"prod-{tag}-{k}.json")) for k in range(args.producers)]
     producers = [
-        ctx.Process(
-            target=robot_worker,
-            args=(bootstrap, ids[k :: args.producers], start_at, seconds, str(work / f"prod-{tag}-{k}.json")),
-        )  # fmt: skip
-        for k in range(args.producers)
+        ctx.Process(target=robot_worker, args=(bootstrap, share, start_at, seconds, out, args.producer_nice))
+        for share, out in shares
     ]
     for p in producers:
         p.start()
@@ -217,7 +241,9 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
     killed_at: float | None = None
     config = TransportConfig(bootstrap=bootstrap)
     lags: dict[str, list[int]] = {name: [] for name in groups}
-    cpu0 = {p.pid: _cpu_seconds(p.pid) for p in producers + consumers if p.pid}
+    brokers = [pid for n in range(settings.kafka_brokers) if (pid := KafkaService(settings, node=n).process().pid())]
+    cpu0 = {pid: _cpu_seconds(pid) for pid in [p.pid for p in producers + consumers if p.pid] + brokers}
+    machine0 = _machine_ticks()
     cpu_last = dict(cpu0)  # a process's CPU time, read while it lives
     t0 = time.time()
     while any(p.is_alive() for p in producers):
@@ -237,6 +263,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
               f"{lags['learner'][-1] if lags['learner'] else '-'}   ", end="", flush=True)  # fmt: skip
     wall = time.time() - t0
     cpu = {pid: cpu_last[pid] - c for pid, c in cpu0.items()}
+    busy = _busy(machine0, _machine_ticks())
     running = {name: list(v) for name, v in lags.items()}  # the lag while the fleet sent, before the drain
     drain_until = time.time() + args.drain
     while time.time() < drain_until and any((v[-1] if v else 1) > 0 for v in lags.values()):
@@ -256,6 +283,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
     span = window[1] - window[0]
     kinds = {"producers": producers, "recorders": consumers[:-1], "learner_ingest": consumers[-1:]}
     share = {kind: round(sum(cpu[p.pid] for p in ps if p.pid) / wall, 2) for kind, ps in kinds.items()}
+    share["brokers"] = round(sum(cpu[pid] for pid in brokers) / wall, 2)  # until the kill, for the one killed
     producer_lag = max(p["lag_p99_s"] for p in produced)
     # Judged on the lag while the fleet sent: after it stops, the drain empties a backlog that was still growing.
     rising = {name: len(v) > 4 and v[-1] > 2 * robots and v[-1] > v[len(v) // 2] for name, v in running.items()}
@@ -286,6 +314,9 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
         "producer_lag_p99_s": round(producer_lag, 3),
         "dropped": sum(p["dropped"] for p in produced),
         "cpu_cores": share,
+        "machine_busy": busy,  # the share of all cores busy while the fleet sent (1.0: none to spare)
+        # p99 produce -> recorded of the segments recorded in each 10 s of the run: where a backlog came and went
+        "produce_to_record_p99_ms_by_10s": _p99_by(seen, start_at, seconds, 10.0),
         "first_bottleneck": bottleneck,
         "broker_killed_at_s": None if killed_at is None else round(killed_at, 1),
         # Still in Kafka when the drain gave up: the recorders' group had not read them yet (not lost, late).
@@ -356,6 +387,13 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--kafka-brokers", type=int, default=1)
     parser.add_argument("--database-url", default=os.environ.get("FLEET_DATABASE_URL"))
+    parser.add_argument(
+        "--producer-nice",
+        type=int,
+        default=10,
+        help="niceness of the synthetic robots' processes: they stand in for robots on their own computers, so they "
+        "yield this machine's cores to the services measured (a producer behind schedule is still reported)",
+    )
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds for the consumers to join")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of each run left out of its figures")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the groups to catch up")
