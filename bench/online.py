@@ -419,9 +419,11 @@ def stream_name(scenario: str, arm: str, repeat: int, seed: int, freeze: str | N
     """The folder of a run's kept Kafka log under <cache>/runs/: the learner's settings in the name, so runs of two
     learners on the same seed do not overwrite each other (None: the `online` preset's)."""
     from learner.config import get_preset
+    from learner.rllib import resolve_precision
 
     preset = get_preset("online").rllib
-    return f"{scenario}-{arm}-{repeat}-seed{seed}-{freeze or preset.freeze}-{precision or preset.precision}"
+    resolved = resolve_precision(precision or preset.precision)  # type: ignore[arg-type]
+    return f"{scenario}-{arm}-{repeat}-seed{seed}-{freeze or preset.freeze}-{resolved}"
 
 
 def learner_rate(curves: dict[str, Any]) -> float | None:
@@ -438,10 +440,11 @@ def speed_arm(args: argparse.Namespace) -> str:
     """bench/learner_speed.py's arm for this bench's learner (`--freeze` and `--learner-precision`, else the
     `online` preset's)."""
     from learner.config import get_preset
+    from learner.rllib import resolve_precision
 
     preset = get_preset("online").rllib
     arm = SPEED_ARM[args.freeze or preset.freeze]
-    if (args.learner_precision or preset.precision) == "bf16":
+    if resolve_precision(args.learner_precision or preset.precision) == "bf16":
         if arm != "encoder":
             raise SystemExit(
                 "bench/learner_speed.py measures bf16 with the image encoder frozen only (--freeze encoder)"
@@ -520,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--learner-precision",
         default=None,
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "auto"],
         help="the learner's --precision (default: the preset's)",
     )
     parser.add_argument(

@@ -61,8 +61,9 @@ def run(
     precision: Annotated[
         str | None,
         typer.Option(
-            help="The update's matmuls: 'fp32' or 'bf16' (autocast; ~12% cheaper updates on CPUs with AMX, slower "
-            "on CPUs without native bfloat16). Default: the preset's."
+            help="The update's matmuls: 'fp32', 'bf16' (autocast; ~12% cheaper updates on CPUs with AMX, slower "
+            "on CPUs without native bfloat16) or 'auto' (bf16 where the CPU has AMX or the GPU bf16). Default: the "
+            "preset's."
         ),
     ] = None,
     scenario: Annotated[

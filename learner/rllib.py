@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -65,8 +66,27 @@ _OBSERVATION_COLUMNS = ("images", "image_tokens", "memory")  # a batch carries o
 _MODEL_COLUMNS = ("instruction_embedding", "proprio", "embodiment_id", "actions", "action_mask")
 
 
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+Precision = Literal["fp32", "bf16", "auto"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: Precision, device: str = "cpu") -> Literal["fp32", "bf16"]:
+    """What the updates run in: `auto` is bf16 where the device multiplies bfloat16 natively (a CUDA GPU that
+    supports it, a CPU with AMX tiles), fp32 elsewhere (emulated bf16 is slower than fp32)."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_amx() else "fp32"
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU lists AMX bf16 tiles among its flags (Linux's /proc/cpuinfo; False elsewhere)."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return False
+    return any("amx_bf16" in line.split() for line in lines if line.startswith("flags"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +114,8 @@ class RLlibConfig:
     freeze: Freeze = "none"
     # The update's matmuls: "fp32", or "bf16" (autocast: bfloat16 matmuls, fp32 weights, optimizer, attention and
     # reductions). On a CPU with AMX (Xeon 4th gen and later) bf16 matmuls run ~6x faster at the VLA's sizes and an
-    # update with the image encoder frozen costs ~12% less; on CPUs without native bf16 it is slower.
+    # update with the image encoder frozen costs ~12% less; on CPUs without native bf16 it is slower. "auto": bf16
+    # where the hardware has it (resolve_precision).
     precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
@@ -360,7 +381,7 @@ def build_algorithm_config(config: RLlibConfig, model_config: VLAConfig) -> VLAA
             model_config={
                 "vla": model_config.to_dict(),
                 "freeze": config.freeze,
-                "precision": config.precision,
+                "precision": resolve_precision(config.precision, "cuda" if config.num_gpus_per_learner else "cpu"),
                 "awr_beta": config.awr_beta,
                 "awr_max_weight": config.awr_max_weight,
             },  # fmt: skip

@@ -66,7 +66,8 @@ def test_freeze_sets_what_the_updates_hold_fixed_and_refuses_an_unknown_part() -
 
 
 def test_precision_sets_the_updates_matmuls_and_refuses_an_unknown_one() -> None:
-    assert learner_config("online").rllib.precision == "fp32"
+    assert learner_config("online").rllib.precision == "auto"  # bf16 where the hardware has it
+    assert learner_config("online", precision="fp32").rllib.precision == "fp32"
     assert learner_config("online", precision="bf16").rllib.precision == "bf16"
     with pytest.raises(typer.BadParameter) as error:
         learner_config("online", precision="fp8")

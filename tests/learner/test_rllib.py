@@ -11,6 +11,7 @@ import torch
 
 from fleet.policy.checkpoint import load_checkpoint, save_checkpoint
 from fleet.policy.config import debug_model_config
+from learner import rllib
 from learner.features import FrozenFeatures
 from learner.ingest import Ingest
 from learner.replay import ReplayBuffer, ReplayConfig
@@ -188,6 +189,21 @@ def test_bf16_updates_keep_fp32_weights_and_learn_what_fp32_updates_learn() -> N
     assert losses["bf16"][1] == pytest.approx(losses["fp32"][1], rel=0.3)
     with pytest.raises(ValueError, match="precision"):
         RLlibConfig(precision="fp16")  # type: ignore[arg-type]
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    amx, avx2 = tmp_path / "amx", tmp_path / "avx2"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n\n")
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16_x\nbugs\t\t: amx_bf16\n\n")
+    assert rllib.cpu_has_amx(amx) and not rllib.cpu_has_amx(avx2) and not rllib.cpu_has_amx(tmp_path / "none")
+    for has_amx, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(rllib, "cpu_has_amx", lambda has_amx=has_amx: has_amx)
+        assert rllib.resolve_precision("auto") == expected
+        assert (rllib.resolve_precision("fp32"), rllib.resolve_precision("bf16")) == ("fp32", "bf16")
+    if not torch.cuda.is_available():
+        assert rllib.resolve_precision("auto", "cuda") == "fp32"
 
 
 @pytest.mark.parametrize("freeze", ["encoder", "perception"])
