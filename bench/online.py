@@ -273,6 +273,7 @@ def run_arm(
             argv += ["--lr", str(args.learner_lr)] if args.learner_lr is not None else []
             argv += ["--freeze", args.freeze] if args.freeze else []
             argv += ["--precision", args.learner_precision] if args.learner_precision else []
+            argv += ["--gate-margin-se", str(args.gate_margin_se)] if args.gate_margin_se is not None else []
             # The cap is on version 1's share: every scenario demonstration of offline_demos is loaded beside it.
             argv += ["--max-demos", str(args.learner_demos + extra_demos)] if args.learner_demos is not None else []
             learner = subprocess.Popen(argv, stdout=open(home / "learner.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
@@ -321,9 +322,10 @@ def run_arm(
         ray.shutdown()
         launcher.down(settings, log=lambda _m: None)
         if args.keep_stream:  # the run's Kafka log (every segment, correction, reward): offline probes replay it
-            kept = (
-                args.cache / "runs" / stream_name(args.scenario, arm, repeat, seed, args.freeze, args.learner_precision)
+            name = stream_name(
+                args.scenario, arm, repeat, seed, args.freeze, args.learner_precision, args.gate_margin_se
             )
+            kept = args.cache / "runs" / name
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(home / "kafka", kept / "kafka")
         shutil.rmtree(home, ignore_errors=True)  # the run's Kafka log, MLflow store, spool (~100 MB)
@@ -415,7 +417,10 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def stream_name(scenario: str, arm: str, repeat: int, seed: int, freeze: str | None, precision: str | None) -> str:
+def stream_name(
+    scenario: str, arm: str, repeat: int, seed: int, freeze: str | None, precision: str | None,
+    margin_se: float | None = None,
+) -> str:  # fmt: skip
     """The folder of a run's kept Kafka log under <cache>/runs/: the learner's settings in the name, so runs of two
     learners on the same seed do not overwrite each other (None: the `online` preset's)."""
     from learner.config import get_preset
@@ -423,7 +428,8 @@ def stream_name(scenario: str, arm: str, repeat: int, seed: int, freeze: str | N
 
     preset = get_preset("online").rllib
     resolved = resolve_precision(precision or preset.precision)  # type: ignore[arg-type]
-    return f"{scenario}-{arm}-{repeat}-seed{seed}-{freeze or preset.freeze}-{resolved}"
+    gate = "" if margin_se is None else f"-se{margin_se:g}"
+    return f"{scenario}-{arm}-{repeat}-seed{seed}-{freeze or preset.freeze}-{resolved}{gate}"
 
 
 def learner_rate(curves: dict[str, Any]) -> float | None:
@@ -520,6 +526,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flow-steps", type=int, default=None, help="version 1 sampling steps (default: VLAConfig)")
     parser.add_argument("--learner-lr", type=float, default=None, help="the learner's lr (default: the preset's)")
     parser.add_argument("--freeze", default=None, help="the learner's --freeze (default: the preset's)")
+    parser.add_argument(
+        "--gate-margin-se",
+        type=float,
+        default=None,
+        help="the learner's --gate-margin-se (default: the preset's)",
+    )
     parser.add_argument(
         "--learner-precision",
         default=None,
@@ -619,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
                        "time_scale": args.time_scale, "tasks": tasks,
                        "embodiments": embodiments, "v1": str(v1), "demos_per_pair": args.demos,
                        "bc_steps": args.bc_steps, "flow_steps": args.flow_steps, "learner_lr": args.learner_lr,
-                       "learner_precision": args.learner_precision,
+                       "learner_precision": args.learner_precision, "gate_margin_se": args.gate_margin_se,
                        "freeze": args.freeze,
                        "learner_demos": args.learner_demos,
                        "takeover_rules": args.takeover_rules,

@@ -87,6 +87,14 @@ def run(
             "paraphrases (the training phrase bank), drawn per episode. Default: the preset's."
         ),
     ] = None,
+    gate_margin_se: Annotated[
+        float | None,
+        typer.Option(
+            help="Let the gate's margin shrink to this many standard errors of the difference of two means at "
+            "production's success rate where that is less than the preset's margin (near the top, a fixed margin "
+            "asks more than the gate's episodes can show); 0: the preset's margin alone. Default: the preset's."
+        ),
+    ] = None,
     num_learners: Annotated[
         int | None,
         typer.Option(
@@ -111,7 +119,7 @@ def run(
     config = learner_config(
         preset, init=init, run_dir=run_dir, demos=demos, max_demos=max_demos, autonomous=autonomous, lr=lr,
         freeze=freeze, precision=precision, scenario=scenario, canary_fraction=canary_fraction, paraphrases=paraphrases,
-        num_learners=num_learners, learner_node=learner_node,
+        gate_margin_se=gate_margin_se, num_learners=num_learners, learner_node=learner_node,
     )  # fmt: skip
     settings = get_settings()
     configure_logging("learner", log_level, json=settings.log_format == "json")
@@ -137,6 +145,7 @@ def learner_config(
     scenario: str | None = None,
     canary_fraction: float | None = None,
     paraphrases: int | None = None,
+    gate_margin_se: float | None = None,
     num_learners: int | None = None,
     learner_node: bool = False,
 ) -> LearnerConfig:
@@ -192,4 +201,9 @@ def learner_config(
             raise typer.BadParameter(str(e.args[0]), param_hint="--scenario") from None
         tasks = tuple(t for t in config.gate.tasks if t in conditions.tasks) or conditions.tasks
         changes["gate"] = dataclasses.replace(config.gate, scenario=conditions.name, tasks=tasks)
+    if gate_margin_se is not None:
+        try:
+            changes["gate"] = dataclasses.replace(changes.get("gate", config.gate), min_improvement_se=gate_margin_se)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--gate-margin-se") from None
     return dataclasses.replace(config, **changes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -43,6 +44,11 @@ class GateConfig:
     # How much a candidate's eval/mean must exceed production's to be promoted. The gate is a small sample
     # (a 60-episode mean has a standard error of ~0.06), so "any gain" promotes lucky draws.
     min_improvement: float = 0.0
+    # > 0: the margin is at most this many standard errors of the difference of two means of the gate's episodes at
+    # production's success rate p, sqrt(2 p (1 - p) / n) (`margin`): the same evidence at every level, where a fixed
+    # margin asks more near the top than the episodes can show (production at 0.925 on 40 episodes: more than
+    # +0.05 is 40 of 40, more than 0.5 standard errors 39). 0: `min_improvement` alone.
+    min_improvement_se: float = 0.0
     # A candidate that passes on the gate's episodes is run again on this many *other* episodes per pair (seeds
     # from `seed_offset + SEED_BLOCK`), and so is production (once per version); it is promoted only if it
     # beats production there too, by `confirm_improvement`. The learner scores many versions on the same episodes
@@ -79,6 +85,8 @@ class GateConfig:
             raise ValueError(f"GateConfig: at most {SEED_BLOCK} episodes (and confirm_episodes) per pair")
         if not 0.0 <= self.min_success <= 1.0 or not 0.0 <= self.min_improvement < 1.0:
             raise ValueError("GateConfig.min_success must be in [0, 1] and min_improvement in [0, 1)")
+        if self.min_improvement_se < 0:
+            raise ValueError("GateConfig.min_improvement_se must be >= 0")
         if not 0.0 <= self.confirm_improvement < 1.0:
             raise ValueError("GateConfig.confirm_improvement must be in [0, 1)")
 
@@ -114,6 +122,15 @@ class GateResult:
         out = {f"eval/{task}/{emb}": f"{rate:.4f}" for (task, emb), rate in self.success.items()}
         out["eval/mean"] = f"{self.mean:.4f}"
         return out
+
+
+def margin(config: GateConfig, production_mean: float | None, episodes: int) -> float:
+    """The margin a candidate scored on `episodes` episodes must beat production's `production_mean` by:
+    `min_improvement`, or less where `min_improvement_se` standard errors of the difference are less."""
+    if not config.min_improvement_se or production_mean is None or episodes < 1:
+        return config.min_improvement
+    p = min(max(production_mean, 0.0), 1.0)
+    return min(config.min_improvement, config.min_improvement_se * math.sqrt(2 * p * (1 - p) / episodes))
 
 
 def beats(

@@ -2,8 +2,8 @@
 
 The gate (`GateConfig`): the checkpoint is scored on held-out episodes in the evaluator's worker process, against
 production's score on the same episodes (its tags when it was scored the same way, else scored now, once per
-version); it passes with a margin (`beats`). With `confirm_episodes` a pass must hold on as many other episodes too
-(`confirmation`). The episodes are the seed block named by production's version number
+version); it passes with a margin (`margin`, `beats`). With `confirm_episodes` a pass must hold on as many other
+episodes too (`confirmation`). The episodes are the seed block named by production's version number
 (`GateConfig.reseed_on_promotion`), so every production is judged on episodes no earlier promotion was chosen on.
 Scores are kept in the checkpoint's state: a restarted learner does not score a checkpoint twice.
 """
@@ -25,7 +25,7 @@ from learner import checkpoints
 from learner.checkpoints import MODEL_DIR, LearnerState
 from learner.config import LearnerConfig
 from learner.evaluator import Evaluator
-from learner.gate import EvalGate, beats, confirmation, seed_block
+from learner.gate import EvalGate, beats, confirmation, margin, seed_block
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,17 @@ class Judge:
     def judge(self, directory: Path, state: LearnerState, production: VersionInfo | None) -> Verdict:
         """Score the checkpoint at `directory` (once per production's episodes, kept in its state) against
         `production`. Raises `learner.evaluator.Pending` while the evaluator is still scoring."""
-        signature = self.gates(production)[0].signature()
+        episodes = self.gates(production)[0]
+        signature = episodes.signature()
         if not state.gate or state.gate_signature != signature:
-            state.gate = self.evaluator.score(directory / MODEL_DIR, self.gates(production)[0].config).tags()
+            state.gate = self.evaluator.score(directory / MODEL_DIR, episodes.config).tags()
             state.gate_signature = signature
             checkpoints.write_state(directory, state)
         mean = float(state.gate["eval/mean"])
         production_mean = self.production_mean(production)
         gate = self.config.gate
-        passed = beats(mean, production_mean, min_success=gate.min_success, min_improvement=gate.min_improvement)
+        needed = margin(gate, production_mean, gate.episodes * len(episodes.pairs()))
+        passed = beats(mean, production_mean, min_success=gate.min_success, min_improvement=needed)
         if passed and gate.confirm_episodes and production is not None and production_mean is not None:
             passed = self.confirmed(directory, state, mean, production_mean, production)
         return Verdict(mean, production_mean, passed, signature)

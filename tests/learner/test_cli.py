@@ -74,6 +74,15 @@ def test_precision_sets_the_updates_matmuls_and_refuses_an_unknown_one() -> None
     assert error.value.param_hint == "--precision" and "bf16" in str(error.value)
 
 
+def test_gate_margin_se_sets_the_gates_margin_in_standard_errors_and_refuses_a_negative_one() -> None:
+    config = learner_config("online", scenario="raised-bench", gate_margin_se=0.5)
+    assert (config.gate.min_improvement_se, config.gate.scenario) == (0.5, "raised-bench")
+    assert learner_config("online").gate.min_improvement_se == 0.0
+    with pytest.raises(typer.BadParameter) as error:
+        learner_config("online", gate_margin_se=-0.5)
+    assert error.value.param_hint == "--gate-margin-se"
+
+
 def test_canary_fraction_sends_better_versions_to_a_canary_first_and_refuses_a_share_outside_0_to_1() -> None:
     assert learner_config("online", canary_fraction=0.25).canary_fraction == 0.25
     assert PRESETS["online"].canary_fraction == 0.0

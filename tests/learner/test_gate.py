@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learner.config import get_preset
-from learner.gate import SEED_BLOCK, EvalGate, GateConfig, beats, confirmation, seed_block
+from learner.gate import SEED_BLOCK, EvalGate, GateConfig, beats, confirmation, margin, seed_block
 
 
 def test_without_a_margin_any_strict_gain_promotes() -> None:
@@ -20,6 +20,21 @@ def test_a_margin_refuses_gains_within_the_gate_noise() -> None:
     assert not beats(0.55, 0.50, min_success=0.0, min_improvement=0.05)  # exactly the margin is not enough
     assert beats(0.56, 0.50, min_success=0.0, min_improvement=0.05)
     assert not beats(0.30, None, min_success=0.4, min_improvement=0.05)  # the floor still applies
+
+
+def test_a_margin_in_standard_errors_shrinks_only_near_the_top() -> None:
+    fixed = GateConfig(min_improvement=0.05)
+    scaled = GateConfig(min_improvement=0.05, min_improvement_se=0.5)
+    assert margin(fixed, 0.925, 40) == 0.05 and margin(scaled, None, 40) == 0.05  # off, or no production yet
+    assert margin(scaled, 0.5, 40) == 0.05  # mid-range: 0.5 standard errors (0.056) is more than the fixed margin
+    assert margin(scaled, 0.925, 40) == pytest.approx(0.5 * np.sqrt(2 * 0.925 * 0.075 / 40))  # 0.029
+    # production at 37 of 40: the fixed margin needs 40 of 40, the scaled one 39
+    assert not beats(39 / 40, 0.925, min_success=0.0, min_improvement=margin(fixed, 0.925, 40))
+    assert beats(39 / 40, 0.925, min_success=0.0, min_improvement=margin(scaled, 0.925, 40))
+    assert not beats(38 / 40, 0.925, min_success=0.0, min_improvement=margin(scaled, 0.925, 40))
+    assert margin(scaled, 1.0, 40) == 0.0 and not beats(1.0, 1.0, min_success=0.0)  # nothing beats a perfect score
+    with pytest.raises(ValueError, match="min_improvement_se"):
+        GateConfig(min_improvement_se=-1.0)
 
 
 def test_online_preset_gates_on_60_episodes_with_a_margin() -> None:
