@@ -30,6 +30,9 @@
 #
 #   V1=research/online/v1-20k-flow4 OUT=research/online-raised-bench-no-demos FREEZE=encoder SCENARIO=raised-bench \
 #     TIME_SCALE=1 FINAL=75 RULES=stall,struggling LR=3e-4 LEARNER_DEMOS=0 bash research/online_arms.sh
+#
+# The same in bf16 (OUT=research/online-raised-bench-bf16 PRECISION=bf16), and with the gate's margin allowed to
+# shrink to 0.5 standard errors near the top (OUT=research/online-raised-bench-se PRECISION=bf16 GATE_SE=0.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V1=${V1:-research/online/v1-10k-flow4}
@@ -43,6 +46,7 @@ FINAL=${FINAL:-50}  # held-out episodes per task x embodiment for each final ver
 RULES=${RULES:-stall,regress}  # what makes the operator take over (the high-start series ran stall,regress)
 LEARNER_DEMOS=${LEARNER_DEMOS:-300}  # version 1's demonstrations the learner keeps in replay (0: none)
 PRECISION=${PRECISION:-fp32}  # the learner's update matmuls (fleet learner run --precision)
+GATE_SE=${GATE_SE:-}  # the gate's margin in standard errors (fleet learner run --gate-margin-se; empty: the preset's)
 mkdir -p "$OUT"
 [ -d "$DEMOS" ] || .venv/bin/python -c "
 from bench.online import CACHE, cached_demos
@@ -50,7 +54,7 @@ from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
 COMMON=(--scenario "$SCENARIO" --robots 4 --minutes 30 --time-scale "$TIME_SCALE" --v1 "$V1" --v1-demos "$DEMOS"
         --learner-demos "$LEARNER_DEMOS" --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL" --takeover-rules "$RULES"
-        --learner-precision "$PRECISION")
+        --learner-precision "$PRECISION" ${GATE_SE:+--gate-margin-se "$GATE_SE"})
 
 STOP_AFTER=${STOP_AFTER:-}  # a run's name: stop once it is done (to free the machine between runs)
 
