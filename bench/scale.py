@@ -203,7 +203,9 @@ def _lag_rows(config: Any, groups: dict[str, str]) -> list[dict[str, object]]:
         return []
 
 
-def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: float, work: Path) -> dict[str, Any]:
+def run_size(
+    args: argparse.Namespace, settings: Any, robots: int, seconds: float, work: Path, *, last: bool
+) -> dict[str, Any]:
     from bench.ingest import start_at_end
     from fleet.db.migrate import upgrade
     from fleet.stack.kafka import KafkaService
@@ -290,7 +292,7 @@ def run_size(args: argparse.Namespace, settings: Any, robots: int, seconds: floa
     bottleneck = ("producers" if producer_lag > 1.0 else "recorders" if rising["recorder"]
                   else "learner_ingest" if rising["learner"] else "none")  # fmt: skip
     sent = sum(p["sent"] for p in produced)
-    if victim is not None:
+    if victim is not None and not last:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(victim.process().pid() or -1, os.WNOHANG)
         victim.process().pid_path.unlink(missing_ok=True)
@@ -424,19 +426,19 @@ def main() -> None:
     from fleet.settings import Settings
     from fleet.stack import launcher
     from fleet.stack.launcher import kafka_only
-    from fleet.stack.process import free_port, isolated_env
+    from fleet.stack.process import free_port, port_block
     from fleet.transport import TransportConfig, ensure_topics
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
         work = Path(tmp)
-        env = isolated_env(work / "home")
-        base = int(env["FLEET_KAFKA_PORT"])
+        base = port_block(2 * args.kafka_brokers)  # node i listens on base + 2i, its controller on base + 2i + 1
         settings = Settings(home=work / "home", kafka_port=base, kafka_controller_port=base + 1,
                             kafka_brokers=args.kafka_brokers, kafka_partitions=args.partitions)  # fmt: skip
         with kafka_only(settings):
             ensure_topics(TransportConfig.from_settings(settings))
-            rows = [run_size(args, settings, n, s, work) for n, s in zip(sizes, seconds, strict=True)]
+            rows = [run_size(args, settings, n, s, work, last=k == len(sizes) - 1)
+                    for k, (n, s) in enumerate(zip(sizes, seconds, strict=True))]  # fmt: skip
         ray_phase = None
         if args.ray_node_loss:  # its own single-broker stack with MLflow: the robots fetch production from it
             ray_settings = Settings(home=work / "ray", kafka_port=free_port(), kafka_controller_port=free_port(),

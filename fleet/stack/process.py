@@ -34,6 +34,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_block(size: int, host: str = "127.0.0.1") -> int:
+    """A base port with `size` free ports from it, below the kernel's ephemeral range (from 32768 on Linux): a service
+    restarted on its old port (a killed broker) then never finds it taken by a client connection's local port."""
+    for base in range(21000, 32768 - size, 97):
+        if not any(port_in_use(host, base + i) for i in range(size)):
+            return base
+    raise StackError(f"no block of {size} free ports below 32768")
+
+
 def isolated_env(home: Path | str) -> dict[str, str]:
     """FLEET_* variables for a throw-away stack under `home` on free ports (tests, benches): export them first."""
     return {

@@ -27,7 +27,7 @@ from fleet.registry import Registry
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.kafka import KafkaService
-from fleet.stack.process import port_in_use
+from fleet.stack.process import port_block
 from fleet.transport import TRAJECTORIES, TransportConfig, ensure_topics
 from learner.service import TOPICS as LEARNER_TOPICS
 from tests.faults.helpers import (
@@ -49,17 +49,9 @@ BROKERS, ROBOTS, STEPS, HZ = 3, 16, 30, 20.0  # 16 robots, 30-step episodes (3 s
 BEFORE_S, AFTER_S = 4.0, 5.0
 
 
-def _port_block(size: int) -> int:
-    """A base port with `size` free ports from it (the cluster's nodes take base + 0 .. base + 2 * brokers - 1)."""
-    for base in range(21000, 60000, 97):
-        if not any(port_in_use("127.0.0.1", base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    base = _port_block(2 * BROKERS)
+    base = port_block(2 * BROKERS)  # the cluster's nodes take base + 0 .. base + 2 * brokers - 1
     settings = Settings(
         home=tmp_path_factory.mktemp("kafka-cluster"),
         kafka_brokers=BROKERS,
