@@ -31,7 +31,10 @@ two-node Ray test cluster and removes the node under some of them once every rob
 many were lost.
 
     FLEET_DATABASE_URL=$(bash scripts/postgres.sh) .venv/bin/python -m bench.scale --robots 10,100,1000 \
-        --seconds 60,60,300 --producers 2 --recorders 2 --partitions 8
+        --seconds 60,60,300 --producers 2 --recorders 2 --partitions 8 --kafka-brokers 3 --kill-broker-at 30 \
+        --ray-node-loss 4
+
+(bench/results/scale.json's command; `--producer-nice` 10 by default.)
 """
 
 from __future__ import annotations
