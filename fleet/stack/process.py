@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,21 +37,27 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_block(size: int, host: str = "127.0.0.1") -> int:
     """A base port with `size` free ports from it, below the kernel's ephemeral range (from 32768 on Linux): a service
-    restarted on its old port (a killed broker) then never finds it taken by a client connection's local port."""
-    for base in range(21000, 32768 - size, 97):
+    restarted on its old port (a killed broker) then never finds it taken by a client connection's local port. The
+    search starts at a random block, so stacks set up side by side (a test beside a bench) rarely pick the same one
+    between the choice and their bind."""
+    bases = list(range(21000, 32768 - size, size + 1))
+    first = random.randrange(len(bases))
+    for base in bases[first:] + bases[:first]:
         if not any(port_in_use(host, base + i) for i in range(size)):
             return base
     raise StackError(f"no block of {size} free ports below 32768")
 
 
 def isolated_env(home: Path | str) -> dict[str, str]:
-    """FLEET_* variables for a throw-away stack under `home` on free ports (tests, benches): export them first."""
+    """FLEET_* variables for a throw-away stack under `home` on free ports (tests, benches): export them first. The
+    ports come from `port_block`, so a broker a fault test restarts gets its own port back."""
+    base = port_block(4)
     return {
         "FLEET_HOME": str(home),
-        "FLEET_KAFKA_PORT": str(free_port()),
-        "FLEET_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FLEET_MLFLOW_PORT": str(free_port()),
-        "FLEET_DASHBOARD_PORT": str(free_port()),
+        "FLEET_KAFKA_PORT": str(base),
+        "FLEET_KAFKA_CONTROLLER_PORT": str(base + 1),
+        "FLEET_MLFLOW_PORT": str(base + 2),
+        "FLEET_DASHBOARD_PORT": str(base + 3),
     }
 
 

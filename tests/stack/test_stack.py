@@ -136,6 +136,25 @@ def test_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) ->
     assert kafka._cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
 
 
+def test_throw_away_stacks_take_ports_below_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker a fault test kills and restarts must find its port free: ports a client connection may hold as its
+    local port (the kernel's ephemeral range, 32768 on) are never handed out, and a block with a listener is skipped."""
+    import socket
+
+    from fleet.stack import process
+
+    env = process.isolated_env("/tmp/unused-home")
+    ports = [int(env[k]) for k in ("FLEET_KAFKA_PORT", "FLEET_KAFKA_CONTROLLER_PORT", "FLEET_MLFLOW_PORT",
+                                   "FLEET_DASHBOARD_PORT")]  # fmt: skip
+    assert len(set(ports)) == 4 and all(21000 <= port < 32768 for port in ports)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", ports[1]))
+        listener.listen()
+        monkeypatch.setattr(process.random, "randrange", lambda n: (ports[0] - 21000) // 5)
+        base = process.port_block(4)
+    assert base != ports[0] and not {base, base + 1, base + 2, base + 3} & {ports[1]}
+
+
 def _process_group(pgid: int) -> list[str]:
     """Command lines of the processes in one process group (from /proc)."""
     out = []
