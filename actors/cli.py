@@ -59,6 +59,11 @@ def run(
     correct_in_place: bool = typer.Option(
         False, help="The expert lines a misaligned approach up from where the tool is instead of starting over."
     ),
+    drive_below: float = typer.Option(
+        1.0,
+        help="struggling: drive no whole episode once the robot succeeds on its own in this share of its last "
+        "episodes of the task (1.0: as long as it fails at all); the other rules still take over.",
+    ),
 ) -> None:
     """Run N simulated robots that act with the production model, stream to Kafka and hot-reload."""
     from actors.robot import NoProductionModel
@@ -78,7 +83,7 @@ def run(
             n=n, tasks=_split(tasks) if tasks else conditions.tasks, scenario=conditions.name,
             embodiments=_split(embodiments), episodes=episodes, duration_s=duration,
             realtime=realtime, address=address, seed=seed, rotate_tasks=rotate_tasks, supervision=supervision,
-            takeover_rules=_split(takeover_rules), correct_in_place=correct_in_place,
+            takeover_rules=_split(takeover_rules), correct_in_place=correct_in_place, drive_below=drive_below,
         )  # fmt: skip
     except (KeyError, ValueError) as err:
         typer.secho(f"error: {err.args[0] if isinstance(err, KeyError) else err}", fg=typer.colors.RED, err=True)

@@ -56,6 +56,7 @@ class FleetConfig:
     # (heading away from the goal); several fire on whichever comes first. The reason goes with each correction.
     takeover_rules: tuple[str, ...] = ("stall",)
     correct_in_place: bool = False  # the human lines a misaligned approach up from where it is (SupervisorConfig)
+    drive_below: float = 1.0  # "struggling" drives no whole episode once a robot's own success reaches this
     # Each robot keeps its embodiment and works through every task it can do, one episode each (starting at its
     # grid task), so a fleet smaller than the task x embodiment grid still brings data from all of it.
     rotate_tasks: bool = False
@@ -78,7 +79,9 @@ class FleetConfig:
         get_scenario(self.scenario)  # an unknown name fails here, with a hint, before any robot starts
 
     def supervisor_config(self) -> SupervisorConfig:
-        return SupervisorConfig(rules=self.takeover_rules, correct_in_place=self.correct_in_place)
+        return SupervisorConfig(
+            rules=self.takeover_rules, correct_in_place=self.correct_in_place, drive_below=self.drive_below
+        )
 
     def robots(self) -> list[RobotConfig]:
         from fleet.sim.registry import TASKS

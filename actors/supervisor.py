@@ -14,7 +14,9 @@ however the robot's motion differs from the expert's in style; "struggling", per
 has succeeded on its own in a fraction r of its last `window` episodes of this task, and the operator drives the whole
 next episode with probability 1 - r (Fleet-DAgger's allocation: human time goes to the robots likely to fail, and
 falls away as they stop failing; the episodes driven are demonstrations in the scenario the fleet meets), at most
-`max_drive` of them. The
+`max_drive` of them, and none once r reaches `drive_below` (a robot that mostly succeeds is no longer struggling:
+the operator then steps in only where another rule sees it going wrong, as ThriftyDAgger asks for help only above a
+risk threshold). The
 supervisor then drives for `takeover_steps` steps, or hands back sooner once the task has progressed
 `handback_progress` metres (the robot is on track again), and gives the policy a fresh window. Those steps are
 marked in the intervention mask and sent as `Correction`s, each with the `reason` its rule gave. A policy that is
@@ -91,6 +93,10 @@ class SupervisorConfig:
     window: int = 10
     prior: float = 0.5
     max_drive: float = 0.75
+    # The operator stops driving whole episodes once the robot's own success reaches this (1.0: never stops while it
+    # fails at all). With 1.0 the driven episodes' steps set a floor under the takeover steps per episode of about
+    # (1 - r) x an expert episode's length, however good the policy gets.
+    drive_below: float = 1.0
     seed: int = 0
     # > 0: hand back as soon as the task has progressed this many metres since the takeover (on track again),
     # at the latest after `takeover_steps`; 0: always drive `takeover_steps` steps.
@@ -107,8 +113,8 @@ class SupervisorConfig:
     def __post_init__(self) -> None:
         if min(self.stall_steps, self.takeover_steps, self.patience, self.window) <= 0 or self.progress < 0:
             raise ValueError("SupervisorConfig: stall_steps, takeover_steps, patience, window > 0 and progress >= 0")
-        if not (0.0 <= self.prior <= 1.0 and 0.0 <= self.max_drive < 1.0):
-            raise ValueError("SupervisorConfig: prior must be in [0, 1], max_drive in [0, 1)")
+        if not (0.0 <= self.prior <= 1.0 and 0.0 <= self.max_drive < 1.0 and 0.0 < self.drive_below <= 1.0):
+            raise ValueError("SupervisorConfig: prior must be in [0, 1], max_drive in [0, 1), drive_below in (0, 1]")
         unknown = sorted(set(self.rules) - set(RULES))
         if not self.rules or unknown:
             raise ValueError(f"SupervisorConfig.rules must name some of {RULES}, got {self.rules}")
@@ -153,12 +159,13 @@ class ExpertSupervisor:
         self._taken_at = float("inf")  # REMAINING when the current takeover began
         self._motion: deque[float] = deque(maxlen=self.config.stall_steps)
         self.reason = ""
-        drive = min(self.config.max_drive, 1.0 - self.own_success)
+        own = self.own_success
+        drive = min(self.config.max_drive, 1.0 - own) if own < self.config.drive_below else 0.0
         self._driving = "struggling" in self.config.rules and self._rng.random() < drive
         self._taken = self._driving  # any takeover this episode
         if self._driving:
             self.reason = (
-                f"struggling: {self.own_success:.0%} of its last episodes of this task succeeded on its own"
+                f"struggling: {own:.0%} of its last episodes of this task succeeded on its own"
                 if self._own
                 else "struggling: no episode of this task on its own yet"
             )

@@ -283,6 +283,7 @@ def run_arm(
             rotate_tasks=True,
             supervision="stop" if arm in ("rewards_only", "offline_demos") else "takeover",
             takeover_rules=tuple(args.takeover_rules.split(",")), correct_in_place=args.correct_in_place,
+            drive_below=args.drive_below,
         )  # fmt: skip
         started = time.time()
         minute = 60 * args.time_scale  # wall seconds per minute of fleet time
@@ -546,6 +547,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--takeover-rules", default="stall,struggling", help="what makes the operator take over")
     parser.add_argument("--correct-in-place", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--drive-below", type=float, default=1.0,
+                        help="struggling drives no whole episode once a robot's own success reaches this")  # fmt: skip
     parser.add_argument("--offline-steps", type=int, default=None, help="offline_demos' budget (default: full's)")
     parser.add_argument("--final-episodes", type=int, default=50, help="held-out episodes per pair, final versions")
     parser.add_argument(
@@ -594,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
         earlier = json.loads(path.read_text())
         # A frozen arm runs no learner and its version never changes, and robots, supervisor and simulator count
         # ticks, not seconds: its episodes are the same at any time scale, which only shares the CPU with a learner.
-        keys = ["scenario", "robots", "minutes", "final_episodes"]
+        keys = ["scenario", "robots", "minutes", "final_episodes", "drive_below"]  # drive_below: 1.0 before it was one
         keys += [] if all(r["arm"] == "frozen" for r in earlier["runs"]) else ["time_scale"]
         same = {k: earlier["config"].get(k, 1.0) for k in keys}
         if same != {k: vars(args)[k] for k in keys}:
@@ -634,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
                        "learner_precision": args.learner_precision, "gate_margin_se": args.gate_margin_se,
                        "freeze": args.freeze,
                        "learner_demos": args.learner_demos,
-                       "takeover_rules": args.takeover_rules,
+                       "takeover_rules": args.takeover_rules, "drive_below": args.drive_below,
                        "correct_in_place": args.correct_in_place, "final_episodes": args.final_episodes,
                        "window": args.window, "success": "autonomous (no takeover)"},
             "initial_success": initial,

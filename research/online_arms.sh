@@ -46,6 +46,7 @@ FINAL=${FINAL:-50}  # held-out episodes per task x embodiment for each final ver
 RULES=${RULES:-stall,regress}  # what makes the operator take over (the high-start series ran stall,regress)
 LEARNER_DEMOS=${LEARNER_DEMOS:-300}  # version 1's demonstrations the learner keeps in replay (0: none)
 PRECISION=${PRECISION:-fp32}  # the learner's update matmuls (fleet learner run --precision)
+DRIVE_BELOW=${DRIVE_BELOW:-1.0}  # "struggling" drives no whole episode once a robot's own success reaches this
 GATE_SE=${GATE_SE:-}  # the gate's margin in standard errors (fleet learner run --gate-margin-se; empty: the preset's)
 mkdir -p "$OUT"
 [ -d "$DEMOS" ] || .venv/bin/python -c "
@@ -54,7 +55,7 @@ from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
 cached_demos(CACHE, DEFAULT_TASKS, DEFAULT_EMBODIMENTS, 300)"
 COMMON=(--scenario "$SCENARIO" --robots 4 --minutes 30 --time-scale "$TIME_SCALE" --v1 "$V1" --v1-demos "$DEMOS"
         --learner-demos "$LEARNER_DEMOS" --freeze "$FREEZE" --learner-lr "$LR" --final-episodes "$FINAL" --takeover-rules "$RULES"
-        --learner-precision "$PRECISION" ${GATE_SE:+--gate-margin-se "$GATE_SE"})
+        --learner-precision "$PRECISION" --drive-below "$DRIVE_BELOW" ${GATE_SE:+--gate-margin-se "$GATE_SE"})
 
 STOP_AFTER=${STOP_AFTER:-}  # a run's name: stop once it is done (to free the machine between runs)
 

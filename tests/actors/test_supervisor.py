@@ -248,6 +248,31 @@ def test_the_struggling_rule_drives_whole_episodes_of_a_failing_robot_and_none_o
         SupervisorConfig(max_drive=1.0)
 
 
+def test_the_struggling_rule_stops_driving_once_the_robot_succeeds_often_enough() -> None:
+    """drive_below: a robot at 2 of 3 on its own is driven about a third of its episodes by default and in none once
+    the threshold is at or below its success; the other rules are unaffected (the episode stays the robot's)."""
+    env = make_env("pick", "panda")
+    try:
+        driven = {}
+        for drive_below in (1.0, 0.6):
+            config = SupervisorConfig(rules=("stall", "struggling"), window=3, prior=1.0, drive_below=drive_below)
+            supervisor = ExpertSupervisor(env, config)  # prior 1.0: its first episode is its own
+            for success in (True, False, True):
+                supervisor.finish(success)
+            assert supervisor.own_success == pytest.approx(2 / 3)
+            draws = []
+            for _ in range(300):
+                supervisor.reset()
+                draws.append(supervisor.reason.startswith("struggling: 67%"))
+            driven[drive_below] = sum(draws)
+        assert 60 <= driven[1.0] <= 140, driven  # 1 - 2/3 of 300
+        assert driven[0.6] == 0, driven
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="drive_below in"):
+        SupervisorConfig(drive_below=0.0)
+
+
 def test_the_human_hands_back_once_the_robot_is_on_track() -> None:
     env = make_env("pick", "panda")
     still = np.zeros(env.embodiment.action_dim, dtype=np.float32)
