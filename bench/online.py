@@ -597,8 +597,10 @@ def main(argv: list[str] | None = None) -> None:
         earlier = json.loads(path.read_text())
         # A frozen arm runs no learner and its version never changes, and robots, supervisor and simulator count
         # ticks, not seconds: its episodes are the same at any time scale, which only shares the CPU with a learner.
-        keys = ["scenario", "robots", "minutes", "final_episodes", "drive_below"]  # drive_below: 1.0 before it was one
+        keys = ["scenario", "robots", "minutes", "final_episodes"]
         keys += [] if all(r["arm"] == "frozen" for r in earlier["runs"]) else ["time_scale"]
+        # Arms whose operator only stops a stalled robot never drive an episode (drive_below: 1.0 before it was one).
+        keys += [] if all(r["arm"] in ("rewards_only", "offline_demos") for r in earlier["runs"]) else ["drive_below"]
         same = {k: earlier["config"].get(k, 1.0) for k in keys}
         if same != {k: vars(args)[k] for k in keys}:
             parser.error(f"--runs-from {path} was run with {same}; give the same options")

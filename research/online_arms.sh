@@ -32,7 +32,10 @@
 #     TIME_SCALE=1 FINAL=75 RULES=stall,struggling LR=3e-4 LEARNER_DEMOS=0 bash research/online_arms.sh
 #
 # The same in bf16 (OUT=research/online-raised-bench-bf16 PRECISION=bf16), and with the gate's margin allowed to
-# shrink to 0.5 standard errors near the top (OUT=research/online-raised-bench-se PRECISION=bf16 GATE_SE=0.5).
+# shrink to 0.5 standard errors near the top (OUT=research/online-raised-bench-se PRECISION=bf16 GATE_SE=0.5), and
+# with the operator driving whole episodes only while a robot's own success is below 0.7
+# (OUT=research/online-raised-bench-drive70 PRECISION=bf16 DRIVE_BELOW=0.7; rewards_only-1.json may be copied from the
+# bf16 series: an operator who only stops stalled robots never drives).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V1=${V1:-research/online/v1-10k-flow4}
