@@ -16,8 +16,10 @@ would have with their own computers; minutes below are fleet minutes).
   promotion.
 * **aa**: every robot on `--better` for `--aa-minutes`; then every cohort of `--fraction` of the robots (C(8, 2) = 28
   for 8 robots at 25%) replays the episodes in the order they finished, canary = the cohort's, production = the
-  others', through the same `compare` / `decide` at the controller's look interval: `false_rollback_rate` and
-  `false_decision_rate` over those A/A runs (the same version on both sides, robot-level assignment as in a rollout).
+  others', through the same `compare` / `decide` at the controller's look interval: `false_rollback_rate` (any
+  rollback) and `false_decision_rate` (a promotion or rollback on a metric's verdict, i.e. before the policy's
+  episode budget ends the rollout) over those A/A runs (the same version on both sides, robot-level assignment as in
+  a rollout). Episodes are gathered from the robots' status at every look (a status holds a robot's last 200).
 
 Both versions are scored on `--score-episodes` held-out episodes per task x embodiment first (the gate's rules,
 seeds no phase uses), so the JSON says how far apart the versions the A/B had to tell apart really are. By default
@@ -62,6 +64,7 @@ from bench.online import CACHE, score, wilson  # noqa: E402
 from fleet.canary import CanaryPolicy, Cohort, EpisodeOutcome, compare, decide  # noqa: E402
 
 FINALS = CACHE / "finals"
+BUDGET_REASONS = ("nothing worse after", "no difference after", "no gain shown after")  # fleet.canary.decide's ends
 
 
 def sabotaged(checkpoint: Path, scale: float, seed: int = 0) -> Path:
@@ -128,8 +131,18 @@ def run_phase(name: str, production: Path, canary: Path | None, args: argparse.N
         for a in actors:
             a.run.remote(None, duration + 600)
         ids = [robot.robot_id for robot in fleet.robots()]  # start_fleet returned: all on production
+        seen: dict[tuple[str, float], dict[str, Any]] = {}  # a robot's status holds its last 200 episodes only
+
+        def collect() -> list[dict[str, Any]]:
+            statuses = ray.get([a.status.remote() for a in actors])
+            seen.update({(e["robot"], e["finished"]): e for e in _episodes(statuses)})
+            return statuses
+
         if canary is None:
-            time.sleep(duration)
+            phase_end = time.time() + duration
+            while time.time() < phase_end:
+                time.sleep(min(args.look_s, max(phase_end - time.time(), 0.0)))
+                collect()
         else:
             info = publish_model(registry, load_checkpoint(canary), parent_version=prod.version, actor="bench")
             cohort = Cohort.for_fleet(info.version, fraction=args.fraction, known=ids)
@@ -146,6 +159,7 @@ def run_phase(name: str, production: Path, canary: Path | None, args: argparse.N
             decided = None
             while time.time() - started < duration:
                 time.sleep(args.look_s)
+                collect()
                 status = controller.step()
                 if status is None:  # ended by the controller in the previous look
                     break
@@ -169,8 +183,8 @@ def run_phase(name: str, production: Path, canary: Path | None, args: argparse.N
                 result["converge_s"] = [None if t is None else round(t - at, 3) for t in swaps]
             else:
                 result.update(decision="none", detect_minutes=None)
-        statuses = ray.get([a.status.remote() for a in actors])
-        result["episodes"] = _episodes(statuses)
+        statuses = collect()
+        result["episodes"] = sorted(seen.values(), key=lambda e: e["finished"])
         result["missed_ticks"] = sum(s["missed_ticks"] for s in statuses)
         result["ticks"] = sum(s["ticks"] for s in statuses)
         print(f"  {name}: {result.get('decision', 'aa')} after {result.get('detect_minutes')} fleet minutes, "
@@ -197,20 +211,22 @@ def aa_runs(episodes: list[dict[str, Any]], robots: list[str], fraction: float, 
     runs = []
     for cohort in itertools.combinations(sorted(robots), take):
         outcomes: list[EpisodeOutcome] = []
-        action, at = "continue", None
+        decision, at = None, None
         next_look = start + look_every
         for e in episodes:
-            while e["finished"] > next_look and action == "continue":
-                action = decide(compare(outcomes, canary_version="c", production_version="p"), policy).action
+            while e["finished"] > next_look and (decision is None or decision.action == "continue"):
+                decision = decide(compare(outcomes, canary_version="c", production_version="p"), policy)
                 at, next_look = next_look, next_look + look_every
-            if action != "continue":
+            if decision is not None and decision.action != "continue":
                 break
             version = "c" if e["robot"] in cohort else "p"
             outcomes.append(EpisodeOutcome(version, e["success"], e["interventions"], e["length"], e["stratum"]))
-        if action == "continue":
-            action = decide(compare(outcomes, canary_version="c", production_version="p"), policy).action
+        if decision is None or decision.action == "continue":
+            decision = decide(compare(outcomes, canary_version="c", production_version="p"), policy)
             at = episodes[-1]["finished"] if episodes else None
-        runs.append({"cohort": list(cohort), "action": action, "at_s": None if at is None else round(at - start, 1)})
+        runs.append({"cohort": list(cohort), "action": decision.action, "reason": decision.reason,
+                     "canary_episodes": sum(o.version == "c" for o in outcomes),
+                     "at_s": None if at is None else round(at - start, 1)})  # fmt: skip
     return runs
 
 
@@ -331,10 +347,11 @@ def main(argv: list[str] | None = None) -> None:
         episodes = phases["aa"]["episodes"]
         runs = aa_runs(episodes, sorted({e["robot"] for e in episodes}), args.fraction, args.look_s, CanaryPolicy())
         rollbacks = sum(r["action"] == "rollback" for r in runs)
-        decisions = sum(r["action"] != "continue" for r in runs)
+        # A metric's verdict (or a safety signal), not the end of the episode budget (CanaryPolicy.max_episodes)
+        evidence = sum(r["action"] != "continue" and not r["reason"].startswith(BUDGET_REASONS) for r in runs)
         result.update(aa_runs=runs, false_rollback_rate=rollbacks / len(runs) if runs else None,
                       false_rollback_ci95=wilson(rollbacks, len(runs)),
-                      false_decision_rate=decisions / len(runs) if runs else None)  # fmt: skip
+                      false_decision_rate=evidence / len(runs) if runs else None)  # fmt: skip
     result["seconds"] = round(time.time() - began, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

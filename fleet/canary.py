@@ -227,9 +227,12 @@ class CanaryPolicy:
     alpha: float = 0.05  # chance over a whole rollout that a decision is wrong when the versions are the same
     min_episodes: int = 20  # per arm before any statistical decision (safety signals act earlier)
     max_episodes: int = 400  # canary episodes after which an undecided rollout ends (`on_inconclusive`)
-    # Undecided at `max_episodes`: "promote" when the canary's success interval stays above -`margin` (no worse than
-    # production by more than that), else roll back; "rollback" always rolls back; "wait" keeps it running.
-    on_inconclusive: Literal["promote", "rollback", "wait"] = "promote"
+    # Undecided at `max_episodes` (nothing better, nothing worse): "promote" (the version passed the gate and the
+    # fleet showed no harm); "non_inferior" promotes only when the canary's success interval lies above -`margin`
+    # (no worse than production by more than that) and rolls back otherwise; "rollback" always rolls back; "wait"
+    # keeps it running. "non_inferior" asks more than 400 canary episodes can show: the always-valid interval is still
+    # about +-0.07 wide there, so it rolls back most versions exactly as good as production, each a false rollback.
+    on_inconclusive: Literal["promote", "non_inferior", "rollback", "wait"] = "promote"
     margin: float = 0.05
     # Safety: roll back at once when this many canary robots report an error (a refused checkpoint, a fault),
     # whatever the statistics say; the caller counts them from heartbeats.
@@ -304,8 +307,10 @@ def decide(comparisons: Sequence[Comparison], policy: CanaryPolicy, *, errors: i
     if better:
         return Decision("promote", f"canary better on {', '.join(better)}", list(comparisons))
     if n_canary >= policy.max_episodes and policy.on_inconclusive != "wait":
+        if policy.on_inconclusive == "promote":
+            return Decision("promote", f"nothing worse after {n_canary} canary episodes", list(comparisons))
         success = next((c for c in decisive if c.metric == "autonomous_success"), None)
-        if policy.on_inconclusive == "promote" and success is not None and success.lo > -policy.margin:
+        if policy.on_inconclusive == "non_inferior" and success is not None and success.lo > -policy.margin:
             return Decision(
                 "promote", f"no difference after {n_canary} episodes; success within {policy.margin} of production",
                 list(comparisons),

@@ -137,8 +137,11 @@ def test_an_undecided_rollout_ends_by_the_policy_at_its_episode_budget() -> None
         Comparison("autonomous_success", 0.6, 0.6, 400, 1200, 0.0, -0.03, 0.03, "unclear"),
         Comparison("interventions", 1.0, 1.0, 400, 1200, 0.0, -0.2, 0.2, "unclear"),
     ]
-    assert decide(unclear, CanaryPolicy(max_episodes=400)).action == "promote"
-    assert decide(unclear, CanaryPolicy(max_episodes=400, margin=0.01)).action == "rollback"
+    assert decide(unclear, CanaryPolicy(max_episodes=400)).action == "promote"  # nothing worse: the gate's word stands
+    assert decide(unclear, CanaryPolicy(max_episodes=400, margin=0.01)).action == "promote"
+    non_inferior = CanaryPolicy(max_episodes=400, on_inconclusive="non_inferior")
+    assert decide(unclear, non_inferior).action == "promote"  # success's interval above -0.05
+    assert decide(unclear, dataclasses.replace(non_inferior, margin=0.01)).action == "rollback"
     assert decide(unclear, CanaryPolicy(max_episodes=400, on_inconclusive="rollback")).action == "rollback"
     assert decide(unclear, CanaryPolicy(max_episodes=400, on_inconclusive="wait")).action == "continue"
     assert decide(unclear, CanaryPolicy(max_episodes=500)).action == "continue"
