@@ -25,22 +25,22 @@ Both versions are scored on `--score-episodes` held-out episodes per task x embo
 seeds no phase uses), so the JSON says how far apart the versions the A/B had to tell apart really are. By default
 `--worse` is `--better` with noise added to its action head (`sabotaged`: a checkpoint that loads and acts, badly).
 
-Writes bench/results/canary.json. Commands (first choose the sabotage scale that puts --worse ~20 points below):
-
-    .venv/bin/python -m bench.canary --calibrate 0.5,1,2 --score-episodes 50 --out /tmp/canary-calibration.json
-    .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario high-start --time-scale 2 --worse sabotage:S
-
-or versions the online benchmark's learner made (its final versions, cached under <cache>/finals/ by bench/online.py),
-where a gap of the issue's size exists: on raised-bench (held-out, 300 episodes each) the struggling series' v4 0.807,
-the stall,deviate run's v30 0.597 (21 points worse), version 1 0.467 and the stall,regress run's v18 0.630 (16 better):
+Writes bench/results/canary.json. First choose the pair: a version and its sabotaged copies on the same held-out
+episodes (`--calibrate`), e.g. the bf16 online series' full-1 final on raised-bench (v44 0.940 on 200 episodes;
+action-head noise 0.16 -> 0.795, 0.2 -> 0.735):
 
     F=~/.cache/fleet/bench-online/cameras-2/finals
-    .venv/bin/python -m bench.canary --robots 8 --fraction 0.25 --scenario raised-bench --tasks pick place \
-      --better $F/raised-bench-full-0-v4/checkpoint --worse $F/raised-bench-full-0-v30/checkpoint \
-      --improve-from $F/raised-bench-frozen-0-v1/checkpoint --improve-to $F/raised-bench-full-0-v18/checkpoint
+    .venv/bin/python -m bench.canary --calibrate 0.08,0.12,0.16,0.2 --score-episodes 50 --scenario raised-bench \
+      --tasks pick place --better $F/raised-bench-full-0-v44/checkpoint --out /tmp/canary-calibration.json
 
-That takes up to two hours of a machine left to it; `--phases regression,improvement --out A.json` and then
-`--phases aa --phases-from A.json` (the same other options) run it in two pieces and write one result.
+bench/results/canary.json was made in two pieces (a whole run takes up to two hours of a machine left to it; the
+second keeps the first's phases, `--phases-from`, and must be given the same other options):
+
+    V=$F/raised-bench-full-0-v44
+    OPTS="--robots 8 --fraction 0.25 --scenario raised-bench --tasks pick place --better $V/checkpoint \
+      --worse sabotage:0.2 --improve-from $V/checkpoint-sabotage0.16 --improve-to $V/checkpoint"
+    .venv/bin/python -m bench.canary $OPTS --phases regression,improvement --out /tmp/canary-ab.json
+    .venv/bin/python -m bench.canary $OPTS --phases aa --phases-from /tmp/canary-ab.json
 """
 
 from __future__ import annotations
