@@ -64,7 +64,6 @@ from bench.online import CACHE, score, wilson  # noqa: E402
 from fleet.canary import CanaryPolicy, Cohort, EpisodeOutcome, compare, decide  # noqa: E402
 
 FINALS = CACHE / "finals"
-BUDGET_REASONS = ("nothing worse after", "no difference after", "no gain shown after")  # fleet.canary.decide's ends
 
 
 def sabotaged(checkpoint: Path, scale: float, seed: int = 0) -> Path:
@@ -225,6 +224,7 @@ def aa_runs(episodes: list[dict[str, Any]], robots: list[str], fraction: float, 
             decision = decide(compare(outcomes, canary_version="c", production_version="p"), policy)
             at = episodes[-1]["finished"] if episodes else None
         runs.append({"cohort": list(cohort), "action": decision.action, "reason": decision.reason,
+                     "at_budget": decision.at_budget,
                      "canary_episodes": sum(o.version == "c" for o in outcomes),
                      "at_s": None if at is None else round(at - start, 1)})  # fmt: skip
     return runs
@@ -347,8 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         episodes = phases["aa"]["episodes"]
         runs = aa_runs(episodes, sorted({e["robot"] for e in episodes}), args.fraction, args.look_s, CanaryPolicy())
         rollbacks = sum(r["action"] == "rollback" for r in runs)
-        # A metric's verdict (or a safety signal), not the end of the episode budget (CanaryPolicy.max_episodes)
-        evidence = sum(r["action"] != "continue" and not r["reason"].startswith(BUDGET_REASONS) for r in runs)
+        evidence = sum(r["action"] != "continue" and not r["at_budget"] for r in runs)  # a verdict or safety signal
         result.update(aa_runs=runs, false_rollback_rate=rollbacks / len(runs) if runs else None,
                       false_rollback_ci95=wilson(rollbacks, len(runs)),
                       false_decision_rate=evidence / len(runs) if runs else None)  # fmt: skip

@@ -254,6 +254,7 @@ class Decision:
     action: Literal["promote", "rollback", "continue"]
     reason: str
     comparisons: list[Comparison] = field(default_factory=list)
+    at_budget: bool = False  # ended by `CanaryPolicy.max_episodes` with nothing decided, not by a verdict or safety
 
     def details(self) -> dict[str, object]:
         return {"action": self.action, "reason": self.reason, "comparisons": [asdict(c) for c in self.comparisons]}
@@ -308,12 +309,12 @@ def decide(comparisons: Sequence[Comparison], policy: CanaryPolicy, *, errors: i
         return Decision("promote", f"canary better on {', '.join(better)}", list(comparisons))
     if n_canary >= policy.max_episodes and policy.on_inconclusive != "wait":
         if policy.on_inconclusive == "promote":
-            return Decision("promote", f"nothing worse after {n_canary} canary episodes", list(comparisons))
+            return Decision("promote", f"nothing worse after {n_canary} canary episodes", list(comparisons), True)
         success = next((c for c in decisive if c.metric == "autonomous_success"), None)
         if policy.on_inconclusive == "non_inferior" and success is not None and success.lo > -policy.margin:
             return Decision(
                 "promote", f"no difference after {n_canary} episodes; success within {policy.margin} of production",
-                list(comparisons),
+                list(comparisons), True,
             )  # fmt: skip
-        return Decision("rollback", f"no gain shown after {n_canary} canary episodes", list(comparisons))
+        return Decision("rollback", f"no gain shown after {n_canary} canary episodes", list(comparisons), True)
     return Decision("continue", "no difference yet", list(comparisons))

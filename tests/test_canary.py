@@ -138,6 +138,8 @@ def test_an_undecided_rollout_ends_by_the_policy_at_its_episode_budget() -> None
         Comparison("interventions", 1.0, 1.0, 400, 1200, 0.0, -0.2, 0.2, "unclear"),
     ]
     assert decide(unclear, CanaryPolicy(max_episodes=400)).action == "promote"  # nothing worse: the gate's word stands
+    assert decide(unclear, CanaryPolicy(max_episodes=400)).at_budget
+    assert not decide(unclear, CanaryPolicy(max_episodes=500)).at_budget
     assert decide(unclear, CanaryPolicy(max_episodes=400, margin=0.01)).action == "promote"
     non_inferior = CanaryPolicy(max_episodes=400, on_inconclusive="non_inferior")
     assert decide(unclear, non_inferior).action == "promote"  # success's interval above -0.05
