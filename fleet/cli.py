@@ -100,6 +100,11 @@ def demo(
         help="When the scripted operator takes over (as fleet robots run).",
         show_default=",".join(DemoConfig.takeover_rules),
     ),
+    drive_below: float | None = typer.Option(
+        None,
+        help="The operator drives no whole episode once a robot succeeds this often on its own (as fleet robots run).",
+        show_default=str(DemoConfig.drive_below),
+    ),
     pretrain: bool = typer.Option(
         False, help="Pre-train version 1 here on freshly collected demos instead of using the shipped one."
     ),
@@ -124,7 +129,7 @@ def demo(
         "robots": robots, "minutes": minutes, "scenario": scenario, "bc_steps": bc_steps,
         "tasks": split(tasks) if tasks is not None else None,
         "embodiments": split(embodiments) if embodiments is not None else None,
-        "takeover_rules": split(takeover_rules) if takeover_rules is not None else None,
+        "takeover_rules": split(takeover_rules) if takeover_rules is not None else None, "drive_below": drive_below,
     }  # fmt: skip
     try:
         config = DemoConfig(dashboard=dashboard, pretrain=pretrain,

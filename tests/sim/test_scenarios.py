@@ -145,3 +145,23 @@ def test_the_gate_fleet_learner_and_demo_take_the_scenario() -> None:
     assert dataclasses.replace(DemoConfig(), tasks=("pick", "push")).seed_demos() == {"pick": 100, "push": 100}
     with pytest.raises(ValueError, match="PyBullet arms only"):
         make_env("mw-reach", "sawyer", scenario="far-reach")
+
+
+def test_the_demo_s_robots_run_its_scenario_with_its_operator_on_options_fleet_robots_run_has() -> None:
+    from typer.main import get_command
+
+    from actors.cli import app
+    from fleet.demo import _robots_service
+    from fleet.settings import Settings
+
+    argv = _robots_service(Settings(), DemoConfig()).argv
+    given = argv[argv.index("run") + 1 :]
+    assert given[given.index("--scenario") + 1] == "raised-bench"
+    assert given[given.index("--takeover-rules") + 1] == "stall,struggling"
+    assert float(given[given.index("--drive-below") + 1]) == DemoConfig().drive_below < 1.0
+    command = get_command(app)
+    run = command.commands["run"] if hasattr(command, "commands") else command  # one command: typer flattens the app
+    known = {opt for param in run.params for opt in param.opts}
+    assert {a for a in given if a.startswith("--")} <= known
+    with pytest.raises(ValueError, match="drive_below"):
+        DemoConfig(drive_below=0.0)
