@@ -309,12 +309,16 @@ def decide(comparisons: Sequence[Comparison], policy: CanaryPolicy, *, errors: i
         return Decision("promote", f"canary better on {', '.join(better)}", list(comparisons))
     if n_canary >= policy.max_episodes and policy.on_inconclusive != "wait":
         if policy.on_inconclusive == "promote":
-            return Decision("promote", f"nothing worse after {n_canary} canary episodes", list(comparisons), True)
+            return Decision(
+                "promote", f"nothing worse after {n_canary} canary episodes", list(comparisons), at_budget=True
+            )
         success = next((c for c in decisive if c.metric == "autonomous_success"), None)
         if policy.on_inconclusive == "non_inferior" and success is not None and success.lo > -policy.margin:
             return Decision(
                 "promote", f"no difference after {n_canary} episodes; success within {policy.margin} of production",
-                list(comparisons), True,
+                list(comparisons), at_budget=True,
             )  # fmt: skip
-        return Decision("rollback", f"no gain shown after {n_canary} canary episodes", list(comparisons), True)
+        return Decision(
+            "rollback", f"no gain shown after {n_canary} canary episodes", list(comparisons), at_budget=True
+        )
     return Decision("continue", "no difference yet", list(comparisons))
