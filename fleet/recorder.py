@@ -1,11 +1,13 @@
 """The recorder (`fleet record`, consumer group `recorder`): Kafka trajectory stream → episode store + DB.
 
 For every `TrajectorySegment` on `fleet.trajectories` the recorder validates it (schema, embodiment
-shapes, consistency with the episode's earlier segments) and appends its original bytes to its
-episode's staging log (`fleet.recorder_staging`). Per polled batch: the touched logs are fsync'd
-(group commit), the segments are indexed in the DB, finished episodes are written, and only then are
-the offsets committed. When an episode's last segment (`done`) and every segment before it are
-staged, the episode is assembled in segment order, written atomically to the `EpisodeStore` and
+shapes, consistency with the episode's earlier segments), decoding it once with its frames left as the
+robot compressed them, and appends its original bytes to its episode's staging log
+(`fleet.recorder_staging`). Per polled batch: the touched logs are fsync'd (group commit), the segments
+are indexed in the DB, finished episodes are written, and only then are the offsets committed. When an
+episode's last segment (`done`) and every segment before it are staged, the episode is assembled in
+segment order from the parts decoded at poll (read back from the staging log only after a restart, or
+once episodes in progress hold more than `max_kept_mb`), written atomically to the `EpisodeStore` and
 completed in the DB; its staging log is removed once a flush of the disks that began after the write
 has ended (`_Flusher`, off the loop: a host's whole page cache, with brokers beside, can take long).
 
@@ -28,6 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from fleet import observability
 from fleet.episodes import EpisodeError, EpisodeStore, ZstdFrames, episode_from_segments
 from fleet.recorder_db import EpisodeIndex, FinishedEpisode, SegmentRow
 from fleet.recorder_staging import SegmentStaging
-from fleet.schemas import Message, SchemaError, TrajectorySegment, decode, decode_segment_keeping_frames
+from fleet.schemas import Message, SchemaError, TrajectorySegment, decode_segment_keeping_frames
 from fleet.transport import TRAJECTORIES, MessageLoop, Record, Transport, dead_letter
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ class RecorderConfig:
     poll_timeout_s: float = 0.5  # how long one poll waits for records
     max_records: int = 500  # records per poll (one commit per poll)
     commit_attempts: int = 5  # tries for a batch's DB/store writes before the recorder gives up (and restarts)
+    # Compressed frames of episodes in progress held in memory for their finish; past it the least recently touched
+    # episodes' are let go and read back from their staging logs (robots that stop mid-episode must not grow it).
+    max_kept_mb: float = 256.0
 
     def __post_init__(self) -> None:
         if Path(self.staging_dir).resolve() == Path(self.store_dir).resolve():
@@ -67,12 +73,35 @@ class RecorderConfig:
         return cls(**base)  # type: ignore[arg-type]
 
 
+_Frames = dict[str, tuple[tuple[int, ...], bytes]]  # camera -> (frames' shape, one zstd frame of their bytes)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A staged segment as its episode's write needs it: the segment without pixels, its frames as the robot
+    compressed them, and where it came from (its DB row)."""
+
+    segment: TrajectorySegment
+    frames: _Frames
+    partition: int | None
+    offset: int | None
+    received_at: float
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(chunk) for _, chunk in self.frames.values())
+
+
 @dataclass
 class _Pending:
     """An episode in progress: what its first segment fixed, and which segments are staged."""
 
     header: tuple[object, ...]  # (embodiment, task, instruction, cameras with frame shapes)
     segments: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # index -> (step_start, T, done)
+    parts: dict[int, _Part] | None = field(default_factory=dict)  # None: let go; the finish reads the staging log
+
+    def kept_bytes(self) -> int:
+        return sum(part.nbytes for part in (self.parts or {}).values())
 
     def last_index(self) -> int | None:
         return next((i for i, (_, _, done) in self.segments.items() if done), None)
@@ -82,12 +111,13 @@ class _Pending:
         return last is not None and all(i in self.segments for i in range(last + 1))
 
 
-def _header(seg: TrajectorySegment) -> tuple[object, ...]:
-    cameras = tuple(sorted((name, frames.shape[1:]) for name, frames in seg.frames.items()))
+def _header(seg: TrajectorySegment, frames: _Frames) -> tuple[object, ...]:
+    cameras = tuple(sorted((name, shape[1:]) for name, (shape, _) in frames.items()))
     return (seg.embodiment, seg.task_id, seg.instruction, cameras)
 
 
-def _row(seg: TrajectorySegment, staged: dict) -> SegmentRow:
+def _row(part: _Part) -> SegmentRow:
+    seg = part.segment
     return SegmentRow(
         robot_id=seg.robot_id,
         episode_id=seg.episode_id,
@@ -98,22 +128,26 @@ def _row(seg: TrajectorySegment, staged: dict) -> SegmentRow:
         num_steps=seg.length,
         interventions=int(seg.intervention.sum()),
         model_version=seg.model_version,
-        kafka_partition=staged.get("partition"),
-        kafka_offset=staged.get("offset"),
-        received_at=float(staged.get("received_at", time.time())),
+        kafka_partition=part.partition,
+        kafka_offset=part.offset,
+        received_at=part.received_at,
     )
 
 
-def _episode_frames(
-    parts: list[tuple[TrajectorySegment, dict[str, tuple[tuple[int, ...], bytes]]]], length: int
-) -> dict[str, ZstdFrames]:
+def _staged_part(entry: dict) -> _Part:
+    """A part from its staging-log entry (bytes `decode` accepted when they were staged)."""
+    seg, frames = decode_segment_keeping_frames(entry["value"])
+    return _Part(seg, frames, entry.get("partition"), entry.get("offset"), float(entry.get("received_at", 0.0)))
+
+
+def _episode_frames(parts: list[_Part], length: int) -> dict[str, ZstdFrames]:
     """Each camera's frames over the episode's segments, as the segments' zstd frames in order."""
-    cameras = {camera: shape[1:] for camera, (shape, _) in parts[0][1].items()}
-    for seg, frames in parts:
-        if {camera: shape[1:] for camera, (shape, _) in frames.items()} != cameras:
-            raise EpisodeError(f"segment {seg.segment_index}'s cameras differ from the first segment's")
+    cameras = {camera: shape[1:] for camera, (shape, _) in parts[0].frames.items()}
+    for part in parts:
+        if {camera: shape[1:] for camera, (shape, _) in part.frames.items()} != cameras:
+            raise EpisodeError(f"segment {part.segment.segment_index}'s cameras differ from the first segment's")
     return {
-        camera: ZstdFrames((length, *size), tuple(frames[camera][1] for _, frames in parts))
+        camera: ZstdFrames((length, *size), tuple(part.frames[camera][1] for part in parts))
         for camera, size in cameras.items()
     }
 
@@ -196,12 +230,18 @@ class Recorder:
         self.index = index  # None = store only (no DB)
         self.on_segment = on_segment  # called, frames left out, once a segment is durably staged (bench latency)
         self.episodes_recorded = 0
-        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}  # least recently touched first
+        self._kept_bytes = 0  # sum of the pending episodes' kept_bytes()
+        self._decoded: dict[tuple[str, ...], _Frames] = {}  # the batch's frames, from _decode to _handle
         self._rows: list[SegmentRow] = []  # segment rows of the current batch, indexed before commit
         self._touched: set[tuple[str, str]] = set()
-        self._staged: list[TrajectorySegment] = []  # staged in this batch, durable after the batch's sync
+        self._staged: list[TrajectorySegment] = []  # staged in this batch (no pixels), durable after the batch's sync
         self._flusher = _Flusher(sync)  # makes written episodes durable, off the loop
         self._unflushed: dict[tuple[str, str], int] = {}  # episode written -> its flush ticket (staging log kept)
+        # Staging logs are unlinked off the loop: an unlink waits on the filesystem's journal, behind any flush of
+        # the disks (~3 ms each here, a batch's worth adding up to most of the loop's time).
+        self._unlinker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-unlink")
+        self._unlinking: dict[tuple[str, str], Future[None]] = {}
         self.loop = MessageLoop(
             transport,
             group_id=config.group_id,
@@ -210,12 +250,14 @@ class Recorder:
             before_commit=self._before_commit,
             poll_timeout_s=config.poll_timeout_s,
             max_records=config.max_records,
+            decoder=self._decode,
         )
 
     def recover(self) -> int:
         """Finish episodes fully staged before a crash; index the rest. Returns episodes finished."""
         finished = [key for key in self.staging.episodes() if (p := self._load(key)) is not None and p.complete()]
         self._finish(finished)
+        self._let_go_of_parts()
         return len(finished)
 
     def step(self) -> int:
@@ -230,48 +272,63 @@ class Recorder:
         """Make every episode written so far durable now and drop their staging logs."""
         self._flusher.flush_now()
         self._drop_flushed()
+        for key in list(self._unlinking):
+            self._unlinked(key)
 
     def close(self) -> None:
         self.loop.close()
         self._flusher.close()
         self._drop_flushed()
+        for key in list(self._unlinking):
+            self._unlinked(key)
+        self._unlinker.shutdown()
         self.staging.close()
 
     # --- per record ---------------------------------------------------------------------------
 
+    def _decode(self, data: bytes) -> Message:
+        """The loop's decoder: a segment refused as `decode` refuses it, decoded once, its frames kept as the robot
+        compressed them (held for `_handle`, which the loop calls next with the segment). Any other kind of message
+        is refused: only trajectory segments belong on the topic."""
+        seg, frames = decode_segment_keeping_frames(data, verify=True)
+        self._decoded[seg.dedup_key] = frames
+        return seg
+
     def _handle(self, message: Message, record: Record) -> None:
-        if not isinstance(message, TrajectorySegment):
-            raise SchemaError(f"{message.KIND} message on {record.topic}; only trajectory segments belong there")
+        assert isinstance(message, TrajectorySegment)  # what _decode returns
         observability.RECORDER_SEGMENTS_CONSUMED.labels(self.config.group_id).inc()
-        seg = message
+        seg, frames = message, self._decoded[message.dedup_key]
         key = (seg.robot_id, seg.episode_id)
+        self._unlinked(key)  # a redelivered segment of an episode whose log is going: let it go first
         if key not in self._pending and self._finished(seg):
             return
-        pending = self._pending.get(key) or self._load(key) or _Pending(_header(seg))
-        self._pending[key] = pending
-        if _header(seg) != pending.header:
+        pending = self._pending.pop(key, None) or self._load(key) or _Pending(_header(seg, frames))
+        self._pending[key] = pending  # to the end: the least recently touched episodes let go of their parts first
+        if (header := _header(seg, frames)) != pending.header:
             raise SchemaError(
                 f"segment {seg.segment_index} of {seg.robot_id}/{seg.episode_id} differs from the episode's earlier"
-                f" segments in embodiment, task, instruction or cameras ({_header(seg)} vs {pending.header})"
+                f" segments in embodiment, task, instruction or cameras ({header} vs {pending.header})"
             )
         last = pending.last_index()
+        part = _Part(seg, frames, record.partition, record.offset, time.time())
         if seg.segment_index not in pending.segments:
             if last is not None and seg.segment_index > last:
                 raise SchemaError(f"segment {seg.segment_index} comes after the episode's last segment {last}")
             if seg.done and max(pending.segments, default=-1) > seg.segment_index:
                 raise SchemaError(f"segment {seg.segment_index} says done but later segments exist")
-            now = time.time()
             self.staging.append(
                 record,
                 segment_index=seg.segment_index,
                 robot_id=seg.robot_id,
                 episode_id=seg.episode_id,
-                received_at=now,
+                received_at=part.received_at,
             )
             pending.segments[seg.segment_index] = (seg.step_start, seg.length, seg.done)
-            self._staged.append(seg.model_copy(update={"frames": {}}))  # a batch's pixels are not held until its sync
-        staged = {"partition": record.partition, "offset": record.offset, "received_at": time.time()}
-        self._rows.append(_row(seg, staged))
+            if pending.parts is not None:
+                pending.parts[seg.segment_index] = part
+                self._kept_bytes += part.nbytes
+            self._staged.append(seg)
+        self._rows.append(_row(part))
         self._touched.add(key)
 
     def _finished(self, seg: TrajectorySegment) -> bool:
@@ -291,11 +348,15 @@ class Recorder:
             return None
         pending: _Pending | None = None
         for index, entry in sorted(staged.items()):
-            seg = decode(entry["value"], TrajectorySegment)
-            assert isinstance(seg, TrajectorySegment)
-            pending = pending or _Pending(_header(seg))
+            part = _staged_part(entry)
+            seg = part.segment
+            pending = pending or _Pending(_header(seg, part.frames))
             pending.segments[index] = (seg.step_start, seg.length, seg.done)
-        self._pending[key] = pending  # type: ignore[assignment]
+            assert pending.parts is not None
+            pending.parts[index] = part
+        assert pending is not None
+        self._pending[key] = pending
+        self._kept_bytes += pending.kept_bytes()
         return pending
 
     # --- per batch ----------------------------------------------------------------------------
@@ -314,6 +375,8 @@ class Recorder:
                 time.sleep(delay)
         self._rows.clear()
         self._touched.clear()
+        self._decoded.clear()
+        self._let_go_of_parts()
 
     def _write_batch(self) -> None:
         self.staging.sync()  # the batch's segments are durable from here on
@@ -352,36 +415,60 @@ class Recorder:
             ticket = self._flusher.written()  # one flush for every episode of the batch
             for key in finished:
                 self._unflushed[key] = ticket
-                self._pending.pop(key, None)
+                self._forget(key)
         self._drop_flushed()
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._kept_bytes -= pending.kept_bytes()
+
+    def _let_go_of_parts(self) -> None:
+        """Past `max_kept_mb`, the least recently touched episodes in progress drop their parts (their staging
+        logs hold them)."""
+        cap = self.config.max_kept_mb * 1e6
+        for pending in self._pending.values():
+            if self._kept_bytes <= cap:
+                return
+            self._kept_bytes -= pending.kept_bytes()
+            pending.parts = None
 
     def _drop_flushed(self) -> None:
         """Remove the staging logs of stored episodes a finished flush covers. An episode staged again meanwhile
         (a redelivered segment) keeps its log: it will be finished again, with a later ticket."""
         flushed = self._flusher.flushed
         for key in [k for k, ticket in self._unflushed.items() if ticket <= flushed and k not in self._pending]:
-            self.staging.remove(*key)
+            self._unlinking[key] = self._unlinker.submit(self.staging.path(*key).unlink, missing_ok=True)
             del self._unflushed[key]
+        for key in [k for k, future in self._unlinking.items() if future.done()]:
+            self._unlinked(key)
+
+    def _unlinked(self, key: tuple[str, str]) -> None:
+        """Wait until the episode's staging log, if it is being removed, is gone (raising what the unlink raised)."""
+        future = self._unlinking.pop(key, None)
+        if future is not None:
+            future.result()
 
     def _finalize(self, key: tuple[str, str]) -> FinishedEpisode | None:
         """Write a complete episode to the store; None when it was rejected instead."""
-        robot_id, episode_id = key
-        staged = self.staging.load(robot_id, episode_id)
+        pending = self._pending.get(key)
+        kept = pending.parts if pending is not None else None
         try:  # frames stay as the robots compressed them: the store concatenates their zstd frames
-            parts = [decode_segment_keeping_frames(staged[i]["value"]) for i in sorted(staged)]
-            segments = [seg for seg, _ in parts]
-            episode = episode_from_segments(segments)
+            if kept is None:
+                kept = {index: _staged_part(entry) for index, entry in self.staging.load(*key).items()}
+            parts = [kept[index] for index in sorted(kept)]
+            episode = episode_from_segments([part.segment for part in parts])
             frames = _episode_frames(parts, episode.meta.length)
         except ValueError as e:  # EpisodeError, SchemaError, or ZstdFrames' sizes
-            self._reject(key, staged, str(e))
+            self._reject(key, str(e))
             return None
         # not fsync'd here: the staging log keeps the episode until the flusher's flush covers the store's files
         path = self.store.write(episode, compressed_frames=frames, durable=False)
-        rows = [_row(seg, staged[seg.segment_index]) for seg in segments]
-        return FinishedEpisode(episode.meta, rows, str(path))
+        return FinishedEpisode(episode.meta, [_row(part) for part in parts], str(path))
 
-    def _reject(self, key: tuple[str, str], staged: dict[int, dict], reason: str) -> None:
+    def _reject(self, key: tuple[str, str], reason: str) -> None:
         robot_id, episode_id = key
+        staged = self.staging.load(robot_id, episode_id)
         log.error(
             "rejecting episode robot=%s episode=%s: %s", robot_id, episode_id, reason,
             extra={"robot": robot_id, "episode": episode_id},
@@ -395,4 +482,4 @@ class Recorder:
         if not self.transport.flush(timeout_s=60.0):
             raise RuntimeError(f"dead letters for rejected episode {robot_id}/{episode_id} not acknowledged")
         self.staging.remove(robot_id, episode_id)
-        self._pending.pop(key, None)
+        self._forget(key)

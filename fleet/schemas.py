@@ -487,33 +487,47 @@ def decode(data: bytes, expected: type[Message] | None = None) -> Message:
     return _validate(_unpack(data), expected)
 
 
-def decode_segment_keeping_frames(data: bytes) -> tuple[TrajectorySegment, dict[str, tuple[tuple[int, ...], bytes]]]:
+def decode_segment_keeping_frames(
+    data: bytes, *, verify: bool = False
+) -> tuple[TrajectorySegment, dict[str, tuple[tuple[int, ...], bytes]]]:
     """A trajectory segment whose frames stay compressed: the segment without frames, and per camera the frames'
     shape and one zstd frame holding their bytes.
 
     For a consumer that stores frames without looking at them (the recorder writes robots' zstd frames into the
-    episode store as they came): frames the robot sent zstd-compressed are not decompressed; raw or PNG ones are
-    decoded and compressed. The bytes are trusted to be a segment `decode` accepted (the recorder stages only those),
-    so the frames are checked for their shapes, not decompressed to prove they decode.
+    episode store as they came): frames the robot sent zstd-compressed are not kept decompressed; raw or PNG ones are
+    decoded and compressed. `verify=True` refuses (SchemaError) every segment `decode` refuses, so it can replace
+    `decode` where the bytes come off the wire: each zstd frame is decompressed once to prove it holds the bytes its
+    shape needs, then dropped. `verify=False` trusts the bytes to be a segment such a decode accepted (the
+    recorder's own staging log): only the frames' shapes are checked.
     """
     body = _unpack(data)
     wire = body.get("frames")
+    body["frames"] = {}
+    seg = _validate(body, TrajectorySegment)  # another kind of message is refused as such, before its frames
+    assert isinstance(seg, TrajectorySegment)
     if not isinstance(wire, dict):
         raise SchemaError("trajectory_segment: frames must be a map of camera -> array")
-    body["frames"] = {}
-    seg = _validate(body, TrajectorySegment)
-    assert isinstance(seg, TrajectorySegment)
     frames: dict[str, tuple[tuple[int, ...], bytes]] = {}
     for camera, obj in wire.items():
         if not isinstance(camera, str) or not re.fullmatch(CAMERA_NAME, camera):
             raise SchemaError(f"camera name {camera!r} does not match {CAMERA_NAME}")
         shape = obj.get("shape") if isinstance(obj, dict) else None
-        if not isinstance(shape, list) or len(shape) != 4 or shape[0] != seg.length or shape[-1] != 3:
-            raise SchemaError(f"camera {camera!r} frames have shape {shape}, expected ({seg.length}, H, W, 3)")
-        data = obj.get("data")
-        passes = obj.get("codec") == "zstd" and obj.get("dtype") == _FRAME_DTYPE and isinstance(data, bytes)
-        if passes and _zstd_content_size(data) == math.prod(shape):  # an encoder may leave the size out
-            frames[camera] = (tuple(shape), data)
+        if not (
+            isinstance(obj, dict)
+            and isinstance(shape, list)
+            and len(shape) == 4
+            and shape[0] == seg.length
+            and shape[-1] == 3
+            and 0 not in shape
+            and obj.get("dtype") == _FRAME_DTYPE
+        ):
+            raise SchemaError(f"camera {camera!r} frames have shape {shape}, expected ({seg.length}, H, W, 3) uint8")
+        chunk = obj.get("data")
+        # passed through when its header states the size (an encoder may leave it out: compressed again below)
+        if obj.get("codec") == "zstd" and isinstance(chunk, bytes) and _zstd_content_size(chunk) == math.prod(shape):
+            if verify:
+                decode_array(obj)  # raises on corrupt data; the pixels themselves are not kept
+            frames[camera] = (tuple(shape), chunk)
         else:
             frames[camera] = (tuple(shape), zstd_contexts()[0].compress(decode_array(obj).tobytes()))
     return seg, frames

@@ -239,8 +239,9 @@ class MessageLoop:
     rejects to `fleet.deadletter`; a reader beside the owner (a dashboard view, a robot's listener) logs and skips
     it, since the owner already parks it. `commit_each_batch=False`: the service commits with `commit(records)` when
     its own state holds them (the learner, with its checkpoint); `group_id=None` reads from the end and commits
-    nothing (a live view). `step()` is one poll's whole cycle; a service that needs the records between the handling
-    and the commit calls `poll()` and `process()` itself.
+    nothing (a live view). `decoder` replaces `fleet.schemas.decode` for a service that wants less of each message
+    (the recorder keeps frames compressed); it must refuse what `decode` refuses. `step()` is one poll's whole cycle;
+    a service that needs the records between the handling and the commit calls `poll()` and `process()` itself.
     """
 
     def __init__(
@@ -258,8 +259,10 @@ class MessageLoop:
         start_at: Mapping[tuple[str, int], int] | None = None,
         commit_each_batch: bool = True,
         dead_letters: bool = True,
+        decoder: Callable[[bytes], Message] = decode,
     ) -> None:
         self.transport = transport
+        self.decoder = decoder  # a SchemaError from it dead-letters the record as undecodable
         self.group_id = group_id
         self.handler = handler
         self.before_commit = before_commit  # batch-level durable work (e.g. one DB transaction) before the commit
@@ -315,7 +318,7 @@ class MessageLoop:
 
     def _process(self, record: Record) -> int:
         try:
-            message = decode(record.value)
+            message = self.decoder(record.value)
         except SchemaError as e:
             return self._dead(record, str(e), "undecodable")
         except Exception as e:  # a decoder bug must not wedge the partition: park the record with the reason

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from fleet.db import make_engine, session_factory
 from fleet.db.migrate import upgrade
 from fleet.recorder import Recorder, RecorderConfig
 from fleet.recorder_db import FinishedEpisode, SegmentRow, SqlEpisodeIndex
-from fleet.schemas import Command, encode
+from fleet.schemas import Command, decode_segment_keeping_frames, encode
 from fleet.transport import DEADLETTER, TRAJECTORIES, publish
 from tests.data.factories import make_segment
 from tests.data.fakes import FakeBroker, FakeTransport
@@ -42,6 +43,11 @@ def _drain(recorder: Recorder) -> None:
         pass
 
 
+def _unlinks_done(recorder: Recorder) -> None:
+    """Wait for the staging logs the recorder has handed to its unlinking thread (one thread: first in, first out)."""
+    recorder._unlinker.submit(lambda: None).result(timeout=30)
+
+
 def _assert_in_order(recorder: Recorder, robot: str, episode: str, steps: int) -> None:
     ep = recorder.store.read(robot, episode)
     assert ep.meta.length == steps
@@ -49,8 +55,9 @@ def _assert_in_order(recorder: Recorder, robot: str, episode: str, steps: int) -
     np.testing.assert_array_equal(ep.frames["front"][:, 0, 0, 0], np.arange(steps) % 256)
 
 
+@pytest.mark.parametrize("max_kept_mb", [256.0, 0.0], ids=["from-memory", "from-staging"])
 def test_shuffled_and_duplicated_segments_make_whole_ordered_episodes(
-    tmp_path: Path, sessions: sessionmaker[Session]
+    tmp_path: Path, sessions: sessionmaker[Session], max_kept_mb: float
 ) -> None:
     transport = FakeTransport()
     segs = [
@@ -63,7 +70,8 @@ def test_shuffled_and_duplicated_segments_make_whole_ordered_episodes(
     random.Random(1).shuffle(order)
     for seg in order:
         publish(transport, seg)
-    recorder = Recorder(_config(tmp_path), transport=transport, index=SqlEpisodeIndex(sessions))
+    config = replace(_config(tmp_path), max_kept_mb=max_kept_mb, max_records=7)  # episodes span batches
+    recorder = Recorder(config, transport=transport, index=SqlEpisodeIndex(sessions))
     _drain(recorder)
     assert recorder.store.list() == sorted((f"robot-{r}", f"ep-{e}") for r in range(2) for e in range(3))
     for robot, episode in recorder.store.list():
@@ -79,6 +87,28 @@ def test_shuffled_and_duplicated_segments_make_whole_ordered_episodes(
     recorder.flush()  # the staging logs go once the store's files are flushed
     assert not list((tmp_path / "staging").glob("*/*"))
     assert not transport.broker.records(DEADLETTER)
+
+
+def test_frames_held_for_episodes_in_progress_stay_within_the_cap(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    segs = {e: [make_segment("robot-0", f"ep-{e}", i, steps=5, segments_per_episode=4, size=32) for i in range(4)]
+            for e in range(20)}  # fmt: skip
+    for e in range(20):  # three segments of each: robots that stopped mid-episode, for all the recorder knows
+        for seg in segs[e][:3]:
+            publish(transport, seg)
+    part_bytes = sum(len(chunk) for _, chunk in decode_segment_keeping_frames(encode(segs[0][0]))[1].values())
+    cap_bytes = 10 * part_bytes  # a few episodes' worth of the 60 segments
+    recorder = Recorder(replace(_config(tmp_path), max_kept_mb=cap_bytes / 1e6), transport=transport, index=None)
+    _drain(recorder)
+    held = [p.kept_bytes() for p in recorder._pending.values()]
+    assert 0 < sum(held) <= cap_bytes and sum(held) == recorder._kept_bytes
+    assert held[0] == 0 and held[-1] > 0  # the least recently touched let go first
+    for e in range(20):
+        publish(transport, segs[e][3])
+    _drain(recorder)
+    for e in range(20):  # let go or not, each episode is written whole
+        _assert_in_order(recorder, "robot-0", f"ep-{e}", 20)
+    assert recorder._kept_bytes == 0 and not recorder._pending
 
 
 def test_restart_mid_episode_neither_loses_nor_duplicates(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
@@ -169,8 +199,42 @@ def test_staging_logs_stay_until_a_flush_after_the_store_write_has_ended(tmp_pat
         time.sleep(0.01)
     publish(transport, make_segment("robot-1", "ep-0", 0, steps=5, segments_per_episode=3, size=8))
     _drain(recorder)  # the next batch drops the logs both flushes covered
+    _unlinks_done(recorder)
     assert [p.parent.name for p in (tmp_path / "staging").glob("*/*")] == ["robot-1"]
     assert flushes == [2, 2]
+    recorder.close()
+
+
+def test_staging_logs_are_unlinked_off_the_loop_and_a_late_segment_waits_for_its_episode_s(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    segs = {e: [make_segment("robot-0", f"ep-{e}", i, steps=5, segments_per_episode=2, size=8) for i in range(2)]
+            for e in range(2)}  # fmt: skip
+    recorder = Recorder(_config(tmp_path), transport=transport, index=None, sync=lambda: None)
+    gate = threading.Event()
+    recorder._unlinker.submit(gate.wait, 30)  # its one thread is stuck until the gate opens
+    for seg in segs[0]:
+        publish(transport, seg)
+    _drain(recorder)
+    recorder._flusher.flush_now()  # ep-0's write is on disk: the next batch hands its log to the unlinker
+    for seg in segs[1]:
+        publish(transport, seg)
+    _drain(recorder)  # returns although ep-0's unlink is stuck
+    assert recorder.episodes_recorded == 2 and recorder.staging.exists("robot-0", "ep-0")
+    late = make_segment("robot-0", "ep-0", 2, steps=5, segments_per_episode=3, size=8)  # after ep-0's end
+    publish(transport, late)
+    handling = threading.Thread(target=_drain, args=(recorder,))
+    handling.start()
+    handling.join(0.3)
+    assert handling.is_alive()  # waits for ep-0's log to be gone before it looks at the episode again
+    gate.set()
+    handling.join(30)
+    assert not handling.is_alive()
+    [dead] = transport.broker.records(DEADLETTER)
+    assert b"arrived after robot-0/ep-0 was recorded" in dict(dead.headers)["fleet.reason"]
+    recorder.flush()
+    assert recorder.store.list() == [("robot-0", "ep-0"), ("robot-0", "ep-1")]
+    _assert_in_order(recorder, "robot-0", "ep-0", 10)
+    assert not list((tmp_path / "staging").glob("*/*"))
     recorder.close()
 
 
@@ -212,4 +276,4 @@ def test_other_message_kinds_on_the_trajectory_topic_are_dead_lettered(tmp_path:
     recorder = Recorder(_config(tmp_path), transport=transport, index=None)
     _drain(recorder)
     [dead] = transport.broker.records(DEADLETTER)
-    assert b"only trajectory segments belong there" in dict(dead.headers)["fleet.reason"]
+    assert b"expected a trajectory_segment message, got 'command'" in dict(dead.headers)["fleet.reason"]

@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -49,6 +50,7 @@ from fleet.schemas import (
     RewardSignal,
     SchemaError,
     decode,
+    decode_segment_keeping_frames,
     encode,
 )
 from fleet.transport import COMMANDS, DEADLETTER, TOPIC_FOR_KIND, TOPICS, TRAJECTORIES, MessageLoop
@@ -271,6 +273,10 @@ def _filled(arr: np.ndarray, value: float) -> dict[str, Any]:
 
 
 # (name, applies to dtype kind or None for all, breaker(kind, field, decoded array, wire dict) -> new wire value)
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)  # states the content size in its header
+
+
 ARRAY_BREAKS: list[tuple[str, str | None, Callable[[str, str, np.ndarray, dict[str, Any]], Any]]] = [
     ("nan", "f", lambda k, n, a, w: _filled(a, math.nan)),
     ("inf", "f", lambda k, n, a, w: _filled(a, math.inf)),
@@ -285,6 +291,8 @@ ARRAY_BREAKS: list[tuple[str, str | None, Callable[[str, str, np.ndarray, dict[s
     ("data not bytes", None, lambda k, n, a, w: {**_nd(a), "data": "AAAA"}),
     ("data too long", None, lambda k, n, a, w: {**_nd(a), "data": a.tobytes() + b"\0"}),
     ("corrupt zstd", None, lambda k, n, a, w: {**_nd(a), "codec": "zstd", "data": b"\x28\xb5\x2f\xfd\x00junk"}),
+    # its header states the right size: only decompressing finds it (what a consumer keeping frames compressed skips)
+    ("truncated zstd", None, lambda k, n, a, w: {**_nd(a), "codec": "zstd", "data": _zstd(a.tobytes())[:-4]}),
     ("not an array", None, lambda k, n, a, w: {"__nd__": 1}),
 ]
 
@@ -414,6 +422,25 @@ def test_decode_refuses_random_breakages(sample: tuple[str, str, bytes]) -> None
     kind, what, payload = sample
     with pytest.raises(SchemaError):
         decode(payload)
+
+
+SEGMENT_BREAKAGES = [c for c in REFUSED if c[0] == "trajectory_segment"]
+
+
+@pytest.mark.parametrize(("kind", "what", "payload"), [pytest.param(*c, id=c[1]) for c in SEGMENT_BREAKAGES])
+def test_the_recorder_s_decode_refuses_every_segment_breakage_decode_refuses(
+    kind: str, what: str, payload: bytes
+) -> None:
+    """The recorder decodes with `decode_segment_keeping_frames(verify=True)` instead of `decode`."""
+    with pytest.raises(SchemaError):
+        decode_segment_keeping_frames(payload, verify=True)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(sample=adversarial())
+def test_the_recorder_s_decode_refuses_random_breakages(sample: tuple[str, str, bytes]) -> None:
+    with pytest.raises(SchemaError):
+        decode_segment_keeping_frames(sample[2], verify=True)
 
 
 # --- consumers (unit level, real decode/validate path) -----------------------------------------------------
