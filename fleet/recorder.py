@@ -434,8 +434,9 @@ class Recorder:
             pending.parts = None
 
     def _drop_flushed(self) -> None:
-        """Remove the staging logs of stored episodes a finished flush covers. An episode staged again meanwhile
-        (a redelivered segment) keeps its log: it will be finished again, with a later ticket."""
+        """Hand the staging logs of stored episodes a finished flush covers to the unlinking thread. An episode
+        staged again meanwhile (a redelivered segment) keeps its log: it will be finished again, with a later
+        ticket."""
         flushed = self._flusher.flushed
         for key in [k for k, ticket in self._unflushed.items() if ticket <= flushed and k not in self._pending]:
             self._unlinking[key] = self._unlinker.submit(self.staging.path(*key).unlink, missing_ok=True)
