@@ -21,6 +21,10 @@ Scaling out: replicas in one consumer group split the partitions (keyed by robot
 stays with one member), but an episode in progress lives in the staging directory of whoever
 received its first segments: replicas must share `staging_dir` and `store_dir` (one volume), or a
 rebalance mid-episode leaves that episode incomplete until the partition comes back.
+
+Over 400 lines because what makes a segment durable (staging, the flush tickets, the unlinking of logs) and what
+assembles its episode share one state, the episodes in progress and the current batch; kept together so the order
+of the durable steps before a commit reads in one place. The staging log's format is `fleet.recorder_staging`'s.
 """
 
 from __future__ import annotations
