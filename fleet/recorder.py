@@ -235,7 +235,6 @@ class Recorder:
         self.on_segment = on_segment  # called, frames left out, once a segment is durably staged (bench latency)
         self.episodes_recorded = 0
         self._pending: dict[tuple[str, str], _Pending] = {}  # least recently touched first
-        self._kept_bytes = 0  # sum of the pending episodes' kept_bytes()
         self._decoded: dict[tuple[str, ...], _Frames] = {}  # the batch's frames, from _decode to _handle
         self._rows: list[SegmentRow] = []  # segment rows of the current batch, indexed before commit
         self._touched: set[tuple[str, str]] = set()
@@ -276,15 +275,13 @@ class Recorder:
         """Make every episode written so far durable now and drop their staging logs."""
         self._flusher.flush_now()
         self._drop_flushed()
-        for key in list(self._unlinking):
-            self._unlinked(key)
+        self._wait_for_unlinks()
 
     def close(self) -> None:
         self.loop.close()
         self._flusher.close()
         self._drop_flushed()
-        for key in list(self._unlinking):
-            self._unlinked(key)
+        self._wait_for_unlinks()
         self._unlinker.shutdown()
         self.staging.close()
 
@@ -306,9 +303,10 @@ class Recorder:
         self._unlinked(key)  # a redelivered segment of an episode whose log is going: let it go first
         if key not in self._pending and self._finished(seg):
             return
-        pending = self._pending.pop(key, None) or self._load(key) or _Pending(_header(seg, frames))
+        header = _header(seg, frames)
+        pending = self._pending.pop(key, None) or self._load(key) or _Pending(header)
         self._pending[key] = pending  # to the end: the least recently touched episodes let go of their parts first
-        if (header := _header(seg, frames)) != pending.header:
+        if header != pending.header:
             raise SchemaError(
                 f"segment {seg.segment_index} of {seg.robot_id}/{seg.episode_id} differs from the episode's earlier"
                 f" segments in embodiment, task, instruction or cameras ({header} vs {pending.header})"
@@ -330,7 +328,6 @@ class Recorder:
             pending.segments[seg.segment_index] = (seg.step_start, seg.length, seg.done)
             if pending.parts is not None:
                 pending.parts[seg.segment_index] = part
-                self._kept_bytes += part.nbytes
             self._staged.append(seg)
         self._rows.append(_row(part))
         self._touched.add(key)
@@ -360,7 +357,6 @@ class Recorder:
             pending.parts[index] = part
         assert pending is not None
         self._pending[key] = pending
-        self._kept_bytes += pending.kept_bytes()
         return pending
 
     # --- per batch ----------------------------------------------------------------------------
@@ -419,22 +415,21 @@ class Recorder:
             ticket = self._flusher.written()  # one flush for every episode of the batch
             for key in finished:
                 self._unflushed[key] = ticket
-                self._forget(key)
+                self._pending.pop(key, None)
         self._drop_flushed()
 
-    def _forget(self, key: tuple[str, str]) -> None:
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            self._kept_bytes -= pending.kept_bytes()
+    def kept_bytes(self) -> int:
+        """Compressed frames the episodes in progress hold in memory for their finish."""
+        return sum(pending.kept_bytes() for pending in self._pending.values())
 
     def _let_go_of_parts(self) -> None:
         """Past `max_kept_mb`, the least recently touched episodes in progress drop their parts (their staging
         logs hold them)."""
-        cap = self.config.max_kept_mb * 1e6
+        kept, cap = self.kept_bytes(), self.config.max_kept_mb * 1e6
         for pending in self._pending.values():
-            if self._kept_bytes <= cap:
+            if kept <= cap:
                 return
-            self._kept_bytes -= pending.kept_bytes()
+            kept -= pending.kept_bytes()
             pending.parts = None
 
     def _drop_flushed(self) -> None:
@@ -446,6 +441,10 @@ class Recorder:
             self._unlinking[key] = self._unlinker.submit(self.staging.path(*key).unlink, missing_ok=True)
             del self._unflushed[key]
         for key in [k for k, future in self._unlinking.items() if future.done()]:
+            self._unlinked(key)
+
+    def _wait_for_unlinks(self) -> None:
+        for key in list(self._unlinking):
             self._unlinked(key)
 
     def _unlinked(self, key: tuple[str, str]) -> None:
@@ -487,4 +486,4 @@ class Recorder:
         if not self.transport.flush(timeout_s=60.0):
             raise RuntimeError(f"dead letters for rejected episode {robot_id}/{episode_id} not acknowledged")
         self.staging.remove(robot_id, episode_id)
-        self._forget(key)
+        self._pending.pop(key, None)

@@ -101,14 +101,14 @@ def test_frames_held_for_episodes_in_progress_stay_within_the_cap(tmp_path: Path
     recorder = Recorder(replace(_config(tmp_path), max_kept_mb=cap_bytes / 1e6), transport=transport, index=None)
     _drain(recorder)
     held = [p.kept_bytes() for p in recorder._pending.values()]
-    assert 0 < sum(held) <= cap_bytes and sum(held) == recorder._kept_bytes
+    assert 0 < sum(held) <= cap_bytes and sum(held) == recorder.kept_bytes()
     assert held[0] == 0 and held[-1] > 0  # the least recently touched let go first
     for e in range(20):
         publish(transport, segs[e][3])
     _drain(recorder)
     for e in range(20):  # let go or not, each episode is written whole
         _assert_in_order(recorder, "robot-0", f"ep-{e}", 20)
-    assert recorder._kept_bytes == 0 and not recorder._pending
+    assert recorder.kept_bytes() == 0 and not recorder._pending
 
 
 def test_restart_mid_episode_neither_loses_nor_duplicates(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
