@@ -55,7 +55,7 @@ import torch
 from fleet.episodes import Episode, EpisodeStore
 from fleet.policy.config import VLAConfig
 from fleet.policy.data import FAILURE_RETURN, VALUE_HORIZON, chunk_indices, recap_returns
-from fleet.policy.language import InstructionEmbedder
+from fleet.policy.language import InstructionEmbedder, embedder_for
 from fleet.sim.language import paraphrased
 
 if TYPE_CHECKING:
@@ -178,8 +178,7 @@ class ReplayBuffer:
         embedder: InstructionEmbedder,
         features: FrozenFeatures | None = None,
     ) -> None:
-        if embedder.name != model_config.text_encoder or embedder.dim != model_config.text_dim:
-            raise ValueError(f"embedder {embedder.name!r} does not match the model's {model_config.text_encoder!r}")
+        embedder = embedder_for(model_config, embedder)  # ValueError when the model read another encoder
         if features is not None and features.model.config != model_config:
             raise ValueError("the frozen features were made for another model config")
         self.config = config
@@ -190,7 +189,9 @@ class ReplayBuffer:
         self._refs: Counter[EpisodeKey] = Counter()
         self._buffers: dict[str, deque[tuple[EpisodeKey, int]]] = {s: deque() for s in SOURCES}
         self._text: dict[str, np.ndarray] = {}
-        self._said = paraphrased(config.paraphrases, seed=0) if config.paraphrases else None
+        self._said = None
+        if config.paraphrases:
+            self._said = paraphrased(config.paraphrases, seed=0, colour_names=model_config.colour_lexicon)
         self.encoded_total = 0  # steps whose frozen features were computed (each once, when first sampled)
 
     # --- adding ----------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from fleet.naming import unknown
 
 ActionHead = Literal["flow", "discrete"]
 TimeDistribution = Literal["beta", "uniform"]
+COLOUR_LEXICON_SUFFIX = "+colour-lexicon"  # text_encoder of a colour-lexicon model: "<sentence encoder>+colour-lexicon"
+COLOUR_FEATURES = 4  # what a colour-lexicon model's text vector ends with: the named colour's RGB and a flag
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class VLAConfig:
     text_dim: int = 384
     # Which sentence encoder produced the instruction embeddings this model was trained on.
     text_encoder: str = "all-MiniLM-L6-v2"
+    # Ground the instruction's colour name by hue (fleet.policy.colours): the sentence encoder reads the instruction
+    # without it, its RGB from the shipped colour lexicon ends the text vector, and the image encoder gets one more
+    # input channel, the pixels of that hue. A colour name never trained on, or an object painted a colour no
+    # demonstration had, is then found by its hue. Set with `with_colour_lexicon()` (encoder name and text_dim too).
+    colour_lexicon: bool = False
     # Width of every token in the trunk and the action expert.
     d_model: int = 128
     # Attention heads in the trunk and the action expert.
@@ -154,6 +161,13 @@ class VLAConfig:
             raise ValueError("VLAConfig.aux_action_weight needs keypoints > 0 (the aux head reads the keypoint token)")
         if self.value_loss_weight < 0:
             raise ValueError(f"VLAConfig.value_loss_weight must be >= 0, got {self.value_loss_weight}")
+        if self.colour_lexicon != self.text_encoder.endswith(COLOUR_LEXICON_SUFFIX):
+            raise ValueError(
+                f"VLAConfig.colour_lexicon={self.colour_lexicon} with text_encoder {self.text_encoder!r}: a colour"
+                f" lexicon model reads '<encoder>{COLOUR_LEXICON_SUFFIX}' vectors (use with_colour_lexicon())"
+            )
+        if self.colour_lexicon and self.text_dim <= COLOUR_FEATURES:
+            raise ValueError(f"VLAConfig.text_dim={self.text_dim} leaves no room for the sentence embedding")
 
     # --- derived shapes -------------------------------------------------------------------------------
 
@@ -217,6 +231,17 @@ class VLAConfig:
     def with_(self, **changes: Any) -> VLAConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    def with_colour_lexicon(self) -> VLAConfig:
+        """A copy that grounds colour names by hue (`colour_lexicon`), reading the same sentence encoder."""
+        if self.colour_lexicon:
+            return self
+        return replace(
+            self,
+            colour_lexicon=True,
+            text_encoder=self.text_encoder + COLOUR_LEXICON_SUFFIX,
+            text_dim=self.text_dim + COLOUR_FEATURES,
+        )
 
 
 # Image-encoder options added after the first checkpoints were written: a config.json without them

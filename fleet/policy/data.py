@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from fleet.episodes import Episode
 from fleet.policy.config import VLAConfig
-from fleet.policy.language import InstructionEmbedder
+from fleet.policy.language import InstructionEmbedder, embedder_for
 
 # The value head's targets, RECAP-style (pi*0.6), the same in pre-training and in the online learner, so the
 # value version 1 learnt is already on the learner's scale when the first advantages are taken from it.
@@ -86,11 +86,7 @@ class ChunkDataset:
         augmentation: each sample draws one); None = the episode's own words only."""
         if horizon < 1 or failure_return >= -1.0:
             raise ValueError(f"horizon must be >= 1 and failure_return < -1, got {horizon}, {failure_return}")
-        if embedder.name != config.text_encoder or embedder.dim != config.text_dim:
-            raise ValueError(
-                f"embedder {embedder.name!r} ({embedder.dim}-d) does not match the model's"
-                f" {config.text_encoder!r} ({config.text_dim}-d)"
-            )
+        embedder = embedder_for(config, embedder)  # ValueError when the model read another encoder
         self.config = config
         self._instructions = instructions
         self._rng = np.random.default_rng(seed)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fleet.policy.config import EmbodimentDims, VLAConfig
+from fleet.policy.colours import colour_map
+from fleet.policy.config import COLOUR_FEATURES, EmbodimentDims, VLAConfig
 
 
 class ConvImageEncoder(nn.Module):
@@ -24,14 +25,18 @@ class ConvImageEncoder(nn.Module):
       EfficientNet), so "the red cube" selects red features before any pooling;
     - `keypoints`: a spatial softmax over the last full-resolution stage (Levine et al. 2016,
       robomimic, Diffusion Policy) gives K expected (x, y) image positions, projected to one extra
-      token: precise coordinates that a 4x4 token grid alone blurs.
+      token: precise coordinates that a 4x4 token grid alone blurs;
+    - `colour_lexicon`: one more input channel, the pixels that have the hue the instruction names
+      (`fleet.policy.colours.colour_map`), so a colour name or an object colour never seen in training is found
+      by its hue.
     """
 
     def __init__(self, config: VLAConfig) -> None:
         super().__init__()
         self.coord_channels = config.coord_channels
+        self.colour_lexicon = config.colour_lexicon
         self.grid_tokens = config.grid_tokens
-        channels_in = 3 + (2 if config.coord_channels else 0)
+        channels_in = 3 + (2 if config.coord_channels else 0) + (1 if config.colour_lexicon else 0)
         layers: list[nn.Module] = []  # [conv, norm, gelu] per stage, then the conv to d_model
         for channels in config.conv_channels:
             layers += [
@@ -59,14 +64,19 @@ class ConvImageEncoder(nn.Module):
             )
 
     def forward(self, images: Tensor, text: Tensor | None = None) -> Tensor:
-        """`text` (B, text_dim) is the instruction embedding (needed with `film`)."""
-        x = images.permute(0, 3, 1, 2).float().mul(2.0 / 255.0).sub(1.0)  # uint8 NHWC -> [-1, 1] NCHW
+        """`text` (B, text_dim) is the instruction embedding (needed with `film` and `colour_lexicon`)."""
+        if (self.film is not None or self.colour_lexicon) and text is None:
+            raise ValueError("a FiLM or colour-lexicon image encoder needs the instruction embedding")
+        rgb = images.permute(0, 3, 1, 2).float().div(255.0)  # uint8 NHWC -> [0, 1] NCHW
+        x = rgb.mul(2.0).sub(1.0)
         if self.coord_channels:
             x = torch.cat([x, _coords(x.shape[2], x.shape[3], x.device).expand(x.shape[0], -1, -1, -1)], 1)
+        if self.colour_lexicon:
+            assert text is not None
+            x = torch.cat([x, colour_map(rgb, text[:, -COLOUR_FEATURES:])], 1)
         films: list[Tensor] = []
         if self.film is not None:
-            if text is None:
-                raise ValueError("a FiLM image encoder needs the instruction embedding")
+            assert text is not None
             films = list(self.film(text).split(self.film_sizes, dim=-1))
         stages = len(self.film_sizes)
         for i in range(stages):

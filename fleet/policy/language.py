@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fleet.policy.config import COLOUR_FEATURES, COLOUR_LEXICON_SUFFIX
+
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384
 
@@ -133,3 +135,34 @@ class MiniLMEmbedder:
 def default_embedder() -> MiniLMEmbedder:
     """The process-wide MiniLM embedder (memory cache only; services pass a `cache_dir` from Settings instead)."""
     return MiniLMEmbedder()
+
+
+class ColourLexiconEmbedder:
+    """A sentence embedder's vector of the instruction without its colour name, followed by that name's RGB and a
+    flag (`fleet.policy.colours.split_colour`): what a `VLAConfig.colour_lexicon` model reads."""
+
+    def __init__(self, base: InstructionEmbedder) -> None:
+        self.base = base
+        self.name = base.name + COLOUR_LEXICON_SUFFIX
+        self.dim = base.dim + COLOUR_FEATURES
+
+    def embed(self, text: str) -> np.ndarray:
+        from fleet.policy.colours import split_colour
+
+        rest, colour = split_colour(text)
+        return np.concatenate([np.asarray(self.base.embed(rest), dtype=np.float32), colour])
+
+
+def embedder_for(config: Any, embedder: InstructionEmbedder) -> InstructionEmbedder:
+    """`embedder` as the model `config` (a VLAConfig) reads it: itself, or wrapped in `ColourLexiconEmbedder` for a
+    model trained with the colour lexicon; ValueError when the model was trained on another encoder."""
+    if embedder.name == config.text_encoder and embedder.dim == config.text_dim:
+        return embedder
+    if config.text_encoder == embedder.name + COLOUR_LEXICON_SUFFIX:
+        wrapped = ColourLexiconEmbedder(embedder)
+        if wrapped.dim == config.text_dim:
+            return wrapped
+    raise ValueError(
+        f"embedder {embedder.name!r} ({embedder.dim}-d) does not match the model's"
+        f" {config.text_encoder!r} ({config.text_dim}-d)"
+    )

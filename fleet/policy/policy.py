@@ -20,7 +20,7 @@ import torch
 
 from fleet.policy.base import Observation, check_observation
 from fleet.policy.checkpoint import load_checkpoint
-from fleet.policy.language import InstructionEmbedder, default_embedder
+from fleet.policy.language import InstructionEmbedder, default_embedder, embedder_for
 from fleet.policy.model import VLAModel
 
 
@@ -38,16 +38,8 @@ class VLAPolicy:
         """`embedder` defaults to the process-wide MiniLM; `num_threads` (if given) sets torch's global thread count."""
         self.model = model.eval()
         self.config = model.config
-        self.embedder: InstructionEmbedder = embedder if embedder is not None else default_embedder()
-        if self.embedder.dim != self.config.text_dim:
-            raise ValueError(
-                f"embedder {self.embedder.name!r} gives {self.embedder.dim}-d vectors;"
-                f" the model needs {self.config.text_dim}"
-            )
-        if self.embedder.name != self.config.text_encoder:
-            raise ValueError(
-                f"model was trained on {self.config.text_encoder!r} embeddings, embedder is {self.embedder.name!r}"
-            )
+        # ValueError when the model was trained on another encoder's vectors
+        self.embedder = embedder_for(self.config, embedder if embedder is not None else default_embedder())
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.seed = seed

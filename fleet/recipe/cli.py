@@ -163,6 +163,9 @@ def pretrain_command(
     proprio_noise: float | None = typer.Option(
         None, "--proprio-noise", help="Gaussian noise (std, proprio units) on the proprioception in training [0]."
     ),
+    colour_lexicon: bool = typer.Option(
+        False, "--colour-lexicon", help="Ground colour names by hue (the shipped colour lexicon and an image channel)."
+    ),
     register: bool = RegisterOption,
     promote: bool = PromoteOption,
     no_mlflow: bool = NoMlflowOption,
@@ -177,6 +180,7 @@ def pretrain_command(
             embodiments=_split(embodiments) if embodiments else None, seed=seed, log_mlflow=not no_mlflow,
             register=register or promote, promote=promote, actor=f"cli:{getpass.getuser()}",
             paraphrases=paraphrases, instruction_noise=instruction_noise, proprio_noise=proprio_noise,
+            colour_lexicon=colour_lexicon,
         ),
         threads,
     )  # fmt: skip

@@ -80,6 +80,9 @@ class StageConfig:
     paraphrases: int = 0
     instruction_noise: float | None = None  # pretrain: VLAConfig.instruction_noise (None = the preset's)
     proprio_noise: float | None = None  # pretrain: VLAConfig.proprio_noise (None = the preset's)
+    # pretrain: ground colour names by hue (VLAConfig.colour_lexicon); the paraphrases then also name colours with
+    # the lexicon's other names for them (fleet.sim.language.training_colour_names).
+    colour_lexicon: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_OVERRIDES:
@@ -129,6 +132,8 @@ def train_config(config: StageConfig) -> TrainConfig:
             model = model.with_(instruction_noise=config.instruction_noise)
         if config.proprio_noise is not None:
             model = model.with_(proprio_noise=config.proprio_noise)
+        if config.colour_lexicon:
+            model = model.with_colour_lexicon()
     else:
         assert config.init is not None
         model = load_checkpoint(config.init).config
@@ -156,7 +161,9 @@ def run_stage(config: StageConfig, *, embedder: InstructionEmbedder | None = Non
     if not metas:
         raise ValueError(f"no successful demonstrations in {store.root}; run `fleet demos collect --out {store.root}`")
     episodes = load_episodes(store, metas)
-    said = paraphrased(config.paraphrases, config.seed) if config.paraphrases else None
+    said = None
+    if config.paraphrases:
+        said = paraphrased(config.paraphrases, config.seed, colour_names=tc.model.colour_lexicon)
     stats = train(tc, episodes=episodes, run_dir=config.run_dir, embedder=embedder, instructions=said)
     if stats.checkpoint is None:
         raise RuntimeError(f"training wrote no checkpoint into {config.run_dir}")

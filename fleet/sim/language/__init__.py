@@ -114,29 +114,87 @@ def slots_of(task: str, instruction: str, own: tuple[str, ...]) -> dict[str, str
     return None
 
 
-def paraphrases(task: str, instruction: str, own: tuple[str, ...], count: int, seed: int) -> list[str]:
+@functools.cache
+def training_colour_names() -> Mapping[str, tuple[str, ...]]:
+    """Per palette colour, other names for it to train on: the colour lexicon's names (`fleet.policy.colours`) whose
+    hue is within ~18 degrees of the palette colour's (cosine of their chroma directions >= 0.95) and saturated
+    (chroma >= 0.15). No held-out colour word, nor the new object's colour, may be trained on: names with one of
+    them as a word, or a word spelt nearly so ("liliac" for "lilac"), are left out."""
+    import difflib
+
+    import numpy as np
+
+    from fleet.policy.colours import lexicon
+    from fleet.sim.tasks import COLORS
+
+    data = held_out_data()
+    held = {w for words in data["color_words"].values() for w in words} | {data["new_object"]["name"]}
+
+    def near_held(word: str) -> bool:
+        return any(difflib.SequenceMatcher(None, word, h).ratio() >= 0.8 for h in held)
+
+    def chroma(rgb: Any) -> np.ndarray:
+        rgb = np.asarray(rgb, dtype=np.float64)
+        return rgb - rgb.mean()
+
+    out: dict[str, tuple[str, ...]] = {}
+    for colour, rgb in COLORS.items():
+        target = chroma(rgb) / np.linalg.norm(chroma(rgb))
+        names = []
+        for name, value in lexicon().items():
+            c = chroma(value)
+            size = float(np.linalg.norm(c))
+            if size >= 0.15 and float(c @ target) / size >= 0.95 and not any(near_held(w) for w in name.split()):
+                names.append(name)
+        out[colour] = tuple(names)
+    return MappingProxyType(out)
+
+
+def paraphrases(
+    task: str,
+    instruction: str,
+    own: tuple[str, ...],
+    count: int,
+    seed: int,
+    *,
+    colour_names: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[str]:
     """`instruction` and up to `count` other ways of saying it (same slot values, other templates of the task's own
-    and the training bank, drawn with `seed`); only the instruction itself when its slots cannot be read."""
+    and the training bank, drawn with `seed`); only the instruction itself when its slots cannot be read.
+    `colour_names` (palette colour -> other names, `training_colour_names`): half the other ways also name the
+    target's colour another way."""
     import numpy as np
 
     values = slots_of(task, instruction, own)
     if values is None or count <= 0:
         return [instruction]
     said = instruction.strip().lower()
-    others = sorted({t.format(**values) for t in (*own, *training_phrasings().get(task, ()))} - {said})
+    templates = sorted({*own, *training_phrasings().get(task, ())})
+    others = sorted({t.format(**values) for t in templates} - {said})
     rng = np.random.default_rng(seed)
-    picked = rng.permutation(len(others))[:count]
-    return [instruction, *(others[int(i)] for i in picked)]
+    picked = [others[int(i)] for i in rng.permutation(len(others))[:count]]
+    names = (colour_names or {}).get(values.get("color", ""), ())
+    if names:  # the same templates, some with another name for the colour
+        for i in range(len(picked)):
+            if rng.random() < 0.5:
+                template = templates[int(rng.integers(len(templates)))]
+                picked[i] = template.format(**{**values, "color": names[int(rng.integers(len(names)))]})
+    return [instruction, *picked]
 
 
-def paraphrased(count: int, seed: int) -> Callable[[Episode], list[str]]:
+def paraphrased(count: int, seed: int, *, colour_names: bool = False) -> Callable[[Episode], list[str]]:
     """Each episode's instruction and `count` other ways of saying it (`paraphrases`, with its task's own phrasings),
-    drawn per episode from `seed` and its id: a resumed run, or another process, says them the same way."""
+    drawn per episode from `seed` and its id: a resumed run, or another process, says them the same way.
+    `colour_names`: some name the target's colour another way (`training_colour_names`), for a model that grounds
+    colour names by hue."""
     from fleet.sim.tasks import TASKS
+
+    names = training_colour_names() if colour_names else None
 
     def texts(episode: Episode) -> list[str]:
         meta = episode.meta
         own = TASKS[meta.task].phrasings if meta.task in TASKS else ()
-        return paraphrases(meta.task, meta.instruction, own, count, seed=zlib.crc32(meta.episode_id.encode()) ^ seed)
+        seed_ = zlib.crc32(meta.episode_id.encode()) ^ seed
+        return paraphrases(meta.task, meta.instruction, own, count, seed=seed_, colour_names=names)
 
     return texts
