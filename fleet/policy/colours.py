@@ -18,9 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping
 from importlib import resources
 from types import MappingProxyType
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -33,11 +33,13 @@ LEXICON = "colour_lexicon.json"
 # for "orange") weighs exp(-0.1 / 0.05) ~ 14% of a pixel of the hue itself, one 60 degrees away (the palette's
 # nearest neighbours) 0.005%; a name 30 degrees off its colour ("azure" for the palette's blue) still finds it.
 HUE_SHARPNESS = 0.05
-# The weight (chroma x hue factor) below which an image is taken to show nothing of the named hue: a saturated cube
-# of the hue weighs ~0.4-0.6, one 30 degrees off ~0.02, the grey table and the tray's light brown far less for the
-# palette's hues. Dividing by at least this keeps a camera that does not see the object from lighting up its best
-# poor match.
-MATCH_FLOOR = 0.01
+# Chroma (distance of a pixel's RGB from its grey level) below which a pixel has no hue: the greyish table (0.035,
+# +-0.04 a channel from episode to episode), the robot, shadows and sensor noise. The palette's cubes have 0.2-0.5.
+MIN_CHROMA = 0.1
+# The weight (chroma past MIN_CHROMA x hue factor) below which an image is taken to show nothing of the named hue: a
+# saturated cube of the hue weighs ~0.2-0.4, one 30 degrees off ~0.01. Dividing by at least this keeps a camera that
+# does not see the object from lighting up its best poor match.
+MATCH_FLOOR = 0.003
 _MAX_WORDS = 3
 
 
@@ -78,7 +80,8 @@ def colour_map(images: Tensor, colour: Tensor) -> Tensor:
     `colour` (N, COLOUR_FEATURES), scaled so the image's best match is 1; zeros for rows that name no colour.
 
     A pixel's chroma (its RGB minus its grey level) is projected on the named colour's chroma direction: the
-    projection grows with the pixel's saturation and brightness (grey table, robot and shadows stay near 0), and the
+    projection grows with the pixel's saturation and brightness (past MIN_CHROMA: grey table, robot and shadows are
+    0), and the
     factor exp((cos - 1) / HUE_SHARPNESS) keeps only hues near the named one. Dividing by the image's maximum makes
     "the pixels nearest the named hue" the same picture whether the name is exact ("red" on a red cube) or near
     ("crimson", "navy" on the palette's red and blue), unless nothing in view has the hue (`MATCH_FLOOR`).
@@ -89,6 +92,6 @@ def colour_map(images: Tensor, colour: Tensor) -> Tensor:
     target = target / target.norm(dim=1, keepdim=True).clamp_min(1e-3)
     along = (chroma * target[:, :, None, None]).sum(dim=1, keepdim=True)
     cos = along / chroma.norm(dim=1, keepdim=True).clamp_min(1e-3)
-    weight = along.clamp_min(0.0) * torch.exp((cos - 1.0) / HUE_SHARPNESS)
+    weight = (along - MIN_CHROMA).clamp_min(0.0) * torch.exp((cos - 1.0) / HUE_SHARPNESS)
     weight = weight / weight.amax(dim=(2, 3), keepdim=True).clamp_min(MATCH_FLOOR)
     return weight * (named > 0.5).to(weight.dtype)[:, :, None, None]
