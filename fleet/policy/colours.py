@@ -21,12 +21,14 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from fleet.policy.config import COLOUR_FEATURES
+
+if TYPE_CHECKING:  # the lexicon is read without torch (the scene check of fleet.sim.grounding)
+    from torch import Tensor
 
 LEXICON = "colour_lexicon.json"
 # How sharply the map prefers the named hue: a pixel whose chroma points 25 degrees away (cos 0.9, e.g. red pixels
@@ -64,6 +66,15 @@ def find_colour(text: str) -> tuple[str, int, int] | None:
     return None
 
 
+def hue_distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """1 - the cosine between two RGB colours' chroma directions (0: the same hue, 1: 90 degrees apart, 2: opposite);
+    2 when either is grey."""
+    ca, cb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ca, cb = ca - ca.mean(), cb - cb.mean()
+    size = float(np.linalg.norm(ca) * np.linalg.norm(cb))
+    return 1.0 - float(ca @ cb) / size if size > 1e-9 else 2.0
+
+
 def split_colour(text: str) -> tuple[str, np.ndarray]:
     """(the instruction without its first colour name, float32 (COLOUR_FEATURES,): that colour's RGB and 1, or
     zeros when it names none)."""
@@ -86,6 +97,8 @@ def colour_map(images: Tensor, colour: Tensor) -> Tensor:
     "the pixels nearest the named hue" the same picture whether the name is exact ("red" on a red cube) or near
     ("crimson", "navy" on the palette's red and blue), unless nothing in view has the hue (`MATCH_FLOOR`).
     """
+    import torch
+
     rgb, named = colour[:, :3].float(), colour[:, 3:4].float()
     chroma = images - images.mean(dim=1, keepdim=True)
     target = rgb - rgb.mean(dim=1, keepdim=True)

@@ -143,6 +143,10 @@ def test_the_scene_check_refuses_what_it_can_show_to_be_wrong_and_nothing_else()
     assert refusal("put it in the tray", state) is None
     assert f"nothing {absent} on the table" in (refusal(f"put the {absent} cube in the tray", state) or "")
     assert "nothing pink" in (refusal("put the pink cube in the tray", state) or "")
+    hues = {"red": "cherry", "green": "fern", "blue": "cobalt", "yellow": "canary", "purple": "amethyst"}
+    assert refusal(f"put the {hues[colours[0]]} cube in the tray", state) is None  # a lexicon name near its hue
+    assert f"nothing {hues[absent]} on the table" in (refusal(f"put the {hues[absent]} cube in the tray", state) or "")
+    assert "nothing teal" in (refusal("put the teal cube in the tray", state) or "")  # no scene paints teal
     assert "no apples on the table" in (refusal("put the apples in the tray", state) or "")
 
 
