@@ -111,23 +111,33 @@ def robot_worker(bootstrap: str, robots: list[str], start_at: float, seconds: fl
 
 
 def recorder_worker(bootstrap: str, group: str, db_url: str, home: str, stop: Any, out: str) -> None:
-    """The product's recorder in this process; records (received time, produce -> staged latency) per segment."""
+    """The product's recorder in this process; records per segment (staged time, produce -> staged latency, the
+    part of it from the poll that returned the segment to its staging)."""
     from fleet.db import make_engine, session_factory
     from fleet.recorder import Recorder, RecorderConfig
     from fleet.recorder_db import SqlEpisodeIndex
     from fleet.transport import KafkaTransport, TransportConfig
 
-    seen: list[tuple[float, float]] = []
+    seen: list[tuple[float, float, float]] = []
+    polled = [time.time()]  # when the batch being handled came back from poll: the loop handles one at a time
 
     def on_segment(seg: Any) -> None:
         now = time.time()
-        seen.append((now, now - seg.created_at))
+        seen.append((now, now - seg.created_at, now - polled[0]))
 
     transport = KafkaTransport(TransportConfig(bootstrap=bootstrap, client_id=Path(out).stem))
     config = RecorderConfig(store_dir=Path(home) / "episodes", staging_dir=Path(out).with_suffix(".staging"),
                             group_id=group)  # fmt: skip
     index = SqlEpisodeIndex(session_factory(make_engine(db_url)))
     recorder = Recorder(config, transport=transport, index=index, on_segment=on_segment)
+    poll = recorder.loop.poll
+
+    def timed_poll() -> Any:
+        records = poll()
+        polled[0] = time.time()
+        return records
+
+    recorder.loop.poll = timed_poll  # type: ignore[method-assign]
     recorder.run(stop.is_set)
     recorder.close()
     transport.close()
@@ -186,10 +196,10 @@ def _busy(before: tuple[int, int], after: tuple[int, int]) -> float:
     return round((after[0] - before[0]) / max(1, after[1] - before[1]), 3)
 
 
-def _p99_by(seen: list[tuple[float, float]], start_at: float, seconds: float, step: float) -> list[float | None]:
+def _p99_by(seen: list[tuple[float, ...]], start_at: float, seconds: float, step: float) -> list[float | None]:
     """p99 latency (ms) of the segments recorded in each `step` seconds from `start_at` (None: none recorded)."""
     buckets: list[list[float]] = [[] for _ in range(int(np.ceil(seconds / step)))]
-    for t, lat in seen:
+    for t, lat, *_ in seen:
         if 0 <= (k := int((t - start_at) // step)) < len(buckets):
             buckets[k].append(lat)
     return [round(1000 * float(np.percentile(b, 99)), 1) if b else None for b in buckets]
@@ -284,7 +294,8 @@ def run_size(
     seen = [tuple(x) for i in range(args.recorders) for x in json.loads((work / f"rec-{tag}-{i}.json").read_text())]
     episodes = json.loads((work / f"ing-{tag}.json").read_text())
     window = (start_at + args.settle, start_at + seconds)  # the measured window: after the fleet settled in
-    in_window = [lat for t, lat in seen if window[0] <= t < window[1]]
+    in_window = [lat for t, lat, _ in seen if window[0] <= t < window[1]]
+    in_recorder = [own for t, _, own in seen if window[0] <= t < window[1]]  # from its poll to staged
     span = window[1] - window[0]
     kinds = {"producers": producers, "recorders": consumers[:-1], "learner_ingest": consumers[-1:]}
     share = {kind: round(sum(cpu[p.pid] for p in ps if p.pid) / wall, 2) for kind, ps in kinds.items()}
@@ -314,6 +325,10 @@ def run_size(
         "offered_segments_per_s": robots,
         "produce_to_record_p50_ms": round(1000 * float(np.percentile(in_window, 50)), 1) if in_window else None,
         "produce_to_record_p99_ms": round(1000 * float(np.percentile(in_window, 99)), 1) if in_window else None,
+        # of it, from the poll that returned a segment to its staging (the rest: producer, brokers, fetch, waiting
+        # in the recorder's previous batches)
+        "poll_to_record_p50_ms": round(1000 * float(np.percentile(in_recorder, 50)), 1) if in_recorder else None,
+        "poll_to_record_p99_ms": round(1000 * float(np.percentile(in_recorder, 99)), 1) if in_recorder else None,
         "max_lag_records": {name: max(v, default=0) for name, v in lags.items()},
         "learner_episodes_per_s": round(sum(window[0] <= t < window[1] for t in episodes) / span, 2),
         "producer_lag_p99_s": round(producer_lag, 3),
