@@ -176,11 +176,13 @@ def ingest_worker(bootstrap: str, group: str, stop: Any, out: str) -> None:
     Path(out).write_text(json.dumps(added))
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, *, system_only: bool = False) -> float:
+    """CPU seconds of a process (all its threads): user + system, or only the system's (the kernel's work on its
+    behalf: fsyncs, file opens, sockets)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[12]) + (0 if system_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
     except OSError:
         return 0.0
 
@@ -258,6 +260,9 @@ def run_size(
     lags: dict[str, list[int]] = {name: [] for name in groups}
     brokers = [pid for n in range(settings.kafka_brokers) if (pid := KafkaService(settings, node=n).process().pid())]
     cpu0 = {pid: _cpu_seconds(pid) for pid in [p.pid for p in producers + consumers if p.pid] + brokers}
+    recorder_pids = [p.pid for p in consumers[:-1] if p.pid]
+    system0 = {pid: _cpu_seconds(pid, system_only=True) for pid in recorder_pids}
+    system_last = dict(system0)
     machine0 = _machine_ticks()
     cpu_last = dict(cpu0)  # a process's CPU time, read while it lives
     t0 = time.time()
@@ -270,6 +275,7 @@ def run_size(
             os.killpg(pid, signal.SIGKILL)
             killed_at = time.time() - start_at
         cpu_last.update({pid: v for pid in cpu_last if (v := _cpu_seconds(pid)) > 0})
+        system_last.update({pid: v for pid in system_last if (v := _cpu_seconds(pid, system_only=True)) > 0})
         for row in _lag_rows(config, groups):
             name = "recorder" if row["group"] == groups["recorder"] else "learner"
             lags[name].append(int(row["lag"]))  # type: ignore[call-overload]
@@ -278,6 +284,8 @@ def run_size(
               f"{lags['learner'][-1] if lags['learner'] else '-'}   ", end="", flush=True)  # fmt: skip
     wall = time.time() - t0
     cpu = {pid: cpu_last[pid] - c for pid, c in cpu0.items()}
+    recorders_cpu = sum(cpu[pid] for pid in recorder_pids)
+    recorders_system = sum(system_last[pid] - s for pid, s in system0.items())
     busy = _busy(machine0, _machine_ticks())
     running = {name: list(v) for name, v in lags.items()}  # the lag while the fleet sent, before the drain
     drain_until = time.time() + args.drain
@@ -334,6 +342,8 @@ def run_size(
         "producer_lag_p99_s": round(producer_lag, 3),
         "dropped": sum(p["dropped"] for p in produced),
         "cpu_cores": share,
+        # of the recorders' CPU, the kernel's share (fsyncs, opens and unlinks of staging logs, sockets)
+        "recorders_system_share": round(recorders_system / recorders_cpu, 2) if recorders_cpu else None,
         "machine_busy": busy,  # the share of all cores busy while the fleet sent (1.0: none to spare)
         # p99 produce -> recorded of the segments recorded in each 10 s of the run: where a backlog came and went
         "produce_to_record_p99_ms_by_10s": _p99_by(seen, start_at, seconds, 10.0),
