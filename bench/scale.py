@@ -41,9 +41,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import io
 import json
 import multiprocessing as mp
 import os
+import pstats
 import shutil
 import signal
 import statistics
@@ -110,9 +113,12 @@ def robot_worker(bootstrap: str, robots: list[str], start_at: float, seconds: fl
                                      "dropped": stats.dropped, "spooled": stats.spooled}))  # fmt: skip
 
 
-def recorder_worker(bootstrap: str, group: str, db_url: str, home: str, stop: Any, out: str) -> None:
+def recorder_worker(
+    bootstrap: str, group: str, db_url: str, home: str, stop: Any, out: str, profile: str | None = None
+) -> None:
     """The product's recorder in this process; records per segment (staged time, produce -> staged latency, the
-    part of it from the poll that returned the segment to its staging)."""
+    part of it from the poll that returned the segment to its staging). `profile`: run its loop under cProfile (CPU
+    time of the loop's thread) and write the functions that take the most there."""
     from fleet.db import make_engine, session_factory
     from fleet.recorder import Recorder, RecorderConfig
     from fleet.recorder_db import SqlEpisodeIndex
@@ -138,7 +144,16 @@ def recorder_worker(bootstrap: str, group: str, db_url: str, home: str, stop: An
         return records
 
     recorder.loop.poll = timed_poll  # type: ignore[method-assign]
+    profiler = cProfile.Profile(time.thread_time) if profile else None
+    if profiler is not None:
+        profiler.enable()
     recorder.run(stop.is_set)
+    if profiler is not None:
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
+        Path(profile).write_text(text.getvalue())
     recorder.close()
     transport.close()
     Path(out).write_text(json.dumps(seen))
@@ -238,7 +253,15 @@ def run_size(
     consumers = [
         ctx.Process(
             target=recorder_worker,
-            args=(bootstrap, groups["recorder"], db_url, str(work / tag), stop, str(work / f"rec-{tag}-{i}.json")),
+            args=(
+                bootstrap,
+                groups["recorder"],
+                db_url,
+                str(work / tag),
+                stop,
+                str(work / f"rec-{tag}-{i}.json"),
+                str(args.profile_recorders / f"recorder-{tag}-{i}.txt") if args.profile_recorders else None,
+            ),
         )  # fmt: skip
         for i in range(args.recorders)
     ] + [ctx.Process(target=ingest_worker, args=(bootstrap, groups["learner"], stop, str(work / f"ing-{tag}.json")))]
@@ -414,6 +437,7 @@ def main() -> None:
     parser.add_argument("--seconds", default="60,60,300", help="per size (the measured part of each run)")
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--recorders", type=int, default=2)
+    parser.add_argument("--profile-recorders", type=Path, help="a folder: each recorder's cProfile (not for results)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--kafka-brokers", type=int, default=1)
     parser.add_argument("--database-url", default=os.environ.get("FLEET_DATABASE_URL"))
@@ -442,6 +466,8 @@ def main() -> None:
     parser.add_argument("--ray-episodes", type=int, default=5, help="episodes per robot of the Ray phase")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.profile_recorders:
+        args.profile_recorders.mkdir(parents=True, exist_ok=True)
     if args.kill_broker_at is not None and args.kafka_brokers < 3:
         parser.error("--kill-broker-at needs --kafka-brokers 3 (replication 3, min.insync.replicas 2)")
     sizes = [int(x) for x in args.robots.split(",")]
