@@ -159,8 +159,9 @@ def recorder_worker(
     Path(out).write_text(json.dumps(seen))
 
 
-def ingest_worker(bootstrap: str, group: str, stop: Any, out: str) -> None:
+def ingest_worker(bootstrap: str, group: str, stop: Any, out: str, nice: int = 0) -> None:
     """The learner's ingest: its consumer group on the trajectories, episodes assembled into a default replay."""
+    os.nice(nice)
     from fleet.policy.config import VLAConfig
     from fleet.policy.language import default_embedder
     from fleet.schemas import SchemaError, decode
@@ -264,7 +265,12 @@ def run_size(
             ),
         )  # fmt: skip
         for i in range(args.recorders)
-    ] + [ctx.Process(target=ingest_worker, args=(bootstrap, groups["learner"], stop, str(work / f"ing-{tag}.json")))]
+    ] + [
+        ctx.Process(
+            target=ingest_worker,
+            args=(bootstrap, groups["learner"], stop, str(work / f"ing-{tag}.json"), args.learner_nice),
+        )
+    ]
     for p in consumers:
         p.start()
     time.sleep(args.warmup)  # the consumers join their groups
@@ -447,6 +453,13 @@ def main() -> None:
         default=10,
         help="niceness of the synthetic robots' processes: they stand in for robots on their own computers, so they "
         "yield this machine's cores to the services measured (a producer behind schedule is still reported)",
+    )
+    parser.add_argument(
+        "--learner-nice",
+        type=int,
+        default=0,
+        help="niceness of the learner's ingest: in production it runs on the learner's (GPU) machine, not beside the "
+        "recorders (its lag is still reported)",
     )
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds for the consumers to join")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of each run left out of its figures")
