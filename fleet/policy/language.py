@@ -164,5 +164,5 @@ def embedder_for(config: Any, embedder: InstructionEmbedder) -> InstructionEmbed
             return wrapped
     raise ValueError(
         f"embedder {embedder.name!r} ({embedder.dim}-d) does not match the model's"
-        f" {config.text_encoder!r} ({config.text_dim}-d)"
+        f" {config.text_encoder!r} ({config.text_dim}-d): the model was trained on {config.text_encoder!r} vectors"
     )
