@@ -149,3 +149,19 @@ def test_training_colour_names_leave_the_held_out_ones_out() -> None:
         for name in others:
             assert not banned & set(name.split()), name
     assert "liliac" not in names["purple"]  # spelt nearly as a held-out word
+
+
+def test_paraphrases_name_the_colour_other_ways_and_never_a_held_out_one() -> None:
+    from fleet.sim.language import paraphrases
+
+    names = training_colour_names()
+    own = TASKS["pick"].phrasings
+    said = own[0].format(color="red")
+    out = paraphrases("pick", said, own, 8, seed=5, colour_names=names)
+    assert out[0] == said and len(out) == 9
+    colours = [found[0] for text in out[1:] if (found := find_colour(text)) is not None]
+    assert len(colours) == 8 and set(colours) <= set(names["red"])
+    assert any(c != "red" for c in colours)  # some say it another way
+    held = {w for words in held_out_data()["color_words"].values() for w in words}
+    assert not any(held & set(text.split()) for text in out)
+    assert paraphrases("pick", said, own, 8, seed=5, colour_names=names) == out  # the seed fixes the draw

@@ -124,7 +124,7 @@ def training_colour_names() -> Mapping[str, tuple[str, ...]]:
 
     import numpy as np
 
-    from fleet.policy.colours import lexicon
+    from fleet.policy.colours import hue_distance, lexicon
     from fleet.sim.tasks import COLORS
 
     data = held_out_data()
@@ -133,20 +133,11 @@ def training_colour_names() -> Mapping[str, tuple[str, ...]]:
     def near_held(word: str) -> bool:
         return any(difflib.SequenceMatcher(None, word, h).ratio() >= 0.8 for h in held)
 
-    def chroma(rgb: Any) -> np.ndarray:
-        rgb = np.asarray(rgb, dtype=np.float64)
-        return rgb - rgb.mean()
+    def usable(name: str, rgb: tuple[float, ...], colour: tuple[float, ...]) -> bool:
+        saturated = float(np.linalg.norm(np.subtract(rgb, np.mean(rgb)))) >= 0.15
+        return saturated and hue_distance(rgb, colour) <= 0.05 and not any(near_held(w) for w in name.split())
 
-    out: dict[str, tuple[str, ...]] = {}
-    for colour, rgb in COLORS.items():
-        target = chroma(rgb) / np.linalg.norm(chroma(rgb))
-        names = []
-        for name, value in lexicon().items():
-            c = chroma(value)
-            size = float(np.linalg.norm(c))
-            if size >= 0.15 and float(c @ target) / size >= 0.95 and not any(near_held(w) for w in name.split()):
-                names.append(name)
-        out[colour] = tuple(names)
+    out = {colour: tuple(n for n, v in lexicon().items() if usable(n, v, rgb)) for colour, rgb in COLORS.items()}
     return MappingProxyType(out)
 
 
