@@ -11,6 +11,10 @@ in two parts (`ColourLexiconEmbedder`):
 
 A colour name it never trained on then means the hue people call by that name, and an object painted a colour no
 demonstration had lights up in the map as the named one; the map is the same kind of picture either way.
+
+A trained model's inputs depend on the lexicon file and on this module's constants: change either and give the
+encoder a new name (`fleet.policy.config.COLOUR_LEXICON_SUFFIX`), so that older checkpoints are refused rather
+than shown another picture than the one they learned on.
 """
 
 from __future__ import annotations
