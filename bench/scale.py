@@ -192,15 +192,16 @@ def ingest_worker(bootstrap: str, group: str, stop: Any, out: str, nice: int = 0
     Path(out).write_text(json.dumps(added))
 
 
-def _cpu_seconds(pid: int, *, system_only: bool = False) -> float:
-    """CPU seconds of a process (all its threads): user + system, or only the system's (the kernel's work on its
-    behalf: fsyncs, file opens, sockets)."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process (all its threads): user + system, and the system's alone (the kernel's work on its
+    behalf: fsyncs, file opens, sockets); zeros once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[12]) + (0 if system_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
     except OSError:
-        return 0.0
+        return 0.0, 0.0
+    user, system = (int(fields[i]) / os.sysconf("SC_CLK_TCK") for i in (11, 12))
+    return user + system, system
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -288,9 +289,10 @@ def run_size(
     config = TransportConfig(bootstrap=bootstrap)
     lags: dict[str, list[int]] = {name: [] for name in groups}
     brokers = [pid for n in range(settings.kafka_brokers) if (pid := KafkaService(settings, node=n).process().pid())]
-    cpu0 = {pid: _cpu_seconds(pid) for pid in [p.pid for p in producers + consumers if p.pid] + brokers}
+    times0 = {pid: _cpu_seconds(pid) for pid in [p.pid for p in producers + consumers if p.pid] + brokers}
+    cpu0 = {pid: total for pid, (total, _) in times0.items()}
     recorder_pids = [p.pid for p in consumers[:-1] if p.pid]
-    system0 = {pid: _cpu_seconds(pid, system_only=True) for pid in recorder_pids}
+    system0 = {pid: times0[pid][1] for pid in recorder_pids}
     system_last = dict(system0)
     machine0 = _machine_ticks()
     cpu_last = dict(cpu0)  # a process's CPU time, read while it lives
@@ -303,8 +305,9 @@ def run_size(
                 raise RuntimeError(f"broker {victim.node + 1} is not running to be killed: {_kafka_log(settings)}")
             os.killpg(pid, signal.SIGKILL)
             killed_at = time.time() - start_at
-        cpu_last.update({pid: v for pid in cpu_last if (v := _cpu_seconds(pid)) > 0})
-        system_last.update({pid: v for pid in system_last if (v := _cpu_seconds(pid, system_only=True)) > 0})
+        times = {pid: _cpu_seconds(pid) for pid in cpu_last}  # one read of each process a second
+        cpu_last.update({pid: total for pid, (total, _) in times.items() if total > 0})
+        system_last.update({pid: times[pid][1] for pid in system_last if times[pid][0] > 0})
         for row in _lag_rows(config, groups):
             name = "recorder" if row["group"] == groups["recorder"] else "learner"
             lags[name].append(int(row["lag"]))  # type: ignore[call-overload]
