@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fleet.policy.config import COLOUR_FEATURES, COLOUR_LEXICON_SUFFIX
+from fleet.policy.config import COLOUR_FEATURES, COLOUR_LEXICON_SUFFIX, VLAConfig
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384
@@ -153,8 +153,8 @@ class ColourLexiconEmbedder:
         return np.concatenate([np.asarray(self.base.embed(rest), dtype=np.float32), colour])
 
 
-def embedder_for(config: Any, embedder: InstructionEmbedder) -> InstructionEmbedder:
-    """`embedder` as the model `config` (a VLAConfig) reads it: itself, or wrapped in `ColourLexiconEmbedder` for a
+def embedder_for(config: VLAConfig, embedder: InstructionEmbedder) -> InstructionEmbedder:
+    """`embedder` as the model `config` reads it: itself, or wrapped in `ColourLexiconEmbedder` for a
     model trained with the colour lexicon; ValueError when the model was trained on another encoder."""
     if embedder.name == config.text_encoder and embedder.dim == config.text_dim:
         return embedder

@@ -62,7 +62,7 @@ def refusal(instruction: str, state: Scene) -> str | None:
         if word in FOREIGN_OBJECTS or (word.endswith("s") and word[:-1] in FOREIGN_OBJECTS):
             return f"no {word} on the table: a {state.task} scene holds {_holds(state)}"
     found = find_colour(instruction)
-    if found is not None and not set(found[0].split()) & set(COLOUR_WORDS) and present:
+    if found is not None and not any(w in COLOUR_WORDS for w in found[0].split()) and present:
         rgbs = [COLORS.get(c) or lexicon().get(c) for c in present]
         named = lexicon()[found[0]]
         if all(rgb is not None and hue_distance(named, rgb) > NEAR_HUE for rgb in rgbs):
