@@ -416,6 +416,7 @@ class Recorder:
             for key in finished:
                 self._unflushed[key] = ticket
                 self._pending.pop(key, None)
+                self.staging.release(*key)
         self._drop_flushed()
 
     def kept_bytes(self) -> int:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet.db.models import Episode, Robot, Segment
@@ -59,99 +60,103 @@ def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _episodes(session: Session, rows: Sequence[SegmentRow]) -> dict[tuple[str, str], Episode]:
-    """Get or create the robot and episode rows of `rows`' segments, in a few statements for the whole batch."""
-    first: dict[str, SegmentRow] = {}
-    last_seen: dict[str, float] = {}
-    for row in rows:
-        first.setdefault(row.robot_id, row)
-        last_seen[row.robot_id] = max(last_seen.get(row.robot_id, row.received_at), row.received_at)
-    robots = {r.id: r for r in session.scalars(select(Robot).where(Robot.id.in_(list(first))))}
-    for robot_id, row in first.items():
-        robot = robots.get(robot_id)
-        if robot is None:
-            robot = Robot(id=robot_id, embodiment=row.embodiment, task=row.task)
-            session.add(robot)
-        robot.last_seen_at = _ts(last_seen[robot_id])
+def _insert(session: Session, model: type[Robot | Episode | Segment]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can skip rows already there (ON CONFLICT DO NOTHING), in the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise ValueError(f"the recorder's index needs PostgreSQL or SQLite, not {dialect}")
+
+
+def _episode_pks(session: Session, rows: Sequence[SegmentRow]) -> dict[tuple[str, str], int]:
+    """Insert the robot and episode rows `rows`' segments need, unless there (a few statements for the whole batch:
+    a polled batch of a 1,000-robot fleet holds segments of hundreds of episodes); their episodes' primary keys.
+
+    A robot row is only ever inserted here (its state and last sighting are the heartbeats' to keep, and the
+    recorder's database role may not update it); a robot is first seen when its first segment arrived."""
+    robots = {row.robot_id: row for row in reversed(rows)}  # each robot's first row
+    session.execute(
+        _insert(session, Robot).on_conflict_do_nothing(index_elements=[Robot.id]),
+        [{"id": r.robot_id, "embodiment": r.embodiment, "task": r.task, "last_seen_at": _ts(r.received_at)}
+         for _, r in sorted(robots.items())],
+    )  # fmt: skip
     firsts = {(row.robot_id, row.episode_id): row for row in reversed(rows)}  # each episode's first row
-    found = session.scalars(select(Episode).where(tuple_(Episode.robot_id, Episode.episode_id).in_(list(firsts))))
-    episodes = {(e.robot_id, e.episode_id): e for e in found}
-    new = [
-        Episode(
-            robot_id=row.robot_id,
-            episode_id=row.episode_id,
-            embodiment=row.embodiment,
-            task=row.task,
-            instruction=row.instruction,
-            model_version=row.model_version,
-            started_at=_ts(row.received_at),
-        )
-        for key, row in firsts.items()
-        if key not in episodes
-    ]
-    if new:
-        session.add_all(new)
-        session.flush()  # their ids, in one multi-row insert
-        episodes.update({(e.robot_id, e.episode_id): e for e in new})
-    return episodes
+    keys = tuple_(Episode.robot_id, Episode.episode_id)
+    pks = {(r, e): pk for pk, r, e in session.execute(select(Episode.id, Episode.robot_id, Episode.episode_id)
+                                                       .where(keys.in_(list(firsts))))}  # fmt: skip
+    missing = sorted(key for key in firsts if key not in pks)
+    if missing:  # DO NOTHING: another recorder (a rebalance) may insert the same episode meanwhile
+        session.execute(
+            _insert(session, Episode).on_conflict_do_nothing(index_elements=[Episode.robot_id, Episode.episode_id]),
+            [{"robot_id": r.robot_id, "episode_id": r.episode_id, "embodiment": r.embodiment, "task": r.task,
+              "instruction": r.instruction, "model_version": r.model_version, "started_at": _ts(r.received_at)}
+             for r in (firsts[key] for key in missing)],
+        )  # fmt: skip
+        found = session.execute(select(Episode.id, Episode.robot_id, Episode.episode_id).where(keys.in_(missing)))
+        pks.update({(r, e): pk for pk, r, e in found})
+    return pks
 
 
 def record_segments(session: Session, *, rows: Sequence[SegmentRow]) -> int:
-    """Index received segments (idempotent on robot, episode, segment); returns rows inserted.
-
-    A handful of statements per call, however many rows: a polled batch of a 1,000-robot fleet holds segments of
-    hundreds of episodes, and a query per segment made the database the recorder's main cost."""
+    """Index received segments (idempotent on robot, episode, segment); returns rows inserted."""
     return _index_segments(session, rows)[1] if rows else 0
 
 
-def _index_segments(session: Session, rows: Sequence[SegmentRow]) -> tuple[dict[tuple[str, str], Episode], int]:
-    """`record_segments` for non-empty `rows`; also returns their episodes' rows by (robot, episode)."""
-    episodes = _episodes(session, rows)
-    pks = {key: episode.id for key, episode in episodes.items()}
-    found = session.execute(
-        select(Segment.episode_pk, Segment.segment_index).where(Segment.episode_pk.in_(list(pks.values())))
+def _index_segments(session: Session, rows: Sequence[SegmentRow]) -> tuple[dict[tuple[str, str], int], int]:
+    """`record_segments` for non-empty `rows`; also returns their episodes' primary keys by (robot, episode)."""
+    pks = _episode_pks(session, rows)
+    values = {
+        (pks[(row.robot_id, row.episode_id)], row.segment_index): {
+            "episode_pk": pks[(row.robot_id, row.episode_id)],
+            "robot_id": row.robot_id,
+            "segment_index": row.segment_index,
+            "num_steps": row.num_steps,
+            "interventions": row.interventions,
+            "model_version": row.model_version,
+            "kafka_partition": row.kafka_partition,
+            "kafka_offset": row.kafka_offset,
+            "received_at": _ts(row.received_at),
+        }
+        for row in reversed(rows)  # a segment twice in `rows`: its first copy
+    }
+    statement = _insert(session, Segment).on_conflict_do_nothing(
+        index_elements=[Segment.episode_pk, Segment.segment_index]
     )
-    have = {(pk, index) for pk, index in found}
-    values = []
-    for row in rows:
-        key = (pks[(row.robot_id, row.episode_id)], row.segment_index)
-        if key in have:
-            continue
-        have.add(key)
-        values.append(
-            {
-                "episode_pk": key[0],
-                "robot_id": row.robot_id,
-                "segment_index": row.segment_index,
-                "num_steps": row.num_steps,
-                "interventions": row.interventions,
-                "model_version": row.model_version,
-                "kafka_partition": row.kafka_partition,
-                "kafka_offset": row.kafka_offset,
-                "received_at": _ts(row.received_at),
-            }
-        )
-    if values:
-        session.execute(insert(Segment), values)
-    return episodes, len(values)
+    inserted = session.execute(statement.returning(Segment.id), [values[key] for key in sorted(values)]).all()
+    return pks, len(inserted)
 
 
 def record_episodes_meta(session: Session, finished: Sequence[FinishedEpisode]) -> None:
     """Mark episodes complete (idempotent): their segments, length, outcome and where the store holds them."""
     if not finished:
         return
-    episodes, _ = _index_segments(session, [row for f in finished for row in f.rows])  # every episode has a row
-    for f in finished:
-        episode, meta = episodes[(f.meta.robot_id, f.meta.episode_id)], f.meta
-        episode.model_version = meta.model_version
-        episode.length = meta.length
-        episode.success = meta.success
-        episode.interventions = meta.interventions
-        episode.missed_ticks = meta.missed_ticks
-        episode.source = meta.source
-        episode.store_path = f.store_path
-        if episode.ended_at is None:
-            episode.ended_at = _ts(max(r.received_at for r in f.rows))
+    pks, _ = _index_segments(session, [row for f in finished for row in f.rows])  # every episode has a row
+    complete = (
+        update(Episode)
+        .where(Episode.id == bindparam("pk"))
+        .values(
+            model_version=bindparam("version"),
+            length=bindparam("steps"),
+            success=bindparam("ok"),
+            interventions=bindparam("taken_over"),
+            missed_ticks=bindparam("missed"),
+            source=bindparam("origin"),
+            store_path=bindparam("path"),
+            ended_at=func.coalesce(Episode.ended_at, bindparam("ended")),
+        )  # fmt: skip
+    )
+    session.connection().execute(
+        complete,
+        [
+            {"pk": pks[(f.meta.robot_id, f.meta.episode_id)], "version": f.meta.model_version,
+             "steps": f.meta.length, "ok": f.meta.success, "taken_over": f.meta.interventions,
+             "missed": f.meta.missed_ticks, "origin": f.meta.source, "path": f.store_path,
+             "ended": _ts(max(r.received_at for r in f.rows))}
+            for f in sorted(finished, key=lambda f: pks[(f.meta.robot_id, f.meta.episode_id)])
+        ],
+    )  # fmt: skip
 
 
 class SqlEpisodeIndex:

@@ -2,8 +2,8 @@
 
 Feeds `--robots` x `--seconds` synthetic segments (bench/scale.py's recorded two-camera segment, one a second per
 robot, 10-segment episodes) through the product's `Recorder` from an in-memory broker (no Kafka: what is left is
-fleet's own work per segment) into an SQLite index, under cProfile, and prints segments per CPU second and the
-functions that take the time:
+fleet's own work per segment) into an SQLite index (or `--db-url`'s, e.g. PostgreSQL), under cProfile, and prints
+segments per CPU second and the functions that take the time:
 
     PYTHONPATH=. .venv/bin/python -m research.recorder_profile --robots 200 --seconds 20
 """
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--max-records", type=int, default=500)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--db-url", default=None, help="the index's database (default: a new SQLite file)")
     parser.add_argument("--no-profile", action="store_true", help="CPU time only (cProfile's own overhead is ~1/3)")
     args = parser.parse_args()
 
@@ -53,7 +54,7 @@ def main() -> None:
                         created_at=now, done=done, success=done,
                         timestamps=encode_array(now - (STEPS - 1 - np.arange(STEPS)) / HZ))  # fmt: skip
             transport.send(TRAJECTORIES, msgpack.packb(body, use_bin_type=True), key=f"r{j}")
-    url = f"sqlite:///{work / 'fleet.db'}"
+    url = args.db_url or f"sqlite:///{work / 'fleet.db'}"
     upgrade(url)
     engine = make_engine(url)
     config = RecorderConfig(store_dir=work / "episodes", staging_dir=work / "staging", max_records=args.max_records)

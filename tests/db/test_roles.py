@@ -7,6 +7,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,10 @@ def test_each_service_role_does_its_own_work_and_nothing_else(
         with sessions["recorder"]() as session:
             assert record_segments(session, rows=[_row("robot-1")]) == 1
             session.commit()
+        with sessions["recorder"]() as session:  # a robot seen before: its row is the heartbeats' to update
+            later = replace(_row("robot-1"), segment_index=1, received_at=time.time() + 5)
+            assert record_segments(session, rows=[later, _row("robot-1")]) == 1
+            session.commit()
         for table in ("users", "api_tokens", "user_sessions", "model_versions", "audit_log", "corrections"):
             _denied(sessions["recorder"], f"SELECT * FROM {table}")
         _denied(sessions["recorder"], "DELETE FROM segments")
@@ -98,7 +103,7 @@ def test_each_service_role_does_its_own_work_and_nothing_else(
             session.add(User(username="ada", password_hash="x", role="admin", disabled=False))
             session.add(AuditEntry(actor="ada", role="admin", action="user.create", target="user:ada", details={}))
         with sessions["dashboard"]() as session:
-            assert session.execute(text("SELECT count(*) FROM segments")).scalar() == 1
+            assert session.execute(text("SELECT count(*) FROM segments")).scalar() == 2
             assert session.execute(text("SELECT count(*) FROM audit_log")).scalar() == 2
         _denied(sessions["dashboard"], "UPDATE audit_log SET reason = 'rewritten'")
         _denied(sessions["dashboard"], "DELETE FROM audit_log")
