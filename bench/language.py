@@ -16,6 +16,13 @@ Ratios are to `in_distribution` on those same scenes; 95% Wilson intervals per k
 checkpoint (e.g. version 1 before instruction augmentation) on the same seeds, so "in-distribution success must not
 fall" is read in the same run. Writes bench/results/language.json and the first episode of each held-out kind as a
 GIF per pair under docs/language/.
+
+bench/results/language.json's `--checkpoint` is the shipped version 1 of today (fleet/assets/version-one, the same
+weights as research/language/v1-colour); its `--baseline fleet/assets/version-one` was, when it ran, the version 1
+shipped before it, which is research/online/v1-20k-flow4 (no paraphrases, no colour lexicon):
+
+    .venv/bin/python -m bench.language --checkpoint fleet/assets/version-one --baseline research/online/v1-20k-flow4 \
+        --episodes 60
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Version 1 of a fleet that has none: the one fleet ships, or one pre-trained here on scripted demonstrations.
 
 `make demo` starts from the shipped one (fleet/assets/version-one; provenance.json says how it was made): the weights
-bench/online.py's measured runs started from, so a new fleet starts where they started instead of after half an hour
-of pre-training. A demo of tasks or arms it never learnt pre-trains its own (the recipe's pre-training stage on
-demos collected here).
+bench/language.py and the colour series of bench/online.py (research/online-raised-bench-colour) measured, so a new
+fleet starts where they started instead of after an hour of pre-training. A demo of tasks or arms it never learnt
+pre-trains its own (the recipe's pre-training stage on demos collected here, with the same language options).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def _pretrain_version_one(
     settings: Settings, wanted: dict[str, int], embodiments: tuple[str, ...], bc_steps: int
 ) -> tuple[Any, dict[str, str]]:
     """Version 1 trained here: scripted demos of each task (collected once), behaviour-cloned."""
+    from fleet.defaults import PRETRAIN_LANGUAGE
     from fleet.episodes import EpisodeStore
     from fleet.policy.checkpoint import load_checkpoint
     from fleet.recipe.train import StageConfig, run_stage
@@ -82,7 +83,7 @@ def _pretrain_version_one(
     print(f"pre-training version 1 on {len(store.list())} demos ({bc_steps} steps)")
     stage = StageConfig(
         stage="pretrain", demos=store.root, run_dir=settings.home / "train" / "v1-pretrain", steps=bc_steps,
-        tasks=tuple(wanted), embodiments=embodiments, tracking_uri=settings.tracking_uri,
+        tasks=tuple(wanted), embodiments=embodiments, tracking_uri=settings.tracking_uri, **PRETRAIN_LANGUAGE,
     )  # fmt: skip
     model = load_checkpoint(run_stage(stage).checkpoint)
     return model, {"origin": "behaviour cloning on scripted demos", "demos": str(len(store.list()))}

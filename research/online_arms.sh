@@ -35,7 +35,14 @@
 # shrink to 0.5 standard errors near the top (OUT=research/online-raised-bench-se PRECISION=bf16 GATE_SE=0.5), and
 # with the operator driving whole episodes only while a robot's own success is below 0.7
 # (OUT=research/online-raised-bench-drive70 PRECISION=bf16 DRIVE_BELOW=0.7; rewards_only-1.json may be copied from the
-# bf16 series: an operator who only stops stalled robots never drives).
+# bf16 series: an operator who only stops stalled robots never drives). From the version 1 shipped today (paraphrases
+# and the colour lexicon, research/language/v1-colour), its full runs (research/online-raised-bench-colour):
+#
+#   V1=research/language/v1-colour OUT=research/online-raised-bench-colour FREEZE=encoder SCENARIO=raised-bench \
+#     TIME_SCALE=1 FINAL=75 RULES=stall,struggling LR=3e-4 LEARNER_DEMOS=0 PRECISION=bf16 DRIVE_BELOW=0.7 \
+#     STOP_AFTER=full-2 bash research/online_arms.sh
+#
+# (full-2 ran on its own with the same options, `--arms full --repeats full:1 --seed 13 --baseline-seconds 0`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V1=${V1:-research/online/v1-10k-flow4}

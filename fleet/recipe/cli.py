@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS
+from fleet.defaults import DEFAULT_EMBODIMENTS, DEFAULT_TASKS, PRETRAIN_LANGUAGE
 from fleet.recipe.evaluate import EXECUTE_STEPS
 from fleet.sim.scenarios import SCENARIO_NAMES
 
@@ -155,16 +155,20 @@ def pretrain_command(
     embodiments: str | None = typer.Option(None, "--embodiments", help="Only these embodiments [default: all]."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     paraphrases: int = typer.Option(
-        0, "--paraphrases", help="Also say each demo's instruction this many other ways (training phrasings only)."
+        PRETRAIN_LANGUAGE["paraphrases"],
+        "--paraphrases",
+        help="Also say each demo's instruction this many other ways (training phrasings only; 0: its own words).",
     ),
-    instruction_noise: float | None = typer.Option(
-        None, "--instruction-noise", help="Gaussian noise on the instruction embedding in training [default: 0]."
+    instruction_noise: float = typer.Option(
+        PRETRAIN_LANGUAGE["instruction_noise"], "--instruction-noise",
+        help="Gaussian noise on the instruction embedding in training.",
     ),
     proprio_noise: float | None = typer.Option(
         None, "--proprio-noise", help="Gaussian noise (std, proprio units) on the proprioception in training [0]."
     ),
     colour_lexicon: bool = typer.Option(
-        False, "--colour-lexicon", help="Ground colour names by hue (the shipped colour lexicon and an image channel)."
+        PRETRAIN_LANGUAGE["colour_lexicon"], "--colour-lexicon/--no-colour-lexicon",
+        help="Ground colour names by hue (the shipped colour lexicon and an image channel).",
     ),
     register: bool = RegisterOption,
     promote: bool = PromoteOption,

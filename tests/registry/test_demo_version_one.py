@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from fleet.defaults import PRETRAIN_LANGUAGE
 from fleet.demo import DemoConfig
 from fleet.policy.checkpoint import load_checkpoint
 from fleet.registry import PRODUCTION, Registry
@@ -22,6 +23,10 @@ def test_the_shipped_version_one_is_what_its_provenance_says() -> None:
     assert weights == state["weights_sha256"] and state["step"] == made["steps"]
     assert set(made["embodiments"]) <= {e.name for e in model.config.embodiments}
     assert model.config.flow_steps == 4  # sampled as the robots and bench/online.py sample it
+    # made as `fleet train pretrain` and a demo's own version 1 are by default
+    assert model.config.colour_lexicon == PRETRAIN_LANGUAGE["colour_lexicon"]
+    assert model.config.instruction_noise == PRETRAIN_LANGUAGE["instruction_noise"]
+    assert f"--paraphrases {PRETRAIN_LANGUAGE['paraphrases']}" in made["made_by"]
 
 
 @pytest.mark.integration
