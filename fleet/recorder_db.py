@@ -8,12 +8,12 @@ episode store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import Table, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,14 +60,18 @@ def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _insert(session: Session, model: type[Robot | Episode | Segment]) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT that can skip rows already there (ON CONFLICT DO NOTHING), in the session's dialect."""
+def _insert_new(session: Session, model: type[Robot | Episode | Segment], rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT `rows` into `model`'s table, skipping any another writer put there meanwhile (ON CONFLICT DO NOTHING:
+    two recorders during a rebalance). Core, executemany: rows the caller found missing, no ORM objects, and no
+    RETURNING (which makes one statement of thousands of placeholders that the driver parses again every batch)."""
+    if not rows:
+        return
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(model)
-    if dialect == "sqlite":
-        return sqlite.insert(model)
-    raise ValueError(f"the recorder's index needs PostgreSQL or SQLite, not {dialect}")
+    if dialect not in ("postgresql", "sqlite"):
+        raise ValueError(f"the recorder's index needs PostgreSQL or SQLite, not {dialect}")
+    table = cast(Table, model.__table__)
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    session.connection().execute(insert.on_conflict_do_nothing(), rows)
 
 
 def _episode_pks(session: Session, rows: Sequence[SegmentRow]) -> dict[tuple[str, str], int]:
@@ -77,36 +81,39 @@ def _episode_pks(session: Session, rows: Sequence[SegmentRow]) -> dict[tuple[str
     A robot row is only ever inserted here (its state and last sighting are the heartbeats' to keep, and the
     recorder's database role may not update it); a robot is first seen when its first segment arrived."""
     robots = {row.robot_id: row for row in reversed(rows)}  # each robot's first row
-    session.execute(
-        _insert(session, Robot).on_conflict_do_nothing(index_elements=[Robot.id]),
-        [{"id": r.robot_id, "embodiment": r.embodiment, "task": r.task, "last_seen_at": _ts(r.received_at)}
-         for _, r in sorted(robots.items())],
-    )  # fmt: skip
+    known = set(session.scalars(select(Robot.id).where(Robot.id.in_(list(robots)))))
+    _insert_new(session, Robot, [
+        {"id": r.robot_id, "embodiment": r.embodiment, "task": r.task, "last_seen_at": _ts(r.received_at)}
+        for robot_id, r in sorted(robots.items()) if robot_id not in known
+    ])  # fmt: skip
     firsts = {(row.robot_id, row.episode_id): row for row in reversed(rows)}  # each episode's first row
     keys = tuple_(Episode.robot_id, Episode.episode_id)
     pks = {(r, e): pk for pk, r, e in session.execute(select(Episode.id, Episode.robot_id, Episode.episode_id)
                                                        .where(keys.in_(list(firsts))))}  # fmt: skip
     missing = sorted(key for key in firsts if key not in pks)
-    if missing:  # DO NOTHING: another recorder (a rebalance) may insert the same episode meanwhile
-        session.execute(
-            _insert(session, Episode).on_conflict_do_nothing(index_elements=[Episode.robot_id, Episode.episode_id]),
-            [{"robot_id": r.robot_id, "episode_id": r.episode_id, "embodiment": r.embodiment, "task": r.task,
-              "instruction": r.instruction, "model_version": r.model_version, "started_at": _ts(r.received_at)}
-             for r in (firsts[key] for key in missing)],
-        )  # fmt: skip
+    if missing:
+        _insert_new(session, Episode, [
+            {"robot_id": r.robot_id, "episode_id": r.episode_id, "embodiment": r.embodiment, "task": r.task,
+             "instruction": r.instruction, "model_version": r.model_version, "started_at": _ts(r.received_at)}
+            for r in (firsts[key] for key in missing)
+        ])  # fmt: skip
         found = session.execute(select(Episode.id, Episode.robot_id, Episode.episode_id).where(keys.in_(missing)))
         pks.update({(r, e): pk for pk, r, e in found})
     return pks
 
 
 def record_segments(session: Session, *, rows: Sequence[SegmentRow]) -> int:
-    """Index received segments (idempotent on robot, episode, segment); returns rows inserted."""
+    """Index received segments (idempotent on robot, episode, segment); returns how many it found missing."""
     return _index_segments(session, rows)[1] if rows else 0
 
 
 def _index_segments(session: Session, rows: Sequence[SegmentRow]) -> tuple[dict[tuple[str, str], int], int]:
     """`record_segments` for non-empty `rows`; also returns their episodes' primary keys by (robot, episode)."""
     pks = _episode_pks(session, rows)
+    found = session.execute(
+        select(Segment.episode_pk, Segment.segment_index).where(Segment.episode_pk.in_(set(pks.values())))
+    )
+    have = {(pk, index) for pk, index in found}
     values = {
         (pks[(row.robot_id, row.episode_id)], row.segment_index): {
             "episode_pk": pks[(row.robot_id, row.episode_id)],
@@ -121,11 +128,9 @@ def _index_segments(session: Session, rows: Sequence[SegmentRow]) -> tuple[dict[
         }
         for row in reversed(rows)  # a segment twice in `rows`: its first copy
     }
-    statement = _insert(session, Segment).on_conflict_do_nothing(
-        index_elements=[Segment.episode_pk, Segment.segment_index]
-    )
-    inserted = session.execute(statement.returning(Segment.id), [values[key] for key in sorted(values)]).all()
-    return pks, len(inserted)
+    new = sorted(key for key in values if key not in have)
+    _insert_new(session, Segment, [values[key] for key in new])
+    return pks, len(new)
 
 
 def record_episodes_meta(session: Session, finished: Sequence[FinishedEpisode]) -> None:

@@ -16,6 +16,7 @@ import io
 import pstats
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import msgpack
@@ -46,14 +47,15 @@ def main() -> None:
     transport = FakeTransport()
     body = _template()
     now = time.time()
+    tag = uuid.uuid4().hex[:8]  # robots of their own: a database reused across runs holds none of them yet
     for s in range(args.seconds):
         for j in range(args.robots):
             episode, index = divmod(s, EPISODE_SEGMENTS)
             done = index == EPISODE_SEGMENTS - 1
-            body.update(robot_id=f"r{j}", episode_id=f"ep-{episode}", segment_index=index, step_start=index * STEPS,
-                        created_at=now, done=done, success=done,
+            body.update(robot_id=f"{tag}-r{j}", episode_id=f"ep-{episode}", segment_index=index,
+                        step_start=index * STEPS, created_at=now, done=done, success=done,
                         timestamps=encode_array(now - (STEPS - 1 - np.arange(STEPS)) / HZ))  # fmt: skip
-            transport.send(TRAJECTORIES, msgpack.packb(body, use_bin_type=True), key=f"r{j}")
+            transport.send(TRAJECTORIES, msgpack.packb(body, use_bin_type=True), key=f"{tag}-r{j}")
     url = args.db_url or f"sqlite:///{work / 'fleet.db'}"
     upgrade(url)
     engine = make_engine(url)
