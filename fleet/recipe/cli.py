@@ -160,14 +160,16 @@ def pretrain_command(
         help="Also say each demo's instruction this many other ways (training phrasings only; 0: its own words).",
     ),
     instruction_noise: float = typer.Option(
-        PRETRAIN_LANGUAGE["instruction_noise"], "--instruction-noise",
+        PRETRAIN_LANGUAGE["instruction_noise"],
+        "--instruction-noise",
         help="Gaussian noise on the instruction embedding in training.",
     ),
     proprio_noise: float | None = typer.Option(
         None, "--proprio-noise", help="Gaussian noise (std, proprio units) on the proprioception in training [0]."
     ),
     colour_lexicon: bool = typer.Option(
-        PRETRAIN_LANGUAGE["colour_lexicon"], "--colour-lexicon/--no-colour-lexicon",
+        PRETRAIN_LANGUAGE["colour_lexicon"],
+        "--colour-lexicon/--no-colour-lexicon",
         help="Ground colour names by hue (the shipped colour lexicon and an image channel).",
     ),
     register: bool = RegisterOption,
