@@ -114,9 +114,14 @@ def _index_segments(session: Session, rows: Sequence[SegmentRow]) -> tuple[dict[
         select(Segment.episode_pk, Segment.segment_index).where(Segment.episode_pk.in_(set(pks.values())))
     )
     have = {(pk, index) for pk, index in found}
-    values = {
-        (pks[(row.robot_id, row.episode_id)], row.segment_index): {
-            "episode_pk": pks[(row.robot_id, row.episode_id)],
+    new = {
+        key: row
+        for row in reversed(rows)  # a segment twice in `rows`: its first copy
+        if (key := (pks[(row.robot_id, row.episode_id)], row.segment_index)) not in have
+    }
+    _insert_new(session, Segment, [
+        {
+            "episode_pk": pk,
             "robot_id": row.robot_id,
             "segment_index": row.segment_index,
             "num_steps": row.num_steps,
@@ -126,10 +131,8 @@ def _index_segments(session: Session, rows: Sequence[SegmentRow]) -> tuple[dict[
             "kafka_offset": row.kafka_offset,
             "received_at": _ts(row.received_at),
         }
-        for row in reversed(rows)  # a segment twice in `rows`: its first copy
-    }
-    new = sorted(key for key in values if key not in have)
-    _insert_new(session, Segment, [values[key] for key in new])
+        for (pk, _), row in sorted(new.items())  # in key order: two writers lock rows in the same order
+    ])  # fmt: skip
     return pks, len(new)
 
 

@@ -65,10 +65,14 @@ class SegmentStaging:
         )
         f.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
 
+    def _name(self, robot_id: str, episode_id: str) -> str:
+        """`path` as a string (the key of the open logs), without building a Path per segment."""
+        return os.path.join(self.root, robot_id, episode_id + _SUFFIX)
+
     def _handle(self, robot_id: str, episode_id: str) -> BinaryIO:
         """The episode's log, open for appending (marked for the next sync)."""
-        directory = os.path.join(self.root, robot_id)
-        name = os.path.join(directory, episode_id + _SUFFIX)
+        name = self._name(robot_id, episode_id)
+        directory = os.path.dirname(name)
         f = self._open.get(name)
         if f is not None:
             self._open.move_to_end(name)
@@ -131,7 +135,7 @@ class SegmentStaging:
     def load(self, robot_id: str, episode_id: str) -> dict[int, dict[str, Any]]:
         """Staged segments of an episode by index (first copy wins); truncates a torn tail."""
         path = self.path(robot_id, episode_id)
-        if (f := self._open.get(str(path))) is not None:  # buffered appends must be readable too
+        if (f := self._open.get(self._name(robot_id, episode_id))) is not None:  # buffered appends must be readable
             f.flush()
         if not path.exists():
             return {}
@@ -161,7 +165,7 @@ class SegmentStaging:
 
     def release(self, robot_id: str, episode_id: str) -> None:
         """Close the episode's log (synced before: its episode is stored), so that it can be unlinked."""
-        name = str(self.path(robot_id, episode_id))
+        name = self._name(robot_id, episode_id)
         self._dirty.pop(name, None)
         f = self._open.pop(name, None)
         if f is not None:
