@@ -70,11 +70,16 @@ def find_colour(text: str) -> tuple[str, int, int] | None:
     return None
 
 
+def chroma(rgb: tuple[float, ...]) -> np.ndarray:
+    """An RGB colour minus its grey level: its direction is the hue, its length how colourful it is (0: grey)."""
+    value = np.asarray(rgb, dtype=np.float64)
+    return value - value.mean()
+
+
 def hue_distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """1 - the cosine between two RGB colours' chroma directions (0: the same hue, 1: 90 degrees apart, 2: opposite);
     2 when either is grey."""
-    ca, cb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ca, cb = ca - ca.mean(), cb - cb.mean()
+    ca, cb = chroma(a), chroma(b)
     size = float(np.linalg.norm(ca) * np.linalg.norm(cb))
     return 1.0 - float(ca @ cb) / size if size > 1e-9 else 2.0
 

@@ -124,7 +124,7 @@ def training_colour_names() -> Mapping[str, tuple[str, ...]]:
 
     import numpy as np
 
-    from fleet.policy.colours import hue_distance, lexicon
+    from fleet.policy.colours import chroma, hue_distance, lexicon
     from fleet.sim.tasks import COLORS
 
     data = held_out_data()
@@ -134,7 +134,7 @@ def training_colour_names() -> Mapping[str, tuple[str, ...]]:
         return any(difflib.SequenceMatcher(None, word, h).ratio() >= 0.8 for h in held)
 
     def usable(name: str, rgb: tuple[float, ...], colour: tuple[float, ...]) -> bool:
-        saturated = float(np.linalg.norm(np.subtract(rgb, np.mean(rgb)))) >= 0.15
+        saturated = float(np.linalg.norm(chroma(rgb))) >= 0.15
         return saturated and hue_distance(rgb, colour) <= 0.05 and not any(near_held(w) for w in name.split())
 
     out = {colour: tuple(n for n, v in lexicon().items() if usable(n, v, rgb)) for colour, rgb in COLORS.items()}
