@@ -55,6 +55,10 @@ class EpisodeIndex(Protocol):
 
     def episodes_finished(self, finished: Sequence[FinishedEpisode]) -> None: ...
 
+    def is_finished(self, robot_id: str, episode_id: str) -> bool:
+        """Whether `episodes_finished` has completed the episode's row."""
+        ...
+
 
 def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
@@ -180,3 +184,10 @@ class SqlEpisodeIndex:
     def episodes_finished(self, finished: Sequence[FinishedEpisode]) -> None:
         with self._sessions.begin() as session:  # one transaction for every episode a polled batch finished
             record_episodes_meta(session, finished)
+
+    def is_finished(self, robot_id: str, episode_id: str) -> bool:
+        with self._sessions() as session:
+            ended = session.scalar(
+                select(Episode.ended_at).where(Episode.robot_id == robot_id, Episode.episode_id == episode_id)
+            )
+        return ended is not None

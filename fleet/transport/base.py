@@ -106,6 +106,16 @@ class Consumer(Protocol):
         """Commit offsets past `records` (synchronously); call only after they are processed."""
         ...
 
+    def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit {(topic, partition): the next offset to read} as given (synchronously), for a service that keeps
+        some records it has read in memory only and so commits short of them (the recorder's episodes in progress)."""
+        ...
+
+    def assignment(self) -> tuple[int, frozenset[tuple[str, int]]]:
+        """(generation, the partitions this member holds): the generation changes whenever the group reassigns,
+        after which each partition is read again from its committed offset."""
+        ...
+
     def close(self) -> None: ...
 
 

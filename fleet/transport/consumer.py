@@ -43,13 +43,16 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message, Record], None]
 
 
-class _StartAt(ConsumerRebalanceListener):
-    """Seeks each newly assigned partition that has a start offset there (see KafkaGroupConsumer's `start_at`)."""
+class _Rebalance(ConsumerRebalanceListener):
+    """Counts the group's assignments (`generation`) and seeks each newly assigned partition that has a start offset
+    there (see KafkaGroupConsumer's `start_at`)."""
 
     def __init__(self, consumer: KafkaConsumer, start_at: Mapping[tuple[str, int], int]) -> None:
         self.consumer, self.start_at = consumer, dict(start_at)
+        self.generation = 0
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.generation += 1
         for tp in assigned:
             offset = self.start_at.get((tp.topic, tp.partition))
             if offset is not None:
@@ -90,8 +93,9 @@ class KafkaGroupConsumer:
                 fetch_max_bytes=max(52428800, config.max_request_bytes),
                 max_partition_fetch_bytes=config.max_request_bytes,
             )
+            self._rebalance = _Rebalance(self._consumer, start_at or {})
             if group_id is not None:
-                self._consumer.subscribe(list(topics), listener=_StartAt(self._consumer, start_at or {}))
+                self._consumer.subscribe(list(topics), listener=self._rebalance)
             elif topics:
                 try:
                     assign_at_end(self._consumer, *topics)
@@ -136,13 +140,14 @@ class KafkaGroupConsumer:
         self.lag = lag
 
     def commit(self, records: Sequence[Record]) -> None:
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp not in offsets or offsets[tp].offset <= r.offset:
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        self.commit_offsets(offsets_past(records))
+
+    def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
         if offsets:
-            self._consumer.commit(offsets)
+            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+
+    def assignment(self) -> tuple[int, frozenset[tuple[str, int]]]:
+        return self._rebalance.generation, frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
     def end_offsets(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The log-end offset of each (topic, partition)."""
@@ -152,6 +157,15 @@ class KafkaGroupConsumer:
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+def offsets_past(records: Sequence[Record]) -> dict[tuple[str, int], int]:
+    """{(topic, partition): the offset after the last of `records` there}: what committing `records` commits."""
+    offsets: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        offsets[key] = max(offsets.get(key, 0), r.offset + 1)
+    return offsets
 
 
 def assign_at_end(consumer: KafkaConsumer, *topics: str, timeout_s: float = 10.0) -> list[TopicPartition]:
@@ -202,6 +216,9 @@ class _Seen:
         if len(self._keys) > self._capacity:
             self._keys.popitem(last=False)
 
+    def clear(self) -> None:
+        self._keys.clear()
+
 
 def dead_letter(transport: Transport, record: Record, reason: str, *, group_id: str, category: str = "invalid") -> None:
     """Send a record's original bytes to fleet.deadletter with why and where it came from.
@@ -242,6 +259,12 @@ class MessageLoop:
     nothing (a live view). `decoder` replaces `fleet.schemas.decode` for a service that wants less of each message
     (the recorder keeps frames compressed); it must refuse what `decode` refuses. `step()` is one poll's whole cycle;
     a service that needs the records between the handling and the commit calls `poll()` and `process()` itself.
+
+    `committable(records)` gives the offsets a batch's commit commits instead of those past its records: for a
+    service that holds some records in memory only (the recorder's episodes in progress, whose copy until they are
+    stored is Kafka's), so that they are read again after a restart. `on_assignment(partitions)` is told when the
+    group has reassigned: the partitions now held, each read again from its committed offset (the redelivered records
+    are then not skipped as already seen, since a service may have dropped what it held for them).
     """
 
     def __init__(
@@ -260,6 +283,8 @@ class MessageLoop:
         commit_each_batch: bool = True,
         dead_letters: bool = True,
         decoder: Callable[[bytes], Message] = decode,
+        committable: Callable[[Sequence[Record]], Mapping[tuple[str, int], int]] | None = None,
+        on_assignment: Callable[[frozenset[tuple[str, int]]], None] | None = None,
     ) -> None:
         self.transport = transport
         self.decoder = decoder  # a SchemaError from it dead-letters the record as undecodable
@@ -273,7 +298,10 @@ class MessageLoop:
         self.dead_letters = dead_letters
         self.stats = LoopStats()
         self._seen = _Seen(dedup_capacity)
+        self._committable = committable
+        self._on_assignment = on_assignment
         self._consumer = transport.consumer(group_id=group_id, topics=topics, start_at=start_at)
+        self._generation = self._consumer.assignment()[0]
 
     def step(self) -> int:
         """Process one polled batch; returns how many records it held."""
@@ -290,16 +318,27 @@ class MessageLoop:
         return len(records)
 
     def poll(self) -> list[Record]:
-        return self._consumer.poll(timeout_s=self.poll_timeout_s, max_records=self.max_records)
+        records = self._consumer.poll(timeout_s=self.poll_timeout_s, max_records=self.max_records)
+        generation, partitions = self._consumer.assignment()
+        if generation != self._generation:
+            self._generation = generation
+            self._seen.clear()
+            if self._on_assignment is not None:
+                self._on_assignment(partitions)
+        return records
 
     def process(self, records: Sequence[Record]) -> int:
         """Decode and handle each record; returns how many went to the dead-letter topic (not yet acknowledged)."""
         return sum(self._process(record) for record in records)
 
     def commit(self, records: Sequence[Record]) -> bool:
-        """Commit offsets past `records` (processed durably by now); False when the broker refused it."""
+        """Commit offsets past `records` (processed durably by now), or what `committable` says of them; False when
+        the broker refused it."""
         try:
-            self._consumer.commit(records)
+            if self._committable is not None:
+                self._consumer.commit_offsets(self._committable(records))
+            else:
+                self._consumer.commit(records)
         except KafkaError as e:
             # An uncommitted batch is only redelivered (and deduplicated); the next successful commit covers it.
             self.stats.commit_failures += 1

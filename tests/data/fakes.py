@@ -43,6 +43,7 @@ class FakeConsumer:
             for t in self.topics
             for p in range(broker.partitions)
         }
+        self.generation = 0
         self.closed = False
 
     def poll(self, *, timeout_s: float, max_records: int) -> list[Record]:
@@ -58,6 +59,21 @@ class FakeConsumer:
         for r in records:
             key = (self.group_id, r.topic, r.partition)
             self.broker.committed[key] = max(self.broker.committed.get(key, 0), r.offset + 1)
+
+    def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        for (topic, partition), offset in offsets.items():  # as Kafka does: what is given, even if lower
+            self.broker.committed[(self.group_id, topic, partition)] = offset
+
+    def assignment(self) -> tuple[int, frozenset[tuple[str, int]]]:
+        return self.generation, frozenset(self.position)
+
+    def reassign(self, partitions: Sequence[int]) -> None:
+        """A rebalance: this member now holds `partitions` of its topics, each read again from its committed
+        offset."""
+        self.generation += 1
+        self.position = {
+            (t, p): self.broker.committed.get((self.group_id, t, p), 0) for t in self.topics for p in partitions
+        }
 
     def close(self) -> None:
         self.closed = True

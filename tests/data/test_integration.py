@@ -334,3 +334,45 @@ def test_a_checkpoints_offsets_win_over_the_groups_committed_ones(kafka_bootstra
     rewound = read_all(start_at={(TRAJECTORIES, partition): offsets[2]})
     assert [r.offset for r in rewound] == offsets[2:]  # from the checkpoint's offset on, not from the group's end
     transport.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_member_commits_the_offsets_it_is_given_and_sees_the_group_reassign(kafka_bootstrap: str) -> None:
+    """`commit_offsets` commits short of what was read (the recorder's episodes held in memory: a restart reads
+    them again), and `assignment()` moves to a new generation when another member joins and takes partitions."""
+    group = f"commit-at-{uuid.uuid4().hex[:8]}"
+    start_group_at_end(kafka_bootstrap, group)
+    transport = KafkaTransport(TransportConfig(bootstrap=kafka_bootstrap, client_id=group))
+    robot = f"commit-at-{uuid.uuid4().hex[:6]}"  # one key: one partition
+    for n in range(6):
+        publish(transport, make_segment(robot, "ep-000", n, segments_per_episode=6))
+    assert transport.flush(timeout_s=30)
+
+    def ours(consumer: Any, want: int) -> list[Any]:
+        got: list[Any] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(got) < want:
+            got += [r for r in consumer.poll(timeout_s=0.5, max_records=100) if r.key == robot.encode()]
+        return got
+
+    first = transport.consumer(group_id=group, topics=[TRAJECTORIES])
+    read = ours(first, 6)
+    assert len(read) == 6
+    where = (TRAJECTORIES, read[0].partition)
+    generation, held = first.assignment()
+    assert generation >= 1 and where in held
+    first.commit_offsets({where: read[2].offset})  # the first two only: the rest is held in memory
+    second = transport.consumer(group_id=group, topics=[TRAJECTORIES])
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (first.assignment()[0] > generation and second.assignment()[1]):
+        first.poll(timeout_s=0.2, max_records=1)  # a member rejoins the group from its poll
+        second.poll(timeout_s=0.2, max_records=1)
+    (_, mine), (_, theirs) = first.assignment(), second.assignment()
+    assert first.assignment()[0] > generation and mine and theirs
+    assert not mine & theirs and mine | theirs == held
+    first.close()
+    second.close()
+    third = transport.consumer(group_id=group, topics=[TRAJECTORIES])
+    assert [r.offset for r in ours(third, 4)] == [r.offset for r in read[2:]]  # from the offset given on
+    third.close()
+    transport.close()

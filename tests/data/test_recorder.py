@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from fleet.recorder_db import FinishedEpisode, SegmentRow, SqlEpisodeIndex
 from fleet.schemas import Command, decode_segment_keeping_frames, encode
 from fleet.transport import DEADLETTER, TRAJECTORIES, publish
 from tests.data.factories import make_segment
-from tests.data.fakes import FakeBroker, FakeTransport
+from tests.data.fakes import FakeBroker, FakeConsumer, FakeTransport
 
 
 @pytest.fixture()
@@ -36,6 +37,14 @@ def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
 
 def _config(tmp_path: Path) -> RecorderConfig:
     return RecorderConfig(store_dir=tmp_path / "store", staging_dir=tmp_path / "staging")
+
+
+def _staged(tmp_path: Path) -> RecorderConfig:
+    """Every episode staged at its first batch, as one held past `max_pin_s` is."""
+    return replace(_config(tmp_path), max_pin_s=0.0)
+
+
+HOLDING = pytest.mark.parametrize("staged", [False, True], ids=["held", "staged"])
 
 
 def _drain(recorder: Recorder) -> None:
@@ -96,7 +105,8 @@ def test_frames_held_for_episodes_in_progress_stay_within_the_cap(tmp_path: Path
     for e in range(20):  # three segments of each: robots that stopped mid-episode, for all the recorder knows
         for seg in segs[e][:3]:
             publish(transport, seg)
-    part_bytes = sum(len(chunk) for _, chunk in decode_segment_keeping_frames(encode(segs[0][0]))[1].values())
+    wire = encode(segs[0][0])  # a part held: the record's bytes and its frames as the robot compressed them
+    part_bytes = len(wire) + sum(len(chunk) for _, chunk in decode_segment_keeping_frames(wire)[1].values())
     cap_bytes = 10 * part_bytes  # a few episodes' worth of the 60 segments
     recorder = Recorder(replace(_config(tmp_path), max_kept_mb=cap_bytes / 1e6), transport=transport, index=None)
     _drain(recorder)
@@ -120,6 +130,7 @@ def test_restart_mid_episode_neither_loses_nor_duplicates(tmp_path: Path, sessio
     first = Recorder(_config(tmp_path), transport=transport, index=SqlEpisodeIndex(sessions))
     _drain(first)
     first.close()  # recorder process goes away mid-episode
+    assert not list((tmp_path / "staging").glob("*/*"))  # held in memory: Kafka reads it again to the next one
     for seg in [segs[1], *segs[3:], segs[5]]:  # the producer resends one; the last arrives twice
         publish(transport, seg)
     second = Recorder(_config(tmp_path), transport=FakeTransport(broker), index=SqlEpisodeIndex(sessions))
@@ -147,23 +158,27 @@ class FlakyIndex:
             raise ConnectionError("database went away")
         self.inner.episodes_finished(finished)
 
+    def is_finished(self, robot_id: str, episode_id: str) -> bool:
+        return self.inner.is_finished(robot_id, episode_id)
 
+
+@HOLDING
 def test_crash_between_store_write_and_db_is_finished_on_restart(
-    tmp_path: Path, sessions: sessionmaker[Session]
+    tmp_path: Path, sessions: sessionmaker[Session], staged: bool
 ) -> None:
     broker = FakeBroker()
     transport = FakeTransport(broker)
     for i in range(3):
         publish(transport, make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8))
-    config = RecorderConfig(store_dir=tmp_path / "store", staging_dir=tmp_path / "staging", commit_attempts=1)
+    config = replace(_staged(tmp_path) if staged else _config(tmp_path), commit_attempts=1)
     crashing = Recorder(config, transport=transport, index=FlakyIndex(SqlEpisodeIndex(sessions), fail=1))
     with pytest.raises(ConnectionError):
         crashing.step()
     assert broker.committed == {}  # nothing committed: the batch will be redelivered
-    assert crashing.store.exists("robot-0", "ep-0")  # store written, DB not: staging still holds it
+    assert crashing.store.exists("robot-0", "ep-0")  # store written, DB not: the staging log or Kafka holds it
     restarted = Recorder(config, transport=FakeTransport(broker), index=SqlEpisodeIndex(sessions))
-    assert restarted.recover() == 1
-    _drain(restarted)  # the redelivered batch changes nothing
+    assert restarted.recover() == (1 if staged else 0)
+    _drain(restarted)  # staged: the redelivered batch changes nothing; held: it records the episode again
     assert restarted.store.list() == [("robot-0", "ep-0")]
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(SegmentRowModel)) == 3
@@ -185,7 +200,7 @@ def test_staging_logs_stay_until_a_flush_after_the_store_write_has_ended(tmp_pat
         flushes.append(len(list((tmp_path / "store").glob("*/*/meta.json"))))
 
     transport = FakeTransport()
-    recorder = Recorder(_config(tmp_path), transport=transport, index=None, sync=slow_sync)
+    recorder = Recorder(_staged(tmp_path), transport=transport, index=None, sync=slow_sync)
     for e in range(2):
         for i in range(3):
             publish(transport, make_segment("robot-0", f"ep-{e}", i, steps=5, segments_per_episode=3, size=8))
@@ -209,7 +224,7 @@ def test_staging_logs_are_unlinked_off_the_loop_and_a_late_segment_waits_for_its
     transport = FakeTransport()
     segs = {e: [make_segment("robot-0", f"ep-{e}", i, steps=5, segments_per_episode=2, size=8) for i in range(2)]
             for e in range(2)}  # fmt: skip
-    recorder = Recorder(_config(tmp_path), transport=transport, index=None, sync=lambda: None)
+    recorder = Recorder(_staged(tmp_path), transport=transport, index=None, sync=lambda: None)
     gate = threading.Event()
     recorder._unlinker.submit(gate.wait, 30)  # its one thread is stuck until the gate opens
     for seg in segs[0]:
@@ -254,17 +269,18 @@ def test_inconsistent_or_late_segments_are_dead_lettered(tmp_path: Path) -> None
     assert any("segment 5 comes after the episode's last segment 2" in r for r in reasons)
 
 
-def test_episode_with_a_step_gap_is_rejected_whole(tmp_path: Path) -> None:
+@HOLDING
+def test_episode_with_a_step_gap_is_rejected_whole(tmp_path: Path, staged: bool) -> None:
     transport = FakeTransport()
     segs = [make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8) for i in range(3)]
     segs[2] = segs[2].model_copy(update={"step_start": 11})
     for seg in segs:
         publish(transport, seg)
-    recorder = Recorder(_config(tmp_path), transport=transport, index=None)
+    recorder = Recorder(_staged(tmp_path) if staged else _config(tmp_path), transport=transport, index=None)
     _drain(recorder)
     assert recorder.store.list() == []
     dead = transport.broker.records(DEADLETTER)
-    assert len(dead) == 3
+    assert [r.value for r in dead] == [encode(seg) for seg in segs]  # the robot's bytes, whole episode, in order
     assert all(b"starts at step 11, expected 10" in dict(r.headers)["fleet.reason"] for r in dead)
     assert not list((tmp_path / "staging").glob("*/*"))
 
@@ -277,3 +293,121 @@ def test_other_message_kinds_on_the_trajectory_topic_are_dead_lettered(tmp_path:
     _drain(recorder)
     [dead] = transport.broker.records(DEADLETTER)
     assert b"expected a trajectory_segment message, got 'command'" in dict(dead.headers)["fleet.reason"]
+
+
+def _committed(broker: FakeBroker, partition: int = 0) -> int | None:
+    return broker.committed.get(("recorder", TRAJECTORIES, partition))
+
+
+def _wait_flushed(recorder: Recorder, ticket: int) -> None:
+    deadline = time.time() + 30
+    while recorder._flusher.flushed < ticket and time.time() < deadline:
+        time.sleep(0.01)
+    assert recorder._flusher.flushed >= ticket
+
+
+def _sync_after(event: threading.Event) -> Callable[[], None]:
+    """A flush of the disks that ends once `event` is set (or never, for a host that loses power meanwhile)."""
+
+    def sync() -> None:
+        event.wait(30)
+
+    return sync
+
+
+def test_held_episodes_hold_the_commit_back_until_stored_and_flushed(tmp_path: Path) -> None:
+    broker = FakeBroker(partitions=1)
+    transport = FakeTransport(broker)
+    release = threading.Event()
+    recorder = Recorder(_config(tmp_path), transport=transport, index=None, sync=_sync_after(release))
+    long = [make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8) for i in range(3)]
+    for seg in (long[0], make_segment("robot-1", "ep-0", 0, steps=5, segments_per_episode=1, size=8), long[1]):
+        publish(transport, seg)  # offsets 0, 1 (a whole episode), 2
+    _drain(recorder)
+    assert recorder.store.list() == [("robot-1", "ep-0")]
+    assert _committed(broker) == 0  # robot-0's episode is in memory only: a restart must read it again
+    publish(transport, long[2])
+    _drain(recorder)
+    assert recorder.store.list() == [("robot-0", "ep-0"), ("robot-1", "ep-0")]
+    assert _committed(broker) == 0  # stored, but not yet flushed to disk
+    release.set()
+    _wait_flushed(recorder, 2)
+    publish(transport, make_segment("robot-2", "ep-0", 0, steps=5, segments_per_episode=2, size=8))  # offset 4
+    _drain(recorder)
+    assert _committed(broker) == 4  # past both stored episodes, at the one now held
+    assert not list((tmp_path / "staging").glob("*/*"))  # no segment of theirs was written but to the store
+    recorder.close()
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["whole", "torn"])
+def test_an_episode_stored_but_not_flushed_is_read_again_and_written_again_only_if_torn(
+    tmp_path: Path, sessions: sessionmaker[Session], torn: bool
+) -> None:
+    broker = FakeBroker()
+    transport = FakeTransport(broker)
+    for i in range(3):
+        publish(transport, make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8))
+    hang = threading.Event()
+    first = Recorder(_config(tmp_path), transport=transport, index=SqlEpisodeIndex(sessions), sync=_sync_after(hang))
+    _drain(first)  # stored and indexed; its flush never ends: the host loses power
+    partition = transport.broker.records(TRAJECTORIES)[0].partition
+    assert _committed(broker, partition) == 0
+    stored = first.store.path("robot-0", "ep-0")
+    if torn:  # what the page cache had not written yet
+        frames = stored / "frames" / "front.npy.zst"
+        frames.write_bytes(frames.read_bytes()[:20])
+    inode = stored.stat().st_ino
+    second = Recorder(_config(tmp_path), transport=FakeTransport(broker), index=SqlEpisodeIndex(sessions))
+    assert second.recover() == 0
+    _drain(second)
+    _assert_in_order(second, "robot-0", "ep-0", 15)
+    assert (stored.stat().st_ino != inode) == torn  # written again only when it did not read back whole
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SegmentRowModel)) == 3
+        [row] = s.scalars(select(EpisodeRow)).all()
+        assert row.ended_at is not None and row.length == 15
+    second.close()
+    hang.set()
+
+
+def test_a_rebalance_leaves_held_episodes_to_the_partitions_new_owner(tmp_path: Path) -> None:
+    broker = FakeBroker(partitions=2)
+    robots = {zlib.crc32(f"robot-{i}".encode()) % 2: f"robot-{i}" for i in range(8)}  # one robot a partition
+    transport = FakeTransport(broker)
+    segs = {p: [make_segment(r, "ep-0", i, steps=5, segments_per_episode=3, size=8) for i in range(3)]
+            for p, r in robots.items()}  # fmt: skip
+    for p in (0, 1):
+        for seg in segs[p][:2]:
+            publish(transport, seg)
+    recorder = Recorder(_config(tmp_path), transport=transport, index=None)
+    _drain(recorder)
+    consumer = recorder.loop._consumer
+    assert isinstance(consumer, FakeConsumer)
+    consumer.reassign([1])  # partition 0 is another member's now
+    publish(transport, segs[1][2])
+    _drain(recorder)
+    assert recorder.store.list() == [(robots[1], "ep-0")]
+    assert [key for key in recorder._pending] == []  # robot on partition 0: left to its new owner
+    consumer.reassign([0, 1])  # and back: read again from the offset committed, which its episode held
+    publish(transport, segs[0][2])
+    _drain(recorder)
+    assert recorder.store.list() == sorted((r, "ep-0") for r in robots.values())
+    _assert_in_order(recorder, robots[0], "ep-0", 15)
+
+
+def test_an_episode_held_past_max_pin_s_is_staged_and_the_commit_passes_it(tmp_path: Path) -> None:
+    broker = FakeBroker(partitions=1)
+    segs = [make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8) for i in range(3)]
+    for seg in segs[:2]:
+        publish(FakeTransport(broker), seg)
+    first = Recorder(_staged(tmp_path), transport=FakeTransport(broker), index=None)
+    _drain(first)
+    assert _committed(broker) == 2 and first.staging.exists("robot-0", "ep-0")
+    first.close()
+    publish(FakeTransport(broker), segs[2])
+    second = Recorder(_config(tmp_path), transport=FakeTransport(broker), index=None)
+    assert second.recover() == 0  # not complete: waits for its last segment, which comes after the commit
+    _drain(second)
+    _assert_in_order(second, "robot-0", "ep-0", 15)
+    second.flush()
+    assert not list((tmp_path / "staging").glob("*/*"))
