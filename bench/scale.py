@@ -10,9 +10,12 @@ cannot get shows as their lag, not as the services' latency.
 
 Downstream, as in production: `--recorders` processes of the product's `Recorder` in one consumer group (episode
 store and DB index; PostgreSQL when there is more than one, else SQLite), each timing produce -> recorded
-(`created_at` to durably staged), and one process of the learner's ingest (`learner.ingest.Ingest` into a
+(`created_at` to the end of the batch that took the segment in: held with its episode, indexed in the DB, and for
+a last segment its episode stored), and one process of the learner's ingest (`learner.ingest.Ingest` into a
 `ReplayBuffer` of the default model, its own consumer group) counting the episodes it assembled. Every second the
-bench reads both groups' lag from Kafka.
+bench reads both groups' committed lag from Kafka; the recorders' own lag is what they have yet to read, from
+their consumers (their commits trail by the episodes they hold, about one a robot). The producers time each
+segment to the brokers' acknowledgement (`produce_to_ack_*`), the stand-in robots' own part of the latency.
 
 Each size runs `--seconds` (1,000 robots: 300, the issue's five minutes) after a warm-up. Reported per size:
 `segments_per_s` (recorded, over the measured window), `produce_to_record_p50_ms` / `p99_ms`, `max_lag_records`
@@ -90,6 +93,7 @@ def robot_worker(bootstrap: str, robots: list[str], start_at: float, seconds: fl
     spool = Path(out).with_suffix(".spool")
     transport = KafkaTransport(TransportConfig(bootstrap=bootstrap, client_id=Path(out).stem, spool_dir=spool))
     n, lags, sent = len(robots), [], 0
+    acked: list[tuple[float, float]] = []  # (created, seconds to the brokers' acknowledgement), from its thread
     total = int(seconds) * n
     for k in range(total):
         s, j = divmod(k, n)  # second s, robot j (phase j / n of the second)
@@ -104,13 +108,14 @@ def robot_worker(bootstrap: str, robots: list[str], start_at: float, seconds: fl
         body.update(robot_id=robots[j], episode_id=f"ep-{episode}", segment_index=index, step_start=index * STEPS,
                     created_at=now, done=done, success=done,
                     timestamps=encode_array(now - (STEPS - 1 - np.arange(STEPS)) / HZ))  # fmt: skip
-        sent += transport.send(TRAJECTORIES, msgpack.packb(body, use_bin_type=True), key=robots[j])
+        sent += transport.send(TRAJECTORIES, msgpack.packb(body, use_bin_type=True), key=robots[j],
+                               on_delivery=lambda d, t=now: acked.append((t, time.time() - t)))  # fmt: skip
     transport.flush(120)
     stats = transport.stats
     transport.close()
     shutil.rmtree(spool, ignore_errors=True)
     Path(out).write_text(json.dumps({"sent": sent, "lag_p99_s": float(np.percentile(lags, 99)) if lags else 0.0,
-                                     "dropped": stats.dropped, "spooled": stats.spooled}))  # fmt: skip
+                                     "dropped": stats.dropped, "spooled": stats.spooled, "acked": acked}))  # fmt: skip
 
 
 def recorder_worker(
@@ -126,6 +131,7 @@ def recorder_worker(
 
     seen: list[tuple[float, float, float]] = []
     polled = [time.time()]  # when the batch being handled came back from poll: the loop handles one at a time
+    behind: list[tuple[float, int]] = []  # (time, records on its partitions it has yet to read) at each poll
 
     def on_segment(seg: Any) -> None:
         now = time.time()
@@ -141,6 +147,7 @@ def recorder_worker(
     def timed_poll() -> Any:
         records = poll()
         polled[0] = time.time()
+        behind.append((polled[0], sum(recorder.loop.lag.values())))
         return records
 
     recorder.loop.poll = timed_poll  # type: ignore[method-assign]
@@ -156,7 +163,24 @@ def recorder_worker(
         Path(profile).write_text(text.getvalue())
     recorder.close()
     transport.close()
-    Path(out).write_text(json.dumps(seen))
+    Path(out).write_text(json.dumps({"seen": seen, "behind": behind}))
+
+
+def _behind_by_second(recorders: list[dict[str, Any]], start: float, end: float) -> list[int]:
+    """The recorders' lag summed, each second from `start` to `end`: each one's last poll in that second (its
+    partitions' records it has yet to read; the committed offsets trail by the episodes it holds in memory)."""
+    seconds = int(end - start)
+    total = [0] * seconds
+    for rec in recorders:
+        last: list[int | None] = [None] * seconds
+        for t, lag in rec["behind"]:
+            if 0 <= (k := int(t - start)) < seconds:
+                last[k] = lag
+        value = 0
+        for k in range(seconds):
+            value = last[k] if last[k] is not None else value
+            total[k] += value
+    return total
 
 
 def ingest_worker(bootstrap: str, group: str, stop: Any, out: str, nice: int = 0) -> None:
@@ -311,7 +335,7 @@ def run_size(
         for row in _lag_rows(config, groups):
             name = "recorder" if row["group"] == groups["recorder"] else "learner"
             lags[name].append(int(row["lag"]))  # type: ignore[call-overload]
-        print(f"\r{robots} robots: {time.time() - start_at:5.0f}/{seconds:.0f} s  lag recorder "
+        print(f"\r{robots} robots: {time.time() - start_at:5.0f}/{seconds:.0f} s  committed lag recorder "
               f"{lags['recorder'][-1] if lags['recorder'] else '-'}  learner "
               f"{lags['learner'][-1] if lags['learner'] else '-'}   ", end="", flush=True)  # fmt: skip
     wall = time.time() - t0
@@ -326,12 +350,18 @@ def run_size(
         for row in _lag_rows(config, groups):
             lags["recorder" if row["group"] == groups["recorder"] else "learner"].append(int(row["lag"]))  # type: ignore[call-overload]
     backlog = lags["recorder"][-1] if lags["recorder"] else 0
+    drained = time.time()
     stop.set()
     for p in producers + consumers:
         p.join(timeout=120)
     print()
     produced = [json.loads((work / f"prod-{tag}-{k}.json").read_text()) for k in range(args.producers)]
-    seen = [tuple(x) for i in range(args.recorders) for x in json.loads((work / f"rec-{tag}-{i}.json").read_text())]
+    recs = [json.loads((work / f"rec-{tag}-{i}.json").read_text()) for i in range(args.recorders)]
+    seen = [tuple(x) for rec in recs for x in rec["seen"]]
+    # The recorders' lag is what they have yet to read (their committed offsets trail by the episodes they hold)
+    running["recorder"] = _behind_by_second(recs, start_at, start_at + seconds)
+    lags["recorder"] = _behind_by_second(recs, start_at, drained)
+    acked = [lat for p in produced for t, lat in p["acked"] if start_at + args.settle <= t < start_at + seconds]
     episodes = json.loads((work / f"ing-{tag}.json").read_text())
     window = (start_at + args.settle, start_at + seconds)  # the measured window: after the fleet settled in
     in_window = [lat for t, lat, _ in seen if window[0] <= t < window[1]]
@@ -369,6 +399,9 @@ def run_size(
         # in the recorder's previous batches)
         "poll_to_record_p50_ms": round(1000 * float(np.percentile(in_recorder, 50)), 1) if in_recorder else None,
         "poll_to_record_p99_ms": round(1000 * float(np.percentile(in_recorder, 99)), 1) if in_recorder else None,
+        # of it, from the robots' send to the brokers' acknowledgement (acks=all): the robots' stand-ins' own part
+        "produce_to_ack_p50_ms": round(1000 * float(np.percentile(acked, 50)), 1) if acked else None,
+        "produce_to_ack_p99_ms": round(1000 * float(np.percentile(acked, 99)), 1) if acked else None,
         "max_lag_records": {name: max(v, default=0) for name, v in lags.items()},
         "learner_episodes_per_s": round(sum(window[0] <= t < window[1] for t in episodes) / span, 2),
         "producer_lag_p99_s": round(producer_lag, 3),

@@ -277,6 +277,7 @@ class Recorder:
         self._unflushed: dict[tuple[str, str], _Unflushed] = {}  # episodes written, their flush to come
         self._settled: OrderedDict[tuple[str, str], int] = OrderedDict()  # recently recorded for good -> steps
         self._read_up_to: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset after the last one read
+        self._committed: dict[tuple[str, int], int] = {}  # the offsets of the last commit
         # Staging logs are unlinked off the loop: an unlink waits on the filesystem's journal, behind any flush of
         # the disks (~3 ms each here, a batch's worth adding up to most of the loop's time).
         self._unlinker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-unlink")
@@ -302,7 +303,14 @@ class Recorder:
         return len(finished)
 
     def step(self) -> int:
-        return self.loop.step()
+        """One polled batch; with none, commit what flushes since the last commit let go of (a fleet gone quiet
+        must not leave its last episodes to be read again)."""
+        records = self.loop.step()
+        if not records:
+            self._drop_flushed()
+            if self._offsets(()) != self._committed and not self.loop.commit(()):
+                self._committed = {}  # refused: tried again at the next step
+        return records
 
     def run(self, stop: Callable[[], bool]) -> None:
         self.recover()
@@ -475,8 +483,12 @@ class Recorder:
                 pending.parts = None
 
     def _committable(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
-        """The offsets to commit after a batch: past it, but never past the first offset of an episode whose only
-        durable copy is Kafka's (held in memory, or stored and not yet flushed)."""
+        self._committed = self._offsets(records)
+        return self._committed
+
+    def _offsets(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
+        """The offsets to commit after `records`: past them, but never past the first offset of an episode whose
+        only durable copy is Kafka's (held in memory, or stored and not yet flushed)."""
         for where, offset in offsets_past(records).items():
             self._read_up_to[where] = max(self._read_up_to.get(where, 0), offset)
         offsets = dict(self._read_up_to)

@@ -347,6 +347,12 @@ class MessageLoop:
         self.stats.commits += 1
         return True
 
+    @property
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records behind the log end on each partition held, as of the last poll: what this member has yet to read
+        (its committed offsets may trail further, by what it holds in memory)."""
+        return dict(getattr(self._consumer, "lag", {}))
+
     def run(self, stop: Callable[[], bool]) -> None:
         """Loop until `stop()` is true; commits happen inside `step`."""
         while not stop():
