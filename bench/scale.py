@@ -24,10 +24,12 @@ Each size runs `--seconds` (1,000 robots: 300, the issue's five minutes) after a
 of the producers (behind schedule), the recorders (lag growing) or the learner's ingest (lag growing) that did not
 keep up, else "none". Writes bench/results/scale.json.
 
-Faults, in the same run: `--kafka-brokers 3 --kill-broker-at S` SIGKILLs the third broker S seconds into each size's
-run (replication 3, `min.insync.replicas` 2: writes go on with two) and restarts it for the next size; each run
-reports `segments_lost` (acknowledged by the brokers, never recorded, and not in the recorders' backlog either:
-`segments_backlog` is what they had not read when the drain gave up) and the top level `broker_killed_lost`.
+Faults, after the sizes, on the same cluster: `--kafka-brokers 3 --kill-broker-at S` runs the largest size once more
+for `--fault-seconds` (120) and SIGKILLs the third broker S seconds in (replication 3, `min.insync.replicas` 2:
+writes go on with two). That run (`broker_kill`) reports `segments_lost` (acknowledged by the brokers, never
+recorded, and not in the recorders' backlog either: `segments_backlog` is what they had not read when the drain gave
+up), the top level `broker_killed_lost`, and its own latencies: the sizes' are those of a fleet without faults, the
+failover's (a broker is fenced after 4 s, and producers wait for it) are `produce_to_record_p99_ms_broker_killed`.
 `--ray-node-loss N` then runs N simulated robots (the product's `run_fleet`, a tiny random model as production) on a
 two-node Ray test cluster and removes the node under some of them once every robot has finished an episode:
 `ray_node_lost_robots_recovered` is how many of those were started again on the node left and finished, out of how
@@ -248,24 +250,24 @@ def _p99_by(seen: list[tuple[float, ...]], start_at: float, seconds: float, step
     return [round(1000 * float(np.percentile(b, 99)), 1) if b else None for b in buckets]
 
 
-def _lag_rows(config: Any, groups: dict[str, str]) -> list[dict[str, object]]:
+def _lag_rows(monitor: Any, groups: dict[str, str]) -> list[dict[str, object]]:
     """The groups' lag rows; none this second when the admin client reached no broker (one was just killed)."""
     from fleet.transport import TransportError
-    from fleet.transport.kafka import group_lag
 
     try:
-        return group_lag(config, list(groups.values()))
+        return monitor.rows(list(groups.values()))
     except TransportError:
         return []
 
 
 def run_size(
-    args: argparse.Namespace, settings: Any, robots: int, seconds: float, work: Path, *, last: bool
+    args: argparse.Namespace, settings: Any, robots: int, seconds: float, work: Path, *, kill_at: float | None = None
 ) -> dict[str, Any]:
     from bench.ingest import start_at_end
     from fleet.db.migrate import upgrade
     from fleet.stack.kafka import KafkaService
     from fleet.transport import TransportConfig
+    from fleet.transport.kafka import GroupLag
 
     bootstrap = settings.bootstrap_servers
     tag = uuid.uuid4().hex[:6]
@@ -308,9 +310,9 @@ def run_size(
     ]
     for p in producers:
         p.start()
-    victim = None if args.kill_broker_at is None else KafkaService(settings, node=args.kafka_brokers - 1)  # the last
+    victim = None if kill_at is None else KafkaService(settings, node=args.kafka_brokers - 1)  # the last
     killed_at: float | None = None
-    config = TransportConfig(bootstrap=bootstrap)
+    monitor = GroupLag(TransportConfig(bootstrap=bootstrap))  # one pair of clients for the run's reads
     lags: dict[str, list[int]] = {name: [] for name in groups}
     brokers = [pid for n in range(settings.kafka_brokers) if (pid := KafkaService(settings, node=n).process().pid())]
     times0 = {pid: _cpu_seconds(pid) for pid in [p.pid for p in producers + consumers if p.pid] + brokers}
@@ -323,7 +325,7 @@ def run_size(
     t0 = time.time()
     while any(p.is_alive() for p in producers):
         time.sleep(1.0)
-        if victim is not None and killed_at is None and time.time() - start_at >= args.kill_broker_at:
+        if victim is not None and kill_at is not None and killed_at is None and time.time() - start_at >= kill_at:
             pid = victim.process().pid()  # SIGKILL, for good: the rest of the run goes on with the brokers left
             if pid is None:
                 raise RuntimeError(f"broker {victim.node + 1} is not running to be killed: {_kafka_log(settings)}")
@@ -332,7 +334,7 @@ def run_size(
         times = {pid: _cpu_seconds(pid) for pid in cpu_last}  # one read of each process a second
         cpu_last.update({pid: total for pid, (total, _) in times.items() if total > 0})
         system_last.update({pid: times[pid][1] for pid in system_last if times[pid][0] > 0})
-        for row in _lag_rows(config, groups):
+        for row in _lag_rows(monitor, groups):
             name = "recorder" if row["group"] == groups["recorder"] else "learner"
             lags[name].append(int(row["lag"]))  # type: ignore[call-overload]
         print(f"\r{robots} robots: {time.time() - start_at:5.0f}/{seconds:.0f} s  committed lag recorder "
@@ -347,10 +349,11 @@ def run_size(
     drain_until = time.time() + args.drain
     while time.time() < drain_until and any((v[-1] if v else 1) > 0 for v in lags.values()):
         time.sleep(1.0)
-        for row in _lag_rows(config, groups):
+        for row in _lag_rows(monitor, groups):
             lags["recorder" if row["group"] == groups["recorder"] else "learner"].append(int(row["lag"]))  # type: ignore[call-overload]
     backlog = lags["recorder"][-1] if lags["recorder"] else 0
     drained = time.time()
+    monitor.close()
     stop.set()
     for p in producers + consumers:
         p.join(timeout=120)
@@ -365,7 +368,7 @@ def run_size(
     episodes = json.loads((work / f"ing-{tag}.json").read_text())
     window = (start_at + args.settle, start_at + seconds)  # the measured window: after the fleet settled in
     in_window = [lat for t, lat, _ in seen if window[0] <= t < window[1]]
-    in_recorder = [own for t, _, own in seen if window[0] <= t < window[1]]  # from its poll to staged
+    in_recorder = [own for t, _, own in seen if window[0] <= t < window[1]]  # from its poll to recorded
     span = window[1] - window[0]
     kinds = {"producers": producers, "recorders": consumers[:-1], "learner_ingest": consumers[-1:]}
     share = {kind: round(sum(cpu[p.pid] for p in ps if p.pid) / wall, 2) for kind, ps in kinds.items()}
@@ -376,16 +379,6 @@ def run_size(
     bottleneck = ("producers" if producer_lag > 1.0 else "recorders" if rising["recorder"]
                   else "learner_ingest" if rising["learner"] else "none")  # fmt: skip
     sent = sum(p["sent"] for p in produced)
-    if victim is not None and not last:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(victim.process().pid() or -1, os.WNOHANG)
-        victim.process().pid_path.unlink(missing_ok=True)
-        victim.prepare().start()  # whole again for the next size
-        deadline = time.time() + 120
-        while not victim.healthy():
-            if time.time() > deadline or victim.process().pid() is None:
-                raise RuntimeError(f"broker {victim.node + 1} did not come back after the kill: {_kafka_log(settings)}")
-            time.sleep(1.0)
     return {
         "robots": robots,
         "seconds": seconds,
@@ -504,8 +497,10 @@ def main() -> None:
         "--kill-broker-at",
         type=float,
         default=None,
-        help="seconds into each size's run to SIGKILL the last broker (needs --kafka-brokers 3)",
+        help="then run the largest size once more and SIGKILL the last broker this many seconds in (needs "
+        "--kafka-brokers 3)",
     )
+    parser.add_argument("--fault-seconds", type=float, default=120.0, help="the broker-kill run's measured part")
     parser.add_argument(
         "--ray-node-loss",
         type=int,
@@ -540,8 +535,10 @@ def main() -> None:
                             kafka_brokers=args.kafka_brokers, kafka_partitions=args.partitions)  # fmt: skip
         with kafka_only(settings):
             ensure_topics(TransportConfig.from_settings(settings))
-            rows = [run_size(args, settings, n, s, work, last=k == len(sizes) - 1)
-                    for k, (n, s) in enumerate(zip(sizes, seconds, strict=True))]  # fmt: skip
+            rows = [run_size(args, settings, n, s, work) for n, s in zip(sizes, seconds, strict=True)]
+            fault = None
+            if args.kill_broker_at is not None:
+                fault = run_size(args, settings, sizes[-1], args.fault_seconds, work, kill_at=args.kill_broker_at)
         ray_phase = None
         if args.ray_node_loss:  # its own single-broker stack with MLflow: the robots fetch production from it
             ray_settings = Settings(home=work / "ray", kafka_port=free_port(), kafka_controller_port=free_port(),
@@ -567,9 +564,10 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "median_cpu_cores": {k: statistics.median(r["cpu_cores"][k] for r in rows) for k in rows[0]["cpu_cores"]},
     }
-    killed = [r for r in rows if r["broker_killed_at_s"] is not None]
-    if killed:  # one of three brokers SIGKILLed mid-run: segments acknowledged and never recorded
-        result["broker_killed_lost"] = sum(r["segments_lost"] for r in killed)
+    if fault is not None:  # one of three brokers SIGKILLed mid-run: segments acknowledged and never recorded
+        result["broker_killed_lost"] = fault["segments_lost"]
+        result["produce_to_record_p99_ms_broker_killed"] = fault["produce_to_record_p99_ms"]
+        result["broker_kill"] = fault
     if ray_phase is not None:  # robots on the lost Ray node, started again elsewhere and finished / all of them
         result["ray_node_lost_robots_recovered"] = f"{ray_phase['recovered']}/{ray_phase['on_lost_node']}"
         result["ray_node_loss"] = ray_phase

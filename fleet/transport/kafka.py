@@ -121,38 +121,63 @@ class KafkaTransport:
             producer.close(timeout_s)
 
 
-def group_lag(config: TransportConfig, groups: Sequence[str]) -> list[dict[str, object]]:
-    """One row per (group, topic) of other processes' consumer groups: committed offset, end offset and lag summed
-    over partitions (a group's own lag, as it polls, is `KafkaGroupConsumer.lag`). TransportError when Kafka cannot
-    tell."""
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=config.bootstrap.split(","), client_id="fleet-lag",
-                                 bootstrap_timeout_ms=int(config.connect_timeout_s * 1000),
-                                 **kafka_security_options(config))  # fmt: skip
-    except KafkaError as e:
-        raise TransportError(f"Kafka not reachable at {config.bootstrap} ({e}): run `fleet up`") from None
-    reader = None
-    try:
-        reader = KafkaGroupConsumer(config, group_id=None, topics=())
-        rows: list[dict[str, object]] = []
-        for group in groups:
-            committed = admin.list_group_offsets(group).get(group, {})
-            if not committed:
-                continue
-            ends = reader.end_offsets([(tp.topic, tp.partition) for tp in committed])
-            per_topic: dict[str, dict[str, int]] = {}
-            for tp, meta in committed.items():
-                row = per_topic.setdefault(tp.topic, {"committed": 0, "end": 0, "lag": 0, "partitions": 0})
-                end, done = ends.get((tp.topic, tp.partition), 0), max(int(meta.offset), 0)
-                row["committed"] += done
-                row["end"] += end
-                row["lag"] += max(end - done, 0)
-                row["partitions"] += 1
-            rows.extend({"group": group, "topic": topic, **per_topic[topic]} for topic in sorted(per_topic))
-        return rows
-    except (KafkaError, KeyError) as e:
-        raise TransportError(f"could not read consumer offsets from {config.bootstrap}: {e!r}") from None
-    finally:
+class GroupLag:
+    """Other processes' consumer groups' lag, read again and again over one admin client and one reader (a monitor
+    that asks every second must not connect to every broker every second). TransportError when Kafka cannot tell;
+    the clients are then made anew at the next `rows`."""
+
+    def __init__(self, config: TransportConfig) -> None:
+        self.config = config
+        self._admin: KafkaAdminClient | None = None
+        self._reader: KafkaGroupConsumer | None = None
+
+    def rows(self, groups: Sequence[str]) -> list[dict[str, object]]:
+        """One row per (group, topic): committed offset, end offset and lag summed over partitions (a group's own
+        lag, as it polls, is `KafkaGroupConsumer.lag`)."""
+        try:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=self.config.bootstrap.split(","), client_id="fleet-lag",
+                    bootstrap_timeout_ms=int(self.config.connect_timeout_s * 1000),
+                    **kafka_security_options(self.config),
+                )  # fmt: skip
+        except KafkaError as e:
+            raise TransportError(f"Kafka not reachable at {self.config.bootstrap} ({e}): run `fleet up`") from None
+        try:
+            if self._reader is None:
+                self._reader = KafkaGroupConsumer(self.config, group_id=None, topics=())
+            rows: list[dict[str, object]] = []
+            for group in groups:
+                committed = self._admin.list_group_offsets(group).get(group, {})
+                if not committed:
+                    continue
+                ends = self._reader.end_offsets([(tp.topic, tp.partition) for tp in committed])
+                per_topic: dict[str, dict[str, int]] = {}
+                for tp, meta in committed.items():
+                    row = per_topic.setdefault(tp.topic, {"committed": 0, "end": 0, "lag": 0, "partitions": 0})
+                    end, done = ends.get((tp.topic, tp.partition), 0), max(int(meta.offset), 0)
+                    row["committed"] += done
+                    row["end"] += end
+                    row["lag"] += max(end - done, 0)
+                    row["partitions"] += 1
+                rows.extend({"group": group, "topic": topic, **per_topic[topic]} for topic in sorted(per_topic))
+            return rows
+        except (KafkaError, KeyError) as e:
+            self.close()
+            raise TransportError(f"could not read consumer offsets from {self.config.bootstrap}: {e!r}") from None
+
+    def close(self) -> None:
+        reader, admin, self._reader, self._admin = self._reader, self._admin, None, None
         if reader is not None:
             reader.close()
-        admin.close()
+        if admin is not None:
+            admin.close()
+
+
+def group_lag(config: TransportConfig, groups: Sequence[str]) -> list[dict[str, object]]:
+    """`GroupLag.rows` once (a page view)."""
+    lag = GroupLag(config)
+    try:
+        return lag.rows(groups)
+    finally:
+        lag.close()
