@@ -162,14 +162,20 @@ class FlakyIndex:
         return self.inner.is_finished(robot_id, episode_id)
 
 
-@HOLDING
-def test_crash_between_store_write_and_db_is_finished_on_restart(
-    tmp_path: Path, sessions: sessionmaker[Session], staged: bool
-) -> None:
+def _published_episode() -> tuple[FakeBroker, FakeTransport]:
+    """A broker holding one whole episode: robot-0's ep-0, three 5-step segments."""
     broker = FakeBroker()
     transport = FakeTransport(broker)
     for i in range(3):
         publish(transport, make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8))
+    return broker, transport
+
+
+@HOLDING
+def test_crash_between_store_write_and_db_is_finished_on_restart(
+    tmp_path: Path, sessions: sessionmaker[Session], staged: bool
+) -> None:
+    broker, transport = _published_episode()
     config = replace(_staged(tmp_path) if staged else _config(tmp_path), commit_attempts=1)
     crashing = Recorder(config, transport=transport, index=FlakyIndex(SqlEpisodeIndex(sessions), fail=1))
     with pytest.raises(ConnectionError):
@@ -346,10 +352,7 @@ def test_held_episodes_hold_the_commit_back_until_stored_and_flushed(tmp_path: P
 def test_an_episode_stored_but_not_flushed_is_read_again_and_written_again_only_if_torn(
     tmp_path: Path, sessions: sessionmaker[Session], torn: bool
 ) -> None:
-    broker = FakeBroker()
-    transport = FakeTransport(broker)
-    for i in range(3):
-        publish(transport, make_segment("robot-0", "ep-0", i, steps=5, segments_per_episode=3, size=8))
+    broker, transport = _published_episode()
     hang = threading.Event()
     first = Recorder(_config(tmp_path), transport=transport, index=SqlEpisodeIndex(sessions), sync=_sync_after(hang))
     _drain(first)  # stored and indexed; its flush never ends: the host loses power
