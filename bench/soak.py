@@ -16,7 +16,8 @@ Measured:
   `unexpected` (recorded, never produced). `kafka_records` = records on fleet.trajectories (more than
   produced would mean producer duplicates).
 * **lag**: every ~5 s, log end − committed offset per consumer group (Kafka admin) and the services'
-  `fleet_consumer_lag_records` gauges; `max_lag` is the first, `max_lag_metrics` the second.
+  `fleet_consumer_lag_records` gauges; `max_lag` is the first, `max_lag_metrics` the second (the recorder's
+  committed offsets trail by the episodes it holds in memory, about one a robot; its gauge is what it has yet to read).
 * **memory**: every ~10 s the RSS (/proc) of each service's process tree: recorder, learner, dashboard,
   kafka, mlflow, the Ray driver (this process), the Ray system processes and every robot actor;
   `rss_slope_mb_per_min` is a least-squares line over the robots' run after `--warmup-s`, and
@@ -204,21 +205,22 @@ def scrape(url: str) -> dict[str, float]:
 
 class KafkaLag:
     """Log end − committed offset per consumer group, read as `fleet dashboard`'s Training page reads it
-    (`fleet.transport.kafka.group_lag`), and a topic's record count."""
+    (`fleet.transport.kafka.GroupLag`, one pair of clients for the soak), and a topic's record count."""
 
     def __init__(self, settings: Any) -> None:
         from fleet.transport import KafkaGroupConsumer, TransportConfig
+        from fleet.transport.kafka import GroupLag
 
         self.config = TransportConfig.from_settings(settings, client_id="soak-lag")
         self.reader = KafkaGroupConsumer(self.config, group_id=None, topics=())
+        self.groups = GroupLag(self.config)
 
     def lag(self, group: str) -> int | None:
         """None before the group's first commit, or when the broker does not answer this time."""
         from fleet.transport import TransportError
-        from fleet.transport.kafka import group_lag
 
         try:
-            rows = group_lag(self.config, [group])
+            rows = self.groups.rows([group])
         except TransportError as err:
             logging.getLogger(__name__).warning("lag of %s not read: %s", group, err)
             return None
@@ -230,6 +232,7 @@ class KafkaLag:
 
     def close(self) -> None:
         self.reader.close()
+        self.groups.close()
 
 
 def recorded_keys(settings: Any, prefix: str) -> list[Key]:
