@@ -118,17 +118,22 @@ class _Pending:
     staged: bool = False  # its segments are in its staging log; else in memory only, Kafka holding them
     pins: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> its first offset there
     since: float = field(default_factory=time.time)  # when this recorder began to hold it
+    kept: int = 0  # bytes of its parts held in memory (summed as they come: every batch asks for all episodes')
 
     def add(self, part: _Part) -> None:
         seg, record = part.segment, part.record
         self.segments[seg.segment_index] = (seg.step_start, seg.length, seg.done)
         if self.parts is not None:
             self.parts[seg.segment_index] = part
+            self.kept += part.nbytes
         where = (record.topic, record.partition)
         self.pins[where] = min(self.pins.get(where, record.offset), record.offset)
 
+    def let_go(self) -> None:
+        self.parts, self.kept = None, 0
+
     def kept_bytes(self) -> int:
-        return sum(part.nbytes for part in (self.parts or {}).values())
+        return self.kept
 
     def last_index(self) -> int | None:
         return next((i for i, (_, _, done) in self.segments.items() if done), None)
@@ -480,7 +485,7 @@ class Recorder:
                           extra={"robot": key[0], "episode": key[1]})  # fmt: skip
             if over and pending.parts is not None:
                 kept -= pending.kept_bytes()
-                pending.parts = None
+                pending.let_go()
 
     def _committable(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
         self._committed = self._offsets(records)

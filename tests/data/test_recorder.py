@@ -111,6 +111,7 @@ def test_frames_held_for_episodes_in_progress_stay_within_the_cap(tmp_path: Path
     recorder = Recorder(replace(_config(tmp_path), max_kept_mb=cap_bytes / 1e6), transport=transport, index=None)
     _drain(recorder)
     held = [p.kept_bytes() for p in recorder._pending.values()]
+    assert held == [sum(part.nbytes for part in (p.parts or {}).values()) for p in recorder._pending.values()]
     assert 0 < sum(held) <= cap_bytes and sum(held) == recorder.kept_bytes()
     assert held[0] == 0 and held[-1] > 0  # the least recently touched let go first
     for e in range(20):
