@@ -169,8 +169,12 @@ def _row(part: _Part) -> SegmentRow:
 def _staged_part(entry: dict) -> _Part:
     """A part from its staging-log entry (bytes `decode` accepted when they were staged)."""
     seg, frames = decode_segment_keeping_frames(entry["value"])
-    record = Record(entry["topic"], entry["partition"], entry["offset"], seg.robot_id.encode(), entry["value"])
-    return _Part(seg, frames, record, float(entry.get("received_at", 0.0)))
+    return _Part(seg, frames, _staged_record(entry, seg.robot_id), float(entry.get("received_at", 0.0)))
+
+
+def _staged_record(entry: dict, robot_id: str) -> Record:
+    """The record a staging-log entry was staged from (its key the robot's id, as robots send)."""
+    return Record(entry["topic"], entry["partition"], entry["offset"], robot_id.encode(), entry["value"])
 
 
 @dataclass(frozen=True)
@@ -595,8 +599,7 @@ class Recorder:
         pending = self._pending.pop(key)
         if pending.staged or pending.parts is None:
             staged = sorted(self.staging.load(robot_id, episode_id).items())
-            key_bytes = robot_id.encode()
-            records = [Record(e["topic"], e["partition"], e["offset"], key_bytes, e["value"]) for _, e in staged]
+            records = [_staged_record(entry, robot_id) for _, entry in staged]
         else:
             records = [part.record for _, part in sorted(pending.parts.items())]
         log.error(
